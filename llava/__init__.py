@@ -1,0 +1,25 @@
+"""llava-aim: AIM token merging and progressive pruning for LLaVA models on transformers.
+
+Public API::
+
+    from llava import AIMConfig, apply_aim, load_pretrained_model
+"""
+
+from llava.aim.config import AIMConfig
+from llava.errors import AIMError
+
+__version__ = "0.1.0"
+__all__ = ["AIMConfig", "AIMError", "apply_aim", "load_pretrained_model", "__version__"]
+
+
+def __getattr__(name):
+    # transformers is heavy: import the integration only when it is asked for.
+    if name == "apply_aim":
+        from llava.model.llava_arch import apply_aim
+
+        return apply_aim
+    if name == "load_pretrained_model":
+        from llava.model.builder import load_pretrained_model
+
+        return load_pretrained_model
+    raise AttributeError(f"module 'llava' has no attribute {name!r}")

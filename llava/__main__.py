@@ -1,0 +1,5 @@
+import sys
+
+from llava.cli import main
+
+sys.exit(main())

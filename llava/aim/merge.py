@@ -1,0 +1,140 @@
+"""Stage 1 of AIM: per-frame token merging by iterative bipartite soft matching.
+
+Pure torch. Every function works on a batch of frames ``x`` of shape (F, T, C) at once; the
+only Python loop is over merge steps (a handful: 196 -> 98 -> 49 for retention 1/4).
+
+One step on t tokens (METHOD.md): cosine similarity between A = even positions (sources) and
+B = odd positions (destinations); each source picks its most similar destination; the r most
+similar sources are merged into their destinations, the rest are kept. Ties are broken by
+index, so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from llava.aim.config import MERGE_ORDERS, MERGE_WEIGHTINGS
+
+
+def merged_token_count(num_tokens: int, retention: float) -> int:
+    """Tokens a frame of ``num_tokens`` keeps: ``max(1, floor(num_tokens * retention))``.
+
+    The product is formed in floating point; values like 196 * 0.25 are exact, and a tiny
+    epsilon guards against products such as 0.29 * 100 = 28.999999999999996.
+    """
+    if num_tokens < 1:
+        raise ValueError(f"a frame needs at least one token, got {num_tokens}")
+    if not (0.0 < retention <= 1.0):
+        raise ValueError(f"retention must be in (0, 1], got {retention}")
+    return max(1, min(num_tokens, int(num_tokens * retention + 1e-9)))
+
+
+@dataclass
+class MergeResult:
+    """Merged tokens of a batch of frames.
+
+    tokens: (F, k, C) merged tokens.
+    sizes: (F, k) number of original tokens each merged token stands for.
+    source_index: (F, T) for every original token, the index (0..k-1) of the merged token it
+        ended up in; only filled when asked for (``track_sources=True``), else None.
+    """
+
+    tokens: torch.Tensor
+    sizes: torch.Tensor
+    source_index: Optional[torch.Tensor] = None
+
+
+def merge_frames(
+    x: torch.Tensor,
+    retention: float,
+    weighting: str = "mean",
+    order: str = "paper",
+    track_sources: bool = False,
+) -> MergeResult:
+    """Merge each frame of ``x`` (F, T, C) down to ``merged_token_count(T, retention)`` tokens."""
+    if x.dim() != 3:
+        raise ValueError(f"expected frames of shape (F, T, C), got {tuple(x.shape)}")
+    if weighting not in MERGE_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {MERGE_WEIGHTINGS}, got {weighting!r}")
+    if order not in MERGE_ORDERS:
+        raise ValueError(f"order must be one of {MERGE_ORDERS}, got {order!r}")
+    frames, t, _ = x.shape
+    target = merged_token_count(t, retention)
+    sizes = torch.ones(frames, t, dtype=x.dtype, device=x.device)
+    source_index = None
+    if track_sources:
+        source_index = torch.arange(t, device=x.device).expand(frames, t).clone()
+    while x.shape[1] > target:
+        t = x.shape[1]
+        r = min(t - target, t // 2)
+        x, sizes, new_index = bipartite_merge_step(x, sizes, r, weighting, order)
+        if source_index is not None:
+            source_index = new_index.gather(1, source_index)
+    return MergeResult(tokens=x, sizes=sizes, source_index=source_index)
+
+
+def bipartite_merge_step(
+    x: torch.Tensor,
+    sizes: torch.Tensor,
+    r: int,
+    weighting: str = "mean",
+    order: str = "paper",
+):
+    """Remove ``r`` tokens from every frame of ``x`` (F, t, C) with one matching step.
+
+    Returns (merged x (F, t-r, C), merged sizes (F, t-r), new_index (F, t)) where
+    ``new_index[f, i]`` is the output slot that input token i of frame f went to.
+    """
+    frames, t, c = x.shape
+    if not 0 <= r <= t // 2:
+        raise ValueError(f"one step removes between 0 and floor(t/2)={t // 2} tokens, got r={r}")
+    device = x.device
+    metric = x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # (F, ta, tb)
+    # torch.max returns the first maximal index: ties go to the lower destination index.
+    best_sim, best_dst = scores.max(dim=-1)  # (F, ta)
+    # Stable descending sort: ties among sources go to the lower source index.
+    ranked = torch.sort(best_sim, dim=-1, descending=True, stable=True).indices  # (F, ta)
+    merged_src = ranked[:, :r]  # (F, r) sources merged away
+    kept_src = ranked[:, r:]  # (F, ta-r) kept, in descending-similarity order
+    dst_of_merged = best_dst.gather(1, merged_src)  # (F, r)
+
+    src_x, dst_x = x[:, ::2], x[:, 1::2]
+    src_size, dst_size = sizes[:, ::2], sizes[:, 1::2]
+    tb = dst_x.shape[1]
+    gather_c = lambda idx: idx.unsqueeze(-1).expand(-1, -1, c)  # noqa: E731
+
+    moving = src_x.gather(1, gather_c(merged_src))
+    moving_size = src_size.gather(1, merged_src)
+    new_dst_size = dst_size.scatter_add(1, dst_of_merged, moving_size)
+    if weighting == "mean":
+        # Plain mean of the destination and the sources merged into it in this step.
+        new_dst = dst_x.scatter_reduce(1, gather_c(dst_of_merged), moving, reduce="mean", include_self=True)
+    else:
+        # Size-weighted mean across steps (ToMe): sum of size * value over the group.
+        weighted = (dst_x * dst_size.unsqueeze(-1)).scatter_add(
+            1, gather_c(dst_of_merged), moving * moving_size.unsqueeze(-1)
+        )
+        new_dst = weighted / new_dst_size.unsqueeze(-1)
+
+    kept_x = src_x.gather(1, gather_c(kept_src))
+    kept_size = src_size.gather(1, kept_src)
+    out_x = torch.cat([kept_x, new_dst], dim=1)
+    out_size = torch.cat([kept_size, new_dst_size], dim=1)
+    # Original positions (within this step's input) of the output slots, and where each
+    # input token went: kept sources stay themselves, merged sources go to their destination.
+    out_pos = torch.cat([2 * kept_src, 2 * torch.arange(tb, device=device).expand(frames, tb) + 1], dim=1)
+    if order == "spatial":
+        perm = torch.argsort(out_pos, dim=1)
+        out_x = out_x.gather(1, gather_c(perm))
+        out_size = out_size.gather(1, perm)
+        out_pos = out_pos.gather(1, perm)
+    new_index = torch.empty(frames, t, dtype=torch.long, device=device)
+    slots = torch.arange(out_pos.shape[1], device=device).expand(frames, -1)
+    new_index.scatter_(1, out_pos, slots)
+    merged_into = new_index.gather(1, 2 * dst_of_merged + 1)
+    new_index.scatter_(1, 2 * merged_src, merged_into)
+    return out_x, out_size, new_index

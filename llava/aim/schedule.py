@@ -1,0 +1,64 @@
+"""How many visual tokens enter each decoder layer: the ONE place this is derived.
+
+The runtime, the efficiency analyzer and the tests all call :func:`visual_tokens_per_layer`.
+Integer arithmetic only, so the counts are exact and identical everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+CONVENTIONS = ("runtime", "paper")
+
+
+def visual_tokens_per_layer(
+    v0: int,
+    num_layers: int,
+    l1: Optional[int],
+    l2: Optional[int],
+    convention: str = "runtime",
+) -> List[int]:
+    """Visual tokens entering each of ``num_layers`` decoder layers.
+
+    runtime (what the model executes): v0 for j <= l1, floor(v0*(l2-j)/(l2-l1)) for
+    l1 < j < l2, 0 for j >= l2. Pruning thus happens after layers l1 .. l2-1.
+
+    paper (the paper's FLOPs script, the same schedule one layer earlier): v0 for j < l1,
+    floor(v0*(l2-1-j)/(l2-l1)) for l1 <= j < l2-1, 0 from l2-1.
+
+    ``l1=None`` (and ``l2=None``) disables pruning: v0 everywhere.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if isinstance(v0, bool) or not isinstance(v0, int) or v0 < 0:
+        raise ValueError(f"v0 must be a non-negative integer, got {v0!r}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    if l1 is None or l2 is None:
+        if (l1 is None) != (l2 is None):
+            raise ValueError("l1 and l2 must both be set or both be None")
+        return [v0] * num_layers
+    if not (isinstance(l1, int) and isinstance(l2, int)) or l1 < 0 or l2 <= l1:
+        raise ValueError(f"need integers 0 <= l1 < l2, got l1={l1!r}, l2={l2!r}")
+
+    span = l2 - l1
+    shift = 0 if convention == "runtime" else 1
+    counts = []
+    for j in range(num_layers):
+        k = j + shift  # the paper counts every layer as if it were one layer later
+        if k <= l1:
+            counts.append(v0)
+        elif k < l2:
+            counts.append((v0 * (l2 - k)) // span)
+        else:
+            counts.append(0)
+    return counts
+
+
+def pruning_layers(counts: List[int]) -> List[int]:
+    """Layers after which the runtime drops tokens: j with counts[j+1] < counts[j].
+
+    With few visual tokens the floor can leave a count unchanged from one layer to the next;
+    no importance needs computing there.
+    """
+    return [j for j in range(len(counts) - 1) if counts[j + 1] < counts[j]]

@@ -1,0 +1,611 @@
+"""The roofline FLOPs / prefill-time model of EFFICIENCY_MODEL.md, op by op.
+
+Every op has OPs (FLOPs) and bytes moved; its time is ``OPs / min(peak, OPs/bytes * bandwidth)``
+(computed as the equivalent ``max(OPs/peak, bytes/bandwidth)``, which is also defined for an op
+of zero OPs). A decoder layer with N tokens (batch 1, no FlashAttention) is:
+
+=============  ===================  =========================================================
+op             OPs                  bytes (w = weight, a = activation, kv = KV element bytes)
+=============  ===================  =========================================================
+attn_norm      7*H*N                2*H*N*a
+q_proj         2*H*(nh*d)*N         H*nh*d*w + H*N*a + nh*d*N*a
+k_proj         2*H*(nkv*d)*N        H*nkv*d*w + H*N*a + nkv*d*N*kv   (output = KV-cache store)
+v_proj         2*H*(nkv*d)*N        as k_proj
+qk_matmul      2*N*N*d*nh           N*d*nkv*a (query side, as the reference model counts it)
+                                    + N*N*nh*a (store scores) + N*d*nkv*kv (load K)
+softmax        5*nh*N*N             2*nh*N*N*a
+sv_matmul      2*N*N*d*nh           N*N*nh*a (load probabilities) + N*d*nh*a (store)
+                                    + N*d*nkv*kv (load V)
+o_proj         2*(nh*d)*H*N         nh*d*H*w + nh*d*N*a + H*N*a
+attn_add       H*N                  2*H*N*a
+mlp_norm       7*H*N                2*H*N*a
+gate_proj      2*H*I*N              H*I*w + H*N*a + I*N*a
+up_proj        2*H*I*N              as gate_proj
+mlp_act        2*H*N                3*H*N*a   (SiLU-gate counted with H, not I: see below)
+down_proj      2*I*H*N              I*H*w + I*N*a + H*N*a
+mlp_add        H*N                  2*H*N*a   (only with include_mlp_add=True)
+=============  ===================  =========================================================
+
+Once per prefill: ``lm_head`` on one token, OPs = H*V, bytes = H*V*w + H*a + V*a.
+
+With ``head_dim = H/nh`` (Qwen2, Llama) the projections are exactly the (H, H) and
+(H, H*nkv/nh) of EFFICIENCY_MODEL.md.
+
+Kept from the reference model (LLM-Viewer) for comparability with the paper, and said so in
+every result's ``notes``: the SiLU-gate activation is counted with H, not I; the query side of
+``qk_matmul`` is loaded as N*d*nkv; attention is counted over the full N x N (no causal
+halving); the lm_head counts H*V OPs (not 2*H*V) on one token.
+
+FlashAttention variant (``flash_attention=True``; beyond the paper's model): qk_matmul,
+softmax and sv_matmul become one fused op ``fused_attention`` with the sum of their OPs and the
+ideal IO of a fused kernel: load Q (N*d*nh*a), load K and V once (2*N_k*d*nkv*kv) and store the
+output (N*d*nh*a). No N x N score or probability matrix reaches memory. (A real kernel re-reads
+K/V once per query block; this is the lower bound of its traffic. The query side is counted
+with all nh heads here, not the reference's nkv.)
+
+Decode (``decode_step_cost``): one new token per step; layer j attends over its KV cache plus
+the new token (kv_lens[j] + 1 keys); the same ops with N = 1 query and the key count above;
+plus the lm_head. KV-cache bytes of layer j: 2 * N_j * nkv * d * kv.
+
+Reported separately, never added to the prefill figures: the vision encoder and projector,
+AIM's own overhead (merging and importance) and the KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from llava.aim.config import AIMConfig
+from llava.aim.merge import merged_token_count
+from llava.aim.schedule import CONVENTIONS, pruning_layers, visual_tokens_per_layer
+from llava.analysis.hardware import Hardware, get_hardware
+from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
+from llava.errors import AIMConfigError
+
+# The paper's main setting on Qwen2-7B (28 layers).
+PAPER_RETENTION = 0.25
+PAPER_L1, PAPER_L2, PAPER_LAYERS = 14, 22, 28
+
+NOTE_SILU = "SiLU-gate (mlp_act) is counted with H, not I, as the reference model (LLM-Viewer) does"
+NOTE_REFERENCE = (
+    "as in the reference model: qk_matmul loads the query side as N*d*nkv, attention is counted "
+    "over the full N x N (no causal halving), lm_head runs on one token with H*V OPs"
+)
+NOTE_SEPARATE = (
+    "vision encoder + projector, AIM overhead (merging, importance) and the KV cache are "
+    "reported separately, never included in the LLM prefill figures"
+)
+
+
+# --- options and single ops ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RooflineOptions:
+    """Byte sizes (16-bit by default) and model variants."""
+
+    weight_bytes: float = 2
+    act_bytes: float = 2
+    kv_bytes: float = 2
+    flash_attention: bool = False
+    include_mlp_add: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("weight_bytes", "act_bytes", "kv_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise AIMConfigError(f"{name} must be a positive number, got {value!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def roofline_time(ops: float, nbytes: float, hardware: Hardware) -> float:
+    """``OPs / min(peak, OPs/bytes * bandwidth)``, i.e. ``max(OPs/peak, bytes/bandwidth)``."""
+    return max(ops / hardware.flops, nbytes / hardware.bandwidth)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    name: str
+    ops: float
+    bytes: float
+    time_s: float
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity, OPs per byte."""
+        return self.ops / self.bytes if self.bytes else math.inf
+
+    def bound(self, hardware: Hardware) -> str:
+        return "compute" if self.intensity >= hardware.ridge_point else "memory"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "ops": self.ops, "bytes": self.bytes, "time_s": self.time_s}
+
+
+def _op(name: str, ops: float, nbytes: float, hw: Hardware) -> OpCost:
+    return OpCost(name, float(ops), float(nbytes), roofline_time(ops, nbytes, hw))
+
+
+def _linear(name: str, n_in: int, n_out: int, n: int, o: RooflineOptions, hw: Hardware, kv_out: bool = False) -> OpCost:
+    out_bytes = o.kv_bytes if kv_out else o.act_bytes
+    return _op(name, 2 * n_in * n_out * n, n_in * n_out * o.weight_bytes + n_in * n * o.act_bytes + n_out * n * out_bytes, hw)
+
+
+def attention_ops(
+    n_q: int, n_k: int, heads: int, kv_heads: int, head_dim: int, o: RooflineOptions, hw: Hardware,
+    reference_q_side: bool = True,
+) -> List[OpCost]:
+    """qk_matmul, softmax, sv_matmul for n_q queries over n_k keys (or one fused op).
+
+    ``reference_q_side``: load the query side of qk_matmul as n_q*d*nkv, as the reference model
+    does (kept for the LLM; a vision tower with nh == nkv is unaffected).
+    """
+    a, kv, d = o.act_bytes, o.kv_bytes, head_dim
+    qk_ops = 2 * n_q * n_k * d * heads
+    sm_ops = 5 * heads * n_q * n_k
+    sv_ops = 2 * n_q * n_k * d * heads
+    if o.flash_attention:
+        nbytes = n_q * d * heads * a + 2 * n_k * d * kv_heads * kv + n_q * d * heads * a
+        return [_op("fused_attention", qk_ops + sm_ops + sv_ops, nbytes, hw)]
+    q_heads = kv_heads if reference_q_side else heads
+    return [
+        _op("qk_matmul", qk_ops, n_q * d * q_heads * a + n_q * n_k * heads * a + n_k * d * kv_heads * kv, hw),
+        _op("softmax", sm_ops, 2 * heads * n_q * n_k * a, hw),
+        _op("sv_matmul", sv_ops, n_q * n_k * heads * a + n_q * d * heads * a + n_k * d * kv_heads * kv, hw),
+    ]
+
+
+def layer_ops(llm: LLMShape, n: int, hardware: Hardware, options: Optional[RooflineOptions] = None,
+              n_keys: Optional[int] = None) -> List[OpCost]:
+    """The ops of one decoder layer on ``n`` new tokens attending over ``n_keys`` keys
+    (default ``n``: prefill)."""
+    o = options or RooflineOptions()
+    hw = hardware
+    H, I, a = llm.hidden, llm.intermediate, o.act_bytes
+    n_k = n if n_keys is None else n_keys
+    ops = [
+        _op("attn_norm", 7 * H * n, 2 * H * n * a, hw),
+        _linear("q_proj", H, llm.q_dim, n, o, hw),
+        _linear("k_proj", H, llm.kv_dim, n, o, hw, kv_out=True),
+        _linear("v_proj", H, llm.kv_dim, n, o, hw, kv_out=True),
+        *attention_ops(n, n_k, llm.heads, llm.kv_heads, llm.head_dim, o, hw),
+        _linear("o_proj", llm.q_dim, H, n, o, hw),
+        _op("attn_add", H * n, 2 * H * n * a, hw),
+        _op("mlp_norm", 7 * H * n, 2 * H * n * a, hw),
+        _linear("gate_proj", H, I, n, o, hw),
+        _linear("up_proj", H, I, n, o, hw),
+        _op("mlp_act", 2 * H * n, 3 * H * n * a, hw),  # H, not I: the reference model's count
+        _linear("down_proj", I, H, n, o, hw),
+    ]
+    if o.include_mlp_add:
+        ops.append(_op("mlp_add", H * n, 2 * H * n * a, hw))
+    return ops
+
+
+def lm_head_op(llm: LLMShape, hardware: Hardware, options: Optional[RooflineOptions] = None) -> OpCost:
+    o = options or RooflineOptions()
+    H, V = llm.hidden, llm.vocab
+    return _op("lm_head", H * V, H * V * o.weight_bytes + H * o.act_bytes + V * o.act_bytes, hardware)
+
+
+def kv_cache_bytes_per_layer(llm: LLMShape, tokens_per_layer: Sequence[int], kv_bytes: float = 2) -> List[float]:
+    """Bytes of each layer's KV cache holding N_j tokens: 2 * N_j * nkv * d * kv_bytes."""
+    return [float(2 * n * llm.kv_heads * llm.head_dim * kv_bytes) for n in tokens_per_layer]
+
+
+# --- a whole step --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    index: int
+    tokens: int  # new tokens processed by this layer (prefill: N_j; decode: 1)
+    keys: int  # keys attended over
+    ops: Tuple[OpCost, ...]
+
+    @property
+    def flops(self) -> float:
+        return sum(op.ops for op in self.ops)
+
+    @property
+    def bytes(self) -> float:
+        return sum(op.bytes for op in self.ops)
+
+    @property
+    def time_s(self) -> float:
+        return sum(op.time_s for op in self.ops)
+
+    def to_dict(self, with_ops: bool = True) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "index": self.index, "tokens": self.tokens, "keys": self.keys,
+            "flops": self.flops, "bytes": self.bytes, "time_s": self.time_s,
+        }
+        if with_ops:
+            out["ops"] = [op.to_dict() for op in self.ops]
+        return out
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """A forward step of the language model: its layers plus the lm_head on one token."""
+
+    layers: Tuple[LayerCost, ...]
+    lm_head: OpCost
+
+    @property
+    def flops(self) -> float:
+        return sum(layer.flops for layer in self.layers) + self.lm_head.ops
+
+    @property
+    def bytes(self) -> float:
+        return sum(layer.bytes for layer in self.layers) + self.lm_head.bytes
+
+    @property
+    def time_s(self) -> float:
+        return sum(layer.time_s for layer in self.layers) + self.lm_head.time_s
+
+    def op_totals(self) -> Dict[str, Dict[str, float]]:
+        """Per op name, summed over layers: ops, bytes, time_s (lm_head included)."""
+        totals: Dict[str, Dict[str, float]] = {}
+        for op in [op for layer in self.layers for op in layer.ops] + [self.lm_head]:
+            t = totals.setdefault(op.name, {"ops": 0.0, "bytes": 0.0, "time_s": 0.0})
+            t["ops"] += op.ops
+            t["bytes"] += op.bytes
+            t["time_s"] += op.time_s
+        return totals
+
+    def to_dict(self, with_ops: bool = False) -> Dict[str, Any]:
+        return {
+            "flops": self.flops, "bytes": self.bytes, "time_s": self.time_s,
+            "layers": [layer.to_dict(with_ops) for layer in self.layers],
+            "lm_head": self.lm_head.to_dict(),
+            "op_totals": self.op_totals(),
+        }
+
+
+def prefill_cost(llm: LLMShape, tokens_per_layer: Sequence[int], hardware: Union[str, Hardware] = "nvidia_A100",
+                 options: Optional[RooflineOptions] = None) -> StepCost:
+    """Prefill: layer j on N_j tokens (``tokens_per_layer[j]``), then the lm_head on one token."""
+    hw = get_hardware(hardware)
+    if len(tokens_per_layer) != llm.layers:
+        raise AIMConfigError(f"need {llm.layers} per-layer token counts, got {len(tokens_per_layer)}")
+    layers = tuple(LayerCost(j, int(n), int(n), tuple(layer_ops(llm, int(n), hw, options)))
+                   for j, n in enumerate(tokens_per_layer))
+    return StepCost(layers, lm_head_op(llm, hw, options))
+
+
+def decode_step_cost(llm: LLMShape, kv_lens: Sequence[int], hardware: Union[str, Hardware] = "nvidia_A100",
+                     options: Optional[RooflineOptions] = None) -> StepCost:
+    """One decode step: a single new token; layer j attends over ``kv_lens[j] + 1`` keys
+    (its cache plus the new token; with AIM each layer's cache holds only its survivors)."""
+    hw = get_hardware(hardware)
+    if len(kv_lens) != llm.layers:
+        raise AIMConfigError(f"need {llm.layers} per-layer KV lengths, got {len(kv_lens)}")
+    layers = tuple(LayerCost(j, 1, int(c) + 1, tuple(layer_ops(llm, 1, hw, options, n_keys=int(c) + 1)))
+                   for j, c in enumerate(kv_lens))
+    return StepCost(layers, lm_head_op(llm, hw, options))
+
+
+# --- separately reported costs -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComponentCost:
+    """A cost reported next to, never inside, the LLM prefill (vision encoder, AIM overhead)."""
+
+    name: str
+    ops: Tuple[OpCost, ...]
+
+    @property
+    def flops(self) -> float:
+        return sum(op.ops for op in self.ops)
+
+    @property
+    def bytes(self) -> float:
+        return sum(op.bytes for op in self.ops)
+
+    @property
+    def time_s(self) -> float:
+        return sum(op.time_s for op in self.ops)
+
+    def part(self, prefix: str) -> float:
+        """FLOPs of the ops whose name starts with ``prefix``."""
+        return sum(op.ops for op in self.ops if op.name.startswith(prefix))
+
+    def to_dict(self, with_ops: bool = True) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"name": self.name, "flops": self.flops, "bytes": self.bytes, "time_s": self.time_s}
+        if with_ops:
+            out["ops"] = [op.to_dict() for op in self.ops]
+        return out
+
+
+def _scaled(op: OpCost, k: int, prefix: str = "") -> OpCost:
+    return OpCost(prefix + op.name, op.ops * k, op.bytes * k, op.time_s * k)
+
+
+def vision_encoder_cost(vision: VisionShape, llm: LLMShape, frames: int, hardware: Union[str, Hardware] = "nvidia_A100",
+                        options: Optional[RooflineOptions] = None) -> ComponentCost:
+    """Vision tower + 2-layer MLP projector, one frame at a time, times ``frames``.
+
+    Per frame with N encoder tokens, hidden D, MLP Dm: patch embedding (a linear map of each
+    p*p*3 patch), then per layer LayerNorm (counted like RMSNorm, 7 OPs/element), q/k/v/o
+    (D, D), full bidirectional attention (same attention ops, nh == nkv), residual add,
+    LayerNorm, fc1 (D, Dm), GELU (8 OPs/element, read + write), fc2 (Dm, D), residual add;
+    then the projector (D -> H, GELU, H -> H) on the patch tokens. Biases, the 2x2 pooling of
+    LLaVA-OneVision and the post-LayerNorm are left out (negligible).
+    """
+    hw = get_hardware(hardware)
+    o = options or RooflineOptions()
+    a, n, D, Dm = o.act_bytes, vision.tokens, vision.hidden, vision.intermediate
+    patches = vision.patches
+    per_frame: List[OpCost] = [_linear("patch_embed", vision.patch_size ** 2 * vision.channels, D, patches, o, hw)]
+    layer: List[OpCost] = [
+        _op("ln1", 7 * D * n, 2 * D * n * a, hw),
+        _linear("q_proj", D, D, n, o, hw),
+        _linear("k_proj", D, D, n, o, hw),
+        _linear("v_proj", D, D, n, o, hw),
+        *attention_ops(n, n, vision.heads, vision.heads, vision.head_dim, o, hw, reference_q_side=False),
+        _linear("o_proj", D, D, n, o, hw),
+        _op("attn_add", D * n, 2 * D * n * a, hw),
+        _op("ln2", 7 * D * n, 2 * D * n * a, hw),
+        _linear("fc1", D, Dm, n, o, hw),
+        _op("gelu", 8 * Dm * n, 2 * Dm * n * a, hw),
+        _linear("fc2", Dm, D, n, o, hw),
+        _op("mlp_add", D * n, 2 * D * n * a, hw),
+    ]
+    per_frame += [_scaled(op, vision.layers, "encoder.") for op in layer]
+    H = llm.hidden
+    per_frame += [
+        _linear("projector.fc1", D, H, patches, o, hw),
+        _op("projector.gelu", 8 * H * patches, 2 * H * patches * a, hw),
+        _linear("projector.fc2", H, H, patches, o, hw),
+    ]
+    return ComponentCost(f"{vision.name} + projector x {frames} frames", tuple(_scaled(op, frames) for op in per_frame))
+
+
+def merge_steps(tokens_per_frame: int, retention: float) -> List[Tuple[int, int]]:
+    """(tokens before, tokens removed) of each bipartite merging step of one frame.
+
+    Mirrors the step sizes of ``llava.aim.merge.merge_frames``: a step removes at most half,
+    the last just enough to reach ``merged_token_count``.
+    """
+    target = merged_token_count(tokens_per_frame, retention)
+    t, steps = tokens_per_frame, []
+    while t > target:
+        r = min(t - target, t // 2)
+        steps.append((t, r))
+        t -= r
+    return steps
+
+
+def merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, frames: int, hardware: Hardware,
+                       options: Optional[RooflineOptions] = None) -> List[OpCost]:
+    """Token merging on ``frames`` frames of ``channels``-wide tokens (the projected features).
+
+    Per step on t tokens (na = ceil(t/2) sources, nb = floor(t/2) destinations, r merged):
+    normalise (3*t*C OPs), similarity matmul (2*na*nb*C), best match (na*nb), combine
+    ((r + nb)*C: adds and the division of the mean).
+    """
+    o = options or RooflineOptions()
+    a, C = o.act_bytes, channels
+    ops: List[OpCost] = []
+    for i, (t, r) in enumerate(merge_steps(tokens_per_frame, retention)):
+        na, nb = (t + 1) // 2, t // 2
+        step = [
+            _op(f"merge.normalize[{i}]", 3 * t * C, 2 * t * C * a, hardware),
+            _op(f"merge.similarity[{i}]", 2 * na * nb * C, (na + nb) * C * a + na * nb * a, hardware),
+            _op(f"merge.match[{i}]", na * nb, na * nb * a, hardware),
+            _op(f"merge.combine[{i}]", (r + nb) * C, t * C * a + (t - r) * C * a, hardware),
+        ]
+        ops += [_scaled(op, frames) for op in step]
+    return ops
+
+
+def importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], layers: Sequence[int], hardware: Hardware,
+                            options: Optional[RooflineOptions] = None, iterations: int = 5,
+                            score_bytes: float = 4) -> List[OpCost]:
+    """PageRank importance at each pruning layer j on its N_j tokens (float32 scores).
+
+    QK^T over all heads (2*N*N*d*nh; loads Q and K, stores the scores), softmax with the
+    temperature (5*nh*N*N), ``iterations`` power steps d = d M (2*nh*N*N each, loading M),
+    root-mean-square over heads (3*nh*N).
+    """
+    o = options or RooflineOptions()
+    a, s, nh, d = o.act_bytes, score_bytes, llm.heads, llm.head_dim
+    ops: List[OpCost] = []
+    for j in layers:
+        n = int(tokens_per_layer[j])
+        ops += [
+            _op(f"importance.qk[{j}]", 2 * n * n * d * nh, n * d * nh * a + n * d * llm.kv_heads * a + n * n * nh * s, hardware),
+            _op(f"importance.softmax[{j}]", 5 * nh * n * n, 2 * nh * n * n * s, hardware),
+            _op(f"importance.power[{j}]", iterations * 2 * nh * n * n, iterations * (nh * n * n * s + 2 * nh * n * s), hardware),
+            _op(f"importance.rms[{j}]", 3 * nh * n, nh * n * s + n * s, hardware),
+        ]
+    return ops
+
+
+# --- the analysis --------------------------------------------------------------------------
+
+
+def paper_default_layers(num_layers: int) -> Tuple[int, int]:
+    """The paper's (l1, l2) = (14, 22) of 28 layers, scaled to ``num_layers`` (rounded half up).
+
+    Always 0 <= l1 < num_layers and l1 < l2.
+    """
+    l1 = (2 * PAPER_L1 * num_layers + PAPER_LAYERS) // (2 * PAPER_LAYERS)
+    l2 = (2 * PAPER_L2 * num_layers + PAPER_LAYERS) // (2 * PAPER_LAYERS)
+    l1 = min(l1, num_layers - 1)
+    return l1, max(l2, l1 + 1)
+
+
+@dataclass
+class Analysis:
+    """Result of :func:`analyze`. Times in seconds, FLOPs as OPs (multiply-add = 2)."""
+
+    llm: LLMShape
+    hardware: Hardware
+    options: RooflineOptions
+    settings: Dict[str, Any]
+    visual_tokens_per_layer: List[int]
+    tokens_per_layer: List[int]
+    prefill: StepCost
+    decode: StepCost  # the first decode step after this prefill
+    kv_cache_bytes_per_layer: List[float]
+    vision_encoder: ComponentCost
+    aim_overhead: ComponentCost
+    notes: List[str] = field(default_factory=list)
+
+    # headline figures
+    @property
+    def prefill_flops(self) -> float:
+        return self.prefill.flops
+
+    @property
+    def prefill_tflops(self) -> float:
+        return self.prefill.flops / 1e12
+
+    @property
+    def prefill_time_s(self) -> float:
+        return self.prefill.time_s
+
+    @property
+    def prefill_ms(self) -> float:
+        return self.prefill.time_s * 1e3
+
+    @property
+    def kv_cache_bytes(self) -> float:
+        return sum(self.kv_cache_bytes_per_layer)
+
+    @property
+    def pruning_layers(self) -> List[int]:
+        return pruning_layers(self.visual_tokens_per_layer) if self.settings["l1"] is not None else []
+
+    def without_aim(self) -> "Analysis":
+        """The same input, hardware and options with AIM off (no merging, no pruning)."""
+        kwargs = dict(self.settings)
+        kwargs.update(retention=1.0, l1=None, l2=None)
+        return analyze(self.llm, hardware=self.hardware, options=self.options, vision=self.vision_shape, **_analyze_kwargs(kwargs))
+
+    vision_shape: Optional[VisionShape] = None
+
+    def to_dict(self, with_ops: bool = False) -> Dict[str, Any]:
+        return {
+            "llm": self.llm.to_dict(),
+            "hardware": self.hardware.to_dict(),
+            "options": self.options.to_dict(),
+            "settings": dict(self.settings),
+            "tokens_per_layer": list(self.tokens_per_layer),
+            "visual_tokens_per_layer": list(self.visual_tokens_per_layer),
+            "pruning_layers": self.pruning_layers,
+            "prefill_flops": self.prefill_flops,
+            "prefill_tflops": self.prefill_tflops,
+            "prefill_time_s": self.prefill_time_s,
+            "prefill_ms": self.prefill_ms,
+            "prefill": self.prefill.to_dict(with_ops),
+            "decode_step_ms": self.decode.time_s * 1e3,
+            "decode_step_flops": self.decode.flops,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "kv_cache_bytes_per_layer": list(self.kv_cache_bytes_per_layer),
+            "vision_encoder": self.vision_encoder.to_dict(with_ops),
+            "aim_overhead": self.aim_overhead.to_dict(with_ops),
+            "notes": list(self.notes),
+        }
+
+
+_SETTING_KEYS = ("frames", "tokens_per_frame", "text_tokens", "newline_tokens", "retention", "l1", "l2", "convention",
+                 "pagerank_iterations")
+
+
+def _analyze_kwargs(settings: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: settings[k] for k in _SETTING_KEYS}
+
+
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise AIMConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def analyze(
+    llm: Union[str, LLMShape, Any] = "qwen2-7b",
+    frames: int = 32,
+    tokens_per_frame: int = 196,
+    text_tokens: int = 100,
+    retention: float = 1.0,
+    l1: Optional[int] = None,
+    l2: Optional[int] = None,
+    convention: str = "runtime",
+    hardware: Union[str, Hardware] = "nvidia_A100",
+    newline_tokens: int = 0,
+    options: Optional[RooflineOptions] = None,
+    vision: Union[str, VisionShape, None] = None,
+    pagerank_iterations: int = 5,
+    **option_kwargs: Any,
+) -> Analysis:
+    """Roofline prefill cost of the language model on one video (or image) prompt.
+
+    N_j = text_tokens + visual_j, with visual_0 = frames * merged_token_count(tokens_per_frame,
+    retention) + newline_tokens and visual_j = ``visual_tokens_per_layer(visual_0, L, l1, l2,
+    convention)``. ``newline_tokens`` defaults to 0 so that the paper's setting is exactly
+    100 + 32*196 tokens; LLaVA-OneVision's runtime appends one newline token after a video's
+    frames (it counts as visual and can be pruned): pass ``newline_tokens=1`` to count what the
+    runtime executes. ``convention`` is "runtime" (what the project's model executes) or
+    "paper" (the paper's FLOPs script, one layer earlier).
+
+    Keyword options of :class:`RooflineOptions` (weight_bytes, act_bytes, kv_bytes,
+    flash_attention, include_mlp_add) may be given directly instead of ``options``.
+    """
+    shape = get_llm(llm)
+    hw = get_hardware(hardware)
+    if options is None:
+        options = RooflineOptions(**option_kwargs)
+    elif option_kwargs:
+        options = replace(options, **option_kwargs)
+    if convention not in CONVENTIONS:
+        raise AIMConfigError(f"convention must be one of {list(CONVENTIONS)}, got {convention!r}")
+    _check_count("frames", frames, 1)
+    _check_count("tokens_per_frame", tokens_per_frame, 1)
+    _check_count("text_tokens", text_tokens, 0)
+    _check_count("newline_tokens", newline_tokens, 0)
+    _check_count("pagerank_iterations", pagerank_iterations, 1)
+    AIMConfig(retention=retention, l1=l1, l2=l2).check_against_model(shape.layers)
+    vshape = get_vision(vision, llm)
+
+    kept = merged_token_count(tokens_per_frame, retention)
+    v0 = frames * kept + newline_tokens
+    visual = visual_tokens_per_layer(v0, shape.layers, l1, l2, convention)
+    tokens = [text_tokens + v for v in visual]
+
+    prefill = prefill_cost(shape, tokens, hw, options)
+    decode = decode_step_cost(shape, tokens, hw, options)
+    kv = kv_cache_bytes_per_layer(shape, tokens, options.kv_bytes)
+    encoder = vision_encoder_cost(vshape, shape, frames, hw, options)
+    overhead: List[OpCost] = []
+    if retention < 1.0:
+        overhead += merge_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options)
+    if l1 is not None:
+        overhead += importance_overhead_ops(shape, tokens, pruning_layers(visual), hw, options, pagerank_iterations)
+
+    settings = {
+        "llm": shape.name, "frames": frames, "tokens_per_frame": tokens_per_frame,
+        "tokens_per_frame_kept": kept, "text_tokens": text_tokens, "newline_tokens": newline_tokens,
+        "visual_tokens": v0, "retention": retention, "l1": l1, "l2": l2, "convention": convention,
+        "pagerank_iterations": pagerank_iterations, "hardware": hw.name, "vision_tower": vshape.name,
+    }
+    notes = [NOTE_SILU, NOTE_REFERENCE, NOTE_SEPARATE]
+    if convention == "paper":
+        notes.append("paper convention: the schedule counted one layer earlier, as the paper's FLOPs script does")
+    if options.flash_attention:
+        notes.append("flash-attention variant: qk/softmax/sv fused, no N x N scores in memory (ideal fused-kernel IO)")
+    if options.include_mlp_add:
+        notes.append("includes the second residual add (mlp_add), which the paper's figures leave out")
+    return Analysis(
+        llm=shape, hardware=hw, options=options, settings=settings,
+        visual_tokens_per_layer=visual, tokens_per_layer=tokens, prefill=prefill, decode=decode,
+        kv_cache_bytes_per_layer=kv, vision_encoder=encoder,
+        aim_overhead=ComponentCost("AIM overhead (merging + importance)", tuple(overhead)),
+        notes=notes, vision_shape=vshape,
+    )

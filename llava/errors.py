@@ -1,0 +1,41 @@
+"""Typed errors of llava-aim.
+
+Every error a user can cause by bad input derives from :class:`AIMError`; the CLI turns
+these into exit status 2 with a single line on stderr. Anything else is an internal error.
+"""
+
+
+class AIMError(Exception):
+    """Base class of every user-facing llava-aim error."""
+
+
+class AIMConfigError(AIMError, ValueError):
+    """An AIM setting is out of range or inconsistent (e.g. l1 >= l2)."""
+
+
+class UnsupportedModelError(AIMError, TypeError):
+    """The model or processor is not one AIM knows how to patch."""
+
+
+class UnsupportedUsageError(AIMError, RuntimeError):
+    """A call AIM cannot serve correctly (e.g. chunked prefill with pruning)."""
+
+
+class MediaError(AIMError, ValueError):
+    """Base class of video and image input errors."""
+
+
+class MediaNotFoundError(MediaError, FileNotFoundError):
+    """The video or image file does not exist."""
+
+
+class MediaDecodeError(MediaError):
+    """The file exists but cannot be read or decoded (unreadable, corrupt, not a video)."""
+
+
+class EmptyMediaError(MediaError):
+    """The file decodes but holds no frames."""
+
+
+class ModelLoadError(AIMError, OSError):
+    """A checkpoint could not be found or loaded."""

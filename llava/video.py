@@ -1,0 +1,455 @@
+"""Video decoding, uniform frame sampling and image loading.
+
+Public API
+----------
+:func:`sample_frame_indices`
+    Pure function: which frame indices to keep out of ``total``.
+:func:`load_video`
+    Decode a clip and return ``num_frames`` uniformly sampled RGB frames as an
+    ``(N, H, W, 3)`` ``uint8`` array, in temporal order.
+:func:`load_image`
+    Load an image file as an RGB :class:`PIL.Image.Image`.
+
+Error contract (all from :mod:`llava.errors`, all subclasses of ``AIMError``):
+
+* :class:`~llava.errors.MediaNotFoundError` - the path does not exist.
+* :class:`~llava.errors.MediaDecodeError` - the path exists but cannot be read or
+  decoded: a directory, no read permission, corrupt bytes, not a video/image, no
+  video stream.
+* :class:`~llava.errors.EmptyMediaError` - the file decodes but holds no frames.
+* :class:`~llava.errors.AIMConfigError` (also a ``ValueError``) - bad arguments
+  (``num_frames < 1``, unknown backend).
+* :class:`~llava.errors.UnsupportedUsageError` - ``backend="decord"`` without the
+  optional ``decord`` package.
+
+No raw PyAV / decord / PIL exception escapes these functions; the original exception
+is kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+
+from llava.errors import (
+    AIMConfigError,
+    AIMError,
+    EmptyMediaError,
+    MediaDecodeError,
+    MediaNotFoundError,
+    UnsupportedUsageError,
+)
+
+__all__ = ["load_video", "load_image", "sample_frame_indices", "decord_available"]
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "pyav", "decord"]
+_BACKENDS = ("auto", "pyav", "decord")
+
+#: Show a progress bar (when ``progress=None``) from this many sampled frames on ...
+PROGRESS_MIN_SAMPLED = 64
+#: ... or when the clip has at least this many frames to decode.
+PROGRESS_MIN_TOTAL = 3000
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _as_int(value: object, name: str) -> int:
+    if isinstance(value, bool):
+        raise AIMConfigError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)  # accepts int and numpy integers, rejects floats
+    except TypeError:
+        raise AIMConfigError(f"{name} must be an integer, got {value!r}") from None
+
+
+def sample_frame_indices(total: int, num_frames: int) -> list[int]:
+    """Indices of ``num_frames`` frames spread uniformly over ``total`` frames.
+
+    Equivalent to ``numpy.linspace(0, total - 1, num_frames)`` rounded to the nearest
+    integer (ties rounded up), computed in exact integer arithmetic, so the result is
+    strictly increasing, starts at ``0`` and - when ``num_frames >= 2`` - ends at
+    ``total - 1``. With ``num_frames == 1`` the result is ``[0]``.
+
+    If ``num_frames >= total`` every frame is returned once (``list(range(total))``);
+    frames are never repeated. ``total == 0`` gives ``[]``.
+
+    Raises :class:`~llava.errors.AIMConfigError` (a ``ValueError``) when
+    ``num_frames < 1`` or ``total < 0``.
+    """
+    total = _as_int(total, "total")
+    num_frames = _as_int(num_frames, "num_frames")
+    if num_frames < 1:
+        raise AIMConfigError(f"num_frames must be >= 1, got {num_frames}")
+    if total < 0:
+        raise AIMConfigError(f"total must be >= 0, got {total}")
+    if num_frames >= total:
+        return list(range(total))
+    if num_frames == 1:
+        return [0]
+    span, steps = total - 1, num_frames - 1
+    # round(i * span / steps) with ties up == floor((2 * i * span + steps) / (2 * steps)).
+    # Since span >= steps here, consecutive values differ by >= 1 (strictly increasing).
+    return [(2 * i * span + steps) // (2 * steps) for i in range(num_frames)]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def decord_available() -> bool:
+    """Whether the optional ``decord`` package can be imported."""
+    try:
+        import decord  # noqa: F401
+    except Exception:  # ImportError, or a broken native build
+        return False
+    return True
+
+
+def _check_path(path: str | os.PathLike[str], kind: str) -> Path:
+    """Resolve ``path`` and raise the typed error for missing/unreadable files."""
+    try:
+        p = Path(os.fspath(path)).expanduser()
+    except TypeError as e:
+        raise MediaDecodeError(f"{kind} path must be a str or os.PathLike, got {path!r}") from e
+    if not p.exists():
+        raise MediaNotFoundError(
+            f"{kind} file not found: '{p}'. Check the path (relative paths are resolved "
+            f"from '{Path.cwd()}')."
+        )
+    if p.is_dir():
+        raise MediaDecodeError(f"'{p}' is a directory, not a {kind} file. Pass the path of a {kind} file.")
+    if not p.is_file():
+        raise MediaDecodeError(f"'{p}' is not a regular file. Pass the path of a {kind} file.")
+    if not os.access(p, os.R_OK):
+        raise MediaDecodeError(f"no permission to read {kind} file '{p}'. Fix its permissions (e.g. chmod +r).")
+    if p.stat().st_size == 0:
+        raise MediaDecodeError(f"{kind} file '{p}' is empty (0 bytes). Re-create or re-download it.")
+    return p
+
+
+def _wrap_error(p: Path, kind: str, e: BaseException) -> MediaDecodeError:
+    if isinstance(e, PermissionError):
+        return MediaDecodeError(f"no permission to read {kind} file '{p}': {e}. Fix its permissions (e.g. chmod +r).")
+    return MediaDecodeError(
+        f"cannot decode {kind} file '{p}' ({type(e).__name__}: {e}). The file may be corrupt, "
+        f"truncated, or not a {kind}; re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4) or pass "
+        f"another file."
+    )
+
+
+def _progress(show: bool, total: int | None, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", leave=False, disable=not show)
+
+
+def _want_progress(progress: bool | None, sampled: int, total: int) -> bool:
+    if progress is not None:
+        return bool(progress)
+    return sampled >= PROGRESS_MIN_SAMPLED or total >= PROGRESS_MIN_TOTAL
+
+
+# --------------------------------------------------------------------------- PyAV backend
+
+
+def _pick_video_stream(container, p: Path):
+    import av
+
+    streams = list(container.streams.video)
+    if not streams:
+        raise MediaDecodeError(f"'{p}' has no video stream. Pass a video file (e.g. .mp4, .mkv, .webm).")
+    attached = int(av.stream.Disposition.attached_pic)
+    real = [s for s in streams if not (int(s.disposition) & attached)]
+    if not real:
+        raise MediaDecodeError(
+            f"'{p}' has no video stream (only embedded cover art). Pass a video file (e.g. .mp4, .mkv, .webm)."
+        )
+    return real[0]
+
+
+class _Source:
+    """One opened PyAV container positioned at its start (context manager)."""
+
+    def __init__(self, p: Path):
+        import av
+
+        self.p = p
+        try:
+            self.container = av.open(str(p), mode="r")
+        except (AIMError, MemoryError):
+            raise
+        except Exception as e:
+            raise _wrap_error(p, "video", e) from e
+        try:
+            self.stream = _pick_video_stream(self.container, p)
+            self.stream.codec_context.thread_type = "AUTO"
+        except BaseException:
+            self.container.close()
+            raise
+
+    def __enter__(self) -> "_Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.container.close()
+        except Exception:  # pragma: no cover - closing must never mask the real error
+            pass
+
+    def packets(self) -> Iterator:
+        """Demux the video stream's packets; a demux error after some data ends the clip."""
+        import av
+
+        it = self.container.demux(self.stream)
+        n = 0
+        while True:
+            try:
+                packet = next(it)
+            except StopIteration:
+                return
+            except (AIMError, MemoryError):
+                raise
+            except Exception as e:
+                if isinstance(e, av.error.EOFError):
+                    return  # end of data (an empty stream, or a container without a clean end)
+                if n == 0:
+                    raise _wrap_error(self.p, "video", e) from e
+                logger.warning("'%s': demuxing stopped after %d packets (%s); using what was read", self.p, n, e)
+                return
+            n += 1
+            yield packet
+
+    def count_packets(self) -> int:
+        return sum(1 for packet in self.packets() if packet.size > 0)
+
+    def frames(self) -> Iterator:
+        """Decode frames in order; packets that fail to decode are skipped with a warning."""
+        bad = 0
+        first_error: Exception | None = None
+        decoded = 0
+        for packet in self.packets():
+            try:
+                frames = packet.decode()
+            except (AIMError, MemoryError):
+                raise
+            except Exception as e:
+                bad += 1
+                first_error = first_error or e
+                continue
+            for frame in frames:
+                decoded += 1
+                yield frame
+        if bad:
+            if decoded == 0:
+                assert first_error is not None
+                raise _wrap_error(self.p, "video", first_error) from first_error
+            logger.warning("'%s': skipped %d undecodable packet(s) (first: %s)", self.p, bad, first_error)
+
+
+def _to_rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None or (frame.width, frame.height) == size:
+        return frame.to_ndarray(format="rgb24")
+    # Resolution changed mid-stream: keep the first sampled frame's size.
+    return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+
+
+def _decode_selected(p: Path, total: int, num_frames: int, progress: bool | None) -> tuple[np.ndarray | None, int]:
+    """One decode pass keeping only the frames at the sampled indices of ``total``.
+
+    Returns ``(frames, decoded)``; ``frames`` is ``None`` when the clip turned out to
+    hold a different number of frames than ``total`` (the caller then retries with the
+    true count, so the sample stays uniform over the whole clip).
+    """
+    wanted = sample_frame_indices(total, num_frames)
+    out: np.ndarray | None = None
+    size: tuple[int, int] | None = None
+    slot = 0
+    decoded = 0
+    show = _want_progress(progress, len(wanted), total)
+    with _Source(p) as src, _progress(show, total, f"decoding {p.name}") as bar:
+        try:
+            for i, frame in enumerate(src.frames()):
+                decoded = i + 1
+                bar.update(1)
+                if slot < len(wanted) and i == wanted[slot]:
+                    rgb = _to_rgb(frame, size)
+                    if out is None:
+                        size = (frame.width, frame.height)
+                        out = np.empty((len(wanted), *rgb.shape), dtype=np.uint8)
+                    out[slot] = rgb
+                    slot += 1
+        except (AIMError, MemoryError):
+            raise
+        except Exception as e:
+            raise _wrap_error(p, "video", e) from e
+    if decoded != total or slot != len(wanted):
+        return None, decoded
+    return out, decoded
+
+
+def _load_video_pyav(p: Path, num_frames: int, progress: bool | None) -> np.ndarray:
+    with _Source(p) as src:
+        total = src.stream.frames or 0  # container header; 0 or wrong for some formats
+        if total <= 0:
+            try:
+                total = src.count_packets()
+            except (AIMError, MemoryError):
+                raise
+            except Exception as e:
+                raise _wrap_error(p, "video", e) from e
+    if total <= 0:
+        raise EmptyMediaError(f"video file '{p}' holds no frames. Pass a video with at least one frame.")
+    frames, decoded = _decode_selected(p, total, num_frames, progress)
+    if frames is None:
+        # The header/packet count was off: sample again over the exact decoded count.
+        if decoded == 0:
+            raise EmptyMediaError(f"video file '{p}' holds no decodable frames. Pass a video with at least one frame.")
+        logger.debug("'%s': expected %d frames, decoded %d; resampling", p, total, decoded)
+        frames, decoded2 = _decode_selected(p, decoded, num_frames, progress)
+        if frames is None:
+            raise MediaDecodeError(
+                f"video file '{p}' decodes inconsistently ({decoded} then {decoded2} frames). "
+                f"Re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)."
+            )
+    return frames
+
+
+# --------------------------------------------------------------------------- decord backend
+
+
+def _load_video_decord(p: Path, num_frames: int, progress: bool | None) -> np.ndarray:
+    try:
+        import decord
+    except Exception as e:
+        raise UnsupportedUsageError(
+            f"backend='decord' needs the decord package: pip install llava-aim[decord] "
+            f"(or use backend='pyav'). Import failed with: {e}"
+        ) from e
+    try:
+        vr = decord.VideoReader(str(p), ctx=decord.cpu(0))
+        total = len(vr)
+    except (AIMError, MemoryError):
+        raise
+    except Exception as e:
+        raise _wrap_error(p, "video", e) from e
+    if total <= 0:
+        raise EmptyMediaError(f"video file '{p}' holds no frames. Pass a video with at least one frame.")
+    wanted = sample_frame_indices(total, num_frames)
+    show = _want_progress(progress, len(wanted), total)
+    chunk = 16
+    parts: list[np.ndarray] = []
+    try:
+        with _progress(show, len(wanted), f"decoding {p.name}") as bar:
+            for start in range(0, len(wanted), chunk):
+                batch = vr.get_batch(wanted[start : start + chunk])
+                arr = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
+                parts.append(np.ascontiguousarray(arr, dtype=np.uint8))
+                bar.update(len(arr))
+    except (AIMError, MemoryError):
+        raise
+    except Exception as e:
+        raise _wrap_error(p, "video", e) from e
+    frames = np.concatenate(parts, axis=0)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) != len(wanted):
+        raise MediaDecodeError(
+            f"decord returned an unexpected array of shape {frames.shape} for '{p}'. Try backend='pyav'."
+        )
+    return frames
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_video(
+    path: str | os.PathLike[str],
+    num_frames: int,
+    backend: Backend = "auto",
+    *,
+    progress: bool | None = None,
+) -> np.ndarray:
+    """Decode ``path`` and return ``num_frames`` frames sampled uniformly over the clip.
+
+    Args:
+        path: video file (anything FFmpeg reads: mp4, mkv, webm, avi, gif, ...).
+        num_frames: how many frames to sample, ``>= 1``. Indices are
+            :func:`sample_frame_indices` ``(total, num_frames)``: the first and the last
+            frame are always included (when ``num_frames >= 2``). **If the clip has
+            fewer frames than ``num_frames``, all its frames are returned once each**
+            (the result is shorter than asked; frames are never repeated or padded).
+        backend: ``"pyav"`` (decode with PyAV), ``"decord"`` (needs
+            ``pip install llava-aim[decord]``), or ``"auto"``: decord when it is
+            importable, else PyAV. With ``"auto"`` a file decord cannot read is retried
+            with PyAV.
+        progress: ``None`` (default) shows a tqdm bar for >= 64 sampled frames or clips
+            of >= 3000 frames; ``True``/``False`` force it on/off.
+
+    Returns:
+        ``numpy.ndarray`` of shape ``(N, H, W, 3)``, dtype ``uint8``, RGB, in temporal
+        order, with ``N == min(num_frames, total_frames)``.
+
+    Notes:
+        The PyAV backend decodes the clip sequentially (exact frame indices, no seeking
+        artefacts) but only converts and keeps the sampled frames, so memory is bounded
+        by ``N`` frames. The frame count comes from the container header, or - when the
+        header has none - from a demux-only pass; if decoding finds a different count
+        the sample is redone over the true count. Packets that fail to decode in the
+        middle of a clip are skipped with a logged warning. Rotation metadata is not
+        applied.
+
+    Raises:
+        MediaNotFoundError, MediaDecodeError, EmptyMediaError: see the module docstring.
+        AIMConfigError: ``num_frames < 1`` or an unknown ``backend``.
+        UnsupportedUsageError: ``backend="decord"`` but decord is not installed.
+    """
+    num_frames = _as_int(num_frames, "num_frames")
+    if num_frames < 1:
+        raise AIMConfigError(f"num_frames must be >= 1, got {num_frames}")
+    if backend not in _BACKENDS:
+        raise AIMConfigError(f"unknown video backend {backend!r}; choose one of {', '.join(_BACKENDS)}")
+    if backend == "decord" and not decord_available():
+        raise UnsupportedUsageError(
+            "backend='decord' needs the decord package, which is not installed: "
+            "pip install llava-aim[decord] (or use backend='pyav')."
+        )
+    p = _check_path(path, "video")
+    if backend == "pyav" or (backend == "auto" and not decord_available()):
+        return _load_video_pyav(p, num_frames, progress)
+    if backend == "decord":
+        return _load_video_decord(p, num_frames, progress)
+    try:
+        return _load_video_decord(p, num_frames, progress)
+    except (MediaDecodeError, EmptyMediaError) as e:
+        logger.info("decord could not read '%s' (%s); retrying with PyAV", p, e)
+        return _load_video_pyav(p, num_frames, progress)
+
+
+def load_image(path: str | os.PathLike[str]) -> "PIL.Image.Image":  # noqa: F821
+    """Load ``path`` as an RGB :class:`PIL.Image.Image` (fully read, file closed).
+
+    EXIF orientation is applied; an alpha channel is dropped; for animated images the
+    first frame is used. Raises :class:`~llava.errors.MediaNotFoundError`,
+    :class:`~llava.errors.MediaDecodeError` or :class:`~llava.errors.EmptyMediaError`
+    under the same contract as :func:`load_video`.
+    """
+    from PIL import Image, ImageOps
+
+    p = _check_path(path, "image")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            rgb = im.convert("RGB")
+    except (AIMError, MemoryError):
+        raise
+    except Exception as e:
+        raise _wrap_error(p, "image", e) from e
+    if rgb.width == 0 or rgb.height == 0:
+        raise EmptyMediaError(f"image file '{p}' is empty ({rgb.width}x{rgb.height}). Pass a non-empty image.")
+    return rgb
