@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from llava.errors import (
     AIMConfigError,
@@ -430,7 +431,7 @@ def load_video(
         return _load_video_pyav(p, num_frames, progress)
 
 
-def load_image(path: str | os.PathLike[str]) -> "PIL.Image.Image":  # noqa: F821
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Load ``path`` as an RGB :class:`PIL.Image.Image` (fully read, file closed).
 
     EXIF orientation is applied; an alpha channel is dropped; for animated images the
@@ -438,8 +439,6 @@ def load_image(path: str | os.PathLike[str]) -> "PIL.Image.Image":  # noqa: F821
     :class:`~llava.errors.MediaDecodeError` or :class:`~llava.errors.EmptyMediaError`
     under the same contract as :func:`load_video`.
     """
-    from PIL import Image, ImageOps
-
     p = _check_path(path, "image")
     try:
         with Image.open(p) as im:

@@ -290,3 +290,57 @@ def test_load_image_rgba_to_rgb(tmp_path):
     img = load_image(path)
     assert img.mode == "RGB" and img.size == (10, 6)
     assert img.getpixel((0, 0))[0] == 255
+
+
+# ----------------------------------------------------------------- decord backend (faked)
+
+
+class _FakeNDArray:
+    def __init__(self, arr):
+        self._arr = arr
+
+    def asnumpy(self):
+        return self._arr
+
+
+def fake_decord(calls: list, fail: bool = False):
+    """A stand-in for the decord package (not installed in CI), backed by PyAV."""
+    import types
+
+    class VideoReader:
+        def __init__(self, path, ctx=None):
+            calls.append(path)
+            if fail:
+                raise RuntimeError("[decord] cannot open")
+            with av.open(path) as c:
+                self._frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+        def __len__(self):
+            return len(self._frames)
+
+        def get_batch(self, indices):
+            return _FakeNDArray(np.stack([self._frames[i] for i in indices]))
+
+    mod = types.ModuleType("decord")
+    mod.VideoReader = VideoReader
+    mod.cpu = lambda i: ("cpu", i)
+    return mod
+
+
+def test_decord_backend_with_fake_module(clip16, monkeypatch):
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "decord", fake_decord(calls))
+    frames = load_video(clip16, 4, backend="decord")
+    assert frames.shape == (4, SIZE, SIZE, 3) and frames.dtype == np.uint8
+    assert frame_ids(frames) == [0, 5, 10, 15]
+    assert frame_ids(load_video(clip16, 40, backend="auto", progress=False)) == list(range(16))
+    assert len(calls) == 2
+
+
+def test_decord_errors_are_wrapped_and_auto_falls_back(clip16, monkeypatch):
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "decord", fake_decord(calls, fail=True))
+    with pytest.raises(MediaDecodeError, match="clip16.mp4"):
+        load_video(clip16, 4, backend="decord")
+    assert frame_ids(load_video(clip16, 2, backend="auto")) == [0, 15]
+    assert len(calls) == 2

@@ -458,6 +458,7 @@ class Analysis:
     vision_encoder: ComponentCost
     aim_overhead: ComponentCost
     notes: List[str] = field(default_factory=list)
+    vision_shape: Optional[VisionShape] = None
 
     # headline figures
     @property
@@ -489,8 +490,6 @@ class Analysis:
         kwargs = dict(self.settings)
         kwargs.update(retention=1.0, l1=None, l2=None)
         return analyze(self.llm, hardware=self.hardware, options=self.options, vision=self.vision_shape, **_analyze_kwargs(kwargs))
-
-    vision_shape: Optional[VisionShape] = None
 
     def to_dict(self, with_ops: bool = False) -> Dict[str, Any]:
         return {

@@ -189,9 +189,9 @@ def _get(cfg: Any, key: str) -> Any:
 class VisionShape:
     """A ViT vision tower and its 2-layer MLP projector (in -> H -> H), per frame/image.
 
-    ``tokens`` is the encoder's sequence length per frame; ``projector_tokens`` how many of its
-    outputs the projector maps (LLaVA-1.5 drops CLIP's class token: 577 -> 576).
-    ``patch_size`` and ``channels`` give the patch embedding (a linear map of each patch).
+    ``tokens`` is the encoder's sequence length per frame, class token included when
+    ``class_token``; the projector maps the patch tokens only (LLaVA-1.5 drops CLIP's class
+    token: 577 -> 576). ``patch_size`` and ``channels`` give the patch embedding.
     """
 
     name: str
@@ -200,7 +200,7 @@ class VisionShape:
     intermediate: int
     heads: int
     tokens: int
-    projector_tokens: int
+    class_token: bool = False
     patch_size: int = 14
     channels: int = 3
 
@@ -208,15 +208,20 @@ class VisionShape:
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
+    @property
+    def patches(self) -> int:
+        """Patch tokens per frame (what the projector maps)."""
+        return self.tokens - int(self.class_token)
+
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
 BUILTIN_VISION: Dict[str, VisionShape] = {
     # LLaVA-OneVision: SigLIP-so400m at 384 px, 27x27 patches, no class token.
-    "siglip-so400m": VisionShape("siglip-so400m", 27, 1152, 4304, 16, 729, 729),
+    "siglip-so400m": VisionShape("siglip-so400m", 27, 1152, 4304, 16, 729, class_token=False),
     # LLaVA-1.5: CLIP ViT-L/14 at 336 px, 24x24 patches + class token.
-    "clip-vit-l-336": VisionShape("clip-vit-l-336", 24, 1024, 4096, 16, 577, 576),
+    "clip-vit-l-336": VisionShape("clip-vit-l-336", 24, 1024, 4096, 16, 577, class_token=True),
 }
 
 
@@ -234,6 +239,8 @@ def get_vision(spec: Union[str, VisionShape, None], llm_spec: Any = None) -> Vis
         if key not in BUILTIN_VISION:
             raise AIMConfigError(f"unknown vision tower {spec!r}: use one of {sorted(BUILTIN_VISION)}")
         return BUILTIN_VISION[key]
+    if isinstance(llm_spec, LLMShape):
+        llm_spec = llm_spec.name
     if isinstance(llm_spec, (str, os.PathLike)):
         key = str(llm_spec).lower()
         if key in ("llama-7b", "vicuna-7b"):
