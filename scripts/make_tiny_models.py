@@ -104,7 +104,8 @@ def build_tokenizer(special_tokens, **named) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(corpus(), trainer=trainer)
     tok.add_special_tokens(special_tokens)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+    # Left padding, as batched generation with decoder-only models needs.
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **named)
 
 
 def tiny_onevision(out: Path) -> None:
@@ -114,7 +115,6 @@ def tiny_onevision(out: Path) -> None:
         pad_token="<|endoftext|>",
         extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
     )
-    tokenizer.padding_side = "left"
     text = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -168,7 +168,6 @@ def tiny_llava15(out: Path) -> None:
         pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
     )
-    tokenizer.padding_side = "left"
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,

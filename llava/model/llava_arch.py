@@ -130,6 +130,8 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
     inner = _inner(model)
     lm = inner.language_model
     cfg.check_against_model(len(lm.layers))
+    if processor is not None:
+        _check_processor(processor, kind)  # before touching anything: no half-patched model
     remove_aim(model, processor)
 
     config = model.config
@@ -264,12 +266,15 @@ def _visual_mask_from_embeds(inner, inputs_embeds, runtime: AIMRuntime):
 
 
 # -- processors ---------------------------------------------------------------------------
-def _patch_processor(processor, kind: str, cfg: AIMConfig, runtime: AIMRuntime) -> None:
+def _check_processor(processor, kind: str) -> None:
     expected = {"onevision": "LlavaOnevisionProcessor", "llava": "LlavaProcessor"}[kind]
     if type(processor).__name__ != expected:
         raise UnsupportedModelError(
             f"the model needs a {expected} (its placeholder count must follow merging), got {type(processor).__name__}"
         )
+
+
+def _patch_processor(processor, kind: str, cfg: AIMConfig, runtime: AIMRuntime) -> None:
     if not cfg.merging:
         return
     if kind == "onevision":

@@ -1,0 +1,82 @@
+"""Shared fixtures: the built-in tiny models (loaded once per session) and small media."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+def _load(name, attn="sdpa"):
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(name, aim=None, torch_dtype=torch.float32, attn_implementation=attn)
+
+
+@pytest.fixture(scope="session")
+def ov_sdpa():
+    return _load("tiny-llava-onevision")
+
+
+@pytest.fixture(scope="session")
+def ov_eager():
+    return _load("tiny-llava-onevision", "eager")
+
+
+@pytest.fixture(scope="session")
+def llava15_sdpa():
+    return _load("tiny-llava-1.5")
+
+
+@pytest.fixture(scope="session")
+def llava15_eager():
+    return _load("tiny-llava-1.5", "eager")
+
+
+def make_video(frames=4, size=48, seed=0):
+    """A small synthetic clip (frames, H, W, 3) uint8: smooth background and a moving square."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(1, 1, 3))
+    video = np.broadcast_to(base, (frames, size, size, 3)).copy().astype(np.uint8)
+    for f in range(frames):
+        x = 4 + 6 * f
+        video[f, 10:26, x : x + 16] = rng.integers(0, 255, size=3)
+    return video
+
+
+def make_image(size=64, seed=1):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
+    return Image.fromarray(arr)
+
+
+def video_inputs(processor, videos, questions=None):
+    questions = questions or ["What happens in the video?"] * len(videos)
+    prompts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}],
+            add_generation_prompt=True,
+        )
+        for q in questions
+    ]
+    return processor(text=prompts, videos=list(videos), return_tensors="pt", padding=True)
+
+
+def image_inputs(processor, images, questions=None):
+    questions = questions or ["What is shown?"] * len(images)
+    prompts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+            add_generation_prompt=True,
+        )
+        for q in questions
+    ]
+    return processor(text=prompts, images=list(images), return_tensors="pt", padding=True)
