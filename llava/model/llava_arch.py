@@ -248,6 +248,15 @@ def _install_pruning(inner, lm, runtime: AIMRuntime) -> None:
             runtime.set_visual_mask(_visual_mask_from_embeds(module, kwargs["inputs_embeds"], runtime))
 
     runtime.handles.append(inner.register_forward_pre_hook(remember_visual_tokens, with_kwargs=True))
+    install_pruning(lm, runtime)
+
+
+def install_pruning(lm, runtime: AIMRuntime) -> None:
+    """Drive a bare Qwen2Model / LlamaModel with AIM pruning.
+
+    The caller sets the visual-token mask before each prefill (``runtime.set_visual_mask``);
+    ``apply_aim`` does that from input_ids with a pre-hook on the multimodal model.
+    """
     stock_name = stock_backend_name(lm.config._attn_implementation or "sdpa")
     aim_name = aim_backend_name(stock_name)
     lm.config._attn_implementation = aim_name

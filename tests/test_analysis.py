@@ -1,0 +1,378 @@
+"""The roofline efficiency analyzer (llava.analysis): hand-computed cases, schedules, the CLI.
+
+Fast, no network, no model weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+
+import pytest
+
+from llava.aim.merge import merged_token_count
+from llava.aim.schedule import visual_tokens_per_layer
+from llava.analysis import (
+    Hardware,
+    LLMShape,
+    RooflineOptions,
+    analyze,
+    decode_step_cost,
+    get_hardware,
+    get_llm,
+    kv_cache_bytes_per_layer,
+    layer_ops,
+    lm_head_op,
+    prefill_cost,
+)
+from llava.analysis.cli import add_flops_command, compact_counts
+from llava.analysis.roofline import merge_steps, paper_default_layers
+from llava.errors import AIMConfigError
+
+# A toy model: H=8, I=16, nh=2, nkv=1 (d=4), L=2, V=10; a toy card: 100 OP/s, 10 B/s.
+TOY = LLMShape(hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, head_dim=4, vocab=10, name="toy")
+TOY_HW = Hardware("toy", 100.0, 10.0)
+
+
+def roof(ops, nbytes, peak=100.0, bw=10.0):
+    """The model's definition, literally: OPs / min(peak, OPs/bytes * bandwidth)."""
+    return ops / min(peak, ops / nbytes * bw)
+
+
+# Each op of one toy layer with N = 3 tokens, 2-byte weights/activations/KV, by hand.
+TOY_N3 = {
+    "attn_norm": (7 * 8 * 3, 2 * 8 * 3 * 2),
+    "q_proj": (2 * 8 * 8 * 3, 8 * 8 * 2 + 8 * 3 * 2 + 8 * 3 * 2),
+    "k_proj": (2 * 8 * 4 * 3, 8 * 4 * 2 + 8 * 3 * 2 + 4 * 3 * 2),  # output stored as KV
+    "v_proj": (2 * 8 * 4 * 3, 8 * 4 * 2 + 8 * 3 * 2 + 4 * 3 * 2),
+    "qk_matmul": (2 * 3 * 3 * 4 * 2, 3 * 4 * 1 * 2 + 3 * 3 * 2 * 2 + 3 * 4 * 1 * 2),
+    "softmax": (5 * 2 * 3 * 3, 2 * 2 * 3 * 3 * 2),
+    "sv_matmul": (2 * 3 * 3 * 4 * 2, 3 * 3 * 2 * 2 + 3 * 4 * 2 * 2 + 3 * 4 * 1 * 2),
+    "o_proj": (2 * 8 * 8 * 3, 8 * 8 * 2 + 8 * 3 * 2 + 8 * 3 * 2),
+    "attn_add": (8 * 3, 2 * 8 * 3 * 2),
+    "mlp_norm": (7 * 8 * 3, 2 * 8 * 3 * 2),
+    "gate_proj": (2 * 8 * 16 * 3, 8 * 16 * 2 + 8 * 3 * 2 + 16 * 3 * 2),
+    "up_proj": (2 * 8 * 16 * 3, 8 * 16 * 2 + 8 * 3 * 2 + 16 * 3 * 2),
+    "mlp_act": (2 * 8 * 3, 3 * 8 * 3 * 2),  # with H, not I
+    "down_proj": (2 * 16 * 8 * 3, 16 * 8 * 2 + 16 * 3 * 2 + 8 * 3 * 2),
+}
+TOY_LM_HEAD = (8 * 10, 8 * 10 * 2 + 8 * 2 + 10 * 2)
+
+
+# --- hand-computed toy cases ---------------------------------------------------------------
+
+
+def test_toy_layer_every_op_by_hand():
+    ops = layer_ops(TOY, 3, TOY_HW)
+    assert [op.name for op in ops] == list(TOY_N3)
+    for op in ops:
+        want_ops, want_bytes = TOY_N3[op.name]
+        assert op.ops == want_ops, op.name
+        assert op.bytes == want_bytes, op.name
+        assert op.time_s == pytest.approx(roof(want_ops, want_bytes), rel=1e-12), op.name
+
+
+def test_toy_numbers_spot_checks():
+    ops = {op.name: op for op in layer_ops(TOY, 3, TOY_HW)}
+    assert (ops["q_proj"].ops, ops["q_proj"].bytes) == (384, 224)
+    assert (ops["qk_matmul"].ops, ops["qk_matmul"].bytes) == (144, 84)
+    assert (ops["gate_proj"].ops, ops["gate_proj"].bytes) == (768, 400)
+    # q_proj: intensity 384/224 < ridge 10 -> memory-bound: 224 B / 10 B/s.
+    assert ops["q_proj"].time_s == pytest.approx(22.4)
+    assert ops["q_proj"].bound(TOY_HW) == "memory"
+    # A compute-bound op on a bandwidth-rich card: time = OPs / peak.
+    fast = Hardware("fast-mem", 100.0, 1e9)
+    gate = {op.name: op for op in layer_ops(TOY, 3, fast)}["gate_proj"]
+    assert gate.time_s == pytest.approx(768 / 100.0)
+    assert gate.bound(fast) == "compute"
+
+
+def test_toy_prefill_sums_layers_and_lm_head():
+    res = prefill_cost(TOY, [3, 3], TOY_HW)
+    layer_flops = sum(o for o, _ in TOY_N3.values())
+    layer_bytes = sum(b for _, b in TOY_N3.values())
+    assert res.flops == 2 * layer_flops + TOY_LM_HEAD[0]
+    assert res.bytes == 2 * layer_bytes + TOY_LM_HEAD[1]
+    want_time = 2 * sum(roof(o, b) for o, b in TOY_N3.values()) + roof(*TOY_LM_HEAD)
+    assert res.time_s == pytest.approx(want_time, rel=1e-12)
+    head = lm_head_op(TOY, TOY_HW)
+    assert (head.ops, head.bytes) == TOY_LM_HEAD
+    totals = res.op_totals()
+    assert totals["q_proj"]["ops"] == 2 * 384
+    assert totals["lm_head"]["ops"] == 80
+
+
+def test_toy_per_layer_lengths_differ():
+    res = prefill_cost(TOY, [3, 1], TOY_HW)
+    assert res.layers[0].flops == sum(o for o, _ in TOY_N3.values())
+    one = {op.name: op for op in res.layers[1].ops}
+    assert one["qk_matmul"].ops == 2 * 1 * 1 * 4 * 2
+    assert one["q_proj"].ops == 2 * 8 * 8 * 1
+
+
+def test_toy_flash_attention_and_mlp_add():
+    opts = RooflineOptions(flash_attention=True, include_mlp_add=True)
+    ops = {op.name: op for op in layer_ops(TOY, 3, TOY_HW, opts)}
+    assert "qk_matmul" not in ops and "softmax" not in ops and "sv_matmul" not in ops
+    fused = ops["fused_attention"]
+    assert fused.ops == 2 * 3 * 3 * 4 * 2 + 5 * 2 * 3 * 3 + 2 * 3 * 3 * 4 * 2
+    # load Q (N*d*nh*a) + load K and V (2*N*d*nkv*kv) + store O (N*d*nh*a); no N x N term
+    assert fused.bytes == 3 * 4 * 2 * 2 + 2 * 3 * 4 * 1 * 2 + 3 * 4 * 2 * 2
+    assert (ops["mlp_add"].ops, ops["mlp_add"].bytes) == (8 * 3, 2 * 8 * 3 * 2)
+
+
+def test_toy_byte_sizes():
+    opts = RooflineOptions(weight_bytes=1, act_bytes=2, kv_bytes=4)
+    ops = {op.name: op for op in layer_ops(TOY, 3, TOY_HW, opts)}
+    assert ops["k_proj"].bytes == 8 * 4 * 1 + 8 * 3 * 2 + 4 * 3 * 4
+    assert ops["qk_matmul"].bytes == 3 * 4 * 1 * 2 + 3 * 3 * 2 * 2 + 3 * 4 * 1 * 4
+
+
+def test_toy_decode_step_and_kv_cache():
+    step = decode_step_cost(TOY, [3, 2], TOY_HW)
+    l0 = {op.name: op for op in step.layers[0].ops}
+    # one query over 3 cached keys + itself
+    assert l0["qk_matmul"].ops == 2 * 1 * 4 * 4 * 2
+    assert l0["qk_matmul"].bytes == 1 * 4 * 1 * 2 + 1 * 4 * 2 * 2 + 4 * 4 * 1 * 2
+    assert l0["q_proj"].ops == 2 * 8 * 8 * 1
+    assert step.layers[1].keys == 3
+    assert step.lm_head.ops == 80
+    assert kv_cache_bytes_per_layer(TOY, [3, 2]) == [2 * 3 * 1 * 4 * 2, 2 * 2 * 1 * 4 * 2]
+
+
+def test_toy_analyze_end_to_end():
+    # 2 frames x 4 tokens, retention 1/2 -> 2 kept each; 1 newline; 3 text tokens.
+    res = analyze(TOY, frames=2, tokens_per_frame=4, text_tokens=3, retention=0.5, l1=0, l2=2,
+                  newline_tokens=1, hardware=TOY_HW)
+    v0 = 2 * 2 + 1
+    assert res.visual_tokens_per_layer == [v0, (v0 * (2 - 1)) // 2] == [5, 2]
+    assert res.tokens_per_layer == [8, 5]
+    assert res.prefill_flops == prefill_cost(TOY, [8, 5], TOY_HW).flops
+    assert res.pruning_layers == [0]
+    assert res.kv_cache_bytes == 2 * (8 + 5) * 1 * 4 * 2
+    assert res.aim_overhead.flops > 0
+    assert res.without_aim().tokens_per_layer == [3 + 2 * 4 + 1] * 2
+
+
+# --- schedules -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("convention", ["runtime", "paper"])
+@pytest.mark.parametrize("retention,l1,l2", [(0.25, 14, 22), (1.0, 7, 8), (0.5, 0, 27), (1 / 64, 21, 29), (0.25, None, None)])
+def test_tokens_per_layer_follow_the_schedule(convention, retention, l1, l2):
+    res = analyze("qwen2-7b", retention=retention, l1=l1, l2=l2, convention=convention)
+    v0 = 32 * merged_token_count(196, retention)
+    visual = visual_tokens_per_layer(v0, 28, l1, l2, convention)
+    assert res.visual_tokens_per_layer == visual
+    assert res.tokens_per_layer == [100 + v for v in visual]
+
+
+def test_conventions_differ_by_one_layer():
+    rt = analyze("qwen2-7b", retention=0.25, l1=14, l2=22, convention="runtime").tokens_per_layer
+    pp = analyze("qwen2-7b", retention=0.25, l1=14, l2=22, convention="paper").tokens_per_layer
+    assert rt[:15] == [1668] * 15 and pp[:14] == [1668] * 14
+    assert pp[14:21] == rt[15:22]
+    assert rt[22:] == [100] * 6 and pp[21:] == [100] * 7
+
+
+def test_paper_setting_self_consistent():
+    full = analyze("qwen2-7b", convention="paper")
+    H, I, L, nh, d, V, kvd = 3584, 18944, 28, 28, 128, 152064, 512
+    N = 100 + 32 * 196
+    per_layer = (2 * N * (2 * H * H + 2 * H * kvd + 3 * H * I) + 2 * 2 * N * N * d * nh + 5 * nh * N * N
+                 + 2 * 7 * H * N + H * N + 2 * H * N)
+    assert full.prefill_flops == L * per_layer + H * V
+    aim_paper = analyze("qwen2-7b", retention=0.25, l1=14, l2=22, convention="paper")
+    aim_runtime = analyze("qwen2-7b", retention=0.25, l1=14, l2=22, convention="runtime")
+    assert aim_paper.prefill_flops < aim_runtime.prefill_flops < full.prefill_flops
+    assert full.prefill_flops / aim_paper.prefill_flops > 5
+    assert full.prefill_time_s / aim_paper.prefill_time_s > 5
+    # AIM's own overhead is small, and reported apart from the prefill
+    assert 0 < aim_runtime.aim_overhead.flops < 0.01 * aim_runtime.prefill_flops
+    assert aim_runtime.prefill_flops == prefill_cost(get_llm("qwen2-7b"), aim_runtime.tokens_per_layer).flops
+    assert aim_runtime.vision_encoder.flops == full.vision_encoder.flops > 0
+    assert aim_runtime.kv_cache_bytes < full.kv_cache_bytes
+
+
+@pytest.mark.parametrize("l1,l2", [(None, None), (14, 22)])
+def test_monotone_in_retention(l1, l2):
+    flops = [analyze("qwen2-7b", retention=r, l1=l1, l2=l2).prefill_flops
+             for r in (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)]
+    assert flops == sorted(flops) and len(set(flops)) == len(flops)
+
+
+def test_merge_steps_match_the_paper():
+    assert merge_steps(196, 0.25) == [(196, 98), (98, 49)]
+    assert merge_steps(196, 1.0) == []
+    assert 196 - sum(r for _, r in merge_steps(196, 1 / 64)) == 3
+
+
+def test_paper_default_layers_scaled():
+    assert paper_default_layers(28) == (14, 22)
+    assert paper_default_layers(32) == (16, 25)
+    l1, l2 = paper_default_layers(2)
+    assert 0 <= l1 < 2 and l1 < l2
+
+
+def test_bad_analyze_options():
+    for kwargs in ({"retention": 0.0}, {"retention": 1.5}, {"l1": 22, "l2": 14}, {"l1": -1, "l2": 3},
+                   {"l1": 28, "l2": 29}, {"frames": 0}, {"text_tokens": -1}, {"convention": "nope"},
+                   {"hardware": "tpu"}, {"llm": "gpt-9"}, {"l1": 3, "l2": None}):
+        with pytest.raises(AIMConfigError):
+            analyze(**kwargs)
+
+
+# --- shapes and hardware -------------------------------------------------------------------
+
+
+def test_builtin_shapes():
+    q = get_llm("qwen2-7b")
+    assert (q.hidden, q.intermediate, q.layers, q.heads, q.kv_heads, q.head_dim, q.vocab) == (
+        3584, 18944, 28, 28, 4, 128, 152064)
+    v = get_llm("vicuna-7b")
+    assert (v.hidden, v.intermediate, v.layers, v.heads, v.kv_heads, v.vocab) == (4096, 11008, 32, 32, 32, 32000)
+
+
+def test_shape_from_transformers_configs():
+    from transformers import LlavaOnevisionConfig, Qwen2Config
+
+    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=100)
+    s = LLMShape.from_config(text)
+    assert (s.hidden, s.intermediate, s.layers, s.heads, s.kv_heads, s.head_dim, s.vocab) == (64, 128, 3, 4, 2, 16, 100)
+    mm = LlavaOnevisionConfig(text_config=text.to_dict())
+    assert LLMShape.from_config(mm).layers == 3
+    assert LLMShape.from_config({"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+                                 "num_attention_heads": 2, "vocab_size": 10}).kv_heads == 2
+    with pytest.raises(AIMConfigError):
+        LLMShape.from_config({"hidden_size": 8})
+
+
+def _write_config(tmp_path):
+    cfg = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+def test_shape_from_local_path(tmp_path):
+    d = _write_config(tmp_path)
+    for spec in (str(d), str(d / "config.json")):
+        s = get_llm(spec)
+        assert (s.hidden, s.intermediate, s.layers, s.heads, s.kv_heads, s.head_dim, s.vocab) == (64, 128, 4, 4, 2, 16, 100)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(AIMConfigError):
+        get_llm(str(tmp_path / "bad.json"))
+
+
+def test_hardware():
+    assert get_hardware("nvidia_A100") == Hardware("nvidia_A100", 312e12, 1555e9)
+    assert get_hardware("nvidia_H100").flops == 989.5e12
+    assert get_hardware("nvidia_H200").bandwidth == 4800e9
+    assert get_hardware("nvidia_A100_80G").bandwidth == 2039e9
+    hw = get_hardware("custom:1e12:2e9")
+    assert (hw.flops, hw.bandwidth) == (1e12, 2e9)
+    for bad in ("tpu", "custom:1e12", "custom:x:1", "custom:-1:1", "custom:1:0"):
+        with pytest.raises(AIMConfigError):
+            get_hardware(bad)
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_main(monkeypatch):
+    """``llava.cli.main``; ``llava.run`` is stubbed if it cannot be imported yet."""
+    try:
+        import llava.run  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("llava.run")
+        stub.add_run_command = lambda subparsers: None
+        monkeypatch.setitem(sys.modules, "llava.run", stub)
+    from llava.cli import main
+
+    return main
+
+
+def test_flops_parser_sets_func():
+    parser = argparse.ArgumentParser()
+    add_flops_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["flops", "--json"])
+    assert callable(args.func) and args.json
+
+
+def test_cli_json_keys_and_defaults(cli_main, capsys):
+    assert cli_main(["flops", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    data = json.loads(out)
+    for key in ("prefill_tflops", "prefill_ms", "tokens_per_layer", "baseline_prefill_tflops", "speedup",
+                "vision_encoder_tflops", "aim_overhead_tflops", "kv_cache_bytes", "retention", "l1", "l2",
+                "frames", "hardware", "convention"):
+        assert key in data, key
+    assert (data["retention"], data["l1"], data["l2"], data["convention"]) == (0.25, 14, 22, "runtime")
+    want = analyze("qwen2-7b", retention=0.25, l1=14, l2=22)
+    assert data["tokens_per_layer"] == want.tokens_per_layer
+    assert data["prefill_tflops"] == pytest.approx(want.prefill_tflops)
+    assert data["baseline_prefill_tflops"] > data["prefill_tflops"]
+    assert data["speedup"] > 1
+
+
+def test_cli_paper_convention_and_options(cli_main, capsys):
+    assert cli_main(["flops", "--json", "--paper-convention", "--retention", "0.5", "--l1", "7", "--l2", "15",
+                     "--hardware", "custom:1e15:3e12", "--flash-attention", "--frames", "8"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["convention"] == "paper" and data["options"]["flash_attention"]
+    assert data["tokens_per_layer"] == [100 + v for v in visual_tokens_per_layer(8 * 98, 28, 7, 15, "paper")]
+    assert cli_main(["flops", "--json", "--no-prune"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["l1"] is None and len(set(data["tokens_per_layer"])) == 1
+
+
+def test_cli_llama_scales_the_schedule(cli_main, capsys):
+    assert cli_main(["flops", "--json", "--llm", "llama-7b", "--frames", "1", "--tokens-per-frame", "576"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["l1"], data["l2"]) == (16, 25)
+    assert any("scaled" in n for n in data["notes"])
+    assert data["vision_tower"] == "clip-vit-l-336"
+
+
+def test_cli_human_table(cli_main, capsys):
+    assert cli_main(["flops"]) == 0
+    out = capsys.readouterr().out
+    assert "LLM prefill TFLOPs" in out and "without AIM" in out
+    assert "SiLU-gate" in out and "not I" in out
+    assert "vision encoder" in out
+
+
+def test_cli_local_config_path(cli_main, capsys, tmp_path):
+    d = _write_config(tmp_path)
+    assert cli_main(["flops", "--json", "--llm", str(d), "--frames", "2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["tokens_per_layer"]) == 4
+    assert (data["l1"], data["l2"]) == paper_default_layers(4)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--retention", "0"], ["--retention", "1.5"], ["--l1", "22", "--l2", "14"], ["--l1", "-1", "--l2", "4"],
+    ["--l1", "28", "--l2", "29"], ["--l1", "3"], ["--hardware", "nvidia_Z9"], ["--hardware", "custom:1:x"],
+    ["--llm", "no-such-model"], ["--frames", "0"], ["--frames", "-3"], ["--frames", "abc"],
+    ["--no-prune", "--l1", "1", "--l2", "2"], ["--text-tokens", "-1"],
+])
+def test_cli_bad_options_exit_2_one_line(cli_main, capsys, argv):
+    try:
+        rc = cli_main(["flops", *argv])
+    except SystemExit as exc:  # argparse-level errors
+        rc = exc.code
+    assert rc == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err and "\n" not in err, err
+    assert "Traceback" not in captured.err
+    assert captured.out == ""
+
+
+def test_compact_counts():
+    assert compact_counts([5, 5, 4, 3, 3]) == "0-1: 5 | 2: 4 | 3-4: 3"

@@ -1,0 +1,368 @@
+"""Tests of llava.aim.importance: PageRank importance, survivor selection, compaction."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llava.aim.importance import (
+    attention_importance,
+    compact_left,
+    heads_per_chunk,
+    pagerank_importance,
+    select_survivors,
+)
+
+B, NH, NKV, N, D = 2, 4, 2, 7, 8
+SCALE = D**-0.5
+
+
+def qk(seed=0, b=B, nh=NH, nkv=NKV, n=N, d=D):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, nh, n, d, generator=g, dtype=torch.float64)
+    k = torch.randn(b, nkv, n, d, generator=g, dtype=torch.float64)
+    return q, k
+
+
+# -- a slow, obviously-correct reference (explicit loops, float64) ---------------------------
+def reference_pagerank(q, k, valid, scaling, tau=0.1, iters=5):
+    b_, nh, n, d = q.shape
+    group = nh // k.shape[1]
+    out = torch.zeros(b_, n, dtype=torch.float64)
+    for b in range(b_):
+        idx = [i for i in range(n) if bool(valid[b, i])]
+        if not idx:
+            continue
+        sum_sq = [0.0] * n
+        for h in range(nh):
+            kv = h // group
+            m = [[0.0] * n for _ in range(n)]
+            for i in idx:
+                keys = [j for j in idx if j <= i]
+                logits = [
+                    sum(float(q[b, h, i, c]) * float(k[b, kv, j, c]) for c in range(d)) * scaling / tau
+                    for j in keys
+                ]
+                top = max(logits)
+                e = [math.exp(x - top) for x in logits]
+                z = sum(e)
+                for j, ej in zip(keys, e):
+                    m[i][j] = ej / z
+            dist = [1.0 / len(idx) if i in idx else 0.0 for i in range(n)]
+            for _ in range(iters):
+                dist = [sum(dist[i] * m[i][j] for i in range(n)) for j in range(n)]
+            for j in range(n):
+                sum_sq[j] += dist[j] ** 2
+        for j in range(n):
+            out[b, j] = math.sqrt(sum_sq[j] / nh)
+    return out
+
+
+def reference_attention(q, k, valid, scaling):
+    b_, nh, n, d = q.shape
+    group = nh // k.shape[1]
+    out = torch.zeros(b_, n, dtype=torch.float64)
+    for b in range(b_):
+        idx = [i for i in range(n) if bool(valid[b, i])]
+        for h in range(nh):
+            for i in idx:
+                keys = [j for j in idx if j <= i]
+                logits = [float(q[b, h, i] @ k[b, h // group, j]) * scaling for j in keys]
+                top = max(logits)
+                e = [math.exp(x - top) for x in logits]
+                for j, ej in zip(keys, e):
+                    out[b, j] += ej / sum(e) / (nh * len(idx))
+    return out
+
+
+def close(got, ref):
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=2e-4, atol=1e-6)
+
+
+# -- pagerank_importance -------------------------------------------------------------------------
+def test_pagerank_matches_reference_all_valid():
+    q, k = qk(0)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    ref = reference_pagerank(q, k, valid, SCALE)
+    close(pagerank_importance(q.float(), k.float(), valid, SCALE), ref)
+    close(pagerank_importance(q, k, valid, SCALE), ref)  # float64 input, float32 compute
+    # a distribution over tokens at every head: RMS of per-head probabilities, all positive
+    assert bool((ref > 0).all())
+
+
+def test_pagerank_matches_reference_bf16_input_shape_only():
+    q, k = qk(1)
+    out = pagerank_importance(q.bfloat16(), k.bfloat16(), torch.ones(B, N, dtype=torch.bool), SCALE)
+    assert out.shape == (B, N) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("tau, iters", [(1.0, 1), (0.1, 5), (0.5, 3), (0.05, 2)])
+def test_pagerank_tau_iters(tau, iters):
+    q, k = qk(2)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    ref = reference_pagerank(q, k, valid, SCALE, tau=tau, iters=iters)
+    close(pagerank_importance(q.float(), k.float(), valid, SCALE, tau=tau, iters=iters), ref)
+
+
+def test_pagerank_left_padded_matches_reference_and_subset():
+    q, k = qk(3)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[1, :3] = False  # sample 1 left-padded: its first tokens are invalid
+    got = pagerank_importance(q.float(), k.float(), valid, SCALE)
+    assert not torch.isnan(got).any()
+    close(got, reference_pagerank(q, k, valid, SCALE))
+    assert bool((got[1, :3] == 0).all())
+    # equals the computation on the valid tokens alone
+    alone = pagerank_importance(q[1:, :, 3:].float(), k[1:, :, 3:].float(), torch.ones(1, N - 3, dtype=torch.bool), SCALE)
+    torch.testing.assert_close(got[1, 3:], alone[0], rtol=1e-5, atol=1e-7)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), mask_bits=st.lists(st.booleans(), min_size=B * N, max_size=B * N))
+def test_pagerank_any_valid_mask_equals_valid_subset(seed, mask_bits):
+    """Invalid (pruned, padded) tokens neither cast nor receive a share; they score 0."""
+    q, k = qk(seed)
+    q, k = q.float(), k.float()
+    valid = torch.tensor(mask_bits).view(B, N)
+    got = pagerank_importance(q, k, valid, SCALE)
+    assert not torch.isnan(got).any()
+    assert bool((got[~valid] == 0).all())
+    for b in range(B):
+        idx = valid[b].nonzero().flatten()
+        if len(idx) == 0:
+            continue
+        alone = pagerank_importance(
+            q[b : b + 1][:, :, idx], k[b : b + 1][:, :, idx], torch.ones(1, len(idx), dtype=torch.bool), SCALE
+        )
+        torch.testing.assert_close(got[b, idx], alone[0], rtol=1e-5, atol=1e-7)
+
+
+def test_pagerank_holes_match_reference():
+    q, k = qk(4)
+    valid = torch.tensor([[1, 0, 1, 1, 0, 1, 1], [0, 0, 1, 0, 1, 1, 0]], dtype=torch.bool)
+    close(pagerank_importance(q.float(), k.float(), valid, SCALE), reference_pagerank(q, k, valid, SCALE))
+
+
+def test_pagerank_no_nan_with_all_invalid_sample():
+    q, k = qk(5)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[0] = False
+    got = pagerank_importance(q.float(), k.float(), valid, SCALE)
+    assert not torch.isnan(got).any()
+    assert bool((got[0] == 0).all())
+    close(got, reference_pagerank(q, k, valid, SCALE))
+
+
+def test_pagerank_no_nan_with_huge_logits():
+    q, k = qk(6)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[:, :2] = False
+    got = pagerank_importance((q * 100).float(), (k * 100).float(), valid, SCALE)
+    assert torch.isfinite(got).all()
+
+
+def test_pagerank_valid_may_be_int_mask():
+    q, k = qk(7)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[0, :2] = False
+    a = pagerank_importance(q.float(), k.float(), valid, SCALE)
+    b = pagerank_importance(q.float(), k.float(), valid.long(), SCALE)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("max_bytes", [1, B * N * N * 4 * 2, 3 * B * N * N * 4 * 2])
+def test_pagerank_chunking_same_result(max_bytes):
+    q, k = qk(8)
+    q, k = q.float(), k.float()
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[1, :2] = False
+    one_chunk = pagerank_importance(q, k, valid, SCALE, max_bytes=1 << 30)
+    chunked = pagerank_importance(q, k, valid, SCALE, max_bytes=max_bytes)
+    torch.testing.assert_close(chunked, one_chunk, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(
+        attention_importance(q, k, valid, SCALE, max_bytes=max_bytes),
+        attention_importance(q, k, valid, SCALE),
+        rtol=1e-6,
+        atol=1e-8,
+    )
+
+
+def test_heads_per_chunk():
+    per_head = B * N * N * 4 * 2
+    assert heads_per_chunk(B, NH, N, 1) == 1
+    assert heads_per_chunk(B, NH, N, 0) == 1
+    assert heads_per_chunk(B, NH, N, per_head) == 1
+    assert heads_per_chunk(B, NH, N, 3 * per_head) == 3
+    assert heads_per_chunk(B, NH, N, 3 * per_head + per_head - 1) == 3
+    assert heads_per_chunk(B, NH, N, 100 * per_head) == NH
+    assert heads_per_chunk(B, NH, 0, 10) == NH
+
+
+def test_gqa_groups_share_kv_head():
+    """nh=4, nkv=2: heads 0,1 use kv head 0; heads 2,3 use kv head 1 (repeat_interleave)."""
+    q, k = qk(9)
+    q, k = q.float(), k.float()
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[0, :1] = False
+    gqa = pagerank_importance(q, k, valid, SCALE)
+    expanded = pagerank_importance(q, k.repeat_interleave(NH // NKV, dim=1), valid, SCALE)
+    torch.testing.assert_close(gqa, expanded, rtol=1e-6, atol=1e-8)
+    wrong = pagerank_importance(q, k.repeat(1, NH // NKV, 1, 1), valid, SCALE)  # 0,1,0,1 grouping
+    assert not torch.allclose(gqa, wrong)
+    for mb in (1, 1 << 30):  # also per head chunk
+        torch.testing.assert_close(pagerank_importance(q, k, valid, SCALE, max_bytes=mb), gqa, rtol=1e-6, atol=1e-8)
+
+
+def test_gqa_single_kv_head_reference():
+    q, k = qk(10, nkv=1)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    close(pagerank_importance(q.float(), k.float(), valid, SCALE), reference_pagerank(q, k, valid, SCALE))
+
+
+def test_pagerank_bad_shapes_raise():
+    q, k = qk(11)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    with pytest.raises(ValueError):
+        pagerank_importance(q, k[:, :, :-1], valid, SCALE)
+    q3, k3 = qk(11, nh=3, nkv=2)
+    with pytest.raises(ValueError):
+        pagerank_importance(q3, k3, valid, SCALE)
+
+
+def test_attention_importance_matches_reference():
+    q, k = qk(12)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[1, :3] = False
+    valid[0, 4] = False
+    close(attention_importance(q.float(), k.float(), valid, SCALE), reference_attention(q, k, valid, SCALE))
+
+
+# -- select_survivors ------------------------------------------------------------------------------
+@st.composite
+def selection_case(draw):
+    b = draw(st.integers(1, 3))
+    n = draw(st.integers(1, 12))
+    scores = draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0]), min_size=b * n, max_size=b * n))
+    visual = draw(st.lists(st.booleans(), min_size=b * n, max_size=b * n))
+    alive = draw(st.lists(st.booleans(), min_size=b * n, max_size=b * n))
+    keep = draw(st.lists(st.integers(0, n + 2), min_size=b, max_size=b))
+    return (
+        torch.tensor(scores, dtype=torch.float32).view(b, n),
+        torch.tensor(visual).view(b, n),
+        torch.tensor(alive).view(b, n),
+        torch.tensor(keep),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(selection_case())
+def test_select_survivors_reference(case):
+    scores, visual, alive, keep = case
+    got = select_survivors(scores, visual, alive, keep)
+    assert got.dtype == torch.bool and got.shape == scores.shape
+    for b in range(scores.shape[0]):
+        cands = [i for i in range(scores.shape[1]) if visual[b, i] and alive[b, i]]
+        ranked = sorted(cands, key=lambda i: (-float(scores[b, i]), i))  # highest first, ties: lower index
+        chosen = set(ranked[: int(keep[b])])
+        expected = [
+            bool(alive[b, i]) and (not bool(visual[b, i]) or i in chosen) for i in range(scores.shape[1])
+        ]
+        assert got[b].tolist() == expected
+        # all non-visual alive tokens survive; exactly min(keep, candidates) visual ones
+        assert int((got[b] & visual[b]).sum()) == min(int(keep[b]), len(cands))
+        assert bool((got[b] <= alive[b]).all())
+
+
+def test_select_survivors_ties_to_lower_index():
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    visual = torch.tensor([[False, True, True, True, True, False]])
+    alive = torch.ones(1, 6, dtype=torch.bool)
+    got = select_survivors(scores, visual, alive, torch.tensor([2]))
+    assert got.tolist() == [[True, True, True, False, False, True]]
+
+
+def test_select_survivors_by_hand():
+    scores = torch.tensor([[9.0, 0.1, 0.7, 0.3, 0.7, 0.9, 5.0], [0.0, 0.2, 0.1, 0.4, 0.3, 0.0, 0.0]])
+    visual = torch.tensor([[0, 1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    alive = torch.tensor([[1, 1, 1, 1, 1, 0, 1], [0, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    # sample 0: slot 5 (0.9) is dead; best alive visual: 2 (0.7), 4 (0.7) -> keep 2: {2, 4}
+    # sample 1: slot 0 dead (non-visual, dropped); keep 3 of {1: .2, 2: .1, 3: .4, 4: .3, 5: 0}
+    got = select_survivors(scores, visual, alive, torch.tensor([2, 3]))
+    assert got.int().tolist() == [[1, 0, 1, 0, 1, 0, 1], [0, 1, 0, 1, 1, 0, 1]]
+
+
+def test_select_survivors_zero_keep():
+    scores = torch.rand(2, 5)
+    visual = torch.tensor([[0, 1, 1, 1, 0]] * 2, dtype=torch.bool)
+    alive = torch.ones(2, 5, dtype=torch.bool)
+    got = select_survivors(scores, visual, alive, torch.tensor([0, 0]))
+    assert got.tolist() == [[True, False, False, False, True]] * 2
+
+
+def test_select_survivors_nan_raises():
+    scores = torch.tensor([[0.1, float("nan"), 0.3]])
+    ones = torch.ones(1, 3, dtype=torch.bool)
+    with pytest.raises(FloatingPointError):
+        select_survivors(scores, ones, ones, torch.tensor([1]))
+
+
+def test_pagerank_then_select_end_to_end():
+    """The scores from pagerank_importance on a padded batch drive a sane selection."""
+    q, k = qk(13)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[1, :2] = False
+    scores = pagerank_importance(q.float(), k.float(), valid, SCALE)
+    visual = torch.zeros(B, N, dtype=torch.bool)
+    visual[:, 2:6] = True
+    keep = select_survivors(scores, visual, valid, torch.tensor([2, 2]))
+    assert keep[:, [0, 1, 6]].tolist() == [[True, True, True], [False, False, True]]
+    assert keep[:, 2:6].sum(dim=1).tolist() == [2, 2]
+
+
+# -- compact_left ----------------------------------------------------------------------------------
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda b: st.integers(0, 10).flatmap(
+            lambda n: st.lists(st.booleans(), min_size=b * n, max_size=b * n).map(
+                lambda bits: torch.tensor(bits, dtype=torch.bool).view(b, n)
+            )
+        )
+    )
+)
+def test_compact_left(keep):
+    b, n = keep.shape
+    index, alive = compact_left(keep)
+    counts = keep.sum(dim=-1).tolist()
+    width = max(counts) if counts else 0
+    assert index.shape == (b, width) and alive.shape == (b, width)
+    assert index.dtype == torch.long and alive.dtype == torch.bool
+    assert torch.equal(alive, keep.gather(1, index))
+    for r in range(b):
+        c = counts[r]
+        # right-aligned: dead padding on the left, kept slots on the right
+        assert alive[r].tolist() == [False] * (width - c) + [True] * c
+        # the kept slots, in their original order
+        assert index[r, width - c :].tolist() == keep[r].nonzero().flatten().tolist()
+        # gathering never duplicates a slot
+        assert len(set(index[r].tolist())) == width
+        assert all(0 <= i < n for i in index[r].tolist())
+
+
+def test_compact_left_by_hand():
+    keep = torch.tensor([[1, 0, 1, 1, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    index, alive = compact_left(keep)
+    assert alive.tolist() == [[True, True, True], [False, False, True], [False, False, False]]
+    assert index[0].tolist() == [0, 2, 3]
+    assert index[1, 2].item() == 3
+
+
+def test_compact_left_all_dropped():
+    index, alive = compact_left(torch.zeros(2, 4, dtype=torch.bool))
+    assert index.shape == (2, 0) and alive.shape == (2, 0)
