@@ -194,7 +194,10 @@ def test_pagerank_chunking_same_result(max_bytes):
 
 
 def test_heads_per_chunk():
-    per_head = B * N * N * 4 * 2
+    from llava.aim.importance import _ROW_BLOCK
+
+    # one head stores its lower-triangular row blocks of float32 probabilities
+    per_head = B * N * (N + _ROW_BLOCK) // 2 * 4
     assert heads_per_chunk(B, NH, N, 1) == 1
     assert heads_per_chunk(B, NH, N, 0) == 1
     assert heads_per_chunk(B, NH, N, per_head) == 1

@@ -13,30 +13,43 @@ from __future__ import annotations
 import torch
 
 _BYTES_F32 = 4
-# Live (B, heads, N, N) float32 buffers per head chunk: the logits and their softmax.
-_BUFFERS_PER_HEAD = 2
+_ROW_BLOCK = 256  # query rows scored at once: a (rows x keys) block stays cache-friendly
 
 
 def heads_per_chunk(batch: int, num_heads: int, seq_len: int, max_bytes: int) -> int:
-    """How many heads fit in ``max_bytes`` of (N, N) float32 score buffers (at least one)."""
-    per_head = batch * seq_len * seq_len * _BYTES_F32 * _BUFFERS_PER_HEAD
+    """How many heads' causal (lower-triangular) float32 score blocks fit in ``max_bytes``."""
+    per_head = batch * seq_len * (seq_len + _ROW_BLOCK) // 2 * _BYTES_F32
     return max(1, min(num_heads, max_bytes // max(per_head, 1)))
 
 
-def _causal_scores(q, k, valid, scaling, tau):
-    """softmax(causal(QK^T * scaling / tau)) restricted to valid keys, rows of invalid queries zero.
+def _key_bias(valid: torch.Tensor, rows: slice, keys: int) -> torch.Tensor:
+    """Additive mask (B, 1, rows, keys): 0 where a query may look, -inf elsewhere.
 
-    q: (B, c, N, d) float32, k: (B, c, N, d) float32, valid: (B, N) bool.
+    Causal over the present keys; every row keeps its diagonal so no row is all -inf (no NaN).
+    Invalid queries get mass 0 at the start and no valid query looks at them, so their rows
+    never carry any share: they need no zeroing.
+    """
+    q_pos = torch.arange(rows.start, rows.stop, device=valid.device)[:, None]
+    k_pos = torch.arange(keys, device=valid.device)[None, :]
+    allowed = ((k_pos <= q_pos) & valid[:, None, None, :keys]) | (k_pos == q_pos)
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=valid.device).masked_fill_(~allowed, float("-inf"))
+
+
+def _causal_probs(q, k, valid, scaling, tau):
+    """Row blocks of softmax(causal(QK^T * scaling / tau)) over the valid keys.
+
+    q, k: (B, c, N, d) float32. Returns [(rows, probs (B, c, len(rows), rows.stop))]: only the
+    keys a block can see are computed (the causal upper triangle is never materialized).
     """
     n = q.shape[-2]
-    logits = torch.matmul(q, k.transpose(-1, -2)).mul_(scaling / tau)  # divide by tau, THEN mask
-    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril_()
-    allowed = causal & valid[:, None, None, :]
-    # Every row keeps its diagonal so no row is all -inf (no NaN); invalid rows are zeroed below.
-    allowed = allowed | torch.eye(n, dtype=torch.bool, device=q.device)
-    logits.masked_fill_(~allowed, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return probs.mul_(valid[:, None, :, None])
+    blocks = []
+    for i0 in range(0, n, _ROW_BLOCK):
+        rows = slice(i0, min(n, i0 + _ROW_BLOCK))
+        logits = torch.matmul(q[:, :, rows], k[:, :, : rows.stop].transpose(-1, -2))
+        logits.mul_(scaling / tau)  # divide by tau, THEN mask (finfo.min / tau would overflow)
+        logits.add_(_key_bias(valid, rows, rows.stop))
+        blocks.append((rows, torch.softmax(logits, dim=-1)))
+    return blocks
 
 
 def pagerank_importance(
@@ -68,14 +81,18 @@ def pagerank_importance(
     chunk = heads_per_chunk(b, nh, n, max_bytes)
     for h0 in range(0, nh, chunk):
         heads = torch.arange(h0, min(nh, h0 + chunk), device=query.device)
-        q = query[:, heads].to(torch.float32)
-        k = key[:, heads // group].to(torch.float32)
-        probs = _causal_scores(q, k, valid, scaling, tau)
-        d = start[:, None, None, :].expand(b, len(heads), 1, n)
+        blocks = _causal_probs(
+            query[:, heads].to(torch.float32), key[:, heads // group].to(torch.float32), valid, scaling, tau
+        )
+        d = start[:, None, None, :].expand(b, len(heads), 1, n).contiguous()
         for _ in range(iters):
-            d = torch.matmul(d, probs)  # d <- d M: each token passes its share to what it attends
+            # d <- d M: each token passes its share to the tokens it attends to.
+            nxt = torch.zeros_like(d)
+            for rows, probs in blocks:
+                nxt[..., : rows.stop] += torch.matmul(d[..., rows], probs)
+            d = nxt
         sum_sq += d.squeeze(-2).square().sum(dim=1)
-        del probs
+        del blocks
     return (sum_sq / nh).sqrt()
 
 
@@ -95,10 +112,12 @@ def attention_importance(
     chunk = heads_per_chunk(b, nh, n, max_bytes)
     for h0 in range(0, nh, chunk):
         heads = torch.arange(h0, min(nh, h0 + chunk), device=query.device)
-        probs = _causal_scores(
+        blocks = _causal_probs(
             query[:, heads].to(torch.float32), key[:, heads // group].to(torch.float32), valid, scaling, 1.0
         )
-        total += probs.sum(dim=(1, 2))
+        for rows, probs in blocks:
+            # only present queries vote
+            total[:, : rows.stop] += (probs * valid[:, None, rows, None]).sum(dim=(1, 2))
     present = valid.sum(dim=-1, keepdim=True).clamp_min(1).to(torch.float32)
     return total / (nh * present) * valid
 

@@ -63,7 +63,8 @@ def merge_frames(
         raise ValueError(f"order must be one of {MERGE_ORDERS}, got {order!r}")
     frames, t, _ = x.shape
     target = merged_token_count(t, retention)
-    sizes = torch.ones(frames, t, dtype=x.dtype, device=x.device)
+    # Sizes are counts: float32 holds them exactly (bfloat16 would not beyond 256).
+    sizes = torch.ones(frames, t, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     source_index = None
     if track_sources:
         source_index = torch.arange(t, device=x.device).expand(frames, t).clone()
@@ -115,10 +116,11 @@ def bipartite_merge_step(
         new_dst = dst_x.scatter_reduce(1, gather_c(dst_of_merged), moving, reduce="mean", include_self=True)
     else:
         # Size-weighted mean across steps (ToMe): sum of size * value over the group.
-        weighted = (dst_x * dst_size.unsqueeze(-1)).scatter_add(
-            1, gather_c(dst_of_merged), moving * moving_size.unsqueeze(-1)
+        acc = torch.promote_types(x.dtype, torch.float32)  # at least float32 for the sums
+        weighted = (dst_x.to(acc) * dst_size.to(acc).unsqueeze(-1)).scatter_add(
+            1, gather_c(dst_of_merged), moving.to(acc) * moving_size.to(acc).unsqueeze(-1)
         )
-        new_dst = weighted / new_dst_size.unsqueeze(-1)
+        new_dst = (weighted / new_dst_size.to(acc).unsqueeze(-1)).to(x.dtype)
 
     kept_x = src_x.gather(1, gather_c(kept_src))
     kept_size = src_size.gather(1, kept_src)

@@ -38,7 +38,7 @@ def visual_tokens_per_layer(
         if (l1 is None) != (l2 is None):
             raise ValueError("l1 and l2 must both be set or both be None")
         return [v0] * num_layers
-    if not (isinstance(l1, int) and isinstance(l2, int)) or l1 < 0 or l2 <= l1:
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (l1, l2)) or l1 < 0 or l2 <= l1:
         raise ValueError(f"need integers 0 <= l1 < l2, got l1={l1!r}, l2={l2!r}")
 
     span = l2 - l1
