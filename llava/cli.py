@@ -28,12 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     from llava.run import add_run_command
 
     add_run_command(sub)
-    try:
-        from llava.analysis.cli import add_flops_command
-    except ImportError:  # the analyzer is optional while it is being built
-        add_flops_command = None
-    if add_flops_command is not None:
-        add_flops_command(sub)
+    from llava.analysis.cli import add_flops_command
+
+    add_flops_command(sub)
     return parser
 
 

@@ -104,6 +104,9 @@ def run_command(args) -> int:
     timings["decode_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep stderr to one line on errors; loading is quick
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model, processor = load_pretrained_model(args.model, aim=None, torch_dtype=dtype, attn_implementation=args.attn)
     model.to(args.device)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
 
 import pytest
 
@@ -283,14 +282,7 @@ def test_hardware():
 
 
 @pytest.fixture
-def cli_main(monkeypatch):
-    """``llava.cli.main``; ``llava.run`` is stubbed if it cannot be imported yet."""
-    try:
-        import llava.run  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("llava.run")
-        stub.add_run_command = lambda subparsers: None
-        monkeypatch.setitem(sys.modules, "llava.run", stub)
+def cli_main():
     from llava.cli import main
 
     return main
