@@ -58,25 +58,21 @@ def make_image(size=64, seed=1):
     return Image.fromarray(arr)
 
 
-def video_inputs(processor, videos, questions=None):
-    questions = questions or ["What happens in the video?"] * len(videos)
+def chat_inputs(processor, kind, media, questions):
+    """Batch of one-turn prompts, each with one ``kind`` ("video"/"image") item, left-padded."""
     prompts = [
         processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}],
+            [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": q}]}],
             add_generation_prompt=True,
         )
         for q in questions
     ]
-    return processor(text=prompts, videos=list(videos), return_tensors="pt", padding=True)
+    return processor(text=prompts, return_tensors="pt", padding=True, **{f"{kind}s": list(media)})
+
+
+def video_inputs(processor, videos, questions=None):
+    return chat_inputs(processor, "video", videos, questions or ["What happens in the video?"] * len(videos))
 
 
 def image_inputs(processor, images, questions=None):
-    questions = questions or ["What is shown?"] * len(images)
-    prompts = [
-        processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-            add_generation_prompt=True,
-        )
-        for q in questions
-    ]
-    return processor(text=prompts, images=list(images), return_tensors="pt", padding=True)
+    return chat_inputs(processor, "image", images, questions or ["What is shown?"] * len(images))

@@ -49,8 +49,7 @@ class AIMStats:
     kv_cache_lens: List[int] = field(default_factory=list)
 
     def to_dict(self):
-        d = {k: v for k, v in self.__dict__.items() if k != "merge_sources"}
-        return d
+        return {k: v for k, v in self.__dict__.items() if k != "merge_sources"}
 
 
 class AIMRuntime:
@@ -197,12 +196,11 @@ def _set_instance_attr(obj, name, value, runtime) -> None:
     runtime.restore.append(undo)
 
 
-def _merge(runtime: AIMRuntime, features: torch.Tensor) -> torch.Tensor:
+def _merge(runtime: AIMRuntime, features: torch.Tensor):
     cfg = runtime.cfg
-    result = merge_frames(
+    return merge_frames(
         features, cfg.retention, cfg.merge_weighting, cfg.merge_order, track_sources=runtime.track_sources
     )
-    return result
 
 
 def _wrap_onevision_video(inner, runtime: AIMRuntime) -> None:
