@@ -95,7 +95,6 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
 
     device = next(lm.parameters()).device
     num_layers = len(lm.layers)
-    stock_attn = lm.config._attn_implementation
     runtimes: Dict[str, Optional[AIMRuntime]] = {}
     for case in cases:
         if case.cfg is not None and case.cfg.pruning:
@@ -126,10 +125,7 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
             return elapsed
         finally:
             if runtime is not None:
-                for undo in reversed(runtime.restore):
-                    undo()
-                runtime.restore.clear()
-                lm.config._attn_implementation = stock_attn
+                runtime.uninstall()  # also restores the stock attention implementation
 
     for _ in range(warmup):
         for case in cases:

@@ -94,6 +94,15 @@ class AIMRuntime:
         s.visual_tokens_per_layer = record.visual_tokens_per_layer
         self.record_decode(cache)
 
+    def uninstall(self) -> None:
+        """Remove every hook and restore every patched attribute (safe to call twice)."""
+        for handle in self.handles:
+            handle.remove()
+        for undo in reversed(self.restore):
+            undo()
+        self.handles.clear()
+        self.restore.clear()
+
     def record_decode(self, cache) -> None:
         if cache is not None:
             self.stats.kv_cache_lens = [layer.get_seq_length() for layer in cache.layers]
@@ -156,10 +165,7 @@ def remove_aim(model, processor=None) -> None:
     """Undo ``apply_aim`` (no-op on a model without AIM)."""
     runtime = getattr(model, "_aim_runtime", None)
     if runtime is not None:
-        for handle in runtime.handles:
-            handle.remove()
-        for undo in reversed(runtime.restore):
-            undo()
+        runtime.uninstall()
         del model._aim_runtime
         model.aim_config = AIMConfig.disabled()
     if processor is not None:
