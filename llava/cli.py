@@ -28,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     from llava.run import add_run_command
 
     add_run_command(sub)
-    from llava.analysis.cli import add_flops_command
+    from llava.analysis.cli import add_flops_command, add_plan_command
 
     add_flops_command(sub)
+    add_plan_command(sub)
     return parser
 
 

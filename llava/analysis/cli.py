@@ -22,16 +22,8 @@ from llava.analysis.shapes import BUILTIN_LLMS, BUILTIN_VISION, get_llm, get_vis
 from llava.errors import AIMConfigError
 
 
-def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "flops",
-        help="roofline LLM prefill FLOPs and time with and without AIM",
-        description=(
-            "Analytic roofline model of the language model's prefill (docs: EFFICIENCY_MODEL.md), "
-            "as the paper's figures. AIM defaults to the paper's setting (retention 0.25, "
-            "l1=14, l2=22 on 28 layers; scaled for other depths)."
-        ),
-    )
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Model, input, hardware and precision options shared by ``flops`` and ``plan``."""
     p.add_argument("--llm", default="qwen2-7b",
                    help=f"built-in ({', '.join(sorted(BUILTIN_LLMS))}) or a local config.json / model directory")
     p.add_argument("--frames", type=int, default=32, help="frames (images: 1)")
@@ -40,10 +32,6 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--newline-tokens", type=int, default=0,
                    help="extra visual tokens per prompt (LLaVA-OneVision's runtime appends 1 after a video; "
                         "default 0 as the paper's 100 + 32*196)")
-    p.add_argument("--retention", type=float, default=None, help="merging retention in (0, 1] (default 0.25)")
-    p.add_argument("--l1", type=int, default=None, help="first pruning layer (0-based)")
-    p.add_argument("--l2", type=int, default=None, help="first layer without visual tokens")
-    p.add_argument("--no-prune", action="store_true", help="merging only, no in-LLM pruning")
     p.add_argument("--hardware", default="nvidia_A100",
                    help=f"{', '.join(HARDWARE)} or custom:FLOPS:BW (FLOP/s and bytes/s)")
     p.add_argument("--paper-convention", action="store_true",
@@ -57,6 +45,35 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--kv-bytes", type=float, default=2)
     p.add_argument("--vision", default=None, choices=sorted(BUILTIN_VISION),
                    help="vision tower for the separately reported encoder cost (default: the LLM's pair)")
+
+
+def analysis_inputs(args: argparse.Namespace) -> Dict[str, Any]:
+    """``analyze`` keyword arguments from the options of :func:`add_model_options`."""
+    return dict(
+        llm=get_llm(args.llm), frames=args.frames, tokens_per_frame=args.tokens_per_frame,
+        text_tokens=args.text_tokens, newline_tokens=args.newline_tokens,
+        convention="paper" if args.paper_convention else "runtime", hardware=args.hardware,
+        options=RooflineOptions(weight_bytes=args.weight_bytes, act_bytes=args.act_bytes, kv_bytes=args.kv_bytes,
+                                flash_attention=args.flash_attention, include_mlp_add=args.include_mlp_add),
+        vision=get_vision(args.vision, args.llm),
+    )
+
+
+def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "flops",
+        help="roofline LLM prefill FLOPs and time with and without AIM",
+        description=(
+            "Analytic roofline model of the language model's prefill (docs: EFFICIENCY_MODEL.md), "
+            "as the paper's figures. AIM defaults to the paper's setting (retention 0.25, "
+            "l1=14, l2=22 on 28 layers; scaled for other depths)."
+        ),
+    )
+    p.add_argument("--retention", type=float, default=None, help="merging retention in (0, 1] (default 0.25)")
+    p.add_argument("--l1", type=int, default=None, help="first pruning layer (0-based)")
+    p.add_argument("--l2", type=int, default=None, help="first layer without visual tokens")
+    p.add_argument("--no-prune", action="store_true", help="merging only, no in-LLM pruning")
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_flops)
     return p
@@ -85,16 +102,10 @@ def resolve_aim_settings(num_layers: int, retention: Optional[float], l1: Option
 
 
 def run_flops(args: argparse.Namespace) -> int:
-    llm = get_llm(args.llm)
-    retention, l1, l2, notes = resolve_aim_settings(llm.layers, args.retention, args.l1, args.l2, args.no_prune)
-    options = RooflineOptions(weight_bytes=args.weight_bytes, act_bytes=args.act_bytes, kv_bytes=args.kv_bytes,
-                              flash_attention=args.flash_attention, include_mlp_add=args.include_mlp_add)
-    result = analyze(
-        llm, frames=args.frames, tokens_per_frame=args.tokens_per_frame, text_tokens=args.text_tokens,
-        newline_tokens=args.newline_tokens, retention=retention, l1=l1, l2=l2,
-        convention="paper" if args.paper_convention else "runtime", hardware=args.hardware,
-        options=options, vision=get_vision(args.vision, args.llm),
-    )
+    inputs = analysis_inputs(args)
+    retention, l1, l2, notes = resolve_aim_settings(inputs["llm"].layers, args.retention, args.l1, args.l2,
+                                                    args.no_prune)
+    result = analyze(retention=retention, l1=l1, l2=l2, **inputs)
     result.notes.extend(notes)
     baseline = result.without_aim()
     report = flops_report(result, baseline)
@@ -194,4 +205,73 @@ def format_report(result: Analysis, baseline: Analysis) -> str:
         "",
     ]
     lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+# --- llava-aim plan ----------------------------------------------------------------------------
+
+
+def add_plan_command(subparsers: Any) -> argparse.ArgumentParser:
+    from llava.analysis import plan as plan_module
+
+    p = subparsers.add_parser(
+        "plan",
+        help="choose retention, l1, l2 for a FLOPs budget or a target speed-up",
+        description=plan_module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--budget-tflops", type=float, help="largest acceptable LLM prefill cost, TFLOPs")
+    target.add_argument("--speedup", type=float, help="smallest acceptable predicted prefill speed-up vs no AIM")
+    add_model_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_plan)
+    return p
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from llava.analysis.plan import Target, plan
+
+    target = Target(budget_tflops=args.budget_tflops, speedup=args.speedup)
+    inputs = analysis_inputs(args)
+    progress = None
+    if not args.json and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        progress = lambda items: tqdm(items, desc="planning", unit="setting", leave=False)  # noqa: E731
+    result = plan(target, progress=progress, **inputs)
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        return 0 if result.feasible else 2
+    if not result.feasible:
+        sys.stderr.write(f"llava-aim plan: {result.reason()}\n")
+        return 2
+    sys.stdout.write(format_plan(result) + "\n")
+    return 0
+
+
+def format_plan(result) -> str:
+    c, base, i = result.choice, result.baseline, result.inputs
+    s = c.setting
+    tag = "paper-validated" if s.validated else "NOT validated by the paper"
+    lines = [
+        f"llava-aim plan: {i['llm']} ({i['layers']} layers) on {i['hardware']}; {i['frames']} frames x "
+        f"{i['tokens_per_frame']} tokens + {i['text_tokens']} text tokens; {i['convention']} convention",
+        f"target : {result.target.describe()}",
+        f"without AIM: {base.prefill_flops / 1e12:.3f} TFLOPs, {base.prefill_time_s * 1e3:.2f} ms",
+        f"choice : {s.describe()}  [{tag}]",
+        f"         {c.tokens_per_frame_kept} tokens/frame; {c.prefill_flops / 1e12:.3f} TFLOPs "
+        f"({base.prefill_flops / c.prefill_flops:.2f}x fewer), {c.prefill_time_s * 1e3:.2f} ms "
+        f"({base.prefill_time_s / c.prefill_time_s:.2f}x faster)",
+        f"         visual tokens per layer: {compact_counts(c.visual_tokens_per_layer)}",
+        f"why    : {result.reason()}",
+    ]
+    if s.l1 is not None or s.retention < 1:
+        flags = f"--retention {s.retention:g}" + (f" --l1 {s.l1} --l2 {s.l2}" if s.l1 is not None else " --no-prune")
+        lines.append(f"use    : llava-aim run {flags}   (AIMConfig(retention={s.retention:g}, l1={s.l1}, l2={s.l2}))")
+    if result.alternatives:
+        lines.append("next best (also meet the target):")
+        for a in result.alternatives:
+            lines.append(f"  {a.setting.describe():<40} {a.prefill_flops / 1e12:8.3f} TFLOPs "
+                         f"{base.prefill_time_s / a.prefill_time_s:6.2f}x  visual token-layers {a.visual_token_layers}")
     return "\n".join(lines)
