@@ -39,3 +39,11 @@ class EmptyMediaError(MediaError):
 
 class ModelLoadError(AIMError, OSError):
     """A checkpoint could not be found or loaded."""
+
+
+class EvalArgumentError(AIMError, ValueError):
+    """An lmms-eval model_args entry is unknown or has a bad value (plugin models)."""
+
+
+class ResultsFileError(AIMError, ValueError):
+    """An lmms-eval results file is missing, unreadable or not in the expected format."""

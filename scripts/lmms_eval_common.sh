@@ -1,0 +1,126 @@
+# Shared by video_bench_eval.sh and scripts/image_bench_eval.sh (sourced, not run).
+# Expects MODEL, PRETRAINED, TASKS, DEFAULT_RUN_NAME and the settings below; see docs/evaluation.md.
+#
+#   RETENTION=0.25  L1= L2=      AIM settings (L1/L2 empty: the paper's 14/22 of 28 layers scaled
+#                                to the model's depth; L1=none L2=none: no pruning)
+#   AIM=1                        0: the stock model (RETENTION/L1/L2 ignored)
+#   EXTRA_MODEL_ARGS=            more model_args, e.g. "attn_implementation=flash_attention_2"
+#   NUM_PROCESSES=1              >1: data parallel, one replica per GPU
+#   LAUNCHER=accelerate          accelerate | torchrun (torchrun for several nodes)
+#   NNODES=1 NODE_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500   (torchrun, multi-node)
+#   LIMIT=                       only the first N documents of each task (testing only)
+#   INCLUDE_PATH=<package tasks> extra task folders (the shipped offline task by default)
+#   OUTPUT_DIR=./eval_results/<run name>
+#   DEVICE=cuda                  cuda or cpu
+#   PYTHON=                      the interpreter with llava-aim[eval] installed (default: the
+#                                active virtualenv's python, else the repository's .venv, else python)
+# Extra command-line arguments go to lmms-eval unchanged.
+
+set -euo pipefail
+
+# The interpreter: $PYTHON, else the active virtualenv's, else the repository's .venv (make install).
+_REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -z "${VIRTUAL_ENV:-}" && -x "$_REPO_ROOT/.venv/bin/python" ]]; then
+        PYTHON="$_REPO_ROOT/.venv/bin/python"
+    else
+        PYTHON=python
+    fi
+fi
+RETENTION=${RETENTION:-0.25}
+L1=${L1:-}
+L2=${L2:-}
+AIM=${AIM:-1}
+EXTRA_MODEL_ARGS=${EXTRA_MODEL_ARGS:-}
+NUM_PROCESSES=${NUM_PROCESSES:-1}
+LAUNCHER=${LAUNCHER:-accelerate}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+LIMIT=${LIMIT:-}
+DEVICE=${DEVICE:-cuda}
+OUTPUT_DIR=${OUTPUT_DIR:-./eval_results/${DEFAULT_RUN_NAME}}
+
+if ! "$PYTHON" -c "import lmms_eval, llava.eval.registry" 2>/dev/null; then
+    echo "error: $PYTHON cannot import lmms_eval and llava: install with pip install -e \".[eval]\" (or set PYTHON)" >&2
+    exit 2
+fi
+if [[ -z "${INCLUDE_PATH:-}" ]]; then
+    INCLUDE_PATH=$("$PYTHON" -c "from llava.eval.synthetic import TASK_DIR; print(TASK_DIR.parent)")
+fi
+
+# model_args: the checkpoint, the AIM setting, then anything extra.
+aim_model_args() {
+    local args="pretrained=${PRETRAINED}"
+    if [[ -n "${FRAMES:-}" ]]; then args+=",max_frames_num=${FRAMES}"; fi
+    if [[ "$AIM" == "0" ]]; then
+        args+=",aim=0"
+    else
+        args+=",aim=1,retention=${RETENTION}"
+        if [[ -n "$L1" || -n "$L2" ]]; then args+=",l1=${L1},l2=${L2}"; fi
+    fi
+    if [[ -n "$EXTRA_MODEL_ARGS" ]]; then args+=",${EXTRA_MODEL_ARGS}"; fi
+    echo "$args"
+}
+
+# The launcher prefix: plain python, accelerate launch, or torchrun (multi-node capable).
+launcher() {
+    if [[ "$LAUNCHER" == "accelerate" && ( "$NNODES" -gt 1 || ( "$NUM_PROCESSES" -gt 1 && "$DEVICE" != cuda* ) ) ]]; then
+        # Several nodes: torchrun's rendezvous. Several CPU processes: accelerate would need MPI.
+        echo "note: NNODES=$NNODES, NUM_PROCESSES=$NUM_PROCESSES, DEVICE=$DEVICE: launching with torchrun" >&2
+        LAUNCHER=torchrun
+    fi
+    if [[ "$NUM_PROCESSES" -le 1 && "$NNODES" -le 1 ]]; then
+        echo "$PYTHON"
+    elif [[ "$LAUNCHER" == "torchrun" ]]; then
+        echo "$PYTHON -m torch.distributed.run --nproc_per_node ${NUM_PROCESSES} --nnodes ${NNODES} \
+--node_rank ${NODE_RANK} --master_addr ${MASTER_ADDR} --master_port ${MASTER_PORT}"
+    elif [[ "$LAUNCHER" == "accelerate" ]]; then
+        echo "$PYTHON -m accelerate.commands.launch --num_processes ${NUM_PROCESSES} --multi_gpu --main_process_port ${MASTER_PORT}"
+    else
+        echo "error: LAUNCHER must be accelerate or torchrun, got '$LAUNCHER'" >&2
+        return 2
+    fi
+}
+
+run_lmms_eval() {
+    local model_args launch marker status=0
+    model_args=$(aim_model_args)
+    launch=$(launcher)
+    mkdir -p "$OUTPUT_DIR"
+    marker=$(mktemp "${OUTPUT_DIR}/.run-started.XXXXXX")
+    # shellcheck disable=SC2064  # expand now: $marker is local to this function
+    trap "rm -f '$marker'" EXIT
+    local limit_args=()
+    if [[ -n "$LIMIT" ]]; then limit_args=(--limit "$LIMIT"); fi
+    echo "lmms-eval: --model ${MODEL} --model_args ${model_args} --tasks ${TASKS}" >&2
+    # shellcheck disable=SC2086  # $launch is a command prefix
+    $launch -m lmms_eval \
+        --model "$MODEL" \
+        --model_args "$model_args" \
+        --tasks "$TASKS" \
+        --include_path "$INCLUDE_PATH" \
+        --device "$DEVICE" \
+        --batch_size 1 \
+        --output_path "$OUTPUT_DIR" \
+        --log_samples \
+        "${limit_args[@]}" \
+        "$@" || status=$?
+    if [[ $status -ne 0 ]]; then
+        echo "error: lmms-eval exited with status $status" >&2
+        exit "$status"
+    fi
+    if [[ "$NODE_RANK" != "0" ]]; then
+        echo "node ${NODE_RANK}: done (node 0 writes the results)" >&2
+        return 0
+    fi
+    # lmms-eval exits 0 even when the evaluation failed: the results file is the proof.
+    local results
+    if ! results=$("$PYTHON" -m llava.eval.results check "$OUTPUT_DIR" --since "$marker" --tasks "$TASKS"); then
+        exit 1
+    fi
+    echo "results: ${results}"
+    echo "samples: $(dirname "$results")"
+    echo "table:   $PYTHON scripts/collect_results.py $OUTPUT_DIR"
+}

@@ -1,0 +1,144 @@
+"""lmms-eval plugin models in process, on the tiny models: answers, losses, order, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("lmms_eval")
+
+from lmms_eval.api.instance import GenerationResult, Instance  # noqa: E402
+
+from llava.errors import EvalArgumentError, MediaNotFoundError, UnsupportedModelError, UnsupportedUsageError  # noqa: E402
+from llava.eval import synthetic  # noqa: E402
+from llava.eval.lmms_model import LlavaAIM, LlavaOneVisionAIM  # noqa: E402
+
+FRAMES = 4
+GEN = {"max_new_tokens": 6, "temperature": 0, "until": ["\n\n"]}
+QUESTION = "What colour is the moving square?\nA. red\nB. green\nAnswer with the option's letter."
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    return [str(synthetic.ensure_video(synthetic.clip_name(i), folder)) for i in range(2)]
+
+
+def _plugin(cls, clips, **model_args):
+    model = cls(pretrained=model_args.pop("pretrained", "tiny-llava-onevision"), device="cpu",
+                torch_dtype="float32", max_frames_num=FRAMES, **model_args)
+    model.task_dict = {"t": {"test": [{"video": clips[0]}, {"video": clips[1]}]}}
+    return model
+
+
+def _video(doc):
+    return [doc["video"]]
+
+
+def _gen_request(doc_id, context=QUESTION, doc_to_visual=_video):
+    return Instance("generate_until", (context, dict(GEN), doc_to_visual, doc_id, "t", "test"), idx=0,
+                    metadata={"task": "t", "doc_id": doc_id, "repeats": 1})
+
+
+def _ll_request(doc_id, continuation, context=QUESTION):
+    return Instance("loglikelihood", (context, continuation, _video, doc_id, "t", "test"), idx=0,
+                    metadata={"task": "t", "doc_id": doc_id, "repeats": 1})
+
+
+@pytest.fixture(scope="module")
+def ov_off(clips):
+    return _plugin(LlavaOneVisionAIM, clips, aim=0)
+
+
+@pytest.fixture(scope="module")
+def ov_aim(clips):
+    return _plugin(LlavaOneVisionAIM, clips, retention=0.25, l1=2, l2=6)
+
+
+def _stock_answer_and_loss(clip, continuation):
+    """The same prompt through the stock transformers model, as llava-aim run builds it."""
+    from llava.model.builder import load_pretrained_model
+    from llava.video import load_video
+
+    model, processor = load_pretrained_model("tiny-llava-onevision", aim=None, torch_dtype=torch.float32)
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    frames = load_video(clip, FRAMES)
+    inputs = processor(text=prompt, videos=[frames], return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        answer = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        full = processor(text=prompt + continuation, videos=[frames], return_tensors="pt")
+        n = full["input_ids"].shape[1] - inputs["input_ids"].shape[1]
+        logits = model(**full).logits[0]
+    loss = torch.nn.functional.cross_entropy(logits[-n - 1:-1], full["input_ids"][0, -n:])
+    return answer.split("\n\n")[0].strip(), float(loss)
+
+
+def test_aim_off_equals_stock_model(ov_off, clips):
+    answer, loss = _stock_answer_and_loss(clips[0], "A")
+    assert ov_off.generate_until([_gen_request(0)]) == [answer]
+    [result] = ov_off.loglikelihood([_ll_request(0, "A")])
+    assert isinstance(result, GenerationResult)  # the lmms-eval 0.7.x workaround
+    got_loss, greedy = result.text
+    assert got_loss == pytest.approx(loss, rel=1e-5, abs=1e-5) and isinstance(greedy, bool)
+
+
+def test_aim_on_prunes_and_keeps_order(ov_aim):
+    requests = [_gen_request(0), _gen_request(1), _gen_request(0)]  # the last one: a padding clone
+    answers = ov_aim.generate_until(requests)
+    assert len(answers) == 3 and answers[2] == answers[0]
+    stats = ov_aim.model.aim_stats
+    assert stats.visual_tokens_after_merge < stats.visual_tokens_before_merge
+    assert stats.layer_seq_lens[-1] < stats.layer_seq_lens[0]  # visual tokens pruned inside the LLM
+    alone = [ov_aim.generate_until([r])[0] for r in requests[:2]]
+    assert alone == answers[:2]
+
+
+def test_aim_on_loglikelihood_scores_each_option(ov_aim):
+    results = ov_aim.loglikelihood([_ll_request(0, c) for c in ("A", "B", " green")])
+    losses = [r.text[0] for r in results]
+    assert all(torch.isfinite(torch.tensor(loss)) and loss > 0 for loss in losses)
+    assert len(set(losses)) == 3  # different continuations, different losses
+
+
+def test_unconditional_loglikelihood_request_is_text_only(ov_off):
+    [result] = ov_off.loglikelihood([Instance("loglikelihood", ("", "red"), idx=0,
+                                              metadata={"task": "t", "doc_id": 0, "repeats": 1})])
+    assert result.text[0] > 0
+
+
+def test_multi_round_is_a_clear_error(ov_off):
+    with pytest.raises(UnsupportedUsageError, match="multi-round"):
+        ov_off.generate_until_multi_round([])
+
+
+def test_missing_video_names_the_document(ov_off, tmp_path):
+    ov_off.task_dict["t"]["test"].append({"video": str(tmp_path / "gone.mp4")})
+    try:
+        with pytest.raises(MediaNotFoundError, match="t doc 2"):
+            ov_off.generate_until([_gen_request(2)])
+    finally:
+        ov_off.task_dict["t"]["test"].pop()
+
+
+def test_unknown_model_arg_fails_before_loading(clips):
+    with pytest.raises(EvalArgumentError, match="max_frames"):
+        LlavaOneVisionAIM(pretrained="tiny-llava-onevision", device="cpu", max_frames=8)
+
+
+def test_llava15_images_and_refuses_videos(clips):
+    from PIL import Image
+
+    model = _plugin(LlavaAIM, clips, pretrained="tiny-llava-1.5")
+    model.task_dict["t"]["test"].append({"image": Image.new("RGB", (64, 64), (200, 30, 30))})
+    [answer] = model.generate_until([_gen_request(2, doc_to_visual=lambda doc: [doc["image"]])])
+    assert isinstance(answer, str)
+    assert model.model.aim_stats.visual_tokens_after_merge == 576 // 4  # LLaVA-1.5: 576 -> 144
+    with pytest.raises(UnsupportedUsageError, match="llava_onevision_aim"):
+        model.generate_until([_gen_request(0)])
+
+
+def test_wrong_family_is_a_clear_error(clips):
+    with pytest.raises(UnsupportedModelError, match="--model llava_onevision_aim"):
+        LlavaAIM(pretrained="tiny-llava-onevision", device="cpu")
