@@ -166,8 +166,9 @@ def _pick_video_stream(container, p: Path):
     streams = list(container.streams.video)
     if not streams:
         raise MediaDecodeError(f"'{p}' has no video stream. Pass a video file (e.g. .mp4, .mkv, .webm).")
-    attached = int(av.stream.Disposition.attached_pic)
-    real = [s for s in streams if not (int(s.disposition) & attached)]
+    # `&` and bool() work whether PyAV's Disposition is a Flag (PyAV 15) or an IntFlag (newer).
+    attached = av.stream.Disposition.attached_pic
+    real = [s for s in streams if not (s.disposition & attached)]
     if not real:
         raise MediaDecodeError(
             f"'{p}' has no video stream (only embedded cover art). Pass a video file (e.g. .mp4, .mkv, .webm)."
