@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+from llava.aim.policy import drop_steps, spec
+
 CONVENTIONS = ("runtime", "paper")
 
 
@@ -62,3 +64,57 @@ def pruning_layers(counts: List[int]) -> List[int]:
     no importance needs computing there.
     """
     return [j for j in range(len(counts) - 1) if counts[j + 1] < counts[j]]
+
+
+def scoring_layers(counts: List[int]) -> List[int]:
+    """Pruning layers that need an importance score: those keeping some visual tokens.
+
+    Where the next layer keeps none, every visual token goes and no ranking is computed.
+    """
+    return [j for j in pruning_layers(counts) if counts[j + 1] > 0]
+
+
+def kept_count(n: int, keep: float) -> int:
+    """``floor(n * keep)`` for a kept fraction in [0, 1], guarded against float products such as
+    0.29 * 100 = 28.999999999999996 (the same guard as merging's count)."""
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError(f"kept fraction must be in [0, 1], got {keep!r}")
+    return max(0, min(n, int(n * keep + 1e-9)))
+
+
+def stepwise_visual_tokens(v0: int, num_layers: int, steps) -> List[int]:
+    """Visual tokens entering each layer under drop steps ((K, keep), ...): layers before the
+    first K see v0; from each K on, ``kept_count(previous, keep)`` (FastV, VTW, PyramidDrop).
+
+    The runtime scores in layer K-1 and drops after it, so K >= 1; a K beyond the model never
+    takes effect.
+    """
+    if isinstance(v0, bool) or not isinstance(v0, int) or v0 < 0:
+        raise ValueError(f"v0 must be a non-negative integer, got {v0!r}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    layers = [k for k, _ in steps]
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in layers) or layers != sorted(set(layers)):
+        raise ValueError(f"drop layers must be strictly increasing integers >= 1, got {layers}")
+    counts, current, pending = [], v0, list(steps)
+    for j in range(num_layers):
+        while pending and pending[0][0] == j:
+            current = kept_count(current, pending.pop(0)[1])
+        counts.append(current)
+    return counts
+
+
+def policy_visual_tokens(cfg, v0: int, num_layers: int, convention: str = "runtime") -> List[int]:
+    """Visual tokens entering each layer for an AIMConfig of any method (llava.aim.policy).
+
+    AIM and its controls use the linear (l1, l2) schedule in either convention; FastV, VTW and
+    PyramidDrop use their drop steps, counted as the runtime executes them (the "paper"
+    convention describes AIM's own FLOPs script and does not apply to them).
+    """
+    if spec(cfg.method).schedule == "linear":
+        return visual_tokens_per_layer(v0, num_layers, cfg.l1, cfg.l2, convention)
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if convention != "runtime":
+        raise ValueError(f"the paper convention is AIM's FLOPs script; {cfg.method} is counted as executed (runtime)")
+    return stepwise_visual_tokens(v0, num_layers, drop_steps(cfg.method, cfg.drop_layers, cfg.drop_ratio, num_layers))
