@@ -2,7 +2,8 @@
 
 Defaults to the built-in tiny model and the sample video shipped in the package, so it works
 offline (``make demo``). Prints the answer, the visual tokens before and after merging, the
-tokens entering each decoder layer and the time per stage; ``--json`` prints one object.
+tokens entering each decoder layer, the predicted prefill FLOPs saved (llava.analysis, on the
+model's own shape) and the time per stage; ``--json`` prints one object and nothing else.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from llava.aim.config import AIMConfig
+from llava.aim.policy import STEP_METHODS
 from llava.errors import AIMConfigError, AIMError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -39,6 +41,10 @@ def add_run_command(subparsers) -> None:
     p.add_argument("--no-prune", action="store_true", help="merging only, no pruning inside the LLM")
     p.add_argument("--no-aim", action="store_true", help="the stock model, no merging, no pruning")
     p.add_argument("--pruning-mode", choices=["remove", "mask"], default="remove")
+    from llava.analysis.cli import add_method_options
+
+    add_method_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random control (--method random)")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
@@ -55,6 +61,10 @@ def scaled_default_schedule(num_layers: int):
 def build_config(args, num_layers: int) -> AIMConfig:
     if args.no_aim:
         return AIMConfig.disabled()
+    if getattr(args, "method", "aim") in STEP_METHODS:
+        return _baseline_config(args, num_layers)
+    if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
+        raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}, not --method {args.method}")
     retention = 0.25 if args.retention is None else args.retention
     if args.no_prune:
         if args.l1 is not None or args.l2 is not None:
@@ -66,7 +76,21 @@ def build_config(args, num_layers: int) -> AIMConfig:
         raise AIMConfigError("give both --l1 and --l2 (or neither for the paper's schedule scaled to the model)")
     else:
         l1, l2 = args.l1, args.l2
-    cfg = AIMConfig(retention=retention, l1=l1, l2=l2, pruning_mode=args.pruning_mode)
+    cfg = AIMConfig(retention=retention, l1=l1, l2=l2, pruning_mode=args.pruning_mode,
+                    method=getattr(args, "method", "aim"), seed=getattr(args, "seed", 0))
+    cfg.check_against_model(num_layers)
+    return cfg
+
+
+def _baseline_config(args, num_layers: int) -> AIMConfig:
+    """FastV / VTW / PyramidDrop: their drop layers (paper defaults scaled), no merging unless
+    --retention is given; AIM's --l1/--l2/--no-prune do not apply."""
+    if args.l1 is not None or args.l2 is not None or args.no_prune:
+        raise AIMConfigError(f"--l1/--l2/--no-prune set AIM's schedule; {args.method} prunes at --drop-layers")
+    cfg = AIMConfig.for_method(
+        args.method, retention=1.0 if args.retention is None else args.retention, pruning_mode=args.pruning_mode,
+        drop_layers=args.drop_layers, drop_ratio=args.drop_ratio,
+    )
     cfg.check_against_model(num_layers)
     return cfg
 
@@ -77,11 +101,16 @@ def _validate_args(args) -> None:
     if args.max_new_tokens < 1:
         raise AIMConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     # Validate the AIM numbers before loading anything (fast, clear failure).
-    if not args.no_aim:
+    if not args.no_aim and getattr(args, "method", "aim") in STEP_METHODS:
+        _baseline_config(args, num_layers=1 << 30)  # the depth is checked once the model is loaded
+    elif not args.no_aim:
+        if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
+            raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}, not --method {args.method}")
         AIMConfig(
             retention=0.25 if args.retention is None else args.retention,
             l1=None if args.l1 is None or args.l2 is None else args.l1,
             l2=None if args.l1 is None or args.l2 is None else args.l2,
+            method=getattr(args, "method", "aim"), seed=getattr(args, "seed", 0),
         )
         for name in ("l1", "l2"):
             value = getattr(args, name)
@@ -100,7 +129,9 @@ def run_command(args) -> int:
     t0 = time.perf_counter()
     is_video = args.image is None
     media_path = args.video or (str(SAMPLE_VIDEO) if is_video else None)
-    media = load_video(media_path, args.frames) if is_video else load_image(args.image)
+    # tqdm bar for long clips (see llava.video); never with --json, which prints one object only
+    progress = False if args.json else None
+    media = load_video(media_path, args.frames, progress=progress) if is_video else load_image(args.image)
     timings["decode_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -120,6 +151,7 @@ def run_command(args) -> int:
     kind = "video" if is_video else "image"
     if kind == "video" and type(model).__name__ == "LlavaForConditionalGeneration":
         raise AIMConfigError(f"{args.model} is an image model (LLaVA-1.5); pass --image, or a LLaVA-OneVision model")
+    t0 = time.perf_counter()
     conversation = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     media_kw = {"videos": [media]} if is_video else {"images": [media]}
@@ -128,6 +160,7 @@ def run_command(args) -> int:
         for key in ("pixel_values", "pixel_values_videos"):
             if key in inputs:
                 inputs[key] = inputs[key].to(model.dtype)
+    timings["preprocess_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -155,11 +188,37 @@ def run_command(args) -> int:
         ids = inputs["input_ids"][0]
         n_visual = int(sum((ids == t).sum() for t in model._aim_runtime.image_token_ids))
         result["visual_tokens_before_merge"] = result["visual_tokens_after_merge"] = n_visual
+    result["predicted"] = predicted_prefill(model.config, result)
     if args.json:
         print(json.dumps(result))
     else:
         print(format_summary(result))
     return 0
+
+
+def predicted_prefill(config, r: dict) -> dict:
+    """Roofline FLOPs (llava.analysis) of this prompt's LLM prefill on the model's own shape.
+
+    With AIM: the tokens that really entered each layer; without: the same prompt with every
+    visual token unmerged in every layer. The lm_head on one token is included in both.
+    """
+    from llava.analysis import LLMShape, prefill_cost
+
+    shape = LLMShape.from_config(config)
+    text = r["prompt_tokens"] - r["visual_tokens_after_merge"]
+    with_aim = r["layer_seq_lens"] or [r["prompt_tokens"]] * shape.layers  # empty when nothing was pruned
+    without = [text + r["visual_tokens_before_merge"]] * shape.layers
+    aim_flops, base_flops = prefill_cost(shape, with_aim).flops, prefill_cost(shape, without).flops
+    return {
+        "prefill_tflops": aim_flops / 1e12,
+        "baseline_prefill_tflops": base_flops / 1e12,
+        "flops_saved": 1.0 - aim_flops / base_flops,
+        "flops_reduction": base_flops / aim_flops,
+    }
+
+
+def _flops_text(tflops: float) -> str:
+    return f"{tflops:.3f} TFLOPs" if tflops >= 1 else f"{tflops * 1e3:.3f} GFLOPs"
 
 
 def format_summary(r: dict) -> str:
@@ -171,8 +230,10 @@ def format_summary(r: dict) -> str:
     lines.append(f"media     : {r['media']} ({r['frames']} frame{'s' if r['frames'] != 1 else ''})")
     lines.append(f"question  : {r['question']}")
     lines.append(f"answer    : {r['answer']!r}")
-    setting = ("off" if aim["retention"] >= 1 and aim["l1"] is None else
+    setting = ("off" if aim["retention"] >= 1 and aim["l1"] is None and aim.get("method", "aim") == "aim" else
                f"retention={aim['retention']:g}, l1={aim['l1']}, l2={aim['l2']}, pruning={aim['pruning_mode']}")
+    if aim.get("method", "aim") != "aim":  # a baseline or control (llava.aim.policy)
+        setting = f"method={aim['method']}, drop_layers={aim['drop_layers']}, drop_ratio={aim['drop_ratio']}; " + setting
     lines.append(f"AIM       : {setting}")
     before, after = r["visual_tokens_before_merge"], r["visual_tokens_after_merge"]
     ratio = f" ({before / after:.1f}x fewer)" if after else ""
@@ -184,6 +245,12 @@ def format_summary(r: dict) -> str:
             bar = "#" * max(1, round(30 * n / top))
             lines.append(f"  layer {j:>2} {n:>6} {bar}")
         lines.append(f"KV cache per layer after generation: {r['kv_cache_lens']}")
+    if "predicted" in r:
+        f = r["predicted"]
+        lines.append(f"FLOPs     : LLM prefill {_flops_text(f['prefill_tflops'])} vs "
+                     f"{_flops_text(f['baseline_prefill_tflops'])} without AIM: {100 * f['flops_saved']:.1f}% saved "
+                     f"({f['flops_reduction']:.2f}x fewer; roofline prediction for this model's shape)")
     t = r["timings"]
-    lines.append(f"time      : decode {t['decode_s']:.2f}s, load {t['load_s']:.2f}s, generate {t['generate_s']:.2f}s")
+    stages = [("decode", "decode_s"), ("load", "load_s"), ("preprocess", "preprocess_s"), ("generate", "generate_s")]
+    lines.append("time      : " + ", ".join(f"{name} {t[key]:.2f}s" for name, key in stages if key in t))
     return "\n".join(lines)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
+from llava.aim.policy import STEP_METHODS, check_method_against_model, validate_method_fields
 from llava.errors import AIMConfigError
 
 MERGE_WEIGHTINGS = ("mean", "size")
@@ -40,6 +41,14 @@ class AIMConfig:
         cache) or "mask" (reference: pruned tokens kept but hidden as keys; no speed-up).
     importance_memory_mb: bound on the extra memory of the importance computation; heads
         are processed in chunks that fit in it.
+    method: "aim" (default) or a baseline / control of llava.aim.policy: "fastv", "vtw",
+        "pdrop" (drop at ``drop_layers``; l1/l2 must be None), "random", "pool" (AIM's
+        retention and l1/l2). ``AIMConfig.for_method(name)`` gives each paper's defaults.
+    drop_layers: fastv/vtw/pdrop only: the layers K from which the reduced set is seen
+        (scored in layer K-1); None = the paper's layers scaled to the model's depth.
+    drop_ratio: fastv/pdrop only: fraction of the (remaining) visual tokens dropped at each
+        step, None = the paper's 0.5.
+    seed: the "random" control's seed (its choice is a deterministic hash, no global RNG).
     """
 
     retention: float = 0.25
@@ -52,10 +61,17 @@ class AIMConfig:
     merge_order: str = "paper"
     pruning_mode: str = "remove"
     importance_memory_mb: int = 1024
+    method: str = "aim"
+    drop_layers: Optional[Tuple[int, ...]] = None
+    drop_ratio: Optional[float] = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         _check_retention(self.retention)
         _check_layers(self.l1, self.l2)
+        if isinstance(self.drop_layers, list):  # lists from JSON / CLI: store the hashable tuple
+            object.__setattr__(self, "drop_layers", tuple(self.drop_layers))
+        validate_method_fields(self.method, self.drop_layers, self.drop_ratio, self.seed, self.l1, self.l2)
         _check_choice("importance", self.importance, IMPORTANCES)
         _check_choice("merge_weighting", self.merge_weighting, MERGE_WEIGHTINGS)
         _check_choice("merge_order", self.merge_order, MERGE_ORDERS)
@@ -81,7 +97,7 @@ class AIMConfig:
     @property
     def pruning(self) -> bool:
         """True when in-LLM pruning is configured."""
-        return self.l1 is not None
+        return self.l1 is not None or self.method in STEP_METHODS
 
     @property
     def enabled(self) -> bool:
@@ -99,6 +115,20 @@ class AIMConfig:
             raise AIMConfigError(f"unknown AIM preset {name!r}; choose one of {sorted(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> "AIMConfig":
+        """A method of llava.aim.policy with its paper defaults, optionally overridden.
+
+        fastv / vtw / pdrop: no merging (retention 1.0), no l1/l2, the paper's drop layers
+        (scaled to the model's depth when applied) and ratio. aim / random / pool: AIM's
+        defaults (retention 0.25, l1=14, l2=22).
+        """
+        base = {"method": method}
+        if method in STEP_METHODS:
+            base.update(retention=1.0, l1=None, l2=None)
+        base.update(overrides)
+        return cls(**base)
+
     def replace(self, **changes) -> "AIMConfig":
         return dataclasses.replace(self, **changes)
 
@@ -109,6 +139,7 @@ class AIMConfig:
                 f"l1={self.l1} is beyond the language model, which has {num_layers} layers "
                 f"(valid l1: 0..{num_layers - 1}); pass a smaller l1 or l1=None to disable pruning"
             )
+        check_method_against_model(self.method, self.drop_layers, num_layers)
 
     def to_dict(self) -> Dict[str, object]:
         return dataclasses.asdict(self)

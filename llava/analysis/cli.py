@@ -18,8 +18,52 @@ from llava.analysis.roofline import (
     analyze,
     paper_default_layers,
 )
+from llava.aim.policy import METHODS, STEP_METHODS, drop_layers_for, spec
 from llava.analysis.shapes import BUILTIN_LLMS, BUILTIN_VISION, get_llm, get_vision
 from llava.errors import AIMConfigError
+
+
+def layer_list(text: str) -> Tuple[int, ...]:
+    """``--drop-layers 8,16,24`` -> (8, 16, 24)."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 8,16,24, got {text!r}")
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """``--method`` and the baselines' parameters (llava.aim.policy), shared by flops / run / bench."""
+    p.add_argument("--method", default="aim", choices=METHODS,
+                   help="aim (default), a baseline (fastv, vtw, pdrop) or a control (random, pool); "
+                        "docs/comparison.md describes each")
+    p.add_argument("--drop-layers", type=layer_list, default=None,
+                   help="fastv/vtw/pdrop: layers K that see the reduced set, e.g. 2 or 8,16,24 "
+                        "(default: the paper's, scaled to the model's depth)")
+    p.add_argument("--drop-ratio", type=float, default=None,
+                   help="fastv/pdrop: fraction of the visual tokens dropped at each step (default 0.5)")
+
+
+def resolve_method_settings(num_layers: int, args: argparse.Namespace) -> Dict[str, Any]:
+    """retention / l1 / l2 / method / drop_layers / drop_ratio / notes for ``analyze`` from the
+    CLI options. AIM and the controls take AIM's options and defaults; fastv / vtw / pdrop take
+    their own (no merging unless --retention is given)."""
+    method = getattr(args, "method", "aim")
+    drop_layers, drop_ratio = getattr(args, "drop_layers", None), getattr(args, "drop_ratio", None)
+    if method in STEP_METHODS:
+        if args.l1 is not None or args.l2 is not None or args.no_prune:
+            raise AIMConfigError(f"--l1/--l2/--no-prune set AIM's schedule; {method} prunes at --drop-layers")
+        notes = []
+        if drop_layers is None:
+            layers = drop_layers_for(method, None, num_layers)
+            notes.append(f"{method}: drop layers {','.join(map(str, layers))} (the paper's default for "
+                         f"{num_layers} layers; source: {spec(method).source})")
+        retention = 1.0 if args.retention is None else args.retention
+        return dict(retention=retention, l1=None, l2=None, method=method, drop_layers=drop_layers,
+                    drop_ratio=drop_ratio, notes=notes)
+    if drop_layers is not None or drop_ratio is not None:
+        raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}; {method} uses --l1/--l2")
+    retention, l1, l2, notes = resolve_aim_settings(num_layers, args.retention, args.l1, args.l2, args.no_prune)
+    return dict(retention=retention, l1=l1, l2=l2, method=method, drop_layers=None, drop_ratio=None, notes=notes)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -73,6 +117,7 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--l1", type=int, default=None, help="first pruning layer (0-based)")
     p.add_argument("--l2", type=int, default=None, help="first layer without visual tokens")
     p.add_argument("--no-prune", action="store_true", help="merging only, no in-LLM pruning")
+    add_method_options(p)
     add_model_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_flops)
@@ -103,9 +148,9 @@ def resolve_aim_settings(num_layers: int, retention: Optional[float], l1: Option
 
 def run_flops(args: argparse.Namespace) -> int:
     inputs = analysis_inputs(args)
-    retention, l1, l2, notes = resolve_aim_settings(inputs["llm"].layers, args.retention, args.l1, args.l2,
-                                                    args.no_prune)
-    result = analyze(retention=retention, l1=l1, l2=l2, **inputs)
+    settings = resolve_method_settings(inputs["llm"].layers, args)
+    notes = settings.pop("notes")
+    result = analyze(**settings, **inputs)
     result.notes.extend(notes)
     baseline = result.without_aim()
     report = flops_report(result, baseline)
@@ -125,6 +170,8 @@ def flops_report(result: Analysis, baseline: Analysis) -> Dict[str, Any]:
         "frames": s["frames"], "tokens_per_frame": s["tokens_per_frame"],
         "tokens_per_frame_kept": s["tokens_per_frame_kept"], "text_tokens": s["text_tokens"],
         "newline_tokens": s["newline_tokens"], "retention": s["retention"], "l1": s["l1"], "l2": s["l2"],
+        "method": s["method"], "drop_layers": s["resolved_drop_layers"], "drop_ratio": s["drop_ratio"],
+        "score": s["score"],
         "convention": s["convention"], "vision_tower": s["vision_tower"],
         "options": result.options.to_dict(),
         "tokens_per_layer": result.tokens_per_layer,
@@ -165,11 +212,15 @@ def compact_counts(counts: Sequence[int]) -> str:
 
 def format_report(result: Analysis, baseline: Analysis) -> str:
     s = result.settings
-    if s["l1"] is None:
+    if s["resolved_drop_layers"] is not None:
+        prune = f"drop at layers {','.join(map(str, s['resolved_drop_layers']))} ({s['score']} score)"
+    elif s["l1"] is None:
         prune = "no pruning"
     else:
         prune = f"prune after layers {s['l1']}..{s['l2'] - 1} (l1={s['l1']}, l2={s['l2']})"
-    merge = "no merging" if s["retention"] >= 1.0 else f"retention {s['retention']:g} ({s['tokens_per_frame_kept']} tokens/frame)"
+    name = "AIM" if s["method"] == "aim" else spec(s["method"]).title.split(" ")[0]
+    verb = "pooling" if s["method"] == "pool" else "retention"
+    merge = "no merging" if s["retention"] >= 1.0 else f"{verb} {s['retention']:g} ({s['tokens_per_frame_kept']} tokens/frame)"
     mib = 2.0 ** 20
     rows = [
         ("LLM prefill TFLOPs", f"{result.prefill_tflops:.3f}", f"{baseline.prefill_tflops:.3f}",
@@ -185,12 +236,12 @@ def format_report(result: Analysis, baseline: Analysis) -> str:
         f"llava-aim flops: {result.llm.describe()} on {result.hardware.describe()}",
         f"input: {s['frames']} frames x {s['tokens_per_frame']} tokens + {s['text_tokens']} text tokens"
         + (f" + {s['newline_tokens']} newline" if s["newline_tokens"] else ""),
-        f"AIM: {merge}; {prune}; {s['convention']} convention"
+        f"{name}: {merge}; {prune}; {s['convention']} convention"
         + ("; flash-attention" if result.options.flash_attention else ""),
-        f"tokens per layer (AIM): {compact_counts(result.tokens_per_layer)}",
+        f"tokens per layer ({name}): {compact_counts(result.tokens_per_layer)}",
         f"tokens per layer (without AIM): {compact_counts(baseline.tokens_per_layer)}",
         "",
-        f"{'':<{w0}}  {'AIM':>12}  {'without AIM':>12}",
+        f"{'':<{w0}}  {name:>12}  {'without AIM':>12}",
     ]
     lines += [f"{a:<{w0}}  {b:>12}  {c:>12}  {d}".rstrip() for a, b, c, d in rows]
     enc = result.vision_encoder
@@ -224,6 +275,7 @@ def add_plan_command(subparsers: Any) -> argparse.ArgumentParser:
     target.add_argument("--budget-tflops", type=float, help="largest acceptable LLM prefill cost, TFLOPs")
     target.add_argument("--speedup", type=float, help="smallest acceptable predicted prefill speed-up vs no AIM")
     add_model_options(p)
+    add_method_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_plan)
     return p
@@ -232,6 +284,10 @@ def add_plan_command(subparsers: Any) -> argparse.ArgumentParser:
 def run_plan(args: argparse.Namespace) -> int:
     from llava.analysis.plan import Target, plan
 
+    if getattr(args, "method", "aim") in STEP_METHODS:
+        return run_baseline_plan(args)
+    if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
+        raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}; {args.method} is planned as AIM")
     target = Target(budget_tflops=args.budget_tflops, speedup=args.speedup)
     inputs = analysis_inputs(args)
     progress = None
@@ -247,6 +303,49 @@ def run_plan(args: argparse.Namespace) -> int:
         sys.stderr.write(f"llava-aim plan: {result.reason()}\n")
         return 2
     sys.stdout.write(format_plan(result) + "\n")
+    if args.method != "aim":  # random / pool: AIM's schedule and count, so AIM's plan
+        sys.stdout.write(f"method : {args.method} runs the same retention and schedule (same LLM FLOPs): "
+                         f"add --method {args.method}\n")
+    return 0
+
+
+def run_baseline_plan(args: argparse.Namespace) -> int:
+    """``plan --method fastv|vtw|pdrop``: the baseline's knob that meets the target (matching.py)."""
+    from llava.analysis.matching import match_budget
+
+    if args.drop_ratio is not None:
+        raise AIMConfigError("plan chooses --drop-ratio itself; give --drop-layers at most")
+    inputs = analysis_inputs(args)
+    base = analyze(**inputs)
+    budget = None if args.budget_tflops is None else args.budget_tflops * 1e12
+    max_time = None if args.speedup is None else base.prefill_time_s / args.speedup
+    if (args.budget_tflops is not None and args.budget_tflops <= 0) or (args.speedup is not None and args.speedup <= 0):
+        raise AIMConfigError("--budget-tflops and --speedup must be positive")
+    best = match_budget(args.method, budget, args.drop_layers, max_time_s=max_time, **inputs)
+    target = f"<= {args.budget_tflops:g} TFLOPs" if budget is not None else f">= {args.speedup:g}x faster"
+    if best is None:
+        sys.stderr.write(f"llava-aim plan: no {args.method} setting meets {target} with its layers; "
+                         "try other --drop-layers or another method\n")
+        return 2
+    s = best.settings
+    report = {"method": args.method, "drop_layers": s["resolved_drop_layers"], "drop_ratio": s["drop_ratio"],
+              "prefill_tflops": best.prefill_tflops, "prefill_ms": best.prefill_ms,
+              "speedup": base.prefill_time_s / best.prefill_time_s,
+              "flops_reduction": base.prefill_flops / best.prefill_flops,
+              "visual_tokens_per_layer": best.visual_tokens_per_layer, "target": target}
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return 0
+    layers = ",".join(map(str, s["resolved_drop_layers"]))
+    ratio = "" if s["drop_ratio"] is None else f" --drop-ratio {s['drop_ratio']:g}"
+    sys.stdout.write("\n".join([
+        f"llava-aim plan --method {args.method}: {best.llm.name} on {best.hardware.name}; target {target}",
+        f"choice : drop layers {layers}{'' if not ratio else ', ratio ' + format(s['drop_ratio'], 'g')}; "
+        f"{best.prefill_tflops:.3f} TFLOPs ({report['flops_reduction']:.2f}x fewer), {best.prefill_ms:.2f} ms "
+        f"({report['speedup']:.2f}x faster)",
+        f"         visual tokens per layer: {compact_counts(best.visual_tokens_per_layer)}",
+        f"use    : llava-aim run --method {args.method} --drop-layers {layers}{ratio}",
+    ]) + "\n")
     return 0
 
 

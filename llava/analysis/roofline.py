@@ -59,7 +59,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merged_token_count
-from llava.aim.schedule import CONVENTIONS, pruning_layers, visual_tokens_per_layer
+from llava.aim.policy import drop_layers_for, reduction_of, score_of, spec
+from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
 from llava.errors import AIMConfigError
@@ -428,6 +429,33 @@ def importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
     return ops
 
 
+def pool_overhead_ops(tokens_per_frame: int, retention: float, channels: int, frames: int, hardware: Hardware,
+                      options: Optional[RooflineOptions] = None) -> List[OpCost]:
+    """Spatial pooling (the "pool" control) of ``frames`` frames to k tokens: one add per input
+    element, one division per output element; reads the frame, writes the pooled tokens."""
+    o = options or RooflineOptions()
+    k, t, C = merged_token_count(tokens_per_frame, retention), tokens_per_frame, channels
+    return [_scaled(_op("pool", t * C + k * C, t * C * o.act_bytes + k * C * o.act_bytes, hardware), frames)]
+
+
+def last_token_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], layers: Sequence[int], hardware: Hardware,
+                            options: Optional[RooflineOptions] = None, score_bytes: float = 4) -> List[OpCost]:
+    """The FastV / PyramidDrop score at each drop layer j on its N_j tokens: one query row
+    against the keys over all heads (2*N*d*nh; loads the row and K), softmax (5*nh*N), mean
+    over heads (nh*N)."""
+    o = options or RooflineOptions()
+    a, s, nh, d = o.act_bytes, score_bytes, llm.heads, llm.head_dim
+    ops: List[OpCost] = []
+    for j in layers:
+        n = int(tokens_per_layer[j])
+        ops += [
+            _op(f"score.qk[{j}]", 2 * n * d * nh, d * nh * a + n * d * llm.kv_heads * a + n * nh * s, hardware),
+            _op(f"score.softmax[{j}]", 5 * nh * n, 2 * nh * n * s, hardware),
+            _op(f"score.mean[{j}]", nh * n, nh * n * s + n * s, hardware),
+        ]
+    return ops
+
+
 # --- the analysis --------------------------------------------------------------------------
 
 
@@ -483,12 +511,12 @@ class Analysis:
 
     @property
     def pruning_layers(self) -> List[int]:
-        return pruning_layers(self.visual_tokens_per_layer) if self.settings["l1"] is not None else []
+        return pruning_layers(self.visual_tokens_per_layer)
 
     def without_aim(self) -> "Analysis":
         """The same input, hardware and options with AIM off (no merging, no pruning)."""
         kwargs = dict(self.settings)
-        kwargs.update(retention=1.0, l1=None, l2=None)
+        kwargs.update(retention=1.0, l1=None, l2=None, method="aim", drop_layers=None, drop_ratio=None)
         return analyze(self.llm, hardware=self.hardware, options=self.options, vision=self.vision_shape, **_analyze_kwargs(kwargs))
 
     def to_dict(self, with_ops: bool = False) -> Dict[str, Any]:
@@ -516,7 +544,7 @@ class Analysis:
 
 
 _SETTING_KEYS = ("frames", "tokens_per_frame", "text_tokens", "newline_tokens", "retention", "l1", "l2", "convention",
-                 "pagerank_iterations")
+                 "pagerank_iterations", "method", "drop_layers", "drop_ratio")
 
 
 def _analyze_kwargs(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -542,6 +570,9 @@ def analyze(
     options: Optional[RooflineOptions] = None,
     vision: Union[str, VisionShape, None] = None,
     pagerank_iterations: int = 5,
+    method: str = "aim",
+    drop_layers: Optional[Sequence[int]] = None,
+    drop_ratio: Optional[float] = None,
     **option_kwargs: Any,
 ) -> Analysis:
     """Roofline prefill cost of the language model on one video (or image) prompt.
@@ -553,6 +584,10 @@ def analyze(
     frames (it counts as visual and can be pruned): pass ``newline_tokens=1`` to count what the
     runtime executes. ``convention`` is "runtime" (what the project's model executes) or
     "paper" (the paper's FLOPs script, one layer earlier).
+
+    ``method`` (with ``drop_layers`` / ``drop_ratio`` for fastv, vtw, pdrop) selects a policy of
+    llava.aim.policy; its per-layer counts come from ``llava.aim.schedule.policy_visual_tokens``,
+    the function the runtime uses. Baselines are counted as executed (runtime convention).
 
     Keyword options of :class:`RooflineOptions` (weight_bytes, act_bytes, kv_bytes,
     flash_attention, include_mlp_add) may be given directly instead of ``options``.
@@ -570,12 +605,17 @@ def analyze(
     _check_count("text_tokens", text_tokens, 0)
     _check_count("newline_tokens", newline_tokens, 0)
     _check_count("pagerank_iterations", pagerank_iterations, 1)
-    AIMConfig(retention=retention, l1=l1, l2=l2).check_against_model(shape.layers)
+    cfg = AIMConfig(retention=retention, l1=l1, l2=l2, method=method,
+                    drop_layers=None if drop_layers is None else tuple(drop_layers), drop_ratio=drop_ratio)
+    cfg.check_against_model(shape.layers)
+    if convention != "runtime" and spec(method).schedule != "linear":
+        raise AIMConfigError(f"the paper convention is AIM's FLOPs script; {method} is counted as executed "
+                             "(drop --paper-convention)")
     vshape = get_vision(vision, llm)
 
     kept = merged_token_count(tokens_per_frame, retention)
     v0 = frames * kept + newline_tokens
-    visual = visual_tokens_per_layer(v0, shape.layers, l1, l2, convention)
+    visual = policy_visual_tokens(cfg, v0, shape.layers, convention)
     tokens = [text_tokens + v for v in visual]
 
     prefill = prefill_cost(shape, tokens, hw, options)
@@ -583,16 +623,26 @@ def analyze(
     kv = kv_cache_bytes_per_layer(shape, tokens, options.kv_bytes)
     encoder = vision_encoder_cost(vshape, shape, frames, hw, options)
     overhead: List[OpCost] = []
-    if retention < 1.0:
+    if retention < 1.0 and reduction_of(cfg) == "pool":
+        overhead += pool_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options)
+    elif retention < 1.0:
         overhead += merge_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options)
-    if l1 is not None:
-        overhead += importance_overhead_ops(shape, tokens, pruning_layers(visual), hw, options, pagerank_iterations)
+    score = score_of(cfg)
+    if l1 is not None and score in ("pagerank", "attention"):  # AIM's count, whichever AIM score
+        overhead += importance_overhead_ops(shape, tokens, scoring_layers(visual), hw, options, pagerank_iterations)
+    elif score == "last_token":
+        overhead += last_token_overhead_ops(shape, tokens, scoring_layers(visual), hw, options)
+    # random (a hash per visual token) and none (VTW): no score work worth counting
 
     settings = {
         "llm": shape.name, "frames": frames, "tokens_per_frame": tokens_per_frame,
         "tokens_per_frame_kept": kept, "text_tokens": text_tokens, "newline_tokens": newline_tokens,
         "visual_tokens": v0, "retention": retention, "l1": l1, "l2": l2, "convention": convention,
         "pagerank_iterations": pagerank_iterations, "hardware": hw.name, "vision_tower": vshape.name,
+        "method": method, "drop_layers": None if drop_layers is None else list(drop_layers),
+        "drop_ratio": drop_ratio, "score": score,
+        "resolved_drop_layers": (list(drop_layers_for(method, cfg.drop_layers, shape.layers))
+                                 if spec(method).schedule == "steps" else None),
     }
     notes = [NOTE_SILU, NOTE_REFERENCE, NOTE_SEPARATE]
     if convention == "paper":

@@ -14,14 +14,16 @@ methods / hooks of the *instances* it is given.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
 
 from llava.aim.config import AIMConfig
-from llava.aim.merge import merge_frames, merged_token_count
-from llava.errors import AIMConfigError, UnsupportedModelError
+from llava.aim.merge import merged_token_count
+from llava.aim.reduce import reduce_frames
+from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsageError
 from llava.model.language_model.attention import aim_backend_name, stock_backend_name
 from llava.model.language_model.driver import DecoderDriver
 
@@ -35,6 +37,12 @@ class AIMStats:
     length entering each decoder layer (largest over the batch; per sample in
     layer_seq_lens_per_sample). visual_tokens_per_layer: per layer, per sample. kv_cache_lens:
     tokens held by each layer's KV cache after the call.
+
+    Only with ``apply_aim(..., track_sources=True)`` (else None; nothing is tracked):
+    merge_sources (F, T): for every frame and original (pooled) patch, the merged token it
+    went into. layer_survivors: per decoder layer, (F, k) bool, whether each merged token is
+    among the visual tokens entering that layer (needs pruning on). ``merge_groups()`` and
+    ``survivors(layer)`` map both onto the (frame, row, column) grid of the patches.
     """
 
     visual_tokens_before_merge: int = 0
@@ -43,13 +51,53 @@ class AIMStats:
     tokens_per_frame_before_merge: int = 0
     tokens_per_frame_after_merge: int = 0
     merge_sources: Optional[torch.Tensor] = None
+    layer_survivors: Optional[List[torch.Tensor]] = None
     layer_seq_lens: List[int] = field(default_factory=list)
     layer_seq_lens_per_sample: List[List[int]] = field(default_factory=list)
     visual_tokens_per_layer: List[List[int]] = field(default_factory=list)
     kv_cache_lens: List[int] = field(default_factory=list)
 
     def to_dict(self):
-        return {k: v for k, v in self.__dict__.items() if k != "merge_sources"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("merge_sources", "layer_survivors")}
+
+    def merge_groups(self) -> torch.Tensor:
+        """(F, H, W) long: the merged token each patch of each frame went into."""
+        if self.merge_sources is None:
+            raise UnsupportedUsageError("no merge sources recorded: apply_aim(..., track_sources=True), then run the model")
+        return patch_grid(self.merge_sources)
+
+    def survivors(self, layer: int) -> torch.Tensor:
+        """(F, H, W) bool: whether each patch's merged token is present entering ``layer``."""
+        if self.layer_survivors is None:
+            raise UnsupportedUsageError(
+                "no survivors recorded: apply_aim(..., track_sources=True) with pruning on, then run the model"
+            )
+        return patch_grid(self.layer_survivors[layer].gather(1, self.merge_sources))
+
+
+def patch_grid(per_patch: torch.Tensor) -> torch.Tensor:
+    """(F, T) values per patch -> (F, H, W) on the square patch grid (row-major, H = W)."""
+    frames, t = per_patch.shape
+    side = math.isqrt(t)
+    if side * side != t:
+        raise UnsupportedUsageError(f"{t} patches per frame do not form a square grid")
+    return per_patch.reshape(frames, side, side)
+
+
+def presence_by_frame(initial, entering, frames: int, tokens_per_frame: int, videos: int) -> Optional[torch.Tensor]:
+    """(F, k) bool: which merged tokens are among the visual tokens ``entering`` a layer.
+
+    initial / entering: per sample, the sequence positions of the visual tokens entering the
+    first layer / this layer. The visual tokens are, in order over the batch, each frame's k
+    merged tokens, each video followed by its newline token (``videos`` of them; 0 for
+    images). None when the prompt holds other visual tokens (e.g. images next to a video).
+    """
+    present = torch.cat([torch.isin(first, now) for first, now in zip(initial, entering)])
+    if present.numel() != frames * tokens_per_frame + videos:
+        return None
+    if videos:
+        present = present.view(videos, -1)[:, :-1]  # drop each video's newline token
+    return present.reshape(frames, tokens_per_frame)
 
 
 class AIMRuntime:
@@ -86,12 +134,22 @@ class AIMRuntime:
         s.visual_tokens_before_merge = frames * before + newline_tokens
         s.visual_tokens_after_merge = frames * after + newline_tokens
         s.merge_sources = sources
+        s.layer_survivors = None
 
     def record_prefill(self, record, cache) -> None:
         s = self.stats
         s.layer_seq_lens = record.layer_seq_lens
         s.layer_seq_lens_per_sample = record.layer_seq_lens_per_sample
         s.visual_tokens_per_layer = record.visual_tokens_per_layer
+        s.layer_survivors = None
+        positions = getattr(record, "visual_positions", None)
+        if positions is not None and s.merge_sources is not None:
+            videos = s.visual_tokens_after_merge - s.frames * s.tokens_per_frame_after_merge
+            present = [
+                presence_by_frame(positions[0], now, s.frames, s.tokens_per_frame_after_merge, videos)
+                for now in positions
+            ]
+            s.layer_survivors = None if present[0] is None else present
         self.record_decode(cache)
 
     def uninstall(self) -> None:
@@ -203,10 +261,8 @@ def _set_instance_attr(obj, name, value, runtime) -> None:
 
 
 def _merge(runtime: AIMRuntime, features: torch.Tensor):
-    cfg = runtime.cfg
-    return merge_frames(
-        features, cfg.retention, cfg.merge_weighting, cfg.merge_order, track_sources=runtime.track_sources
-    )
+    # AIM's merging, or spatial pooling for the "pool" control (llava.aim.policy)
+    return reduce_frames(features, runtime.cfg, track_sources=runtime.track_sources)
 
 
 def _wrap_onevision_video(inner, runtime: AIMRuntime) -> None:

@@ -26,8 +26,16 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from llava.aim.config import AIMConfig
-from llava.aim.importance import attention_importance, compact_left, pagerank_importance, select_survivors
-from llava.aim.schedule import visual_tokens_per_layer
+from llava.aim.importance import (
+    attention_importance,
+    compact_left,
+    last_token_attention,
+    pagerank_importance,
+    random_scores,
+    select_survivors,
+)
+from llava.aim.policy import score_of
+from llava.aim.schedule import policy_visual_tokens
 from llava.errors import UnsupportedUsageError
 from llava.model.language_model.attention import stock_backend_name
 
@@ -47,10 +55,17 @@ class PrefillRecord:
     layer_seq_lens: List[int] = field(default_factory=list)
     layer_seq_lens_per_sample: List[List[int]] = field(default_factory=list)
     visual_tokens_per_layer: List[List[int]] = field(default_factory=list)
+    # Only when the runtime tracks sources (else None, no cost): per layer, per sample, the
+    # original sequence positions of the visual tokens entering that layer.
+    visual_positions: Optional[List[List[torch.Tensor]]] = None
+
+
+ATTENTION_SCORES = ("pagerank", "attention", "last_token")  # need the layer's q/k (a probe)
 
 
 class ImportanceProbe:
-    """Receives (query, key) inside one layer's attention and scores the present tokens."""
+    """Receives (query, key) inside one layer's attention and scores the present tokens
+    with the policy's score (llava.aim.policy.score_of)."""
 
     def __init__(self, cfg: AIMConfig, valid: torch.Tensor):
         self.cfg = cfg
@@ -59,12 +74,22 @@ class ImportanceProbe:
 
     def observe(self, module, query: torch.Tensor, key: torch.Tensor) -> None:
         budget = self.cfg.importance_memory_mb << 20
-        if self.cfg.importance == "pagerank":
+        score = score_of(self.cfg)
+        if score == "pagerank":
             self.scores = pagerank_importance(
                 query, key, self.valid, module.scaling, self.cfg.pagerank_tau, self.cfg.pagerank_iters, budget
             )
+        elif score == "last_token":
+            self.scores = last_token_attention(query, key, self.valid, module.scaling)
         else:
             self.scores = attention_importance(query, key, self.valid, module.scaling, budget)
+
+
+def scores_without_attention(cfg: AIMConfig, visual_index: torch.Tensor, layer: int) -> torch.Tensor:
+    """Scores that need no attention: the random control's hash; VTW's none (all dropped)."""
+    if score_of(cfg) == "random":
+        return random_scores(visual_index, cfg.seed, layer)
+    return torch.zeros(visual_index.shape, dtype=torch.float32, device=visual_index.device)
 
 
 def layer_attention_mask(backend: str, alive: torch.Tensor, q_len: int, dtype: torch.dtype):
@@ -170,19 +195,25 @@ class DecoderDriver:
         cos, sin = cos.expand(bsz, -1, -1), sin.expand(bsz, -1, -1)
 
         v0 = visual.sum(dim=1).tolist()
-        schedule = [visual_tokens_per_layer(int(v), num_layers, cfg.l1, cfg.l2) for v in v0]
+        schedule = [policy_visual_tokens(cfg, int(v), num_layers) for v in v0]
         counts = torch.tensor(schedule, dtype=torch.long, device=h.device)  # (B, L)
         slot = torch.arange(seq_len, device=h.device).expand(bsz, -1)  # original index of each slot
-        record = PrefillRecord()
+        visual_index = visual.cumsum(dim=1) - 1  # index among the sample's visual tokens (random control)
+        needs_probe = score_of(cfg) in ATTENTION_SCORES
+        record = PrefillRecord(visual_positions=[] if getattr(self.runtime, "track_sources", False) else None)
         layer_alive: List[torch.Tensor] = []
         for j, layer in enumerate(lm.layers):
             per_sample = alive.sum(dim=1).tolist()
             record.layer_seq_lens.append(int(max(per_sample)))
             record.layer_seq_lens_per_sample.append([int(n) for n in per_sample])
             record.visual_tokens_per_layer.append([int(n) for n in visual.sum(dim=1).tolist()])
+            if record.visual_positions is not None:
+                record.visual_positions.append([slot[b][visual[b]] for b in range(bsz)])
             layer_alive.append(alive)
             prune = j + 1 < num_layers and bool((counts[:, j + 1] < counts[:, j]).any())
-            probe = ImportanceProbe(cfg, alive) if prune else None
+            # Dropping every remaining visual token needs no ranking: skip the score there.
+            ranked = prune and bool((counts[:, j + 1] > 0).any())
+            probe = ImportanceProbe(cfg, alive) if ranked and needs_probe else None
             extra = {"aim_probe": probe} if probe is not None else {}
             h = layer(
                 h,
@@ -196,9 +227,15 @@ class DecoderDriver:
             )
             if not prune:
                 continue
-            if probe.scores is None:
+            if not ranked:
+                scores = torch.zeros(alive.shape, dtype=torch.float32, device=alive.device)
+            elif probe is None:
+                scores = scores_without_attention(cfg, visual_index.gather(1, slot), j)
+            elif probe.scores is None:
                 raise RuntimeError(f"layer {j} did not run the AIM attention wrapper; was apply_aim bypassed?")
-            keep = select_survivors(probe.scores, visual, alive, counts[:, j + 1])
+            else:
+                scores = probe.scores
+            keep = select_survivors(scores, visual, alive, counts[:, j + 1])
             if cfg.pruning_mode == "mask":
                 alive, visual = keep, visual & keep
                 continue

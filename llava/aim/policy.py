@@ -1,0 +1,205 @@
+"""Reduction policies: AIM and the baselines it is compared with, in one vocabulary.
+
+A policy answers three questions (see docs/comparison.md):
+
+1. before the LLM, how is each frame (image) reduced to ``max(1, floor(T * retention))``
+   tokens? ``merge`` (AIM's bipartite soft matching) or ``pool`` (spatial average pooling);
+2. how many visual tokens enter each decoder layer? AIM's linear schedule (``l1``, ``l2``) or
+   a list of drop steps ``(layer K, fraction kept)``: layers ``>= K`` see only the survivors;
+3. which score decides who survives a drop? ``pagerank`` (AIM), ``last_token`` (the
+   attention the last prompt token pays each token, mean over heads: FastV, PDrop),
+   ``random`` (a seeded hash) or ``none`` (every visual token goes: VTW).
+
+Methods (``AIMConfig.method``) and their paper defaults, layers 0-based and meaning "the
+first layer that sees the reduced set"; defaults for another depth are scaled by
+``round(K * L / L_ref)``, rounded half up:
+
+=======  ==================================================================  =================
+method   definition                                                          default
+=======  ==================================================================  =================
+aim      AIM (Zhong et al., arXiv 2412.03248): merge, linear schedule,       l1=14, l2=22 of 28
+         PageRank
+fastv    FastV (Chen et al., ECCV 2024, arXiv 2403.06764): at layer K keep   K=2, R=0.5 (the
+         the top (1-R) of the visual tokens by the last token's attention    paper's "K=2,
+         in layer K-1                                                        R=50%"; not scaled)
+vtw      VTW (Lin et al., AAAI 2025, arXiv 2405.05803): every visual token   K=16 of 32
+         withdrawn from layer K on
+pdrop    PyramidDrop (Xing et al., CVPR 2025, arXiv 2410.17247): at each     8/16/24 of 32,
+         layer K_s drop a fraction lambda of the remaining visual tokens,    lambda=0.5
+         ranked by the last instruction token's attention in layer K_s - 1
+random   control: AIM's merging and schedule, survivors chosen at random     seed 0
+         (deterministic hash of seed, layer and the token's visual index)
+pool     control: spatial average pooling to AIM's per-frame count instead   as aim
+         of similarity merging; AIM's schedule and PageRank
+=======  ==================================================================  =================
+
+Pure python; the config module imports this one, so nothing here imports the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from llava.errors import AIMConfigError
+
+METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool")
+STEP_METHODS = ("fastv", "vtw", "pdrop")  # in-LLM schedule = drop steps, not (l1, l2)
+SCORES = ("pagerank", "attention", "last_token", "random", "none")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method is: its reduction before the LLM, its schedule kind, its score, defaults."""
+
+    name: str
+    title: str
+    source: str
+    reduction: str  # "merge" | "pool"
+    schedule: str  # "linear" (AIM's l1/l2) | "steps" (drop_layers / drop_ratio)
+    score: str  # one of SCORES, or "config" (AIMConfig.importance)
+    default_layers: Tuple[int, ...] = ()  # for a model of ``reference_layers`` layers
+    reference_layers: int = 0
+    scale_layers: bool = True
+    default_ratio: Optional[float] = None  # fraction dropped at each step
+
+
+SPECS = {
+    "aim": MethodSpec("aim", "AIM", "Zhong et al., arXiv 2412.03248 (ICCV 2025)", "merge", "linear", "config"),
+    "fastv": MethodSpec(
+        "fastv", "FastV", "Chen et al., arXiv 2403.06764 (ECCV 2024), setting 'K=2, R=50%'",
+        "merge", "steps", "last_token", default_layers=(2,), reference_layers=32, scale_layers=False,
+        default_ratio=0.5,
+    ),
+    "vtw": MethodSpec(
+        "vtw", "VTW", "Lin et al., arXiv 2405.05803 (AAAI 2025), K=16 of LLaVA-1.5-7B's 32 layers",
+        "merge", "steps", "none", default_layers=(16,), reference_layers=32, default_ratio=1.0,
+    ),
+    "pdrop": MethodSpec(
+        "pdrop", "PyramidDrop", "Xing et al., arXiv 2410.17247 (CVPR 2025), layers 8/16/24 of 32, lambda 0.5",
+        "merge", "steps", "last_token", default_layers=(8, 16, 24), reference_layers=32, default_ratio=0.5,
+    ),
+    "random": MethodSpec("random", "random (control)", "control: AIM with random survivors", "merge", "linear",
+                         "random"),
+    "pool": MethodSpec("pool", "pooling (control)", "control: AIM with spatial pooling instead of merging",
+                       "pool", "linear", "config"),
+}
+
+
+def spec(method: str) -> MethodSpec:
+    if method not in SPECS:
+        raise AIMConfigError(f"method must be one of {list(METHODS)}, got {method!r}")
+    return SPECS[method]
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_fraction(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 < x <= 1.0
+
+
+def scaled_layer(layer: int, reference_layers: int, num_layers: int) -> int:
+    """``round(layer * num_layers / reference_layers)``, halves up, in integers."""
+    return (2 * layer * num_layers + reference_layers) // (2 * reference_layers)
+
+
+def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> None:
+    """Check the method-specific fields of an AIMConfig (called from its ``__post_init__``)."""
+    s = spec(method)
+    if not _is_int(seed) or seed < 0:
+        raise AIMConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if s.schedule == "linear":
+        if drop_layers is not None or drop_ratio is not None:
+            raise AIMConfigError(
+                f"drop_layers / drop_ratio belong to {list(STEP_METHODS)}; method {method!r} uses l1/l2 "
+                "(leave them None)"
+            )
+        return
+    if l1 is not None or l2 is not None:
+        raise AIMConfigError(
+            f"method {method!r} prunes at drop_layers, not with AIM's l1/l2: set l1=None, l2=None "
+            f"(AIMConfig.for_method({method!r}) does)"
+        )
+    if drop_layers is not None:
+        if not isinstance(drop_layers, tuple) or not drop_layers or not all(_is_int(k) for k in drop_layers):
+            raise AIMConfigError(f"drop_layers must be a non-empty tuple of integers, got {drop_layers!r}")
+        if any(k < 1 for k in drop_layers):
+            raise AIMConfigError(
+                f"drop_layers must be >= 1 (layer K sees the survivors of layer K-1's score), got {drop_layers}"
+            )
+        if list(drop_layers) != sorted(set(drop_layers)):
+            raise AIMConfigError(f"drop_layers must be strictly increasing, got {drop_layers}")
+        if method in ("fastv", "vtw") and len(drop_layers) != 1:
+            raise AIMConfigError(f"{method} drops at one layer K: drop_layers=(K,), got {drop_layers}")
+    if drop_ratio is not None:
+        if method == "vtw":
+            raise AIMConfigError("vtw withdraws every visual token; drop_ratio does not apply (leave it None)")
+        if not _is_fraction(drop_ratio) or (method == "pdrop" and drop_ratio >= 1.0):
+            upper = "1)" if method == "pdrop" else "1]"
+            raise AIMConfigError(
+                f"drop_ratio (fraction of the visual tokens dropped at each step) must be in (0, {upper}, "
+                f"got {drop_ratio!r}"
+            )
+
+
+def drop_layers_for(method: str, drop_layers: Optional[Tuple[int, ...]], num_layers: int) -> Tuple[int, ...]:
+    """The drop layers of a step method on a ``num_layers`` model: given, or the paper's scaled."""
+    s = spec(method)
+    if drop_layers is not None:
+        return tuple(drop_layers)
+    if not s.scale_layers:
+        return s.default_layers
+    scaled = tuple(scaled_layer(k, s.reference_layers, num_layers) for k in s.default_layers)
+    return tuple(sorted(set(max(1, k) for k in scaled)))
+
+
+def drop_steps(method: str, drop_layers, drop_ratio, num_layers: int) -> Tuple[Tuple[int, float], ...]:
+    """((layer K, fraction of the remaining visual tokens kept from K on), ...) of a step method."""
+    s = spec(method)
+    if s.schedule != "steps":
+        raise AIMConfigError(f"method {method!r} has a linear schedule, not drop steps")
+    ratio = s.default_ratio if drop_ratio is None else drop_ratio
+    if method == "vtw":
+        ratio = 1.0
+    return tuple((k, 1.0 - ratio) for k in drop_layers_for(method, drop_layers, num_layers))
+
+
+def check_method_against_model(method: str, drop_layers, num_layers: int) -> None:
+    """Raise if a step method's layers do not fit a ``num_layers`` decoder."""
+    if spec(method).schedule != "steps":
+        return
+    layers = drop_layers_for(method, drop_layers, num_layers)
+    if layers[-1] >= num_layers:
+        raise AIMConfigError(
+            f"{method} drops at layer {layers[-1]}, beyond the language model's {num_layers} layers "
+            f"(valid drop layers: 1..{num_layers - 1})"
+        )
+
+
+def score_of(cfg) -> str:
+    """The score that ranks visual tokens for ``cfg`` (an AIMConfig)."""
+    s = spec(cfg.method)
+    return cfg.importance if s.score == "config" else s.score
+
+
+def reduction_of(cfg) -> str:
+    """``merge`` or ``pool``: how frames are reduced before the LLM (only when retention < 1)."""
+    return spec(cfg.method).reduction
+
+
+def describe(cfg, num_layers: Optional[int] = None) -> str:
+    """One line saying what ``cfg`` does (for CLI summaries and tables)."""
+    s = spec(cfg.method)
+    parts = [s.title]
+    if cfg.retention < 1.0:
+        parts.append(f"{s.reduction} to {cfg.retention:g} per frame")
+    if s.schedule == "linear":
+        parts.append("no pruning" if cfg.l1 is None else f"prune after layers {cfg.l1}..{cfg.l2 - 1}")
+    elif num_layers is not None:
+        steps = drop_steps(cfg.method, cfg.drop_layers, cfg.drop_ratio, num_layers)
+        parts.append(", ".join(f"keep {keep:g} from layer {k}" for k, keep in steps))
+    if s.score not in ("none",) and (s.schedule == "steps" or cfg.l1 is not None):
+        parts.append(f"score {score_of(cfg)}")
+    return "; ".join(parts)
