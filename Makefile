@@ -9,13 +9,17 @@ STAMP  := $(VENV)/.llava-aim-installed
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,eval]"
 	@touch $(STAMP)
 
 install: $(STAMP)
 
+# The picture goes to build/ (git-ignored); scripts/make_demo_picture.py with no argument
+# rewrites the committed docs/what_aim_does.png.
 demo: $(STAMP)
 	$(PY) -m llava run --frames 16
+	@mkdir -p build
+	$(PY) scripts/make_demo_picture.py --out build/aim_demo.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q

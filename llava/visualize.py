@@ -1,0 +1,423 @@
+"""``llava-aim visualize``: one picture of what AIM did to a video (or an image).
+
+One row per sampled frame: the frame as the model sees it (after the processor's resize and
+crop), the merge groups drawn over it (each merged token one colour, group boundaries in
+black), then the surviving tokens entering a few decoder layers (cells whose merged token was
+pruned are dimmed). By default the layers are: before pruning (l1), mid-schedule, and the last
+layer that still has visual tokens. A caption gives the setting and the token counts.
+
+The code has three parts, kept apart: pure mapping functions (numpy, no model, no drawing),
+``collect_token_views`` (runs the model once with source tracking), and ``draw_token_views``
+(matplotlib, Agg canvas, no window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import math
+import os
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from llava.errors import AIMConfigError, UnsupportedUsageError
+
+DEFAULT_FRAMES = 4
+MAX_FRAMES = 64  # one row per frame: beyond this the picture is too tall to read
+PANEL_MIN_PX = 224  # each panel is the smallest multiple of the grid side >= this
+DPI = 100
+GAP_PX = 10
+TITLE_PX = 22
+CAPTION_LINE_PX = 17
+CAPTION_FONT_PT = 9
+CAPTION_CHAR_PX = 7.0  # a safe average glyph width of the default font at CAPTION_FONT_PT, 100 dpi
+
+
+# -- pure mapping functions ---------------------------------------------------------------
+def default_layers(num_layers: int, l1: Optional[int], l2: Optional[int]) -> List[int]:
+    """Layers shown by default: before pruning (l1), mid-schedule, last layer with visual tokens.
+
+    Without pruning there is nothing to show per layer but the first one.
+    """
+    if l1 is None:
+        return [0]
+    last = min(l2, num_layers) - 1  # l2 may exceed the depth: then visual tokens reach the end
+    middle = (l1 + 1 + last + 1) // 2  # first pruned layer .. last, rounded up
+    return sorted({l1, min(middle, last), last})
+
+
+def check_layers(layers: Sequence[int], num_layers: int, model_name: str) -> List[int]:
+    """The requested layers, sorted and de-duplicated; AIMConfigError when one is out of range."""
+    for j in layers:
+        if not 0 <= j < num_layers:
+            raise AIMConfigError(
+                f"--layers: layer {j} is out of range; {model_name} has {num_layers} decoder layers "
+                f"(0..{num_layers - 1})"
+            )
+    return sorted({int(j) for j in layers})
+
+
+def panel_size(grid: int) -> int:
+    """Panel side in pixels: a whole number of pixels per grid cell."""
+    return grid * math.ceil(PANEL_MIN_PX / grid)
+
+
+def figure_size_px(rows: int, panels: int, grid: int, caption_lines: int) -> tuple:
+    """(width, height) in pixels of the PNG: ``rows`` frames, ``panels`` panels per row."""
+    side = panel_size(grid)
+    width = panels * side + (panels + 1) * GAP_PX
+    height = caption_lines * CAPTION_LINE_PX + 2 * GAP_PX + rows * (TITLE_PX + side + GAP_PX)
+    return width, height
+
+
+def wrap_caption(lines: Sequence[str], width_px: int) -> List[str]:
+    """Caption lines wrapped to the picture's width (empty lines dropped)."""
+    chars = max(20, int((width_px - 2 * GAP_PX) / CAPTION_CHAR_PX))
+    return [part for line in lines if line for part in textwrap.wrap(line, chars)]
+
+
+def upsample_cells(grid_values: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) per-cell values -> (size, size) per-pixel values (nearest cell)."""
+    h, w = grid_values.shape
+    rows = np.arange(size) * h // size
+    cols = np.arange(size) * w // size
+    return grid_values[rows[:, None], cols[None, :]]
+
+
+def group_boundaries(cells: np.ndarray) -> np.ndarray:
+    """(S, S) bool: pixels on the border between two different groups (two pixels wide)."""
+    edge = np.zeros(cells.shape, dtype=bool)
+    horizontal = cells[:, 1:] != cells[:, :-1]
+    vertical = cells[1:, :] != cells[:-1, :]
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    edge[1:, :] |= vertical
+    edge[:-1, :] |= vertical
+    return edge
+
+
+def group_palette(num_groups: int) -> np.ndarray:
+    """(num_groups, 3) float RGB in [0, 1]: golden-ratio hues so that group ids close by differ."""
+    colours = []
+    for i in range(num_groups):
+        hue = (i * 0.6180339887) % 1.0
+        value = 1.0 if i % 2 == 0 else 0.75
+        colours.append(colorsys.hsv_to_rgb(hue, 0.85, value))
+    return np.asarray(colours, dtype=np.float32).reshape(num_groups, 3)
+
+
+def merge_overlay(frame: np.ndarray, groups: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """The frame (S, S, 3) uint8 tinted by merge group, with black group boundaries."""
+    cells = upsample_cells(groups, frame.shape[0])
+    colours = group_palette(int(groups.max()) + 1)[cells]
+    out = (1 - alpha) * frame.astype(np.float32) / 255 + alpha * colours
+    out[group_boundaries(cells)] = 0.0
+    return to_uint8(out)
+
+
+def survivor_overlay(frame: np.ndarray, groups: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """The frame (S, S, 3) uint8 where cells whose merged token was pruned are dimmed to grey."""
+    size = frame.shape[0]
+    cells = upsample_cells(groups, size)
+    alive = upsample_cells(present, size)
+    img = frame.astype(np.float32) / 255
+    grey = img.mean(axis=-1, keepdims=True) * 0.3 + 0.05
+    out = np.where(alive[..., None], img, grey)
+    # Boundaries of the surviving groups only, so each kept token reads as one region.
+    edge = group_boundaries(np.where(alive, cells, -1)) & alive
+    out[edge] = 0.85 * out[edge] + 0.15
+    return to_uint8(out)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+
+
+def denormalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float], rescale: float) -> np.ndarray:
+    """Processor output (3, H, W) float -> the image the model sees, (H, W, 3) uint8."""
+    mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(std, dtype=np.float32)[:, None, None]
+    img = (pixels.astype(np.float32) * std + mean) / rescale
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def compact_runs(counts: Sequence[int]) -> str:
+    """Per-layer counts as runs: '0-4: 197 | 5: 98 | 6-7: 0'."""
+    parts, start = [], 0
+    for j in range(1, len(counts) + 1):
+        if j == len(counts) or counts[j] != counts[start]:
+            layers = f"{start}" if j - 1 == start else f"{start}-{j - 1}"
+            parts.append(f"{layers}: {counts[start]}")
+            start = j
+    return " | ".join(parts)
+
+
+# -- running the model once ---------------------------------------------------------------
+@dataclass
+class TokenViews:
+    """Everything the picture shows, as plain arrays (one entry per frame / image)."""
+
+    frames: np.ndarray  # (F, S, S, 3) uint8, what the model sees, resized to the panel size
+    groups: np.ndarray  # (F, H, W) merged token of every patch
+    survivors: Dict[int, np.ndarray]  # layer -> (F, H, W) bool
+    kept_per_frame: Dict[int, List[int]]  # layer -> merged tokens of each frame entering it
+    tokens_per_frame_before: int
+    tokens_per_frame_after: int
+    visual_tokens_per_layer: List[int]  # all visual tokens entering each layer (newline included)
+    visual_tokens_before_merge: int
+    frame_labels: List[str] = field(default_factory=list)
+    caption: List[str] = field(default_factory=list)
+
+
+def _seen_frames(processor, inputs, is_video: bool) -> np.ndarray:
+    if is_video:
+        pixels, proc = inputs["pixel_values_videos"][0], processor.video_processor
+    else:
+        pixels, proc = inputs["pixel_values"], processor.image_processor
+    arr = pixels.float().cpu().numpy()
+    return np.stack([denormalize(p, proc.image_mean, proc.image_std, proc.rescale_factor) for p in arr])
+
+
+def _resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in frames])
+
+
+def collect_token_views(model, processor, media, is_video: bool, cfg, layers: Sequence[int], question: str) -> TokenViews:
+    """Run one prefill with AIM (``cfg``) and source tracking; return the views to draw.
+
+    AIM is applied for the call and the model's previous AIM setting restored afterwards.
+    """
+    import torch
+
+    from llava.model.llava_arch import apply_aim, remove_aim
+
+    previous = getattr(model, "_aim_runtime", None)
+    apply_aim(model, processor, cfg, track_sources=True)
+    try:
+        kind = "video" if is_video else "image"
+        conversation = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        inputs = processor(text=prompt, return_tensors="pt", **{f"{kind}s": [media]}).to(model.device)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(model.dtype)
+        with torch.inference_mode():
+            model(**inputs, use_cache=False)
+        stats = model.aim_stats
+        groups = stats.merge_groups()
+        frames, k = stats.merge_sources.shape[0], stats.tokens_per_frame_after_merge
+        survivors, kept = {}, {}
+        for j in layers:
+            if stats.layer_survivors is None:  # no pruning: every merged token reaches every layer
+                survivors[j] = torch.ones_like(groups, dtype=torch.bool)
+                kept[j] = [k] * frames
+            else:
+                survivors[j] = stats.survivors(j)
+                kept[j] = [int(n) for n in stats.layer_survivors[j].sum(dim=1).tolist()]
+        per_layer = [row[0] for row in stats.visual_tokens_per_layer] or [stats.visual_tokens_after_merge]
+        seen = _seen_frames(processor, inputs, is_video)
+    finally:
+        remove_aim(model, processor)
+        if previous is not None:
+            apply_aim(model, processor, previous.cfg, track_sources=previous.track_sources)
+    return TokenViews(
+        frames=_resize_frames(seen, panel_size(groups.shape[1])),
+        groups=groups.cpu().numpy(),
+        survivors={j: v.cpu().numpy() for j, v in survivors.items()},
+        kept_per_frame=kept,
+        tokens_per_frame_before=stats.tokens_per_frame_before_merge,
+        tokens_per_frame_after=stats.tokens_per_frame_after_merge,
+        visual_tokens_per_layer=per_layer,
+        visual_tokens_before_merge=stats.visual_tokens_before_merge,
+    )
+
+
+# -- drawing ------------------------------------------------------------------------------
+def draw_token_views(views: TokenViews, layers: Sequence[int], out_path) -> tuple:
+    """Draw the picture, write it to ``out_path`` (PNG) atomically; return its (width, height)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows, grid = views.groups.shape[0], views.groups.shape[1]
+    panels = 2 + len(layers)
+    width, _ = figure_size_px(rows, panels, grid, 0)
+    caption = wrap_caption(views.caption, width)
+    width, height = figure_size_px(rows, panels, grid, len(caption))
+    side = panel_size(grid)
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    warning = False
+    for i, line in enumerate(caption):
+        warning = warning or line.startswith("RANDOM")
+        y = height - GAP_PX - (i + 0.5) * CAPTION_LINE_PX
+        fig.text(GAP_PX / width, y / height, line, fontsize=CAPTION_FONT_PT, va="center", ha="left",
+                 weight="bold" if i == 0 else "normal", color="firebrick" if warning else "black")
+    top = height - len(caption) * CAPTION_LINE_PX - 2 * GAP_PX
+    for f in range(rows):
+        frame = views.frames[f]
+        images = [frame, merge_overlay(frame, views.groups[f])]
+        label = views.frame_labels[f] if f < len(views.frame_labels) else f"frame {f}"
+        titles = [label, f"{views.tokens_per_frame_before} patches -> {views.tokens_per_frame_after} groups"]
+        for j in layers:
+            images.append(survivor_overlay(frame, views.groups[f], views.survivors[j][f]))
+            titles.append(f"entering layer {j}: {views.kept_per_frame[j][f]}/{views.tokens_per_frame_after}")
+        y0 = top - (f + 1) * (TITLE_PX + side + GAP_PX) + GAP_PX
+        for p, (img, title) in enumerate(zip(images, titles)):
+            x0 = GAP_PX + p * (side + GAP_PX)
+            ax = fig.add_axes((x0 / width, y0 / height, side / width, side / height))
+            ax.imshow(img, interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=9, pad=4)
+    write_png_atomically(fig, out_path)
+    return width, height
+
+
+def write_png_atomically(fig, out_path) -> None:
+    """Save to a temporary file in the same folder, then rename: never a half-written PNG."""
+    out_path = Path(out_path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".png", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=DPI)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# -- command line -------------------------------------------------------------------------
+def add_visualize_command(subparsers) -> None:
+    p = subparsers.add_parser("visualize", help="draw which tokens AIM merged and which survived into which layer",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    media = p.add_mutually_exclusive_group(required=True)
+    media.add_argument("--video", help="video file")
+    media.add_argument("--image", help="image file (drawn through a LLaVA-1.5 model)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--model", help="built-in name, hub id or local folder "
+                                   "(default: tiny-llava-onevision for --video, tiny-llava-1.5 for --image)")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
+                   help=f"frames sampled from the video, one row each (default {DEFAULT_FRAMES}, at most {MAX_FRAMES})")
+    p.add_argument("--layers", type=int, nargs="+",
+                   help="decoder layers to show (default: l1, mid-schedule, last layer with visual tokens)")
+    p.add_argument("--retention", type=float, help="fraction of tokens kept per frame by merging (default 0.25)")
+    p.add_argument("--l1", type=int, help="first pruning layer (default: the paper's 14/28 scaled to the model)")
+    p.add_argument("--l2", type=int, help="first layer with no visual token (default: 22/28 scaled)")
+    p.add_argument("--question", help="question in the prompt (pruning depends on it)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=visualize_command)
+
+
+def check_output_path(path: str) -> Path:
+    """The --out path, checked before any work: a .png name in an existing, writable folder."""
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise AIMConfigError(f"--out must name a .png file, got '{path}'")
+    if out.is_dir():
+        raise AIMConfigError(f"--out '{path}' is a folder; give a file name ending in .png")
+    folder = out.parent
+    if not folder.is_dir():
+        raise AIMConfigError(f"--out: folder '{folder}' does not exist; create it or choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".llava-aim-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise AIMConfigError(f"--out: cannot write in folder '{folder}' ({exc.strerror}); choose another path") from exc
+    return out
+
+
+def _aim_config(args, num_layers: int):
+    from llava.aim.config import AIMConfig
+    from llava.run import scaled_default_schedule
+
+    if (args.l1 is None) != (args.l2 is None):
+        raise AIMConfigError("give both --l1 and --l2 (or neither for the paper's schedule scaled to the model)")
+    for name in ("l1", "l2"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise AIMConfigError(f"--{name} must be non-negative, got {value}")
+    l1, l2 = (args.l1, args.l2) if args.l1 is not None else scaled_default_schedule(num_layers)
+    cfg = AIMConfig(retention=0.25 if args.retention is None else args.retention, l1=l1, l2=l2)
+    cfg.check_against_model(num_layers)
+    return cfg
+
+
+def caption_lines(model_name: str, media_name: str, is_video: bool, random_weights: bool, cfg, num_layers: int,
+                  views: TokenViews) -> List[str]:
+    """What is shown, the setting and token counts, a legend, and a warning for random weights."""
+    rows = views.groups.shape[0]
+    noun = "frame" if is_video else "image"
+    head = f"What AIM does: {model_name} on {media_name}, {rows} {noun}{'s' if rows != 1 else ''}"
+    merge = (f"merging: {views.tokens_per_frame_before} -> {views.tokens_per_frame_after} tokens per {noun} "
+             f"(retention {cfg.retention:g}); visual tokens {views.visual_tokens_before_merge} -> "
+             f"{views.visual_tokens_per_layer[0]}")
+    prune = ("no pruning" if cfg.l1 is None else
+             f"pruning ({cfg.importance}) after layers {cfg.l1}..{min(cfg.l2, num_layers) - 1} "
+             f"(l1={cfg.l1}, l2={cfg.l2}) of {num_layers} decoder layers")
+    counts = f"visual tokens entering each layer: {compact_runs(views.visual_tokens_per_layer)}"
+    legend = (f"columns: the {noun} as the model sees it | merge groups (one colour per merged token, black "
+              "borders) | the merged tokens entering each layer (pruned ones greyed out)")
+    note = ("RANDOM weights (built-in tiny model): merges and survivors are real outputs of AIM on untrained "
+            "features; untrained attention makes PageRank follow position (earlier tokens collect more "
+            "causal votes), so tokens late in the prompt are pruned first" if random_weights else "")
+    return [head, merge, prune, counts, legend, note]
+
+
+def visualize_command(args) -> int:
+    from llava.model.builder import is_builtin, load_pretrained_model, num_decoder_layers
+    from llava.run import DEFAULT_IMAGE_QUESTION, DEFAULT_QUESTION
+    from llava.video import load_image, load_video
+
+    if not 1 <= args.frames <= MAX_FRAMES:
+        raise AIMConfigError(f"--frames must be between 1 and {MAX_FRAMES} (one row per frame), got {args.frames}")
+    out = check_output_path(args.out)
+    if args.retention is not None:
+        from llava.aim.config import AIMConfig
+
+        AIMConfig(retention=args.retention, l1=None, l2=None)  # fail fast, before loading anything
+    is_video = args.video is not None
+    media_path = Path(args.video or args.image)
+    media = load_video(media_path, args.frames) if is_video else load_image(media_path)
+    model_name = args.model or ("tiny-llava-onevision" if is_video else "tiny-llava-1.5")
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model, processor = load_pretrained_model(model_name, aim=None, torch_dtype="auto")
+    model.to(args.device)
+    onevision = type(model).__name__ == "LlavaOnevisionForConditionalGeneration"
+    if is_video and not onevision:
+        raise UnsupportedUsageError(f"{model_name} is an image model (LLaVA-1.5); pass --image, or a LLaVA-OneVision model")
+    if not is_video and onevision:
+        raise UnsupportedUsageError(
+            "AIM merges LLaVA-OneVision's video frames, not its multi-crop image tokens; pass --video, "
+            "or --model tiny-llava-1.5 (or another LLaVA-1.5 model) for an image"
+        )
+    num_layers = num_decoder_layers(model)
+    cfg = _aim_config(args, num_layers)
+    layers = check_layers(args.layers, num_layers, model_name) if args.layers else default_layers(num_layers, cfg.l1, cfg.l2)
+    question = args.question or (DEFAULT_QUESTION if is_video else DEFAULT_IMAGE_QUESTION)
+
+    views = collect_token_views(model, processor, media, is_video, cfg, layers, question)
+    rows = views.groups.shape[0]
+    views.frame_labels = [f"frame {i + 1}/{rows}" if is_video else media_path.name for i in range(rows)]
+    views.caption = caption_lines(model_name, media_path.name, is_video, is_builtin(model_name), cfg, num_layers, views)
+    width, height = draw_token_views(views, layers, out)
+    print(f"wrote {out} ({width}x{height} px): {rows} {'frame' if is_video else 'image'} row(s), "
+          f"layers {', '.join(map(str, layers))}")
+    return 0
+
