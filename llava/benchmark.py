@@ -1,61 +1,153 @@
-"""Measured language-model prefill: baseline vs the official-style mask mode vs removal.
+"""``llava-aim bench``: measured prefill of AIM next to the analyzer's prediction.
 
-Builds a decoder LLM with random weights from a transformers config (a small Qwen2 on CPU,
-the Qwen2-7B shape on CUDA), feeds the same prompt (text tokens around a block of visual
-tokens) to each configuration, and reports the median wall time of the prefill after warm-up,
-next to the sequence-length-weighted work ratio. Timings are medians of runs interleaved
-round-robin, so machine noise hits every configuration alike.
+Two measurements on the same input (a video prompt: frames x tokens-per-frame visual tokens,
+one newline token, text tokens around them), each configuration timed in interleaved rounds
+(round-robin, so machine noise hits all alike) after a warm-up; medians are reported:
+
+* language model alone: the decoder gets the token sequence the LLM would receive (merged
+  length for the merging configurations) with the visual positions marked;
+* end to end: a LLaVA-OneVision model (vision tower, projector, 2x2 pooling, merging, LLM),
+  from the preprocessed pixels to the prefill's last-token logits.
+
+Configurations: baseline (no AIM), the official-style mask mode, merging only, and the default
+AIM setting (removal). Per configuration: median time, peak memory growth during the prefill,
+KV-cache bytes. AIM's own overhead (merging, importance) is measured separately in
+instrumented runs, so it never perturbs the timed ones.
+
+CPU: random weights, a small Qwen2 (8 layers, hidden 256, 8/2 heads) and a 2-layer SigLIP at
+the real geometry (384 px, patch 14) with the paper's token counts. CUDA: the
+LLaVA-OneVision-7B architecture (SigLIP-so400m + Qwen2-7B) with random bf16 weights.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import ctypes
+import datetime
+import json
+import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from llava.aim.config import AIMConfig
-from llava.aim.merge import merged_token_count
-from llava.aim.schedule import visual_tokens_per_layer
+from llava.aim.merge import merge_frames, merged_token_count
+from llava.aim.policy import STEP_METHODS
+from llava.aim.schedule import policy_visual_tokens
+from llava.errors import AIMConfigError
 
-VISUAL_ID = 5  # any id: the benchmark marks visual positions itself
+VISUAL_ID = 5  # any id: the LM-only benchmark marks visual positions itself
+SPEEDUP_GOAL = {"cpu": 0.7, "cuda": 0.8}  # measured / predicted, default AIM vs baseline
+OVERHEAD_GOAL = 0.03  # merging + importance, fraction of the AIM prefill
+
+
+# --- configurations ---------------------------------------------------------------------------
 
 
 @dataclass
 class PrefillCase:
     name: str
     cfg: Optional[AIMConfig]  # None: the stock model
-    visual_tokens: int
+    visual_tokens: int  # entering the LLM
     text_tokens: int
     tokens_per_layer: List[int] = field(default_factory=list)
     times_s: List[float] = field(default_factory=list)
     kv_cache_bytes: int = 0
+    peak_memory_bytes: Optional[int] = None
 
     @property
     def median_s(self) -> float:
         return statistics.median(self.times_s)
 
+    def to_dict(self, baseline: "PrefillCase") -> Dict[str, Any]:
+        return {
+            "name": self.name, "aim": self.cfg.to_dict() if self.cfg else None,
+            "llm_input_tokens": self.visual_tokens + self.text_tokens,
+            "tokens_per_layer": self.tokens_per_layer, "sum_tokens": sum(self.tokens_per_layer),
+            "median_ms": 1e3 * self.median_s, "times_ms": [1e3 * t for t in self.times_s],
+            "speedup": baseline.median_s / self.median_s,
+            "kv_cache_bytes": self.kv_cache_bytes, "peak_memory_bytes": self.peak_memory_bytes,
+        }
 
-def small_qwen2_config(num_layers: int = 8, attn: str = "sdpa"):
+
+def default_cases(frames: int, tokens_per_frame: int, text: int, num_layers: int, retention: float = 0.25,
+                  l1: Optional[int] = None, l2: Optional[int] = None, newline: int = 1,
+                  pruning_only: bool = False) -> List[PrefillCase]:
+    """Baseline first (speed-ups are relative to it); the default AIM setting is named "aim"."""
+    if l1 is None:
+        l1, l2 = round(14 * num_layers / 28), round(22 * num_layers / 28)
+    full = frames * tokens_per_frame + newline
+    merged = frames * merged_token_count(tokens_per_frame, retention) + newline
+    cases = [
+        PrefillCase("baseline", None, full, text),
+        PrefillCase("mask", AIMConfig(retention=retention, l1=l1, l2=l2, pruning_mode="mask"), merged, text),
+        PrefillCase("merge-only", AIMConfig(retention=retention, l1=None, l2=None), merged, text),
+        PrefillCase("aim", AIMConfig(retention=retention, l1=l1, l2=l2), merged, text),
+    ]
+    if pruning_only:
+        cases.append(PrefillCase("prune-only", AIMConfig(retention=1.0, l1=l1, l2=l2), full, text))
+    return cases
+
+
+def method_case(method: str, frames: int, tokens_per_frame: int, text: int, num_layers: int,
+                retention: float = 0.25, l1: Optional[int] = None, l2: Optional[int] = None,
+                drop_layers=None, drop_ratio=None, newline: int = 1, seed: int = 0) -> PrefillCase:
+    """One case for a baseline or control of llava.aim.policy, named after the method. FastV,
+    VTW and PyramidDrop run as published (no merging); random and pool take AIM's setting."""
+    if method in STEP_METHODS:
+        cfg = AIMConfig.for_method(method, drop_layers=drop_layers, drop_ratio=drop_ratio)
+    else:
+        if l1 is None:
+            l1, l2 = round(14 * num_layers / 28), round(22 * num_layers / 28)
+        cfg = AIMConfig(method=method, retention=retention, l1=l1, l2=l2, seed=seed)
+    cfg.check_against_model(num_layers)
+    visual = frames * merged_token_count(tokens_per_frame, cfg.retention) + newline
+    return PrefillCase(method, cfg, visual, text)
+
+
+CASE_LABELS = {
+    "baseline": "baseline (no AIM)",
+    "mask": "AIM, official-style mask",
+    "merge-only": "merging only",
+    "aim": "AIM default (removal)",
+    "prune-only": "pruning only (removal)",
+}
+
+
+# --- models with random weights ---------------------------------------------------------------
+
+
+def small_qwen2_config(num_layers: int = 8, attn: str = "sdpa", vocab_size: int = 1024):
     from transformers import Qwen2Config
 
     return Qwen2Config(
-        vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=num_layers,
+        vocab_size=vocab_size, hidden_size=256, intermediate_size=1024, num_hidden_layers=num_layers,
         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=32768,
         attn_implementation=attn,
     )
 
 
-def qwen2_7b_config(attn: str = "sdpa"):
+def qwen2_7b_config(attn: str = "sdpa", vocab_size: int = 152064):
     from transformers import Qwen2Config
 
     return Qwen2Config(
-        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+        vocab_size=vocab_size, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
         rope_theta=1000000.0, attn_implementation=attn,
     )
+
+
+def small_siglip_config() -> Dict[str, Any]:
+    return dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2)
+
+
+def siglip_so400m_config() -> Dict[str, Any]:
+    return dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16)
 
 
 def build_lm(config, device="cpu", dtype=torch.float32):
@@ -67,6 +159,114 @@ def build_lm(config, device="cpu", dtype=torch.float32):
     return lm.eval()
 
 
+def build_onevision(text_config, vision_dims: Dict[str, Any], device="cpu", dtype=torch.float32):
+    """A random LLaVA-OneVision with the tiny model's processor geometry and these sizes."""
+    from transformers import AutoConfig, AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+    from llava.model.builder import resolve_checkpoint
+
+    path = resolve_checkpoint("tiny-llava-onevision")
+    config = AutoConfig.from_pretrained(path)
+    tc = config.text_config
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "rope_parameters"):
+        setattr(tc, key, getattr(text_config, key))
+    tc.layer_types = ["full_attention"] * tc.num_hidden_layers
+    for key, value in vision_dims.items():
+        setattr(config.vision_config, key, value)
+    config.text_config._attn_implementation = text_config._attn_implementation
+    config.vision_config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlavaOnevisionForConditionalGeneration._from_config(config, dtype=dtype)
+    return model.eval(), AutoProcessor.from_pretrained(path)
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory growth during a block: CUDA allocator peak, or on Linux the process's
+    resident high-water mark (VmHWM, reset through /proc/self/clear_refs after returning
+    freed heap pages with malloc_trim). None where neither is available."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak: Optional[int] = None
+
+    @staticmethod
+    def _status_kib(field_name: str) -> Optional[int]:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(field_name + ":"):
+                        return int(line.split()[1])
+        except OSError:
+            return None
+        return None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        self._start = None
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak resident set size to the current one
+            self._start = self._status_kib("VmRSS")
+        except OSError:
+            self._start = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._start
+        elif self._start is not None:
+            hwm = self._status_kib("VmHWM")
+            self.peak = None if hwm is None else max(0, hwm - self._start) * 1024
+        return False
+
+
+@contextlib.contextmanager
+def timed_importance(device: torch.device):
+    """Collect the wall time of every importance computation inside the block.
+
+    An instrument for separate runs only (it synchronizes the device around each score).
+    """
+    from llava.model.language_model import driver
+
+    original = driver.ImportanceProbe.observe
+    spent: List[float] = []
+
+    def observe(self, *args, **kwargs):
+        _sync(device)
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _sync(device)
+            spent.append(time.perf_counter() - t0)
+
+    driver.ImportanceProbe.observe = observe
+    try:
+        yield spent
+    finally:
+        driver.ImportanceProbe.observe = original
+
+
+def _kv_bytes(cache) -> int:
+    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
+
+
 def _prompt(visual: int, text: int, device):
     """System text, then the visual block, then the question: [t/2 text][visual][t - t/2 text]."""
     head = text // 2
@@ -75,58 +275,8 @@ def _prompt(visual: int, text: int, device):
     return ids
 
 
-def default_cases(frames: int, tokens_per_frame: int, text: int, num_layers: int, retention=0.25, newline=1):
-    l1, l2 = round(14 * num_layers / 28), round(22 * num_layers / 28)
-    full = frames * tokens_per_frame + newline
-    merged = frames * merged_token_count(tokens_per_frame, retention) + newline
-    return [
-        PrefillCase("baseline (no AIM)", None, full, text),
-        PrefillCase("merging only", None, merged, text),
-        PrefillCase("AIM, official-style mask", AIMConfig(retention=retention, l1=l1, l2=l2, pruning_mode="mask"), merged, text),
-        PrefillCase("AIM, removal (default)", AIMConfig(retention=retention, l1=l1, l2=l2), merged, text),
-        PrefillCase("pruning only, mask", AIMConfig(retention=1.0, l1=l1, l2=l2, pruning_mode="mask"), full, text),
-        PrefillCase("pruning only, removal", AIMConfig(retention=1.0, l1=l1, l2=l2), full, text),
-    ]
-
-
-def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup: int = 1, progress=None) -> List[PrefillCase]:
-    """Time the prefill of each case; medians over ``repeats`` interleaved rounds."""
-    from llava.model.llava_arch import AIMRuntime, install_pruning
-
-    device = next(lm.parameters()).device
-    num_layers = len(lm.layers)
-    runtimes: Dict[str, Optional[AIMRuntime]] = {}
-    for case in cases:
-        if case.cfg is not None and case.cfg.pruning:
-            runtimes[case.name] = AIMRuntime(case.cfg, [VISUAL_ID])
-        counts = visual_tokens_per_layer(
-            case.visual_tokens, num_layers, case.cfg.l1 if case.cfg else None, case.cfg.l2 if case.cfg else None
-        )
-        if case.cfg is not None and case.cfg.pruning_mode == "mask":
-            counts = [case.visual_tokens] * num_layers  # masked tokens are still computed
-        case.tokens_per_layer = [case.text_tokens + c for c in counts]
-
-    def once(case: PrefillCase) -> float:
-        runtime = runtimes.get(case.name)
-        ids = _prompt(case.visual_tokens, case.text_tokens, device)
-        if runtime is not None:
-            install_pruning(lm, runtime)
-            runtime.set_visual_mask(ids)
-        try:
-            _sync(device)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                out = lm(input_ids=ids, use_cache=True)
-            _sync(device)
-            elapsed = time.perf_counter() - t0
-            case.kv_cache_bytes = sum(
-                layer.keys.numel() * layer.keys.element_size() * 2 for layer in out.past_key_values.layers
-            )
-            return elapsed
-        finally:
-            if runtime is not None:
-                runtime.uninstall()  # also restores the stock attention implementation
-
+def _interleaved(cases: List[PrefillCase], once: Callable[[PrefillCase], float], repeats: int, warmup: int,
+                 progress=None) -> None:
     for _ in range(warmup):
         for case in cases:
             once(case)
@@ -135,24 +285,448 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
             case.times_s.append(once(case))
         if progress is not None:
             progress(r + 1, repeats)
+
+
+def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup: int = 1, progress=None,
+                          measure_memory: bool = True) -> List[PrefillCase]:
+    """Language model alone: time the prefill of each case; medians over interleaved rounds."""
+    from llava.model.llava_arch import AIMRuntime, install_pruning
+
+    device = next(lm.parameters()).device
+    num_layers = len(lm.layers)
+    runtimes: Dict[str, AIMRuntime] = {}
+    for case in cases:
+        pruning = case.cfg is not None and case.cfg.pruning
+        if pruning:
+            runtimes[case.name] = AIMRuntime(case.cfg, [VISUAL_ID])
+        counts = (policy_visual_tokens(case.cfg, case.visual_tokens, num_layers) if pruning
+                  else [case.visual_tokens] * num_layers)
+        if pruning and case.cfg.pruning_mode == "mask":
+            counts = [case.visual_tokens] * num_layers  # masked tokens are still computed
+        case.tokens_per_layer = [case.text_tokens + c for c in counts]
+
+    def once(case: PrefillCase, memory: Optional[PeakMemory] = None) -> float:
+        runtime = runtimes.get(case.name)
+        ids = _prompt(case.visual_tokens, case.text_tokens, device)
+        if runtime is not None:
+            install_pruning(lm, runtime)
+            runtime.set_visual_mask(ids)
+        try:
+            with memory or contextlib.nullcontext():
+                _sync(device)
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    out = lm(input_ids=ids, use_cache=True)
+                _sync(device)
+                elapsed = time.perf_counter() - t0
+            case.kv_cache_bytes = _kv_bytes(out.past_key_values)
+            return elapsed
+        finally:
+            if runtime is not None:
+                runtime.uninstall()  # also restores the stock attention implementation
+
+    _interleaved(cases, once, repeats, warmup, progress)
+    if measure_memory:
+        for case in cases:
+            memory = PeakMemory(device)
+            once(case, memory)
+            case.peak_memory_bytes = memory.peak
     return cases
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def measure_lm_overhead(lm, case: PrefillCase, frames: int, tokens_per_frame: int, repeats: int = 3) -> Dict[str, float]:
+    """AIM's own cost for one case: importance inside instrumented prefills (median total per
+    prefill) and merging of frames x tokens_per_frame features of the LM's width (median)."""
+    from llava.model.llava_arch import AIMRuntime, install_pruning
+
+    device = next(lm.parameters()).device
+    dtype = next(lm.parameters()).dtype
+    importance = []
+    if case.cfg.pruning:
+        runtime = AIMRuntime(case.cfg, [VISUAL_ID])
+        ids = _prompt(case.visual_tokens, case.text_tokens, device)
+        for _ in range(repeats):
+            install_pruning(lm, runtime)
+            runtime.set_visual_mask(ids)
+            try:
+                with timed_importance(device) as spent, torch.inference_mode():
+                    lm(input_ids=ids, use_cache=True)
+            finally:
+                runtime.uninstall()
+            importance.append(sum(spent))
+    merging = []
+    if case.cfg.merging:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        feats = torch.randn(frames, tokens_per_frame, lm.config.hidden_size, generator=gen).to(device, dtype)
+        for _ in range(repeats + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            merge_frames(feats, case.cfg.retention, case.cfg.merge_weighting, case.cfg.merge_order)
+            _sync(device)
+            merging.append(time.perf_counter() - t0)
+        merging = merging[1:]  # the first call warms up
+    return {
+        "importance_ms": 1e3 * statistics.median(importance) if importance else 0.0,
+        "merging_ms": 1e3 * statistics.median(merging) if merging else 0.0,
+    }
 
 
-def format_table(cases: List[PrefillCase]) -> str:
-    base = cases[0]
+def run_end_to_end_benchmark(model, processor, cases: List[PrefillCase], video, text: str, repeats: int = 5,
+                             warmup: int = 1, progress=None, measure_memory: bool = True) -> List[PrefillCase]:
+    """Whole model from preprocessed pixels to the prefill's last-token logits, per case.
+
+    The processor runs outside the timed region (once per case, with that case's AIM patch,
+    since merging changes the number of placeholders).
+    """
+    from llava.model.llava_arch import apply_aim, remove_aim
+
+    device = next(model.parameters()).device
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs: Dict[str, Any] = {}
+    for case in cases:
+        if case.cfg is not None:
+            apply_aim(model, processor, case.cfg)
+        try:
+            batch = processor(text=prompt, videos=[video], return_tensors="pt").to(device)
+        finally:
+            if case.cfg is not None:
+                remove_aim(model, processor)
+        batch["pixel_values_videos"] = batch["pixel_values_videos"].to(model.dtype)
+        inputs[case.name] = batch
+        case.text_tokens = int(batch["input_ids"].shape[1]) - case.visual_tokens
+
+    def once(case: PrefillCase, memory: Optional[PeakMemory] = None) -> float:
+        if case.cfg is not None:
+            apply_aim(model, processor, case.cfg)
+        try:
+            with memory or contextlib.nullcontext():
+                _sync(device)
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    out = model(**inputs[case.name], use_cache=True, logits_to_keep=1)
+                _sync(device)
+                elapsed = time.perf_counter() - t0
+            case.kv_cache_bytes = _kv_bytes(out.past_key_values)
+            if case.cfg is not None and case.cfg.pruning_mode == "remove" and model.aim_stats.layer_seq_lens:
+                case.tokens_per_layer = list(model.aim_stats.layer_seq_lens)
+            return elapsed
+        finally:
+            if case.cfg is not None:
+                remove_aim(model, processor)
+
+    _interleaved(cases, once, repeats, warmup, progress)
+    num_layers = model.config.text_config.num_hidden_layers
+    for case in cases:
+        if not case.tokens_per_layer:  # stock forward or mask mode: every token in every layer
+            case.tokens_per_layer = [case.visual_tokens + case.text_tokens] * num_layers
+        if measure_memory:
+            memory = PeakMemory(device)
+            once(case, memory)
+            case.peak_memory_bytes = memory.peak
+    return cases
+
+
+# --- prediction -------------------------------------------------------------------------------
+
+
+def calibrate_cpu(seconds: float = 0.5):
+    """Measured dense fp32 matmul throughput and copy bandwidth of this CPU, as roofline hardware."""
+    from llava.analysis.hardware import Hardware
+
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    flops = 2 * n**3 / best
+    src = torch.empty(32 << 20, dtype=torch.float32)  # 128 MiB
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    copy = min(_timed(lambda: dst.copy_(src)) for _ in range(3))
+    return Hardware(f"this CPU (measured: {flops / 1e9:.0f} GFLOP/s fp32, {2 * src.nbytes / copy / 1e9:.1f} GB/s)",
+                    flops, 2 * src.nbytes / copy)
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def cuda_hardware(device: torch.device):
+    from llava.analysis.hardware import HARDWARE
+
+    name = torch.cuda.get_device_name(device).upper()
+    for key, table in (("H200", "nvidia_H200"), ("H100", "nvidia_H100"), ("A100", "nvidia_A100_80G")):
+        if key in name:
+            return HARDWARE[table]
+    return HARDWARE["nvidia_A100"]
+
+
+def predict(lm_config, cases: List[PrefillCase], frames: int, tokens_per_frame: int, hardware, dtype_bytes: float,
+            flash: bool) -> Dict[str, Dict[str, float]]:
+    """The analyzer's LLM prefill for each case, on the same shapes as the measurement."""
+    from llava.analysis.roofline import analyze
+
+    out = {}
+    for case in cases:
+        cfg = case.cfg
+        retention = cfg.retention if cfg else 1.0
+        pruning = cfg is not None and cfg.pruning and cfg.pruning_mode == "remove"
+        a = analyze(lm_config, frames=frames, tokens_per_frame=tokens_per_frame, text_tokens=case.text_tokens,
+                    newline_tokens=case.visual_tokens - frames * merged_token_count(tokens_per_frame, retention),
+                    retention=retention, l1=cfg.l1 if pruning else None, l2=cfg.l2 if pruning else None,
+                    method=cfg.method if pruning else "aim", drop_layers=cfg.drop_layers if pruning else None,
+                    drop_ratio=cfg.drop_ratio if pruning else None,
+                    hardware=hardware, weight_bytes=dtype_bytes, act_bytes=dtype_bytes, kv_bytes=dtype_bytes,
+                    flash_attention=flash)
+        out[case.name] = {"prefill_tflops": a.prefill_tflops, "prefill_ms": a.prefill_ms,
+                          "tokens_per_layer": a.tokens_per_layer,
+                          # AIM's own work (merging, importance), reported apart from the prefill
+                          "overhead_ms": a.aim_overhead.time_s * 1e3,
+                          "overhead_fraction": a.aim_overhead.time_s / a.prefill_time_s,
+                          "overhead_flops_fraction": a.aim_overhead.flops / a.prefill_flops}
+    base = out[cases[0].name]["prefill_ms"]
+    for values in out.values():
+        values["speedup"] = base / values["prefill_ms"]
+    return out
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def add_bench_command(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="measured prefill time, memory and KV cache, next to the prediction",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--model", choices=["auto", "small", "onevision-7b"], default="auto",
+                   help="random-weight architecture: small (CPU default) or LLaVA-OneVision-7B (CUDA default)")
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--tokens-per-frame", type=int, default=196,
+                   help="LLM-only measurement: visual tokens per frame before merging (end to end: the model's 196)")
+    p.add_argument("--text-tokens", type=int, default=100, help="LLM-only measurement: text tokens")
+    p.add_argument("--retention", type=float, default=0.25)
+    p.add_argument("--l1", type=int, help="default: the paper's (14, 22) of 28 layers scaled to the model")
+    p.add_argument("--l2", type=int)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round (median)")
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
+    p.add_argument("--lm-only", action="store_true", help="skip the end-to-end measurement")
+    p.add_argument("--pruning-only", action="store_true", help="also time pruning without merging")
+    from llava.analysis.cli import add_method_options
+
+    add_method_options(p)  # --method X adds a case "X" (a baseline or control) next to AIM's
+    p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+    p.set_defaults(func=bench_command)
+
+
+def _check_args(args) -> torch.device:
+    if args.repeats < 1:
+        raise AIMConfigError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.frames < 1 or args.tokens_per_frame < 1 or args.text_tokens < 2:
+        raise AIMConfigError("--frames and --tokens-per-frame must be >= 1 and --text-tokens >= 2")
+    if (args.l1 is None) != (args.l2 is None):
+        raise AIMConfigError("give both --l1 and --l2, or neither for the paper's schedule scaled to the model")
+    AIMConfig(retention=args.retention, l1=args.l1, l2=args.l2)
+    method = getattr(args, "method", "aim")
+    if method in STEP_METHODS:
+        AIMConfig.for_method(method, drop_layers=args.drop_layers, drop_ratio=args.drop_ratio)
+    elif getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
+        raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}, not --method {method}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise AIMConfigError(f"--device must be cpu or cuda[:N], got {args.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AIMConfigError("--device cuda asked for, but no CUDA device is available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise AIMConfigError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    return device
+
+
+def bench_command(args) -> int:
+    import transformers
+
+    device = _check_args(args)
+    big = args.model == "onevision-7b" or (args.model == "auto" and device.type == "cuda")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    text_config = qwen2_7b_config(args.attn) if big else small_qwen2_config(attn=args.attn)
+    num_layers = text_config.num_hidden_layers
+    if args.l1 is not None:
+        AIMConfig(retention=args.retention, l1=args.l1, l2=args.l2).check_against_model(num_layers)
+    say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    bar = _progress_bar(args.json)
+
+    say(f"llava-aim bench: {'Qwen2-7B' if big else 'small Qwen2'} language model, random weights, "
+        f"{str(dtype).replace('torch.', '')}, {args.attn}, on {device}")
+    lm = build_lm(text_config, device, dtype)
+    lm_cases = default_cases(args.frames, args.tokens_per_frame, args.text_tokens, num_layers, args.retention,
+                             args.l1, args.l2, pruning_only=args.pruning_only)
+    if args.method != "aim":
+        lm_cases.append(method_case(args.method, args.frames, args.tokens_per_frame, args.text_tokens, num_layers,
+                                    args.retention, args.l1, args.l2, args.drop_layers, args.drop_ratio))
+    run_prefill_benchmark(lm, lm_cases, repeats=args.repeats, progress=bar("LLM prefill", args.repeats))
+    aim_case = next(c for c in lm_cases if c.name == "aim")
+    overhead = measure_lm_overhead(lm, aim_case, args.frames, args.tokens_per_frame)
+    del lm
+    hardware = cuda_hardware(device) if device.type == "cuda" else calibrate_cpu()
+    flash = args.attn == "flash_attention_2" or args.attn == "sdpa"  # fused kernels: no N x N in memory
+    predicted = predict(text_config, lm_cases, args.frames, args.tokens_per_frame, hardware,
+                        torch.finfo(dtype).bits / 8, flash)
+
+    e2e_cases: List[PrefillCase] = []
+    if not args.lm_only:
+        say("end to end: LLaVA-OneVision (vision tower + projector + merging + LLM)")
+        model, processor = build_onevision(text_config, siglip_so400m_config() if big else small_siglip_config(),
+                                           device, dtype)
+        e2e_cases = default_cases(args.frames, 196, 0, num_layers, args.retention, args.l1, args.l2,
+                                  pruning_only=args.pruning_only)
+        if args.method != "aim":
+            e2e_cases.append(method_case(args.method, args.frames, 196, 0, num_layers, args.retention, args.l1,
+                                         args.l2, args.drop_layers, args.drop_ratio))
+        video = _synthetic_video(args.frames, 384)
+        run_end_to_end_benchmark(model, processor, e2e_cases, video, "What happens in this video?",
+                                 repeats=args.repeats, progress=bar("end to end", args.repeats))
+        del model
+
+    result = bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
+                          transformers.__version__)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_bench(result))
+    return 0
+
+
+def _progress_bar(quiet: bool):
+    def make(desc: str, total: int):
+        if quiet:
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="round", leave=False, file=sys.stderr)
+
+        def update(done: int, n: int) -> None:
+            bar.update(done - bar.n)
+            if done == n:
+                bar.close()
+
+        return update
+
+    return make
+
+
+def _synthetic_video(frames: int, size: int):
+    """Frames with structure (gradients and a moving square), so merging has something to merge."""
+    import numpy as np
+
+    y, x = np.mgrid[0:size, 0:size]
+    video = np.zeros((frames, size, size, 3), dtype=np.uint8)
+    for f in range(frames):
+        video[f, ..., 0] = (x * 255 // size).astype(np.uint8)
+        video[f, ..., 1] = (y * 255 // size).astype(np.uint8)
+        video[f, ..., 2] = 80
+        x0 = (f * size // max(frames, 1)) % (size - size // 4)
+        video[f, size // 3 : size // 3 + size // 4, x0 : x0 + size // 4] = (250, 30, 30)
+    return video
+
+
+def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
+                 transformers_version) -> Dict[str, Any]:
+    lm_base = lm_cases[0]
+    aim = next(c for c in lm_cases if c.name == "aim")
+    measured = lm_base.median_s / aim.median_s
+    predicted_speedup = predicted["aim"]["speedup"]
+    aim_ms = 1e3 * aim.median_s
+    overhead_ms = overhead["importance_ms"] + overhead["merging_ms"]
+    kind = device.type
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name(device) if kind == "cuda" else (platform.processor() or platform.machine()),
+        "threads": torch.get_num_threads(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers_version},
+        "dtype": str(dtype).replace("torch.", ""), "attn": args.attn,
+        "language_model": {"layers": text_config.num_hidden_layers, "hidden": text_config.hidden_size,
+                           "intermediate": text_config.intermediate_size,
+                           "heads": text_config.num_attention_heads, "kv_heads": text_config.num_key_value_heads},
+        "input": {"frames": args.frames, "tokens_per_frame": args.tokens_per_frame, "text_tokens": args.text_tokens,
+                  "newline_tokens": 1},
+        "aim": aim.cfg.to_dict(),
+        "repeats": args.repeats,
+        "measured_speedup": measured,
+        "predicted_speedup": predicted_speedup,
+        "measured_over_predicted": measured / predicted_speedup,
+        # the same prediction with AIM's own work (merging, importance) added to the AIM prefill
+        "predicted_speedup_with_overhead": predicted["baseline"]["prefill_ms"]
+        / (predicted["aim"]["prefill_ms"] + predicted["aim"]["overhead_ms"]),
+        "prediction_hardware": hardware.to_dict(),
+        "language_model_prefill": [c.to_dict(lm_base) for c in lm_cases],
+        "predicted": predicted,
+        "overhead": {**overhead, "total_ms": overhead_ms, "aim_prefill_ms": aim_ms,
+                     "fraction": overhead_ms / (aim_ms + overhead["merging_ms"])},
+        "end_to_end_prefill": [c.to_dict(e2e_cases[0]) for c in e2e_cases] if e2e_cases else [],
+    }
+    if e2e_cases:
+        e2e_aim = next(c for c in e2e_cases if c.name == "aim")
+        report["end_to_end_speedup"] = e2e_cases[0].median_s / e2e_aim.median_s
+    report["goals"] = {
+        "speedup_ratio_min": SPEEDUP_GOAL[kind],
+        "speedup_ratio_met": report["measured_over_predicted"] >= SPEEDUP_GOAL[kind],
+        "overhead_max": OVERHEAD_GOAL,
+        "overhead_met": report["overhead"]["fraction"] < OVERHEAD_GOAL,
+    }
+    return report
+
+
+def _table(rows: List[Dict[str, Any]], predicted: Optional[Dict[str, Dict[str, float]]] = None) -> List[str]:
+    head = f"  {'configuration':<26} {'LLM input':>9} {'sum N_j':>8} {'median ms':>10} {'speed-up':>8}"
+    head += f" {'predicted':>9}" if predicted else ""
+    head += f" {'peak MiB':>9} {'KV MiB':>7}"
+    lines = [head]
+    for r in rows:
+        peak = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
+        line = (f"  {CASE_LABELS.get(r['name'], r['name']):<26} {r['llm_input_tokens']:>9} {r['sum_tokens']:>8} "
+                f"{r['median_ms']:>10.1f} {r['speedup']:>7.2f}x")
+        if predicted:
+            line += f" {predicted[r['name']]['speedup']:>8.2f}x"
+        lines.append(line + f" {peak:>9} {r['kv_cache_bytes'] / 2**20:>7.1f}")
+    return lines
+
+
+def format_bench(r: Dict[str, Any]) -> str:
+    lmc = r["language_model"]
+    i = r["input"]
+    o = r["overhead"]
+    g = r["goals"]
     lines = [
-        f"{'configuration':<28} {'LLM input':>9} {'sum N_j':>9} {'work ratio':>10} {'median ms':>10} "
-        f"{'speed-up':>8} {'KV MiB':>7}",
+        f"llava-aim bench  {r['date']}  {r['device']} ({r['threads']} threads)  torch {r['versions']['torch']}, "
+        f"transformers {r['versions']['transformers']}  {r['dtype']}, {r['attn']}",
+        f"language model: {lmc['layers']} layers, hidden {lmc['hidden']}, {lmc['heads']}/{lmc['kv_heads']} heads, "
+        "random weights",
+        f"input: {i['frames']} frames x {i['tokens_per_frame']} tokens + 1 newline + {i['text_tokens']} text tokens; "
+        f"AIM: retention {r['aim']['retention']:g}, l1={r['aim']['l1']}, l2={r['aim']['l2']}",
+        "",
+        "language-model prefill (median of interleaved rounds):",
+        *_table(r["language_model_prefill"], r["predicted"]),
+        "",
+        f"default AIM vs baseline: measured {r['measured_speedup']:.2f}x, predicted {r['predicted_speedup']:.2f}x "
+        f"(roofline on {r['prediction_hardware']['name']}): measured/predicted = {r['measured_over_predicted']:.2f} "
+        f"(goal >= {g['speedup_ratio_min']}: {'met' if g['speedup_ratio_met'] else 'NOT met'}); "
+        f"predicted with AIM's overhead added: {r['predicted_speedup_with_overhead']:.2f}x "
+        f"(measured/predicted = {r['measured_speedup'] / r['predicted_speedup_with_overhead']:.2f})",
+        f"AIM overhead: importance {o['importance_ms']:.1f} ms + merging {o['merging_ms']:.1f} ms = "
+        f"{100 * o['fraction']:.1f}% of the AIM prefill (goal < {100 * g['overhead_max']:.0f}%: "
+        f"{'met' if g['overhead_met'] else 'NOT met'}); the analyzer predicts "
+        f"{100 * r['predicted']['aim']['overhead_fraction']:.1f}% of the time "
+        f"({100 * r['predicted']['aim']['overhead_flops_fraction']:.2f}% of the FLOPs) for this model",
     ]
-    for c in cases:
-        work = sum(base.tokens_per_layer) / sum(c.tokens_per_layer)
-        lines.append(
-            f"{c.name:<28} {c.visual_tokens + c.text_tokens:>9} {sum(c.tokens_per_layer):>9} {work:>9.2f}x "
-            f"{1000 * c.median_s:>10.1f} {base.median_s / c.median_s:>7.2f}x {c.kv_cache_bytes / 2**20:>7.1f}"
-        )
+    if r["end_to_end_prefill"]:
+        lines += ["", "end to end (vision tower + projector + merging + LLM prefill, last-token logits):",
+                  *_table(r["end_to_end_prefill"]),
+                  f"default AIM vs baseline end to end: {r['end_to_end_speedup']:.2f}x"]
+    lines.append("peak MiB: memory growth during one prefill (CUDA allocator peak; on CPU the resident high-water mark)")
     return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""``llava-aim bench`` end to end (tiny sizes) and the analyzer against what the runtime ran."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llava.aim.config import AIMConfig
+from llava.analysis import analyze
+from llava.benchmark import PeakMemory, default_cases, predict, small_qwen2_config
+from llava.cli import main
+from conftest import make_video, video_inputs
+
+
+@pytest.mark.parametrize("retention,l1,l2", [(0.25, 4, 6), (0.5, 2, 7), (1.0, 0, 3), (0.125, 5, 40)])
+def test_analyzer_tokens_per_layer_equal_what_the_tiny_model_ran(ov_sdpa, retention, l1, l2):
+    from llava.model.llava_arch import apply_aim, remove_aim
+
+    model, processor = ov_sdpa
+    frames = 3
+    apply_aim(model, processor, AIMConfig(retention=retention, l1=l1, l2=l2))
+    try:
+        inputs = video_inputs(processor, [make_video(frames)], ["What moves?"])
+        with torch.inference_mode():
+            model(**inputs)
+        ran = model.aim_stats.layer_seq_lens
+    finally:
+        remove_aim(model, processor)
+    visual = int((inputs["input_ids"] == model.config.video_token_index).sum())
+    text = int(inputs["input_ids"].shape[1]) - visual
+    predicted = analyze(model.config, frames=frames, tokens_per_frame=196, text_tokens=text, newline_tokens=1,
+                        retention=retention, l1=l1, l2=l2)
+    assert predicted.tokens_per_layer == ran
+
+
+def test_bench_json_small(capsys):
+    code = main(["bench", "--frames", "2", "--repeats", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out)
+    names = [c["name"] for c in r["language_model_prefill"]]
+    assert names == ["baseline", "mask", "merge-only", "aim"]
+    assert [c["name"] for c in r["end_to_end_prefill"]] == names
+    assert r["measured_speedup"] > 0 and r["predicted_speedup"] > 1
+    assert r["measured_over_predicted"] == pytest.approx(r["measured_speedup"] / r["predicted_speedup"])
+    cases = {c["name"]: c for c in r["language_model_prefill"]}
+    # the analyzer predicts for exactly the token counts that were run
+    for name in ("baseline", "merge-only", "aim"):
+        assert r["predicted"][name]["tokens_per_layer"] == cases[name]["tokens_per_layer"]
+    assert cases["aim"]["kv_cache_bytes"] < cases["merge-only"]["kv_cache_bytes"] < cases["baseline"]["kv_cache_bytes"]
+    assert cases["mask"]["kv_cache_bytes"] == cases["merge-only"]["kv_cache_bytes"]
+    e2e = {c["name"]: c for c in r["end_to_end_prefill"]}
+    assert e2e["aim"]["sum_tokens"] < e2e["merge-only"]["sum_tokens"] < e2e["baseline"]["sum_tokens"]
+    assert e2e["baseline"]["llm_input_tokens"] - e2e["aim"]["llm_input_tokens"] == 2 * (196 - 49)
+    assert r["overhead"]["importance_ms"] > 0 and r["overhead"]["merging_ms"] > 0
+    assert set(r["goals"]) == {"speedup_ratio_min", "speedup_ratio_met", "overhead_max", "overhead_met"}
+    assert r["versions"]["torch"] == torch.__version__
+
+
+def test_bench_human_table(capsys):
+    assert main(["bench", "--frames", "1", "--repeats", "1", "--lm-only"]) == 0
+    out = capsys.readouterr().out
+    assert "AIM default (removal)" in out and "measured/predicted" in out and "end to end" not in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--repeats", "0"],
+    ["bench", "--l1", "2"],
+    ["bench", "--retention", "1.5"],
+    ["bench", "--l1", "3", "--l2", "2"],
+    ["bench", "--l1", "9", "--l2", "12"],  # beyond the 8-layer CPU model
+    ["bench", "--frames", "0"],
+    ["bench", "--device", "tpu"],
+] + ([["bench", "--device", "cuda"]] if not torch.cuda.is_available() else []))
+def test_bench_bad_input_exit_2_one_line(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_predict_uses_the_measured_shapes():
+    cfg = small_qwen2_config()
+    cases = default_cases(4, 196, 100, 8)
+    for c in cases:
+        c.tokens_per_layer = []
+    from llava.analysis.hardware import Hardware
+
+    p = predict(cfg, cases, 4, 196, Hardware("x", 1e12, 1e11), 4, True)
+    assert p["baseline"]["tokens_per_layer"] == [4 * 196 + 1 + 100] * 8
+    assert p["mask"]["tokens_per_layer"] == [4 * 49 + 1 + 100] * 8  # masked tokens are computed
+    assert p["aim"]["speedup"] > p["merge-only"]["speedup"] > 1
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with PeakMemory(torch.device("cpu")) as m:
+        x = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
+        del x
+    if m.peak is not None:  # Linux /proc available
+        assert m.peak >= 48 << 20
