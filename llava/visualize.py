@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from llava.errors import AIMConfigError, UnsupportedUsageError
+from llava.analysis.cli import compact_counts
 
 DEFAULT_FRAMES = 4
 MAX_FRAMES = 64  # one row per frame: beyond this the picture is too tall to read
@@ -144,17 +145,6 @@ def denormalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float],
     std = np.asarray(std, dtype=np.float32)[:, None, None]
     img = (pixels.astype(np.float32) * std + mean) / rescale
     return np.clip(np.rint(img), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-
-
-def compact_runs(counts: Sequence[int]) -> str:
-    """Per-layer counts as runs: '0-4: 197 | 5: 98 | 6-7: 0'."""
-    parts, start = [], 0
-    for j in range(1, len(counts) + 1):
-        if j == len(counts) or counts[j] != counts[start]:
-            layers = f"{start}" if j - 1 == start else f"{start}-{j - 1}"
-            parts.append(f"{layers}: {counts[start]}")
-            start = j
-    return " | ".join(parts)
 
 
 # -- running the model once ---------------------------------------------------------------
@@ -368,7 +358,7 @@ def caption_lines(model_name: str, media_name: str, is_video: bool, random_weigh
     prune = ("no pruning" if cfg.l1 is None else
              f"pruning ({cfg.importance}) after layers {cfg.l1}..{min(cfg.l2, num_layers) - 1} "
              f"(l1={cfg.l1}, l2={cfg.l2}) of {num_layers} decoder layers")
-    counts = f"visual tokens entering each layer: {compact_runs(views.visual_tokens_per_layer)}"
+    counts = f"visual tokens entering each layer: {compact_counts(views.visual_tokens_per_layer)}"
     legend = (f"columns: the {noun} as the model sees it | merge groups (one colour per merged token, black "
               "borders) | the merged tokens entering each layer (pruned ones greyed out)")
     note = ("RANDOM weights (built-in tiny model): merges and survivors are real outputs of AIM on untrained "
