@@ -25,8 +25,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from llava.errors import AIMConfigError, UnsupportedUsageError
 from llava.analysis.cli import compact_counts
+from llava.errors import AIMConfigError, UnsupportedUsageError
 
 DEFAULT_FRAMES = 4
 MAX_FRAMES = 64  # one row per frame: beyond this the picture is too tall to read
