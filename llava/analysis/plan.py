@@ -257,9 +257,13 @@ def plan(
     hardware: Any = "nvidia_A100",
     options: Optional[RooflineOptions] = None,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
-    **_: Any,
+    vision: Any = None,
 ) -> Plan:
-    """Choose an AIM setting for ``target`` by the rule in this module's docstring."""
+    """Choose an AIM setting for ``target`` by the rule in this module's docstring.
+
+    ``vision`` is accepted so that ``analyze``'s input options pass straight through; the
+    planner budgets the LLM prefill only (the encoder cost does not depend on the setting).
+    """
     for name, value, minimum in (("frames", frames, 1), ("tokens_per_frame", tokens_per_frame, 1),
                                  ("text_tokens", text_tokens, 0), ("newline_tokens", newline_tokens, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
