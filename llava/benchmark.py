@@ -287,6 +287,14 @@ def _interleaved(cases: List[PrefillCase], once: Callable[[PrefillCase], float],
             progress(r + 1, repeats)
 
 
+def _measure_peak_memory(cases: List[PrefillCase], once, device: torch.device) -> None:
+    """One extra, untimed run per case inside :class:`PeakMemory`."""
+    for case in cases:
+        memory = PeakMemory(device)
+        once(case, memory)
+        case.peak_memory_bytes = memory.peak
+
+
 def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup: int = 1, progress=None,
                           measure_memory: bool = True) -> List[PrefillCase]:
     """Language model alone: time the prefill of each case; medians over interleaved rounds."""
@@ -327,10 +335,7 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
 
     _interleaved(cases, once, repeats, warmup, progress)
     if measure_memory:
-        for case in cases:
-            memory = PeakMemory(device)
-            once(case, memory)
-            case.peak_memory_bytes = memory.peak
+        _measure_peak_memory(cases, once, device)
     return cases
 
 
@@ -420,10 +425,8 @@ def run_end_to_end_benchmark(model, processor, cases: List[PrefillCase], video, 
     for case in cases:
         if not case.tokens_per_layer:  # stock forward or mask mode: every token in every layer
             case.tokens_per_layer = [case.visual_tokens + case.text_tokens] * num_layers
-        if measure_memory:
-            memory = PeakMemory(device)
-            once(case, memory)
-            case.peak_memory_bytes = memory.peak
+    if measure_memory:
+        _measure_peak_memory(cases, once, device)
     return cases
 
 
