@@ -37,7 +37,7 @@ import torch
 
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_frames, merged_token_count
-from llava.aim.policy import STEP_METHODS
+from llava.aim.policy import STEP_METHODS, aim_default_layers
 from llava.aim.schedule import policy_visual_tokens
 from llava.errors import AIMConfigError
 
@@ -80,7 +80,7 @@ def default_cases(frames: int, tokens_per_frame: int, text: int, num_layers: int
                   pruning_only: bool = False) -> List[PrefillCase]:
     """Baseline first (speed-ups are relative to it); the default AIM setting is named "aim"."""
     if l1 is None:
-        l1, l2 = round(14 * num_layers / 28), round(22 * num_layers / 28)
+        l1, l2 = aim_default_layers(num_layers)
     full = frames * tokens_per_frame + newline
     merged = frames * merged_token_count(tokens_per_frame, retention) + newline
     cases = [
@@ -103,7 +103,7 @@ def method_case(method: str, frames: int, tokens_per_frame: int, text: int, num_
         cfg = AIMConfig.for_method(method, drop_layers=drop_layers, drop_ratio=drop_ratio)
     else:
         if l1 is None:
-            l1, l2 = round(14 * num_layers / 28), round(22 * num_layers / 28)
+            l1, l2 = aim_default_layers(num_layers)
         cfg = AIMConfig(method=method, retention=retention, l1=l1, l2=l2, seed=seed)
     cfg.check_against_model(num_layers)
     visual = frames * merged_token_count(tokens_per_frame, cfg.retention) + newline

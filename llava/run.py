@@ -55,7 +55,9 @@ def add_run_command(subparsers) -> None:
 
 def scaled_default_schedule(num_layers: int):
     """The paper's (14, 22) of 28 layers, scaled to another depth (exact for 28 layers)."""
-    return round(14 * num_layers / 28), round(22 * num_layers / 28)
+    from llava.aim.policy import aim_default_layers
+
+    return aim_default_layers(num_layers)
 
 
 def build_config(args, num_layers: int) -> AIMConfig:

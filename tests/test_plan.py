@@ -133,3 +133,17 @@ def test_plan_cli_bad_input_exit_2_one_line(argv, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "llava-aim" in err
+
+
+@pytest.mark.parametrize("layers", [1, 7, 8, 9, 24, 28, 32, 40])
+def test_every_tool_scales_the_default_schedule_alike(layers):
+    """run, bench, flops/plan and eval share one scaling (halves up), odd depths included."""
+    from llava.aim.policy import aim_default_layers
+    from llava.analysis.roofline import paper_default_layers
+    from llava.benchmark import default_cases
+    from llava.run import scaled_default_schedule
+
+    expected = aim_default_layers(layers)
+    assert scaled_default_schedule(layers) == paper_default_layers(layers) == expected
+    aim = next(c for c in default_cases(1, 196, 10, layers) if c.name == "aim")
+    assert (aim.cfg.l1, aim.cfg.l2) == expected

@@ -105,6 +105,20 @@ def scaled_layer(layer: int, reference_layers: int, num_layers: int) -> int:
     return (2 * layer * num_layers + reference_layers) // (2 * reference_layers)
 
 
+AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS = 14, 22, 28  # the paper's schedule on Qwen2-7B
+
+
+def aim_default_layers(num_layers: int) -> Tuple[int, int]:
+    """The paper's (l1, l2) = (14, 22) of 28 layers scaled to ``num_layers`` (halves up).
+
+    The one scaling every tool uses (run, flops, plan, bench, eval). Always
+    0 <= l1 < num_layers and l1 < l2.
+    """
+    l1 = min(scaled_layer(AIM_PAPER_L1, AIM_PAPER_LAYERS, num_layers), num_layers - 1)
+    l2 = scaled_layer(AIM_PAPER_L2, AIM_PAPER_LAYERS, num_layers)
+    return l1, max(l2, l1 + 1)
+
+
 def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> None:
     """Check the method-specific fields of an AIMConfig (called from its ``__post_init__``)."""
     s = spec(method)

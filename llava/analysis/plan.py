@@ -29,6 +29,7 @@ from fractions import Fraction
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from llava.aim.merge import merged_token_count
+from llava.aim.policy import scaled_layer
 from llava.aim.schedule import visual_tokens_per_layer
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.roofline import PAPER_LAYERS, RooflineOptions, layer_ops, lm_head_op
@@ -160,15 +161,10 @@ def _fraction(x: float) -> str:
     return str(f) if abs(float(f) - x) < 1e-12 else f"{x:g}"
 
 
-def scale_layers(l: int, num_layers: int) -> int:
-    """A 28-layer index scaled to ``num_layers`` (round half up), as paper_default_layers does."""
-    return (2 * l * num_layers + PAPER_LAYERS) // (2 * PAPER_LAYERS)
-
-
 def _scaled_pair(l1: int, l2: int, num_layers: int) -> Optional[Tuple[int, int]]:
     if num_layers == PAPER_LAYERS:
         return l1, l2
-    a, b = scale_layers(l1, num_layers), scale_layers(l2, num_layers)
+    a, b = scaled_layer(l1, PAPER_LAYERS, num_layers), scaled_layer(l2, PAPER_LAYERS, num_layers)
     b = max(b, a + 1)
     return (a, b) if a < num_layers else None
 

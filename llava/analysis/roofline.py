@@ -60,6 +60,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merged_token_count
 from llava.aim.policy import drop_layers_for, reduction_of, score_of, spec
+from llava.aim.policy import aim_default_layers
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
@@ -462,12 +463,9 @@ def last_token_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
 def paper_default_layers(num_layers: int) -> Tuple[int, int]:
     """The paper's (l1, l2) = (14, 22) of 28 layers, scaled to ``num_layers`` (rounded half up).
 
-    Always 0 <= l1 < num_layers and l1 < l2.
+    Always 0 <= l1 < num_layers and l1 < l2 (``llava.aim.policy.aim_default_layers``).
     """
-    l1 = (2 * PAPER_L1 * num_layers + PAPER_LAYERS) // (2 * PAPER_LAYERS)
-    l2 = (2 * PAPER_L2 * num_layers + PAPER_LAYERS) // (2 * PAPER_LAYERS)
-    l1 = min(l1, num_layers - 1)
-    return l1, max(l2, l1 + 1)
+    return aim_default_layers(num_layers)
 
 
 @dataclass
