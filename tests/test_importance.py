@@ -13,6 +13,7 @@ from llava.aim.importance import (
     attention_importance,
     compact_left,
     heads_per_chunk,
+    pagerank_blocking,
     pagerank_importance,
     select_survivors,
 )
@@ -165,6 +166,64 @@ def test_pagerank_no_nan_with_huge_logits():
     valid[:, :2] = False
     got = pagerank_importance((q * 100).float(), (k * 100).float(), valid, SCALE)
     assert torch.isfinite(got).all()
+
+
+def dense_pagerank(q, k, valid, scaling, tau=0.1, iters=5):
+    """Vectorized float64 reference: the whole masked transition matrix, d <- d M in order."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1).double()
+    logits = q.double() @ k.transpose(-1, -2) * scaling / tau
+    n = q.shape[-2]
+    allowed = torch.ones(n, n, dtype=torch.bool).tril() & valid[:, None, None, :]
+    allowed = allowed | torch.eye(n, dtype=torch.bool)
+    m = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+    d = (valid.double() / valid.sum(-1, keepdim=True).clamp_min(1))[:, None, None, :].expand(-1, q.shape[1], 1, n)
+    for _ in range(iters):
+        d = d @ m
+    return d.squeeze(-2).square().mean(1).sqrt()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(1, 40),
+    rows=st.integers(1, 45),
+    nkv=st.sampled_from([1, 2, 4]),
+    holes=st.floats(0.0, 0.7),
+)
+def test_pagerank_blocks_from_last_to_first_equal_dense(seed, n, rows, nkv, holes):
+    """Any row-block size (one row, a partial last block, more rows than tokens) and any mask
+    give the dense d <- d M result: the block order reuses each block for all power steps."""
+    q, k = qk(seed, nkv=nkv, n=n)
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.rand(B, n, generator=g) >= holes
+    got = pagerank_importance(q.float(), k.float(), valid, SCALE, row_block=rows)
+    torch.testing.assert_close(got.double(), dense_pagerank(q, k, valid, SCALE), rtol=1e-4, atol=1e-7)
+    assert bool((got[~valid] == 0).all())
+
+
+def test_pagerank_long_sequence_many_blocks_and_budget():
+    """300 tokens in blocks of the default size and under a tiny memory budget (per-group
+    chunks, few rows) all agree with the dense reference."""
+    q, k = qk(11, b=1, nh=4, nkv=2, n=300, d=16)
+    valid = torch.ones(1, 300, dtype=torch.bool)
+    valid[0, :20] = False  # left padding
+    ref = dense_pagerank(q, k, valid, 16**-0.5)
+    for kwargs in ({}, {"max_bytes": 2 * 300 * 4 * 7}, {"row_block": 64}):
+        got = pagerank_importance(q.float(), k.float(), valid, 16**-0.5, **kwargs)
+        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 3), nkv=st.integers(1, 8), group=st.integers(1, 7), n=st.integers(0, 5000),
+    max_bytes=st.integers(1, 1 << 31), device=st.sampled_from(["cpu", "cuda"]),
+)
+def test_pagerank_blocking_respects_budget(b, nkv, group, n, max_bytes, device):
+    chunk, rows = pagerank_blocking(b, nkv, group, n, torch.device(device), max_bytes)
+    assert 1 <= chunk <= nkv and 1 <= rows <= max(n, 1)
+    block = b * chunk * group * rows * max(n, 1) * 4
+    assert block <= max_bytes or (chunk == 1 and rows == 1)
 
 
 def test_pagerank_valid_may_be_int_mask():
