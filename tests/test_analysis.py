@@ -155,6 +155,22 @@ def test_toy_analyze_end_to_end():
     assert res.without_aim().tokens_per_layer == [3 + 2 * 4 + 1] * 2
 
 
+def test_toy_importance_overhead_by_hand():
+    """PageRank at layer 0 on N=4 tokens of TOY (nh=2, nkv=1, d=4), 16-bit activations,
+    float32 scores: P = 4*5/2 = 10 causal pairs per head, 5 power steps."""
+    from llava.analysis.roofline import importance_overhead_ops
+
+    ops = {op.name: op for op in importance_overhead_ops(TOY, [4, 3], [0], TOY_HW)}
+    qk, sm, pw, rms = (ops[f"importance.{k}[0]"] for k in ("qk", "softmax", "power", "rms"))
+    assert (qk.ops, qk.bytes) == (2 * 10 * 4 * 2, 4 * 4 * 2 * 2 + 4 * 4 * 1 * 2 + 10 * 2 * 4)  # 160, 176
+    assert (sm.ops, sm.bytes) == (5 * 2 * 10, 2 * 2 * 10 * 4)  # 100, 160
+    # the probabilities are loaded once; the distributions d (2 per step and head) per step
+    assert (pw.ops, pw.bytes) == (5 * 2 * 2 * 10, 2 * 10 * 4 + 2 * 5 * 2 * 4 * 4)  # 200, 400
+    assert (rms.ops, rms.bytes) == (3 * 2 * 4, 2 * 4 * 4 + 4 * 4)
+    assert qk.time_s == pytest.approx(roof(160, 176))
+    assert pw.time_s == pytest.approx(roof(200, 400))
+
+
 # --- schedules -----------------------------------------------------------------------------
 
 

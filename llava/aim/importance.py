@@ -19,10 +19,10 @@ _ROW_BLOCK = 256  # attention_importance: query rows scored at once
 # attention_importance on CPU: heads grouped so a group's probabilities stay in the last-level
 # cache (measured ~1.5x faster than all heads at once at 1669 tokens).
 _CPU_CACHE_BYTES = 12 << 20
-# pagerank_importance blocks (see pagerank_blocking). CPU: 4 MiB of probabilities, 32-256 rows,
-# measured on a 2-core EPYC (32 MiB L3) against storing every block first: 1.67x faster at 1669
-# tokens (8 heads x 32), 1.65x (28 x 128), 1.6x at 6373 tokens. Accelerators: untuned (no GPU measured yet); larger blocks mean fewer launches.
-_CPU_BLOCK_BYTES = 4 << 20
+# pagerank_importance blocks (see pagerank_blocking). CPU: 8 MiB of probabilities, 32-256 rows,
+# measured on a 2-core EPYC (32 MiB L3) with 4-32 MiB. Accelerators: untuned (no GPU measured
+# yet); larger blocks mean fewer kernel launches.
+_CPU_BLOCK_BYTES = 8 << 20
 _ACCEL_BLOCK_BYTES = 256 << 20
 _MIN_ROWS, _MAX_ROWS = 32, 256
 
@@ -100,9 +100,11 @@ def pagerank_importance(
 
     The transition matrix M is never stored whole. With causal attention d_{t+1}[j] sums
     d_t[i] M[i, j] over rows i >= j only, so row blocks are taken from the last to the first
-    and each block runs all ``iters`` power steps while it is in cache: when a block runs step
-    t, every later row has already contributed to step t, so its own d_t entries are final.
-    Same sums as d <- d M repeated, in another order (agrees to float32 rounding).
+    and each block does all ``iters`` power steps while it is in cache: when a block does step
+    t, every later row has already contributed to it, so the block's own d_t entries are final
+    once its diagonal square has done step t-1. Its keys before the block then take all steps
+    in one matrix product. Same sums as d <- d M repeated, in another order (agrees to float32
+    rounding).
     """
     b, nh, n, hd = query.shape
     nkv = key.shape[1]
@@ -125,8 +127,8 @@ def pagerank_importance(
     for g0 in range(0, nkv, chunk):
         kv = slice(g0, min(nkv, g0 + chunk))
         c = kv.stop - kv.start
-        d = torch.zeros(iters + 1, b, c, group, n, dtype=torch.float32, device=query.device)
-        d[0] = start[:, None, None, :]
+        d = torch.zeros(b, c, group, iters + 1, n, dtype=torch.float32, device=query.device)
+        d[..., 0, :] = start[:, None, None, :]
         for i0 in reversed(range(0, n, rows)):
             i1 = min(n, i0 + rows)
             m = i1 - i0
@@ -134,10 +136,15 @@ def pagerank_importance(
             logits = logits.view(b, c, group, m, i1)
             _mask_block(logits, valid, all_valid, i0, causal[:m, :m])
             probs = torch.softmax(logits, dim=-1)
+            # The block's own square: step t needs this block's step t-1, so one step at a time.
+            square = probs[..., i0:i1]
             for t in range(iters):
-                # d_{t+1} += d_t[rows] M[rows]: the block's rows pass their share to their keys.
-                d[t + 1, ..., :i1] += torch.matmul(d[t, ..., None, i0:i1], probs).squeeze(-2)
-        sum_sq += d[iters].square().sum(dim=(1, 2))
+                d[..., t + 1, i0:i1] += torch.matmul(d[..., t : t + 1, i0:i1], square).squeeze(-2)
+            if i0:
+                # Keys before the block: all steps at once, one (iters x m) @ (m x i0) product
+                # that reads these probabilities once instead of once per step.
+                d[..., 1:, :i0] += torch.matmul(d[..., :iters, i0:i1], probs[..., :i0])
+        sum_sq += d[..., iters, :].square().sum(dim=(1, 2))
     return (sum_sq / nh).sqrt()
 
 

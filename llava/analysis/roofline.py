@@ -410,21 +410,26 @@ def merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, f
 def importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], layers: Sequence[int], hardware: Hardware,
                             options: Optional[RooflineOptions] = None, iterations: int = 5,
                             score_bytes: float = 4) -> List[OpCost]:
-    """PageRank importance at each pruning layer j on its N_j tokens (float32 scores).
+    """PageRank importance at each pruning layer j on its N_j tokens (float32 scores), as
+    ``llava.aim.importance.pagerank_importance`` computes it: only the P = N(N+1)/2 causal
+    (query, key) pairs, in row blocks.
 
-    QK^T over all heads (2*N*N*d*nh; loads Q and K, stores the scores), softmax with the
-    temperature (5*nh*N*N), ``iterations`` power steps d = d M (2*nh*N*N each, loading M),
-    root-mean-square over heads (3*nh*N).
+    QK^T over all heads (2*P*d*nh; loads Q and K, stores the scores), softmax with the
+    temperature (5*nh*P; loads and stores them), ``iterations`` power steps (2*nh*P each) that
+    load the probabilities once: a block's keys before it take all steps in one matrix
+    product, only its small diagonal square is re-read per step (from cache, not counted).
+    Root-mean-square over heads (3*nh*N).
     """
     o = options or RooflineOptions()
     a, s, nh, d = o.act_bytes, score_bytes, llm.heads, llm.head_dim
     ops: List[OpCost] = []
     for j in layers:
         n = int(tokens_per_layer[j])
+        pairs = n * (n + 1) // 2
         ops += [
-            _op(f"importance.qk[{j}]", 2 * n * n * d * nh, n * d * nh * a + n * d * llm.kv_heads * a + n * n * nh * s, hardware),
-            _op(f"importance.softmax[{j}]", 5 * nh * n * n, 2 * nh * n * n * s, hardware),
-            _op(f"importance.power[{j}]", iterations * 2 * nh * n * n, iterations * (nh * n * n * s + 2 * nh * n * s), hardware),
+            _op(f"importance.qk[{j}]", 2 * pairs * d * nh, n * d * nh * a + n * d * llm.kv_heads * a + pairs * nh * s, hardware),
+            _op(f"importance.softmax[{j}]", 5 * nh * pairs, 2 * nh * pairs * s, hardware),
+            _op(f"importance.power[{j}]", iterations * 2 * nh * pairs, nh * pairs * s + 2 * iterations * nh * n * s, hardware),
             _op(f"importance.rms[{j}]", 3 * nh * n, nh * n * s + n * s, hardware),
         ]
     return ops
