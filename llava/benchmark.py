@@ -17,6 +17,12 @@ instrumented runs, so it never perturbs the timed ones.
 CPU: random weights, a small Qwen2 (8 layers, hidden 256, 8/2 heads) and a 2-layer SigLIP at
 the real geometry (384 px, patch 14) with the paper's token counts. CUDA: the
 LLaVA-OneVision-7B architecture (SigLIP-so400m + Qwen2-7B) with random bf16 weights.
+
+``--layerwise`` instead measures AIM's overhead at the Qwen2-7B shape where the whole model does
+not fit (float32 on CPU): one decoder layer timed at every token count of the schedule,
+importance and merging at that shape, summed (``measure_layerwise``). AIM's relative overhead
+depends on the shape (importance ~ N^2 x hidden per scoring layer, a decoder layer ~ N x
+hidden^2), so the small model overstates it about 20-fold.
 """
 
 from __future__ import annotations
@@ -376,6 +382,100 @@ def measure_lm_overhead(lm, case: PrefillCase, frames: int, tokens_per_frame: in
     }
 
 
+def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame: int, text_tokens: int,
+                      device, dtype, repeats: int = 3, newline: int = 1, progress=None) -> Dict[str, Any]:
+    """AIM's overhead at a model shape too large to run whole here (Qwen2-7B in float32 needs
+    ~30 GB), measured part by part.
+
+    One decoder layer of ``text_config`` (random weights) is timed at every distinct token
+    count N_j of the AIM schedule; PageRank importance (the function the driver calls) on
+    random post-RoPE queries and keys of that layer's shape at every scoring layer's N_j;
+    merging on frames x tokens_per_frame features of the model's width. Every part is the
+    median of ``repeats`` timed calls after one warm-up. The AIM prefill is the sum over the
+    layers of its layer time plus its importance. Costs do not depend on the weights' values;
+    left out: embeddings, final norm, lm_head (one token), and the KV-cache writes.
+    """
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RotaryEmbedding
+
+    from llava.aim.importance import pagerank_importance
+    from llava.aim.schedule import scoring_layers
+
+    device = torch.device(device)
+    num_layers = text_config.num_hidden_layers
+    cfg.check_against_model(num_layers)
+    visual = frames * merged_token_count(tokens_per_frame, cfg.retention) + newline
+    visual_per_layer = policy_visual_tokens(cfg, visual, num_layers) if cfg.pruning else [visual] * num_layers
+    tokens = [text_tokens + v for v in visual_per_layer]
+    scoring = scoring_layers(visual_per_layer) if cfg.pruning else []
+    heads, kv_heads = text_config.num_attention_heads, text_config.num_key_value_heads
+    head_dim = text_config.hidden_size // heads
+    distinct = sorted(set(tokens), reverse=True)
+    total_steps = len(distinct) + len(scoring) + 1
+    torch.manual_seed(0)
+    with torch.device(device):
+        layer = Qwen2DecoderLayer(text_config, layer_idx=0).to(dtype).eval()
+        rotary = Qwen2RotaryEmbedding(text_config)
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times)
+
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total_steps)
+
+    layer_ms: Dict[int, float] = {}
+    for n in distinct:
+        hidden = torch.randn(1, n, text_config.hidden_size, device=device, dtype=dtype)
+        position_ids = torch.arange(n, device=device)[None]
+        with torch.inference_mode():
+            cos_sin = rotary(hidden, position_ids)
+            layer_ms[n] = timed(lambda: layer(hidden, attention_mask=None, position_ids=position_ids,
+                                              position_embeddings=cos_sin))
+        del hidden
+        step()
+    importance_ms: Dict[int, float] = {}
+    for j in scoring:
+        n = tokens[j]
+        gen = torch.Generator(device="cpu").manual_seed(j)
+        q = torch.randn(1, heads, n, head_dim, generator=gen).to(device, dtype)
+        k = torch.randn(1, kv_heads, n, head_dim, generator=gen).to(device, dtype)
+        valid = torch.ones(1, n, dtype=torch.bool, device=device)
+        importance_ms[j] = timed(lambda: pagerank_importance(q, k, valid, head_dim**-0.5, cfg.pagerank_tau,
+                                                             cfg.pagerank_iters, cfg.importance_memory_mb << 20))
+        step()
+    merging_ms = 0.0
+    if cfg.merging:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        feats = torch.randn(frames, tokens_per_frame, text_config.hidden_size, generator=gen).to(device, dtype)
+        merging_ms = timed(lambda: merge_frames(feats, cfg.retention, cfg.merge_weighting, cfg.merge_order))
+    step()
+    layers_ms = sum(layer_ms[n] for n in tokens)
+    overhead_ms = sum(importance_ms.values()) + merging_ms
+    aim_prefill_ms = layers_ms + sum(importance_ms.values())
+    return {
+        "tokens_per_layer": tokens, "scoring_layers": list(scoring),
+        "layer_ms": {str(n): ms for n, ms in layer_ms.items()},
+        "importance_ms": {str(j): ms for j, ms in importance_ms.items()},
+        "merging_ms": merging_ms, "layers_ms": layers_ms, "aim_prefill_ms": aim_prefill_ms,
+        "overhead_ms": overhead_ms,
+        # same definition as the whole-model measurement: (importance + merging) / (prefill + merging)
+        "fraction": overhead_ms / (aim_prefill_ms + merging_ms),
+        "repeats": repeats,
+    }
+
+
 def run_end_to_end_benchmark(model, processor, cases: List[PrefillCase], video, text: str, repeats: int = 5,
                              warmup: int = 1, progress=None, measure_memory: bool = True) -> List[PrefillCase]:
     """Whole model from preprocessed pixels to the prefill's last-token logits, per case.
@@ -515,10 +615,14 @@ def add_bench_command(subparsers) -> None:
     p.add_argument("--retention", type=float, default=0.25)
     p.add_argument("--l1", type=int, help="default: the paper's (14, 22) of 28 layers scaled to the model")
     p.add_argument("--l2", type=int)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round (median)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed rounds after one warm-up round (median; default 5, with --layerwise 2)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     p.add_argument("--lm-only", action="store_true", help="skip the end-to-end measurement")
     p.add_argument("--pruning-only", action="store_true", help="also time pruning without merging")
+    p.add_argument("--layerwise", action="store_true",
+                   help="instead: AIM's overhead measured layer by layer at the Qwen2-7B shape (the LLaVA-OneVision-7B "
+                        "LLM), which does not fit whole in CPU memory; about 80 s on 2 CPU cores, ~2 GB")
     from llava.analysis.cli import add_method_options
 
     add_method_options(p)  # --method X adds a case "X" (a baseline or control) next to AIM's
@@ -527,6 +631,8 @@ def add_bench_command(subparsers) -> None:
 
 
 def _check_args(args) -> torch.device:
+    if args.repeats is None:
+        args.repeats = 2 if getattr(args, "layerwise", False) else 5
     if args.repeats < 1:
         raise AIMConfigError(f"--repeats must be at least 1, got {args.repeats}")
     if args.frames < 1 or args.tokens_per_frame < 1 or args.text_tokens < 2:
@@ -539,6 +645,8 @@ def _check_args(args) -> torch.device:
         AIMConfig.for_method(method, drop_layers=args.drop_layers, drop_ratio=args.drop_ratio)
     elif getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
         raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}, not --method {method}")
+    if getattr(args, "layerwise", False) and method != "aim":
+        raise AIMConfigError(f"--layerwise measures the default AIM method only, not --method {method}")
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -562,6 +670,10 @@ def bench_command(args) -> int:
         AIMConfig(retention=args.retention, l1=args.l1, l2=args.l2).check_against_model(num_layers)
     say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     bar = _progress_bar(args.json)
+
+    if args.layerwise:
+        big = args.model != "small"
+        return layerwise_command(args, device, dtype, qwen2_7b_config(args.attn) if big else small_qwen2_config(attn=args.attn))
 
     say(f"llava-aim bench: {'Qwen2-7B' if big else 'small Qwen2'} language model, random weights, "
         f"{str(dtype).replace('torch.', '')}, {args.attn}, on {device}")
@@ -604,15 +716,75 @@ def bench_command(args) -> int:
     return 0
 
 
+def layerwise_command(args, device: torch.device, dtype: torch.dtype, text_config) -> int:
+    import transformers
+
+    num_layers = text_config.num_hidden_layers
+    if args.l1 is None:
+        args.l1, args.l2 = aim_default_layers(num_layers)
+    cfg = AIMConfig(retention=args.retention, l1=args.l1, l2=args.l2)
+    cfg.check_against_model(num_layers)
+    if not args.json:
+        print(f"llava-aim bench --layerwise: one random {text_config.hidden_size}-wide Qwen2 decoder layer, "
+              f"{str(dtype).replace('torch.', '')}, {args.attn}, on {device}", file=sys.stderr, flush=True)
+    bar = _progress_bar(args.json)("layer-by-layer", 1, unit="part")
+    result = measure_layerwise(text_config, cfg, args.frames, args.tokens_per_frame, args.text_tokens, device, dtype,
+                               repeats=args.repeats, progress=bar)
+    report = {
+        "date": datetime.date.today().isoformat(), **_machine(device),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__},
+        "dtype": str(dtype).replace("torch.", ""), "attn": args.attn,
+        "language_model": _lm_summary(text_config),
+        "input": {"frames": args.frames, "tokens_per_frame": args.tokens_per_frame, "text_tokens": args.text_tokens,
+                  "newline_tokens": 1},
+        "aim": cfg.to_dict(),
+        "layerwise": result,
+        "goals": {"overhead_max": OVERHEAD_GOAL, "overhead_met": result["fraction"] < OVERHEAD_GOAL},
+    }
+    print(json.dumps(report) if args.json else format_layerwise(report))
+    return 0
+
+
+def format_layerwise(r: Dict[str, Any]) -> str:
+    lmc, i, lw = r["language_model"], r["input"], r["layerwise"]
+    tokens = lw["tokens_per_layer"]
+    lines = [
+        f"llava-aim bench --layerwise  {r['date']}  {r['device']} ({r['threads']} threads)  torch "
+        f"{r['versions']['torch']}, transformers {r['versions']['transformers']}  {r['dtype']}, {r['attn']}",
+        f"decoder layer: hidden {lmc['hidden']}, intermediate {lmc['intermediate']}, {lmc['heads']}/{lmc['kv_heads']} "
+        f"heads, random weights; the model has {lmc['layers']} layers",
+        f"input: {i['frames']} frames x {i['tokens_per_frame']} tokens + 1 newline + {i['text_tokens']} text tokens; "
+        f"AIM: retention {r['aim']['retention']:g}, l1={r['aim']['l1']}, l2={r['aim']['l2']}",
+        "",
+        f"  {'tokens N_j':>10} {'layers':>6} {'layer ms':>10}",
+    ]
+    for n, ms in lw["layer_ms"].items():
+        lines.append(f"  {n:>10} {tokens.count(int(n)):>6} {ms:>10.1f}")
+    imp = lw["importance_ms"]
+    lines += [
+        "",
+        "importance (PageRank) at the scoring layers: "
+        + (", ".join(f"layer {j} ({tokens[int(j)]} tokens) {ms:.1f} ms" for j, ms in imp.items()) or "none"),
+        f"merging: {lw['merging_ms']:.1f} ms",
+        f"AIM prefill (sum over the {len(tokens)} layers, importance included): {lw['aim_prefill_ms']:.0f} ms",
+        f"AIM overhead: {lw['overhead_ms']:.1f} ms = {100 * lw['fraction']:.2f}% of the AIM prefill "
+        f"(goal < {100 * r['goals']['overhead_max']:.0f}%: {'met' if r['goals']['overhead_met'] else 'NOT met'})",
+        "left out: embeddings, final norm, lm_head, KV-cache writes (the same in every configuration)",
+    ]
+    return "\n".join(lines)
+
+
 def _progress_bar(quiet: bool):
-    def make(desc: str, total: int):
+    def make(desc: str, total: int, unit: str = "round"):
         if quiet:
             return None
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit="round", leave=False, file=sys.stderr)
+        bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
 
         def update(done: int, n: int) -> None:
+            bar.total = n  # callers that learn the total late
             bar.update(done - bar.n)
             if done == n:
                 bar.close()
@@ -637,6 +809,17 @@ def _synthetic_video(frames: int, size: int):
     return video
 
 
+def _machine(device: torch.device) -> Dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {"device": name, "threads": torch.get_num_threads()}
+
+
+def _lm_summary(text_config) -> Dict[str, int]:
+    return {"layers": text_config.num_hidden_layers, "hidden": text_config.hidden_size,
+            "intermediate": text_config.intermediate_size,
+            "heads": text_config.num_attention_heads, "kv_heads": text_config.num_key_value_heads}
+
+
 def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
                  transformers_version) -> Dict[str, Any]:
     lm_base = lm_cases[0]
@@ -647,15 +830,11 @@ def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicte
     overhead_ms = overhead["importance_ms"] + overhead["merging_ms"]
     kind = device.type
     report = {
-        "date": datetime.date.today().isoformat(),
-        "device": torch.cuda.get_device_name(device) if kind == "cuda" else (platform.processor() or platform.machine()),
-        "threads": torch.get_num_threads(),
+        "date": datetime.date.today().isoformat(), **_machine(device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers_version},
         "dtype": str(dtype).replace("torch.", ""), "attn": args.attn,
-        "language_model": {"layers": text_config.num_hidden_layers, "hidden": text_config.hidden_size,
-                           "intermediate": text_config.intermediate_size,
-                           "heads": text_config.num_attention_heads, "kv_heads": text_config.num_key_value_heads},
+        "language_model": _lm_summary(text_config),
         "input": {"frames": args.frames, "tokens_per_frame": args.tokens_per_frame, "text_tokens": args.text_tokens,
                   "newline_tokens": 1},
         "aim": aim.cfg.to_dict(),

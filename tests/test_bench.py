@@ -73,6 +73,8 @@ def test_bench_human_table(capsys):
     ["bench", "--l1", "9", "--l2", "12"],  # beyond the 8-layer CPU model
     ["bench", "--frames", "0"],
     ["bench", "--device", "tpu"],
+    ["bench", "--layerwise", "--method", "fastv"],
+    ["bench", "--layerwise", "--model", "small", "--l1", "9", "--l2", "12"],
 ] + ([["bench", "--device", "cuda"]] if not torch.cuda.is_available() else []))
 def test_bench_bad_input_exit_2_one_line(argv, capsys):
     try:
@@ -103,3 +105,33 @@ def test_peak_memory_sees_a_large_allocation():
         del x
     if m.peak is not None:  # Linux /proc available
         assert m.peak >= 48 << 20
+
+
+def test_layerwise_parts_add_up(capsys):
+    """--layerwise: one layer timed per distinct token count of the schedule, importance at the
+    scoring layers only, and the totals are the sums of the parts."""
+    code = main(["bench", "--layerwise", "--model", "small", "--frames", "4", "--repeats", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out)
+    lw = r["layerwise"]
+    visual = 4 * 49 + 1
+    # (4, 6) on 8 layers: full up to layer 4, half entering 5, none from 6
+    assert lw["tokens_per_layer"] == [100 + visual] * 5 + [100 + visual // 2] + [100] * 2
+    assert lw["scoring_layers"] == [4]
+    assert sorted(map(int, lw["layer_ms"]), reverse=True) == [100 + visual, 100 + visual // 2, 100]
+    assert list(lw["importance_ms"]) == ["4"] and lw["importance_ms"]["4"] > 0 and lw["merging_ms"] > 0
+    layers = sum(lw["layer_ms"][str(n)] for n in lw["tokens_per_layer"])
+    assert lw["layers_ms"] == pytest.approx(layers)
+    assert lw["aim_prefill_ms"] == pytest.approx(layers + lw["importance_ms"]["4"])
+    assert lw["overhead_ms"] == pytest.approx(lw["importance_ms"]["4"] + lw["merging_ms"])
+    assert lw["fraction"] == pytest.approx(lw["overhead_ms"] / (lw["aim_prefill_ms"] + lw["merging_ms"]))
+    assert r["goals"]["overhead_met"] == (lw["fraction"] < r["goals"]["overhead_max"])
+    assert r["language_model"]["hidden"] == 256
+
+
+def test_layerwise_human_report(capsys):
+    assert main(["bench", "--layerwise", "--model", "small", "--frames", "2", "--repeats", "1",
+                 "--retention", "1", "--l1", "7", "--l2", "9"]) == 0
+    out = capsys.readouterr().out
+    assert "scoring layers: none" in out and "of the AIM prefill" in out and "merging: 0.0 ms" in out
