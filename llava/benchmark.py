@@ -443,7 +443,6 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
             cos_sin = rotary(hidden, position_ids)
             layer_ms[n] = timed(lambda: layer(hidden, attention_mask=None, position_ids=position_ids,
                                               position_embeddings=cos_sin))
-        del hidden
         step()
     importance_ms: Dict[int, float] = {}
     for j in scoring:

@@ -63,10 +63,10 @@ def pagerank_blocking(
     """(key/value heads per chunk, query rows per block) for ``pagerank_importance``.
 
     A block holds the float32 probabilities of ``rows`` query rows of every head of the chunk
-    against up to ``seq_len`` keys. The power steps re-read each block ``iters`` times, so on
-    CPU blocks are sized to stay in the last-level cache (measured fastest at 1669 and 6373
-    tokens); accelerators take larger blocks (fewer kernel launches). ``max_bytes`` is a hard
-    cap: above it the heads are split by key/value group, then the rows shrink, down to one.
+    against up to ``seq_len`` keys; it is written by QK^T, normalized, then read by the power
+    steps, so on CPU blocks are sized to stay in the last-level cache; accelerators take larger
+    blocks (fewer kernel launches). ``max_bytes`` is a hard cap: above it the heads are split by
+    key/value group, then the rows shrink, down to one.
     """
     per_row = batch * group * max(seq_len, 1) * _BYTES_F32  # one query row of one kv group
     if row_block is None:

@@ -89,7 +89,7 @@ def bipartite_merge_step(
     Returns (merged x (F, t-r, C), merged sizes (F, t-r), new_index (F, t)) where
     ``new_index[f, i]`` is the output slot that input token i of frame f went to.
     """
-    frames, t, c = x.shape
+    frames, t, _ = x.shape
     if not 0 <= r <= t // 2:
         raise ValueError(f"one step removes between 0 and floor(t/2)={t // 2} tokens, got r={r}")
     device = x.device
