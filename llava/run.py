@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from llava.aim.config import AIMConfig
 from llava.aim.policy import STEP_METHODS
-from llava.errors import AIMConfigError, AIMError
+from llava.errors import AIMConfigError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_VIDEO = ASSETS / "sample_video.mp4"

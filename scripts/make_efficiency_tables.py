@@ -85,7 +85,7 @@ def make_markdown(hardware: str) -> str:
         "analytic figures from the op-by-op roofline model of `EFFICIENCY_MODEL.md` (the paper's",
         "LLM-Viewer method), not measurements; measured timings live in `docs/benchmarks.md`.",
         "",
-        f"- Model: LLaVA-OneVision-7B's language model, Qwen2-7B (H=3584, I=18944, L=28, 28/4 heads,",
+        "- Model: LLaVA-OneVision-7B's language model, Qwen2-7B (H=3584, I=18944, L=28, 28/4 heads,",
         "  V=152064), batch 1, 16-bit weights, activations and KV cache.",
         f"- Hardware: {hw.describe()} (the paper's 'nvidia_A100', the 40 GB card).",
         f"- Input: {TEXT} text tokens + frames x {TPF} visual tokens per frame before merging;",

@@ -174,7 +174,7 @@ def validated_settings(num_layers: int) -> List[Setting]:
     scaled = "" if num_layers == PAPER_LAYERS else f", layers scaled from {PAPER_LAYERS} to {num_layers}"
     out: List[Setting] = []
     for r in PAPER_RETENTIONS:
-        out.append(Setting(r, None, None, "no AIM" if r >= 1 else f"merging retention sweep, no pruning"))
+        out.append(Setting(r, None, None, "no AIM" if r >= 1 else "merging retention sweep, no pruning"))
         pair = _scaled_pair(*PAPER_SWEEP_LAYERS, num_layers)
         if pair:
             out.append(Setting(r, *pair, f"merging retention sweep with pruning (14, 22){scaled}"))
