@@ -905,6 +905,9 @@ def format_bench(r: Dict[str, Any]) -> str:
         f"{100 * r['predicted']['aim']['overhead_fraction']:.1f}% of the time "
         f"({100 * r['predicted']['aim']['overhead_flops_fraction']:.2f}% of the FLOPs) for this model",
     ]
+    if r["language_model"]["hidden"] < 1024:
+        lines.append("  (a narrow model overstates it: importance grows as N^2 x hidden, a layer as N x hidden^2; "
+                     "`llava-aim bench --layerwise` measures it at the Qwen2-7B shape)")
     if r["end_to_end_prefill"]:
         lines += ["", "end to end (vision tower + projector + merging + LLM prefill, last-token logits):",
                   *_table(r["end_to_end_prefill"]),
