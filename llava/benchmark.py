@@ -365,21 +365,34 @@ def measure_lm_overhead(lm, case: PrefillCase, frames: int, tokens_per_frame: in
             finally:
                 runtime.uninstall()
             importance.append(sum(spent))
-    merging = []
-    if case.cfg.merging:
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        feats = torch.randn(frames, tokens_per_frame, lm.config.hidden_size, generator=gen).to(device, dtype)
-        for _ in range(repeats + 1):
-            _sync(device)
-            t0 = time.perf_counter()
-            merge_frames(feats, case.cfg.retention, case.cfg.merge_weighting, case.cfg.merge_order)
-            _sync(device)
-            merging.append(time.perf_counter() - t0)
-        merging = merging[1:]  # the first call warms up
     return {
         "importance_ms": 1e3 * statistics.median(importance) if importance else 0.0,
-        "merging_ms": 1e3 * statistics.median(merging) if merging else 0.0,
+        "merging_ms": _merging_ms(case.cfg, frames, tokens_per_frame, lm.config.hidden_size, device, dtype, repeats),
     }
+
+
+def _median_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    """Median wall time of ``repeats`` device-synchronized calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _merging_ms(cfg: AIMConfig, frames: int, tokens_per_frame: int, width: int, device: torch.device,
+                dtype: torch.dtype, repeats: int) -> float:
+    """Merging of frames x tokens_per_frame random features of the given width (0 without merging)."""
+    if not cfg.merging:
+        return 0.0
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    feats = torch.randn(frames, tokens_per_frame, width, generator=gen).to(device, dtype)
+    return _median_ms(lambda: merge_frames(feats, cfg.retention, cfg.merge_weighting, cfg.merge_order),
+                      device, repeats)
 
 
 def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame: int, text_tokens: int,
@@ -416,17 +429,6 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
         layer = Qwen2DecoderLayer(text_config, layer_idx=0).to(dtype).eval()
         rotary = Qwen2RotaryEmbedding(text_config)
 
-    def timed(fn) -> float:
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        return 1e3 * statistics.median(times)
-
     done = 0
 
     def step() -> None:
@@ -441,8 +443,8 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
         position_ids = torch.arange(n, device=device)[None]
         with torch.inference_mode():
             cos_sin = rotary(hidden, position_ids)
-            layer_ms[n] = timed(lambda: layer(hidden, attention_mask=None, position_ids=position_ids,
-                                              position_embeddings=cos_sin))
+            layer_ms[n] = _median_ms(lambda: layer(hidden, attention_mask=None, position_ids=position_ids,
+                                                   position_embeddings=cos_sin), device, repeats)
         step()
     importance_ms: Dict[int, float] = {}
     for j in scoring:
@@ -451,14 +453,11 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
         q = torch.randn(1, heads, n, head_dim, generator=gen).to(device, dtype)
         k = torch.randn(1, kv_heads, n, head_dim, generator=gen).to(device, dtype)
         valid = torch.ones(1, n, dtype=torch.bool, device=device)
-        importance_ms[j] = timed(lambda: pagerank_importance(q, k, valid, head_dim**-0.5, cfg.pagerank_tau,
-                                                             cfg.pagerank_iters, cfg.importance_memory_mb << 20))
+        importance_ms[j] = _median_ms(lambda: pagerank_importance(q, k, valid, head_dim**-0.5, cfg.pagerank_tau,
+                                                                  cfg.pagerank_iters, cfg.importance_memory_mb << 20),
+                                      device, repeats)
         step()
-    merging_ms = 0.0
-    if cfg.merging:
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        feats = torch.randn(frames, tokens_per_frame, text_config.hidden_size, generator=gen).to(device, dtype)
-        merging_ms = timed(lambda: merge_frames(feats, cfg.retention, cfg.merge_weighting, cfg.merge_order))
+    merging_ms = _merging_ms(cfg, frames, tokens_per_frame, text_config.hidden_size, device, dtype, repeats)
     step()
     layers_ms = sum(layer_ms[n] for n in tokens)
     overhead_ms = sum(importance_ms.values()) + merging_ms
