@@ -269,7 +269,11 @@ def timed_importance(device: torch.device):
         driver.ImportanceProbe.observe = original
 
 
-def _kv_bytes(cache) -> int:
+def _kv_bytes(output) -> int:
+    """Bytes of keys and values held by a model output's KV cache."""
+    from llava.model.language_model import compat
+
+    cache = compat.output_cache(output)
     return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
 
 
@@ -333,7 +337,7 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
                     out = lm(input_ids=ids, use_cache=True)
                 _sync(device)
                 elapsed = time.perf_counter() - t0
-            case.kv_cache_bytes = _kv_bytes(out.past_key_values)
+            case.kv_cache_bytes = _kv_bytes(out)
             return elapsed
         finally:
             if runtime is not None:
@@ -510,7 +514,7 @@ def run_end_to_end_benchmark(model, processor, cases: List[PrefillCase], video, 
                     out = model(**inputs[case.name], use_cache=True, logits_to_keep=1)
                 _sync(device)
                 elapsed = time.perf_counter() - t0
-            case.kv_cache_bytes = _kv_bytes(out.past_key_values)
+            case.kv_cache_bytes = _kv_bytes(out)
             if case.cfg is not None and case.cfg.pruning_mode == "remove" and model.aim_stats.layer_seq_lens:
                 case.tokens_per_layer = list(model.aim_stats.layer_seq_lens)
             return elapsed

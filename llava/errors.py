@@ -47,3 +47,8 @@ class EvalArgumentError(AIMError, ValueError):
 
 class ResultsFileError(AIMError, ValueError):
     """An lmms-eval results file is missing, unreadable or not in the expected format."""
+
+
+class CacheIntegrityError(AIMError, RuntimeError):
+    """A decoder layer did not write the KV cache AIM expects (an upstream interface change):
+    continuing would decode without context and give silently wrong answers."""

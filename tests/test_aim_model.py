@@ -14,6 +14,7 @@ from llava import AIMConfig, apply_aim
 from llava.aim.merge import merged_token_count
 from llava.aim.schedule import visual_tokens_per_layer
 from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsageError
+from llava.model.language_model.compat import cache_kwargs, output_cache
 from llava.model.llava_arch import remove_aim
 
 NEW_TOKENS = 16
@@ -259,4 +260,4 @@ def test_chunked_prefill_is_refused(model_case):
         out = model(**inputs, use_cache=True)
         # feeding the visual prompt again on top of the pruned cache
         with pytest.raises(UnsupportedUsageError):
-            model(**inputs, past_key_values=out.past_key_values, use_cache=True)
+            model(**inputs, **cache_kwargs(model, output_cache(out)), use_cache=True)

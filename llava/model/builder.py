@@ -9,9 +9,11 @@ weights from a fixed seed; see scripts/make_tiny_models.py), loaded through the 
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -57,6 +59,87 @@ def resolve_checkpoint(name_or_path: str) -> str:
     return name
 
 
+def known_names() -> list:
+    """Names this project knows: built-in tiny models, LLaVA-NeXT aliases and their targets."""
+    return sorted(set(BUILTIN_MODELS) | set(CHECKPOINT_ALIASES) | set(CHECKPOINT_ALIASES.values()))
+
+
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name, [k for k in known_names() if k != name], n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _looks_like_path(name: str) -> bool:
+    # "org/name" is a hub id; a path says so by its start, or by more than one slash.
+    return name.startswith((".", "~")) or os.path.isabs(name) or name.count("/") > 1
+
+
+def _proxy_configured() -> bool:
+    return any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub endpoint answers a TCP connection within ``timeout_s`` (no retries).
+
+    Behind a proxy a direct connection says nothing, so this then answers True and leaves the
+    request to huggingface_hub.
+    """
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if _proxy_configured():
+        return True
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def locate_checkpoint(name_or_path: str) -> str:
+    """What ``from_pretrained`` should load for a name, or a one-line ModelLoadError, fast.
+
+    Built-in names and LLaVA-NeXT aliases are mapped; an existing folder is used as is; a
+    path that does not exist is refused; anything else is a hub id and goes through
+    transformers' own resolution (the Hugging Face cache, offline mode, a download when
+    online). Before that, a hub id that is not in the cache is refused at once when the hub
+    cannot be reached (HF_HUB_OFFLINE=1, or no connection within a few seconds) instead of
+    spending half a minute in network retries.
+    """
+    name = str(name_or_path)
+    source = resolve_checkpoint(name)
+    if os.path.isdir(os.path.expanduser(source)):
+        return os.path.expanduser(source)
+    if _looks_like_path(name) or os.path.exists(source):
+        raise ModelLoadError(f"checkpoint folder {name!r} does not exist{_suggestion(name)}")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise ModelLoadError(
+            f"{name!r} is neither a local folder, a built-in model nor a hub id (org/name){_suggestion(name)}"
+        ) from None
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return source  # in the cache: transformers takes it from there (and checks for updates online)
+    where = f"not a local folder and not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"checkpoint {name!r} is {where}, and HF_HUB_OFFLINE=1: fetch it where there is internet "
+            f"(hf download {source}) into that cache, or unset HF_HUB_OFFLINE{_suggestion(name)}"
+        )
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"checkpoint {name!r} is {where}, and {constants.ENDPOINT} cannot be reached: fetch it where there "
+            f"is internet (hf download {source}), or set HF_HOME to a pre-fetched cache{_suggestion(name)}"
+        )
+    return source
+
+
 def _read_model_type(source: str) -> str:
     from transformers import AutoConfig
 
@@ -66,9 +149,11 @@ def _read_model_type(source: str) -> str:
         hint = (
             "the folder has no usable config.json"
             if os.path.isdir(source)
-            else "not a local folder and not reachable on the Hugging Face hub (offline? set HF_HOME to a pre-fetched cache)"
+            else "it is not on the Hugging Face hub, is gated or private (log in with hf auth login), or the "
+            "download failed"
         )
-        raise ModelLoadError(f"cannot load checkpoint {source!r}: {hint} ({exc.__class__.__name__})") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelLoadError(f"cannot load checkpoint {source!r}: {hint} ({first_line})") from exc
     model_type = getattr(config, "model_type", None)
     if model_type not in _MODEL_CLASSES:
         raise UnsupportedModelError(
@@ -91,9 +176,7 @@ def load_pretrained_model(
     import transformers
     from transformers import AutoProcessor
 
-    source = resolve_checkpoint(name_or_path)
-    if os.path.sep in str(name_or_path) and not os.path.exists(source) and not is_builtin(name_or_path):
-        raise ModelLoadError(f"checkpoint folder {name_or_path!r} does not exist")
+    source = locate_checkpoint(name_or_path)
     model_type = _read_model_type(source)
     model_cls = getattr(transformers, _MODEL_CLASSES[model_type])
     try:
@@ -102,7 +185,8 @@ def load_pretrained_model(
         )
         processor = AutoProcessor.from_pretrained(source)
     except (OSError, ValueError, ImportError) as exc:
-        raise ModelLoadError(f"cannot load {source!r}: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelLoadError(f"cannot load {source!r}: {first_line}") from exc
     model.eval()
     if aim is not None:
         from llava.model.llava_arch import apply_aim

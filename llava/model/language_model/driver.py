@@ -23,7 +23,6 @@ from typing import List, Optional
 
 import torch
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from llava.aim.config import AIMConfig
 from llava.aim.importance import (
@@ -36,7 +35,8 @@ from llava.aim.importance import (
 )
 from llava.aim.policy import score_of
 from llava.aim.schedule import policy_visual_tokens
-from llava.errors import UnsupportedUsageError
+from llava.errors import CacheIntegrityError, UnsupportedUsageError
+from llava.model.language_model import compat
 from llava.model.language_model.attention import stock_backend_name
 
 _UNSUPPORTED_KWARGS = ("output_attentions", "output_hidden_states")
@@ -116,6 +116,30 @@ def layer_attention_mask(backend: str, alive: torch.Tensor, q_len: int, dtype: t
     )
 
 
+def kv_length(cache, layer: int) -> int:
+    """Tokens held by one layer's KV cache (0 for a layer the cache has not seen yet)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or layer >= len(layers):
+        return 0
+    return int(layers[layer].get_seq_length())
+
+
+def check_kv_length(cache, layer: int, expected: int, when: str) -> None:
+    """Refuse to go on when a layer did not write exactly the tokens it processed.
+
+    A layer that ignores the cache (e.g. an upstream keyword rename) would otherwise make
+    generate() decode every new token without context: a silently wrong answer.
+    """
+    found = kv_length(cache, layer)
+    if found != expected:
+        raise CacheIntegrityError(
+            f"after the {when}, layer {layer}'s KV cache holds {found} tokens but {expected} entered it: "
+            f"this transformers ({compat.TRANSFORMERS_VERSION}) did not write the cache as llava-aim expects; "
+            "install the tested versions (make install, or pip install -c constraints/lock.txt -e .) "
+            "and report the release at the project's issue tracker"
+        )
+
+
 class DecoderDriver:
     """Replaces ``forward`` of a Qwen2Model / LlamaModel instance (see ``install``)."""
 
@@ -138,21 +162,21 @@ class DecoderDriver:
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
         inputs_embeds=None,
         use_cache=None,
         **kwargs,
     ):
+        cache = compat.pop_cache(kwargs)  # callers spell it cache= or past_key_values=
         visual = self.runtime.take_visual_mask()
         if use_cache is None:
             use_cache = self.lm.config.use_cache  # as the stock forward's config defaults
-        state = getattr(past_key_values, "aim_state", None) if past_key_values is not None else None
+        state = getattr(cache, "aim_state", None) if cache is not None else None
         has_visual = visual is not None and bool(visual.any())
         if state is None and not has_visual:
             # No visual token and no pruned cache: exactly the stock model.
             return self.stock_forward(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+                inputs_embeds=inputs_embeds, use_cache=use_cache, **compat.cache_kwargs(self.lm, cache), **kwargs,
             )
         for name in _UNSUPPORTED_KWARGS:
             if kwargs.get(name):
@@ -169,13 +193,13 @@ class DecoderDriver:
                     "visual tokens after a pruned prefill (chunked prefill or a second image in a later turn) "
                     "are not supported: AIM prunes the whole prompt at once; start a new cache"
                 )
-            return self._decode(inputs_embeds, position_ids, past_key_values, state, use_cache, kwargs)
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            return self._decode(inputs_embeds, position_ids, cache, state, use_cache, kwargs)
+        if cache is not None and cache.get_seq_length() > 0:
             raise UnsupportedUsageError(
                 "chunked prefill (a prompt with visual tokens on top of a non-empty cache) is not supported "
                 "with AIM pruning; pass the whole prompt at once"
             )
-        return self._prefill(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, visual, kwargs)
+        return self._prefill(inputs_embeds, attention_mask, position_ids, cache, use_cache, visual, kwargs)
 
     # ------------------------------------------------------------------------------------
     def _prefill(self, h, attention_mask, position_ids, cache, use_cache, visual, kwargs):
@@ -220,11 +244,13 @@ class DecoderDriver:
                 attention_mask=layer_attention_mask(backend, alive, h.shape[1], h.dtype),
                 position_embeddings=(cos, sin),
                 position_ids=None,  # gapped positions would look like packed sequences
-                past_key_values=cache,
                 use_cache=use_cache,
+                **compat.cache_kwargs(layer, cache),
                 **kwargs,
                 **extra,
             )
+            if use_cache:
+                check_kv_length(cache, j, h.shape[1], "prefill")
             if not prune:
                 continue
             if not ranked:
@@ -256,7 +282,7 @@ class DecoderDriver:
         if use_cache:
             cache.aim_state = PrunedCacheState(alive=layer_alive, seen_tokens=seq_len)
         self.runtime.record_prefill(record, cache if use_cache else None)
-        return BaseModelOutputWithPast(last_hidden_state=out, past_key_values=cache if use_cache else None)
+        return compat.model_output(out, cache if use_cache else None)
 
     def _decode(self, h, position_ids, cache, state: PrunedCacheState, use_cache, kwargs):
         lm = self.lm
@@ -274,16 +300,18 @@ class DecoderDriver:
         cos, sin = lm.rotary_emb(h, position_ids)
         new = torch.ones(bsz, q_len, dtype=torch.bool, device=h.device)
         for j, layer in enumerate(lm.layers):
+            before = state.alive[j].shape[1]
             state.alive[j] = torch.cat([state.alive[j], new], dim=1)
             h = layer(
                 h,
                 attention_mask=layer_attention_mask(backend, state.alive[j], q_len, h.dtype),
                 position_embeddings=(cos, sin),
                 position_ids=None,
-                past_key_values=cache,
                 use_cache=True,
+                **compat.cache_kwargs(layer, cache),
                 **kwargs,
             )
+            check_kv_length(cache, j, before + q_len, "decode step")
         state.seen_tokens += q_len
         self.runtime.record_decode(cache)
-        return BaseModelOutputWithPast(last_hidden_state=lm.norm(h), past_key_values=cache)
+        return compat.model_output(lm.norm(h), cache)
