@@ -1,15 +1,22 @@
 # make demo / make test: each installs what it needs into a local virtual environment, then runs.
+#
+# Installs use the lock (constraints/lock.txt: every package at the exact version the tests
+# passed with). LOCK=none installs the newest releases pyproject's ranges allow instead, e.g.
+#   make test LOCK=none VENV=.venv-newest
 PYTHON ?= python3
 VENV   ?= .venv
+LOCK   ?= constraints/lock.txt
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.llava-aim-installed
+LOCK_DEP := $(if $(filter none,$(LOCK)),,$(LOCK))
+CONSTRAINT := $(if $(LOCK_DEP),-c $(LOCK_DEP),)
 
-.PHONY: demo test install tables clean
+.PHONY: demo test install tables clean lock test-oldest test-newest check-upstream
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK_DEP)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,eval]"
+	$(PY) -m pip install --quiet $(CONSTRAINT) -e ".[test,eval]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -24,8 +31,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The two ends of the declared ranges, each in its own environment (CI runs both).
+test-oldest:
+	$(MAKE) test VENV=.venv-oldest LOCK=constraints/oldest.txt
+
+test-newest:
+	$(MAKE) test VENV=.venv-newest LOCK=none
+
+# Rewrite constraints/lock.txt from a fresh environment with the newest releases in range,
+# after the suite passes there (see README, "Dependencies").
+lock:
+	bash scripts/update_lock.sh
+
+# Not part of CI: the newest releases beyond the declared bounds, in a scratch environment.
+check-upstream:
+	$(PYTHON) scripts/check_upstream.py
+
 tables: $(STAMP)
 	$(PY) scripts/make_efficiency_tables.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-oldest .venv-newest .pytest_cache .hypothesis
