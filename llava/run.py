@@ -149,8 +149,10 @@ def run_command(args) -> int:
 
     question = args.question or (DEFAULT_QUESTION if is_video else DEFAULT_IMAGE_QUESTION)
     kind = "video" if is_video else "image"
-    if kind == "video" and type(model).__name__ == "LlavaForConditionalGeneration":
-        raise AIMConfigError(f"{args.model} is an image model (LLaVA-1.5); pass --image, or a LLaVA-OneVision model")
+    family = model._aim_family
+    if kind not in family.media:
+        raise AIMConfigError(f"{args.model} is a {family.title} model, which takes {' and '.join(family.media)} "
+                             f"input, not {kind}s; pass --{family.media[0]}, or another model")
     t0 = time.perf_counter()
     conversation = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)

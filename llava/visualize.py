@@ -388,14 +388,18 @@ def visualize_command(args) -> int:
 
     hf_logging.disable_progress_bar()
     model, processor = load_pretrained_model(model_name, aim=None, torch_dtype="auto")
+    from llava.model.families import family_of
+
     model.to(args.device)
-    onevision = type(model).__name__ == "LlavaOnevisionForConditionalGeneration"
-    if is_video and not onevision:
-        raise UnsupportedUsageError(f"{model_name} is an image model (LLaVA-1.5); pass --image, or a LLaVA-OneVision model")
-    if not is_video and onevision:
+    family = family_of(model)
+    kind = "video" if is_video else "image"
+    if kind not in family.media:
+        raise UnsupportedUsageError(f"{model_name} is a {family.title} model, which takes {' and '.join(family.media)} "
+                                    f"input, not {kind}s; pass --{family.media[0]}, or another model")
+    if kind not in family.merged_media:
         raise UnsupportedUsageError(
-            "AIM merges LLaVA-OneVision's video frames, not its multi-crop image tokens; pass --video, "
-            "or --model tiny-llava-1.5 (or another LLaVA-1.5 model) for an image"
+            f"AIM merges {family.title}'s {' and '.join(m + ' frames' if m == 'video' else m + 's' for m in family.merged_media)}, "
+            f"not its {kind} tokens; pass --{family.merged_media[0]}, or --model tiny-llava-1.5 (or another LLaVA-1.5 model) for an image"
         )
     num_layers = num_decoder_layers(model)
     cfg = _aim_config(args, num_layers)

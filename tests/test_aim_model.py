@@ -228,7 +228,26 @@ def test_batch_matches_single_llava15(llava15_sdpa):
 def test_l1_beyond_model_is_rejected(model_case):
     model, processor, _ = model_case
     with pytest.raises(AIMConfigError, match="beyond the language model"):
-        apply_aim(model, processor, AIMConfig(retention=0.5, l1=8, l2=10))
+        apply_aim(model, processor, AIMConfig(retention=0.5, l1=9, l2=10))
+
+
+def test_l1_equal_to_depth_prunes_nothing(model_case):
+    # the paper's ablation row (28, 29) on a 28-layer model, here (8, 9) on 8 layers
+    model, processor, build = model_case
+    apply_aim(model, processor, AIMConfig(retention=0.5, l1=8, l2=9))
+    inputs = build(processor)
+    logits_of(model, inputs)
+    lens = model.aim_stats.layer_seq_lens
+    assert len(set(lens)) == 1 and lens[0] == inputs["input_ids"].shape[1]
+
+
+def test_auto_layers_resolve_to_the_scaled_paper_schedule(model_case):
+    model, processor, build = model_case
+    apply_aim(model, processor, AIMConfig(retention=0.5))  # l1 = l2 = "auto"
+    # (14, 22) of 28 scaled to the tiny models' 8 layers, halves up
+    assert (model.aim_config.l1, model.aim_config.l2) == (4, 6)
+    logits_of(model, build(processor))
+    assert (model.aim_stats.l1, model.aim_stats.l2) == (4, 6)
 
 
 def test_wrong_processor_is_rejected(ov_sdpa, llava15_sdpa):

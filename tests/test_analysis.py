@@ -233,7 +233,7 @@ def test_paper_default_layers_scaled():
 
 def test_bad_analyze_options():
     for kwargs in ({"retention": 0.0}, {"retention": 1.5}, {"l1": 22, "l2": 14}, {"l1": -1, "l2": 3},
-                   {"l1": 28, "l2": 29}, {"frames": 0}, {"text_tokens": -1}, {"convention": "nope"},
+                   {"l1": 29, "l2": 30}, {"frames": 0}, {"text_tokens": -1}, {"convention": "nope"},
                    {"hardware": "tpu"}, {"llm": "gpt-9"}, {"l1": 3, "l2": None}):
         with pytest.raises(AIMConfigError):
             analyze(**kwargs)
@@ -365,7 +365,7 @@ def test_cli_local_config_path(cli_main, capsys, tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["--retention", "0"], ["--retention", "1.5"], ["--l1", "22", "--l2", "14"], ["--l1", "-1", "--l2", "4"],
-    ["--l1", "28", "--l2", "29"], ["--l1", "3"], ["--hardware", "nvidia_Z9"], ["--hardware", "custom:1:x"],
+    ["--l1", "29", "--l2", "30"], ["--l1", "3"], ["--hardware", "nvidia_Z9"], ["--hardware", "custom:1:x"],
     ["--llm", "no-such-model"], ["--frames", "0"], ["--frames", "-3"], ["--frames", "abc"],
     ["--no-prune", "--l1", "1", "--l2", "2"], ["--text-tokens", "-1"],
 ])

@@ -15,7 +15,11 @@ from llava.errors import AIMConfigError, AIMError
 def test_defaults_are_the_papers():
     cfg = AIMConfig()
     assert cfg.retention == 0.25
-    assert (cfg.l1, cfg.l2) == (14, 22)
+    assert (cfg.l1, cfg.l2) == ("auto", "auto")
+    # resolved when applied: the paper's (14, 22) on its 28-layer Qwen2-7B, scaled elsewhere
+    assert (cfg.resolve_layers(28).l1, cfg.resolve_layers(28).l2) == (14, 22)
+    assert (cfg.resolve_layers(8).l1, cfg.resolve_layers(8).l2) == (4, 6)
+    assert (cfg.resolve_layers(32, official=(13, 21)).l1, cfg.resolve_layers(32, official=(13, 21)).l2) == (13, 21)
     assert cfg.importance == "pagerank"
     assert cfg.pagerank_tau == 0.1
     assert cfg.pagerank_iters == 5
@@ -55,7 +59,7 @@ def test_paper_preset_is_default():
 
 def test_preset_overrides_and_validation():
     cfg = AIMConfig.preset("paper", retention=0.5)
-    assert cfg.retention == 0.5 and cfg.l1 == 14
+    assert cfg.retention == 0.5 and cfg.l1 == "auto"
     with pytest.raises(AIMConfigError, match="retention"):
         AIMConfig.preset("paper", retention=0)
     with pytest.raises(AIMConfigError, match="nope"):
@@ -178,15 +182,18 @@ def test_good_choices(field, value):
 
 
 def test_check_against_model():
-    cfg = AIMConfig()  # l1 = 14
-    for n in (15, 28, 100):
+    cfg = AIMConfig(l1=14, l2=22)
+    for n in (14, 15, 28, 100):  # l1 == depth: nothing pruned (the paper's ablation row (28, 29))
         cfg.check_against_model(n)
-    for n in (14, 10, 1):
+    for n in (13, 10, 1):
         with pytest.raises(AIMConfigError, match="l1"):
             cfg.check_against_model(n)
     AIMConfig(l1=27, l2=40).check_against_model(28)
+    AIMConfig(l1=28, l2=29).check_against_model(28)
     with pytest.raises(AIMConfigError, match="l1"):
-        AIMConfig(l1=28, l2=29).check_against_model(28)
+        AIMConfig(l1=29, l2=30).check_against_model(28)
+    for n in (1, 2, 8, 28, 100):  # "auto" always resolves to something that fits
+        AIMConfig().resolve_layers(n)
     AIMConfig.disabled().check_against_model(1)
     AIMConfig(l1=None, l2=None).check_against_model(1)
 
@@ -195,7 +202,7 @@ def test_check_against_model():
 @given(st.integers(0, 40), st.integers(1, 10), st.integers(1, 40))
 def test_check_against_model_property(l1, span, num_layers):
     cfg = AIMConfig(l1=l1, l2=l1 + span)
-    if l1 < num_layers:
+    if l1 <= num_layers:
         cfg.check_against_model(num_layers)
     else:
         with pytest.raises(AIMConfigError):
@@ -214,5 +221,5 @@ def test_frozen():
 
 def test_to_dict():
     d = AIMConfig().to_dict()
-    assert d["retention"] == 0.25 and d["l1"] == 14 and d["l2"] == 22
+    assert d["retention"] == 0.25 and d["l1"] == "auto" and d["l2"] == "auto"
     assert set(d) == {f.name for f in dataclasses.fields(AIMConfig)}

@@ -30,10 +30,13 @@ def test_method_default_and_unknown():
         aim_config_from_model_args({"method": "nonsense"}, 28)
 
 
-@pytest.mark.parametrize("layers, expected", [(28, (14, 22)), (32, (16, 25)), (8, (4, 6))])
-def test_default_schedule_scaled_to_depth(layers, expected):
+@pytest.mark.parametrize("layers, official, expected", [(28, None, (14, 22)), (32, (13, 21), (13, 21)),
+                                                        (32, None, (16, 25)), (8, None, (4, 6))])
+def test_default_schedule_is_auto_resolved_per_family(layers, official, expected):
     cfg = aim_config_from_model_args({}, layers)
-    assert (cfg.l1, cfg.l2) == expected and cfg.retention == 0.25
+    assert (cfg.l1, cfg.l2) == ("auto", "auto") and cfg.retention == 0.25
+    resolved = cfg.resolve_layers(layers, official)
+    assert (resolved.l1, resolved.l2) == expected
 
 
 def test_aim_values_as_lmms_eval_types_them():

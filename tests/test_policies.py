@@ -456,7 +456,7 @@ def test_lmms_eval_model_args_accept_every_method():
     assert cfg.method == "pdrop" and cfg.drop_layers == (8, 16, 24) and cfg.retention == 1.0
     assert aim_config_from_model_args({"method": "fastv", "drop_layers": 3}, 28).drop_layers == (3,)
     assert aim_config_from_model_args({"method": "random", "seed": 4}, 28).seed == 4
-    assert aim_config_from_model_args({"method": "pool"}, 28).l1 == 14
+    assert aim_config_from_model_args({"method": "pool"}, 28).l1 == "auto"
     with pytest.raises(EvalArgumentError, match="not l1/l2"):
         aim_config_from_model_args({"method": "vtw", "l1": 3, "l2": 5}, 28)
     with pytest.raises(EvalArgumentError, match="joined by '/'"):

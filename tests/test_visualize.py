@@ -246,7 +246,7 @@ def test_visualize_image_on_llava15(tmp_path, capsys):
         (["--retention", "0"], "retention"),
         (["--l1", "3"], "both --l1 and --l2"),
         (["--image", str(SAMPLE_VIDEO.parent / "sample_image.png"), "--model", "tiny-llava-onevision"], "tiny-llava-1.5"),
-        (["--model", "tiny-llava-1.5"], "image model"),
+        (["--model", "tiny-llava-1.5"], "takes image input"),
     ],
 )
 def test_visualize_bad_input_exit_2_one_line(args, needle, tmp_path, capsys):

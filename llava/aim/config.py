@@ -1,7 +1,8 @@
 """AIMConfig: every knob of AIM in one validated, immutable object.
 
-Defaults are the paper's main setting (METHOD.md): retention 0.25, prune after layers 14..21
-(l1=14, l2=22), PageRank importance with tau 0.1 and 5 iterations, plain-mean merging in the
+Defaults are the paper's main setting (docs/method.md): retention 0.25, pruning layers "auto"
+((l1, l2) = (14, 22) on the paper's 28-layer Qwen2-7B, the official schedule or the same
+fractions on other models), PageRank importance with tau 0.1 and 5 iterations, plain-mean merging in the
 official code's output order.
 """
 
@@ -10,15 +11,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
-from llava.aim.policy import STEP_METHODS, check_method_against_model, validate_method_fields
+from llava.aim.policy import STEP_METHODS, aim_default_layers, check_method_against_model, validate_method_fields
 from llava.errors import AIMConfigError
 
 MERGE_WEIGHTINGS = ("mean", "size")
 MERGE_ORDERS = ("paper", "spatial")
 IMPORTANCES = ("pagerank", "attention")
 PRUNING_MODES = ("remove", "mask")
+AUTO = "auto"  # l1/l2: the model family's official schedule, else the paper's (14, 22) of 28 scaled
+Layer = Union[int, None, str]
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,11 @@ class AIMConfig:
         1.0 disables merging. A frame with T tokens keeps max(1, floor(T * retention)).
     l1, l2: 0-based layers; visual tokens are pruned progressively after layers l1 .. l2-1
         and none enter layer l2 or later. ``l1=None`` (with ``l2=None``) disables pruning.
-        l2 may exceed the model's depth (visual tokens then never reach zero).
+        l2 may exceed the model's depth (visual tokens then never reach zero); l1 equal to the
+        depth prunes nothing (the paper's ablation row (28, 29)). ``"auto"`` (the default, both
+        together) is resolved when AIM is applied (:meth:`resolve_layers`): the official code's
+        schedule for the model family where it has one (LLaVA-1.5: (13, 21)), else the
+        paper's (14, 22) of 28 layers scaled to the model's depth ((14, 22) on Qwen2-7B).
     importance: "pagerank" (the paper's score) or "attention" (mean attention each visual
         token receives, one softmax, no iterations; cheaper, NOT the paper's).
     pagerank_tau, pagerank_iters: temperature and power-iteration steps of the PageRank score.
@@ -52,8 +59,8 @@ class AIMConfig:
     """
 
     retention: float = 0.25
-    l1: Optional[int] = 14
-    l2: Optional[int] = 22
+    l1: Layer = AUTO
+    l2: Layer = AUTO
     importance: str = "pagerank"
     pagerank_tau: float = 0.1
     pagerank_iters: int = 5
@@ -100,6 +107,25 @@ class AIMConfig:
         return self.l1 is not None or self.method in STEP_METHODS
 
     @property
+    def layers_auto(self) -> bool:
+        """True while l1/l2 are "auto" (not yet resolved against a model)."""
+        return self.l1 == AUTO
+
+    def resolve_layers(self, num_layers: int, official: Optional[Tuple[int, int]] = None) -> "AIMConfig":
+        """This setting with "auto" layers made concrete for a ``num_layers``-layer decoder.
+
+        ``official``: the family's official (l1, l2) for this depth, if it has one (the model
+        adapters pass it); otherwise the paper's (14, 22) of 28 layers scaled to the depth.
+        Concrete layers are kept as they are. The result is checked against the depth.
+        """
+        cfg = self
+        if self.layers_auto:
+            l1, l2 = official if official is not None else aim_default_layers(num_layers)
+            cfg = dataclasses.replace(self, l1=l1, l2=l2)
+        cfg.check_against_model(num_layers)
+        return cfg
+
+    @property
     def enabled(self) -> bool:
         return self.merging or self.pruning
 
@@ -121,7 +147,7 @@ class AIMConfig:
 
         fastv / vtw / pdrop: no merging (retention 1.0), no l1/l2, the paper's drop layers
         (scaled to the model's depth when applied) and ratio. aim / random / pool: AIM's
-        defaults (retention 0.25, l1=14, l2=22).
+        defaults (retention 0.25, l1/l2 "auto").
         """
         base = {"method": method}
         if method in STEP_METHODS:
@@ -134,10 +160,11 @@ class AIMConfig:
 
     def check_against_model(self, num_layers: int) -> None:
         """Raise if the setting cannot apply to a decoder with ``num_layers`` layers."""
-        if self.l1 is not None and self.l1 >= num_layers:
+        if isinstance(self.l1, int) and self.l1 > num_layers:
             raise AIMConfigError(
                 f"l1={self.l1} is beyond the language model, which has {num_layers} layers "
-                f"(valid l1: 0..{num_layers - 1}); pass a smaller l1 or l1=None to disable pruning"
+                f"(valid l1: 0..{num_layers}, where {num_layers} prunes nothing); pass a smaller l1, "
+                "or l1=None to disable pruning"
             )
         check_method_against_model(self.method, self.drop_layers, num_layers)
 
@@ -163,6 +190,10 @@ def _check_retention(r) -> None:
 def _check_layers(l1, l2) -> None:
     if l1 is None and l2 is None:
         return
+    if l1 == AUTO or l2 == AUTO:
+        if l1 != l2:
+            raise AIMConfigError(f'l1 and l2 are "auto" together or not at all, got l1={l1!r}, l2={l2!r}')
+        return
     if l1 is None or l2 is None:
         raise AIMConfigError(
             f"l1 and l2 go together: set both to enable pruning or both to None, got l1={l1!r}, l2={l2!r}"
@@ -181,15 +212,15 @@ def _check_choice(field: str, value, choices) -> None:
 
 
 PRESETS: Dict[str, AIMConfig] = {
-    # The paper's main setting (LLaVA-OneVision-7B, Qwen2-7B with 28 layers).
+    # The paper's main setting: (14, 22) on LLaVA-OneVision-7B's 28 layers, scaled to others.
     "paper": AIMConfig(),
     # Ablations the paper reports: each stage alone.
     "merge-only": AIMConfig(retention=0.25, l1=None, l2=None),
-    "prune-only": AIMConfig(retention=1.0, l1=14, l2=22),
+    "prune-only": AIMConfig(retention=1.0),
     # The paper's official-code behaviour (pruned tokens masked, not removed): a baseline.
     "paper-mask": AIMConfig(pruning_mode="mask"),
-    # Not from the paper: the 28-layer schedule scaled to a 32-layer Llama (14/28 -> 16/32,
-    # 22/28 -> 25/32) for LLaVA-1.5. Documented as a project choice.
-    "llava-1.5": AIMConfig(retention=0.25, l1=16, l2=25),
+    # The official code's LLaVA-1.5 schedule on the 32-layer Llama: retain 1 - (l - 12) / 8
+    # from layer 13, i.e. (l1, l2) = (13, 21).
+    "llava-1.5": AIMConfig(retention=0.25, l1=13, l2=21),
     "disabled": AIMConfig(retention=1.0, l1=None, l2=None),
 }

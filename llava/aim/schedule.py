@@ -112,6 +112,8 @@ def policy_visual_tokens(cfg, v0: int, num_layers: int, convention: str = "runti
     convention describes AIM's own FLOPs script and does not apply to them).
     """
     if spec(cfg.method).schedule == "linear":
+        if cfg.layers_auto:  # apply_aim resolves per family; elsewhere the paper's scaled rule
+            cfg = cfg.resolve_layers(num_layers)
         return visual_tokens_per_layer(v0, num_layers, cfg.l1, cfg.l2, convention)
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")

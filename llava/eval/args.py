@@ -44,6 +44,11 @@ DEFAULT_CHECKPOINTS = {
     "llava_onevision_aim": "lmms-lab/llava-onevision-qwen2-7b-ov",
     "llava_aim": "liuhaotian/llava-v1.5-7b",
 }
+# The checkpoint family (config.model_type) each plugin model serves.
+PLUGIN_MODEL_TYPES = {
+    "llava_onevision_aim": "llava_onevision",
+    "llava_aim": "llava",
+}
 
 
 @dataclass(frozen=True)
@@ -103,9 +108,10 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
     """The AIM setting a run asks for.
 
     ``aim`` (default on) false gives :meth:`AIMConfig.disabled` (the stock model). Otherwise
-    fields not given keep :class:`AIMConfig`'s defaults, except l1/l2: when neither is given
-    they are the paper's (14, 22) of 28 layers scaled to ``num_layers`` (exactly (14, 22) on
-    Qwen2-7B); ``l1=none,l2=none`` disables pruning. With ``num_layers=None`` only the values
+    fields not given keep :class:`AIMConfig`'s defaults; l1/l2 not given stay "auto", which
+    apply_aim resolves for the family and depth (the official schedule where there is one,
+    else the paper's (14, 22) of 28 layers scaled; exactly (14, 22) on Qwen2-7B);
+    ``l1=none,l2=none`` disables pruning. With ``num_layers=None`` only the values
     are checked (before loading; the depth check then happens after loading).
     """
     unknown = sorted(k for k in raw if k not in AIM_ARGS)
@@ -154,12 +160,7 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
 def _layers(raw: Mapping[str, Any], num_layers: Optional[int]) -> Dict[str, Optional[int]]:
     given = {name: raw[name] for name in ("l1", "l2") if name in raw}
     if not given:
-        if num_layers is None:
-            return {}  # AIMConfig's own defaults stand in for the check before loading
-        from llava.analysis.roofline import paper_default_layers
-
-        l1, l2 = paper_default_layers(num_layers)
-        return {"l1": l1, "l2": l2}
+        return {}  # "auto": apply_aim resolves it for the model's family and depth
     if len(given) == 1:
         raise EvalArgumentError(f"give both l1 and l2 (or neither for the paper's schedule), got {given}")
     values = {name: None if _is_none(v) else _as_int(name, v, minimum=0) for name, v in given.items()}

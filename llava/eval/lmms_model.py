@@ -20,7 +20,13 @@ from tqdm import tqdm
 
 from llava.errors import AIMError, EvalArgumentError, UnsupportedModelError, UnsupportedUsageError
 from llava.eval import prompts
-from llava.eval.args import DEFAULT_CHECKPOINTS, aim_config_from_model_args, loader_args, split_model_args
+from llava.eval.args import (
+    DEFAULT_CHECKPOINTS,
+    PLUGIN_MODEL_TYPES,
+    aim_config_from_model_args,
+    loader_args,
+    split_model_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,7 @@ class _AIMModel(lmms):
             from llava.model.llava_arch import apply_aim
 
             self._model, self.processor = apply_aim(self._model, self.processor, self.aim_config)
+            self.aim_config = self._model.aim_config  # "auto" layers resolved for this model
         logger.info("%s: %s on %s, AIM %s", self.PLUGIN_NAME, self.load_args.pretrained, self._device,
                     self.aim_config.to_dict() if self.aim_config.enabled else "off")
 
@@ -175,8 +182,8 @@ class _AIMModel(lmms):
 class LlavaOneVisionAIM(_AIMModel):
     """LLaVA-OneVision (Qwen2) with AIM: video and image tasks."""
 
-    MODEL_TYPE = "llava_onevision"
     PLUGIN_NAME = "llava_onevision_aim"
+    MODEL_TYPE = PLUGIN_MODEL_TYPES[PLUGIN_NAME]
     DEFAULT_PRETRAINED = DEFAULT_CHECKPOINTS["llava_onevision_aim"]
     VIDEO = True
 
@@ -184,8 +191,8 @@ class LlavaOneVisionAIM(_AIMModel):
 class LlavaAIM(_AIMModel):
     """LLaVA-1.5 (Llama) with AIM: image tasks."""
 
-    MODEL_TYPE = "llava"
     PLUGIN_NAME = "llava_aim"
+    MODEL_TYPE = PLUGIN_MODEL_TYPES[PLUGIN_NAME]
     DEFAULT_PRETRAINED = DEFAULT_CHECKPOINTS["llava_aim"]
     VIDEO = False
 

@@ -146,7 +146,14 @@ def _main_score(task: str, values: dict) -> Optional[float]:
 
 def run_setting(run: Run) -> dict:
     """What the run computed: checkpoint, frames and the AIM setting the plugin resolved."""
-    from llava.eval.args import DEFAULT_CHECKPOINTS, LOADER_DEFAULTS, aim_config_from_model_args, split_model_args
+    from llava.eval.args import (
+        DEFAULT_CHECKPOINTS,
+        LOADER_DEFAULTS,
+        PLUGIN_MODEL_TYPES,
+        aim_config_from_model_args,
+        split_model_args,
+    )
+    from llava.model.families import family_for_model_type
 
     raw = parse_model_args(run.model_args)
     loader, aim_raw = split_model_args({k: v for k, v in raw.items() if k not in ("batch_size", "device")})
@@ -154,6 +161,10 @@ def run_setting(run: Run) -> dict:
     frames = int(loader.get("max_frames_num") or LOADER_DEFAULTS["max_frames_num"]) if run.is_video else 1
     llm = _llm_shape(pretrained)
     cfg = aim_config_from_model_args(aim_raw, llm.layers if llm is not None else None)
+    if llm is not None and cfg.layers_auto and run.model in PLUGIN_MODEL_TYPES:
+        # as apply_aim resolved it in the run: the family's official schedule, else the scaled rule
+        family = family_for_model_type(PLUGIN_MODEL_TYPES[run.model])
+        cfg = cfg.resolve_layers(llm.layers, family.official_layers(llm.layers))
     return {"pretrained": pretrained, "frames": frames, "aim": cfg, "llm": llm}
 
 

@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from llava.aim.config import AIMConfig
-from llava.errors import ModelLoadError, UnsupportedModelError
+from llava.errors import ModelLoadError
+from llava.model.families import FAMILIES, family_for_model_type
 
 logger = logging.getLogger(__name__)
 
 TINY_ROOT = Path(__file__).resolve().parent / "tiny"
-BUILTIN_MODELS = {
-    "tiny-llava-onevision": TINY_ROOT / "tiny-llava-onevision",
-    "tiny-llava-1.5": TINY_ROOT / "tiny-llava-1.5",
-}
+# Each family's built-in tiny models are folders of llava/model/tiny/ (families/*.py name them).
+BUILTIN_MODELS = {name: TINY_ROOT / name for fam in FAMILIES for name in fam.tiny_models}
 # The paper used the original LLaVA-NeXT-format checkpoints; transformers loads their
 # llava-hf conversions (same weights, transformers layout).
 CHECKPOINT_ALIASES = {
@@ -36,10 +35,6 @@ CHECKPOINT_ALIASES = {
     "lmms-lab/llava-onevision-qwen2-7b-si": "llava-hf/llava-onevision-qwen2-7b-si-hf",
     "liuhaotian/llava-v1.5-7b": "llava-hf/llava-1.5-7b-hf",
     "liuhaotian/llava-v1.5-13b": "llava-hf/llava-1.5-13b-hf",
-}
-_MODEL_CLASSES = {
-    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
-    "llava": "LlavaForConditionalGeneration",
 }
 
 
@@ -140,7 +135,7 @@ def locate_checkpoint(name_or_path: str) -> str:
     return source
 
 
-def _read_model_type(source: str) -> str:
+def _read_family(source: str):
     from transformers import AutoConfig
 
     try:
@@ -154,13 +149,7 @@ def _read_model_type(source: str) -> str:
         )
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelLoadError(f"cannot load checkpoint {source!r}: {hint} ({first_line})") from exc
-    model_type = getattr(config, "model_type", None)
-    if model_type not in _MODEL_CLASSES:
-        raise UnsupportedModelError(
-            f"checkpoint {source!r} is a {model_type!r} model; AIM supports {sorted(_MODEL_CLASSES)} "
-            "(LLaVA-OneVision and LLaVA-1.5 in transformers format, e.g. llava-hf/...)"
-        )
-    return model_type
+    return family_for_model_type(getattr(config, "model_type", None))
 
 
 def load_pretrained_model(
@@ -177,8 +166,8 @@ def load_pretrained_model(
     from transformers import AutoProcessor
 
     source = locate_checkpoint(name_or_path)
-    model_type = _read_model_type(source)
-    model_cls = getattr(transformers, _MODEL_CLASSES[model_type])
+    family = _read_family(source)
+    model_cls = getattr(transformers, family.load_class)
     try:
         model = model_cls.from_pretrained(
             source, dtype=torch_dtype, device_map=device_map, attn_implementation=attn_implementation, **model_kwargs

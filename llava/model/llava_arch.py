@@ -1,15 +1,13 @@
-"""Wiring AIM into stock transformers LLaVA models: ``apply_aim(model, processor, cfg)``.
+"""Wiring AIM into stock transformers multimodal models: ``apply_aim(model, processor, cfg)``.
 
 Nothing is copied from transformers and nothing installed is edited: AIM wraps a few bound
-methods / hooks of the *instances* it is given.
+methods / hooks of the *instances* it is given. This module is family-free: the runtime, the
+statistics, the pruning installation. What differs between model families (where merging
+hooks in, how the processor counts placeholders, how positions are built) lives in one
+adapter per family, llava/model/families/.
 
-* LLaVA-OneVision, video: each frame's tokens are merged right after the 2x2 pooling and
-  before the newline token (wrapping ``apply_pooling``); the processor emits frames*k+1
-  placeholders instead of frames*196+1.
-* LLaVA-1.5, image: each image's projected tokens are merged (forward hook on the
-  projector); the processor emits k placeholders per image instead of 576.
-* Both: if pruning is configured, the language model's forward is replaced by the decoder
-  driver and its attention by the AIM wrapper of the same backend.
+If pruning is configured, the language model's forward is replaced by the decoder driver
+(language_model/driver.py) and its attention by the AIM wrapper of the same backend.
 """
 
 from __future__ import annotations
@@ -21,9 +19,8 @@ from typing import List, Optional
 import torch
 
 from llava.aim.config import AIMConfig
-from llava.aim.merge import merged_token_count
-from llava.aim.reduce import reduce_frames
-from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsageError
+from llava.errors import AIMConfigError, UnsupportedUsageError
+from llava.model.families import FAMILIES, family_of
 from llava.model.language_model.attention import aim_backend_name, stock_backend_name
 from llava.model.language_model.driver import DecoderDriver
 
@@ -56,6 +53,8 @@ class AIMStats:
     layer_seq_lens_per_sample: List[List[int]] = field(default_factory=list)
     visual_tokens_per_layer: List[List[int]] = field(default_factory=list)
     kv_cache_lens: List[int] = field(default_factory=list)
+    l1: Optional[int] = None
+    l2: Optional[int] = None
 
     def to_dict(self):
         return {k: v for k, v in self.__dict__.items() if k not in ("merge_sources", "layer_survivors")}
@@ -166,69 +165,56 @@ class AIMRuntime:
             self.stats.kv_cache_lens = [layer.get_seq_length() for layer in cache.layers]
 
 
-def _model_kind(model) -> str:
-    name = type(model).__name__
-    if name in ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel"):
-        return "onevision"
-    if name in ("LlavaForConditionalGeneration", "LlavaModel"):
-        return "llava"
-    raise UnsupportedModelError(
-        f"AIM supports LlavaOnevisionForConditionalGeneration and LlavaForConditionalGeneration "
-        f"(transformers), got {name}"
-    )
-
-
-def _inner(model):
-    return model.model if hasattr(model, "lm_head") else model
-
-
 def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sources: bool = False):
-    """Enable AIM on a loaded transformers LLaVA-OneVision / LLaVA(-1.5) model and its processor.
+    """Enable AIM on a loaded transformers model of a supported family and its processor.
 
     Returns (model, processor), both patched in place. Calling it again replaces the previous
-    setting. ``AIMConfig.disabled()`` restores the stock behaviour exactly. After each call
-    ``model.aim_stats`` holds what AIM did.
+    setting. ``AIMConfig.disabled()`` restores the stock behaviour exactly. "auto" pruning
+    layers are resolved here against the model (``model.aim_config`` and ``aim_stats`` hold
+    the resolved ones). After each call ``model.aim_stats`` holds what AIM did.
     """
     cfg = AIMConfig() if cfg is None else cfg
     if not isinstance(cfg, AIMConfig):
         raise AIMConfigError(f"cfg must be an AIMConfig, got {type(cfg).__name__}")
-    kind = _model_kind(model)
-    inner = _inner(model)
+    family = family_of(model)
+    inner = family.inner(model)
     lm = inner.language_model
-    cfg.check_against_model(len(lm.layers))
+    num_layers = len(lm.layers)
+    cfg = cfg.resolve_layers(num_layers, family.official_layers(num_layers))
+    family.check_model(model)
     if processor is not None:
-        _check_processor(processor, kind)  # before touching anything: no half-patched model
+        family.check_processor(processor)  # before touching anything: no half-patched model
     remove_aim(model, processor)
 
-    config = model.config
-    token_ids = [getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)]
-    runtime = AIMRuntime(cfg, token_ids, track_sources=track_sources)
+    runtime = AIMRuntime(cfg, family.visual_token_ids(model.config), track_sources=track_sources)
+    runtime.stats.l1, runtime.stats.l2 = (cfg.l1, cfg.l2) if isinstance(cfg.l1, int) else (None, None)
 
     if cfg.merging or track_sources:
-        if kind == "onevision":
-            _wrap_onevision_video(inner, runtime)
-        else:
-            _hook_llava_projector(inner, runtime)
+        family.install_merging(inner, runtime)
+    family.install_positions(inner, runtime)
     if cfg.pruning:
         _install_pruning(inner, lm, runtime)
-    if processor is not None:
-        _patch_processor(processor, kind, cfg, runtime)
+    if processor is not None and cfg.merging:
+        family.patch_processor(processor, cfg, runtime)
 
     model.aim_config = cfg
     model._aim_runtime = runtime
+    model._aim_family = family
     return model, processor
 
 
-def remove_aim(model, processor=None) -> None:
-    """Undo ``apply_aim`` (no-op on a model without AIM)."""
+def remove_aim(model, processor=None):
+    """Undo ``apply_aim`` (no-op on a model without AIM); returns (model, processor) like it."""
     runtime = getattr(model, "_aim_runtime", None)
     if runtime is not None:
         runtime.uninstall()
         del model._aim_runtime
         model.aim_config = AIMConfig.disabled()
+    model.__dict__.pop("_aim_family", None)
     if processor is not None:
-        for name in ("replace_video_token", "replace_image_token"):
-            processor.__dict__.pop(name, None)
+        for family in FAMILIES:
+            family.unpatch_processor(processor)
+    return model, processor
 
 
 def _aim_stats(self):
@@ -237,66 +223,16 @@ def _aim_stats(self):
 
 
 # Read-only view for every model class AIM patches (instances only gain data when patched).
-for _cls_name in ("LlavaOnevisionForConditionalGeneration", "LlavaForConditionalGeneration"):
-    import transformers as _tf
+def _add_stats_property() -> None:
+    import transformers
 
-    _cls = getattr(_tf, _cls_name)
-    if not hasattr(_cls, "aim_stats"):
-        _cls.aim_stats = property(_aim_stats)
-
-
-# -- merging ------------------------------------------------------------------------------
-def _set_instance_attr(obj, name, value, runtime) -> None:
-    had = name in obj.__dict__
-    old = obj.__dict__.get(name)
-    setattr(obj, name, value)
-
-    def undo():
-        if had:
-            setattr(obj, name, old)
-        else:
-            obj.__dict__.pop(name, None)
-
-    runtime.restore.append(undo)
+    for family in FAMILIES:
+        cls = getattr(transformers, family.load_class, None)
+        if cls is not None and not hasattr(cls, "aim_stats"):
+            cls.aim_stats = property(_aim_stats)
 
 
-def _merge(runtime: AIMRuntime, features: torch.Tensor):
-    # AIM's merging, or spatial pooling for the "pool" control (llava.aim.policy)
-    return reduce_frames(features, runtime.cfg, track_sources=runtime.track_sources)
-
-
-def _wrap_onevision_video(inner, runtime: AIMRuntime) -> None:
-    stock_pooling = inner.apply_pooling
-    stock_video_features = inner.get_video_features
-    videos_in_call = {"n": 0}
-
-    def get_video_features(pixel_values_videos, *args, **kwargs):
-        videos_in_call["n"] = pixel_values_videos.shape[0]
-        return stock_video_features(pixel_values_videos, *args, **kwargs)
-
-    def apply_pooling(image_features):
-        pooled = stock_pooling(image_features)  # (videos*frames, T, C), T = 196 at 384 px
-        result = _merge(runtime, pooled)
-        runtime.record_merge(
-            frames=pooled.shape[0], before=pooled.shape[1], after=result.tokens.shape[1],
-            newline_tokens=videos_in_call["n"], sources=result.source_index,
-        )
-        return result.tokens
-
-    _set_instance_attr(inner, "get_video_features", get_video_features, runtime)
-    _set_instance_attr(inner, "apply_pooling", apply_pooling, runtime)
-
-
-def _hook_llava_projector(inner, runtime: AIMRuntime) -> None:
-    def merge_projected(module, args, output):
-        result = _merge(runtime, output)  # (images, 576, C) -> (images, k, C)
-        runtime.record_merge(
-            frames=output.shape[0], before=output.shape[1], after=result.tokens.shape[1],
-            newline_tokens=0, sources=result.source_index,
-        )
-        return result.tokens
-
-    runtime.handles.append(inner.multi_modal_projector.register_forward_hook(merge_projected))
+_add_stats_property()
 
 
 # -- pruning ------------------------------------------------------------------------------
@@ -332,37 +268,3 @@ def _visual_mask_from_embeds(inner, inputs_embeds, runtime: AIMRuntime):
     ids = torch.tensor(runtime.image_token_ids, device=inputs_embeds.device)
     placeholder = table(ids)  # (k, C)
     return (inputs_embeds[:, :, None, :] == placeholder[None, None]).all(-1).any(-1)
-
-
-# -- processors ---------------------------------------------------------------------------
-def _check_processor(processor, kind: str) -> None:
-    expected = {"onevision": "LlavaOnevisionProcessor", "llava": "LlavaProcessor"}[kind]
-    if type(processor).__name__ != expected:
-        raise UnsupportedModelError(
-            f"the model needs a {expected} (its placeholder count must follow merging), got {type(processor).__name__}"
-        )
-
-
-def _patch_processor(processor, kind: str, cfg: AIMConfig, runtime: AIMRuntime) -> None:
-    if not cfg.merging:
-        return
-    if kind == "onevision":
-        stock = processor.replace_video_token
-
-        def replace_video_token(video_inputs, video_idx, **kwargs):
-            text = stock(video_inputs, video_idx, **kwargs)
-            total = text.count(processor.video_token)
-            video = video_inputs["pixel_values_videos"][video_idx]
-            frames = len(video)
-            per_frame = (total - 1) // frames  # stock: frames * T + 1 newline
-            return processor.video_token * (frames * merged_token_count(per_frame, cfg.retention) + 1)
-
-        processor.replace_video_token = replace_video_token
-    else:
-        stock = processor.replace_image_token
-
-        def replace_image_token(image_inputs, image_idx, **kwargs):
-            text = stock(image_inputs, image_idx, **kwargs)
-            return processor.image_token * merged_token_count(text.count(processor.image_token), cfg.retention)
-
-        processor.replace_image_token = replace_image_token

@@ -1,0 +1,49 @@
+"""Model families AIM supports, one adapter module each (see base.py for what an adapter says)."""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+from llava.errors import UnsupportedModelError
+from llava.model.families.base import FamilyAdapter
+from llava.model.families.llava15 import Llava15Adapter
+from llava.model.families.onevision import OneVisionAdapter
+
+FAMILIES: Tuple[FamilyAdapter, ...] = (OneVisionAdapter(), Llava15Adapter())
+_BY_CLASS: Dict[str, FamilyAdapter] = {cls: fam for fam in FAMILIES for cls in fam.model_classes}
+_BY_MODEL_TYPE: Dict[str, FamilyAdapter] = {t: fam for fam in FAMILIES for t in fam.model_types}
+
+
+def supported_classes() -> Tuple[str, ...]:
+    return tuple(fam.load_class for fam in FAMILIES)
+
+
+def supported_model_types() -> Tuple[str, ...]:
+    return tuple(sorted(_BY_MODEL_TYPE))
+
+
+def family_of(model) -> FamilyAdapter:
+    """The adapter of a loaded transformers model, or UnsupportedModelError."""
+    name = type(model).__name__
+    if name not in _BY_CLASS:
+        raise UnsupportedModelError(
+            f"AIM supports {', '.join(supported_classes())} (transformers), got {name}"
+        )
+    return _BY_CLASS[name]
+
+
+def family_for_model_type(model_type) -> FamilyAdapter:
+    """The adapter serving checkpoints whose config.model_type is ``model_type``."""
+    if model_type not in _BY_MODEL_TYPE:
+        raise UnsupportedModelError(
+            f"a {model_type!r} checkpoint is not supported; AIM supports model types "
+            f"{list(supported_model_types())} ({', '.join(f.title for f in FAMILIES)} in transformers format)"
+        )
+    return _BY_MODEL_TYPE[model_type]
+
+
+def family_of_builtin(name: str) -> FamilyAdapter:
+    for fam in FAMILIES:
+        if name in fam.tiny_models:
+            return fam
+    raise KeyError(name)

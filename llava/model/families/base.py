@@ -1,0 +1,103 @@
+"""What a model family adapter says, and the helpers every adapter shares.
+
+An adapter is the whole difference between one family of transformers multimodal models and
+another, as far as AIM is concerned:
+
+* which checkpoints it serves (``config.model_type``) and which classes load them;
+* where merging hooks in (``install_merging``) and how the processor counts placeholders
+  after it (``patch_processor``);
+* how positions are built (``install_positions``; nothing to do for 1-D RoPE, where the
+  decoder driver keeps each survivor's original position);
+* the official pruning schedule, where the official code has one (``official_layers``).
+
+The runtime, the statistics and the decoder driver (llava/model/llava_arch.py,
+language_model/) know nothing about families. Adding a family = one module here that
+subclasses :class:`FamilyAdapter`, listed in ``families/__init__.py``, and a tiny model.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+from llava.errors import UnsupportedModelError
+
+
+class FamilyAdapter:
+    name: str = ""  # short id, e.g. "onevision"
+    title: str = ""  # for messages, e.g. "LLaVA-OneVision"
+    model_types: Tuple[str, ...] = ()  # config.model_type values served
+    model_classes: Tuple[str, ...] = ()  # transformers classes apply_aim accepts (top-level first)
+    processor_class: str = ""
+    media: Tuple[str, ...] = ()  # "video", "image": what the family's prompts may hold
+    merged_media: Tuple[str, ...] = ()  # the media whose tokens AIM merges
+    tiny_models: Tuple[str, ...] = ()  # built-in names (folders in llava/model/tiny/)
+    processor_methods: Tuple[str, ...] = ()  # processor attributes patch_processor sets
+
+    # -- which model ----------------------------------------------------------------------
+    @property
+    def load_class(self) -> str:
+        """The transformers class that ``from_pretrained`` loads a checkpoint of this family with."""
+        return self.model_classes[0]
+
+    def inner(self, model):
+        """The multimodal model under the LM head (``model.model``), or the model itself."""
+        return model.model if hasattr(model, "lm_head") else model
+
+    def language_model(self, model):
+        """The decoder stack (embed -> rotary -> layers -> norm) AIM drives."""
+        return self.inner(model).language_model
+
+    def visual_token_ids(self, config) -> Sequence[int]:
+        """Placeholder ids of the visual tokens in input_ids (what pruning may remove)."""
+        return [i for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
+                if i is not None]
+
+    def official_layers(self, num_layers: int) -> Optional[Tuple[int, int]]:
+        """The official code's (l1, l2) for this family at this depth; None: the paper's scaled rule."""
+        return None
+
+    # -- what AIM patches -----------------------------------------------------------------
+    def check_model(self, model) -> None:
+        """Raise UnsupportedModelError if this loaded model cannot take AIM (before patching)."""
+
+    def install_merging(self, inner, runtime) -> None:
+        raise NotImplementedError
+
+    def install_positions(self, inner, runtime) -> None:
+        """Position handling beyond the driver's (1-D RoPE needs none)."""
+
+    def patch_processor(self, processor, cfg, runtime) -> None:
+        raise NotImplementedError
+
+    def check_processor(self, processor) -> None:
+        if type(processor).__name__ != self.processor_class:
+            raise UnsupportedModelError(
+                f"the model needs a {self.processor_class} (its placeholder count must follow merging), "
+                f"got {type(processor).__name__}"
+            )
+
+    def unpatch_processor(self, processor) -> None:
+        for name in self.processor_methods:
+            processor.__dict__.pop(name, None)
+
+
+def set_instance_attr(obj, name, value, runtime) -> None:
+    """Set ``obj.name`` on the instance and register the undo with the runtime."""
+    had = name in obj.__dict__
+    old = obj.__dict__.get(name)
+    setattr(obj, name, value)
+
+    def undo():
+        if had:
+            setattr(obj, name, old)
+        else:
+            obj.__dict__.pop(name, None)
+
+    runtime.restore.append(undo)
+
+
+def reduce_tokens(runtime, features):
+    """The pre-LLM reduction of the runtime's config: AIM's merging, or the pooling control."""
+    from llava.aim.reduce import reduce_frames
+
+    return reduce_frames(features, runtime.cfg, track_sources=runtime.track_sources)
