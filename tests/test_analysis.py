@@ -178,7 +178,8 @@ def test_toy_importance_overhead_by_hand():
 @pytest.mark.parametrize("retention,l1,l2", [(0.25, 14, 22), (1.0, 7, 8), (0.5, 0, 27), (1 / 64, 21, 29), (0.25, None, None)])
 def test_tokens_per_layer_follow_the_schedule(convention, retention, l1, l2):
     res = analyze("qwen2-7b", retention=retention, l1=l1, l2=l2, convention=convention)
-    v0 = 32 * merged_token_count(196, retention)
+    # the paper's tables counted floor(196 * r) tokens per frame; the runtime keeps the official count
+    v0 = 32 * merged_token_count(196, retention, "exact" if convention == "paper" else "official")
     visual = visual_tokens_per_layer(v0, 28, l1, l2, convention)
     assert res.visual_tokens_per_layer == visual
     assert res.tokens_per_layer == [100 + v for v in visual]
@@ -221,7 +222,8 @@ def test_monotone_in_retention(l1, l2):
 def test_merge_steps_match_the_paper():
     assert merge_steps(196, 0.25) == [(196, 98), (98, 49)]
     assert merge_steps(196, 1.0) == []
-    assert 196 - sum(r for _, r in merge_steps(196, 1 / 64)) == 3
+    assert 196 - sum(r for _, r in merge_steps(196, 1 / 64)) == 4  # official: 98, 49, 24, 12, 6, 3 removed
+    assert 196 - sum(r for _, r in merge_steps(196, 1 / 64, "exact")) == 3
 
 
 def test_paper_default_layers_scaled():

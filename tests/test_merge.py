@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llava.aim.merge as merge_mod
-from llava.aim.merge import bipartite_merge_step, merge_frames, merged_token_count
+from llava.aim.merge import bipartite_merge_step, merge_frames, merge_schedule, merged_token_count
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -33,16 +33,14 @@ def _cos(a, b):
     return sum(x * y for x, y in zip(a, b)) / (na * nb)
 
 
-def reference_merge(frame, target, weighting, order):
-    """Merge one frame (list of T vectors) to ``target`` tokens, exactly as METHOD.md says.
+def reference_merge(frame, steps, weighting, order):
+    """Merge one frame (list of T vectors) with the given step sizes, as docs/method.md says.
 
     Returns a list of (vector, size, position, members) with position the original position
     of the token's destination chain and members the original tokens it stands for.
     """
     items = [(list(map(float, v)), 1, i, [i]) for i, v in enumerate(frame)]
-    while len(items) > target:
-        t = len(items)
-        r = min(t - target, t // 2)
+    for r in steps:
         srcs, dsts = items[0::2], items[1::2]
         best = []
         for s in srcs:
@@ -72,24 +70,94 @@ def reference_merge(frame, target, weighting, order):
 
 
 # -- token counts -------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "retention, expected",
-    [(0.5, 98), (0.25, 49), (0.125, 24), (1 / 16, 12), (1 / 32, 6), (1 / 64, 3), (1.0, 196)],
-)
-def test_method_md_examples_196(retention, expected):
-    assert merged_token_count(196, retention) == expected
+# The official code removes T // 2^k of the frame's ORIGINAL count T at step k; "exact" keeps
+# floor(T * retention) (the count of the paper's efficiency tables).
+OFFICIAL_196 = [(0.5, 98), (0.25, 49), (0.125, 25), (1 / 16, 13), (1 / 32, 7), (1 / 64, 4), (1.0, 196)]
+EXACT_196 = [(0.5, 98), (0.25, 49), (0.125, 24), (1 / 16, 12), (1 / 32, 6), (1 / 64, 3), (1.0, 196)]
+
+
+@pytest.mark.parametrize("retention, expected", OFFICIAL_196)
+def test_official_counts_196(retention, expected):
+    assert merged_token_count(196, retention) == expected  # the default rule
+    assert merged_token_count(196, retention, "official") == expected
     out = merge_frames(randn(2, 196, 4), retention)
     assert out.tokens.shape == (2, expected, 4)
     assert out.sizes.shape == (2, expected)
 
 
+@pytest.mark.parametrize("retention, expected", EXACT_196)
+def test_exact_counts_196(retention, expected):
+    assert merged_token_count(196, retention, "exact") == expected
+    out = merge_frames(randn(2, 196, 4), retention, count="exact")
+    assert out.tokens.shape == (2, expected, 4)
+
+
+@pytest.mark.parametrize(
+    "retention, steps",
+    [(0.4375, [288, 36]), (0.125, [288, 144, 72]), (0.5, [288]), (0.25, [288, 144])],
+)
+def test_official_llava15_schedules(retention, steps):
+    """The official LLaVA-1.5 settings: 576 -> 288 -> 252 (43.75%) and 576 -> 288 -> 144 -> 72 (12.5%)."""
+    assert merge_schedule(576, retention) == steps
+    assert merged_token_count(576, retention) == 576 - sum(steps)
+
+
+def test_official_and_exact_schedules_196():
+    assert merge_schedule(196, 1 / 64) == [98, 49, 24, 12, 6, 3]
+    assert merge_schedule(196, 1 / 64, "exact") == [98, 49, 24, 12, 6, 3, 1]
+    assert merge_schedule(196, 1 / 8, "exact") == [98, 49, 24, 1]
+    assert merge_schedule(196, 1.0) == merge_schedule(196, 1.0, "exact") == []
+    # a retention that is not 1/2^K: the official step sizes, the last removing just enough
+    assert merge_schedule(196, 0.375) == [98, 25]
+    assert merge_schedule(196, 0.375, "exact") == [98, 25]
+
+
+@FAST
+@given(t=st.integers(1, 5000), halvings=st.integers(0, 14))
+def test_official_power_of_half_closed_form(t, halvings):
+    """At 1/2^K the official count is T - sum_k floor(T / 2^k): the half-of-the-input cap of a
+    bipartite step never binds, because each step's input is at least T / 2^(k-1)."""
+    steps = merge_schedule(t, 2.0 ** -halvings)
+    removed = [t >> k for k in range(1, halvings + 1)]
+    assert steps == [r for r in removed if r > 0][: len(steps)]
+    assert merged_token_count(t, 2.0 ** -halvings) == t - sum(removed)
+
+
+@FAST
+@given(t=st.integers(1, 5000), halvings=st.integers(0, 14))
+def test_official_keeps_at_least_exact(t, halvings):
+    official = merged_token_count(t, 2.0 ** -halvings)
+    exact = merged_token_count(t, 2.0 ** -halvings, "exact")
+    assert exact <= official <= t
+    assert official - exact <= halvings  # each step rounds down by less than one token
+
+
+@FAST
+@given(t=st.integers(1, 3000), retention=st.floats(0, 1, exclude_min=True), rule=st.sampled_from(["official", "exact"]))
+def test_schedule_steps_are_valid_matchings(t, retention, rule):
+    """Every step removes between 1 and half of its input, and the schedule ends at the count."""
+    tokens = t
+    for r in merge_schedule(t, retention, rule):
+        assert 1 <= r <= tokens // 2
+        tokens -= r
+    assert tokens == merged_token_count(t, retention, rule) >= 1
+
+
+@FAST
+@given(t=st.integers(1, 3000), retention=st.floats(0, 1, exclude_min=True))
+def test_official_equals_exact_off_powers_of_half(t, retention):
+    mantissa, _ = math.frexp(retention)
+    if mantissa != 0.5:
+        assert merged_token_count(t, retention) == merged_token_count(t, retention, "exact")
+
+
 @FAST
 @given(t=st.integers(1, 400), k=st.integers(1, 10_000))
 def test_count_is_floor_of_decimal_retention(t, k):
-    """retention = k/10000: the count is exactly max(1, floor(T * k / 10000))."""
+    """retention = k/10000, rule "exact": the count is exactly max(1, floor(T * k / 10000))."""
     retention = k / 10_000
     expected = max(1, (t * k) // 10_000)
-    assert merged_token_count(t, retention) == expected
+    assert merged_token_count(t, retention, "exact") == expected
 
 
 @FAST
@@ -98,7 +166,7 @@ def test_count_any_float_retention(t, retention):
     """floor(T * retention) of the exact float, up to the documented 1e-9 guard."""
     exact = Fraction(t) * Fraction(retention)
     floor = max(1, math.floor(exact))
-    got = merged_token_count(t, retention)
+    got = merged_token_count(t, retention, "exact")
     if got != floor:
         # Only allowed where the product is within the guard just below the next integer.
         assert got == floor + 1 and math.floor(exact) + 1 - exact < Fraction(1, 10**8)
@@ -106,27 +174,29 @@ def test_count_any_float_retention(t, retention):
 
 
 @settings(max_examples=25, deadline=None)
-@given(t=st.integers(1, 400), k=st.integers(1, 1000), seed=st.integers(0, 2**16))
-def test_merge_frames_reaches_exact_count(t, k, seed):
+@given(t=st.integers(1, 400), k=st.integers(1, 1000), seed=st.integers(0, 2**16), rule=st.sampled_from(["official", "exact"]))
+def test_merge_frames_reaches_the_count(t, k, seed, rule):
     retention = k / 1000
-    out = merge_frames(randn(1, t, 3, seed=seed), retention, track_sources=True)
-    expected = max(1, (t * k) // 1000)
+    out = merge_frames(randn(1, t, 3, seed=seed), retention, track_sources=True, count=rule)
+    expected = merged_token_count(t, retention, rule)
     assert out.tokens.shape == (1, expected, 3)
     assert out.sizes.shape == (1, expected)
     assert out.source_index.shape == (1, t)
 
 
 @pytest.mark.parametrize(
-    "retention, steps",
+    "retention, rule, steps",
     [
-        (0.5, [(196, 98)]),
-        (0.25, [(196, 98), (98, 49)]),
-        (0.125, [(196, 98), (98, 49), (49, 24), (25, 1)]),
-        (1 / 64, [(196, 98), (98, 49), (49, 24), (25, 12), (13, 6), (7, 3), (4, 1)]),
+        (0.5, "official", [(196, 98)]),
+        (0.25, "official", [(196, 98), (98, 49)]),
+        (0.125, "official", [(196, 98), (98, 49), (49, 24)]),
+        (0.125, "exact", [(196, 98), (98, 49), (49, 24), (25, 1)]),
+        (1 / 64, "official", [(196, 98), (98, 49), (49, 24), (25, 12), (13, 6), (7, 3)]),
+        (1 / 64, "exact", [(196, 98), (98, 49), (49, 24), (25, 12), (13, 6), (7, 3), (4, 1)]),
     ],
 )
-def test_step_sequence_196(monkeypatch, retention, steps):
-    """196 -> 98 -> 49 for 25%: each step removes at most half, the last just enough."""
+def test_step_sequence_196(monkeypatch, retention, rule, steps):
+    """196 -> 98 -> 49 for 25%: the steps merge_frames runs are merge_schedule's."""
     calls = []
     real = merge_mod.bipartite_merge_step
 
@@ -135,8 +205,15 @@ def test_step_sequence_196(monkeypatch, retention, steps):
         return real(x, sizes, r, *args, **kwargs)
 
     monkeypatch.setattr(merge_mod, "bipartite_merge_step", spy)
-    merge_frames(randn(1, 196, 4), retention)
+    merge_frames(randn(1, 196, 4), retention, count=rule)
     assert calls == steps
+
+
+def test_official_steps_differ_from_greedy_steps():
+    """T = 11 at 1/16: the official removes 5, 2, 1 (11 -> 6 -> 4 -> 3); taking as many as
+    possible per step would go 11 -> 6 -> 3. Same count, other merges: the steps are pinned."""
+    assert merge_schedule(11, 1 / 16) == [5, 2, 1]
+    assert merged_token_count(11, 1 / 16, "exact") == 1
 
 
 def test_196_to_49_equals_two_manual_steps():
@@ -144,9 +221,9 @@ def test_196_to_49_equals_two_manual_steps():
     ones = torch.ones(3, 196, dtype=x.dtype)
     for order in ("paper", "spatial"):
         for weighting in ("mean", "size"):
-            y1, s1, _ = bipartite_merge_step(x, ones, 98, weighting, order)
+            y1, s1, _, _ = bipartite_merge_step(x, ones, 98, weighting, order)
             assert y1.shape == (3, 98, 8)
-            y2, s2, _ = bipartite_merge_step(y1, s1, 49, weighting, order)
+            y2, s2, _, _ = bipartite_merge_step(y1, s1, 49, weighting, order)
             out = merge_frames(x, 0.25, weighting, order)
             assert torch.equal(out.tokens, y2)
             assert torch.equal(out.sizes, s2)
@@ -222,7 +299,7 @@ def _step_roots(x, sizes, r, weighting, order, roots):
     """One step; returns its outputs and, for each output slot, the original position of its
     root (the destination chain), derived from new_index: a slot holding several input tokens
     holds exactly one destination (odd input position); a slot with one input is that input."""
-    y, s, new_index = bipartite_merge_step(x, sizes, r, weighting, order)
+    y, s, new_index, _ = bipartite_merge_step(x, sizes, r, weighting, order)
     f, t = new_index.shape
     out_roots = torch.full((f, y.shape[1]), -1, dtype=torch.long)
     for fi in range(f):
@@ -243,12 +320,10 @@ def test_spatial_order_keeps_positions_increasing(t, k, seed):
     """Spatial: every surviving token sits at its destination's original position, so the
     positions of the output tokens are strictly increasing, step after step."""
     x = randn(2, t, 4, seed=seed)
-    target = merged_token_count(t, k / 100)
     sizes = torch.ones(2, t, dtype=x.dtype)
     roots = torch.arange(t).expand(2, t)
     y = x
-    while y.shape[1] > target:
-        r = min(y.shape[1] - target, y.shape[1] // 2)
+    for r in merge_schedule(t, k / 100):
         y, sizes, roots = _step_roots(y, sizes, r, "mean", "spatial", roots)
         assert bool((roots[:, 1:] > roots[:, :-1]).all()), roots
     out = merge_frames(x, k / 100, order="spatial", track_sources=True)
@@ -272,10 +347,10 @@ def test_spatial_order_keeps_positions_increasing(t, k, seed):
 )
 def test_matches_python_reference(t, k, weighting, order, seed):
     x = randn(2, t, 3, seed=seed)
-    target = merged_token_count(t, k / 100)
+    steps = merge_schedule(t, k / 100)
     out = merge_frames(x, k / 100, weighting=weighting, order=order, track_sources=True)
     for f in range(2):
-        ref = reference_merge(x[f].tolist(), target, weighting, order)
+        ref = reference_merge(x[f].tolist(), steps, weighting, order)
         assert out.tokens.shape[1] == len(ref)
         expected = torch.tensor([it[0] for it in ref], dtype=torch.float64)
         torch.testing.assert_close(out.tokens[f], expected, rtol=1e-12, atol=1e-12)
@@ -326,8 +401,8 @@ def test_mean_is_not_size_weighted_across_steps():
     x = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]]], dtype=torch.float64)
     # T=3 -> 1 token. Step 1 (t=3, r=1): A = x0, x2; B = x1. x0 -> x1 (sim .995) beats
     # x2 -> x1 (.0995): d1 = (x0 + x1) / 2 (size 2), x2 kept. Step 2 (t=2, r=1): x2 -> d1.
-    out_mean = merge_frames(x, 0.25, weighting="mean", track_sources=True)
-    out_size = merge_frames(x, 0.25, weighting="size", track_sources=True)
+    out_mean = merge_frames(x, 0.25, weighting="mean", track_sources=True, count="exact")
+    out_size = merge_frames(x, 0.25, weighting="size", track_sources=True, count="exact")
     assert out_mean.sizes.tolist() == out_size.sizes.tolist() == [[3.0]]
     d1 = (x[0, 1] + x[0, 0]) / 2
     torch.testing.assert_close(out_mean.tokens[0, 0], (d1 + x[0, 2]) / 2, rtol=1e-14, atol=1e-14)
@@ -412,6 +487,41 @@ def test_dtype_and_device_preserved():
         assert out.tokens.shape == (2, 5, 4)
 
 
+# -- a separate similarity metric (LLaVA-1.5's official path: CLIP keys) ---------------------
+@settings(max_examples=20, deadline=None)
+@given(
+    t=st.integers(1, 80),
+    k=st.integers(1, 100),
+    weighting=st.sampled_from(["mean", "size"]),
+    order=st.sampled_from(["paper", "spatial"]),
+    seed=st.integers(0, 2**16),
+)
+def test_metric_decides_the_matching_and_is_merged_alongside(t, k, weighting, order, seed):
+    """Merging x with metric m groups x exactly as merging m alone groups m, at every step (the
+    metric is merged with the same matching, so later steps see the merged metric)."""
+    x, m = randn(2, t, 5, seed=seed), randn(2, t, 3, seed=seed + 1)
+    with_metric = merge_frames(x, k / 100, weighting, order, track_sources=True, metric=m)
+    metric_alone = merge_frames(m, k / 100, weighting, order, track_sources=True)
+    assert torch.equal(with_metric.source_index, metric_alone.source_index)
+    assert torch.equal(with_metric.sizes, metric_alone.sizes)
+    # the features follow the same groups: merging [m | x] on m gives both halves
+    joint = merge_frames(torch.cat([m, x], dim=-1), k / 100, weighting, order, metric=m)
+    torch.testing.assert_close(joint.tokens[..., :3], metric_alone.tokens, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(joint.tokens[..., 3:], with_metric.tokens, rtol=1e-12, atol=1e-12)
+
+
+def test_metric_equal_to_tokens_changes_nothing():
+    x = randn(3, 196, 6, seed=4)
+    a = merge_frames(x, 0.125, track_sources=True)
+    b = merge_frames(x, 0.125, track_sources=True, metric=x.clone())
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.source_index, b.source_index)
+
+
+def test_metric_shape_checked():
+    with pytest.raises(ValueError, match="metric"):
+        merge_frames(torch.randn(2, 10, 4), 0.5, metric=torch.randn(2, 9, 4))
+
+
 # -- bad arguments -------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(10, 4), (2, 3, 10, 4), (5,)])
 def test_wrong_shape_raises(shape):
@@ -424,6 +534,8 @@ def test_empty_frame_raises():
         merge_frames(torch.randn(2, 0, 4), 0.5)
     with pytest.raises(ValueError):
         merged_token_count(0, 0.5)
+    with pytest.raises(ValueError, match="rule"):
+        merged_token_count(10, 0.5, "floor")
 
 
 @pytest.mark.parametrize("kwargs", [{"weighting": "median"}, {"order": "random"}, {"weighting": "Mean"}])
@@ -449,6 +561,6 @@ def test_step_r_out_of_range_raises(r):
 
 def test_step_r_zero_keeps_all_tokens():
     x = randn(2, 7, 3)
-    y, s, idx = bipartite_merge_step(x, torch.ones(2, 7, dtype=x.dtype), 0, order="spatial")
+    y, s, idx, _ = bipartite_merge_step(x, torch.ones(2, 7, dtype=x.dtype), 0, order="spatial")
     assert torch.equal(y, x)
     assert torch.equal(idx, torch.arange(7).expand(2, 7))

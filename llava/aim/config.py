@@ -18,6 +18,11 @@ from llava.errors import AIMConfigError
 
 MERGE_WEIGHTINGS = ("mean", "size")
 MERGE_ORDERS = ("paper", "spatial")
+MERGE_COUNTS = ("official", "exact")  # llava.aim.merge.merge_schedule
+# What merging's similarity is computed on: "auto" = the family's official choice (LLaVA-1.5:
+# "keys", LLaVA-OneVision: "tokens"), resolved when AIM is applied.
+MERGE_METRICS = ("auto", "keys", "tokens")
+TIE_BREAKS = ("index", "log_attention")  # llava.aim.importance.select_survivors
 IMPORTANCES = ("pagerank", "attention")
 PRUNING_MODES = ("remove", "mask")
 AUTO = "auto"  # l1/l2: the model family's official schedule, else the paper's (14, 22) of 28 scaled
@@ -29,7 +34,7 @@ class AIMConfig:
     """Settings of AIM.
 
     retention: fraction of each frame's (image's) tokens kept by merging, in (0, 1];
-        1.0 disables merging. A frame with T tokens keeps max(1, floor(T * retention)).
+        1.0 disables merging. The kept count follows ``merge_count``.
     l1, l2: 0-based layers; visual tokens are pruned progressively after layers l1 .. l2-1
         and none enter layer l2 or later. ``l1=None`` (with ``l2=None``) disables pruning.
         l2 may exceed the model's depth (visual tokens then never reach zero); l1 equal to the
@@ -44,6 +49,22 @@ class AIMConfig:
         (size-weighted mean across steps, as ToMe).
     merge_order: "paper" (kept sources by similarity, then destinations) or "spatial"
         (survivors in original position order).
+    merge_count: how many tokens merging keeps (llava.aim.merge.merge_schedule). "official"
+        (the official code): at retention 1/2^K, step k removes T // 2^k of the frame's
+        original count T (196: 98, 49, 25, 13, 7, 4 kept at 1/2 .. 1/64); other retentions
+        keep max(1, floor(T * retention)). "exact": always max(1, floor(T * retention))
+        (24, 12, 6, 3 at 1/8 .. 1/64, the count of the paper's efficiency tables).
+    merge_metric: what merging's similarity is computed on. "keys" (LLaVA-1.5's official
+        path): the CLIP features LLaVA selects are merged BEFORE the projector, the similarity
+        being the cosine of the next CLIP layer's attention keys of those features (k_proj of
+        layer 23 of 24), merged alongside step by step. "tokens": the cosine of the projected
+        tokens the LLM receives, merged after the projector (LLaVA-OneVision's official path,
+        after the 2x2 pooling). "auto" (default): each family's official choice.
+    tie_break: how pruning ranks visual tokens whose scores are exactly equal (e.g. PageRank
+        mass that underflowed to 0 in float32). "index" (default, the official-equivalent
+        rule): the earlier token first. "log_attention": by the log of the attention each
+        token receives in the first power step, computed in the log domain (never
+        underflows), then by index.
     pruning_mode: "remove" (pruned tokens physically removed: real speed-up, smaller KV
         cache) or "mask" (reference: pruned tokens kept but hidden as keys; no speed-up).
     importance_memory_mb: bound on the extra memory of the importance computation; heads
@@ -66,6 +87,9 @@ class AIMConfig:
     pagerank_iters: int = 5
     merge_weighting: str = "mean"
     merge_order: str = "paper"
+    merge_count: str = "official"
+    merge_metric: str = AUTO
+    tie_break: str = "index"
     pruning_mode: str = "remove"
     importance_memory_mb: int = 1024
     method: str = "aim"
@@ -82,6 +106,9 @@ class AIMConfig:
         _check_choice("importance", self.importance, IMPORTANCES)
         _check_choice("merge_weighting", self.merge_weighting, MERGE_WEIGHTINGS)
         _check_choice("merge_order", self.merge_order, MERGE_ORDERS)
+        _check_choice("merge_count", self.merge_count, MERGE_COUNTS)
+        _check_choice("merge_metric", self.merge_metric, MERGE_METRICS)
+        _check_choice("tie_break", self.tie_break, TIE_BREAKS)
         _check_choice("pruning_mode", self.pruning_mode, PRUNING_MODES)
         if not _is_real(self.pagerank_tau) or not self.pagerank_tau > 0:
             raise AIMConfigError(f"pagerank_tau must be a positive number, got {self.pagerank_tau!r}")
@@ -124,6 +151,17 @@ class AIMConfig:
             cfg = dataclasses.replace(self, l1=l1, l2=l2)
         cfg.check_against_model(num_layers)
         return cfg
+
+    def resolve_merge_metric(self, official: str, supported=("tokens",), family: str = "this model") -> "AIMConfig":
+        """This setting with ``merge_metric="auto"`` made the family's ``official`` metric, checked
+        against the metrics the family supports (the model adapters pass both)."""
+        metric = official if self.merge_metric == AUTO else self.merge_metric
+        if metric not in supported:
+            raise AIMConfigError(
+                f"merge_metric={metric!r} is not available for {family} (supported: {list(supported)}; "
+                f'"auto" picks {official!r})'
+            )
+        return self if metric == self.merge_metric else dataclasses.replace(self, merge_metric=metric)
 
     @property
     def enabled(self) -> bool:
@@ -219,8 +257,10 @@ PRESETS: Dict[str, AIMConfig] = {
     "prune-only": AIMConfig(retention=1.0),
     # The paper's official-code behaviour (pruned tokens masked, not removed): a baseline.
     "paper-mask": AIMConfig(pruning_mode="mask"),
-    # The official code's LLaVA-1.5 schedule on the 32-layer Llama: retain 1 - (l - 12) / 8
-    # from layer 13, i.e. (l1, l2) = (13, 21).
-    "llava-1.5": AIMConfig(retention=0.25, l1=13, l2=21),
+    # The official code's LLaVA-1.5 setting: merging 576 -> 288 -> 252 tokens (43.75%) on the
+    # CLIP features before the projector, similarity from CLIP's last-layer keys
+    # (merge_metric "auto" resolves to "keys" there), and pruning that retains 1 - (l - 12) / 8
+    # from layer 13 of 32, i.e. (l1, l2) = (13, 21). Its other setting is retention 0.125.
+    "llava-1.5": AIMConfig(retention=0.4375, l1=13, l2=21),
     "disabled": AIMConfig(retention=1.0, l1=None, l2=None),
 }

@@ -3,33 +3,86 @@
 Pure torch. Every function works on a batch of frames ``x`` of shape (F, T, C) at once; the
 only Python loop is over merge steps (a handful: 196 -> 98 -> 49 for retention 1/4).
 
-One step on t tokens (METHOD.md): cosine similarity between A = even positions (sources) and
-B = odd positions (destinations); each source picks its most similar destination; the r most
-similar sources are merged into their destinations, the rest are kept. Ties are broken by
-index, so the result is deterministic.
+One step on t tokens (docs/method.md): cosine similarity between A = even positions (sources)
+and B = odd positions (destinations); each source picks its most similar destination; the r
+most similar sources are merged into their destinations, the rest are kept. Ties are broken
+by index, so the result is deterministic. The similarity is computed on the tokens
+themselves, or on a separate ``metric`` (LLaVA-1.5's official path: the vision tower's keys),
+which is then merged alongside the tokens with the same matching.
+
+How many tokens each step removes is :func:`merge_schedule`, the one place the merged count
+is derived (the processor's placeholder count, the analyzer and the benchmark all call it).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 
-from llava.aim.config import MERGE_ORDERS, MERGE_WEIGHTINGS
+from llava.aim.config import MERGE_COUNTS, MERGE_ORDERS, MERGE_WEIGHTINGS
 
 
-def merged_token_count(num_tokens: int, retention: float) -> int:
-    """Tokens a frame of ``num_tokens`` keeps: ``max(1, floor(num_tokens * retention))``.
+def _halvings(retention: float) -> Optional[int]:
+    """K when ``retention`` is exactly 1/2^K (K >= 0), else None."""
+    mantissa, exponent = math.frexp(retention)
+    return 1 - exponent if mantissa == 0.5 else None
 
-    The product is formed in floating point; values like 196 * 0.25 are exact, and a tiny
-    epsilon guards against products such as 0.29 * 100 = 28.999999999999996.
+
+def _floor_count(num_tokens: int, retention: float) -> int:
+    # The product is formed in floating point; values like 196 * 0.25 are exact, and a tiny
+    # epsilon guards against products such as 0.29 * 100 = 28.999999999999996.
+    return max(1, min(num_tokens, int(num_tokens * retention + 1e-9)))
+
+
+def merge_schedule(num_tokens: int, retention: float, rule: str = "official") -> List[int]:
+    """Tokens removed by each bipartite step when one frame of ``num_tokens`` is merged.
+
+    rule "official" (the official code): at retention 1/2^K, step k = 1..K removes
+    ``num_tokens // 2^k`` tokens, a share of the frame's ORIGINAL count (196: 98, 49, 24, 12,
+    6, 3 removed, so 98, 49, 25, 13, 7, 4 kept at 1/2 .. 1/64); a step that would remove none
+    ends the schedule (tiny frames). Any other retention targets
+    ``max(1, floor(num_tokens * retention))`` with the same step sizes, the last step removing
+    just enough (576 at 0.4375: 288, then 36, so 252 kept).
+
+    rule "exact": ``max(1, floor(num_tokens * retention))`` tokens kept, each step removing as
+    many as it can (at most half), the last just enough (196 at 1/8: 98, 49, 24, 1, so 24).
+
+    One step never removes more than half of its input (a bipartite matching cannot).
     """
-    if num_tokens < 1:
-        raise ValueError(f"a frame needs at least one token, got {num_tokens}")
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
+        raise ValueError(f"a frame needs at least one token, got {num_tokens!r}")
     if not (0.0 < retention <= 1.0):
         raise ValueError(f"retention must be in (0, 1], got {retention}")
-    return max(1, min(num_tokens, int(num_tokens * retention + 1e-9)))
+    if rule not in MERGE_COUNTS:
+        raise ValueError(f"rule must be one of {MERGE_COUNTS}, got {rule!r}")
+    steps: List[int] = []
+    t = num_tokens
+    halvings = _halvings(retention) if rule == "official" else None
+    if halvings is not None:
+        for k in range(1, halvings + 1):
+            r = min(num_tokens >> k, t // 2)
+            if r <= 0:
+                break
+            steps.append(r)
+            t -= r
+        return steps
+    target = _floor_count(num_tokens, retention)
+    k = 1
+    while t > target:
+        share = max(1, num_tokens >> k) if rule == "official" else t
+        r = min(share, t // 2, t - target)
+        steps.append(r)
+        t -= r
+        k += 1
+    return steps
+
+
+def merged_token_count(num_tokens: int, retention: float, rule: str = "official") -> int:
+    """Tokens a frame of ``num_tokens`` keeps after merging under ``rule`` (:func:`merge_schedule`)."""
+    return num_tokens - sum(merge_schedule(num_tokens, retention, rule))
 
 
 @dataclass
@@ -47,31 +100,48 @@ class MergeResult:
     source_index: Optional[torch.Tensor] = None
 
 
+class MergeStep(NamedTuple):
+    """One step's output: merged tokens (F, t-r, C), sizes (F, t-r), where each input token
+    went (F, t), and the merged metric (F, t-r, Cm), or None when the tokens are their own metric."""
+
+    tokens: torch.Tensor
+    sizes: torch.Tensor
+    new_index: torch.Tensor
+    metric: Optional[torch.Tensor] = None
+
+
 def merge_frames(
     x: torch.Tensor,
     retention: float,
     weighting: str = "mean",
     order: str = "paper",
     track_sources: bool = False,
+    count: str = "official",
+    metric: Optional[torch.Tensor] = None,
 ) -> MergeResult:
-    """Merge each frame of ``x`` (F, T, C) down to ``merged_token_count(T, retention)`` tokens."""
+    """Merge each frame of ``x`` (F, T, C) down to ``merged_token_count(T, retention, count)`` tokens.
+
+    ``metric`` (F, T, Cm): what the similarity is computed on instead of ``x`` (LLaVA-1.5's
+    official path: the vision tower's keys); it is merged alongside ``x`` at every step, so
+    each step's similarity comes from the merged metric of the step before.
+    """
     if x.dim() != 3:
         raise ValueError(f"expected frames of shape (F, T, C), got {tuple(x.shape)}")
+    if metric is not None and (metric.dim() != 3 or metric.shape[:2] != x.shape[:2]):
+        raise ValueError(f"metric must be (F, T, Cm) for tokens {tuple(x.shape)}, got {tuple(metric.shape)}")
     if weighting not in MERGE_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {MERGE_WEIGHTINGS}, got {weighting!r}")
     if order not in MERGE_ORDERS:
         raise ValueError(f"order must be one of {MERGE_ORDERS}, got {order!r}")
     frames, t, _ = x.shape
-    target = merged_token_count(t, retention)
+    steps = merge_schedule(t, retention, count)
     # Sizes are counts: float32 holds them exactly (bfloat16 would not beyond 256).
     sizes = torch.ones(frames, t, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     source_index = None
     if track_sources:
         source_index = torch.arange(t, device=x.device).expand(frames, t).clone()
-    while x.shape[1] > target:
-        t = x.shape[1]
-        r = min(t - target, t // 2)
-        x, sizes, new_index = bipartite_merge_step(x, sizes, r, weighting, order)
+    for r in steps:
+        x, sizes, new_index, metric = bipartite_merge_step(x, sizes, r, weighting, order, metric=metric)
         if source_index is not None:
             source_index = new_index.gather(1, source_index)
     return MergeResult(tokens=x, sizes=sizes, source_index=source_index)
@@ -83,22 +153,33 @@ def bipartite_merge_step(
     r: int,
     weighting: str = "mean",
     order: str = "paper",
-):
+    metric: Optional[torch.Tensor] = None,
+) -> MergeStep:
     """Remove ``r`` tokens from every frame of ``x`` (F, t, C) with one matching step.
 
-    Returns (merged x (F, t-r, C), merged sizes (F, t-r), new_index (F, t)) where
-    ``new_index[f, i]`` is the output slot that input token i of frame f went to.
+    The matching is computed on ``metric`` (F, t, Cm) when given, else on ``x``; the metric is
+    merged with the same matching and weighting. ``new_index[f, i]`` is the output slot that
+    input token i of frame f went to.
     """
     frames, t, _ = x.shape
     if not 0 <= r <= t // 2:
         raise ValueError(f"one step removes between 0 and floor(t/2)={t // 2} tokens, got r={r}")
-    device = x.device
+    merged_src, kept_src, dst_of_merged = _match(x if metric is None else metric, r)
+    out_x, out_size, new_index = _combine(x, sizes, merged_src, kept_src, dst_of_merged, weighting, order)
+    out_metric = None
+    if metric is not None:
+        out_metric = _combine(metric, sizes, merged_src, kept_src, dst_of_merged, weighting, order)[0]
+    return MergeStep(out_x, out_size, new_index, out_metric)
+
+
+def _match(metric: torch.Tensor, r: int):
+    """(merged sources (F, r), kept sources (F, ta-r), destination of each merged source (F, r))."""
     # Cosine similarity as dot / (|a| |b|) in at least float32 (a float16 dot of unnormalized
     # features can overflow); scaling the small (ta, tb) matrix is cheaper than normalizing x.
-    acc = torch.promote_types(x.dtype, torch.float32)
-    xf = x.to(acc)
-    inv_norm = xf.norm(dim=-1).clamp_min(torch.finfo(acc).tiny).reciprocal()
-    scores = xf[:, ::2] @ xf[:, 1::2].transpose(1, 2)  # (F, ta, tb)
+    acc = torch.promote_types(metric.dtype, torch.float32)
+    mf = metric.to(acc)
+    inv_norm = mf.norm(dim=-1).clamp_min(torch.finfo(acc).tiny).reciprocal()
+    scores = mf[:, ::2] @ mf[:, 1::2].transpose(1, 2)  # (F, ta, tb)
     scores.mul_(inv_norm[:, ::2, None]).mul_(inv_norm[:, None, 1::2])
     # torch.max returns the first maximal index: ties go to the lower destination index.
     best_sim, best_dst = scores.max(dim=-1)  # (F, ta)
@@ -106,8 +187,14 @@ def bipartite_merge_step(
     ranked = torch.sort(best_sim, dim=-1, descending=True, stable=True).indices  # (F, ta)
     merged_src = ranked[:, :r]  # (F, r) sources merged away
     kept_src = ranked[:, r:]  # (F, ta-r) kept, in descending-similarity order
-    dst_of_merged = best_dst.gather(1, merged_src)  # (F, r)
+    return merged_src, kept_src, best_dst.gather(1, merged_src)
 
+
+def _combine(x, sizes, merged_src, kept_src, dst_of_merged, weighting, order):
+    """Apply one matching to ``x``: (merged x, merged sizes, new_index)."""
+    frames, t, _ = x.shape
+    device = x.device
+    acc = torch.promote_types(x.dtype, torch.float32)
     src_x, dst_x = x[:, ::2], x[:, 1::2]
     src_size, dst_size = sizes[:, ::2], sizes[:, 1::2]
     tb = dst_x.shape[1]

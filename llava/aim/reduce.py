@@ -1,6 +1,6 @@
 """Reduction of each frame before the LLM: AIM's merging or the spatial-pooling control.
 
-Both give a frame of T tokens exactly ``merged_token_count(T, retention)`` tokens, so the
+Both give a frame of T tokens exactly ``merged_token_count(T, retention, rule)`` tokens, so the
 processor's placeholder count, the schedule and the FLOPs are the same; only *which* tokens
 are averaged differs. Pure torch.
 """
@@ -45,14 +45,14 @@ def pool_slots(rows: int, cols: int, out_rows: int, out_cols: int, device=None) 
     return (r[:, None] * out_cols + c[None, :]).reshape(-1)
 
 
-def pool_frames(x: torch.Tensor, retention: float, track_sources: bool = False) -> MergeResult:
+def pool_frames(x: torch.Tensor, retention: float, track_sources: bool = False, count: str = "official") -> MergeResult:
     """Average-pool each frame of ``x`` (F, T, C) over spatial blocks to ``merged_token_count(T,
-    retention)`` tokens, in raster order. With T = 196 (14 x 14) and 49 tokens this is 2x2
+    retention, count)`` tokens, in raster order. With T = 196 (14 x 14) and 49 tokens this is 2x2
     average pooling; a T that is not a square is pooled as one row."""
     if x.dim() != 3:
         raise ValueError(f"expected frames of shape (F, T, C), got {tuple(x.shape)}")
     frames, t, c = x.shape
-    target = merged_token_count(t, retention)
+    target = merged_token_count(t, retention, count)
     rows, cols = token_grid(t)
     grid = pooled_grid(rows, cols, target)
     if grid is None:  # no block grid of that size: pool runs of the raster order instead
@@ -67,8 +67,10 @@ def pool_frames(x: torch.Tensor, retention: float, track_sources: bool = False) 
     return MergeResult(tokens=tokens, sizes=sizes.expand(frames, target).clone(), source_index=source_index)
 
 
-def reduce_frames(x: torch.Tensor, cfg, track_sources: bool = False) -> MergeResult:
-    """The pre-LLM reduction of ``cfg`` (an AIMConfig): merging, or pooling for method "pool"."""
+def reduce_frames(x: torch.Tensor, cfg, track_sources: bool = False, metric: Optional[torch.Tensor] = None) -> MergeResult:
+    """The pre-LLM reduction of ``cfg`` (an AIMConfig): merging (similarity on ``metric`` when
+    given), or pooling for method "pool" (which has no similarity)."""
     if reduction_of(cfg) == "pool":
-        return pool_frames(x, cfg.retention, track_sources)
-    return merge_frames(x, cfg.retention, cfg.merge_weighting, cfg.merge_order, track_sources=track_sources)
+        return pool_frames(x, cfg.retention, track_sources, cfg.merge_count)
+    return merge_frames(x, cfg.retention, cfg.merge_weighting, cfg.merge_order, track_sources=track_sources,
+                        count=cfg.merge_count, metric=metric)

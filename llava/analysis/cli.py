@@ -79,7 +79,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hardware", default="nvidia_A100",
                    help=f"{', '.join(HARDWARE)} or custom:FLOPS:BW (FLOP/s and bytes/s)")
     p.add_argument("--paper-convention", action="store_true",
-                   help="count the schedule as the paper's FLOPs script (one layer earlier)")
+                   help="count as the paper's FLOPs script: the schedule one layer earlier and floor(T * retention) "
+                        "tokens per frame")
+    p.add_argument("--merge-count", default="official", choices=("official", "exact"),
+                   help="runtime convention: the merged count the runtime keeps (AIMConfig.merge_count; official: "
+                        "196 -> 25 at 1/8, exact: floor(196/8) = 24); the paper convention always counts floor")
     p.add_argument("--flash-attention", action="store_true",
                    help="fused attention: no N x N scores stored or loaded")
     p.add_argument("--include-mlp-add", action="store_true",
@@ -99,7 +103,7 @@ def analysis_inputs(args: argparse.Namespace) -> Dict[str, Any]:
         convention="paper" if args.paper_convention else "runtime", hardware=args.hardware,
         options=RooflineOptions(weight_bytes=args.weight_bytes, act_bytes=args.act_bytes, kv_bytes=args.kv_bytes,
                                 flash_attention=args.flash_attention, include_mlp_add=args.include_mlp_add),
-        vision=get_vision(args.vision, args.llm),
+        vision=get_vision(args.vision, args.llm), merge_count=args.merge_count,
     )
 
 
@@ -170,6 +174,7 @@ def flops_report(result: Analysis, baseline: Analysis) -> Dict[str, Any]:
         "frames": s["frames"], "tokens_per_frame": s["tokens_per_frame"],
         "tokens_per_frame_kept": s["tokens_per_frame_kept"], "text_tokens": s["text_tokens"],
         "newline_tokens": s["newline_tokens"], "retention": s["retention"], "l1": s["l1"], "l2": s["l2"],
+        "merge_count": s["count_rule"],
         "method": s["method"], "drop_layers": s["resolved_drop_layers"], "drop_ratio": s["drop_ratio"],
         "score": s["score"],
         "convention": s["convention"], "vision_tower": s["vision_tower"],
@@ -216,6 +221,8 @@ def format_report(result: Analysis, baseline: Analysis) -> str:
         prune = f"drop at layers {','.join(map(str, s['resolved_drop_layers']))} ({s['score']} score)"
     elif s["l1"] is None:
         prune = "no pruning"
+    elif s["l1"] >= result.llm.layers:
+        prune = f"no pruning (l1={s['l1']} = the model's depth, l2={s['l2']})"
     else:
         prune = f"prune after layers {s['l1']}..{s['l2'] - 1} (l1={s['l1']}, l2={s['l2']})"
     name = "AIM" if s["method"] == "aim" else spec(s["method"]).title.split(" ")[0]

@@ -32,7 +32,7 @@ from llava.aim.merge import merged_token_count
 from llava.aim.policy import scaled_layer
 from llava.aim.schedule import visual_tokens_per_layer
 from llava.analysis.hardware import Hardware, get_hardware
-from llava.analysis.roofline import PAPER_LAYERS, RooflineOptions, layer_ops, lm_head_op
+from llava.analysis.roofline import PAPER_LAYERS, RooflineOptions, count_rule, layer_ops, lm_head_op
 from llava.analysis.shapes import LLMShape
 from llava.errors import AIMConfigError
 
@@ -192,7 +192,7 @@ def extended_settings(num_layers: int, tokens_per_frame: int) -> List[Setting]:
     r = 1.0
     while True:
         retentions.append(r)
-        if merged_token_count(tokens_per_frame, r) <= 1:
+        if merged_token_count(tokens_per_frame, r, "exact") <= 1:
             break
         r /= 2
     pairs: List[Tuple[Optional[int], Optional[int]]] = [(None, None)]
@@ -234,8 +234,8 @@ class CostModel:
 
 
 def evaluate(setting: Setting, model: CostModel, frames: int, tokens_per_frame: int, text_tokens: int,
-             newline_tokens: int, convention: str) -> Candidate:
-    kept = merged_token_count(tokens_per_frame, setting.retention)
+             newline_tokens: int, convention: str, merge_count: str = "official") -> Candidate:
+    kept = merged_token_count(tokens_per_frame, setting.retention, count_rule(convention, merge_count))
     v0 = frames * kept + newline_tokens
     visual = visual_tokens_per_layer(v0, model.llm.layers, setting.l1, setting.l2, convention)
     flops, time_s = model.prefill([text_tokens + v for v in visual])
@@ -254,6 +254,7 @@ def plan(
     options: Optional[RooflineOptions] = None,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
     vision: Any = None,
+    merge_count: str = "official",
 ) -> Plan:
     """Choose an AIM setting for ``target`` by the rule in this module's docstring.
 
@@ -265,8 +266,10 @@ def plan(
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise AIMConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     model = CostModel(llm, get_hardware(hardware), options or RooflineOptions())
+    if merge_count not in ("official", "exact"):
+        raise AIMConfigError(f"merge_count must be 'official' or 'exact', got {merge_count!r}")
     shape = dict(frames=frames, tokens_per_frame=tokens_per_frame, text_tokens=text_tokens,
-                 newline_tokens=newline_tokens, convention=convention)
+                 newline_tokens=newline_tokens, convention=convention, merge_count=merge_count)
     baseline = evaluate(Setting(1.0, None, None, "no AIM"), model, **shape)
     inputs = {"llm": llm.name, "layers": llm.layers, "hardware": model.hardware.name, **shape}
 

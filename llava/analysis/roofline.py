@@ -58,7 +58,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from llava.aim.config import AIMConfig
-from llava.aim.merge import merged_token_count
+from llava.aim.merge import merge_schedule, merged_token_count
 from llava.aim.policy import drop_layers_for, reduction_of, score_of, spec
 from llava.aim.policy import aim_default_layers
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
@@ -369,23 +369,18 @@ def vision_encoder_cost(vision: VisionShape, llm: LLMShape, frames: int, hardwar
     return ComponentCost(f"{vision.name} + projector x {frames} frames", tuple(_scaled(op, frames) for op in per_frame))
 
 
-def merge_steps(tokens_per_frame: int, retention: float) -> List[Tuple[int, int]]:
-    """(tokens before, tokens removed) of each bipartite merging step of one frame.
-
-    Mirrors the step sizes of ``llava.aim.merge.merge_frames``: a step removes at most half,
-    the last just enough to reach ``merged_token_count``.
-    """
-    target = merged_token_count(tokens_per_frame, retention)
+def merge_steps(tokens_per_frame: int, retention: float, rule: str = "official") -> List[Tuple[int, int]]:
+    """(tokens before, tokens removed) of each bipartite merging step of one frame: the steps
+    ``llava.aim.merge.merge_frames`` runs (``merge_schedule`` under ``rule``)."""
     t, steps = tokens_per_frame, []
-    while t > target:
-        r = min(t - target, t // 2)
+    for r in merge_schedule(tokens_per_frame, retention, rule):
         steps.append((t, r))
         t -= r
     return steps
 
 
 def merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, frames: int, hardware: Hardware,
-                       options: Optional[RooflineOptions] = None) -> List[OpCost]:
+                       options: Optional[RooflineOptions] = None, rule: str = "official") -> List[OpCost]:
     """Token merging on ``frames`` frames of ``channels``-wide tokens (the projected features).
 
     Per step on t tokens (na = ceil(t/2) sources, nb = floor(t/2) destinations, r merged):
@@ -395,7 +390,7 @@ def merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, f
     o = options or RooflineOptions()
     a, C = o.act_bytes, channels
     ops: List[OpCost] = []
-    for i, (t, r) in enumerate(merge_steps(tokens_per_frame, retention)):
+    for i, (t, r) in enumerate(merge_steps(tokens_per_frame, retention, rule)):
         na, nb = (t + 1) // 2, t // 2
         step = [
             _op(f"merge.normalize[{i}]", 3 * t * C, 2 * t * C * a, hardware),
@@ -436,11 +431,11 @@ def importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
 
 
 def pool_overhead_ops(tokens_per_frame: int, retention: float, channels: int, frames: int, hardware: Hardware,
-                      options: Optional[RooflineOptions] = None) -> List[OpCost]:
+                      options: Optional[RooflineOptions] = None, rule: str = "official") -> List[OpCost]:
     """Spatial pooling (the "pool" control) of ``frames`` frames to k tokens: one add per input
     element, one division per output element; reads the frame, writes the pooled tokens."""
     o = options or RooflineOptions()
-    k, t, C = merged_token_count(tokens_per_frame, retention), tokens_per_frame, channels
+    k, t, C = merged_token_count(tokens_per_frame, retention, rule), tokens_per_frame, channels
     return [_scaled(_op("pool", t * C + k * C, t * C * o.act_bytes + k * C * o.act_bytes, hardware), frames)]
 
 
@@ -463,6 +458,12 @@ def last_token_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
 
 
 # --- the analysis --------------------------------------------------------------------------
+
+
+def count_rule(convention: str, merge_count: str = "official") -> str:
+    """The merged-count rule a convention counts with: the paper's tables used floor(T * r)
+    ("exact"); the runtime convention counts what the runtime keeps (``merge_count``)."""
+    return "exact" if convention == "paper" else merge_count
 
 
 def paper_default_layers(num_layers: int) -> Tuple[int, int]:
@@ -547,7 +548,7 @@ class Analysis:
 
 
 _SETTING_KEYS = ("frames", "tokens_per_frame", "text_tokens", "newline_tokens", "retention", "l1", "l2", "convention",
-                 "pagerank_iterations", "method", "drop_layers", "drop_ratio")
+                 "pagerank_iterations", "method", "drop_layers", "drop_ratio", "merge_count")
 
 
 def _analyze_kwargs(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -576,17 +577,23 @@ def analyze(
     method: str = "aim",
     drop_layers: Optional[Sequence[int]] = None,
     drop_ratio: Optional[float] = None,
+    merge_count: str = "official",
     **option_kwargs: Any,
 ) -> Analysis:
     """Roofline prefill cost of the language model on one video (or image) prompt.
 
     N_j = text_tokens + visual_j, with visual_0 = frames * merged_token_count(tokens_per_frame,
-    retention) + newline_tokens and visual_j = ``visual_tokens_per_layer(visual_0, L, l1, l2,
+    retention, rule) + newline_tokens and visual_j = ``visual_tokens_per_layer(visual_0, L, l1, l2,
     convention)``. ``newline_tokens`` defaults to 0 so that the paper's setting is exactly
     100 + 32*196 tokens; LLaVA-OneVision's runtime appends one newline token after a video's
     frames (it counts as visual and can be pruned): pass ``newline_tokens=1`` to count what the
     runtime executes. ``convention`` is "runtime" (what the project's model executes) or
     "paper" (the paper's FLOPs script, one layer earlier).
+
+    The merged count per frame: the runtime convention counts what the runtime keeps under
+    ``merge_count`` ("official" by default: 25 of 196 at 1/8); the paper convention counts
+    floor(T * retention) (24 at 1/8), as the paper's tables were computed, whatever
+    ``merge_count`` says.
 
     ``method`` (with ``drop_layers`` / ``drop_ratio`` for fastv, vtw, pdrop) selects a policy of
     llava.aim.policy; its per-layer counts come from ``llava.aim.schedule.policy_visual_tokens``,
@@ -608,7 +615,7 @@ def analyze(
     _check_count("text_tokens", text_tokens, 0)
     _check_count("newline_tokens", newline_tokens, 0)
     _check_count("pagerank_iterations", pagerank_iterations, 1)
-    cfg = AIMConfig(retention=retention, l1=l1, l2=l2, method=method,
+    cfg = AIMConfig(retention=retention, l1=l1, l2=l2, method=method, merge_count=merge_count,
                     drop_layers=None if drop_layers is None else tuple(drop_layers), drop_ratio=drop_ratio)
     cfg.check_against_model(shape.layers)
     if convention != "runtime" and spec(method).schedule != "linear":
@@ -616,7 +623,8 @@ def analyze(
                              "(drop --paper-convention)")
     vshape = get_vision(vision, llm)
 
-    kept = merged_token_count(tokens_per_frame, retention)
+    rule = count_rule(convention, merge_count)
+    kept = merged_token_count(tokens_per_frame, retention, rule)
     v0 = frames * kept + newline_tokens
     visual = policy_visual_tokens(cfg, v0, shape.layers, convention)
     tokens = [text_tokens + v for v in visual]
@@ -627,9 +635,9 @@ def analyze(
     encoder = vision_encoder_cost(vshape, shape, frames, hw, options)
     overhead: List[OpCost] = []
     if retention < 1.0 and reduction_of(cfg) == "pool":
-        overhead += pool_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options)
+        overhead += pool_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)
     elif retention < 1.0:
-        overhead += merge_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options)
+        overhead += merge_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)
     score = score_of(cfg)
     if l1 is not None and score in ("pagerank", "attention"):  # AIM's count, whichever AIM score
         overhead += importance_overhead_ops(shape, tokens, scoring_layers(visual), hw, options, pagerank_iterations)
@@ -642,6 +650,7 @@ def analyze(
         "tokens_per_frame_kept": kept, "text_tokens": text_tokens, "newline_tokens": newline_tokens,
         "visual_tokens": v0, "retention": retention, "l1": l1, "l2": l2, "convention": convention,
         "pagerank_iterations": pagerank_iterations, "hardware": hw.name, "vision_tower": vshape.name,
+        "merge_count": merge_count, "count_rule": rule,
         "method": method, "drop_layers": None if drop_layers is None else list(drop_layers),
         "drop_ratio": drop_ratio, "score": score,
         "resolved_drop_layers": (list(drop_layers_for(method, cfg.drop_layers, shape.layers))
@@ -649,7 +658,8 @@ def analyze(
     }
     notes = [NOTE_SILU, NOTE_REFERENCE, NOTE_SEPARATE]
     if convention == "paper":
-        notes.append("paper convention: the schedule counted one layer earlier, as the paper's FLOPs script does")
+        notes.append("paper convention: the schedule counted one layer earlier and floor(T * retention) tokens "
+                     "per frame, as the paper's FLOPs script does")
     if options.flash_attention:
         notes.append("flash-attention variant: qk/softmax/sv fused, no N x N scores in memory (ideal fused-kernel IO)")
     if options.include_mlp_add:

@@ -170,8 +170,8 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
 
     Returns (model, processor), both patched in place. Calling it again replaces the previous
     setting. ``AIMConfig.disabled()`` restores the stock behaviour exactly. "auto" pruning
-    layers are resolved here against the model (``model.aim_config`` and ``aim_stats`` hold
-    the resolved ones). After each call ``model.aim_stats`` holds what AIM did.
+    layers and merge metric are resolved here against the model (``model.aim_config`` and
+    ``aim_stats`` hold the resolved ones). After each call ``model.aim_stats`` holds what AIM did.
     """
     cfg = AIMConfig() if cfg is None else cfg
     if not isinstance(cfg, AIMConfig):
@@ -181,7 +181,9 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
     lm = inner.language_model
     num_layers = len(lm.layers)
     cfg = cfg.resolve_layers(num_layers, family.official_layers(num_layers))
+    cfg = cfg.resolve_merge_metric(family.official_merge_metric, family.merge_metrics, family.title)
     family.check_model(model)
+    family.check_setting(model, cfg)
     if processor is not None:
         family.check_processor(processor)  # before touching anything: no half-patched model
     remove_aim(model, processor)

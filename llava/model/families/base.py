@@ -8,7 +8,8 @@ another, as far as AIM is concerned:
   after it (``patch_processor``);
 * how positions are built (``install_positions``; nothing to do for 1-D RoPE, where the
   decoder driver keeps each survivor's original position);
-* the official pruning schedule, where the official code has one (``official_layers``).
+* the official pruning schedule, where the official code has one (``official_layers``), and
+  what merging's similarity is computed on (``merge_metrics``, ``official_merge_metric``).
 
 The runtime, the statistics and the decoder driver (llava/model/llava_arch.py,
 language_model/) know nothing about families. Adding a family = one module here that
@@ -32,6 +33,8 @@ class FamilyAdapter:
     merged_media: Tuple[str, ...] = ()  # the media whose tokens AIM merges
     tiny_models: Tuple[str, ...] = ()  # built-in names (folders in llava/model/tiny/)
     processor_methods: Tuple[str, ...] = ()  # processor attributes patch_processor sets
+    merge_metrics: Tuple[str, ...] = ("tokens",)  # AIMConfig.merge_metric values supported
+    official_merge_metric: str = "tokens"  # what merge_metric="auto" resolves to
 
     # -- which model ----------------------------------------------------------------------
     @property
@@ -59,6 +62,9 @@ class FamilyAdapter:
     # -- what AIM patches -----------------------------------------------------------------
     def check_model(self, model) -> None:
         """Raise UnsupportedModelError if this loaded model cannot take AIM (before patching)."""
+
+    def check_setting(self, model, cfg) -> None:
+        """Raise an AIMError if this model cannot run the resolved setting ``cfg`` (before patching)."""
 
     def install_merging(self, inner, runtime) -> None:
         raise NotImplementedError
@@ -96,8 +102,9 @@ def set_instance_attr(obj, name, value, runtime) -> None:
     runtime.restore.append(undo)
 
 
-def reduce_tokens(runtime, features):
-    """The pre-LLM reduction of the runtime's config: AIM's merging, or the pooling control."""
+def reduce_tokens(runtime, features, metric=None):
+    """The pre-LLM reduction of the runtime's config: AIM's merging (its similarity computed on
+    ``metric`` when given), or the pooling control."""
     from llava.aim.reduce import reduce_frames
 
-    return reduce_frames(features, runtime.cfg, track_sources=runtime.track_sources)
+    return reduce_frames(features, runtime.cfg, track_sources=runtime.track_sources, metric=metric)

@@ -1,7 +1,17 @@
 """LLaVA-1.5 (CLIP ViT-L/336 + Llama): merging of each image's tokens.
 
-Each image's projected tokens are merged (a forward hook on the multimodal projector), so the
-LLM receives k tokens per image instead of 576; the processor emits k placeholders.
+Two places merging can hook in (AIMConfig.merge_metric):
+
+* "keys" (the official code, the default): the CLIP features LLaVA selects (the
+  penultimate layer's output, CLS dropped: 576 x 1024) are merged BEFORE the projector (a
+  forward pre-hook on it). The similarity is the cosine of the attention keys that the next
+  CLIP layer (layer 23 of 24) computes from those same features, read with a forward hook on
+  that layer's k_proj (its CLS row dropped as the features' is); the keys are merged alongside
+  the features at every step.
+* "tokens": the projected tokens the LLM receives are merged after the projector (a forward
+  hook on it), their own cosine as the similarity.
+
+Either way the LLM receives k tokens per image instead of 576; the processor emits k placeholders.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from llava.aim.merge import merged_token_count
+from llava.errors import UnsupportedModelError
 from llava.model.families.base import FamilyAdapter, reduce_tokens
 
 OFFICIAL_LAYERS_32 = (13, 21)  # official code: retain 1 - (l - 12) / 8 from layer 13 of 32
@@ -24,11 +35,21 @@ class Llava15Adapter(FamilyAdapter):
     merged_media = ("image",)
     tiny_models = ("tiny-llava-1.5",)
     processor_methods = ("replace_image_token",)
+    merge_metrics = ("keys", "tokens")
+    official_merge_metric = "keys"
 
     def official_layers(self, num_layers: int) -> Optional[Tuple[int, int]]:
         return OFFICIAL_LAYERS_32 if num_layers == 32 else None
 
+    def check_setting(self, model, cfg) -> None:
+        if cfg.merging and cfg.merge_metric == "keys":
+            key_layer(self.inner(model))
+
     def install_merging(self, inner, runtime) -> None:
+        if runtime.cfg.merging and runtime.cfg.merge_metric == "keys":
+            self._install_key_merging(inner, runtime)
+            return
+
         def merge_projected(module, args, output):
             result = reduce_tokens(runtime, output)  # (images, 576, C) -> (images, k, C)
             runtime.record_merge(
@@ -39,11 +60,64 @@ class Llava15Adapter(FamilyAdapter):
 
         runtime.handles.append(inner.multi_modal_projector.register_forward_hook(merge_projected))
 
+    def _install_key_merging(self, inner, runtime) -> None:
+        captured = {}
+
+        def keep_keys(module, args, output):
+            captured["keys"] = output  # (images, 577, D): k_proj of the layer after the selected one
+
+        def merge_features(module, args):
+            features = args[0]  # (images, 576, D): the selected CLIP features, CLS dropped
+            keys = captured.pop("keys", None)
+            if keys is None or keys.shape[0] != features.shape[0]:
+                raise UnsupportedModelError(
+                    "merge_metric='keys' found no CLIP keys for these features (the vision tower did not run "
+                    "the layer after the selected one); use merge_metric='tokens'"
+                )
+            metric = keys[:, keys.shape[1] - features.shape[1]:]  # drop CLS as the features did
+            result = reduce_tokens(runtime, features, metric=metric)
+            runtime.record_merge(
+                frames=features.shape[0], before=features.shape[1], after=result.tokens.shape[1],
+                newline_tokens=0, sources=result.source_index,
+            )
+            return (result.tokens,) + tuple(args[1:])
+
+        k_proj = key_layer(inner).self_attn.k_proj
+        runtime.handles.append(k_proj.register_forward_hook(keep_keys))
+        runtime.handles.append(inner.multi_modal_projector.register_forward_pre_hook(merge_features))
+
     def patch_processor(self, processor, cfg, runtime) -> None:
         stock = processor.replace_image_token
 
         def replace_image_token(image_inputs, image_idx, **kwargs):
             text = stock(image_inputs, image_idx, **kwargs)
-            return processor.image_token * merged_token_count(text.count(processor.image_token), cfg.retention)
+            count = merged_token_count(text.count(processor.image_token), cfg.retention, cfg.merge_count)
+            return processor.image_token * count
 
         processor.replace_image_token = replace_image_token
+
+
+def key_layer(inner):
+    """The CLIP encoder layer whose keys are merging's similarity: the one right after the
+    layer LLaVA selects its features from (hidden_states[s] is the input of layers[s]), i.e.
+    layer 23 of 24 for LLaVA-1.5's vision_feature_layer = -2."""
+    selected = getattr(inner.config, "vision_feature_layer", -2)
+    try:
+        layers = inner.vision_tower.vision_model.encoder.layers
+    except AttributeError:
+        raise UnsupportedModelError(
+            f"merge_metric='keys' needs a CLIP vision tower (vision_model.encoder.layers), got "
+            f"{type(inner.vision_tower).__name__}; use merge_metric='tokens'"
+        ) from None
+    if isinstance(selected, bool) or not isinstance(selected, int):
+        raise UnsupportedModelError(
+            f"merge_metric='keys' needs one selected vision layer, got vision_feature_layer={selected!r}; "
+            "use merge_metric='tokens'"
+        )
+    index = selected % (len(layers) + 1)  # hidden_states holds the embeddings + one entry per layer
+    if index >= len(layers):
+        raise UnsupportedModelError(
+            f"merge_metric='keys' uses the keys of the CLIP layer after the selected one, but "
+            f"vision_feature_layer={selected} is the last layer's output; use merge_metric='tokens'"
+        )
+    return layers[index]

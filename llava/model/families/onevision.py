@@ -52,6 +52,7 @@ class OneVisionAdapter(FamilyAdapter):
             total = text.count(processor.video_token)
             frames = len(video_inputs["pixel_values_videos"][video_idx])
             per_frame = (total - 1) // frames  # stock: frames * T + 1 newline
-            return processor.video_token * (frames * merged_token_count(per_frame, cfg.retention) + 1)
+            kept = merged_token_count(per_frame, cfg.retention, cfg.merge_count)
+            return processor.video_token * (frames * kept + 1)
 
         processor.replace_video_token = replace_video_token

@@ -1,0 +1,123 @@
+"""Every row of the paper's efficiency tables is a ``llava-aim flops`` command that reproduces it.
+
+The paper's two efficiency tables on LLaVA-OneVision-7B (Qwen2-7B, 32 frames x 196 tokens, 100
+text tokens, nvidia_A100): the merging-retention sweep 1 .. 1/64 with pruning (14, 22) (7 rows)
+and the (l1, l2) ablation at retention 1/4 (10 rows, Exp. 1 being (28, 29): nothing pruned).
+
+Reference figures: the official FLOPs script (LaVi-Lab/AIM, other_packages/LLM-Viewer,
+``analyze_flex_prefill_only.py`` with ``--skip-mlp-bias``, nvidia_A100), run on each row's
+per-layer token list (its rule: ``int(max(0, 1 - (j - l1 + 1) / (l2 - l1)) * v0 + 100)`` from
+layer l1 on, ``v0 = 32 * floor(196 * r)``). Where the paper prints the figure (99.63 TFLOPs for
+the full model, 14.76 for the default setting) it agrees to the printed digits.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+# (retention, l1, l2) -> (TFLOPs, prefill ms) of the official script
+RETENTION_SWEEP = {
+    (1.0, 14, 22): (62.0106, 270.3295),
+    (1 / 2, 14, 22): (29.3557, 115.3286),
+    (1 / 4, 14, 22): (14.7566, 55.0284),
+    (1 / 8, 14, 22): (7.7520, 28.7096),
+    (1 / 16, 14, 22): (4.4964, 17.2202),
+    (1 / 32, 14, 22): (2.8945, 11.8918),
+    (1 / 64, 14, 22): (2.1000, 9.9386),
+}
+ABLATION = {
+    (1 / 4, 28, 29): (22.8995, 83.9386),
+    (1 / 4, 21, 29): (20.1540, 73.6147),
+    (1 / 4, 14, 29): (17.4100, 63.3438),
+    (1 / 4, 7, 29): (14.6682, 53.1111),
+    (1 / 4, 21, 22): (17.5021, 65.3523),
+    (1 / 4, 14, 22): (14.7566, 55.0284),
+    (1 / 4, 7, 22): (12.0126, 44.7575),
+    (1 / 4, 14, 15): (12.1046, 46.7660),
+    (1 / 4, 7, 15): (9.3592, 36.4420),
+    (1 / 4, 7, 8): (6.7072, 28.1796),
+}
+# Also in the paper's tables / text: merging alone at each retention, and the full model.
+MERGING_ONLY = {
+    1.0: (99.6270, 439.5782), 1 / 2: (46.4822, 182.6517), 1 / 4: (22.8995, 83.9386), 1 / 8: (11.6353, 41.2158),
+    1 / 16: (6.4128, 22.5426), 1 / 32: (3.8464, 13.6781), 1 / 64: (2.5744, 10.1486),
+}
+# (table, (retention, l1, l2)): the default setting (1/4, 14, 22) is a row of both tables.
+PAPER_ROWS = [("retention sweep", row) for row in RETENTION_SWEEP] + [("(l1, l2) ablation", row) for row in ABLATION]
+REFERENCE = {**RETENTION_SWEEP, **ABLATION}
+TOLERANCE = 0.005
+
+
+def _flops(cli_main, capsys, args):
+    assert cli_main(["flops", "--json", "--paper-convention", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def cli_main():
+    from llava.cli import main
+
+    return main
+
+
+def test_seventeen_rows():
+    assert len(PAPER_ROWS) == 17 and len(RETENTION_SWEEP) == 7 and len(ABLATION) == 10
+
+
+@pytest.mark.parametrize("table, row", PAPER_ROWS, ids=[f"{t}: {r}" for t, r in PAPER_ROWS])
+def test_paper_row_is_a_flops_command(cli_main, capsys, table, row):
+    retention, l1, l2 = row
+    tflops, ms = REFERENCE[row]
+    report = _flops(cli_main, capsys, ["--retention", repr(retention), "--l1", str(l1), "--l2", str(l2)])
+    assert report["prefill_tflops"] == pytest.approx(tflops, rel=TOLERANCE)
+    assert report["prefill_ms"] == pytest.approx(ms, rel=TOLERANCE)
+    assert report["merge_count"] == "exact"  # the paper's tables: floor(196 * r) tokens per frame
+    assert report["tokens_per_frame_kept"] == int(196 * retention)
+
+
+@pytest.mark.parametrize("retention", sorted(MERGING_ONLY, reverse=True))
+def test_merging_only_rows(cli_main, capsys, retention):
+    tflops, ms = MERGING_ONLY[retention]
+    report = _flops(cli_main, capsys, ["--retention", repr(retention), "--no-prune"])
+    assert report["prefill_tflops"] == pytest.approx(tflops, rel=TOLERANCE)
+    assert report["prefill_ms"] == pytest.approx(ms, rel=TOLERANCE)
+
+
+def test_printed_figures(cli_main, capsys):
+    """The two figures the paper prints in its text: 99.63 (no AIM) and 14.76 (default)."""
+    report = _flops(cli_main, capsys, [])
+    assert round(report["baseline_prefill_tflops"], 2) == 99.63
+    assert round(report["prefill_tflops"], 2) == 14.76
+
+
+def test_nothing_pruned_row_equals_merging_only(cli_main, capsys):
+    """Exp. 1, (28, 29) on 28 layers: l1 == depth is accepted and prunes nothing, in both conventions."""
+    for convention in ([], ["--paper-convention"]):
+        assert cli_main(["flops", "--json", "--l1", "28", "--l2", "29", *convention]) == 0
+        row = json.loads(capsys.readouterr().out)
+        assert cli_main(["flops", "--json", "--no-prune", *convention]) == 0
+        merge_only = json.loads(capsys.readouterr().out)
+        assert row["tokens_per_layer"] == merge_only["tokens_per_layer"]
+        assert row["pruning_layers"] == [] and row["prefill_flops"] == merge_only["prefill_flops"]
+    assert cli_main(["flops", "--l1", "28", "--l2", "29"]) == 0
+    assert "no pruning (l1=28 = the model's depth" in capsys.readouterr().out
+
+
+def test_l1_beyond_the_depth_is_refused(cli_main, capsys):
+    assert cli_main(["flops", "--l1", "29", "--l2", "30"]) == 2
+    err = capsys.readouterr().err
+    assert "l1=29" in err and "28 layers" in err and len(err.strip().splitlines()) == 1
+
+
+def test_runtime_convention_counts_the_official_merge(cli_main, capsys):
+    """The runtime keeps 25 tokens per frame at 1/8 (the official step rule); --merge-count
+    exact counts the old floor rule; the paper convention counts floor whatever the flag."""
+    assert cli_main(["flops", "--json", "--retention", "0.125", "--no-prune"]) == 0
+    official = json.loads(capsys.readouterr().out)
+    assert official["tokens_per_frame_kept"] == 25 and official["tokens_per_layer"][0] == 32 * 25 + 100
+    assert cli_main(["flops", "--json", "--retention", "0.125", "--no-prune", "--merge-count", "exact"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens_per_frame_kept"] == 24
+    report = _flops(cli_main, capsys, ["--retention", "0.125", "--no-prune", "--merge-count", "official"])
+    assert report["tokens_per_frame_kept"] == 24
