@@ -88,7 +88,7 @@ def default_cases(frames: int, tokens_per_frame: int, text: int, num_layers: int
     if l1 is None:
         l1, l2 = aim_default_layers(num_layers)
     full = frames * tokens_per_frame + newline
-    merged = frames * merged_token_count(tokens_per_frame, retention) + newline
+    merged = frames * merged_token_count(tokens_per_frame, retention, AIMConfig().merge_count) + newline
     cases = [
         PrefillCase("baseline", None, full, text),
         PrefillCase("mask", AIMConfig(retention=retention, l1=l1, l2=l2, pruning_mode="mask"), merged, text),
@@ -112,7 +112,7 @@ def method_case(method: str, frames: int, tokens_per_frame: int, text: int, num_
             l1, l2 = aim_default_layers(num_layers)
         cfg = AIMConfig(method=method, retention=retention, l1=l1, l2=l2, seed=seed)
     cfg.check_against_model(num_layers)
-    visual = frames * merged_token_count(tokens_per_frame, cfg.retention) + newline
+    visual = frames * merged_token_count(tokens_per_frame, cfg.retention, cfg.merge_count) + newline
     return PrefillCase(method, cfg, visual, text)
 
 
@@ -420,7 +420,7 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
     device = torch.device(device)
     num_layers = text_config.num_hidden_layers
     cfg.check_against_model(num_layers)
-    visual = frames * merged_token_count(tokens_per_frame, cfg.retention) + newline
+    visual = frames * merged_token_count(tokens_per_frame, cfg.retention, cfg.merge_count) + newline
     visual_per_layer = policy_visual_tokens(cfg, visual, num_layers) if cfg.pruning else [visual] * num_layers
     tokens = [text_tokens + v for v in visual_per_layer]
     scoring = scoring_layers(visual_per_layer) if cfg.pruning else []
@@ -581,10 +581,11 @@ def predict(lm_config, cases: List[PrefillCase], frames: int, tokens_per_frame: 
     for case in cases:
         cfg = case.cfg
         retention = cfg.retention if cfg else 1.0
+        rule = cfg.merge_count if cfg else "official"
         pruning = cfg is not None and cfg.pruning and cfg.pruning_mode == "remove"
         a = analyze(lm_config, frames=frames, tokens_per_frame=tokens_per_frame, text_tokens=case.text_tokens,
-                    newline_tokens=case.visual_tokens - frames * merged_token_count(tokens_per_frame, retention),
-                    retention=retention, l1=cfg.l1 if pruning else None, l2=cfg.l2 if pruning else None,
+                    newline_tokens=case.visual_tokens - frames * merged_token_count(tokens_per_frame, retention, rule),
+                    retention=retention, merge_count=rule, l1=cfg.l1 if pruning else None, l2=cfg.l2 if pruning else None,
                     method=cfg.method if pruning else "aim", drop_layers=cfg.drop_layers if pruning else None,
                     drop_ratio=cfg.drop_ratio if pruning else None,
                     hardware=hardware, weight_bytes=dtype_bytes, act_bytes=dtype_bytes, kv_bytes=dtype_bytes,

@@ -141,10 +141,11 @@ def test_sources_and_survivors_video(ov_sdpa):
         remove_aim(model, processor)
 
 
-def test_sources_and_survivors_image(llava15_sdpa):
+@pytest.mark.parametrize("metric", ["keys", "tokens"])  # official (before the projector) and after it
+def test_sources_and_survivors_image(llava15_sdpa, metric):
     model, processor = llava15_sdpa
     try:
-        apply_aim(model, processor, AIMConfig(retention=0.25, l1=4, l2=6), track_sources=True)
+        apply_aim(model, processor, AIMConfig(retention=0.25, l1=4, l2=6, merge_metric=metric), track_sources=True)
         with torch.inference_mode():
             model(**image_inputs(processor, [make_image()]))
         stats = model.aim_stats

@@ -187,7 +187,8 @@ def prefill_tflops(setting: dict, is_video: bool) -> Optional[float]:
     if setting["llm"] is None or getattr(cfg, "method", "aim") != "aim":
         return None  # no shape for this checkpoint, or a method the analyzer does not model
     result = analyze(setting["llm"], frames=setting["frames"], tokens_per_frame=196 if is_video else 576,
-                     text_tokens=TEXT_TOKENS, retention=cfg.retention, l1=cfg.l1, l2=cfg.l2)
+                     text_tokens=TEXT_TOKENS, retention=cfg.retention, l1=cfg.l1, l2=cfg.l2,
+                     merge_count=cfg.merge_count)
     return result.prefill_tflops
 
 

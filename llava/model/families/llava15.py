@@ -102,11 +102,12 @@ def key_layer(inner):
     layer LLaVA selects its features from (hidden_states[s] is the input of layers[s]), i.e.
     layer 23 of 24 for LLaVA-1.5's vision_feature_layer = -2."""
     selected = getattr(inner.config, "vision_feature_layer", -2)
-    try:
-        layers = inner.vision_tower.vision_model.encoder.layers
+    tower = inner.vision_tower
+    try:  # CLIPVisionModel holds the encoder directly in recent transformers, under vision_model before
+        layers = getattr(tower, "vision_model", tower).encoder.layers
     except AttributeError:
         raise UnsupportedModelError(
-            f"merge_metric='keys' needs a CLIP vision tower (vision_model.encoder.layers), got "
+            f"merge_metric='keys' needs a CLIP vision tower (encoder.layers), got "
             f"{type(inner.vision_tower).__name__}; use merge_metric='tokens'"
         ) from None
     if isinstance(selected, bool) or not isinstance(selected, int):
