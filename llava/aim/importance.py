@@ -1,6 +1,6 @@
 """Stage 2 of AIM: token importance from a layer's attention, and survivor selection.
 
-Pure torch. ``pagerank_importance`` is the paper's score (METHOD.md): causal attention of
+Pure torch. ``pagerank_importance`` is the paper's score (docs/method.md): causal attention of
 the tokens present, sharpened with temperature tau, used as a transition matrix for a few
 power-iteration steps from a uniform start; root-mean-square over heads. Computed in float32
 over the *present* tokens only (``valid``): padding, dead slots and tokens pruned earlier
@@ -117,7 +117,7 @@ def pagerank_importance(
     all_valid = bool(valid.all())
     present = valid.sum(dim=-1, keepdim=True).clamp_min(1).to(torch.float32)
     start = valid.to(torch.float32) / present  # uniform 1/N over the present tokens
-    # Fold scale and temperature into q (masking after dividing by tau, as METHOD.md says);
+    # Fold scale and temperature into q (masking after dividing by tau, as docs/method.md says);
     # group the query heads by the key/value head they share: one matmul per group and block.
     q = (query.to(torch.float32) * (scaling / tau)).reshape(b, nkv, group, n, hd)
     k = key.to(torch.float32)
@@ -196,23 +196,93 @@ def attention_importance(
 
 
 def select_survivors(
-    scores: torch.Tensor, visual: torch.Tensor, alive: torch.Tensor, keep_visual: torch.Tensor
+    scores: torch.Tensor, visual: torch.Tensor, alive: torch.Tensor, keep_visual: torch.Tensor,
+    tie_scores: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Which present tokens go on to the next layer, as a (B, N) bool mask.
 
     Every present non-visual token survives. Among the present visual tokens of sample b the
-    ``keep_visual[b]`` highest-scoring survive; ties go to the lower index.
+    ``keep_visual[b]`` highest-scoring survive. Exactly equal scores are ranked by
+    ``tie_scores`` (higher first) when given, then by index (lower first).
     """
-    if torch.isnan(scores).any():
+    if torch.isnan(scores).any() or (tie_scores is not None and torch.isnan(tie_scores).any()):
         raise FloatingPointError("importance scores contain NaN; refusing a NaN-driven selection")
     candidates = visual & alive
     ranked_scores = scores.masked_fill(~candidates, float("-inf"))
-    order = torch.sort(ranked_scores, dim=-1, descending=True, stable=True).indices
+    if tie_scores is None:
+        order = torch.sort(ranked_scores, dim=-1, descending=True, stable=True).indices
+    else:
+        # Two stable sorts make a lexicographic order: by the tie key first, then by the score.
+        by_tie = torch.sort(tie_scores.masked_fill(~candidates, float("-inf")), dim=-1, descending=True, stable=True).indices
+        order = by_tie.gather(1, torch.sort(ranked_scores.gather(1, by_tie), dim=-1, descending=True, stable=True).indices)
     rank = torch.empty_like(order).scatter_(
         1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
     )
     chosen = candidates & (rank < keep_visual.to(rank.device)[:, None])
     return (alive & ~visual) | chosen
+
+
+def tie_counts(scores: torch.Tensor, visual: torch.Tensor, alive: torch.Tensor, keep: torch.Tensor):
+    """(zero_scores (B,), tie_decided (B,)) of one selection, as python lists of ints.
+
+    zero_scores: present visual tokens whose score is exactly 0 (e.g. PageRank mass that
+    underflowed in float32). tie_decided: survivors whose score equals the lowest surviving
+    score while some pruned token has that same score, i.e. survivors that the tie rule chose,
+    not the score.
+    """
+    candidates = visual & alive
+    zero = (candidates & (scores == 0)).sum(dim=1)
+    chosen, dropped = candidates & keep, candidates & ~keep
+    inf = torch.tensor(float("inf"), dtype=scores.dtype, device=scores.device)
+    boundary = torch.where(chosen, scores, inf).min(dim=1, keepdim=True).values  # lowest survivor
+    contested = (dropped & (scores == boundary)).any(dim=1)
+    decided = (chosen & (scores == boundary)).sum(dim=1) * contested
+    return zero.tolist(), decided.tolist()
+
+
+def log_first_step_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    valid: torch.Tensor,
+    scaling: float,
+    tau: float = 0.1,
+    max_bytes: int = 1 << 30,
+) -> torch.Tensor:
+    """log of the PageRank mass each token holds after the FIRST power step, root-mean-square
+    over heads, computed in the log domain: (B, N) float32, -inf where not valid.
+
+    The same transition matrix as :func:`pagerank_importance` (causal, temperature ``tau``,
+    over the valid tokens), d_1[j] = sum_i M[i, j] / N; as log-sum-exp of (logit - row lse) it
+    never underflows, so it still orders tokens whose PageRank score is exactly 0. Every valid
+    token receives at least its own diagonal share, so the result is finite there.
+    """
+    b, nh, n, hd = query.shape
+    nkv = key.shape[1]
+    group = nh // nkv
+    valid = valid.to(torch.bool)
+    all_valid = bool(valid.all())
+    q = (query.to(torch.float32) * (scaling / tau)).reshape(b, nkv, group, n, hd)
+    k = key.to(torch.float32)
+    chunk, rows = pagerank_blocking(b, nkv, group, n, query.device, max_bytes)
+    causal = torch.ones(rows, rows, dtype=torch.bool, device=query.device).tril_()
+    received = torch.full((b, nkv, group, n), float("-inf"), dtype=torch.float32, device=query.device)
+    for g0 in range(0, nkv, chunk):
+        kv = slice(g0, min(nkv, g0 + chunk))
+        c = kv.stop - kv.start
+        for i0 in range(0, n, rows):
+            i1 = min(n, i0 + rows)
+            m = i1 - i0
+            logits = torch.matmul(q[:, kv, :, i0:i1].reshape(b, c, group * m, hd), k[:, kv, :i1].transpose(-1, -2))
+            logits = logits.view(b, c, group, m, i1)
+            _mask_block(logits, valid, all_valid, i0, causal[:m, :m])
+            shares = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # log M[i, j]
+            if not all_valid:  # invalid queries cast no share
+                shares.masked_fill_(~valid[:, None, None, i0:i1, None], float("-inf"))
+            received[:, kv, :, :i1] = torch.logaddexp(received[:, kv, :, :i1], torch.logsumexp(shares, dim=-2))
+    present = valid.sum(dim=-1).clamp_min(1).to(torch.float32)
+    per_head = received.reshape(b, nh, n) - present.log()[:, None, None]
+    out = 0.5 * (torch.logsumexp(2 * per_head, dim=1) - torch.log(torch.tensor(float(nh))))
+    return out.masked_fill(~valid, float("-inf"))
 
 
 def compact_left(keep: torch.Tensor):

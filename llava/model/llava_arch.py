@@ -53,6 +53,7 @@ class AIMStats:
     layer_seq_lens_per_sample: List[List[int]] = field(default_factory=list)
     visual_tokens_per_layer: List[List[int]] = field(default_factory=list)
     kv_cache_lens: List[int] = field(default_factory=list)
+    score_ties: List[dict] = field(default_factory=list)
     l1: Optional[int] = None
     l2: Optional[int] = None
 
@@ -140,6 +141,7 @@ class AIMRuntime:
         s.layer_seq_lens = record.layer_seq_lens
         s.layer_seq_lens_per_sample = record.layer_seq_lens_per_sample
         s.visual_tokens_per_layer = record.visual_tokens_per_layer
+        s.score_ties = record.score_ties
         s.layer_survivors = None
         positions = getattr(record, "visual_positions", None)
         if positions is not None and s.merge_sources is not None:

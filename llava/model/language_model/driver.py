@@ -29,9 +29,11 @@ from llava.aim.importance import (
     attention_importance,
     compact_left,
     last_token_attention,
+    log_first_step_attention,
     pagerank_importance,
     random_scores,
     select_survivors,
+    tie_counts,
 )
 from llava.aim.policy import score_of
 from llava.aim.schedule import policy_visual_tokens
@@ -58,6 +60,9 @@ class PrefillRecord:
     # Only when the runtime tracks sources (else None, no cost): per layer, per sample, the
     # original sequence positions of the visual tokens entering that layer.
     visual_positions: Optional[List[List[torch.Tensor]]] = None
+    # One entry per ranked pruning layer: how many visual scores were exactly 0 and how many
+    # survivors a tie decided (per sample), and which rule broke the ties.
+    score_ties: List[dict] = field(default_factory=list)
 
 
 ATTENTION_SCORES = ("pagerank", "attention", "last_token")  # need the layer's q/k (a probe)
@@ -71,10 +76,13 @@ class ImportanceProbe:
         self.cfg = cfg
         self.valid = valid
         self.scores: Optional[torch.Tensor] = None
+        self._qk = None  # (query, key, scaling), kept only for the log-domain tie-break
 
     def observe(self, module, query: torch.Tensor, key: torch.Tensor) -> None:
         budget = self.cfg.importance_memory_mb << 20
         score = score_of(self.cfg)
+        if self.cfg.tie_break == "log_attention":
+            self._qk = (query, key, module.scaling)
         if score == "pagerank":
             self.scores = pagerank_importance(
                 query, key, self.valid, module.scaling, self.cfg.pagerank_tau, self.cfg.pagerank_iters, budget
@@ -83,6 +91,14 @@ class ImportanceProbe:
             self.scores = last_token_attention(query, key, self.valid, module.scaling)
         else:
             self.scores = attention_importance(query, key, self.valid, module.scaling, budget)
+
+    def tie_scores(self) -> Optional[torch.Tensor]:
+        """The tie-break key of AIMConfig.tie_break "log_attention" (None without one)."""
+        if self._qk is None:
+            return None
+        query, key, scaling = self._qk
+        tau = self.cfg.pagerank_tau if score_of(self.cfg) == "pagerank" else 1.0
+        return log_first_step_attention(query, key, self.valid, scaling, tau, self.cfg.importance_memory_mb << 20)
 
 
 def scores_without_attention(cfg: AIMConfig, visual_index: torch.Tensor, layer: int) -> torch.Tensor:
@@ -262,6 +278,14 @@ class DecoderDriver:
             else:
                 scores = probe.scores
             keep = select_survivors(scores, visual, alive, counts[:, j + 1])
+            if ranked:
+                zero, decided = tie_counts(scores, visual, alive, keep)
+                rule = "index"
+                if any(decided) and probe is not None and cfg.tie_break != "index":
+                    keep = select_survivors(scores, visual, alive, counts[:, j + 1], probe.tie_scores())
+                    rule = cfg.tie_break
+                record.score_ties.append({"layer": j, "candidates": (visual & alive).sum(dim=1).tolist(),
+                                          "zero_scores": zero, "tie_decided": decided, "tie_rule": rule})
             if cfg.pruning_mode == "mask":
                 alive, visual = keep, visual & keep
                 continue
