@@ -46,12 +46,16 @@ from llava.errors import (
     UnsupportedUsageError,
 )
 
-__all__ = ["load_video", "load_image", "sample_frame_indices", "decord_available"]
+__all__ = ["load_video", "load_image", "sample_frame_indices", "decord_available", "FRAME_SAMPLINGS"]
 
 logger = logging.getLogger(__name__)
 
 Backend = Literal["auto", "pyav", "decord"]
 _BACKENDS = ("auto", "pyav", "decord")
+#: "uniform": this project's rule (rounded, never repeats); "official": lmms-eval's
+#: LLaVA-OneVision rule, ``np.linspace(0, T - 1, N, dtype=int)`` (truncated, repeats frames of
+#: clips shorter than N), which the paper's evaluation used.
+FRAME_SAMPLINGS = ("uniform", "official")
 
 #: Show a progress bar (when ``progress=None``) from this many sampled frames on ...
 PROGRESS_MIN_SAMPLED = 64
@@ -71,19 +75,23 @@ def _as_int(value: object, name: str) -> int:
         raise AIMConfigError(f"{name} must be an integer, got {value!r}") from None
 
 
-def sample_frame_indices(total: int, num_frames: int) -> list[int]:
-    """Indices of ``num_frames`` frames spread uniformly over ``total`` frames.
+def sample_frame_indices(total: int, num_frames: int, sampling: str = "uniform") -> list[int]:
+    """Indices of ``num_frames`` frames spread over ``total`` frames, by ``sampling``.
 
-    Equivalent to ``numpy.linspace(0, total - 1, num_frames)`` rounded to the nearest
-    integer (ties rounded up), computed in exact integer arithmetic, so the result is
-    strictly increasing, starts at ``0`` and - when ``num_frames >= 2`` - ends at
-    ``total - 1``. With ``num_frames == 1`` the result is ``[0]``.
+    ``"uniform"`` (default, the project's rule): ``numpy.linspace(0, total - 1, num_frames)``
+    rounded to the nearest integer (ties rounded up), computed in exact integer arithmetic,
+    so the result is strictly increasing, starts at ``0`` and - when ``num_frames >= 2`` -
+    ends at ``total - 1``. With ``num_frames == 1`` the result is ``[0]``. If
+    ``num_frames >= total`` every frame is returned once (``list(range(total))``); frames are
+    never repeated.
 
-    If ``num_frames >= total`` every frame is returned once (``list(range(total))``);
-    frames are never repeated. ``total == 0`` gives ``[]``.
+    ``"official"`` (lmms-eval's LLaVA-OneVision model, the paper's evaluation): exactly
+    ``numpy.linspace(0, total - 1, num_frames, dtype=int)``: truncated towards 0, always
+    ``num_frames`` indices, repeating frames when the clip has fewer than ``num_frames``
+    (non-decreasing, not strictly increasing). ``total == 0`` gives ``[]`` under both.
 
     Raises :class:`~llava.errors.AIMConfigError` (a ``ValueError``) when
-    ``num_frames < 1`` or ``total < 0``.
+    ``num_frames < 1``, ``total < 0`` or ``sampling`` is unknown.
     """
     total = _as_int(total, "total")
     num_frames = _as_int(num_frames, "num_frames")
@@ -91,6 +99,12 @@ def sample_frame_indices(total: int, num_frames: int) -> list[int]:
         raise AIMConfigError(f"num_frames must be >= 1, got {num_frames}")
     if total < 0:
         raise AIMConfigError(f"total must be >= 0, got {total}")
+    if sampling not in FRAME_SAMPLINGS:
+        raise AIMConfigError(f"frame sampling must be one of {list(FRAME_SAMPLINGS)}, got {sampling!r}")
+    if total == 0:
+        return []
+    if sampling == "official":
+        return np.linspace(0, total - 1, num_frames, dtype=int).tolist()
     if num_frames >= total:
         return list(range(total))
     if num_frames == 1:
@@ -262,14 +276,16 @@ def _to_rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
     return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
 
 
-def _decode_selected(p: Path, total: int, num_frames: int, progress: bool | None) -> tuple[np.ndarray | None, int]:
-    """One decode pass keeping only the frames at the sampled indices of ``total``.
+def _decode_selected(p: Path, total: int, num_frames: int, progress: bool | None,
+                     sampling: str = "uniform") -> tuple[np.ndarray | None, int]:
+    """One decode pass keeping only the frames at the sampled indices of ``total`` (an index
+    sampled several times fills several slots).
 
     Returns ``(frames, decoded)``; ``frames`` is ``None`` when the clip turned out to
     hold a different number of frames than ``total`` (the caller then retries with the
     true count, so the sample stays uniform over the whole clip).
     """
-    wanted = sample_frame_indices(total, num_frames)
+    wanted = sample_frame_indices(total, num_frames, sampling)
     out: np.ndarray | None = None
     size: tuple[int, int] | None = None
     slot = 0
@@ -285,8 +301,9 @@ def _decode_selected(p: Path, total: int, num_frames: int, progress: bool | None
                     if out is None:
                         size = (frame.width, frame.height)
                         out = np.empty((len(wanted), *rgb.shape), dtype=np.uint8)
-                    out[slot] = rgb
-                    slot += 1
+                    while slot < len(wanted) and i == wanted[slot]:
+                        out[slot] = rgb
+                        slot += 1
         except (AIMError, MemoryError):
             raise
         except Exception as e:
@@ -296,7 +313,7 @@ def _decode_selected(p: Path, total: int, num_frames: int, progress: bool | None
     return out, decoded
 
 
-def _load_video_pyav(p: Path, num_frames: int, progress: bool | None) -> np.ndarray:
+def _load_video_pyav(p: Path, num_frames: int, progress: bool | None, sampling: str = "uniform") -> np.ndarray:
     with _Source(p) as src:
         total = src.stream.frames or 0  # container header; 0 or wrong for some formats
         if total <= 0:
@@ -308,13 +325,13 @@ def _load_video_pyav(p: Path, num_frames: int, progress: bool | None) -> np.ndar
                 raise _wrap_error(p, "video", e) from e
     if total <= 0:
         raise EmptyMediaError(f"video file '{p}' holds no frames. Pass a video with at least one frame.")
-    frames, decoded = _decode_selected(p, total, num_frames, progress)
+    frames, decoded = _decode_selected(p, total, num_frames, progress, sampling)
     if frames is None:
         # The header/packet count was off: sample again over the exact decoded count.
         if decoded == 0:
             raise EmptyMediaError(f"video file '{p}' holds no decodable frames. Pass a video with at least one frame.")
         logger.debug("'%s': expected %d frames, decoded %d; resampling", p, total, decoded)
-        frames, decoded2 = _decode_selected(p, decoded, num_frames, progress)
+        frames, decoded2 = _decode_selected(p, decoded, num_frames, progress, sampling)
         if frames is None:
             raise MediaDecodeError(
                 f"video file '{p}' decodes inconsistently ({decoded} then {decoded2} frames). "
@@ -326,7 +343,7 @@ def _load_video_pyav(p: Path, num_frames: int, progress: bool | None) -> np.ndar
 # --------------------------------------------------------------------------- decord backend
 
 
-def _load_video_decord(p: Path, num_frames: int, progress: bool | None) -> np.ndarray:
+def _load_video_decord(p: Path, num_frames: int, progress: bool | None, sampling: str = "uniform") -> np.ndarray:
     try:
         import decord
     except Exception as e:
@@ -343,7 +360,7 @@ def _load_video_decord(p: Path, num_frames: int, progress: bool | None) -> np.nd
         raise _wrap_error(p, "video", e) from e
     if total <= 0:
         raise EmptyMediaError(f"video file '{p}' holds no frames. Pass a video with at least one frame.")
-    wanted = sample_frame_indices(total, num_frames)
+    wanted = sample_frame_indices(total, num_frames, sampling)
     show = _want_progress(progress, len(wanted), total)
     chunk = 16
     parts: list[np.ndarray] = []
@@ -375,8 +392,9 @@ def load_video(
     backend: Backend = "auto",
     *,
     progress: bool | None = None,
+    sampling: str = "uniform",
 ) -> np.ndarray:
-    """Decode ``path`` and return ``num_frames`` frames sampled uniformly over the clip.
+    """Decode ``path`` and return ``num_frames`` frames sampled over the clip.
 
     Args:
         path: video file (anything FFmpeg reads: mp4, mkv, webm, avi, gif, ...).
@@ -391,10 +409,15 @@ def load_video(
             with PyAV.
         progress: ``None`` (default) shows a tqdm bar for >= 64 sampled frames or clips
             of >= 3000 frames; ``True``/``False`` force it on/off.
+        sampling: ``"uniform"`` (default; as described above) or ``"official"``, the
+            lmms-eval LLaVA-OneVision rule of the paper's evaluation: always ``num_frames``
+            frames, indices truncated, frames repeated for short clips
+            (:func:`sample_frame_indices`).
 
     Returns:
         ``numpy.ndarray`` of shape ``(N, H, W, 3)``, dtype ``uint8``, RGB, in temporal
-        order, with ``N == min(num_frames, total_frames)``.
+        order, with ``N == min(num_frames, total_frames)`` (``N == num_frames`` with
+        ``sampling="official"``).
 
     Notes:
         The PyAV backend decodes the clip sequentially (exact frame indices, no seeking
@@ -415,6 +438,8 @@ def load_video(
         raise AIMConfigError(f"num_frames must be >= 1, got {num_frames}")
     if backend not in _BACKENDS:
         raise AIMConfigError(f"unknown video backend {backend!r}; choose one of {', '.join(_BACKENDS)}")
+    if sampling not in FRAME_SAMPLINGS:
+        raise AIMConfigError(f"frame sampling must be one of {list(FRAME_SAMPLINGS)}, got {sampling!r}")
     if backend == "decord" and not decord_available():
         raise UnsupportedUsageError(
             "backend='decord' needs the decord package, which is not installed: "
@@ -422,14 +447,14 @@ def load_video(
         )
     p = _check_path(path, "video")
     if backend == "pyav" or (backend == "auto" and not decord_available()):
-        return _load_video_pyav(p, num_frames, progress)
+        return _load_video_pyav(p, num_frames, progress, sampling)
     if backend == "decord":
-        return _load_video_decord(p, num_frames, progress)
+        return _load_video_decord(p, num_frames, progress, sampling)
     try:
-        return _load_video_decord(p, num_frames, progress)
+        return _load_video_decord(p, num_frames, progress, sampling)
     except (MediaDecodeError, EmptyMediaError) as e:
         logger.info("decord could not read '%s' (%s); retrying with PyAV", p, e)
-        return _load_video_pyav(p, num_frames, progress)
+        return _load_video_pyav(p, num_frames, progress, sampling)
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:

@@ -73,6 +73,21 @@ def test_loader_args_defaults_and_errors():
             loader_args(raw, "x")
 
 
+def test_frame_sampling_model_arg():
+    """The plugin samples frames as lmms-eval's LLaVA-OneVision did for the paper by default."""
+    assert loader_args({}, "x").frame_sampling == "official"
+    assert loader_args({"frame_sampling": "uniform"}, "x").frame_sampling == "uniform"
+    with pytest.raises(EvalArgumentError, match="frame_sampling"):
+        loader_args({"frame_sampling": "linspace"}, "x")
+
+
+def test_fidelity_aim_model_args():
+    cfg = aim_config_from_model_args({"merge_count": "exact", "merge_metric": "tokens", "tie_break": "log_attention"}, 28)
+    assert (cfg.merge_count, cfg.merge_metric, cfg.tie_break) == ("exact", "tokens", "log_attention")
+    with pytest.raises(EvalArgumentError, match="merge_count"):
+        aim_config_from_model_args({"merge_count": "floor"}, 28)
+
+
 # -- entry point ---------------------------------------------------------------------------------
 def test_entry_point_registers_both_models():
     eps = {ep.name: ep.value for ep in entry_points(group="lmms_eval.models")}

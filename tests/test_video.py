@@ -15,6 +15,7 @@ from PIL import Image
 
 import llava.video as video
 from llava.errors import (
+    AIMConfigError,
     AIMError,
     EmptyMediaError,
     MediaDecodeError,
@@ -97,6 +98,72 @@ def test_sample_frame_indices_examples():
 def test_sample_frame_indices_rejects_bad_args(total, n):
     with pytest.raises(ValueError):
         sample_frame_indices(total, n)
+
+
+# ----------------------------------------------------------------- official (lmms-eval) sampling
+
+
+@settings(max_examples=200, deadline=None)
+@given(total=st.integers(0, 5000), n=st.integers(1, 300))
+def test_official_sampling_is_numpy_linspace_int(total, n):
+    idx = sample_frame_indices(total, n, "official")
+    if total == 0:
+        assert idx == []
+        return
+    assert idx == np.linspace(0, total - 1, n, dtype=int).tolist()
+    assert len(idx) == n and idx[0] == 0 and idx == sorted(idx) and 0 <= idx[-1] <= total - 1
+
+
+@pytest.mark.parametrize(
+    "total, n, uniform, official",
+    [
+        (10, 4, [0, 3, 6, 9], [0, 3, 6, 9]),  # agree when the steps are whole
+        (16, 4, [0, 5, 10, 15], [0, 5, 10, 15]),
+        (11, 4, [0, 3, 7, 10], [0, 3, 6, 10]),  # 6.67: rounded vs truncated
+        (100, 3, [0, 50, 99], [0, 49, 99]),  # 49.5: rounded up vs truncated
+        (5, 8, [0, 1, 2, 3, 4], [0, 0, 1, 1, 2, 2, 3, 4]),  # short clip: all once vs repeats
+        (3, 32, [0, 1, 2], [0] * 16 + [1] * 15 + [2]),  # truncation: the last frame once
+    ],
+)
+def test_uniform_and_official_differ_on_these_clip_lengths(total, n, uniform, official):
+    assert sample_frame_indices(total, n) == uniform
+    assert sample_frame_indices(total, n, "official") == official
+
+
+def test_official_differs_on_most_clip_lengths():
+    """The issue's measurement: 32 frames from clips of 33 .. 3000 frames give another index
+    set on most lengths, and short clips get repeated (more) frames under the official rule."""
+    lengths = range(33, 3001)
+    differ = sum(sample_frame_indices(t, 32) != sample_frame_indices(t, 32, "official") for t in lengths)
+    assert differ / len(lengths) > 0.9
+    assert len(sample_frame_indices(20, 32)) == 20 and len(sample_frame_indices(20, 32, "official")) == 32
+
+
+def test_unknown_sampling_rejected(clip16):
+    with pytest.raises(AIMConfigError, match="frame sampling"):
+        sample_frame_indices(10, 4, "nearest")
+    with pytest.raises(AIMConfigError, match="frame sampling"):
+        load_video(clip16, 4, sampling="nearest")
+
+
+def test_official_sampling_decodes_repeated_frames(tmp_path):
+    path = grey_video(tmp_path / "short.mp4", 5)
+    frames = load_video(path, 8, backend="pyav", sampling="official")
+    assert frames.shape == (8, SIZE, SIZE, 3)
+    assert frame_ids(frames) == [0, 0, 1, 1, 2, 2, 3, 4]
+
+
+def test_official_sampling_truncates(tmp_path):
+    path = grey_video(tmp_path / "eleven.mp4", 11)
+    assert frame_ids(load_video(path, 4, backend="pyav")) == [0, 3, 7, 10]
+    assert frame_ids(load_video(path, 4, backend="pyav", sampling="official")) == [0, 3, 6, 10]
+
+
+def test_official_sampling_with_decord(clip16, monkeypatch):
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "decord", fake_decord(calls))
+    assert frame_ids(load_video(clip16, 20, backend="decord", sampling="official")) == \
+        np.linspace(0, 15, 20, dtype=int).tolist()
 
 
 # ----------------------------------------------------------------- decoding

@@ -19,11 +19,13 @@ from llava.aim.policy import METHODS, STEP_METHODS
 from llava.errors import AIMConfigError, EvalArgumentError
 
 VIDEO_BACKENDS = ("auto", "pyav", "decord")
+FRAME_SAMPLINGS = ("official", "uniform")  # llava.video.FRAME_SAMPLINGS, the plugin's default first
 TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 
 # AIM knobs accepted in model_args; "aim" switches AIM on/off, "method" picks the method.
 AIM_ARGS = ("method", "aim", "retention", "l1", "l2", "importance", "merge_order", "merge_weighting",
+            "merge_count", "merge_metric", "tie_break",
             "pruning_mode", "pagerank_tau", "pagerank_iters", "importance_memory_mb",
             "drop_layers", "drop_ratio", "seed")  # the last three: baselines / controls (llava.aim.policy)
 # Loading / input settings, with their defaults.
@@ -34,6 +36,9 @@ LOADER_DEFAULTS: Dict[str, Any] = {
     "torch_dtype": "auto",
     "attn_implementation": "sdpa",
     "max_frames_num": 32,
+    # lmms-eval's LLaVA-OneVision rule (np.linspace(0, T-1, N, dtype=int)), as the paper's runs;
+    # "uniform" is the project's rule (llava-aim run's default)
+    "frame_sampling": "official",
     "video_decode_backend": "auto",
     "batch_size": 1,
     "max_batch_size": None,  # lmms-eval passes it; unused (one request at a time)
@@ -61,6 +66,7 @@ class LoaderArgs:
     torch_dtype: str
     attn_implementation: str
     max_frames_num: int
+    frame_sampling: str
     video_decode_backend: str
     batch_size: int
 
@@ -99,6 +105,7 @@ def loader_args(raw: Mapping[str, Any], default_pretrained: str) -> LoaderArgs:
         torch_dtype=_choice("torch_dtype", values["torch_dtype"], TORCH_DTYPES),
         attn_implementation=_choice("attn_implementation", values["attn_implementation"], ATTN_IMPLEMENTATIONS),
         max_frames_num=frames,
+        frame_sampling=_choice("frame_sampling", values["frame_sampling"], FRAME_SAMPLINGS),
         video_decode_backend=_choice("video_decode_backend", values["video_decode_backend"], VIDEO_BACKENDS),
         batch_size=batch_size,
     )
@@ -132,7 +139,8 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
     for name in ("pagerank_iters", "importance_memory_mb"):
         if name in raw:
             fields[name] = _as_int(name, raw[name], minimum=1)
-    for name in ("importance", "merge_order", "merge_weighting", "pruning_mode"):
+    for name in ("importance", "merge_order", "merge_weighting", "pruning_mode", "merge_count", "merge_metric",
+                 "tie_break"):
         if name in raw:
             fields[name] = str(raw[name])
     if method in STEP_METHODS:  # FastV / VTW / PDrop: their own layers, no merging unless asked

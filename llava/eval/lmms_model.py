@@ -138,7 +138,7 @@ class _AIMModel(lmms):
         doc = self.task_dict[task][split][doc_id]
         try:
             kind, media = prompts.load_visuals(doc_to_visual(doc), self.load_args.max_frames_num,
-                                               self.load_args.video_decode_backend)
+                                               self.load_args.video_decode_backend, self.load_args.frame_sampling)
         except AIMError as exc:  # say which document the bad media belongs to
             raise type(exc)(f"{task} doc {doc_id}: {exc}") from exc
         if kind == "video" and not self.VIDEO:

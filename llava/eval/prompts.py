@@ -14,10 +14,11 @@ from llava.errors import UnsupportedUsageError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def load_visuals(visuals: Sequence, max_frames: int, backend: str) -> Tuple[str, List]:
+def load_visuals(visuals: Sequence, max_frames: int, backend: str, sampling: str = "official") -> Tuple[str, List]:
     """("video" | "image" | "text", decoded media) for what a task's doc_to_visual returned.
 
-    Video tasks return file paths (the model decodes them, ``max_frames`` sampled uniformly);
+    Video tasks return file paths (the model decodes them, ``max_frames`` sampled by
+    ``sampling``: "official" = lmms-eval's LLaVA-OneVision rule, llava.video.sample_frame_indices);
     image tasks return PIL images (or image file paths). One request holds one kind.
     """
     from PIL import Image
@@ -34,7 +35,7 @@ def load_visuals(visuals: Sequence, max_frames: int, backend: str) -> Tuple[str,
             media.append(load_image(item))
         elif isinstance(item, (str, os.PathLike)):
             kinds.append("video")
-            media.append(load_video(item, max_frames, backend=backend))
+            media.append(load_video(item, max_frames, backend=backend, sampling=sampling))
         else:
             raise UnsupportedUsageError(
                 f"cannot use a visual of type {type(item).__name__} (expected a PIL image or an image/video "
