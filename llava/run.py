@@ -39,6 +39,16 @@ def add_run_command(subparsers) -> None:
     p.add_argument("--no-prune", action="store_true", help="merging only, no pruning inside the LLM")
     p.add_argument("--no-aim", action="store_true", help="the stock model, no merging, no pruning")
     p.add_argument("--pruning-mode", choices=["remove", "mask"], default="remove")
+    p.add_argument("--merge-count", choices=["official", "exact"], default="official",
+                   help="merged count per frame: official (196 -> 98, 49, 25, 13, 7, 4 at 1/2 .. 1/64) or "
+                        "exact (floor(T * retention))")
+    p.add_argument("--merge-metric", choices=["auto", "keys", "tokens"], default="auto",
+                   help="merging similarity: auto (each family's official), keys (LLaVA-1.5: CLIP keys, before "
+                        "the projector), tokens (the projected tokens)")
+    p.add_argument("--tie-break", choices=["index", "log_attention"], default="index",
+                   help="pruning: how exactly tied scores are ranked (index: official-equivalent)")
+    p.add_argument("--frame-sampling", choices=["uniform", "official"], default="uniform",
+                   help="uniform (rounded, never repeats) or official (lmms-eval's np.linspace(..., dtype=int))")
     from llava.analysis.cli import add_method_options
 
     add_method_options(p)
@@ -71,15 +81,19 @@ def build_config(args, num_layers: int) -> AIMConfig:
             raise AIMConfigError("--no-prune cannot be combined with --l1/--l2")
         l1 = l2 = None
     elif args.l1 is None and args.l2 is None:
-        l1, l2 = scaled_default_schedule(num_layers)
+        l1, l2 = "auto", "auto"  # apply_aim: the family's official schedule, else the paper's scaled
     elif args.l1 is None or args.l2 is None:
         raise AIMConfigError("give both --l1 and --l2 (or neither for the paper's schedule scaled to the model)")
     else:
         l1, l2 = args.l1, args.l2
     cfg = AIMConfig(retention=retention, l1=l1, l2=l2, pruning_mode=args.pruning_mode,
-                    method=getattr(args, "method", "aim"), seed=getattr(args, "seed", 0))
+                    method=getattr(args, "method", "aim"), seed=getattr(args, "seed", 0), **_fidelity_options(args))
     cfg.check_against_model(num_layers)
     return cfg
+
+
+def _fidelity_options(args) -> dict:
+    return {name: getattr(args, name) for name in ("merge_count", "merge_metric", "tie_break") if hasattr(args, name)}
 
 
 def _baseline_config(args, num_layers: int) -> AIMConfig:
@@ -89,7 +103,7 @@ def _baseline_config(args, num_layers: int) -> AIMConfig:
         raise AIMConfigError(f"--l1/--l2/--no-prune set AIM's schedule; {args.method} prunes at --drop-layers")
     cfg = AIMConfig.for_method(
         args.method, retention=1.0 if args.retention is None else args.retention, pruning_mode=args.pruning_mode,
-        drop_layers=args.drop_layers, drop_ratio=args.drop_ratio,
+        drop_layers=args.drop_layers, drop_ratio=args.drop_ratio, **_fidelity_options(args),
     )
     cfg.check_against_model(num_layers)
     return cfg
@@ -131,7 +145,8 @@ def run_command(args) -> int:
     media_path = args.video or (str(SAMPLE_VIDEO) if is_video else None)
     # tqdm bar for long clips (see llava.video); never with --json, which prints one object only
     progress = False if args.json else None
-    media = load_video(media_path, args.frames, progress=progress) if is_video else load_image(args.image)
+    sampling = getattr(args, "frame_sampling", "uniform")
+    media = load_video(media_path, args.frames, progress=progress, sampling=sampling) if is_video else load_image(args.image)
     timings["decode_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -178,7 +193,7 @@ def run_command(args) -> int:
         "frames": int(media.shape[0]) if is_video else 1,
         "question": question,
         "answer": answer,
-        "aim": cfg.to_dict(),
+        "aim": model.aim_config.to_dict(),  # as resolved for this model ("auto" layers, merge metric)
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
         "visual_tokens_before_merge": stats.visual_tokens_before_merge,
         "visual_tokens_after_merge": stats.visual_tokens_after_merge,

@@ -330,9 +330,8 @@ def check_output_path(path: str) -> Path:
     return out
 
 
-def _aim_config(args, num_layers: int):
+def _aim_config(args, num_layers: int, family=None):
     from llava.aim.config import AIMConfig
-    from llava.run import scaled_default_schedule
 
     if (args.l1 is None) != (args.l2 is None):
         raise AIMConfigError("give both --l1 and --l2 (or neither for the paper's schedule scaled to the model)")
@@ -340,10 +339,10 @@ def _aim_config(args, num_layers: int):
         value = getattr(args, name)
         if value is not None and value < 0:
             raise AIMConfigError(f"--{name} must be non-negative, got {value}")
-    l1, l2 = (args.l1, args.l2) if args.l1 is not None else scaled_default_schedule(num_layers)
+    l1, l2 = (args.l1, args.l2) if args.l1 is not None else ("auto", "auto")
     cfg = AIMConfig(retention=0.25 if args.retention is None else args.retention, l1=l1, l2=l2)
-    cfg.check_against_model(num_layers)
-    return cfg
+    # "auto": the family's official schedule where it has one, else the paper's scaled
+    return cfg.resolve_layers(num_layers, family.official_layers(num_layers) if family is not None else None)
 
 
 def caption_lines(model_name: str, media_name: str, is_video: bool, random_weights: bool, cfg, num_layers: int,
@@ -402,7 +401,7 @@ def visualize_command(args) -> int:
             f"not its {kind} tokens; pass --{family.merged_media[0]}, or --model tiny-llava-1.5 (or another LLaVA-1.5 model) for an image"
         )
     num_layers = num_decoder_layers(model)
-    cfg = _aim_config(args, num_layers)
+    cfg = _aim_config(args, num_layers, family)
     layers = check_layers(args.layers, num_layers, model_name) if args.layers else default_layers(num_layers, cfg.l1, cfg.l2)
     question = args.question or (DEFAULT_QUESTION if is_video else DEFAULT_IMAGE_QUESTION)
 
