@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import datetime
 import json
+import math
 import platform
 import statistics
 import sys
@@ -43,7 +44,8 @@ import torch
 
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_frames, merged_token_count
-from llava.aim.policy import STEP_METHODS, aim_default_layers
+from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, aim_default_layers
+from llava.aim.prumerge import nominal_tokens
 from llava.aim.schedule import policy_visual_tokens
 from llava.errors import AIMConfigError
 
@@ -105,6 +107,9 @@ def method_case(method: str, frames: int, tokens_per_frame: int, text: int, num_
                 drop_layers=None, drop_ratio=None, newline: int = 1, seed: int = 0) -> PrefillCase:
     """One case for a baseline or control of llava.aim.policy, named after the method. FastV,
     VTW and PyramidDrop run as published (no merging); random and pool take AIM's setting."""
+    if method in PRUMERGE_METHODS:  # adaptive count: the LLM-only case counts the official ratio's
+        cfg = AIMConfig.for_method(method)
+        return PrefillCase(method, cfg, frames * prumerge_kept(tokens_per_frame) + newline, text)
     if method in STEP_METHODS:
         cfg = AIMConfig.for_method(method, drop_layers=drop_layers, drop_ratio=drop_ratio)
     else:
@@ -114,6 +119,14 @@ def method_case(method: str, frames: int, tokens_per_frame: int, text: int, num_
     cfg.check_against_model(num_layers)
     visual = frames * merged_token_count(tokens_per_frame, cfg.retention, cfg.merge_count) + newline
     return PrefillCase(method, cfg, visual, text)
+
+
+def prumerge_kept(tokens_per_frame: int) -> int:
+    """PruMerge's nominal tokens per frame for LLaVA-OneVision's geometry: the unpooled SigLIP
+    grid (2 * 14 - 1 = 27 per side for 196 pooled tokens) at the official ratio 1/8, no spatial
+    samples (as the official SigLIP code): 92 of 729."""
+    side = 2 * math.isqrt(tokens_per_frame) - 1
+    return nominal_tokens(side * side, plus=False)
 
 
 CASE_LABELS = {
@@ -583,6 +596,17 @@ def predict(lm_config, cases: List[PrefillCase], frames: int, tokens_per_frame: 
         retention = cfg.retention if cfg else 1.0
         rule = cfg.merge_count if cfg else "official"
         pruning = cfg is not None and cfg.pruning and cfg.pruning_mode == "remove"
+        if cfg is not None and cfg.prumerging:
+            kept = prumerge_kept(tokens_per_frame)
+            a = analyze(lm_config, frames=frames, tokens_per_frame=tokens_per_frame, text_tokens=case.text_tokens,
+                        newline_tokens=case.visual_tokens - frames * kept, method=cfg.method, kept_tokens=kept,
+                        hardware=hardware, weight_bytes=dtype_bytes, act_bytes=dtype_bytes, kv_bytes=dtype_bytes,
+                        flash_attention=flash)
+            out[case.name] = {"prefill_tflops": a.prefill_tflops, "prefill_ms": a.prefill_ms,
+                              "tokens_per_layer": a.tokens_per_layer, "overhead_ms": a.aim_overhead.time_s * 1e3,
+                              "overhead_fraction": a.aim_overhead.time_s / a.prefill_time_s,
+                              "overhead_flops_fraction": a.aim_overhead.flops / a.prefill_flops}
+            continue
         a = analyze(lm_config, frames=frames, tokens_per_frame=tokens_per_frame, text_tokens=case.text_tokens,
                     newline_tokens=case.visual_tokens - frames * merged_token_count(tokens_per_frame, retention, rule),
                     retention=retention, merge_count=rule, l1=cfg.l1 if pruning else None, l2=cfg.l2 if pruning else None,
@@ -644,6 +668,9 @@ def _check_args(args) -> torch.device:
         raise AIMConfigError("give both --l1 and --l2, or neither for the paper's schedule scaled to the model")
     AIMConfig(retention=args.retention, l1=args.l1, l2=args.l2)
     method = getattr(args, "method", "aim")
+    if method in PRUMERGE_METHODS and (args.drop_layers is not None or args.drop_ratio is not None
+                                       or getattr(args, "kept_tokens", None) is not None):
+        raise AIMConfigError(f"--drop-layers/--drop-ratio/--kept-tokens do not apply to bench --method {method}")
     if method in STEP_METHODS:
         AIMConfig.for_method(method, drop_layers=args.drop_layers, drop_ratio=args.drop_ratio)
     elif getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:

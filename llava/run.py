@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from llava.aim.config import AIMConfig
-from llava.aim.policy import STEP_METHODS
+from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS
 from llava.errors import AIMConfigError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -73,6 +73,8 @@ def build_config(args, num_layers: int) -> AIMConfig:
         return AIMConfig.disabled()
     if getattr(args, "method", "aim") in STEP_METHODS:
         return _baseline_config(args, num_layers)
+    if getattr(args, "method", "aim") in PRUMERGE_METHODS:
+        return _prumerge_config(args)
     if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
         raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}, not --method {args.method}")
     retention = 0.25 if args.retention is None else args.retention
@@ -96,6 +98,16 @@ def _fidelity_options(args) -> dict:
     return {name: getattr(args, name) for name in ("merge_count", "merge_metric", "tie_break") if hasattr(args, name)}
 
 
+def _prumerge_config(args) -> AIMConfig:
+    """LLaVA-PruMerge / PruMerge+: their own adaptive reduction before the LLM, nothing else."""
+    given = [f"--{n.replace('_', '-')}" for n in ("retention", "l1", "l2", "drop_layers", "drop_ratio")
+             if getattr(args, n, None) is not None] + (["--no-prune"] if args.no_prune else [])
+    if given:
+        raise AIMConfigError(f"--method {args.method} reduces tokens before the LLM by itself; {', '.join(given)} "
+                             "do not apply")
+    return AIMConfig.for_method(args.method, pruning_mode=args.pruning_mode, **_fidelity_options(args))
+
+
 def _baseline_config(args, num_layers: int) -> AIMConfig:
     """FastV / VTW / PyramidDrop: their drop layers (paper defaults scaled), no merging unless
     --retention is given; AIM's --l1/--l2/--no-prune do not apply."""
@@ -117,6 +129,8 @@ def _validate_args(args) -> None:
     # Validate the AIM numbers before loading anything (fast, clear failure).
     if not args.no_aim and getattr(args, "method", "aim") in STEP_METHODS:
         _baseline_config(args, num_layers=1 << 30)  # the depth is checked once the model is loaded
+    elif not args.no_aim and getattr(args, "method", "aim") in PRUMERGE_METHODS:
+        _prumerge_config(args)
     elif not args.no_aim:
         if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
             raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}, not --method {args.method}")

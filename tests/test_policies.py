@@ -312,7 +312,8 @@ def test_config_round_trip_and_defaults():
     for method in METHODS:
         cfg = AIMConfig.for_method(method)
         assert AIMConfig(**cfg.to_dict()) == cfg
-        assert cfg.pruning
+        assert cfg.pruning or cfg.prumerging  # PruMerge reduces before the LLM only
+        assert cfg.enabled
     assert AIMConfig().method == "aim" and AIMConfig.for_method("aim") == AIMConfig()
     assert AIMConfig.for_method("pdrop", drop_layers=[2, 4]).drop_layers == (2, 4)
 
@@ -391,7 +392,8 @@ def test_analyzer_counts_each_policy_with_the_shared_schedule():
     for method in METHODS:
         cfg = AIMConfig.for_method(method)
         result = analyze("qwen2-7b", retention=cfg.retention, l1=cfg.l1, l2=cfg.l2, method=method)
-        v0 = 32 * (49 if cfg.retention < 1 else 196)
+        # PruMerge: the official ratio's count of SigLIP's 729 unpooled patches (no spatial samples)
+        v0 = 32 * (92 if cfg.prumerging else 49 if cfg.retention < 1 else 196)
         assert result.visual_tokens_per_layer == policy_visual_tokens(cfg, v0, 28)
         assert result.prefill_flops < base.prefill_flops
         assert result.without_aim().prefill_flops == base.prefill_flops

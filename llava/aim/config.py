@@ -13,7 +13,13 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
-from llava.aim.policy import STEP_METHODS, aim_default_layers, check_method_against_model, validate_method_fields
+from llava.aim.policy import (
+    PRUMERGE_METHODS,
+    STEP_METHODS,
+    aim_default_layers,
+    check_method_against_model,
+    validate_method_fields,
+)
 from llava.errors import AIMConfigError
 
 MERGE_WEIGHTINGS = ("mean", "size")
@@ -70,7 +76,8 @@ class AIMConfig:
     importance_memory_mb: bound on the extra memory of the importance computation; heads
         are processed in chunks that fit in it.
     method: "aim" (default) or a baseline / control of llava.aim.policy: "fastv", "vtw",
-        "pdrop" (drop at ``drop_layers``; l1/l2 must be None), "random", "pool" (AIM's
+        "pdrop" (drop at ``drop_layers``; l1/l2 must be None), "prumerge", "prumerge_plus"
+        (LLaVA-PruMerge before the LLM; retention 1.0, l1/l2 None), "random", "pool" (AIM's
         retention and l1/l2). ``AIMConfig.for_method(name)`` gives each paper's defaults.
     drop_layers: fastv/vtw/pdrop only: the layers K from which the reduced set is seen
         (scored in layer K-1); None = the paper's layers scaled to the model's depth.
@@ -103,6 +110,11 @@ class AIMConfig:
         if isinstance(self.drop_layers, list):  # lists from JSON / CLI: store the hashable tuple
             object.__setattr__(self, "drop_layers", tuple(self.drop_layers))
         validate_method_fields(self.method, self.drop_layers, self.drop_ratio, self.seed, self.l1, self.l2)
+        if self.method in PRUMERGE_METHODS and self.retention != 1.0:
+            raise AIMConfigError(
+                f"{self.method} replaces AIM's merging: retention must be 1.0, got {self.retention!r} "
+                f"(AIMConfig.for_method({self.method!r}) sets it)"
+            )
         _check_choice("importance", self.importance, IMPORTANCES)
         _check_choice("merge_weighting", self.merge_weighting, MERGE_WEIGHTINGS)
         _check_choice("merge_order", self.merge_order, MERGE_ORDERS)
@@ -132,6 +144,11 @@ class AIMConfig:
     def pruning(self) -> bool:
         """True when in-LLM pruning is configured."""
         return self.l1 is not None or self.method in STEP_METHODS
+
+    @property
+    def prumerging(self) -> bool:
+        """True for LLaVA-PruMerge / PruMerge+ (adaptive reduction before the LLM)."""
+        return self.method in PRUMERGE_METHODS
 
     @property
     def layers_auto(self) -> bool:
@@ -165,7 +182,7 @@ class AIMConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.merging or self.pruning
+        return self.merging or self.pruning or self.prumerging
 
     @classmethod
     def disabled(cls) -> "AIMConfig":
@@ -184,11 +201,12 @@ class AIMConfig:
         """A method of llava.aim.policy with its paper defaults, optionally overridden.
 
         fastv / vtw / pdrop: no merging (retention 1.0), no l1/l2, the paper's drop layers
-        (scaled to the model's depth when applied) and ratio. aim / random / pool: AIM's
-        defaults (retention 0.25, l1/l2 "auto").
+        (scaled to the model's depth when applied) and ratio. prumerge / prumerge_plus: no
+        AIM merging or pruning (their own adaptive reduction before the LLM). aim / random /
+        pool: AIM's defaults (retention 0.25, l1/l2 "auto").
         """
         base = {"method": method}
-        if method in STEP_METHODS:
+        if method in STEP_METHODS or method in PRUMERGE_METHODS:
             base.update(retention=1.0, l1=None, l2=None)
         base.update(overrides)
         return cls(**base)

@@ -2,8 +2,10 @@
 
 A policy answers three questions (see docs/comparison.md):
 
-1. before the LLM, how is each frame (image) reduced to ``max(1, floor(T * retention))``
-   tokens? ``merge`` (AIM's bipartite soft matching) or ``pool`` (spatial average pooling);
+1. before the LLM, how is each frame (image) reduced? ``merge`` (AIM's bipartite soft
+   matching to ``merged_token_count(T, retention, merge_count)`` tokens), ``pool`` (spatial
+   average pooling to the same count) or ``prumerge`` / ``prumerge_plus`` (LLaVA-PruMerge's
+   adaptive selection and merging, llava.aim.prumerge: a data-dependent count);
 2. how many visual tokens enter each decoder layer? AIM's linear schedule (``l1``, ``l2``) or
    a list of drop steps ``(layer K, fraction kept)``: layers ``>= K`` see only the survivors;
 3. which score decides who survives a drop? ``pagerank`` (AIM), ``last_token`` (the
@@ -31,6 +33,11 @@ random   control: AIM's merging and schedule, survivors chosen at random     see
          (deterministic hash of seed, layer and the token's visual index)
 pool     control: spatial average pooling to AIM's per-frame count instead   as aim
          of similarity merging; AIM's schedule and PageRank
+prumerge LLaVA-PruMerge (Shang et al., arXiv 2403.15388): before the LLM,   adaptive (IQR),
+         keep the CLS-attention outliers of each frame, each absorbing its   32 neighbours;
+         key-nearest patches, plus one token for the rest; no pruning        no merging
+prumerge PruMerge+: PruMerge plus spatially uniform samples (LLaVA-1.5; the  as prumerge
+_plus    official OneVision code leaves the samples out)
 =======  ==================================================================  =================
 
 Pure python; the config module imports this one, so nothing here imports the config.
@@ -43,8 +50,9 @@ from typing import Optional, Tuple
 
 from llava.errors import AIMConfigError
 
-METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool")
+METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus")
 STEP_METHODS = ("fastv", "vtw", "pdrop")  # in-LLM schedule = drop steps, not (l1, l2)
+PRUMERGE_METHODS = ("prumerge", "prumerge_plus")  # reduction before the LLM only, adaptive count
 SCORES = ("pagerank", "attention", "last_token", "random", "none")
 
 
@@ -55,7 +63,7 @@ class MethodSpec:
     name: str
     title: str
     source: str
-    reduction: str  # "merge" | "pool"
+    reduction: str  # "merge" | "pool" | "prumerge" | "prumerge_plus"
     schedule: str  # "linear" (AIM's l1/l2) | "steps" (drop_layers / drop_ratio)
     score: str  # one of SCORES, or "config" (AIMConfig.importance)
     default_layers: Tuple[int, ...] = ()  # for a model of ``reference_layers`` layers
@@ -83,6 +91,10 @@ SPECS = {
                          "random"),
     "pool": MethodSpec("pool", "pooling (control)", "control: AIM with spatial pooling instead of merging",
                        "pool", "linear", "config"),
+    "prumerge": MethodSpec("prumerge", "LLaVA-PruMerge", "Shang et al., arXiv 2403.15388, adaptive (IQR) selection",
+                           "prumerge", "none", "none"),
+    "prumerge_plus": MethodSpec("prumerge_plus", "PruMerge+", "Shang et al., arXiv 2403.15388, adaptive + spatial samples",
+                                "prumerge_plus", "none", "none"),
 }
 
 
@@ -124,6 +136,13 @@ def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> Non
     s = spec(method)
     if not _is_int(seed) or seed < 0:
         raise AIMConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if s.schedule == "none":
+        if l1 is not None or l2 is not None or drop_layers is not None or drop_ratio is not None:
+            raise AIMConfigError(
+                f"{method} reduces tokens before the LLM only: l1/l2/drop_layers/drop_ratio must be None "
+                f"(AIMConfig.for_method({method!r}) sets them)"
+            )
+        return
     if s.schedule == "linear":
         if drop_layers is not None or drop_ratio is not None:
             raise AIMConfigError(
@@ -199,7 +218,8 @@ def score_of(cfg) -> str:
 
 
 def reduction_of(cfg) -> str:
-    """``merge`` or ``pool``: how frames are reduced before the LLM (only when retention < 1)."""
+    """``merge`` or ``pool`` (only when retention < 1), or ``prumerge`` / ``prumerge_plus``:
+    how frames are reduced before the LLM."""
     return spec(cfg.method).reduction
 
 
@@ -209,7 +229,9 @@ def describe(cfg, num_layers: Optional[int] = None) -> str:
     parts = [s.title]
     if cfg.retention < 1.0:
         parts.append(f"{s.reduction} to {cfg.retention:g} per frame")
-    if s.schedule == "linear":
+    if s.reduction in PRUMERGE_METHODS:
+        parts.append("adaptive selection + merging before the LLM; no pruning")
+    elif s.schedule == "linear":
         parts.append("no pruning" if cfg.l1 is None else f"prune after layers {cfg.l1}..{cfg.l2 - 1}")
     elif num_layers is not None:
         steps = drop_steps(cfg.method, cfg.drop_layers, cfg.drop_ratio, num_layers)

@@ -18,7 +18,7 @@ from llava.analysis.roofline import (
     analyze,
     paper_default_layers,
 )
-from llava.aim.policy import METHODS, STEP_METHODS, drop_layers_for, spec
+from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS, drop_layers_for, spec
 from llava.analysis.shapes import BUILTIN_LLMS, BUILTIN_VISION, get_llm, get_vision
 from llava.errors import AIMConfigError
 
@@ -34,13 +34,16 @@ def layer_list(text: str) -> Tuple[int, ...]:
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """``--method`` and the baselines' parameters (llava.aim.policy), shared by flops / run / bench."""
     p.add_argument("--method", default="aim", choices=METHODS,
-                   help="aim (default), a baseline (fastv, vtw, pdrop) or a control (random, pool); "
-                        "docs/comparison.md describes each")
+                   help="aim (default), a baseline (fastv, vtw, pdrop, prumerge, prumerge_plus) or a control "
+                        "(random, pool); docs/comparison.md describes each")
     p.add_argument("--drop-layers", type=layer_list, default=None,
                    help="fastv/vtw/pdrop: layers K that see the reduced set, e.g. 2 or 8,16,24 "
                         "(default: the paper's, scaled to the model's depth)")
     p.add_argument("--drop-ratio", type=float, default=None,
                    help="fastv/pdrop: fraction of the visual tokens dropped at each step (default 0.5)")
+    p.add_argument("--kept-tokens", type=int, default=None,
+                   help="prumerge/prumerge_plus (flops, plan): tokens per frame, e.g. the mean of a run's "
+                        "aim_stats.tokens_kept_per_frame (default: the count at the official ratio 1/8)")
 
 
 def resolve_method_settings(num_layers: int, args: argparse.Namespace) -> Dict[str, Any]:
@@ -49,6 +52,19 @@ def resolve_method_settings(num_layers: int, args: argparse.Namespace) -> Dict[s
     their own (no merging unless --retention is given)."""
     method = getattr(args, "method", "aim")
     drop_layers, drop_ratio = getattr(args, "drop_layers", None), getattr(args, "drop_ratio", None)
+    kept_tokens = getattr(args, "kept_tokens", None)
+    if method in PRUMERGE_METHODS:
+        if args.l1 is not None or args.l2 is not None or args.no_prune or drop_layers is not None \
+                or drop_ratio is not None or args.retention not in (None, 1.0):
+            raise AIMConfigError(f"{method} reduces tokens before the LLM by itself: --retention/--l1/--l2/--no-prune/"
+                                 "--drop-layers/--drop-ratio do not apply (--kept-tokens sets its count)")
+        notes = [] if kept_tokens is not None else [
+            f"{method}: its count is adaptive (data-dependent); counted at the official ratio 1/8 "
+            "(pass --kept-tokens N with a run's tokens_kept_per_frame)"]
+        return dict(retention=1.0, l1=None, l2=None, method=method, drop_layers=None, drop_ratio=None,
+                    kept_tokens=kept_tokens, notes=notes)
+    if kept_tokens is not None:
+        raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}, not of {method}")
     if method in STEP_METHODS:
         if args.l1 is not None or args.l2 is not None or args.no_prune:
             raise AIMConfigError(f"--l1/--l2/--no-prune set AIM's schedule; {method} prunes at --drop-layers")
@@ -228,6 +244,9 @@ def format_report(result: Analysis, baseline: Analysis) -> str:
     name = "AIM" if s["method"] == "aim" else spec(s["method"]).title.split(" ")[0]
     verb = "pooling" if s["method"] == "pool" else "retention"
     merge = "no merging" if s["retention"] >= 1.0 else f"{verb} {s['retention']:g} ({s['tokens_per_frame_kept']} tokens/frame)"
+    if s["method"] in PRUMERGE_METHODS:
+        prune = "no pruning"
+        merge = f"adaptive selection + merging before the LLM ({s['tokens_per_frame_kept']} tokens/frame)"
     mib = 2.0 ** 20
     rows = [
         ("LLM prefill TFLOPs", f"{result.prefill_tflops:.3f}", f"{baseline.prefill_tflops:.3f}",
@@ -293,6 +312,10 @@ def run_plan(args: argparse.Namespace) -> int:
 
     if getattr(args, "method", "aim") in STEP_METHODS:
         return run_baseline_plan(args)
+    if getattr(args, "method", "aim") in PRUMERGE_METHODS:
+        return run_prumerge_plan(args)
+    if getattr(args, "kept_tokens", None) is not None:
+        raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}")
     if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
         raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}; {args.method} is planned as AIM")
     target = Target(budget_tflops=args.budget_tflops, speedup=args.speedup)
@@ -316,12 +339,44 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_prumerge_plan(args: argparse.Namespace) -> int:
+    """``plan --method prumerge|prumerge_plus``: PruMerge has no knob (its count is adaptive), so
+    the answer is whether its count (``--kept-tokens`` or the official ratio's) meets the target."""
+    if args.drop_layers is not None or args.drop_ratio is not None:
+        raise AIMConfigError(f"--drop-layers/--drop-ratio do not apply to {args.method}")
+    if (args.budget_tflops is not None and args.budget_tflops <= 0) or (args.speedup is not None and args.speedup <= 0):
+        raise AIMConfigError("--budget-tflops and --speedup must be positive")
+    inputs = analysis_inputs(args)
+    result = analyze(method=args.method, kept_tokens=args.kept_tokens, **inputs)
+    base = result.without_aim()
+    speedup = base.prefill_time_s / result.prefill_time_s
+    meets = (result.prefill_tflops <= args.budget_tflops if args.budget_tflops is not None else speedup >= args.speedup)
+    target = f"<= {args.budget_tflops:g} TFLOPs" if args.budget_tflops is not None else f">= {args.speedup:g}x faster"
+    report = {"method": args.method, "meets": meets, "target": target,
+              "tokens_per_frame_kept": result.settings["tokens_per_frame_kept"],
+              "prefill_tflops": result.prefill_tflops, "prefill_ms": result.prefill_ms, "speedup": speedup}
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    elif meets:
+        sys.stdout.write(
+            f"llava-aim plan --method {args.method}: {result.settings['tokens_per_frame_kept']} tokens/frame "
+            f"(adaptive; no knob to tune) cost {result.prefill_tflops:.3f} TFLOPs, {speedup:.2f}x faster: meets {target}\n"
+            f"use    : llava-aim run --method {args.method}\n")
+    else:
+        sys.stderr.write(f"llava-aim plan: {args.method} ({result.settings['tokens_per_frame_kept']} tokens/frame, "
+                         f"{result.prefill_tflops:.3f} TFLOPs, {speedup:.2f}x faster) does not meet {target}; "
+                         "it has no knob to tune: try another method\n")
+    return 0 if meets else 2
+
+
 def run_baseline_plan(args: argparse.Namespace) -> int:
     """``plan --method fastv|vtw|pdrop``: the baseline's knob that meets the target (matching.py)."""
     from llava.analysis.matching import match_budget
 
     if args.drop_ratio is not None:
         raise AIMConfigError("plan chooses --drop-ratio itself; give --drop-layers at most")
+    if args.kept_tokens is not None:
+        raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}")
     inputs = analysis_inputs(args)
     base = analyze(**inputs)
     budget = None if args.budget_tflops is None else args.budget_tflops * 1e12

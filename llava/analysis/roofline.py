@@ -59,6 +59,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_schedule, merged_token_count
+from llava.aim.prumerge import nominal_tokens
 from llava.aim.policy import drop_layers_for, reduction_of, score_of, spec
 from llava.aim.policy import aim_default_layers
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
@@ -460,6 +461,31 @@ def last_token_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
 # --- the analysis --------------------------------------------------------------------------
 
 
+def prumerge_tokens_per_frame(method: str, vision: VisionShape, kept_tokens: Optional[int] = None) -> int:
+    """PruMerge's tokens per frame for the analyzer: the measured ``kept_tokens``, or the nominal
+    count at the official ratio 1/8 (spatial samples only with a CLS token: LLaVA-1.5's CLIP)."""
+    if kept_tokens is not None:
+        if isinstance(kept_tokens, bool) or not isinstance(kept_tokens, int) or kept_tokens < 1:
+            raise AIMConfigError(f"kept_tokens must be a positive integer (tokens per frame), got {kept_tokens!r}")
+        return kept_tokens
+    return nominal_tokens(vision.patches, method == "prumerge_plus" and vision.class_token)
+
+
+def prumerge_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware: Hardware,
+                          options: Optional[RooflineOptions] = None) -> List[OpCost]:
+    """PruMerge on ``frames`` frames of N patches (D-wide keys and features): CLS attention
+    (2*N*D + softmax 5*N), key normalisation (3*N*D), the kept tokens' similarities (2*k*N*D),
+    and the merge sums (2*(k*32 + N)*D)."""
+    o = options or RooflineOptions()
+    n, d, a, k = vision.patches, vision.hidden, o.act_bytes, max(kept - 1, 0)
+    ops = [
+        _op("prumerge.cls_attention", 2 * n * d + 5 * n, 2 * n * d * a, hardware),
+        _op("prumerge.similarity", 3 * n * d + 2 * k * n * d, n * d * a + k * n * a, hardware),
+        _op("prumerge.merge", 2 * (k * 32 + n) * d, 2 * n * d * a, hardware),
+    ]
+    return [_scaled(op, frames) for op in ops]
+
+
 def count_rule(convention: str, merge_count: str = "official") -> str:
     """The merged-count rule a convention counts with: the paper's tables used floor(T * r)
     ("exact"); the runtime convention counts what the runtime keeps (``merge_count``)."""
@@ -520,7 +546,7 @@ class Analysis:
     def without_aim(self) -> "Analysis":
         """The same input, hardware and options with AIM off (no merging, no pruning)."""
         kwargs = dict(self.settings)
-        kwargs.update(retention=1.0, l1=None, l2=None, method="aim", drop_layers=None, drop_ratio=None)
+        kwargs.update(retention=1.0, l1=None, l2=None, method="aim", drop_layers=None, drop_ratio=None, kept_tokens=None)
         return analyze(self.llm, hardware=self.hardware, options=self.options, vision=self.vision_shape, **_analyze_kwargs(kwargs))
 
     def to_dict(self, with_ops: bool = False) -> Dict[str, Any]:
@@ -548,7 +574,7 @@ class Analysis:
 
 
 _SETTING_KEYS = ("frames", "tokens_per_frame", "text_tokens", "newline_tokens", "retention", "l1", "l2", "convention",
-                 "pagerank_iterations", "method", "drop_layers", "drop_ratio", "merge_count")
+                 "pagerank_iterations", "method", "drop_layers", "drop_ratio", "merge_count", "kept_tokens")
 
 
 def _analyze_kwargs(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -578,6 +604,7 @@ def analyze(
     drop_layers: Optional[Sequence[int]] = None,
     drop_ratio: Optional[float] = None,
     merge_count: str = "official",
+    kept_tokens: Optional[int] = None,
     **option_kwargs: Any,
 ) -> Analysis:
     """Roofline prefill cost of the language model on one video (or image) prompt.
@@ -594,6 +621,12 @@ def analyze(
     ``merge_count`` ("official" by default: 25 of 196 at 1/8); the paper convention counts
     floor(T * retention) (24 at 1/8), as the paper's tables were computed, whatever
     ``merge_count`` says.
+
+    ``method`` "prumerge" / "prumerge_plus" (LLaVA-PruMerge before the LLM) keeps a
+    data-dependent count per frame: ``kept_tokens`` when given (e.g. the mean of
+    ``aim_stats.tokens_kept_per_frame``), else the count at the official reduction ratio 1/8
+    of the vision tower's patches (llava.aim.prumerge.nominal_tokens: 73 / 145 of CLIP's 576,
+    92 of SigLIP's 729, where the official code adds no spatial samples).
 
     ``method`` (with ``drop_layers`` / ``drop_ratio`` for fastv, vtw, pdrop) selects a policy of
     llava.aim.policy; its per-layer counts come from ``llava.aim.schedule.policy_visual_tokens``,
@@ -624,7 +657,12 @@ def analyze(
     vshape = get_vision(vision, llm)
 
     rule = count_rule(convention, merge_count)
-    kept = merged_token_count(tokens_per_frame, retention, rule)
+    if cfg.prumerging:
+        kept = prumerge_tokens_per_frame(cfg.method, vshape, kept_tokens)
+    elif kept_tokens is not None:
+        raise AIMConfigError("kept_tokens (--kept-tokens) is the measured count of prumerge / prumerge_plus")
+    else:
+        kept = merged_token_count(tokens_per_frame, retention, rule)
     v0 = frames * kept + newline_tokens
     visual = policy_visual_tokens(cfg, v0, shape.layers, convention)
     tokens = [text_tokens + v for v in visual]
@@ -638,6 +676,8 @@ def analyze(
         overhead += pool_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)
     elif retention < 1.0:
         overhead += merge_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)
+    if cfg.prumerging:
+        overhead += prumerge_overhead_ops(vshape, kept, frames, hw, options)
     score = score_of(cfg)
     if l1 is not None and score in ("pagerank", "attention"):  # AIM's count, whichever AIM score
         overhead += importance_overhead_ops(shape, tokens, scoring_layers(visual), hw, options, pagerank_iterations)
@@ -650,7 +690,7 @@ def analyze(
         "tokens_per_frame_kept": kept, "text_tokens": text_tokens, "newline_tokens": newline_tokens,
         "visual_tokens": v0, "retention": retention, "l1": l1, "l2": l2, "convention": convention,
         "pagerank_iterations": pagerank_iterations, "hardware": hw.name, "vision_tower": vshape.name,
-        "merge_count": merge_count, "count_rule": rule,
+        "merge_count": merge_count, "count_rule": rule, "kept_tokens": kept_tokens,
         "method": method, "drop_layers": None if drop_layers is None else list(drop_layers),
         "drop_ratio": drop_ratio, "score": score,
         "resolved_drop_layers": (list(drop_layers_for(method, cfg.drop_layers, shape.layers))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
 from llava.aim.config import AIMConfig
-from llava.aim.policy import METHODS, STEP_METHODS
+from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS
 from llava.errors import AIMConfigError, EvalArgumentError
 
 VIDEO_BACKENDS = ("auto", "pyav", "decord")
@@ -143,7 +143,12 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
                  "tie_break"):
         if name in raw:
             fields[name] = str(raw[name])
-    if method in STEP_METHODS:  # FastV / VTW / PDrop: their own layers, no merging unless asked
+    if method in PRUMERGE_METHODS:  # LLaVA-PruMerge: its own adaptive reduction, nothing else
+        extra = sorted(k for k in ("retention", "l1", "l2", "drop_layers", "drop_ratio") if k in raw)
+        if extra:
+            raise EvalArgumentError(f"method={method} reduces tokens before the LLM by itself; {extra} do not apply")
+        fields = {**fields, "retention": 1.0, "l1": None, "l2": None}
+    elif method in STEP_METHODS:  # FastV / VTW / PDrop: their own layers, no merging unless asked
         if "l1" in raw or "l2" in raw:
             raise EvalArgumentError(f"method={method} prunes at drop_layers (e.g. drop_layers=8/16/24), not l1/l2")
         fields = {"retention": 1.0, **fields, "l1": None, "l2": None}

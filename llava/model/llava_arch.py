@@ -54,6 +54,7 @@ class AIMStats:
     visual_tokens_per_layer: List[List[int]] = field(default_factory=list)
     kv_cache_lens: List[int] = field(default_factory=list)
     score_ties: List[dict] = field(default_factory=list)
+    tokens_kept_per_frame: List[int] = field(default_factory=list)
     l1: Optional[int] = None
     l2: Optional[int] = None
 
@@ -109,30 +110,67 @@ class AIMRuntime:
         self.track_sources = track_sources
         self.stats = AIMStats()
         self._visual_mask: Optional[torch.Tensor] = None
+        self._token_masks = {}  # placeholder id -> (B, L) bool, of the current call
+        self._arrivals = {}  # placeholder id -> flat bool over its placeholders: False = filler
         self.handles = []
         self.restore = []
 
     # visual-token mask: set by a pre-hook on the multimodal model, consumed by the driver
     def set_visual_mask(self, input_ids: Optional[torch.Tensor]) -> None:
         if input_ids is None:
+            self.set_token_masks(None)
+            return
+        self.set_token_masks({token_id: input_ids == token_id for token_id in self.image_token_ids})
+
+    def set_token_masks(self, masks) -> None:
+        """Per placeholder id, where its tokens sit in this call's prompt (None: no prompt)."""
+        # (no reset of the arrivals here: generate() may encode the media before this pre-hook runs)
+        self._token_masks = masks or {}
+        if masks is None:
             self._visual_mask = None
             return
-        mask = torch.zeros_like(input_ids, dtype=torch.bool)
-        for token_id in self.image_token_ids:
-            mask |= input_ids == token_id
+        mask = None
+        for m in masks.values():
+            mask = m.clone() if mask is None else mask | m
         self._visual_mask = mask
 
     def take_visual_mask(self) -> Optional[torch.Tensor]:
         mask, self._visual_mask = self._visual_mask, None
         return mask
 
-    def record_merge(self, frames: int, before: int, after: int, newline_tokens: int, sources=None) -> None:
+    def record_arrival(self, token_id: int, real: torch.Tensor) -> None:
+        """Which of ``token_id``'s placeholders (in prompt order over the batch) hold real tokens;
+        the others are filler of a data-dependent reduction (PruMerge), dropped before layer 0."""
+        self._arrivals[token_id] = real.reshape(-1)
+
+    def take_arrival_mask(self) -> Optional[torch.Tensor]:
+        """(B, L) bool, False at filler placeholders, or None when there is none."""
+        arrivals, self._arrivals = self._arrivals, {}
+        if not arrivals:
+            return None
+        arrived = None
+        for token_id, real in arrivals.items():
+            where = self._token_masks.get(token_id)
+            if where is None or int(where.sum()) != real.numel():
+                raise UnsupportedUsageError(
+                    f"the prompt holds {0 if where is None else int(where.sum())} placeholders of token {token_id} "
+                    f"but the vision side produced {real.numel()}; build the inputs with the processor AIM patched"
+                )
+            if arrived is None:
+                arrived = torch.ones_like(where)
+            arrived[where] = real.to(where.device)
+        return arrived
+
+    def record_merge(self, frames: int, before: int, after: int, newline_tokens: int, sources=None,
+                     kept_per_frame: Optional[List[int]] = None) -> None:
         s = self.stats
+        kept = list(kept_per_frame) if kept_per_frame is not None else [after] * frames
         s.frames = frames
         s.tokens_per_frame_before_merge = before
-        s.tokens_per_frame_after_merge = after
+        s.tokens_per_frame_after_merge = max(kept) if kept else after
+        s.tokens_kept_per_frame = kept
         s.visual_tokens_before_merge = frames * before + newline_tokens
-        s.visual_tokens_after_merge = frames * after + newline_tokens
+        s.visual_tokens_after_merge = sum(kept) + newline_tokens
         s.merge_sources = sources
         s.layer_survivors = None
 
@@ -193,12 +231,12 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
     runtime = AIMRuntime(cfg, family.visual_token_ids(model.config), track_sources=track_sources)
     runtime.stats.l1, runtime.stats.l2 = (cfg.l1, cfg.l2) if isinstance(cfg.l1, int) else (None, None)
 
-    if cfg.merging or track_sources:
+    if cfg.merging or track_sources or cfg.prumerging:
         family.install_merging(inner, runtime)
     family.install_positions(inner, runtime)
-    if cfg.pruning:
+    if cfg.pruning or cfg.prumerging:  # PruMerge's filler placeholders are dropped by the driver
         _install_pruning(inner, lm, runtime)
-    if processor is not None and cfg.merging:
+    if processor is not None and (cfg.merging or cfg.prumerging):
         family.patch_processor(processor, cfg, runtime)
 
     model.aim_config = cfg
@@ -245,7 +283,7 @@ def _install_pruning(inner, lm, runtime: AIMRuntime) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         runtime.set_visual_mask(input_ids)
         if input_ids is None and kwargs.get("inputs_embeds") is not None:
-            runtime.set_visual_mask(_visual_mask_from_embeds(module, kwargs["inputs_embeds"], runtime))
+            runtime.set_token_masks(_token_masks_from_embeds(module, kwargs["inputs_embeds"], runtime))
 
     runtime.handles.append(inner.register_forward_pre_hook(remember_visual_tokens, with_kwargs=True))
     install_pruning(lm, runtime)
@@ -266,9 +304,10 @@ def install_pruning(lm, runtime: AIMRuntime) -> None:
     runtime.restore.append(driver.uninstall)
 
 
-def _visual_mask_from_embeds(inner, inputs_embeds, runtime: AIMRuntime):
+def _token_masks_from_embeds(inner, inputs_embeds, runtime: AIMRuntime):
     # As the stock model does without input_ids: placeholders equal the token's embedding.
     table = inner.get_input_embeddings()
     ids = torch.tensor(runtime.image_token_ids, device=inputs_embeds.device)
     placeholder = table(ids)  # (k, C)
-    return (inputs_embeds[:, :, None, :] == placeholder[None, None]).all(-1).any(-1)
+    equal = (inputs_embeds[:, :, None, :] == placeholder[None, None]).all(-1)  # (B, L, k)
+    return {token_id: equal[..., i] for i, token_id in enumerate(runtime.image_token_ids)}

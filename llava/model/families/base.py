@@ -35,6 +35,8 @@ class FamilyAdapter:
     processor_methods: Tuple[str, ...] = ()  # processor attributes patch_processor sets
     merge_metrics: Tuple[str, ...] = ("tokens",)  # AIMConfig.merge_metric values supported
     official_merge_metric: str = "tokens"  # what merge_metric="auto" resolves to
+    # Whether PruMerge+ adds its spatial samples here, as the official code runs it.
+    prumerge_spatial_samples: bool = True
 
     # -- which model ----------------------------------------------------------------------
     @property
@@ -100,6 +102,39 @@ def set_instance_attr(obj, name, value, runtime) -> None:
             obj.__dict__.pop(name, None)
 
     runtime.restore.append(undo)
+
+
+def prumerge_plus_samples(family, cfg) -> bool:
+    """Whether ``cfg``'s PruMerge adds spatial samples on this family (PruMerge+ where the
+    official code keeps them)."""
+    return cfg.method == "prumerge_plus" and family.prumerge_spatial_samples
+
+
+class CapturedProjections:
+    """Forward hooks keeping the outputs of one vision layer's q_proj and k_proj (the official
+    PruMerge code reads the last layer's query and key projections the same way)."""
+
+    def __init__(self, attention, runtime):
+        self.outputs = {}
+        for name in ("q_proj", "k_proj"):
+            module = getattr(attention, name)
+            runtime.handles.append(module.register_forward_hook(self._keep(name)))
+
+    def _keep(self, name):
+        def hook(module, args, output):
+            self.outputs[name] = output
+        return hook
+
+    def take(self, frames: int):
+        q, k = self.outputs.pop("q_proj", None), self.outputs.pop("k_proj", None)
+        if q is None or k is None or q.shape[0] != frames:
+            from llava.errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                "PruMerge found no vision-tower queries/keys for these features (the vision layer it reads did "
+                "not run); this model's vision tower is not supported by method prumerge"
+            )
+        return q, k
 
 
 def reduce_tokens(runtime, features, metric=None):

@@ -12,6 +12,13 @@ Two places merging can hook in (AIMConfig.merge_metric):
   hook on it), their own cosine as the similarity.
 
 Either way the LLM receives k tokens per image instead of 576; the processor emits k placeholders.
+
+LLaVA-PruMerge / PruMerge+ (AIMConfig.method) read the same CLIP layer's query and key
+projections: the CLS query's attention over the 577 keys (CLS column dropped after the
+softmax) selects, the keys (CLS dropped) match, and the selected features are merged before
+the projector (llava.aim.prumerge). The count is data-dependent: the processor reserves
+:func:`llava.aim.prumerge.token_bound` placeholders per image and the unused ones are dropped
+before the LLM's first layer.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from llava.aim.merge import merged_token_count
+from llava.aim.prumerge import cls_attention, prumerge_frames, token_bound
 from llava.errors import UnsupportedModelError
-from llava.model.families.base import FamilyAdapter, reduce_tokens
+from llava.model.families.base import CapturedProjections, FamilyAdapter, prumerge_plus_samples, reduce_tokens
 
 OFFICIAL_LAYERS_32 = (13, 21)  # official code: retain 1 - (l - 12) / 8 from layer 13 of 32
 
@@ -42,10 +50,19 @@ class Llava15Adapter(FamilyAdapter):
         return OFFICIAL_LAYERS_32 if num_layers == 32 else None
 
     def check_setting(self, model, cfg) -> None:
-        if cfg.merging and cfg.merge_metric == "keys":
-            key_layer(self.inner(model))
+        inner = self.inner(model)
+        if (cfg.merging and cfg.merge_metric == "keys") or cfg.prumerging:
+            key_layer(inner)
+        if cfg.prumerging and getattr(inner.config, "vision_feature_select_strategy", "default") != "default":
+            raise UnsupportedModelError(
+                f"{cfg.method} needs CLIP's CLS token out of the features (vision_feature_select_strategy "
+                f"'default'), got {inner.config.vision_feature_select_strategy!r}"
+            )
 
     def install_merging(self, inner, runtime) -> None:
+        if runtime.cfg.prumerging:
+            self._install_prumerge(inner, runtime)
+            return
         if runtime.cfg.merging and runtime.cfg.merge_metric == "keys":
             self._install_key_merging(inner, runtime)
             return
@@ -86,13 +103,33 @@ class Llava15Adapter(FamilyAdapter):
         runtime.handles.append(k_proj.register_forward_hook(keep_keys))
         runtime.handles.append(inner.multi_modal_projector.register_forward_pre_hook(merge_features))
 
+    def _install_prumerge(self, inner, runtime) -> None:
+        projections = CapturedProjections(key_layer(inner).self_attn, runtime)
+        plus = prumerge_plus_samples(self, runtime.cfg)
+        image_token = inner.config.image_token_id
+
+        def prumerge_features(module, args):
+            features = args[0]  # (images, 576, D), CLS dropped
+            q, k = projections.take(features.shape[0])  # (images, 577, D), CLS first
+            attn = cls_attention(q[:, 0], k, drop_first=True)
+            result = prumerge_frames(features, k[:, 1:], attn, plus)
+            runtime.record_arrival(image_token, result.real)
+            runtime.record_merge(frames=features.shape[0], before=features.shape[1], after=result.tokens.shape[1],
+                                 newline_tokens=0, kept_per_frame=result.counts.tolist())
+            return (result.tokens,) + tuple(args[1:])
+
+        runtime.handles.append(inner.multi_modal_projector.register_forward_pre_hook(prumerge_features))
+
     def patch_processor(self, processor, cfg, runtime) -> None:
         stock = processor.replace_image_token
+        plus = prumerge_plus_samples(self, cfg)
 
         def replace_image_token(image_inputs, image_idx, **kwargs):
             text = stock(image_inputs, image_idx, **kwargs)
-            count = merged_token_count(text.count(processor.image_token), cfg.retention, cfg.merge_count)
-            return processor.image_token * count
+            patches = text.count(processor.image_token)
+            if cfg.prumerging:  # the most PruMerge can give; unused ones are dropped before layer 0
+                return processor.image_token * token_bound(patches, plus)
+            return processor.image_token * merged_token_count(patches, cfg.retention, cfg.merge_count)
 
         processor.replace_image_token = replace_image_token
 

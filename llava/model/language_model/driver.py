@@ -2,7 +2,7 @@
 
 One driver serves Qwen2Model (LLaVA-OneVision) and LlamaModel (LLaVA-1.5): both are
 ``embed -> rotary_emb -> layers -> norm`` with identical layer signatures. The driver replaces
-only the loop. After each pruning layer j (METHOD.md) it scores the present tokens with the
+only the loop. After each pruning layer j (docs/method.md) it scores the present tokens with the
 importance computed inside layer j's attention (see attention.py), keeps every text token and
 the schedule's number of visual tokens, and either
 
@@ -50,6 +50,9 @@ class PrunedCacheState:
 
     alive: List[torch.Tensor]  # per layer, (B, kv_len_j) bool: keys this layer may attend
     seen_tokens: int  # original (unpruned) sequence length so far: next RoPE position
+    # (B,) filler placeholders dropped before layer 0 (PruMerge); positions skip them, as in
+    # the official variable-length splice. None when there were none.
+    position_offset: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -231,6 +234,16 @@ class DecoderDriver:
         visual = visual.to(h.device) & alive
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=h.device).unsqueeze(0)
+        offset = None
+        take_arrival = getattr(self.runtime, "take_arrival_mask", None)
+        arrived = take_arrival() if take_arrival is not None else None
+        if arrived is not None:
+            # Filler placeholders of a data-dependent reduction (PruMerge) never enter: later
+            # tokens take contiguous positions, as if the prompt had been spliced without them.
+            fillers = alive & ~arrived.to(h.device)
+            alive, visual = alive & ~fillers, visual & ~fillers
+            position_ids = position_ids - fillers.cumsum(dim=1)
+            offset = fillers.sum(dim=1)
         cos, sin = lm.rotary_emb(h, position_ids)
         cos, sin = cos.expand(bsz, -1, -1), sin.expand(bsz, -1, -1)
 
@@ -241,6 +254,13 @@ class DecoderDriver:
         visual_index = visual.cumsum(dim=1) - 1  # index among the sample's visual tokens (random control)
         needs_probe = score_of(cfg) in ATTENTION_SCORES
         record = PrefillRecord(visual_positions=[] if getattr(self.runtime, "track_sources", False) else None)
+        if offset is not None and cfg.pruning_mode == "remove" and bool(offset.any()):
+            index, alive = compact_left(alive)  # the fillers leave before layer 0
+            h = h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))
+            cos = cos.gather(1, index[..., None].expand(-1, -1, cos.shape[-1]))
+            sin = sin.gather(1, index[..., None].expand(-1, -1, sin.shape[-1]))
+            visual = visual.gather(1, index) & alive
+            slot = slot.gather(1, index)
         layer_alive: List[torch.Tensor] = []
         for j, layer in enumerate(lm.layers):
             per_sample = alive.sum(dim=1).tolist()
@@ -304,7 +324,7 @@ class DecoderDriver:
         out.scatter_(1, target[..., None].expand(-1, -1, h.shape[-1]), h)
         out = out[:, :seq_len]
         if use_cache:
-            cache.aim_state = PrunedCacheState(alive=layer_alive, seen_tokens=seq_len)
+            cache.aim_state = PrunedCacheState(alive=layer_alive, seen_tokens=seq_len, position_offset=offset)
         self.runtime.record_prefill(record, cache if use_cache else None)
         return compat.model_output(out, cache if use_cache else None)
 
@@ -321,6 +341,8 @@ class DecoderDriver:
         backend = lm.config._attn_implementation
         if position_ids is None:
             position_ids = torch.arange(q_len, device=h.device).unsqueeze(0) + state.seen_tokens
+        if state.position_offset is not None:
+            position_ids = position_ids - state.position_offset.to(position_ids.device)[:, None]
         cos, sin = lm.rotary_emb(h, position_ids)
         new = torch.ones(bsz, q_len, dtype=torch.bool, device=h.device)
         for j, layer in enumerate(lm.layers):
