@@ -31,10 +31,7 @@ CONVENTIONS = ("paper", "runtime")
 
 
 def run(frames: int, retention: float, l1: Optional[int], l2: Optional[int], convention: str, hardware: str) -> Analysis:
-    # l1 must be a layer of the model (0..27). (28, 29) prunes nothing on 28 layers (METHOD.md):
-    # in both conventions it equals no pruning, so it is computed as such.
-    if l1 is not None and l1 >= 28:
-        l1 = l2 = None
+    # (28, 29) is a valid setting on 28 layers: l1 equal to the depth prunes nothing.
     return analyze(LLM, frames=frames, tokens_per_frame=TPF, text_tokens=TEXT, retention=retention,
                    l1=l1, l2=l2, convention=convention, hardware=hardware)
 
@@ -51,18 +48,20 @@ def table(rows: Sequence[Tuple[str, int, float, Optional[int], Optional[int]]], 
           baseline_frames: Optional[int] = None) -> str:
     """rows: (label, frames, retention, l1, l2). Speed-up vs the same frames without AIM, or vs
     ``baseline_frames`` without AIM when given."""
-    head = ["setting", "tokens/frame"]
+    head = ["setting", "tokens/frame (paper / runtime)"]
     for conv in CONVENTIONS:
         head += [f"TFLOPs ({conv})", f"prefill ms ({conv})", f"speed-up FLOPs / time ({conv})"]
     head += ["vision enc.+proj. TFLOPs (ms), separate"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, frames, retention, l1, l2 in rows:
         line = [label, None]
+        kept = []
         for conv in CONVENTIONS:
             res = run(frames, retention, l1, l2, conv, hardware)
             base = run(baseline_frames or frames, 1.0, None, None, conv, hardware)
-            line[1] = str(res.settings["tokens_per_frame_kept"])
+            kept.append(str(res.settings["tokens_per_frame_kept"]))
             line += cells(res, base)
+        line[1] = kept[0] if kept[0] == kept[1] else " / ".join(kept)
         enc = res.vision_encoder
         line.append(f"{enc.flops / 1e12:.2f} ({enc.time_s * 1e3:.1f})")
         out.append("| " + " | ".join(line) + " |")
@@ -97,9 +96,12 @@ def make_markdown(hardware: str) -> str:
         "  frame, projector 1152->3584->3584) is in its own column and never added in.",
         "- Speed-up: FLOPs ratio / roofline-time ratio against the same input without AIM (no merging,",
         "  no pruning), unless a table says otherwise.",
-        "- Conventions: *paper* counts the pruning schedule one layer earlier, as the paper's FLOPs",
-        "  script does (use it to compare with the paper); *runtime* counts what this project's model",
-        "  executes (visual tokens v0 for j <= l1, floor(v0*(l2-j)/(l2-l1)) for l1 < j < l2, 0 from l2).",
+        "- Conventions: *paper* counts the pruning schedule one layer earlier and floor(196 * r) tokens per",
+        "  frame, as the paper's FLOPs script does (use it to compare with the paper: every row of the paper's",
+        "  two efficiency tables is reproduced, tests/test_paper_tables.py); *runtime* counts what this",
+        "  project's model executes (visual tokens v0 for j <= l1, floor(v0*(l2-j)/(l2-l1)) for l1 < j < l2, 0",
+        "  from l2; per frame the official merging count, 196 -> 98, 49, 25, 13, 7, 4 at 1/2 .. 1/64, where the",
+        "  paper's tables count 98, 49, 24, 12, 6, 3; docs/method.md says why they differ).",
         f"- Counting conventions kept from the reference model: {NOTE_SILU}; {NOTE_REFERENCE}.",
         "",
         "## LLaVA-OneVision-7B, 32 frames x 196 tokens, 100 text tokens",
@@ -129,8 +131,8 @@ def make_markdown(hardware: str) -> str:
         "",
         "## Pruning schedule ablation (l1, l2) at retention 1/4 (32 frames)",
         "",
-        "(28, 29) prunes nothing on a 28-layer model (l1 = 28 is past the last layer); it is computed",
-        "as merging only. Speed-up against the full input without AIM.",
+        "(28, 29) prunes nothing on a 28-layer model (l1 = 28, the depth: `llava-aim flops --l1 28 --l2 29`),",
+        "so it equals merging only. Speed-up against the full input without AIM.",
         "",
         table([(f"({l1}, {l2})", 32, 0.25, l1, l2) for l1, l2 in ABLATION], hardware),
         "",

@@ -100,7 +100,9 @@ def merge_kept(features: torch.Tensor, keys: torch.Tensor, attn: torch.Tensor, k
         sims[torch.arange(kept.numel(), device=sims.device), kept] = float("-inf")  # not itself
         size = min(CLUSTER_SIZE, n - 1)
         cluster = torch.sort(sims, dim=-1, descending=True, stable=True).indices[:, :size]  # ties: lower index
-        centres = x[kept] + (a[cluster].unsqueeze(-1) * x[cluster]).sum(dim=1)
+        # sum_j a_j x_j over each cluster as one (k, N) @ (N, C) product (a sparse weight row per kept patch)
+        weights = torch.zeros(kept.numel(), n, dtype=acc, device=features.device).scatter_(1, cluster, a[cluster])
+        centres = x[kept] + weights @ x
     else:
         centres = x[:0]
     dropped = torch.ones(n, dtype=torch.bool, device=features.device)
