@@ -7,7 +7,8 @@
 #   PRETRAINED  [liuhaotian/llava-v1.5-7b]  hub id, local folder or tiny-llava-1.5
 #               (loads llava-hf/llava-1.5-7b-hf; see docs/evaluation.md)
 #   TASKS       [vqav2_val,gqa,mme,textvqa_val,scienceqa_img,mmbench_en_dev,pope]
-#   RETENTION   [0.25]   L1, L2 [empty: 16, 25 on 32 layers (14/22 of 28 scaled)]   AIM [1]
+#   RETENTION   [0.4375: the official 576 -> 288 -> 252; 0.125 is its other setting]
+#   L1, L2      [empty: the official (13, 21) on LLaVA-1.5's 32 layers]   AIM [1]
 #   NUM_PROCESSES [1]    LAUNCHER [accelerate|torchrun]   LIMIT [all]   DEVICE [cuda]
 #   INCLUDE_PATH [the shipped offline task]   OUTPUT_DIR [./eval_results/<run name>]
 # More: scripts/lmms_eval_common.sh. Exits non-zero when the evaluation fails.
@@ -18,7 +19,8 @@ MODEL=llava_aim
 PRETRAINED=${PRETRAINED:-liuhaotian/llava-v1.5-7b}
 TASKS=${TASKS:-vqav2_val,gqa,mme,textvqa_val,scienceqa_img,mmbench_en_dev,pope}
 FRAMES=""
-DEFAULT_RUN_NAME="image_$(basename "$PRETRAINED")_aim${AIM:-1}_r${RETENTION:-0.25}_l${L1:-auto}-${L2:-auto}"
+RETENTION=${RETENTION:-0.4375}
+DEFAULT_RUN_NAME="image_$(basename "$PRETRAINED")_aim${AIM:-1}_r${RETENTION}_l${L1:-auto}-${L2:-auto}"
 
 source "$HERE/lmms_eval_common.sh"
 run_lmms_eval "$@"

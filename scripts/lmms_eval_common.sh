@@ -1,8 +1,9 @@
 # Shared by video_bench_eval.sh and scripts/image_bench_eval.sh (sourced, not run).
 # Expects MODEL, PRETRAINED, TASKS, DEFAULT_RUN_NAME and the settings below; see docs/evaluation.md.
 #
-#   RETENTION=0.25  L1= L2=      AIM settings (L1/L2 empty: the paper's 14/22 of 28 layers scaled
-#                                to the model's depth; L1=none L2=none: no pruning)
+#   RETENTION=0.25  L1= L2=      AIM settings (L1/L2 empty: the family's official schedule, e.g.
+#                                (13, 21) on LLaVA-1.5's 32 layers, else the paper's 14/22 of 28
+#                                layers scaled to the model's depth; L1=none L2=none: no pruning)
 #   AIM=1                        0: the stock model (RETENTION/L1/L2 ignored)
 #   EXTRA_MODEL_ARGS=            more model_args, e.g. "attn_implementation=flash_attention_2"
 #   NUM_PROCESSES=1              >1: data parallel, one replica per GPU

@@ -1,4 +1,4 @@
-"""Tests of llava.aim.merge: stage 1 of AIM (per-frame bipartite token merging, METHOD.md)."""
+"""Tests of llava.aim.merge: stage 1 of AIM (per-frame bipartite token merging, docs/method.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def counts_of(source_index: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([torch.bincount(row, minlength=k) for row in source_index])
 
 
-# -- a slow, obviously-correct reference of METHOD.md, with Python lists ---------------------
+# -- a slow, obviously-correct reference of docs/method.md, with Python lists ---------------------
 def _cos(a, b):
     na = math.sqrt(sum(v * v for v in a))
     nb = math.sqrt(sum(v * v for v in b))

@@ -1,4 +1,4 @@
-"""Tests of llava.aim.schedule: how many visual tokens enter each decoder layer (METHOD.md)."""
+"""Tests of llava.aim.schedule: how many visual tokens enter each decoder layer (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -278,7 +278,7 @@ PRESETS: Dict[str, AIMConfig] = {
     # The official code's LLaVA-1.5 setting: merging 576 -> 288 -> 252 tokens (43.75%) on the
     # CLIP features before the projector, similarity from CLIP's last-layer keys
     # (merge_metric "auto" resolves to "keys" there), and pruning that retains 1 - (l - 12) / 8
-    # from layer 13 of 32, i.e. (l1, l2) = (13, 21). Its other setting is retention 0.125.
+    # after layer l >= 13 of 32, i.e. (l1, l2) = (13, 21). Its other setting is retention 0.125.
     "llava-1.5": AIMConfig(retention=0.4375, l1=13, l2=21),
     "disabled": AIMConfig(retention=1.0, l1=None, l2=None),
 }
