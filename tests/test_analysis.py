@@ -341,12 +341,17 @@ def test_cli_paper_convention_and_options(cli_main, capsys):
     assert data["l1"] is None and len(set(data["tokens_per_layer"])) == 1
 
 
-def test_cli_llama_scales_the_schedule(cli_main, capsys):
+def test_cli_llama_uses_the_official_llava15_schedule(cli_main, capsys):
+    """llama-7b pairs with CLIP (LLaVA-1.5): the official (13, 21), as AIMConfig's "auto"; another
+    32-layer pairing gets the paper's (14, 22) of 28 scaled."""
     assert cli_main(["flops", "--json", "--llm", "llama-7b", "--frames", "1", "--tokens-per-frame", "576"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert (data["l1"], data["l2"]) == (16, 25)
-    assert any("scaled" in n for n in data["notes"])
+    assert (data["l1"], data["l2"]) == (13, 21)
+    assert any("official LLaVA-1.5" in n for n in data["notes"])
     assert data["vision_tower"] == "clip-vit-l-336"
+    assert cli_main(["flops", "--json", "--llm", "llama-7b", "--vision", "siglip-so400m"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["l1"], data["l2"]) == (16, 25) and any("scaled" in n for n in data["notes"])
 
 
 def test_cli_human_table(cli_main, capsys):

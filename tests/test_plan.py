@@ -33,7 +33,7 @@ def test_validated_settings_are_the_papers_tables():
 
 def test_validated_settings_scaled_to_32_layers():
     got = {(s.retention, s.l1, s.l2) for s in validated_settings(32)}
-    assert (0.25, 16, 25) in got  # the llava-1.5 preset: (14, 22) of 28 scaled to 32
+    assert (0.25, 16, 25) in got  # the paper's (14, 22) of 28 scaled to 32
     assert all(s.l1 is None or 0 <= s.l1 < 32 for s in validated_settings(32))
     assert all("scaled" in s.source for s in validated_settings(32) if s.l1 is not None)
 

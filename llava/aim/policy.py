@@ -118,6 +118,8 @@ def scaled_layer(layer: int, reference_layers: int, num_layers: int) -> int:
 
 
 AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS = 14, 22, 28  # the paper's schedule on Qwen2-7B
+# The official LLaVA-1.5 code's schedule: retain 1 - (l - 12) / 8 after layer l >= 13 of 32.
+LLAVA15_OFFICIAL_LAYERS = {32: (13, 21)}
 
 
 def aim_default_layers(num_layers: int) -> Tuple[int, int]:

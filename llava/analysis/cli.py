@@ -18,7 +18,7 @@ from llava.analysis.roofline import (
     analyze,
     paper_default_layers,
 )
-from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS, drop_layers_for, spec
+from llava.aim.policy import LLAVA15_OFFICIAL_LAYERS, METHODS, PRUMERGE_METHODS, STEP_METHODS, drop_layers_for, spec
 from llava.analysis.shapes import BUILTIN_LLMS, BUILTIN_VISION, get_llm, get_vision
 from llava.errors import AIMConfigError
 
@@ -46,7 +46,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                         "aim_stats.tokens_kept_per_frame (default: the count at the official ratio 1/8)")
 
 
-def resolve_method_settings(num_layers: int, args: argparse.Namespace) -> Dict[str, Any]:
+def resolve_method_settings(num_layers: int, args: argparse.Namespace, vision=None) -> Dict[str, Any]:
     """retention / l1 / l2 / method / drop_layers / drop_ratio / notes for ``analyze`` from the
     CLI options. AIM and the controls take AIM's options and defaults; fastv / vtw / pdrop take
     their own (no merging unless --retention is given)."""
@@ -78,7 +78,9 @@ def resolve_method_settings(num_layers: int, args: argparse.Namespace) -> Dict[s
                     drop_ratio=drop_ratio, notes=notes)
     if drop_layers is not None or drop_ratio is not None:
         raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}; {method} uses --l1/--l2")
-    retention, l1, l2, notes = resolve_aim_settings(num_layers, args.retention, args.l1, args.l2, args.no_prune)
+    official = LLAVA15_OFFICIAL_LAYERS.get(num_layers) if vision is not None and vision.class_token else None
+    retention, l1, l2, notes = resolve_aim_settings(num_layers, args.retention, args.l1, args.l2, args.no_prune,
+                                                    official)
     return dict(retention=retention, l1=l1, l2=l2, method=method, drop_layers=None, drop_ratio=None, notes=notes)
 
 
@@ -145,8 +147,11 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def resolve_aim_settings(num_layers: int, retention: Optional[float], l1: Optional[int], l2: Optional[int],
-                         no_prune: bool) -> Tuple[float, Optional[int], Optional[int], List[str]]:
-    """Fill unset AIM options with the paper's defaults; returns (retention, l1, l2, notes)."""
+                         no_prune: bool, official: Optional[Tuple[int, int]] = None
+                         ) -> Tuple[float, Optional[int], Optional[int], List[str]]:
+    """Fill unset AIM options with the defaults; returns (retention, l1, l2, notes). Layers: the
+    family's ``official`` schedule when given (LLaVA-1.5 on 32 layers: (13, 21)), else the
+    paper's (14, 22) of 28 scaled, as AIMConfig's "auto"."""
     notes: List[str] = []
     if retention is None:
         retention = PAPER_RETENTION
@@ -156,7 +161,11 @@ def resolve_aim_settings(num_layers: int, retention: Optional[float], l1: Option
         return retention, None, None, notes
     if (l1 is None) != (l2 is None):
         raise AIMConfigError("give --l1 and --l2 together (or neither, for the paper's schedule)")
-    if l1 is None:
+    if l1 is None and official is not None:
+        l1, l2 = official
+        notes.append(f"l1={l1}, l2={l2}: the official LLaVA-1.5 schedule on {num_layers} layers "
+                     "(retain 1 - (l - 12)/8 after layer l >= 13)")
+    elif l1 is None:
         l1, l2 = paper_default_layers(num_layers)
         if num_layers != PAPER_LAYERS:
             notes.append(
@@ -168,7 +177,7 @@ def resolve_aim_settings(num_layers: int, retention: Optional[float], l1: Option
 
 def run_flops(args: argparse.Namespace) -> int:
     inputs = analysis_inputs(args)
-    settings = resolve_method_settings(inputs["llm"].layers, args)
+    settings = resolve_method_settings(inputs["llm"].layers, args, inputs["vision"])
     notes = settings.pop("notes")
     result = analyze(**settings, **inputs)
     result.notes.extend(notes)

@@ -7,6 +7,8 @@ The rule (``llava-aim plan``; documented in README and docs/efficiency_tables.md
      scaled to the model's depth as the rest of the project does (round(l * L / 28)):
      the merging retention sweep 1, 1/2, ..., 1/64 without pruning and with (14, 22), and the
      (l1, l2) ablation at retention 1/4. "No AIM" (retention 1, no pruning) is one of them.
+     For LLaVA-1.5 (a CLIP vision tower on 32 layers) also the official code's two settings,
+     retention 0.4375 and 0.125 with (13, 21).
    * Extended (only when no validated setting fits): retentions 1/2^k down to one token per
      frame, times every schedule 0 <= l1 < l2 <= L and no pruning.
 2. A candidate meets the target when its predicted LLM prefill (the roofline model of
@@ -29,7 +31,7 @@ from fractions import Fraction
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from llava.aim.merge import merged_token_count
-from llava.aim.policy import scaled_layer
+from llava.aim.policy import LLAVA15_OFFICIAL_LAYERS, scaled_layer
 from llava.aim.schedule import visual_tokens_per_layer
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.roofline import PAPER_LAYERS, RooflineOptions, count_rule, layer_ops, lm_head_op
@@ -169,10 +171,15 @@ def _scaled_pair(l1: int, l2: int, num_layers: int) -> Optional[Tuple[int, int]]
     return (a, b) if a < num_layers else None
 
 
-def validated_settings(num_layers: int) -> List[Setting]:
-    """The paper's evaluated settings, layers scaled to ``num_layers`` (duplicates removed)."""
+def validated_settings(num_layers: int, llava15: bool = False) -> List[Setting]:
+    """The paper's evaluated settings, layers scaled to ``num_layers`` (duplicates removed); with
+    ``llava15`` (a CLIP tower, 32 layers) also the official LLaVA-1.5 settings (43.75% and 12.5%
+    with (13, 21))."""
     scaled = "" if num_layers == PAPER_LAYERS else f", layers scaled from {PAPER_LAYERS} to {num_layers}"
     out: List[Setting] = []
+    if llava15 and num_layers in LLAVA15_OFFICIAL_LAYERS:
+        for r in (0.4375, 0.125):
+            out.append(Setting(r, *LLAVA15_OFFICIAL_LAYERS[num_layers], "the official LLaVA-1.5 setting"))
     for r in PAPER_RETENTIONS:
         out.append(Setting(r, None, None, "no AIM" if r >= 1 else "merging retention sweep, no pruning"))
         pair = _scaled_pair(*PAPER_SWEEP_LAYERS, num_layers)
@@ -283,7 +290,8 @@ def plan(
         return Plan(target, True, meeting[0], baseline, cheapest, pool, len(meeting), len(candidates),
                     alternatives=meeting[1:4], inputs=inputs), cheapest
 
-    result, _ = best(validated_settings(llm.layers), "paper-validated")
+    llava15 = vision is not None and getattr(vision, "class_token", False)
+    result, _ = best(validated_settings(llm.layers, llava15), "paper-validated")
     if result is not None:
         return result
     result, cheapest = best(extended_settings(llm.layers, tokens_per_frame), "extended grid")

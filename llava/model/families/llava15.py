@@ -26,11 +26,11 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from llava.aim.merge import merged_token_count
+from llava.aim.policy import LLAVA15_OFFICIAL_LAYERS
 from llava.aim.prumerge import cls_attention, prumerge_frames, token_bound
 from llava.errors import UnsupportedModelError
 from llava.model.families.base import CapturedProjections, FamilyAdapter, prumerge_plus_samples, reduce_tokens
 
-OFFICIAL_LAYERS_32 = (13, 21)  # official code: retain 1 - (l - 12) / 8 from layer 13 of 32
 
 
 class Llava15Adapter(FamilyAdapter):
@@ -47,7 +47,7 @@ class Llava15Adapter(FamilyAdapter):
     official_merge_metric = "keys"
 
     def official_layers(self, num_layers: int) -> Optional[Tuple[int, int]]:
-        return OFFICIAL_LAYERS_32 if num_layers == 32 else None
+        return LLAVA15_OFFICIAL_LAYERS.get(num_layers)
 
     def check_setting(self, model, cfg) -> None:
         inner = self.inner(model)
