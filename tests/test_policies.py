@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from conftest import image_inputs, make_image, make_video, video_inputs
 from llava import AIMConfig, apply_aim
 from llava.aim.importance import last_token_attention, random_scores
+from llava.aim.merge import merged_token_count
 from llava.aim.policy import METHODS, STEP_METHODS, drop_layers_for, scaled_layer
 from llava.aim.reduce import pool_frames, pooled_grid
 from llava.aim.schedule import kept_count, policy_visual_tokens, stepwise_visual_tokens, visual_tokens_per_layer
@@ -237,7 +238,7 @@ def test_pooling_partitions_every_frame(side, retention):
     t = side * side if side % 3 else side * side + 1  # also a non-square frame
     x = torch.randn(2, t, 4, dtype=torch.float64)
     out = pool_frames(x, retention, track_sources=True)
-    target = max(1, min(t, int(t * retention + 1e-9)))
+    target = merged_token_count(t, retention)  # the same count as AIM's merging (official rule)
     assert out.tokens.shape == (2, target, 4)
     assert int(out.sizes[0].sum()) == t and (out.sizes > 0).all()
     # each output is the mean of exactly the tokens whose source index points at it
