@@ -7,8 +7,10 @@ another, as far as AIM is concerned:
 * where merging hooks in (``install_merging``) and how the processor counts placeholders
   after it (``patch_processor``);
 * how positions are built (``install_positions``; nothing to do for 1-D RoPE, where the
-  decoder driver keeps each survivor's original position);
-* the official pruning schedule, where the official code has one (``official_layers``).
+  decoder driver keeps each survivor's original position; 3-D M-RoPE families place merged
+  tokens and hand the driver plain (3, batch, length) position ids);
+* the official pruning schedule, where the official code has one (``official_layers``);
+* related checkpoints it refuses, and why (``refused_model_types``).
 
 The runtime, the statistics and the decoder driver (llava/model/llava_arch.py,
 language_model/) know nothing about families. Adding a family = one module here that
@@ -17,7 +19,7 @@ subclasses :class:`FamilyAdapter`, listed in ``families/__init__.py``, and a tin
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from llava.errors import UnsupportedModelError
 
@@ -32,6 +34,8 @@ class FamilyAdapter:
     merged_media: Tuple[str, ...] = ()  # the media whose tokens AIM merges
     tiny_models: Tuple[str, ...] = ()  # built-in names (folders in llava/model/tiny/)
     processor_methods: Tuple[str, ...] = ()  # processor attributes patch_processor sets
+    # config.model_type of related checkpoints AIM cannot serve correctly -> why (the message)
+    refused_model_types: Dict[str, str] = {}
 
     # -- which model ----------------------------------------------------------------------
     @property
@@ -57,8 +61,9 @@ class FamilyAdapter:
         return None
 
     # -- what AIM patches -----------------------------------------------------------------
-    def check_model(self, model) -> None:
-        """Raise UnsupportedModelError if this loaded model cannot take AIM (before patching)."""
+    def check_model(self, model, cfg) -> None:
+        """Raise UnsupportedModelError if this loaded model cannot take AIM with ``cfg`` (before
+        anything is patched)."""
 
     def install_merging(self, inner, runtime) -> None:
         raise NotImplementedError
@@ -96,8 +101,11 @@ def set_instance_attr(obj, name, value, runtime) -> None:
     runtime.restore.append(undo)
 
 
-def reduce_tokens(runtime, features):
-    """The pre-LLM reduction of the runtime's config: AIM's merging, or the pooling control."""
+def reduce_tokens(runtime, features, grid=None, track_destinations=False):
+    """The pre-LLM reduction of the runtime's config: AIM's merging, or the pooling control.
+
+    ``grid``: (rows, cols) of the frames' tokens where they are not square."""
     from llava.aim.reduce import reduce_frames
 
-    return reduce_frames(features, runtime.cfg, track_sources=runtime.track_sources)
+    return reduce_frames(features, runtime.cfg, track_sources=runtime.track_sources, grid=grid,
+                         track_destinations=track_destinations)

@@ -1,0 +1,406 @@
+"""AIM on the tiny Qwen2-VL and Qwen2.5-VL models (M-RoPE): stock equality with AIM off, merged
+counts at any aspect ratio, positions of merged tokens, removal vs the mask reference, batch vs
+single, generate, the refusals, and loading by hub id."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QWEN_TINY, chat_inputs, make_clip, make_image, qwen_model
+from llava import AIMConfig, apply_aim
+from llava.aim.merge import merged_token_count
+from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsageError
+from llava.model.families import family_for_model_type, family_of
+from llava.model.families.qwen2_vl import IMAGE, VIDEO
+from llava.model.language_model.compat import cache_kwargs, output_cache
+from llava.model.llava_arch import remove_aim
+
+ROOT = Path(__file__).resolve().parents[1]
+NEW_TOKENS = 12
+CLIP = dict(frames=4, height=48, width=80)  # resized to 252 x 420 px: 18 x 30 patches, 9 x 15 merged
+
+
+def clip(seed=0, **kw):
+    return make_clip(**{**CLIP, **kw}, seed=seed)
+
+
+def wide_image(seed=1):
+    return make_image(size=64, seed=seed).resize((200, 120))  # 112 x 196 px: 8 x 14 patches, 4 x 7 merged
+
+
+def build(processor, kind, media=None, questions=None):
+    media = media if media is not None else ([clip()] if kind == "video" else [wide_image()])
+    questions = questions or ["What happens here?"] * len(media)
+    return chat_inputs(processor, kind, media, questions)
+
+
+def logits_of(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def greedy(model, inputs, n=NEW_TOKENS):
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[:, inputs["input_ids"].shape[1]:]
+
+
+class PositionsSeen:
+    """Records the position ids (and the embeddings' length) every language-model call gets."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.model.language_model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        pos = kwargs.get("position_ids")
+        self.calls.append((None if pos is None else pos.clone(), kwargs["inputs_embeds"].shape[1]))
+
+    def close(self):
+        self.handle.remove()
+
+
+def stock_rope(model):
+    """The unwrapped get_rope_index of the model (what transformers computes)."""
+    inner = model.model
+    return type(inner).get_rope_index.__get__(inner)
+
+
+def rope_kwargs(inputs):
+    keep = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "attention_mask", "second_per_grid_ts")
+    return {k: inputs[k] for k in keep if k in inputs}
+
+
+@pytest.fixture
+def qwen(request):
+    """(model, processor) for the parametrized (name, attn); AIM removed afterwards."""
+    name, attn = request.param if isinstance(request.param, tuple) else (request.param, "sdpa")
+    model, processor = qwen_model(name, attn)
+    yield model, processor
+    remove_aim(model, processor)
+
+
+BOTH = pytest.mark.parametrize("qwen", QWEN_TINY, indirect=True)
+BOTH_ATTN = pytest.mark.parametrize("qwen", [(n, a) for n in QWEN_TINY for a in ("sdpa", "eager")], indirect=True)
+
+
+# -- AIM off is the stock model -------------------------------------------------------------
+@BOTH_ATTN
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_disabled_equals_stock_bit_for_bit(qwen, kind):
+    model, processor = qwen
+    stock = logits_of(model, build(processor, kind))
+    apply_aim(model, processor, AIMConfig.disabled())
+    assert torch.equal(logits_of(model, build(processor, kind)), stock)
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6))
+    remove_aim(model, processor)
+    assert torch.equal(logits_of(model, build(processor, kind)), stock)
+
+
+@BOTH
+def test_text_only_prompt_is_noop(qwen):
+    model, processor = qwen
+    inputs = processor.tokenizer(["a question with no picture"], return_tensors="pt")
+    stock = logits_of(model, inputs)
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=1, l2=5))
+    assert torch.equal(logits_of(model, inputs), stock)
+
+
+# -- merging: counts ------------------------------------------------------------------------
+@BOTH
+@pytest.mark.parametrize("kind,grid,per_group", [("video", (2, 18, 30), 9 * 15), ("image", (1, 8, 14), 4 * 7)])
+def test_quarter_retention_gives_the_merged_counts_to_the_llm(qwen, kind, grid, per_group):
+    model, processor = qwen
+    stock = build(processor, kind)
+    assert stock[f"{kind}_grid_thw"].tolist() == [list(grid)]  # a non-square grid, odd merged sides
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=None, l2=None))
+    inputs = build(processor, kind)
+    groups, kept = grid[0], merged_token_count(per_group, 0.25)
+    token = model.config.video_token_id if kind == "video" else model.config.image_token_id
+    assert int((inputs["input_ids"] == token).sum()) == groups * kept
+    assert inputs["input_ids"].shape[1] == stock["input_ids"].shape[1] - groups * (per_group - kept)
+    seen = PositionsSeen(model)
+    try:
+        logits = logits_of(model, inputs)
+    finally:
+        seen.close()
+    assert seen.calls[0][1] == inputs["input_ids"].shape[1]  # exactly the merged prompt enters the LLM
+    assert logits.shape[1] == inputs["input_ids"].shape[1]
+    s = model.aim_stats
+    assert (s.frames, s.tokens_per_frame_before_merge, s.tokens_per_frame_after_merge) == (groups, per_group, kept)
+    assert (s.visual_tokens_before_merge, s.visual_tokens_after_merge) == (groups * per_group, groups * kept)
+
+
+@BOTH
+@pytest.mark.parametrize("retention", [0.5, 0.1, 1 / 64])
+def test_any_retention_counts(qwen, retention):
+    model, processor = qwen
+    apply_aim(model, processor, AIMConfig(retention=retention, l1=None, l2=None))
+    inputs = build(processor, "video")
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 2 * merged_token_count(135, retention)
+    assert greedy(model, inputs, 3).shape == (1, 3)
+
+
+# -- merging: positions ---------------------------------------------------------------------
+def _destinations(model, key):
+    log = model._aim_runtime.family_state["qwen_merge_log"]
+    return [item.dest for item in log.items[key]]
+
+
+@BOTH
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_original_positions_are_those_of_the_destination_patches(qwen, kind):
+    model, processor = qwen
+    stock_inputs = build(processor, kind)
+    stock_pos, stock_delta = stock_rope(model)(stock_inputs["input_ids"], **rope_kwargs(stock_inputs))
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=None, l2=None))
+    inputs = build(processor, kind)
+    seen = PositionsSeen(model)
+    try:
+        logits_of(model, inputs)
+    finally:
+        seen.close()
+    pos = seen.calls[0][0]
+    assert pos.shape == (3, 1, inputs["input_ids"].shape[1])
+    [dest] = _destinations(model, VIDEO if kind == "video" else IMAGE)
+    merged_visual = (inputs["mm_token_type_ids"][0] != 0).nonzero().flatten()
+    stock_visual = (stock_inputs["mm_token_type_ids"][0] != 0).nonzero().flatten()
+    # every merged token sits where the stock model puts its destination patch
+    assert torch.equal(pos[:, 0, merged_visual], stock_pos[:, 0, stock_visual[0] + dest])
+    # the text keeps the stock positions of the unmerged prompt, before and after the item
+    merged_text = (inputs["mm_token_type_ids"][0] == 0).nonzero().flatten()
+    stock_text = (stock_inputs["mm_token_type_ids"][0] == 0).nonzero().flatten()
+    assert torch.equal(pos[:, 0, merged_text], stock_pos[:, 0, stock_text])
+    removed = stock_inputs["input_ids"].shape[1] - inputs["input_ids"].shape[1]
+    assert model.model.rope_deltas.tolist() == (stock_delta + removed).tolist()
+
+
+@BOTH
+def test_generate_places_merged_tokens_and_decodes_at_the_stock_positions(qwen):
+    """generate() builds positions before the vision tower runs; the prefill still gets the
+    destination positions, and every decode step the stock model's position."""
+    model, processor = qwen
+    stock_inputs = build(processor, "video")
+    seen = PositionsSeen(model)
+    try:
+        greedy(model, stock_inputs, 4)
+    finally:
+        seen.close()
+    stock_calls = seen.calls
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=None, l2=None))
+    inputs = build(processor, "video")
+    with torch.no_grad():  # the positions a plain forward gets
+        model(**inputs)
+    forward_seen = PositionsSeen(model)
+    try:
+        logits_of(model, inputs)
+    finally:
+        forward_seen.close()
+    seen = PositionsSeen(model)
+    try:
+        greedy(model, inputs, 4)
+    finally:
+        seen.close()
+    prefill = seen.calls[0][0]
+    assert prefill.shape[0] == 4  # generate's (text, t, h, w) rows
+    assert torch.equal(prefill[1:], forward_seen.calls[0][0])
+    # row 0 is generate's sequence index (shorter after merging); the M-RoPE rows are the stock's
+    assert [c[0][1:].tolist() for c in seen.calls[1:]] == [c[0][1:].tolist() for c in stock_calls[1:]]
+
+
+@BOTH
+@pytest.mark.parametrize("kind,grid,kept", [("video", (2, 18, 30), 4 * 7), ("image", (1, 8, 14), 2 * 3)])
+def test_official_positions_are_the_shrunken_grid(qwen, kind, grid, kept):
+    model, processor = qwen
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=None, l2=None, positions="official"))
+    inputs = build(processor, kind)
+    assert int((inputs["mm_token_type_ids"] != 0).sum()) == grid[0] * kept  # (h/2 // 2) * (w/2 // 2) per group
+    seen = PositionsSeen(model)
+    try:
+        greedy(model, inputs, 3)
+    finally:
+        seen.close()
+    shrunk = torch.tensor([[grid[0], grid[1] // 2 // 2 * 2, grid[2] // 2 // 2 * 2]])
+    kw = rope_kwargs(inputs)
+    kw[f"{kind}_grid_thw"] = shrunk
+    expected, delta = stock_rope(model)(inputs["input_ids"], **kw)
+    assert torch.equal(seen.calls[0][0][1:], expected)
+    assert model.model.rope_deltas.tolist() == delta.tolist()
+    assert model.aim_stats.tokens_per_frame_after_merge == kept
+
+
+def test_official_positions_refuse_retentions_without_a_grid():
+    for retention in (0.5, 0.125, 0.3):
+        with pytest.raises(AIMConfigError, match="1/s\\^2"):
+            AIMConfig(retention=retention, positions="official")
+    for ok in (1.0, 0.25, 1 / 9, 1 / 16):
+        AIMConfig(retention=ok, positions="official")
+    with pytest.raises(AIMConfigError, match="pools"):
+        AIMConfig(method="pool", positions="official")
+
+
+@BOTH
+def test_official_positions_refuse_an_item_too_small_for_the_grid(qwen):
+    model, processor = qwen
+    apply_aim(model, processor, AIMConfig(retention=1 / 16, l1=None, l2=None, positions="official"))
+    with pytest.raises(AIMConfigError, match="no grid is left"):
+        build(processor, "image", [make_image(size=64).resize((280, 56))])  # 2 x 10 merged: 2 // 4 = 0 rows
+
+
+# -- pruning: removal vs the mask reference -------------------------------------------------
+@BOTH_ATTN
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_removal_matches_mask_reference(qwen, kind):
+    model, processor = qwen
+    results = {}
+    for mode in ("mask", "remove"):
+        apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6, pruning_mode=mode))
+        inputs = build(processor, kind)
+        logits = logits_of(model, inputs)[:, -1]
+        tokens = greedy(model, inputs)
+        results[mode] = (logits, tokens, list(model.aim_stats.kv_cache_lens), list(model.aim_stats.layer_seq_lens))
+    diff = (results["remove"][0] - results["mask"][0]).abs().max().item()
+    assert diff <= 1e-4, diff
+    assert torch.equal(results["remove"][1], results["mask"][1])
+    assert len(set(results["mask"][2])) == 1  # the reference keeps every token in every layer
+    lens = results["remove"][3]
+    assert results["remove"][2] == [n + NEW_TOKENS - 1 for n in lens] and lens[-1] < lens[0]
+
+
+@BOTH
+@pytest.mark.parametrize("mode", ["remove", "mask"])
+def test_batch_matches_single(qwen, mode):
+    model, processor = qwen
+    media = [clip(seed=3), clip(seed=4, height=64, width=64)]  # different grids in one batch
+    questions = ["What happens?", "Which objects move from the left to the right in this short clip?"]
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6, pruning_mode=mode))
+    batch = build(processor, "video", media, questions)
+    assert (batch["attention_mask"] == 0).any(), "the test needs left padding"
+    batch_logits = logits_of(model, batch)[:, -1]
+    batch_tokens = greedy(model, batch, 8)
+    for i in range(2):
+        single = build(processor, "video", [media[i]], [questions[i]])
+        assert torch.allclose(logits_of(model, single)[0, -1], batch_logits[i], atol=1e-4, rtol=0)
+        assert torch.equal(greedy(model, single, 8)[0], batch_tokens[i])
+
+
+@BOTH
+def test_manual_decoding_without_mask_or_positions_continues_correctly(qwen):
+    """Without an attention mask and position ids the stock forward places new tokens at the
+    cache length (layer 0's, never pruned) + rope_deltas: the same tokens as generate()."""
+    model, processor = qwen
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6))
+    inputs = build(processor, "video")
+    expected = greedy(model, inputs, 6)
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        tokens = [out.logits[:, -1].argmax(-1, keepdim=True)]
+        for _ in range(5):
+            out = model(input_ids=tokens[-1], use_cache=True, **cache_kwargs(model, output_cache(out)))
+            tokens.append(out.logits[:, -1].argmax(-1, keepdim=True))
+    assert torch.equal(torch.cat(tokens, dim=1), expected)
+
+
+@BOTH
+def test_language_model_alone_on_a_pruned_cache_needs_positions(qwen):
+    model, processor = qwen
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6))
+    with torch.no_grad():
+        out = model(**build(processor, "video"), use_cache=True)
+        lm = model.model.language_model
+        with pytest.raises(UnsupportedUsageError, match="M-RoPE position ids"):
+            lm(inputs_embeds=lm.embed_tokens(torch.tensor([[5]])), use_cache=True,
+               **cache_kwargs(lm, output_cache(out)))
+
+
+@BOTH
+def test_unpatched_processor_is_refused_clearly(qwen):
+    model, processor = qwen
+    stock_inputs = build(processor, "video")
+    apply_aim(model, None, AIMConfig(retention=0.25, l1=None, l2=None))
+    with pytest.raises(UnsupportedUsageError, match="placeholder tokens but AIM merges it to"):
+        greedy(model, stock_inputs, 2)
+
+
+@BOTH
+def test_chunked_prefill_and_hidden_states_are_refused(qwen):
+    model, processor = qwen
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6))
+    inputs = build(processor, "video")
+    with torch.no_grad():
+        with pytest.raises(UnsupportedUsageError, match="output_hidden_states"):
+            model(**inputs, output_hidden_states=True)
+        out = model(**inputs, use_cache=True)
+        with pytest.raises(UnsupportedUsageError):
+            model(**inputs, **cache_kwargs(model, output_cache(out)), use_cache=True)
+
+
+# -- refusals -------------------------------------------------------------------------------
+def test_sliding_window_layers_are_refused_with_pruning():
+    import transformers
+
+    model, _ = qwen_model("tiny-qwen2-vl")
+    config = model.config.to_dict()
+    config["text_config"].update(use_sliding_window=True, sliding_window=64, max_window_layers=4, layer_types=None)
+    sliding = transformers.Qwen2VLForConditionalGeneration(transformers.Qwen2VLConfig(**config)).eval()
+    assert "sliding_attention" in sliding.config.text_config.layer_types
+    with pytest.raises(UnsupportedModelError, match=r"sliding-window attention in decoder layers \[4, 5, 6, 7\]"):
+        apply_aim(sliding, None, AIMConfig(retention=0.25, l1=2, l2=6))
+    assert not hasattr(sliding, "_aim_runtime")
+    apply_aim(sliding, None, AIMConfig(retention=0.25, l1=None, l2=None))  # merging alone is fine
+
+
+@pytest.mark.parametrize("model_type,reason", [("qwen3_vl", "deepstack"), ("qwen3_vl_moe", "timestamp"),
+                                               ("qwen3_5", "Gated DeltaNet")])
+def test_qwen3_families_are_refused_with_the_reason(model_type, reason):
+    with pytest.raises(UnsupportedModelError, match=reason):
+        family_for_model_type(model_type)
+    fake = type("Qwen3VLForConditionalGeneration", (), {})()
+    fake.config = types.SimpleNamespace(model_type=model_type)
+    with pytest.raises(UnsupportedModelError, match=reason):
+        family_of(fake)
+
+
+def test_qwen3_vl_checkpoint_folder_is_refused_before_loading(tmp_path):
+    from transformers import Qwen3VLConfig
+
+    from llava.model.builder import load_pretrained_model
+
+    Qwen3VLConfig().save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="deepstack"):
+        load_pretrained_model(str(tmp_path))
+
+
+# -- the real user path: hub ids offline, the command line ----------------------------------
+def _hub_cache(root: Path, repo_id: str, folder: Path) -> Path:
+    """``folder`` laid out as the Hugging Face cache holds ``repo_id`` (what a download leaves)."""
+    repo = root / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    return root
+
+
+@pytest.mark.parametrize("repo_id,tiny", [("Qwen/Qwen2-VL-7B-Instruct", "tiny-qwen2-vl"),
+                                          ("Qwen/Qwen2.5-VL-7B-Instruct", "tiny-qwen2.5-vl")])
+def test_run_loads_a_hub_id_offline(tmp_path, repo_id, tiny):
+    home = _hub_cache(tmp_path / "hf", repo_id, ROOT / "llava" / "model" / "tiny" / tiny)
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run([sys.executable, "-m", "llava", "run", "--model", repo_id, "--frames", "4", "--json",
+                           "--max-new-tokens", "3"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["model"] == repo_id and not result["random_weights"]
+    assert result["visual_tokens_after_merge"] * 4 <= result["visual_tokens_before_merge"]
+    assert result["layer_seq_lens"][-1] < result["layer_seq_lens"][0]
