@@ -294,7 +294,9 @@ def _qwen_vl_processor(cls, tokenizer):
     return cls(
         image_processor=Qwen2VLImageProcessor(patch_size=14, temporal_patch_size=2, merge_size=2, **pixels),
         tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2, merge_size=2),
+        # cap_pixels_per_frame=False: the current default, said explicitly (transformers warns otherwise)
+        video_processor=Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2, merge_size=2,
+                                              cap_pixels_per_frame=False),
         chat_template=QWEN_VL_CHAT_TEMPLATE,
     )
 
