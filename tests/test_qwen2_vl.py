@@ -404,3 +404,52 @@ def test_run_loads_a_hub_id_offline(tmp_path, repo_id, tiny):
     assert result["model"] == repo_id and not result["random_weights"]
     assert result["visual_tokens_after_merge"] * 4 <= result["visual_tokens_before_merge"]
     assert result["layer_seq_lens"][-1] < result["layer_seq_lens"][0]
+
+
+# -- llava-aim visualize on non-square grids ------------------------------------------------
+def write_clip(path: Path, frames) -> Path:
+    """Encode (F, H, W, 3) uint8 frames at their own size (even sides) with PyAV."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=8)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for arr in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_panels_keep_the_grid_aspect_and_rows_name_their_frames():
+    from llava.visualize import figure_size_px, frame_labels, panel_shape, panel_size
+
+    assert panel_shape(14) == (panel_size(14), panel_size(14)) == (224, 224)  # square: as before
+    assert panel_shape((9, 15)) == (9 * 15, 15 * 15)  # square cells, the longer side >= 224
+    assert figure_size_px(2, 3, (9, 15), 0) == (3 * 225 + 4 * 10, 2 * 10 + 2 * (22 + 135 + 10))
+    assert frame_labels(2, 4, "x") == ["frames 1-2/4", "frames 3-4/4"]
+    assert frame_labels(3, 5, "x")[-1] == "frames 5-5/5" and frame_labels(2, 2, "x") == ["frame 1/2", "frame 2/2"]
+
+
+@pytest.mark.parametrize("name", QWEN_TINY)
+def test_visualize_draws_a_non_square_clip(name, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from llava.cli import main
+    from llava.visualize import CAPTION_LINE_PX, figure_size_px
+
+    video = write_clip(tmp_path / "wide.mp4", make_clip(frames=4, height=96, width=160))
+    out = tmp_path / "aim.png"
+    code = main(["visualize", "--video", str(video), "--model", name, "--frames", "4", "--l1", "2", "--l2", "8",
+                 "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "2 temporal group row(s)" in stdout
+    img = Image.open(out)
+    # 96 x 160 px is resized to 252 x 420 (18 x 30 patches): merged grid 9 x 15, drawn 9:15
+    width, bare = figure_size_px(2, 5, (9, 15), 0)
+    assert img.size[0] == width and (img.size[1] - bare) % CAPTION_LINE_PX == 0
+    assert np.asarray(img.convert("RGB"), dtype=np.float32).std() > 20

@@ -81,6 +81,11 @@ class FamilyAdapter:
                 f"got {type(processor).__name__}"
             )
 
+    def merge_unit_images(self, processor, inputs, media, kind: str):
+        """(F, H, W, 3) uint8: the image each merged unit (frame, image) is drawn over by
+        ``llava-aim visualize``; None: the processor's pixel values hold one image per unit."""
+        return None
+
     def unpatch_processor(self, processor) -> None:
         for name in self.processor_methods:
             processor.__dict__.pop(name, None)

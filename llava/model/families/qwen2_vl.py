@@ -367,6 +367,21 @@ class _QwenVLAdapter(FamilyAdapter):
         runtime.handles.append(inner.register_forward_pre_hook(before_model, with_kwargs=True))
         runtime.handles.append(lm.register_forward_pre_hook(before_language_model, with_kwargs=True))
 
+    def merge_unit_images(self, processor, inputs, media, kind: str):
+        # The pixel values are flattened patches; each temporal group is drawn over its first
+        # frame, resized as the processor resized it (grid h x w patches of patch_size px).
+        import numpy as np
+        from PIL import Image
+
+        sub = processor.video_processor if kind == "video" else processor.image_processor
+        t, h, w = (int(v) for v in inputs[f"{kind}_grid_thw"][0])
+        if kind == "video":
+            frames = [np.asarray(media[min(g * sub.temporal_patch_size, len(media) - 1)]) for g in range(t)]
+        else:
+            frames = [np.asarray(media.convert("RGB"))]
+        size = (w * sub.patch_size, h * sub.patch_size)
+        return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames])
+
     # processor ------------------------------------------------------------------------
     def patch_processor(self, processor, cfg, runtime) -> None:
         # The stock methods return the placeholder repeated grid.prod() // merge**2 times.
