@@ -453,3 +453,164 @@ def test_visualize_draws_a_non_square_clip(name, tmp_path, capsys):
     width, bare = figure_size_px(2, 5, (9, 15), 0)
     assert img.size[0] == width and (img.size[1] - bare) % CAPTION_LINE_PX == 0
     assert np.asarray(img.convert("RGB"), dtype=np.float32).std() > 20
+
+
+# -- the vision tower's cost: the analyzer's count against a measured one -------------------
+@pytest.mark.parametrize("name", QWEN_TINY)
+def test_vision_tower_flops_match_the_counted_matmuls(name):
+    """The analyzer's Qwen-VL tower (patch embed, blocks, windowed or full attention, patch
+    merger) counts exactly the matrix products torch executes on the tiny towers (eager)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llava.analysis.roofline import vision_encoder_cost
+    from llava.analysis.shapes import LLMShape, VisionShape
+    from llava.model.builder import load_pretrained_model
+
+    model, processor = load_pretrained_model(name, aim=None, torch_dtype=torch.float32, attn_implementation="eager")
+    inputs = build(processor, "video", [clip(height=448, width=448)])  # 32 x 32 patches: whole 8 x 8 windows
+    grid = inputs["video_grid_thw"]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.model.visual(inputs["pixel_values_videos"], grid_thw=grid)
+    vc = model.config.vision_config
+    width = getattr(vc, "embed_dim", None) or vc.hidden_size
+    extra = {} if name == "tiny-qwen2-vl" else dict(mlp="swiglu", window_tokens=64,
+                                                    full_attention_layers=len(vc.fullatt_block_indexes))
+    mlp = getattr(vc, "intermediate_size", None) or width * vc.mlp_ratio
+    tower = VisionShape("tiny", vc.depth, width, mlp, vc.num_heads, int(grid[0, 1] * grid[0, 2]), channels=6,
+                        spatial_merge=2, **extra)
+    cost = vision_encoder_cost(tower, LLMShape.from_config(model.config), int(grid[0, 0]))
+    matmuls = ("patch_embed", "proj", "fc1", "fc2", "qk_matmul", "sv_matmul")
+    counted = sum(op.ops for op in cost.ops if any(k in op.name for k in matmuls))
+    assert counted == counter.get_total_flops()
+
+
+# -- llava-aim flops / plan know the Qwen-VL 7B models --------------------------------------
+def _flops_json(*args):
+    from llava.cli import main
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["flops", *args, "--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+@pytest.mark.parametrize("llm", ["qwen2-vl-7b", "qwen2.5-vl-7b"])
+def test_flops_of_the_official_qwen_run(llm):
+    r = _flops_json("--llm", llm)  # 32 frames, max_pixels 200704
+    assert (r["frames"], r["tokens_per_frame"], r["tokens_per_frame_kept"]) == (16, 256, 64)
+    assert r["llm"]["layers"] == 28 and r["llm"]["hidden"] == 3584 and r["llm"]["kv_heads"] == 4
+    assert (r["l1"], r["l2"]) == (14, 22)
+    assert r["tokens_per_layer"][0] == 100 + 16 * 64 and r["tokens_per_layer"][-1] == 100
+    assert r["baseline_tokens_per_layer"][0] == 100 + 16 * 256
+    assert r["vision_tower"] == ("qwen2-vl-vit" if llm == "qwen2-vl-7b" else "qwen2.5-vl-vit")
+    assert any("16 temporal groups" in n for n in r["notes"])
+    wide = _flops_json("--llm", llm, "--frame-size", "720x1280", "--frames", "33")
+    assert (wide["frames"], wide["tokens_per_frame"]) == (17, 12 * 21)  # 336 x 588 px
+    if llm == "qwen2.5-vl-7b":  # windowed attention: a cheaper tower than Qwen2-VL's
+        assert r["vision_encoder_tflops"] < _flops_json("--llm", "qwen2-vl-7b")["vision_encoder_tflops"]
+
+
+def test_flops_refuses_qwen_options_for_other_models(capsys):
+    from llava.cli import main
+
+    assert main(["flops", "--llm", "qwen2-7b", "--max-pixels", "200704"]) == 2
+    assert "--max-pixels" in capsys.readouterr().err
+
+
+def test_plan_for_qwen2_vl():
+    import contextlib
+    import io
+
+    from llava.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["plan", "--llm", "qwen2-vl-7b", "--speedup", "5", "--json"]) == 0
+    result = json.loads(out.getvalue())
+    assert result["inputs"]["frames"] == 16 and result["inputs"]["tokens_per_frame"] == 256
+    assert result["feasible"]
+
+
+# -- the lmms-eval plugin models, in process ------------------------------------------------
+@pytest.fixture(scope="module")
+def synth_clips(tmp_path_factory):
+    pytest.importorskip("lmms_eval")
+    from llava.eval import synthetic
+
+    folder = tmp_path_factory.mktemp("clips")
+    return [str(synthetic.ensure_video(synthetic.clip_name(i), folder)) for i in range(2)]
+
+
+def _plugin(cls, clips, **model_args):
+    model = cls(pretrained=model_args.pop("pretrained"), device="cpu", torch_dtype="float32", max_frames_num=4,
+                **model_args)
+    model.task_dict = {"t": {"test": [{"video": c} for c in clips]}}
+    return model
+
+
+def _request(doc_id, context="What colour is the moving square?\nA. red\nB. green\nAnswer with the letter."):
+    from lmms_eval.api.instance import Instance
+
+    gen = {"max_new_tokens": 5, "temperature": 0, "until": ["\n\n"]}
+    return Instance("generate_until", (context, gen, lambda doc: [doc["video"]], doc_id, "t", "test"), idx=0,
+                    metadata={"task": "t", "doc_id": doc_id, "repeats": 1})
+
+
+@pytest.mark.parametrize("cls_name,tiny", [("Qwen2VLAIM", "tiny-qwen2-vl"), ("Qwen2_5_VLAIM", "tiny-qwen2.5-vl")])
+def test_plugin_applies_the_pixel_limit_positions_and_frame_rate(synth_clips, cls_name, tiny):
+    from llava.eval import qwen_vl
+
+    plugin = _plugin(getattr(qwen_vl, cls_name), synth_clips, pretrained=tiny, max_pixels=28 * 28 * 64,
+                     min_pixels=28 * 28 * 36, positions="official", l1=2, l2=6)
+    assert plugin.aim_config.positions == "official"
+    assert plugin.processor.video_processor.size["longest_edge"] == 28 * 28 * 64
+    [answer] = plugin.generate_until([_request(0)])
+    assert isinstance(answer, str)
+    stats = plugin.model.aim_stats
+    # the 96 px clip is resized to 168 px (min_pixels; the default 100352 would give 336 px): 6 x 6 tokens
+    assert stats.frames == 2 and stats.tokens_per_frame_before_merge == 36
+    assert stats.tokens_per_frame_after_merge == 9 and stats.layer_seq_lens[-1] < stats.layer_seq_lens[0]
+    kind, media = plugin._visuals(lambda doc: [doc["video"]], "t", "test", 0)
+    inputs = plugin._inputs("<|vision_start|><|video_pad|><|vision_end|>Q", kind, media)
+    if plugin.TIME_POSITIONS:  # 4 of 16 frames at 8 fps: 2 fps, 1 s per temporal patch of 2 frames
+        assert inputs["second_per_grid_ts"].tolist() == [1.0]
+
+
+def test_plugin_off_equals_the_stock_model(synth_clips):
+    from llava.eval.qwen_vl import Qwen2VLAIM
+    from llava.model.builder import load_pretrained_model
+    from llava.video import load_video
+
+    plugin = _plugin(Qwen2VLAIM, synth_clips, pretrained="tiny-qwen2-vl", aim=0)
+    [answer] = plugin.generate_until([_request(1)])
+    model, processor = load_pretrained_model("tiny-qwen2-vl", aim=None, torch_dtype=torch.float32)
+    context = _request(1).args[0]
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "video"},
+                                                                        {"type": "text", "text": context}]}],
+                                           add_generation_prompt=True)
+    inputs = processor(text=prompt, videos=[load_video(synth_clips[1], 4)], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    stock = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert answer == stock.split("\n\n")[0].strip()
+
+
+def test_plugin_argument_errors_before_loading():
+    pytest.importorskip("lmms_eval")
+    from llava.errors import EvalArgumentError
+    from llava.eval.lmms_model import LlavaOneVisionAIM
+    from llava.eval.qwen_vl import Qwen2VLAIM
+
+    with pytest.raises(EvalArgumentError, match="max_pixels"):
+        LlavaOneVisionAIM(pretrained="tiny-llava-onevision", device="cpu", max_pixels=200704)
+    with pytest.raises(EvalArgumentError, match="below min_pixels"):
+        Qwen2VLAIM(pretrained="tiny-qwen2-vl", device="cpu", max_pixels=1000, min_pixels=5000)
+    with pytest.raises(EvalArgumentError, match="positions"):
+        Qwen2VLAIM(pretrained="tiny-qwen2-vl", device="cpu", positions="shrunk")
+    with pytest.raises(EvalArgumentError, match="1/s\\^2"):
+        Qwen2VLAIM(pretrained="tiny-qwen2-vl", device="cpu", positions="official", retention=0.5)
+    with pytest.raises(UnsupportedModelError, match="--model llava_onevision_aim"):
+        Qwen2VLAIM(pretrained="tiny-llava-onevision", device="cpu")
