@@ -184,6 +184,43 @@ def test_original_positions_are_those_of_the_destination_patches(qwen, kind):
     assert model.model.rope_deltas.tolist() == (stock_delta + removed).tolist()
 
 
+def _item_starts(types):
+    """Start index of each visual item (a run of image or video placeholders) in one row."""
+    t = types.tolist()
+    return [i for i in range(len(t)) if t[i] != 0 and (i == 0 or t[i - 1] != t[i])]
+
+
+@BOTH
+def test_original_positions_with_an_image_and_a_video_in_one_prompt(qwen):
+    model, processor = qwen
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and then"},
+                                                 {"type": "video"}, {"type": "text", "text": "What changed?"}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+    def inputs_now():
+        return processor(text=[prompt], images=[wide_image()], videos=[clip()], return_tensors="pt")
+
+    stock_inputs = inputs_now()
+    stock_pos, _ = stock_rope(model)(stock_inputs["input_ids"], **rope_kwargs(stock_inputs))
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6))
+    inputs = inputs_now()
+    seen = PositionsSeen(model)
+    try:
+        tokens = greedy(model, inputs, 3)
+    finally:
+        seen.close()
+    pos = seen.calls[0][0]  # pruning on: the (3, B, S) ids the driver gets (generate's row 0 dropped)
+    [image_dest], [video_dest] = _destinations(model, IMAGE), _destinations(model, VIDEO)
+    merged_starts, stock_starts = _item_starts(inputs["mm_token_type_ids"][0]), _item_starts(stock_inputs["mm_token_type_ids"][0])
+    for dest, m0, s0 in ((image_dest, merged_starts[0], stock_starts[0]), (video_dest, merged_starts[1], stock_starts[1])):
+        assert torch.equal(pos[:, 0, m0:m0 + dest.numel()], stock_pos[:, 0, s0 + dest])
+    text = inputs["mm_token_type_ids"][0] == 0
+    assert torch.equal(pos[:, 0, text], stock_pos[:, 0, stock_inputs["mm_token_type_ids"][0] == 0])
+    s = model.aim_stats  # groups of different sizes: totals only
+    assert (s.visual_tokens_before_merge, s.visual_tokens_after_merge) == (28 + 2 * 135, 7 + 2 * 33)
+    assert tokens.shape == (1, 3)
+
+
 @BOTH
 def test_generate_places_merged_tokens_and_decodes_at_the_stock_positions(qwen):
     """generate() builds positions before the vision tower runs; the prefill still gets the
@@ -215,6 +252,25 @@ def test_generate_places_merged_tokens_and_decodes_at_the_stock_positions(qwen):
     assert torch.equal(prefill[1:], forward_seen.calls[0][0])
     # row 0 is generate's sequence index (shorter after merging); the M-RoPE rows are the stock's
     assert [c[0][1:].tolist() for c in seen.calls[1:]] == [c[0][1:].tolist() for c in stock_calls[1:]]
+
+
+@BOTH
+def test_num_return_sequences_repeats_the_placed_positions(qwen):
+    """transformers 5.24 encodes the pixels once and repeats the samples afterwards: each copy
+    still gets its items' destination positions."""
+    model, processor = qwen
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=None, l2=None))
+    inputs = build(processor, "video")
+    seen = PositionsSeen(model)
+    try:
+        logits_of(model, inputs)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=2, do_sample=True, num_return_sequences=2)
+    finally:
+        seen.close()
+    single, pair = seen.calls[0][0], seen.calls[1][0][1:]
+    assert pair.shape[1] == 2 and torch.equal(pair[:, :1], single) and torch.equal(pair[:, 1:], single)
 
 
 @BOTH

@@ -432,11 +432,13 @@ def _place_merged(position_ids, log: MergeLog, runtime, merge: int):
             "merged visual tokens need input_ids and mm_token_type_ids (the processor's output) to be placed at "
             "their M-RoPE positions; inputs_embeds alone is not supported with AIM merging on Qwen-VL"
         )
-    grids = {k: torch.tensor([it.grid for it in log.items[k]], device=input_ids.device) if log.items[k] else None
+    items = _items_per_row(log, input_ids, types, call.get("attention_mask"))
+    grids = {k: torch.tensor([it.grid for it in items[k]], device=input_ids.device) if items[k] else None
              for k in (IMAGE, VIDEO)}
     placed, _ = merged_rope_index(
         runtime.family_state["qwen_stock_rope"], input_ids, types, grids[IMAGE], grids[VIDEO],
-        call.get("attention_mask"), runtime.cfg, merge, dest_of=log.dest_of, **call.get("extra", {}),
+        call.get("attention_mask"), runtime.cfg, merge, dest_of=lambda key, i: items[key][i].dest,
+        **call.get("extra", {}),
     )
     if position_ids.dim() == 2:
         position_ids = position_ids[None].expand(3, -1, -1)
@@ -447,6 +449,36 @@ def _place_merged(position_ids, log: MergeLog, runtime, merge: int):
     spatial = position_ids[-3:]  # a 4-row tensor (generate) carries the text positions in row 0
     spatial[:, visual] = placed[:, visual].to(spatial.dtype)
     return position_ids
+
+
+def _items_per_row(log: MergeLog, input_ids, types, attention_mask) -> Dict[int, List[MergedItem]]:
+    """The merged items in the order the prompt's rows hold them.
+
+    generate(num_return_sequences=k) may repeat each sample k times after the features were
+    computed once (transformers 5.24 encodes before expanding): the rows then come in blocks
+    of k identical rows, each holding its sample's items again."""
+    valid = torch.ones_like(types, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    per_row = [[key for key, _, _ in _runs(types[b][valid[b]].tolist()) if key != TEXT] for b in range(types.shape[0])]
+    counts = {k: sum(row.count(k) for row in per_row) for k in (IMAGE, VIDEO)}
+    if all(counts[k] == len(log.items[k]) for k in (IMAGE, VIDEO)):
+        return log.items
+    factors = {counts[k] // len(log.items[k]) for k in (IMAGE, VIDEO) if log.items[k]}
+    rows = types.shape[0]
+    factor = factors.pop() if len(factors) == 1 else 0
+    if not factor or rows % factor or any(counts[k] != factor * len(log.items[k]) for k in (IMAGE, VIDEO)) or not all(
+            torch.equal(input_ids[b], input_ids[b - b % factor]) for b in range(rows)):
+        raise UnsupportedUsageError(
+            f"the prompt holds {counts[IMAGE]} images and {counts[VIDEO]} videos but {len(log.items[IMAGE])} and "
+            f"{len(log.items[VIDEO])} were merged for it; pass the processor's output with its pixel values unchanged"
+        )
+    items: Dict[int, List[MergedItem]] = {IMAGE: [], VIDEO: []}
+    taken = {IMAGE: 0, VIDEO: 0}
+    for b in range(0, rows, factor):
+        for key in (IMAGE, VIDEO):
+            n = per_row[b].count(key)
+            items[key] += log.items[key][taken[key]:taken[key] + n] * factor
+            taken[key] += n
+    return items
 
 
 def _check_pruned_cache_positions(module, kwargs) -> None:
