@@ -10,7 +10,9 @@ another, as far as AIM is concerned:
   decoder driver keeps each survivor's original position; 3-D M-RoPE families place merged
   tokens and hand the driver plain (3, batch, length) position ids);
 * the official pruning schedule, where the official code has one (``official_layers``);
-* related checkpoints it refuses, and why (``refused_model_types``).
+* related checkpoints it refuses, and why (``refused_model_types``);
+* for ``llava-aim visualize``, the image each merged unit is drawn over where the processor's
+  pixel values are not one image per unit (``merge_unit_images``).
 
 The runtime, the statistics and the decoder driver (llava/model/llava_arch.py,
 language_model/) know nothing about families. Adding a family = one module here that
