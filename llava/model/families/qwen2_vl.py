@@ -361,7 +361,8 @@ class _QwenVLAdapter(FamilyAdapter):
                 log.pending = False
             if pruning:
                 position_ids = _driver_positions(position_ids, compat.peek_cache(kwargs))
-            kwargs["position_ids"] = position_ids
+            if position_ids is not None or "position_ids" in kwargs:
+                kwargs["position_ids"] = position_ids
             return args, kwargs
 
         runtime.handles.append(inner.register_forward_pre_hook(before_model, with_kwargs=True))
