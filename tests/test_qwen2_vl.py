@@ -367,6 +367,20 @@ def test_manual_decoding_without_mask_or_positions_continues_correctly(qwen):
 
 
 @BOTH
+def test_positions_from_a_cache_length_that_lost_count_are_refused(qwen):
+    """Should a cache ever report a pruned length, a forward without mask and ids would place
+    new tokens wrongly: refused (simulated by a state that counts more tokens than layer 0)."""
+    model, processor = qwen
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6))
+    with torch.no_grad():
+        out = model(**build(processor, "video"), use_cache=True)
+        cache = output_cache(out)
+        cache.aim_state.seen_tokens += 5
+        with pytest.raises(UnsupportedUsageError, match="pass the attention_mask"):
+            model(input_ids=torch.tensor([[5]]), use_cache=True, **cache_kwargs(model, cache))
+
+
+@BOTH
 def test_language_model_alone_on_a_pruned_cache_needs_positions(qwen):
     model, processor = qwen
     apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6))
