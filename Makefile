@@ -22,11 +22,13 @@ $(STAMP): pyproject.toml $(LOCK_DEP)
 install: $(STAMP)
 
 # The picture goes to build/ (git-ignored); scripts/make_demo_picture.py with no argument
-# rewrites the committed docs/what_aim_does.png.
+# rewrites the committed docs/what_aim_does.png. Another built-in model:
+#   make demo DEMO_MODEL=tiny-qwen2-vl
+DEMO_MODEL ?= tiny-llava-onevision
 demo: $(STAMP)
-	$(PY) -m llava run --frames 16
+	$(PY) -m llava run --frames 16 --model $(DEMO_MODEL)
 	@mkdir -p build
-	$(PY) scripts/make_demo_picture.py --out build/aim_demo.png
+	$(PY) scripts/make_demo_picture.py --out build/aim_demo.png --model $(DEMO_MODEL)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

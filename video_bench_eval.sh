@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Video benchmarks of the AIM paper with lmms-eval: LLaVA-OneVision-7B + AIM.
+# Video benchmarks of the AIM paper with lmms-eval: LLaVA-OneVision-7B + AIM (the default), or
+# Qwen2-VL-7B / Qwen2.5-VL-7B + AIM.
 #
 #   bash video_bench_eval.sh [extra lmms-eval arguments]
+#   MODEL=qwen2_vl_aim bash video_bench_eval.sh      # the official code's Qwen2-VL run
 #
 # Settings (environment variables, defaults in brackets):
-#   PRETRAINED  [lmms-lab/llava-onevision-qwen2-7b-ov]  hub id, local folder or tiny-llava-onevision
-#               (LLaVA-NeXT names load their llava-hf conversion; see docs/evaluation.md)
+#   MODEL       [llava_onevision_aim]  or qwen2_vl_aim (Qwen2-VL: the official run, 32 frames,
+#               MAX_PIXELS=200704, POSITIONS=official) or qwen2_5_vl_aim (same, POSITIONS=original)
+#   PRETRAINED  [the model's 7B checkpoint: lmms-lab/llava-onevision-qwen2-7b-ov,
+#               Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct]  hub id, local folder or a
+#               built-in tiny model (LLaVA-NeXT names load their llava-hf conversion; see docs/evaluation.md)
 #   TASKS       [videomme,mlvu_dev,egoschema_subset,nextqa_mc_test,perceptiontest_val_mc,mvbench]
 #   FRAMES      [32]     frames sampled uniformly per video
+#   MAX_PIXELS, POSITIONS  (Qwen models only; defaults above) pixels per frame, merged-token positions
 #   RETENTION   [0.25]   L1, L2 [empty: 14, 22 on 28 layers, scaled to other depths]   AIM [1]
 #   NUM_PROCESSES [1]    LAUNCHER [accelerate|torchrun]   LIMIT [all]   DEVICE [cuda]
 #   INCLUDE_PATH [the shipped offline task]   OUTPUT_DIR [./eval_results/<run name>]
@@ -15,11 +21,19 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-MODEL=llava_onevision_aim
-PRETRAINED=${PRETRAINED:-lmms-lab/llava-onevision-qwen2-7b-ov}
+MODEL=${MODEL:-llava_onevision_aim}
+case "$MODEL" in
+    llava_onevision_aim) PRETRAINED=${PRETRAINED:-lmms-lab/llava-onevision-qwen2-7b-ov} ;;
+    # The official AIM code's Qwen2-VL run: 32 frames, max_pixels 200704, the shrunken M-RoPE grid.
+    qwen2_vl_aim) PRETRAINED=${PRETRAINED:-Qwen/Qwen2-VL-7B-Instruct}
+                  MAX_PIXELS=${MAX_PIXELS:-200704} POSITIONS=${POSITIONS:-official} ;;
+    qwen2_5_vl_aim) PRETRAINED=${PRETRAINED:-Qwen/Qwen2.5-VL-7B-Instruct}
+                    MAX_PIXELS=${MAX_PIXELS:-200704} POSITIONS=${POSITIONS:-original} ;;
+    *) echo "error: MODEL must be llava_onevision_aim, qwen2_vl_aim or qwen2_5_vl_aim, got '$MODEL'" >&2; exit 2 ;;
+esac
 TASKS=${TASKS:-videomme,mlvu_dev,egoschema_subset,nextqa_mc_test,perceptiontest_val_mc,mvbench}
 FRAMES=${FRAMES:-32}
-DEFAULT_RUN_NAME="video_$(basename "$PRETRAINED")_f${FRAMES}_aim${AIM:-1}_r${RETENTION:-0.25}_l${L1:-auto}-${L2:-auto}"
+DEFAULT_RUN_NAME="video_$(basename "$PRETRAINED")_f${FRAMES}_aim${AIM:-1}_r${RETENTION:-0.25}_l${L1:-auto}-${L2:-auto}${POSITIONS:+_pos-$POSITIONS}"
 
 source "$HERE/scripts/lmms_eval_common.sh"
 run_lmms_eval "$@"

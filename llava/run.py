@@ -27,7 +27,8 @@ def add_run_command(subparsers) -> None:
     p = subparsers.add_parser("run", help="answer a question about a video or image with AIM",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-llava-onevision",
-                   help="built-in name (tiny-llava-onevision, tiny-llava-1.5), hub id or local folder")
+                   help="built-in name (tiny-llava-onevision, tiny-llava-1.5, tiny-qwen2-vl, tiny-qwen2.5-vl), "
+                        "hub id or local folder")
     media = p.add_mutually_exclusive_group()
     media.add_argument("--video", help=f"video file (default: the shipped sample, {SAMPLE_VIDEO.name})")
     media.add_argument("--image", help="image file")
@@ -49,6 +50,9 @@ def add_run_command(subparsers) -> None:
                    help="pruning: how exactly tied scores are ranked (index: official-equivalent)")
     p.add_argument("--frame-sampling", choices=["uniform", "official"], default="uniform",
                    help="uniform (rounded, never repeats) or official (lmms-eval's np.linspace(..., dtype=int))")
+    p.add_argument("--positions", choices=["original", "official"], default="original",
+                   help="Qwen2-VL / Qwen2.5-VL: merged tokens at their destination patch's position (original) "
+                        "or on the official code's shrunken grid (official); no effect on 1-D RoPE models")
     from llava.analysis.cli import add_method_options
 
     add_method_options(p)
@@ -89,7 +93,8 @@ def build_config(args, num_layers: int) -> AIMConfig:
     else:
         l1, l2 = args.l1, args.l2
     cfg = AIMConfig(retention=retention, l1=l1, l2=l2, pruning_mode=args.pruning_mode,
-                    method=getattr(args, "method", "aim"), seed=getattr(args, "seed", 0), **_fidelity_options(args))
+                    method=getattr(args, "method", "aim"), seed=getattr(args, "seed", 0),
+                    positions=getattr(args, "positions", "original"), **_fidelity_options(args))
     cfg.check_against_model(num_layers)
     return cfg
 
@@ -139,6 +144,7 @@ def _validate_args(args) -> None:
             l1=None if args.l1 is None or args.l2 is None else args.l1,
             l2=None if args.l1 is None or args.l2 is None else args.l2,
             method=getattr(args, "method", "aim"), seed=getattr(args, "seed", 0),
+            positions=getattr(args, "positions", "original"),
         )
         for name in ("l1", "l2"):
             value = getattr(args, name)

@@ -457,6 +457,30 @@ def load_video(
         return _load_video_pyav(p, num_frames, progress, sampling)
 
 
+def video_duration_s(path: str | os.PathLike[str]) -> float | None:
+    """The clip's duration in seconds from its container header (PyAV), or None if unknown.
+
+    Models whose positions count seconds (Qwen2.5-VL: the time between two temporal patches)
+    need it to know how far apart the sampled frames are."""
+    import av
+
+    p = _check_path(path, "video")
+    try:
+        with av.open(str(p)) as container:
+            stream = _pick_video_stream(container, p)
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base) or None
+            if container.duration is not None:
+                return container.duration / 1e6 or None
+            if stream.frames and stream.average_rate:
+                return float(stream.frames / stream.average_rate) or None
+    except (AIMError, MemoryError):
+        raise
+    except Exception as e:
+        raise _wrap_error(p, "video", e) from e
+    return None
+
+
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Load ``path`` as an RGB :class:`PIL.Image.Image` (fully read, file closed).
 

@@ -1,7 +1,8 @@
 """``llava-aim visualize``: one picture of what AIM did to a video (or an image).
 
-One row per sampled frame: the frame as the model sees it (after the processor's resize and
-crop), the merge groups drawn over it (each merged token one colour, group boundaries in
+One row per frame (per merge unit: Qwen2-VL merges each temporal group of 2 frames, drawn
+over its first frame): the frame as the model sees it (after the processor's resize and
+crop; grids of any aspect ratio are drawn at that ratio), the merge groups drawn over it (each merged token one colour, group boundaries in
 black), then the surviving tokens entering a few decoder layers (cells whose merged token was
 pruned are dimmed). By default the layers are: before pruning (l1), mid-schedule, and the last
 layer that still has visual tokens. A caption gives the setting and the token counts.
@@ -21,7 +22,7 @@ import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from llava.errors import AIMConfigError, UnsupportedUsageError
 
 DEFAULT_FRAMES = 4
 MAX_FRAMES = 64  # one row per frame: beyond this the picture is too tall to read
-PANEL_MIN_PX = 224  # each panel is the smallest multiple of the grid side >= this
+PANEL_MIN_PX = 224  # each panel's longer side is the smallest multiple of the grid's >= this
 DPI = 100
 GAP_PX = 10
 TITLE_PX = 22
@@ -68,11 +69,19 @@ def panel_size(grid: int) -> int:
     return grid * math.ceil(PANEL_MIN_PX / grid)
 
 
-def figure_size_px(rows: int, panels: int, grid: int, caption_lines: int) -> tuple:
+def panel_shape(grid: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    """(height, width) of a panel in pixels for a square side or a (rows, cols) grid: square
+    cells, a whole number of pixels each, the longer side at least PANEL_MIN_PX."""
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
+    cell = math.ceil(PANEL_MIN_PX / max(rows, cols))
+    return rows * cell, cols * cell
+
+
+def figure_size_px(rows: int, panels: int, grid: Union[int, Tuple[int, int]], caption_lines: int) -> tuple:
     """(width, height) in pixels of the PNG: ``rows`` frames, ``panels`` panels per row."""
-    side = panel_size(grid)
-    width = panels * side + (panels + 1) * GAP_PX
-    height = caption_lines * CAPTION_LINE_PX + 2 * GAP_PX + rows * (TITLE_PX + side + GAP_PX)
+    ph, pw = panel_shape(grid)
+    width = panels * pw + (panels + 1) * GAP_PX
+    height = caption_lines * CAPTION_LINE_PX + 2 * GAP_PX + rows * (TITLE_PX + ph + GAP_PX)
     return width, height
 
 
@@ -82,11 +91,12 @@ def wrap_caption(lines: Sequence[str], width_px: int) -> List[str]:
     return [part for line in lines if line for part in textwrap.wrap(line, chars)]
 
 
-def upsample_cells(grid_values: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) per-cell values -> (size, size) per-pixel values (nearest cell)."""
+def upsample_cells(grid_values: np.ndarray, size: int, width: Optional[int] = None) -> np.ndarray:
+    """(H, W) per-cell values -> (size, width) per-pixel values (nearest cell; width = size if None)."""
     h, w = grid_values.shape
+    width = size if width is None else width
     rows = np.arange(size) * h // size
-    cols = np.arange(size) * w // size
+    cols = np.arange(width) * w // width
     return grid_values[rows[:, None], cols[None, :]]
 
 
@@ -113,8 +123,8 @@ def group_palette(num_groups: int) -> np.ndarray:
 
 
 def merge_overlay(frame: np.ndarray, groups: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """The frame (S, S, 3) uint8 tinted by merge group, with black group boundaries."""
-    cells = upsample_cells(groups, frame.shape[0])
+    """The frame (H, W, 3) uint8 tinted by merge group, with black group boundaries."""
+    cells = upsample_cells(groups, *frame.shape[:2])
     colours = group_palette(int(groups.max()) + 1)[cells]
     out = (1 - alpha) * frame.astype(np.float32) / 255 + alpha * colours
     out[group_boundaries(cells)] = 0.0
@@ -122,10 +132,9 @@ def merge_overlay(frame: np.ndarray, groups: np.ndarray, alpha: float = 0.55) ->
 
 
 def survivor_overlay(frame: np.ndarray, groups: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """The frame (S, S, 3) uint8 where cells whose merged token was pruned are dimmed to grey."""
-    size = frame.shape[0]
-    cells = upsample_cells(groups, size)
-    alive = upsample_cells(present, size)
+    """The frame (H, W, 3) uint8 where cells whose merged token was pruned are dimmed to grey."""
+    cells = upsample_cells(groups, *frame.shape[:2])
+    alive = upsample_cells(present, *frame.shape[:2])
     img = frame.astype(np.float32) / 255
     grey = img.mean(axis=-1, keepdims=True) * 0.3 + 0.05
     out = np.where(alive[..., None], img, grey)
@@ -152,7 +161,7 @@ def denormalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float],
 class TokenViews:
     """Everything the picture shows, as plain arrays (one entry per frame / image)."""
 
-    frames: np.ndarray  # (F, S, S, 3) uint8, what the model sees, resized to the panel size
+    frames: np.ndarray  # (F, PH, PW, 3) uint8, what the model sees, resized to the panel size
     groups: np.ndarray  # (F, H, W) merged token of every patch
     survivors: Dict[int, np.ndarray]  # layer -> (F, H, W) bool
     kept_per_frame: Dict[int, List[int]]  # layer -> merged tokens of each frame entering it
@@ -173,10 +182,11 @@ def _seen_frames(processor, inputs, is_video: bool) -> np.ndarray:
     return np.stack([denormalize(p, proc.image_mean, proc.image_std, proc.rescale_factor) for p in arr])
 
 
-def _resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+def _resize_frames(frames: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
-    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in frames])
+    height, width = shape
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in frames])
 
 
 def collect_token_views(model, processor, media, is_video: bool, cfg, layers: Sequence[int], question: str) -> TokenViews:
@@ -212,13 +222,15 @@ def collect_token_views(model, processor, media, is_video: bool, cfg, layers: Se
                 survivors[j] = stats.survivors(j)
                 kept[j] = [int(n) for n in stats.layer_survivors[j].sum(dim=1).tolist()]
         per_layer = [row[0] for row in stats.visual_tokens_per_layer] or [stats.visual_tokens_after_merge]
-        seen = _seen_frames(processor, inputs, is_video)
+        seen = model._aim_family.merge_unit_images(processor, inputs, media, kind)
+        if seen is None:
+            seen = _seen_frames(processor, inputs, is_video)
     finally:
         remove_aim(model, processor)
         if previous is not None:
             apply_aim(model, processor, previous.cfg, track_sources=previous.track_sources)
     return TokenViews(
-        frames=_resize_frames(seen, panel_size(groups.shape[1])),
+        frames=_resize_frames(seen, panel_shape(tuple(groups.shape[1:]))),
         groups=groups.cpu().numpy(),
         survivors={j: v.cpu().numpy() for j, v in survivors.items()},
         kept_per_frame=kept,
@@ -235,12 +247,12 @@ def draw_token_views(views: TokenViews, layers: Sequence[int], out_path) -> tupl
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows, grid = views.groups.shape[0], views.groups.shape[1]
+    rows, grid = views.groups.shape[0], tuple(views.groups.shape[1:])
     panels = 2 + len(layers)
     width, _ = figure_size_px(rows, panels, grid, 0)
     caption = wrap_caption(views.caption, width)
     width, height = figure_size_px(rows, panels, grid, len(caption))
-    side = panel_size(grid)
+    ph, pw = panel_shape(grid)
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
     warning = False
@@ -258,10 +270,10 @@ def draw_token_views(views: TokenViews, layers: Sequence[int], out_path) -> tupl
         for j in layers:
             images.append(survivor_overlay(frame, views.groups[f], views.survivors[j][f]))
             titles.append(f"entering layer {j}: {views.kept_per_frame[j][f]}/{views.tokens_per_frame_after}")
-        y0 = top - (f + 1) * (TITLE_PX + side + GAP_PX) + GAP_PX
+        y0 = top - (f + 1) * (TITLE_PX + ph + GAP_PX) + GAP_PX
         for p, (img, title) in enumerate(zip(images, titles)):
-            x0 = GAP_PX + p * (side + GAP_PX)
-            ax = fig.add_axes((x0 / width, y0 / height, side / width, side / height))
+            x0 = GAP_PX + p * (pw + GAP_PX)
+            ax = fig.add_axes((x0 / width, y0 / height, pw / width, ph / height))
             ax.imshow(img, interpolation="nearest")
             ax.set_axis_off()
             ax.set_title(title, fontsize=9, pad=4)
@@ -295,7 +307,7 @@ def add_visualize_command(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     media = p.add_mutually_exclusive_group(required=True)
     media.add_argument("--video", help="video file")
-    media.add_argument("--image", help="image file (drawn through a LLaVA-1.5 model)")
+    media.add_argument("--image", help="image file (drawn through a LLaVA-1.5 model by default)")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--model", help="built-in name, hub id or local folder "
                                    "(default: tiny-llava-onevision for --video, tiny-llava-1.5 for --image)")
@@ -345,11 +357,24 @@ def _aim_config(args, num_layers: int, family=None):
     return cfg.resolve_layers(num_layers, family.official_layers(num_layers) if family is not None else None)
 
 
+def frame_labels(rows: int, frames: int, image_name: str) -> List[str]:
+    """A title per row: "frame i/N", or "frames a-b/N" where one row is a temporal group of
+    several frames (Qwen2-VL merges 2 frames at once); the image's name for an image."""
+    if not frames:
+        return [image_name] * rows
+    per = math.ceil(frames / rows)
+    if per == 1:
+        return [f"frame {i + 1}/{frames}" for i in range(rows)]
+    return [f"frames {i * per + 1}-{min((i + 1) * per, frames)}/{frames}" for i in range(rows)]
+
+
 def caption_lines(model_name: str, media_name: str, is_video: bool, random_weights: bool, cfg, num_layers: int,
                   views: TokenViews) -> List[str]:
     """What is shown, the setting and token counts, a legend, and a warning for random weights."""
     rows = views.groups.shape[0]
     noun = "frame" if is_video else "image"
+    if views.frame_labels and views.frame_labels[0].startswith("frames "):
+        noun = "temporal group"  # one row per group of frames merged together
     head = f"What AIM does: {model_name} on {media_name}, {rows} {noun}{'s' if rows != 1 else ''}"
     merge = (f"merging: {views.tokens_per_frame_before} -> {views.tokens_per_frame_after} tokens per {noun} "
              f"(retention {cfg.retention:g}); visual tokens {views.visual_tokens_before_merge} -> "
@@ -407,10 +432,11 @@ def visualize_command(args) -> int:
 
     views = collect_token_views(model, processor, media, is_video, cfg, layers, question)
     rows = views.groups.shape[0]
-    views.frame_labels = [f"frame {i + 1}/{rows}" if is_video else media_path.name for i in range(rows)]
+    views.frame_labels = frame_labels(rows, len(media) if is_video else 0, media_path.name)
     views.caption = caption_lines(model_name, media_path.name, is_video, is_builtin(model_name), cfg, num_layers, views)
     width, height = draw_token_views(views, layers, out)
-    print(f"wrote {out} ({width}x{height} px): {rows} {'frame' if is_video else 'image'} row(s), "
+    unit = "image" if not is_video else ("temporal group" if views.frame_labels[0].startswith("frames ") else "frame")
+    print(f"wrote {out} ({width}x{height} px): {rows} {unit} row(s), "
           f"layers {', '.join(map(str, layers))}")
     return 0
 

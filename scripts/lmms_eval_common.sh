@@ -5,6 +5,8 @@
 #                                (13, 21) on LLaVA-1.5's 32 layers, else the paper's 14/22 of 28
 #                                layers scaled to the model's depth; L1=none L2=none: no pruning)
 #   AIM=1                        0: the stock model (RETENTION/L1/L2 ignored)
+#   MAX_PIXELS= POSITIONS=       Qwen-VL models: pixels per frame / image (model_arg max_pixels),
+#                                merged-token positions original | official (AIM on only)
 #   EXTRA_MODEL_ARGS=            more model_args, e.g. "attn_implementation=flash_attention_2"
 #   NUM_PROCESSES=1              >1: data parallel, one replica per GPU
 #   LAUNCHER=accelerate          accelerate | torchrun (torchrun for several nodes)
@@ -55,11 +57,13 @@ fi
 aim_model_args() {
     local args="pretrained=${PRETRAINED}"
     if [[ -n "${FRAMES:-}" ]]; then args+=",max_frames_num=${FRAMES}"; fi
+    if [[ -n "${MAX_PIXELS:-}" ]]; then args+=",max_pixels=${MAX_PIXELS}"; fi
     if [[ "$AIM" == "0" ]]; then
         args+=",aim=0"
     else
         args+=",aim=1,retention=${RETENTION}"
         if [[ -n "$L1" || -n "$L2" ]]; then args+=",l1=${L1},l2=${L2}"; fi
+        if [[ -n "${POSITIONS:-}" ]]; then args+=",positions=${POSITIONS}"; fi
     fi
     if [[ -n "$EXTRA_MODEL_ARGS" ]]; then args+=",${EXTRA_MODEL_ARGS}"; fi
     echo "$args"

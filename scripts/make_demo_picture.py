@@ -27,8 +27,9 @@ DEMO_ARGS = ["--frames", "4", "--retention", "0.25", "--l1", "2", "--l2", "8"]
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "docs" / "what_aim_does.png"), help="PNG to write")
+    parser.add_argument("--model", default="tiny-llava-onevision", help="built-in model (make demo DEMO_MODEL=...)")
     args = parser.parse_args(argv)
-    return cli_main(["visualize", "--video", str(SAMPLE_VIDEO), "--out", args.out, *DEMO_ARGS])
+    return cli_main(["visualize", "--video", str(SAMPLE_VIDEO), "--model", args.model, "--out", args.out, *DEMO_ARGS])
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 #!/usr/bin/env python
-"""Build the bundled tiny random checkpoints: llava/model/tiny/{tiny-llava-onevision,tiny-llava-1.5}.
+"""Build the bundled tiny random checkpoints in llava/model/tiny/: tiny-llava-onevision,
+tiny-llava-1.5, tiny-qwen2-vl, tiny-qwen2.5-vl.
 
 Each folder is a complete transformers checkpoint (config, safetensors weights, tokenizer,
 image/video processor configs, chat template) written with save_pretrained, so the package
 loads it through exactly the code path of a real llava-hf checkpoint. The geometry of the
 vision side is the real one (384 px / 14 px patches -> 27x27 -> 14x14 = 196 tokens per video
-frame for LLaVA-OneVision; 336 px -> 24x24 = 576 tokens per image for LLaVA-1.5); only the
-widths and depths are tiny. Weights are random from a fixed seed: answers are meaningless.
+frame for LLaVA-OneVision; 336 px -> 24x24 = 576 tokens per image for LLaVA-1.5; Qwen2-VL and
+Qwen2.5-VL: 14 px patches, 2 frames per temporal patch, 2x2 patch merger, the checkpoints'
+pixel limits, M-RoPE sections in the 7B models' proportions); only the widths and depths are
+tiny. Weights are random from a fixed seed: answers are meaningless.
 
-    python scripts/make_tiny_models.py            # rewrite both folders
+    python scripts/make_tiny_models.py                    # rewrite every folder
+    python scripts/make_tiny_models.py tiny-qwen2-vl      # only the named ones
 """
 
 from __future__ import annotations
@@ -32,7 +36,15 @@ from transformers import (
     LlavaOnevisionVideoProcessor,
     LlavaProcessor,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
     Qwen2Config,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
     SiglipVisionConfig,
 )
 
@@ -71,6 +83,36 @@ LLAMA_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
+
+# Qwen2-VL / Qwen2.5-VL chat format (our own rendering of it): a default system turn, then each
+# turn as "<|im_start|>role\n...<|im_end|>\n" with every visual item in place as
+# "<|vision_start|><|image_pad|><|vision_end|>" (or <|video_pad|>), the processor expanding the pad.
+QWEN_VL_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+QWEN_VL_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+# The Qwen2-VL-7B-Instruct / Qwen2.5-VL-7B-Instruct pixel limits (one frame or image is resized
+# to a multiple of 28 px with min_pixels <= h * w <= max_pixels).
+QWEN_VL_MIN_PIXELS, QWEN_VL_MAX_PIXELS = 56 * 56, 28 * 28 * 16384
 
 CORPUS_WORDS = (
     "a an the is are was were be what which who where when why how does do did can could "
@@ -207,6 +249,91 @@ def tiny_llava15(out: Path) -> None:
     _save(model, processor, out)
 
 
+def _qwen_vl_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer(
+        QWEN_VL_SPECIAL_TOKENS,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+            "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",
+        },
+    )
+
+
+def _qwen_vl_text_config(tokenizer) -> dict:
+    # head_dim 16 -> 8 rotary frequency pairs split (t, h, w) = (2, 3, 3), the proportions of
+    # the 7B models' (16, 24, 24) of 64; grouped-query attention as Qwen2-7B (28 heads, 4 kv).
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _qwen_vl_token_ids(tokenizer) -> dict:
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+
+
+def _qwen_vl_processor(cls, tokenizer):
+    pixels = dict(min_pixels=QWEN_VL_MIN_PIXELS, max_pixels=QWEN_VL_MAX_PIXELS)
+    return cls(
+        image_processor=Qwen2VLImageProcessor(patch_size=14, temporal_patch_size=2, merge_size=2, **pixels),
+        tokenizer=tokenizer,
+        # cap_pixels_per_frame=False: the current default, said explicitly (transformers warns otherwise)
+        video_processor=Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2, merge_size=2,
+                                              cap_pixels_per_frame=False),
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
+
+
+def tiny_qwen2_vl(out: Path) -> None:
+    tokenizer = _qwen_vl_tokenizer()
+    vision = dict(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14,
+                  temporal_patch_size=2, spatial_merge_size=2)
+    config = Qwen2VLConfig(text_config=_qwen_vl_text_config(tokenizer), vision_config=vision,
+                           **_qwen_vl_token_ids(tokenizer))
+    torch.manual_seed(SEED)
+    model = Qwen2VLForConditionalGeneration(config)
+    _save(model, _qwen_vl_processor(Qwen2VLProcessor, tokenizer), out)
+
+
+def tiny_qwen2_5_vl(out: Path) -> None:
+    tokenizer = _qwen_vl_tokenizer()
+    # Window attention over 112 px (8x8 patches) in block 0, full attention in block 1, as the
+    # 7B tower alternates them; 2 temporal position steps per second of video as the 7B model.
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                  temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[1],
+                  tokens_per_second=2)
+    config = Qwen2_5_VLConfig(text_config=_qwen_vl_text_config(tokenizer), vision_config=vision,
+                              **_qwen_vl_token_ids(tokenizer))
+    torch.manual_seed(SEED)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    _save(model, _qwen_vl_processor(Qwen2_5_VLProcessor, tokenizer), out)
+
+
+BUILDERS = {
+    "tiny-llava-onevision": tiny_onevision,
+    "tiny-llava-1.5": tiny_llava15,
+    "tiny-qwen2-vl": tiny_qwen2_vl,
+    "tiny-qwen2.5-vl": tiny_qwen2_5_vl,
+}
+
+
 def _save(model, processor, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -219,9 +346,11 @@ def _save(model, processor, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args()
-    tiny_onevision(ROOT / "tiny-llava-onevision")
-    tiny_llava15(ROOT / "tiny-llava-1.5")
+    parser.add_argument("names", nargs="*", choices=[[]] + list(BUILDERS), metavar="NAME",
+                        help=f"models to build (default: all of {', '.join(BUILDERS)})")
+    names = parser.parse_args().names or list(BUILDERS)
+    for name in names:
+        BUILDERS[name](ROOT / name)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,27 @@ def llava15_eager():
     return _load("tiny-llava-1.5", "eager")
 
 
+QWEN_TINY = ("tiny-qwen2-vl", "tiny-qwen2.5-vl")
+_QWEN_LOADED = {}
+
+
+def qwen_model(name, attn="sdpa"):
+    """(model, processor) of a tiny Qwen-VL model, loaded once per session (AIM off)."""
+    if (name, attn) not in _QWEN_LOADED:
+        _QWEN_LOADED[(name, attn)] = _load(name, attn)
+    return _QWEN_LOADED[(name, attn)]
+
+
+def make_clip(frames=4, height=48, width=80, seed=0):
+    """A non-square synthetic clip (frames, height, width, 3) uint8 with a moving square."""
+    rng = np.random.default_rng(seed)
+    video = np.broadcast_to(rng.integers(0, 255, size=(1, 1, 3)), (frames, height, width, 3)).copy().astype(np.uint8)
+    for f in range(frames):
+        x = (4 + 9 * f) % max(1, width - 16)
+        video[f, 8:24, x : x + 16] = rng.integers(0, 255, size=3)
+    return video
+
+
 def make_video(frames=4, size=48, seed=0):
     """A small synthetic clip (frames, H, W, 3) uint8: smooth background and a moving square."""
     rng = np.random.default_rng(seed)

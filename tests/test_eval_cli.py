@@ -88,6 +88,32 @@ def test_broken_checkpoint_exits_nonzero(tmp_path):
     assert not list((tmp_path / "out").rglob("*_results.json"))
 
 
+@pytest.mark.parametrize("model,tiny,positions", [("qwen2_vl_aim", "tiny-qwen2-vl", "official"),
+                                                  ("qwen2_5_vl_aim", "tiny-qwen2.5-vl", "original")])
+def test_video_script_with_a_qwen_model(tmp_path, model, tiny, positions):
+    # MODEL= selects the plugin model; qwen2_vl_aim defaults to the official run's settings
+    result = _run_script("video_bench_eval.sh", tmp_path, MODEL=model, PRETRAINED=tiny, TASKS=VIDEO_TASKS,
+                         FRAMES="4", LIMIT="2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [results_file] = list((tmp_path / "out").rglob("*_results.json"))
+    data = json.loads(results_file.read_text())
+    assert data["config"]["model"] == model
+    assert f"max_pixels=200704,aim=1,retention=0.25,positions={positions}" in data["config"]["model_args"]
+    assert 0.0 <= data["results"]["llava_aim_synthvid_mc"]["acc,none"] <= 1.0
+    samples = _samples(tmp_path / "out")
+    assert [d for d, _ in samples["llava_aim_synthvid_gen"]] == [0, 1]
+    assert all(len(json.loads(r)) == 4 for _, r in samples["llava_aim_synthvid_mc"])
+    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect_results.py"), str(tmp_path / "out")],
+                           capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    assert f"| {tiny} * | 4 | 0.25, 4-6" in table.stdout
+
+
+def test_video_script_refuses_an_unknown_model(tmp_path):
+    result = _run_script("video_bench_eval.sh", tmp_path, MODEL="qwen3_vl_aim", TASKS=VIDEO_TASKS)
+    assert result.returncode == 2 and "MODEL must be" in result.stderr
+
+
 def test_image_script_with_llava15(tmp_path):
     result = _run_script("scripts/image_bench_eval.sh", tmp_path, PRETRAINED="tiny-llava-1.5",
                          TASKS="llava_aim_synthimg_gen", LIMIT="2", RETENTION="0.5", L1="4", L2="6")

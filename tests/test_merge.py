@@ -564,3 +564,36 @@ def test_step_r_zero_keeps_all_tokens():
     y, s, idx, _ = bipartite_merge_step(x, torch.ones(2, 7, dtype=x.dtype), 0, order="spatial")
     assert torch.equal(y, x)
     assert torch.equal(idx, torch.arange(7).expand(2, 7))
+
+
+# -- destinations: the original token each merged token stands in for -----------------------
+@FAST
+@given(
+    t=st.integers(1, 90),
+    k=st.integers(1, 100),
+    order=st.sampled_from(["paper", "spatial"]),
+    seed=st.integers(0, 2**16),
+)
+def test_dest_index_is_the_reference_destination_chain(t, k, order, seed):
+    """dest_index[f, s] is the original position of merged token s's destination chain (the
+    reference's ``position``), a member of its own group; in spatial order it increases."""
+    x = randn(2, t, 3, seed=seed)
+    out = merge_frames(x, k / 100, order=order, track_sources=True, track_destinations=True)
+    kk = out.tokens.shape[1]
+    assert out.dest_index.shape == (2, kk) and out.dest_index.dtype == torch.long
+    for f in range(2):
+        ref = reference_merge(x[f].tolist(), kk, "mean", order)
+        assert out.dest_index[f].tolist() == [item[2] for item in ref]
+    # each merged token's destination went into that very token
+    assert torch.equal(out.source_index.gather(1, out.dest_index), torch.arange(kk).expand(2, kk))
+    if order == "spatial":
+        assert bool((out.dest_index[:, 1:] > out.dest_index[:, :-1]).all())
+
+
+def test_dest_index_of_one_step_paper_order():
+    # paper order: [kept sources] then [all destinations, the odd positions, in order]
+    out = merge_frames(randn(1, 10, 4), 0.6, track_destinations=True)  # 10 -> 6: r = 4
+    assert out.dest_index[0, -5:].tolist() == [1, 3, 5, 7, 9]
+    assert all(i % 2 == 0 for i in out.dest_index[0, :-5].tolist())
+    assert merge_frames(randn(1, 10, 4), 1.0, track_destinations=True).dest_index.tolist() == [list(range(10))]
+    assert merge_frames(randn(1, 10, 4), 0.5).dest_index is None  # only when asked for

@@ -478,3 +478,15 @@ def test_benchmark_case_for_each_method():
     for case in cases:
         assert case.tokens_per_layer == [10 + v for v in policy_visual_tokens(case.cfg, case.visual_tokens, 4)]
         assert case.times_s and case.kv_cache_bytes > 0
+
+
+def test_pool_frames_on_a_given_grid_and_its_destinations():
+    # a 4 x 6 grid pooled to 2 x 3 blocks of 2 x 2; each block's destination is its top-left
+    x = torch.arange(24, dtype=torch.float64).reshape(1, 24, 1)
+    out = pool_frames(x, 0.25, track_sources=True, grid=(4, 6), track_destinations=True)
+    assert out.tokens.shape == (1, 6, 1)
+    assert out.dest_index.tolist() == [[0, 2, 4, 12, 14, 16]]
+    assert out.tokens[0, 0, 0].item() == (0 + 1 + 6 + 7) / 4
+    assert torch.equal(out.source_index.gather(1, out.dest_index), torch.arange(6).expand(1, 6))
+    with pytest.raises(ValueError, match="grid"):
+        pool_frames(x, 0.25, grid=(5, 5))

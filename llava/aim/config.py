@@ -18,6 +18,7 @@ from llava.aim.policy import (
     STEP_METHODS,
     aim_default_layers,
     check_method_against_model,
+    spec,
     validate_method_fields,
 )
 from llava.errors import AIMConfigError
@@ -31,6 +32,10 @@ MERGE_METRICS = ("auto", "keys", "tokens")
 TIE_BREAKS = ("index", "log_attention")  # llava.aim.importance.select_survivors
 IMPORTANCES = ("pagerank", "attention")
 PRUNING_MODES = ("remove", "mask")
+# Where merged tokens sit in a model with per-patch 3-D rotary positions (M-RoPE, Qwen2-VL):
+# "original" = the (t, h, w) position of the patch each token stands in for; "official" = the
+# official code's shrunken grid. 1-D RoPE families number merged tokens consecutively either way.
+POSITIONS = ("original", "official")
 AUTO = "auto"  # l1/l2: the model family's official schedule, else the paper's (14, 22) of 28 scaled
 Layer = Union[int, None, str]
 
@@ -75,6 +80,15 @@ class AIMConfig:
         cache) or "mask" (reference: pruned tokens kept but hidden as keys; no speed-up).
     importance_memory_mb: bound on the extra memory of the importance computation; heads
         are processed in chunks that fit in it.
+    positions: where merged tokens sit in models with 3-D rotary positions (M-RoPE: Qwen2-VL,
+        Qwen2.5-VL). "original" (default): each merged token keeps the (t, h, w) position of
+        the patch it stands in for (its destination), and the text keeps the positions of the
+        unmerged prompt. "official": the official code's shrunken grid, for reproduction: each
+        frame's grid shrinks by s per side where retention = 1/s^2 (s = 2 at 1/4), merging
+        keeps exactly (h // s) * (w // s) tokens, and the positions are those of that smaller
+        grid (the text after the video moves up accordingly). 1-D RoPE families (LLaVA-OneVision,
+        LLaVA-1.5) always number merged tokens consecutively, which is what the official code
+        does there.
     method: "aim" (default) or a baseline / control of llava.aim.policy: "fastv", "vtw",
         "pdrop" (drop at ``drop_layers``; l1/l2 must be None), "prumerge", "prumerge_plus"
         (LLaVA-PruMerge before the LLM; retention 1.0, l1/l2 None), "random", "pool" (AIM's
@@ -99,6 +113,7 @@ class AIMConfig:
     tie_break: str = "index"
     pruning_mode: str = "remove"
     importance_memory_mb: int = 1024
+    positions: str = "original"
     method: str = "aim"
     drop_layers: Optional[Tuple[int, ...]] = None
     drop_ratio: Optional[float] = None
@@ -122,6 +137,9 @@ class AIMConfig:
         _check_choice("merge_metric", self.merge_metric, MERGE_METRICS)
         _check_choice("tie_break", self.tie_break, TIE_BREAKS)
         _check_choice("pruning_mode", self.pruning_mode, PRUNING_MODES)
+        _check_choice("positions", self.positions, POSITIONS)
+        if self.positions == "official":
+            _check_official_grid(self.retention, self.method, self.merge_weighting)
         if not _is_real(self.pagerank_tau) or not self.pagerank_tau > 0:
             raise AIMConfigError(f"pagerank_tau must be a positive number, got {self.pagerank_tau!r}")
         if not _is_int(self.pagerank_iters) or self.pagerank_iters < 1:
@@ -139,6 +157,11 @@ class AIMConfig:
     def merging(self) -> bool:
         """True when token merging changes anything (retention < 1)."""
         return self.retention < 1.0
+
+    @property
+    def grid_shrink(self) -> int:
+        """positions="official": how much each side of a frame's grid shrinks (1/retention = s^2)."""
+        return official_grid_shrink(self.retention)
 
     @property
     def pruning(self) -> bool:
@@ -260,6 +283,37 @@ def _check_layers(l1, l2) -> None:
         raise AIMConfigError(f"layer indices must be non-negative, got l1={l1}, l2={l2}")
     if l1 >= l2:
         raise AIMConfigError(f"need l1 < l2 (prune after layers l1..l2-1), got l1={l1}, l2={l2}")
+
+
+def official_grid_shrink(retention: float) -> int:
+    """s with retention == 1/s^2 (s a positive integer), else AIMConfigError.
+
+    The official code halves the height and width of each frame's grid at retention 1/4; the
+    same construction exists only where 1/retention is a square (1, 1/4, 1/9, 1/16, ...).
+    """
+    s = max(1, round((1.0 / retention) ** 0.5))
+    if abs(s * s * retention - 1.0) > 1e-9:
+        raise AIMConfigError(
+            f"positions='official' (the official code's shrunken M-RoPE grid) needs a retention of 1/s^2, so that "
+            f"each frame's grid shrinks by s per side (1, 1/4, 1/9, 1/16, ...); retention={retention!r} gives no "
+            "grid: use positions='original', which works for any retention"
+        )
+    return s
+
+
+def _check_official_grid(retention, method: str, weighting: str) -> None:
+    official_grid_shrink(retention)
+    if retention < 1.0 and spec(method).reduction != "merge":
+        raise AIMConfigError(
+            f"positions='official' reproduces the official code's merging; method {method!r} pools instead: "
+            "use positions='original'"
+        )
+    if retention < 1.0 and weighting != "mean":
+        # the extra merges down to the shrunken grid start from plain tokens, as the official code
+        raise AIMConfigError(
+            "positions='official' reproduces the official code's merging, which takes plain means "
+            f"(merge_weighting='mean'), got merge_weighting={weighting!r}: use positions='original'"
+        )
 
 
 def _check_choice(field: str, value, choices) -> None:

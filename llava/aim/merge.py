@@ -93,11 +93,16 @@ class MergeResult:
     sizes: (F, k) number of original tokens each merged token stands for.
     source_index: (F, T) for every original token, the index (0..k-1) of the merged token it
         ended up in; only filled when asked for (``track_sources=True``), else None.
+    dest_index: (F, k) for every merged token, the original token whose place it takes: the
+        destination it was last merged into (a token never merged away is its own); only
+        filled when asked for (``track_destinations=True``), else None. Models with
+        positions per patch (M-RoPE) give the merged token that patch's position.
     """
 
     tokens: torch.Tensor
     sizes: torch.Tensor
     source_index: Optional[torch.Tensor] = None
+    dest_index: Optional[torch.Tensor] = None
 
 
 class MergeStep(NamedTuple):
@@ -118,6 +123,7 @@ def merge_frames(
     track_sources: bool = False,
     count: str = "official",
     metric: Optional[torch.Tensor] = None,
+    track_destinations: bool = False,
 ) -> MergeResult:
     """Merge each frame of ``x`` (F, T, C) down to ``merged_token_count(T, retention, count)`` tokens.
 
@@ -140,11 +146,29 @@ def merge_frames(
     source_index = None
     if track_sources:
         source_index = torch.arange(t, device=x.device).expand(frames, t).clone()
+    dest_index = torch.arange(t, device=x.device).expand(frames, t).clone() if track_destinations else None
     for r in steps:
         x, sizes, new_index, metric = bipartite_merge_step(x, sizes, r, weighting, order, metric=metric)
         if source_index is not None:
             source_index = new_index.gather(1, source_index)
-    return MergeResult(tokens=x, sizes=sizes, source_index=source_index)
+        if dest_index is not None:
+            dest_index = dest_index.gather(1, slot_destinations(new_index, x.shape[1]))
+    return MergeResult(tokens=x, sizes=sizes, source_index=source_index, dest_index=dest_index)
+
+
+def slot_destinations(new_index: torch.Tensor, slots: int) -> torch.Tensor:
+    """(F, slots): for each output slot of one step, the input token whose place it takes.
+
+    ``new_index`` (F, t) maps every input token to its slot. A kept source (even index) is
+    alone in its slot; a destination (odd index) shares its slot with the sources merged into
+    it and is the one the slot stands for. So the odd inputs are written last, over the even.
+    """
+    frames, t = new_index.shape
+    out = torch.empty(frames, slots, dtype=torch.long, device=new_index.device)
+    index = torch.arange(t, device=new_index.device).expand(frames, t)
+    out.scatter_(1, new_index[:, ::2], index[:, ::2])
+    out.scatter_(1, new_index[:, 1::2], index[:, 1::2])
+    return out
 
 
 def bipartite_merge_step(

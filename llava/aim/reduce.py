@@ -45,15 +45,20 @@ def pool_slots(rows: int, cols: int, out_rows: int, out_cols: int, device=None) 
     return (r[:, None] * out_cols + c[None, :]).reshape(-1)
 
 
-def pool_frames(x: torch.Tensor, retention: float, track_sources: bool = False, count: str = "official") -> MergeResult:
+def pool_frames(x: torch.Tensor, retention: float, track_sources: bool = False, count: str = "official",
+                grid: Optional[Tuple[int, int]] = None, track_destinations: bool = False) -> MergeResult:
     """Average-pool each frame of ``x`` (F, T, C) over spatial blocks to ``merged_token_count(T,
     retention, count)`` tokens, in raster order. With T = 196 (14 x 14) and 49 tokens this is 2x2
-    average pooling; a T that is not a square is pooled as one row."""
+    average pooling. ``grid`` (rows, cols) gives the frame's token grid; without it a T that is
+    not a square is pooled as one row. A pooled token's destination (``dest_index``) is the
+    first token of its block in raster order."""
     if x.dim() != 3:
         raise ValueError(f"expected frames of shape (F, T, C), got {tuple(x.shape)}")
     frames, t, c = x.shape
     target = merged_token_count(t, retention, count)
-    rows, cols = token_grid(t)
+    if grid is not None and grid[0] * grid[1] != t:
+        raise ValueError(f"a {grid[0]} x {grid[1]} grid does not hold {t} tokens")
+    rows, cols = token_grid(t) if grid is None else grid
     grid = pooled_grid(rows, cols, target)
     if grid is None:  # no block grid of that size: pool runs of the raster order instead
         rows, cols, grid = 1, t, (1, target)
@@ -64,13 +69,23 @@ def pool_frames(x: torch.Tensor, retention: float, track_sources: bool = False, 
     sizes = torch.zeros(target, dtype=acc, device=x.device).index_add_(0, slots, torch.ones(t, dtype=acc, device=x.device))
     tokens = (sums / sizes[None, :, None]).to(x.dtype)
     source_index = slots.expand(frames, t).clone() if track_sources else None
-    return MergeResult(tokens=tokens, sizes=sizes.expand(frames, target).clone(), source_index=source_index)
+    dest_index = None
+    if track_destinations:  # the lowest raster index landing in each slot
+        first = torch.full((target,), t, dtype=torch.long, device=x.device)
+        first.scatter_reduce_(0, slots, torch.arange(t, device=x.device), reduce="amin")
+        dest_index = first.expand(frames, target).clone()
+    return MergeResult(tokens=tokens, sizes=sizes.expand(frames, target).clone(), source_index=source_index,
+                       dest_index=dest_index)
 
 
-def reduce_frames(x: torch.Tensor, cfg, track_sources: bool = False, metric: Optional[torch.Tensor] = None) -> MergeResult:
+def reduce_frames(x: torch.Tensor, cfg, track_sources: bool = False, metric: Optional[torch.Tensor] = None,
+                  grid: Optional[Tuple[int, int]] = None, track_destinations: bool = False) -> MergeResult:
     """The pre-LLM reduction of ``cfg`` (an AIMConfig): merging (similarity on ``metric`` when
-    given), or pooling for method "pool" (which has no similarity)."""
+    given), or pooling for method "pool" (which has no similarity).
+
+    ``grid``: the frames' token grid (rows, cols), for pooling; merging needs none."""
     if reduction_of(cfg) == "pool":
-        return pool_frames(x, cfg.retention, track_sources, cfg.merge_count)
+        return pool_frames(x, cfg.retention, track_sources, cfg.merge_count, grid=grid,
+                           track_destinations=track_destinations)
     return merge_frames(x, cfg.retention, cfg.merge_weighting, cfg.merge_order, track_sources=track_sources,
-                        count=cfg.merge_count, metric=metric)
+                        count=cfg.merge_count, metric=metric, track_destinations=track_destinations)

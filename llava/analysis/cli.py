@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -19,7 +20,15 @@ from llava.analysis.roofline import (
     paper_default_layers,
 )
 from llava.aim.policy import LLAVA15_OFFICIAL_LAYERS, METHODS, PRUMERGE_METHODS, STEP_METHODS, drop_layers_for, spec
-from llava.analysis.shapes import BUILTIN_LLMS, BUILTIN_VISION, get_llm, get_vision
+from llava.analysis.shapes import (
+    BUILTIN_LLMS,
+    BUILTIN_VISION,
+    QWEN_VL_MAX_PIXELS,
+    get_llm,
+    get_vision,
+    qwen_vl_kind,
+    qwen_vl_visual_tokens,
+)
 from llava.errors import AIMConfigError
 
 
@@ -89,7 +98,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm", default="qwen2-7b",
                    help=f"built-in ({', '.join(sorted(BUILTIN_LLMS))}) or a local config.json / model directory")
     p.add_argument("--frames", type=int, default=32, help="frames (images: 1)")
-    p.add_argument("--tokens-per-frame", type=int, default=196, help="visual tokens per frame before merging")
+    p.add_argument("--tokens-per-frame", type=int, default=None,
+                   help="visual tokens per frame before merging (default 196; Qwen-VL: from --max-pixels and "
+                        "--frame-size, per temporal group of 2 frames)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help=f"Qwen-VL only: pixels per frame (default {QWEN_VL_MAX_PIXELS}, the official AIM run: 448 x 448 "
+                        "px, 16 x 16 tokens per 2 frames)")
+    p.add_argument("--frame-size", type=frame_size, default=None, metavar="HxW",
+                   help="Qwen-VL only: frame height x width in pixels before resizing (default: square frames "
+                        "capped by --max-pixels)")
     p.add_argument("--text-tokens", type=int, default=100, help="text tokens (never pruned)")
     p.add_argument("--newline-tokens", type=int, default=0,
                    help="extra visual tokens per prompt (LLaVA-OneVision's runtime appends 1 after a video; "
@@ -113,16 +130,59 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="vision tower for the separately reported encoder cost (default: the LLM's pair)")
 
 
+def frame_size(text: str) -> Tuple[int, int]:
+    """``--frame-size 720x1280`` -> (720, 1280)."""
+    parts = text.lower().replace("*", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH in pixels such as 720x1280, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def analysis_inputs(args: argparse.Namespace) -> Dict[str, Any]:
-    """``analyze`` keyword arguments from the options of :func:`add_model_options`."""
+    """``analyze`` keyword arguments from the options of :func:`add_model_options`.
+
+    Qwen-VL decoders: the analyzer's frames are the temporal groups (2 frames each) and the
+    tokens per frame those of one group at the clip's resolution (:func:`qwen_vl_input`)."""
+    frames, tokens, vision = args.frames, args.tokens_per_frame, get_vision(args.vision, args.llm)
+    qwen = qwen_vl_input(args)
+    if qwen is not None:
+        frames, per_group = qwen["groups"], qwen["tokens_per_group"]
+        tokens = per_group if tokens is None else tokens
+        if vision.spatial_merge > 1:  # the tower sees 4 patches per token
+            vision = dataclasses.replace(vision, tokens=tokens * vision.spatial_merge ** 2)
     return dict(
-        llm=get_llm(args.llm), frames=args.frames, tokens_per_frame=args.tokens_per_frame,
+        llm=get_llm(args.llm), frames=frames, tokens_per_frame=196 if tokens is None else tokens,
         text_tokens=args.text_tokens, newline_tokens=args.newline_tokens,
         convention="paper" if args.paper_convention else "runtime", hardware=args.hardware,
         options=RooflineOptions(weight_bytes=args.weight_bytes, act_bytes=args.act_bytes, kv_bytes=args.kv_bytes,
                                 flash_attention=args.flash_attention, include_mlp_add=args.include_mlp_add),
-        vision=get_vision(args.vision, args.llm), merge_count=args.merge_count,
+        vision=vision, merge_count=args.merge_count,
     )
+
+
+def qwen_vl_input(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """For a Qwen-VL decoder: its clip geometry (groups, tokens per group, merged grid, the
+    pixel limit); None for other models, which refuse the Qwen-only options."""
+    max_pixels, size = getattr(args, "max_pixels", None), getattr(args, "frame_size", None)
+    if qwen_vl_kind(args.llm) is None:
+        if max_pixels is not None or size is not None:
+            raise AIMConfigError(f"--max-pixels/--frame-size describe Qwen-VL inputs; --llm {args.llm} takes "
+                                 "--tokens-per-frame instead")
+        return None
+    max_pixels = QWEN_VL_MAX_PIXELS if max_pixels is None else max_pixels
+    height, width = size if size is not None else (None, None)
+    groups, per_group, grid = qwen_vl_visual_tokens(args.frames, height, width, max_pixels=max_pixels)
+    return {"groups": groups, "tokens_per_group": per_group, "grid": grid, "max_pixels": max_pixels,
+            "frames": args.frames}
+
+
+def qwen_vl_note(args: argparse.Namespace) -> Optional[str]:
+    q = qwen_vl_input(args)
+    if q is None:
+        return None
+    return (f"Qwen-VL input: {q['frames']} frames = {q['groups']} temporal groups of 2 frames (the 'frames' above), "
+            f"each {q['grid'][0]} x {q['grid'][1]} = {q['tokens_per_group']} tokens after the 2x2 patch merger "
+            f"(frames resized to {q['grid'][0] * 28} x {q['grid'][1] * 28} px, max_pixels {q['max_pixels']})")
 
 
 def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -181,6 +241,9 @@ def run_flops(args: argparse.Namespace) -> int:
     notes = settings.pop("notes")
     result = analyze(**settings, **inputs)
     result.notes.extend(notes)
+    note = qwen_vl_note(args)
+    if note:
+        result.notes.append(note)
     baseline = result.without_aim()
     report = flops_report(result, baseline)
     if args.json:

@@ -340,33 +340,62 @@ def vision_encoder_cost(vision: VisionShape, llm: LLMShape, frames: int, hardwar
     LayerNorm, fc1 (D, Dm), GELU (8 OPs/element, read + write), fc2 (Dm, D), residual add;
     then the projector (D -> H, GELU, H -> H) on the patch tokens. Biases, the 2x2 pooling of
     LLaVA-OneVision and the post-LayerNorm are left out (negligible).
+
+    Qwen-VL towers (one "frame" = one temporal group of 2 frames, N its patches): a SwiGLU MLP
+    where ``vision.mlp`` says so (gate, up: D -> Dm; SiLU * up, 9 OPs/element; down: Dm -> D),
+    windowed attention in all but ``full_attention_layers`` blocks where ``window_tokens`` is set
+    (ceil(N / w) windows of w x w), and the patch merger as projector (LayerNorm, then 4D -> 4D,
+    GELU, 4D -> H on N / 4 tokens).
     """
     hw = get_hardware(hardware)
     o = options or RooflineOptions()
     a, n, D, Dm = o.act_bytes, vision.tokens, vision.hidden, vision.intermediate
     patches = vision.patches
     per_frame: List[OpCost] = [_linear("patch_embed", vision.patch_size ** 2 * vision.channels, D, patches, o, hw)]
+    if vision.mlp == "swiglu":  # Qwen2.5-VL: gate and up (D -> Dm), SiLU * up, down (Dm -> D)
+        mlp = [_linear("gate_proj", D, Dm, n, o, hw), _linear("up_proj", D, Dm, n, o, hw),
+               _op("silu_mul", 9 * Dm * n, 3 * Dm * n * a, hw), _linear("down_proj", Dm, D, n, o, hw)]
+    else:
+        mlp = [_linear("fc1", D, Dm, n, o, hw), _op("gelu", 8 * Dm * n, 2 * Dm * n * a, hw),
+               _linear("fc2", Dm, D, n, o, hw)]
     layer: List[OpCost] = [
         _op("ln1", 7 * D * n, 2 * D * n * a, hw),
         _linear("q_proj", D, D, n, o, hw),
         _linear("k_proj", D, D, n, o, hw),
         _linear("v_proj", D, D, n, o, hw),
-        *attention_ops(n, n, vision.heads, vision.heads, vision.head_dim, o, hw, reference_q_side=False),
         _linear("o_proj", D, D, n, o, hw),
         _op("attn_add", D * n, 2 * D * n * a, hw),
         _op("ln2", 7 * D * n, 2 * D * n * a, hw),
-        _linear("fc1", D, Dm, n, o, hw),
-        _op("gelu", 8 * Dm * n, 2 * Dm * n * a, hw),
-        _linear("fc2", Dm, D, n, o, hw),
+        *mlp,
         _op("mlp_add", D * n, 2 * D * n * a, hw),
     ]
     per_frame += [_scaled(op, vision.layers, "encoder.") for op in layer]
+    full_layers = vision.layers
+    if vision.window_tokens and vision.window_tokens < n:  # windowed blocks: n / w windows of w x w
+        w = vision.window_tokens
+        full_layers = min(vision.full_attention_layers, vision.layers)
+        windows = math.ceil(n / w)
+        per_frame += [_scaled(op, windows * (vision.layers - full_layers), "encoder.window_")
+                      for op in attention_ops(w, w, vision.heads, vision.heads, vision.head_dim, o, hw,
+                                              reference_q_side=False)]
+    per_frame += [_scaled(op, full_layers, "encoder.")
+                  for op in attention_ops(n, n, vision.heads, vision.heads, vision.head_dim, o, hw, reference_q_side=False)]
     H = llm.hidden
-    per_frame += [
-        _linear("projector.fc1", D, H, patches, o, hw),
-        _op("projector.gelu", 8 * H * patches, 2 * H * patches * a, hw),
-        _linear("projector.fc2", H, H, patches, o, hw),
-    ]
+    if vision.spatial_merge > 1:  # the patch merger: an MLP over each m x m block of patches
+        m2 = vision.spatial_merge ** 2
+        tokens = patches // m2
+        per_frame += [
+            _op("merger.ln", 7 * D * patches, 2 * D * patches * a, hw),
+            _linear("merger.fc1", D * m2, D * m2, tokens, o, hw),
+            _op("merger.gelu", 8 * D * m2 * tokens, 2 * D * m2 * tokens * a, hw),
+            _linear("merger.fc2", D * m2, H, tokens, o, hw),
+        ]
+    else:
+        per_frame += [
+            _linear("projector.fc1", D, H, patches, o, hw),
+            _op("projector.gelu", 8 * H * patches, 2 * H * patches * a, hw),
+            _linear("projector.fc2", H, H, patches, o, hw),
+        ]
     return ComponentCost(f"{vision.name} + projector x {frames} frames", tuple(_scaled(op, frames) for op in per_frame))
 
 

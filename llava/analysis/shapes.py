@@ -3,19 +3,25 @@
 :class:`LLMShape` is the language model's shape (hidden, intermediate, layers, heads, key/value
 heads, head_dim, vocabulary). It comes from a transformers config object (a text config, or a
 multimodal config with ``.text_config``), from a local ``config.json`` or model directory, or
-from a built-in name ("qwen2-7b", "llama-7b", "vicuna-7b"). The formulas never hard-code a
-model: they read these fields.
+from a built-in name ("qwen2-7b", "llama-7b", "vicuna-7b", "qwen2-vl-7b", "qwen2.5-vl-7b"). The
+formulas never hard-code a model: they read these fields.
 
 :class:`VisionShape` is a ViT vision tower plus the 2-layer MLP projector, used only for the
-separately reported encoder cost (SigLIP-so400m of LLaVA-OneVision, CLIP ViT-L/336 of LLaVA-1.5).
+separately reported encoder cost (SigLIP-so400m of LLaVA-OneVision, CLIP ViT-L/336 of LLaVA-1.5,
+the Qwen2-VL / Qwen2.5-VL towers with their 2x2 patch merger).
+
+Qwen2-VL and Qwen2.5-VL take frames at any resolution: :func:`qwen_vl_visual_tokens` gives the
+temporal groups and tokens per group of a clip from its frames and pixel limits (32 frames at
+max_pixels 200704 -> 16 groups x 256 tokens), as the models' processors compute them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from llava.errors import AIMConfigError
 
@@ -121,7 +127,13 @@ BUILTIN_LLMS: Dict[str, LLMShape] = {
     "qwen2-7b": LLMShape(3584, 18944, 28, 28, 4, 128, 152064, name="qwen2-7b"),
     "llama-7b": LLMShape(4096, 11008, 32, 32, 32, 128, 32000, name="llama-7b"),
     "vicuna-7b": LLMShape(4096, 11008, 32, 32, 32, 128, 32000, name="vicuna-7b"),
+    # Qwen2-VL-7B-Instruct and Qwen2.5-VL-7B-Instruct: the Qwen2-7B decoder shape (config.json).
+    "qwen2-vl-7b": LLMShape(3584, 18944, 28, 28, 4, 128, 152064, name="qwen2-vl-7b"),
+    "qwen2.5-vl-7b": LLMShape(3584, 18944, 28, 28, 4, 128, 152064, name="qwen2.5-vl-7b"),
 }
+# config.model_type of the Qwen-VL checkpoints, and the built-in names of their decoders.
+QWEN_VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+QWEN_VL_LLMS = {"qwen2-vl-7b": "qwen2-vl-vit", "qwen2.5-vl-7b": "qwen2.5-vl-vit"}
 
 
 def get_llm(spec: Union[str, os.PathLike, LLMShape, Any]) -> LLMShape:
@@ -191,7 +203,14 @@ class VisionShape:
 
     ``tokens`` is the encoder's sequence length per frame, class token included when
     ``class_token``; the projector maps the patch tokens only (LLaVA-1.5 drops CLIP's class
-    token: 577 -> 576). ``patch_size`` and ``channels`` give the patch embedding.
+    token: 577 -> 576). ``patch_size`` and ``channels`` give the patch embedding (Qwen-VL: 3
+    colours x 2 frames per temporal patch).
+
+    Qwen-VL towers: ``spatial_merge`` 2 = the projector is the patch merger, an MLP over each
+    2x2 block of patches concatenated (4D -> 4D -> H on tokens / 4); ``mlp`` "swiglu" (Qwen2.5-VL:
+    gate, up, down) instead of "gelu" (fc1, fc2); ``window_tokens`` > 0 = all but
+    ``full_attention_layers`` layers attend within windows of that many patches (Qwen2.5-VL:
+    112 px = 8 x 8 patches).
     """
 
     name: str
@@ -203,6 +222,10 @@ class VisionShape:
     class_token: bool = False
     patch_size: int = 14
     channels: int = 3
+    spatial_merge: int = 1
+    mlp: str = "gelu"
+    window_tokens: int = 0
+    full_attention_layers: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -222,6 +245,12 @@ BUILTIN_VISION: Dict[str, VisionShape] = {
     "siglip-so400m": VisionShape("siglip-so400m", 27, 1152, 4304, 16, 729, class_token=False),
     # LLaVA-1.5: CLIP ViT-L/14 at 336 px, 24x24 patches + class token.
     "clip-vit-l-336": VisionShape("clip-vit-l-336", 24, 1024, 4096, 16, 577, class_token=True),
+    # Qwen2-VL: 32 blocks, width 1280, MLP 5120 (quick GELU), full attention; tokens per
+    # temporal group (2 frames) here at 448 x 448 px (32 x 32 patches; set from the input).
+    "qwen2-vl-vit": VisionShape("qwen2-vl-vit", 32, 1280, 5120, 16, 1024, channels=6, spatial_merge=2),
+    # Qwen2.5-VL: 32 blocks, width 1280, SwiGLU MLP 3420, 8 x 8-patch windows except 4 full blocks.
+    "qwen2.5-vl-vit": VisionShape("qwen2.5-vl-vit", 32, 1280, 3420, 16, 1024, channels=6, spatial_merge=2,
+                                  mlp="swiglu", window_tokens=64, full_attention_layers=4),
 }
 
 
@@ -245,6 +274,11 @@ def get_vision(spec: Union[str, VisionShape, None], llm_spec: Any = None) -> Vis
         key = str(llm_spec).lower()
         if key in ("llama-7b", "vicuna-7b"):
             return BUILTIN_VISION["clip-vit-l-336"]
+        if key in QWEN_VL_LLMS:
+            return BUILTIN_VISION[QWEN_VL_LLMS[key]]
+        kind = qwen_vl_kind(llm_spec)
+        if kind is not None:
+            return BUILTIN_VISION["qwen2-vl-vit" if kind == "qwen2_vl" else "qwen2.5-vl-vit"]
         if key not in BUILTIN_LLMS and os.path.exists(str(llm_spec)):
             try:
                 vision = load_config_dict(llm_spec).get("vision_config") or {}
@@ -253,3 +287,62 @@ def get_vision(spec: Union[str, VisionShape, None], llm_spec: Any = None) -> Vis
             if "clip" in str(vision.get("model_type", "")).lower():
                 return BUILTIN_VISION["clip-vit-l-336"]
     return BUILTIN_VISION["siglip-so400m"]
+
+
+# --- Qwen2-VL / Qwen2.5-VL inputs ----------------------------------------------------------
+QWEN_VL_MAX_PIXELS = 200704  # the official AIM Qwen2-VL run (448 x 448 px, 16 x 16 tokens per group)
+QWEN_VL_VIDEO_MIN_PIXELS = 128 * 28 * 28  # the Qwen-VL video processors' default
+QWEN_VL_FACTOR = 28  # patch 14 x merger 2: frame sides are multiples of this
+
+
+def qwen_vl_kind(spec: Any) -> Optional[str]:
+    """"qwen2_vl" / "qwen2_5_vl" for a Qwen-VL decoder (built-in name, local config, config
+    object), else None."""
+    if isinstance(spec, LLMShape):
+        spec = spec.name
+    if isinstance(spec, (str, os.PathLike)):
+        key = str(spec).lower()
+        if key in QWEN_VL_LLMS:
+            return "qwen2_vl" if key == "qwen2-vl-7b" else "qwen2_5_vl"
+        if key in BUILTIN_LLMS or not os.path.exists(str(spec)):
+            return None
+        try:
+            kind = load_config_dict(spec).get("model_type")
+        except AIMConfigError:
+            return None
+    else:
+        kind = _get(spec, "model_type")
+    return kind if kind in QWEN_VL_MODEL_TYPES else None
+
+
+def qwen_vl_visual_tokens(frames: int, height: Optional[int] = None, width: Optional[int] = None,
+                          max_pixels: int = QWEN_VL_MAX_PIXELS,
+                          min_pixels: int = QWEN_VL_VIDEO_MIN_PIXELS) -> Tuple[int, int, Tuple[int, int]]:
+    """(temporal groups, tokens per group, (rows, cols) of merged tokens) of a clip for Qwen-VL.
+
+    Frames are resized as the processors do (transformers' ``smart_resize``: sides multiples of
+    28 px, min_pixels <= h * w <= max_pixels, the aspect kept); without a frame size, square
+    frames large enough to be capped by max_pixels. Two frames make one temporal group (an odd
+    count repeats the last frame); one image is one group (frames=1).
+    """
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    for name, value in (("frames", frames), ("max_pixels", max_pixels), ("min_pixels", min_pixels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AIMConfigError(f"{name} must be a positive integer, got {value!r}")
+    if max_pixels < QWEN_VL_FACTOR ** 2 or max_pixels < min_pixels:
+        raise AIMConfigError(f"max_pixels must be at least {QWEN_VL_FACTOR ** 2} and min_pixels ({min_pixels}), "
+                             f"got {max_pixels}")
+    if (height is None) != (width is None):
+        raise AIMConfigError("give the frame height and width together")
+    if height is None:
+        height = width = math.isqrt(max_pixels)
+    if height < 1 or width < 1:
+        raise AIMConfigError(f"frame size must be positive, got {height} x {width}")
+    try:
+        h, w = smart_resize(height, width, factor=QWEN_VL_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    except ValueError as exc:  # an aspect ratio beyond 200:1
+        raise AIMConfigError(f"frame size {height} x {width}: {exc}") from None
+    rows, cols = h // QWEN_VL_FACTOR, w // QWEN_VL_FACTOR
+    groups = frames if frames == 1 else (frames + 1) // 2
+    return groups, rows * cols, (rows, cols)

@@ -26,7 +26,7 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 # AIM knobs accepted in model_args; "aim" switches AIM on/off, "method" picks the method.
 AIM_ARGS = ("method", "aim", "retention", "l1", "l2", "importance", "merge_order", "merge_weighting",
             "merge_count", "merge_metric", "tie_break",
-            "pruning_mode", "pagerank_tau", "pagerank_iters", "importance_memory_mb",
+            "pruning_mode", "pagerank_tau", "pagerank_iters", "importance_memory_mb", "positions",
             "drop_layers", "drop_ratio", "seed")  # the last three: baselines / controls (llava.aim.policy)
 # Loading / input settings, with their defaults.
 LOADER_DEFAULTS: Dict[str, Any] = {
@@ -48,12 +48,19 @@ KNOWN_ARGS = tuple(LOADER_DEFAULTS) + AIM_ARGS
 DEFAULT_CHECKPOINTS = {
     "llava_onevision_aim": "lmms-lab/llava-onevision-qwen2-7b-ov",
     "llava_aim": "liuhaotian/llava-v1.5-7b",
+    "qwen2_vl_aim": "Qwen/Qwen2-VL-7B-Instruct",
+    "qwen2_5_vl_aim": "Qwen/Qwen2.5-VL-7B-Instruct",
 }
 # The checkpoint family (config.model_type) each plugin model serves.
 PLUGIN_MODEL_TYPES = {
     "llava_onevision_aim": "llava_onevision",
     "llava_aim": "llava",
+    "qwen2_vl_aim": "qwen2_vl",
+    "qwen2_5_vl_aim": "qwen2_5_vl",
 }
+# Pixel limits of each frame / image, model_args of the Qwen-VL plugin models only (the
+# processors resize to a multiple of 28 px with min_pixels <= h * w <= max_pixels).
+PIXEL_ARGS = ("max_pixels", "min_pixels")
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,7 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
         if name in raw:
             fields[name] = _as_int(name, raw[name], minimum=1)
     for name in ("importance", "merge_order", "merge_weighting", "pruning_mode", "merge_count", "merge_metric",
-                 "tie_break"):
+                 "tie_break", "positions"):
         if name in raw:
             fields[name] = str(raw[name])
     if method in PRUMERGE_METHODS:  # LLaVA-PruMerge: its own adaptive reduction, nothing else
@@ -168,6 +175,14 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
     except AIMConfigError as exc:
         raise EvalArgumentError(f"bad AIM model_args: {exc}") from exc
     return cfg
+
+
+def pixel_limits(raw: Mapping[str, Any]) -> Dict[str, int]:
+    """Validated ``max_pixels`` / ``min_pixels`` (only those given); max >= min >= 28 * 28."""
+    limits = {name: _as_int(name, raw[name], minimum=28 * 28) for name in PIXEL_ARGS if name in raw}
+    if "max_pixels" in limits and "min_pixels" in limits and limits["max_pixels"] < limits["min_pixels"]:
+        raise EvalArgumentError(f"max_pixels ({limits['max_pixels']}) is below min_pixels ({limits['min_pixels']})")
+    return limits
 
 
 def _layers(raw: Mapping[str, Any], num_layers: Optional[int]) -> Dict[str, Optional[int]]:

@@ -72,10 +72,10 @@ class _AIMModel(lmms):
             a.pretrained, aim=None, torch_dtype=dtype, device_map=a.device_map, attn_implementation=a.attn_implementation
         )
         if model.config.model_type != self.MODEL_TYPE:
-            other = "llava_aim" if model.config.model_type == "llava" else "llava_onevision_aim"
+            other = [name for name, kind in PLUGIN_MODEL_TYPES.items() if kind == model.config.model_type]
             raise UnsupportedModelError(
                 f"{a.pretrained!r} is a {model.config.model_type!r} checkpoint but --model {self.PLUGIN_NAME} "
-                f"expects {self.MODEL_TYPE!r}; use --model {other}"
+                f"expects {self.MODEL_TYPE!r}; use --model {other[0] if other else 'with a matching checkpoint'}"
             )
         if a.device_map is None:
             model.to(self._device)

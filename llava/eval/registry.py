@@ -7,10 +7,13 @@ raises: if lmms-eval's manifest type cannot be imported it registers nothing.
 
 from __future__ import annotations
 
-# model id -> class path; the classes live in llava.eval.lmms_model (imported only when used)
+# model id -> class path; the classes live in llava.eval.lmms_model and llava.eval.qwen_vl
+# (imported only when used)
 MODELS = {
     "llava_onevision_aim": "llava.eval.lmms_model.LlavaOneVisionAIM",
     "llava_aim": "llava.eval.lmms_model.LlavaAIM",
+    "qwen2_vl_aim": "llava.eval.qwen_vl.Qwen2VLAIM",
+    "qwen2_5_vl_aim": "llava.eval.qwen_vl.Qwen2_5_VLAIM",
 }
 
 

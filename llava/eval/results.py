@@ -38,12 +38,14 @@ IMAGE_COLUMNS: List[Tuple[str, str, str, float]] = [
     ("mmbench_en_dev", "MMBench", "gpt_eval_score", 1.0),
     ("pope", "POPE (F1)", "pope_f1_score", 100.0),
 ]
-VIDEO_MODELS = ("llava_onevision_aim",)
+VIDEO_MODELS = ("llava_onevision_aim", "qwen2_vl_aim", "qwen2_5_vl_aim")
 TEXT_TOKENS = 100  # the analyzer's prompt length for the FLOPs column (the paper's setting)
 # Analyzer shapes of the checkpoints the paper used (their llava-hf conversions).
 LLM_OF_CHECKPOINT = {
     "llava-hf/llava-onevision-qwen2-7b-ov-hf": "qwen2-7b",
     "llava-hf/llava-1.5-7b-hf": "llama-7b",
+    "Qwen/Qwen2-VL-7B-Instruct": "qwen2-vl-7b",
+    "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2.5-vl-7b",
 }
 
 
@@ -149,13 +151,16 @@ def run_setting(run: Run) -> dict:
     from llava.eval.args import (
         DEFAULT_CHECKPOINTS,
         LOADER_DEFAULTS,
+        PIXEL_ARGS,
         PLUGIN_MODEL_TYPES,
         aim_config_from_model_args,
+        pixel_limits,
         split_model_args,
     )
     from llava.model.families import family_for_model_type
 
     raw = parse_model_args(run.model_args)
+    pixels = pixel_limits({k: raw.pop(k) for k in PIXEL_ARGS if k in raw})  # Qwen-VL models only
     loader, aim_raw = split_model_args({k: v for k, v in raw.items() if k not in ("batch_size", "device")})
     pretrained = str(loader.get("pretrained") or DEFAULT_CHECKPOINTS.get(run.model, "?"))
     frames = int(loader.get("max_frames_num") or LOADER_DEFAULTS["max_frames_num"]) if run.is_video else 1
@@ -165,7 +170,10 @@ def run_setting(run: Run) -> dict:
         # as apply_aim resolved it in the run: the family's official schedule, else the scaled rule
         family = family_for_model_type(PLUGIN_MODEL_TYPES[run.model])
         cfg = cfg.resolve_layers(llm.layers, family.official_layers(llm.layers))
-    return {"pretrained": pretrained, "frames": frames, "aim": cfg, "llm": llm}
+    from llava.analysis.shapes import QWEN_VL_MODEL_TYPES
+
+    return {"pretrained": pretrained, "frames": frames, "aim": cfg, "llm": llm, "max_pixels": pixels.get("max_pixels"),
+            "qwen_vl": PLUGIN_MODEL_TYPES.get(run.model) in QWEN_VL_MODEL_TYPES}
 
 
 def _llm_shape(pretrained: str):
@@ -183,10 +191,17 @@ def _llm_shape(pretrained: str):
 def prefill_tflops(setting: dict, is_video: bool) -> Optional[float]:
     from llava.analysis.roofline import analyze
 
+    from llava.analysis.shapes import qwen_vl_visual_tokens
+
     cfg = setting["aim"]
     if setting["llm"] is None or getattr(cfg, "method", "aim") != "aim":
         return None  # no shape for this checkpoint, or a method the analyzer does not model
-    result = analyze(setting["llm"], frames=setting["frames"], tokens_per_frame=196 if is_video else 576,
+    frames, tokens = setting["frames"], 196 if is_video else 576
+    if setting.get("qwen_vl"):  # frames in temporal groups of 2, tokens from the pixel limit
+        if setting.get("max_pixels") is None:
+            return None  # the frame size follows the processor's defaults, unknown here
+        frames, tokens, _ = qwen_vl_visual_tokens(frames, max_pixels=setting["max_pixels"])  # square frames
+    result = analyze(setting["llm"], frames=frames, tokens_per_frame=tokens,
                      text_tokens=TEXT_TOKENS, retention=cfg.retention, l1=cfg.l1, l2=cfg.l2,
                      merge_count=cfg.merge_count)
     return result.prefill_tflops
@@ -194,7 +209,7 @@ def prefill_tflops(setting: dict, is_video: bool) -> Optional[float]:
 
 def markdown_tables(runs: Sequence[Run]) -> str:
     parts = []
-    for is_video, columns, title in ((True, VIDEO_COLUMNS, "Video benchmarks (LLaVA-OneVision)"),
+    for is_video, columns, title in ((True, VIDEO_COLUMNS, "Video benchmarks (LLaVA-OneVision, Qwen-VL)"),
                                      (False, IMAGE_COLUMNS, "Image benchmarks (LLaVA-1.5)")):
         selected = [r for r in runs if r.is_video == is_video]
         if selected:
@@ -235,7 +250,8 @@ def _describe_aim(cfg) -> str:
     if not cfg.enabled:
         return "off"
     layers = "no pruning" if cfg.l1 is None else f"{cfg.l1}-{cfg.l2}"
-    return f"{cfg.retention:g}, {layers}"
+    official = ", official positions" if getattr(cfg, "positions", "original") == "official" else ""
+    return f"{cfg.retention:g}, {layers}{official}"
 
 
 def _fmt(value: Optional[float]) -> str:

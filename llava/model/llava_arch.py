@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -40,6 +40,8 @@ class AIMStats:
     went into. layer_survivors: per decoder layer, (F, k) bool, whether each merged token is
     among the visual tokens entering that layer (needs pruning on). ``merge_groups()`` and
     ``survivors(layer)`` map both onto the (frame, row, column) grid of the patches.
+    merge_grid: (rows, cols) of each frame's patch grid where the family knows it (Qwen2-VL:
+    any aspect ratio); None means square.
     """
 
     visual_tokens_before_merge: int = 0
@@ -48,6 +50,7 @@ class AIMStats:
     tokens_per_frame_before_merge: int = 0
     tokens_per_frame_after_merge: int = 0
     merge_sources: Optional[torch.Tensor] = None
+    merge_grid: Optional[Tuple[int, int]] = None
     layer_survivors: Optional[List[torch.Tensor]] = None
     layer_seq_lens: List[int] = field(default_factory=list)
     layer_seq_lens_per_sample: List[List[int]] = field(default_factory=list)
@@ -59,13 +62,13 @@ class AIMStats:
     l2: Optional[int] = None
 
     def to_dict(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("merge_sources", "layer_survivors")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("merge_sources", "layer_survivors", "merge_grid")}
 
     def merge_groups(self) -> torch.Tensor:
         """(F, H, W) long: the merged token each patch of each frame went into."""
         if self.merge_sources is None:
             raise UnsupportedUsageError("no merge sources recorded: apply_aim(..., track_sources=True), then run the model")
-        return patch_grid(self.merge_sources)
+        return patch_grid(self.merge_sources, self.merge_grid)
 
     def survivors(self, layer: int) -> torch.Tensor:
         """(F, H, W) bool: whether each patch's merged token is present entering ``layer``."""
@@ -73,12 +76,17 @@ class AIMStats:
             raise UnsupportedUsageError(
                 "no survivors recorded: apply_aim(..., track_sources=True) with pruning on, then run the model"
             )
-        return patch_grid(self.layer_survivors[layer].gather(1, self.merge_sources))
+        return patch_grid(self.layer_survivors[layer].gather(1, self.merge_sources), self.merge_grid)
 
 
-def patch_grid(per_patch: torch.Tensor) -> torch.Tensor:
-    """(F, T) values per patch -> (F, H, W) on the square patch grid (row-major, H = W)."""
+def patch_grid(per_patch: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """(F, T) values per patch -> (F, H, W) on the patch grid (row-major): ``grid`` (H, W) when
+    given, else square (H = W)."""
     frames, t = per_patch.shape
+    if grid is not None:
+        if grid[0] * grid[1] != t:
+            raise UnsupportedUsageError(f"{t} patches per frame do not form the recorded {grid[0]} x {grid[1]} grid")
+        return per_patch.reshape(frames, grid[0], grid[1])
     side = math.isqrt(t)
     if side * side != t:
         raise UnsupportedUsageError(f"{t} patches per frame do not form a square grid")
@@ -114,6 +122,7 @@ class AIMRuntime:
         self._arrivals = {}  # placeholder id -> flat bool over its placeholders: False = filler
         self.handles = []
         self.restore = []
+        self.family_state: dict = {}  # whatever a family adapter keeps between its own hooks
 
     # visual-token mask: set by a pre-hook on the multimodal model, consumed by the driver
     def set_visual_mask(self, input_ids: Optional[torch.Tensor]) -> None:
@@ -162,7 +171,11 @@ class AIMRuntime:
         return arrived
 
     def record_merge(self, frames: int, before: int, after: int, newline_tokens: int, sources=None,
-                     kept_per_frame: Optional[List[int]] = None) -> None:
+                     kept_per_frame: Optional[List[int]] = None, totals: Optional[Tuple[int, int]] = None,
+                     grid: Optional[Tuple[int, int]] = None) -> None:
+        """What merging did in this call. ``kept_per_frame``: tokens each frame kept where that
+        depends on the content (PruMerge); ``totals`` (visual tokens before, after) where frames
+        differ in size (then ``before`` / ``after`` are 0); ``grid``: the frames' patch grid."""
         s = self.stats
         kept = list(kept_per_frame) if kept_per_frame is not None else [after] * frames
         s.frames = frames
@@ -171,7 +184,10 @@ class AIMRuntime:
         s.tokens_kept_per_frame = kept
         s.visual_tokens_before_merge = frames * before + newline_tokens
         s.visual_tokens_after_merge = sum(kept) + newline_tokens
+        if totals is not None:
+            s.visual_tokens_before_merge, s.visual_tokens_after_merge = totals
         s.merge_sources = sources
+        s.merge_grid = grid
         s.layer_survivors = None
 
     def record_prefill(self, record, cache) -> None:
@@ -222,8 +238,7 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
     num_layers = len(lm.layers)
     cfg = cfg.resolve_layers(num_layers, family.official_layers(num_layers))
     cfg = cfg.resolve_merge_metric(family.official_merge_metric, family.merge_metrics, family.title)
-    family.check_model(model)
-    family.check_setting(model, cfg)
+    family.check_model(model, cfg)
     if processor is not None:
         family.check_processor(processor)  # before touching anything: no half-patched model
     remove_aim(model, processor)

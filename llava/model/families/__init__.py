@@ -8,10 +8,13 @@ from llava.errors import UnsupportedModelError
 from llava.model.families.base import FamilyAdapter
 from llava.model.families.llava15 import Llava15Adapter
 from llava.model.families.onevision import OneVisionAdapter
+from llava.model.families.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
-FAMILIES: Tuple[FamilyAdapter, ...] = (OneVisionAdapter(), Llava15Adapter())
+FAMILIES: Tuple[FamilyAdapter, ...] = (OneVisionAdapter(), Llava15Adapter(), Qwen2VLAdapter(), Qwen2_5_VLAdapter())
 _BY_CLASS: Dict[str, FamilyAdapter] = {cls: fam for fam in FAMILIES for cls in fam.model_classes}
 _BY_MODEL_TYPE: Dict[str, FamilyAdapter] = {t: fam for fam in FAMILIES for t in fam.model_types}
+# Related checkpoints an adapter refuses, with the reason (config.model_type -> message).
+_REFUSED: Dict[str, str] = {t: why for fam in FAMILIES for t, why in fam.refused_model_types.items()}
 
 
 def supported_classes() -> Tuple[str, ...]:
@@ -25,6 +28,9 @@ def supported_model_types() -> Tuple[str, ...]:
 def family_of(model) -> FamilyAdapter:
     """The adapter of a loaded transformers model, or UnsupportedModelError."""
     name = type(model).__name__
+    refused = _REFUSED.get(getattr(getattr(model, "config", None), "model_type", None))
+    if name not in _BY_CLASS and refused:
+        raise UnsupportedModelError(f"{name}: {refused}")
     if name not in _BY_CLASS:
         raise UnsupportedModelError(
             f"AIM supports {', '.join(supported_classes())} (transformers), got {name}"
@@ -34,6 +40,8 @@ def family_of(model) -> FamilyAdapter:
 
 def family_for_model_type(model_type) -> FamilyAdapter:
     """The adapter serving checkpoints whose config.model_type is ``model_type``."""
+    if model_type in _REFUSED:
+        raise UnsupportedModelError(f"a {model_type!r} checkpoint: {_REFUSED[model_type]}")
     if model_type not in _BY_MODEL_TYPE:
         raise UnsupportedModelError(
             f"a {model_type!r} checkpoint is not supported; AIM supports model types "

@@ -7,9 +7,13 @@ another, as far as AIM is concerned:
 * where merging hooks in (``install_merging``) and how the processor counts placeholders
   after it (``patch_processor``);
 * how positions are built (``install_positions``; nothing to do for 1-D RoPE, where the
-  decoder driver keeps each survivor's original position);
+  decoder driver keeps each survivor's original position; 3-D M-RoPE families place merged
+  tokens and hand the driver plain (3, batch, length) position ids);
 * the official pruning schedule, where the official code has one (``official_layers``), and
-  what merging's similarity is computed on (``merge_metrics``, ``official_merge_metric``).
+  what merging's similarity is computed on (``merge_metrics``, ``official_merge_metric``);
+* related checkpoints it refuses, and why (``refused_model_types``);
+* for ``llava-aim visualize``, the image each merged unit is drawn over where the processor's
+  pixel values are not one image per unit (``merge_unit_images``).
 
 The runtime, the statistics and the decoder driver (llava/model/llava_arch.py,
 language_model/) know nothing about families. Adding a family = one module here that
@@ -18,7 +22,7 @@ subclasses :class:`FamilyAdapter`, listed in ``families/__init__.py``, and a tin
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from llava.errors import UnsupportedModelError
 
@@ -37,6 +41,8 @@ class FamilyAdapter:
     official_merge_metric: str = "tokens"  # what merge_metric="auto" resolves to
     # Whether PruMerge+ adds its spatial samples here, as the official code runs it.
     prumerge_spatial_samples: bool = True
+    # config.model_type of related checkpoints AIM cannot serve correctly -> why (the message)
+    refused_model_types: Dict[str, str] = {}
 
     # -- which model ----------------------------------------------------------------------
     @property
@@ -62,11 +68,9 @@ class FamilyAdapter:
         return None
 
     # -- what AIM patches -----------------------------------------------------------------
-    def check_model(self, model) -> None:
-        """Raise UnsupportedModelError if this loaded model cannot take AIM (before patching)."""
-
-    def check_setting(self, model, cfg) -> None:
-        """Raise an AIMError if this model cannot run the resolved setting ``cfg`` (before patching)."""
+    def check_model(self, model, cfg) -> None:
+        """Raise UnsupportedModelError if this loaded model cannot take AIM with ``cfg`` (before
+        anything is patched)."""
 
     def install_merging(self, inner, runtime) -> None:
         raise NotImplementedError
@@ -83,6 +87,11 @@ class FamilyAdapter:
                 f"the model needs a {self.processor_class} (its placeholder count must follow merging), "
                 f"got {type(processor).__name__}"
             )
+
+    def merge_unit_images(self, processor, inputs, media, kind: str):
+        """(F, H, W, 3) uint8: the image each merged unit (frame, image) is drawn over by
+        ``llava-aim visualize``; None: the processor's pixel values hold one image per unit."""
+        return None
 
     def unpatch_processor(self, processor) -> None:
         for name in self.processor_methods:
@@ -137,9 +146,12 @@ class CapturedProjections:
         return q, k
 
 
-def reduce_tokens(runtime, features, metric=None):
+def reduce_tokens(runtime, features, metric=None, grid=None, track_destinations=False):
     """The pre-LLM reduction of the runtime's config: AIM's merging (its similarity computed on
-    ``metric`` when given), or the pooling control."""
+    ``metric`` when given), or the pooling control.
+
+    ``grid``: (rows, cols) of the frames' tokens where they are not square."""
     from llava.aim.reduce import reduce_frames
 
-    return reduce_frames(features, runtime.cfg, track_sources=runtime.track_sources, metric=metric)
+    return reduce_frames(features, runtime.cfg, track_sources=runtime.track_sources, metric=metric, grid=grid,
+                         track_destinations=track_destinations)

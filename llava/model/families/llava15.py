@@ -49,7 +49,7 @@ class Llava15Adapter(FamilyAdapter):
     def official_layers(self, num_layers: int) -> Optional[Tuple[int, int]]:
         return LLAVA15_OFFICIAL_LAYERS.get(num_layers)
 
-    def check_setting(self, model, cfg) -> None:
+    def check_model(self, model, cfg) -> None:
         inner = self.inner(model)
         if (cfg.merging and cfg.merge_metric == "keys") or cfg.prumerging:
             key_layer(inner)

@@ -46,7 +46,7 @@ class OneVisionAdapter(FamilyAdapter):
     processor_methods = ("replace_video_token",)
     prumerge_spatial_samples = False  # the official SigLIP PruMerge+ has them commented out
 
-    def check_setting(self, model, cfg) -> None:
+    def check_model(self, model, cfg) -> None:
         if cfg.prumerging:
             feature_layer(self.inner(model))
 

@@ -63,6 +63,14 @@ def pop_cache(kwargs: MutableMapping[str, Any]):
     return found[0] if found else None
 
 
+def peek_cache(kwargs: MutableMapping[str, Any]):
+    """The cache in a caller's keyword arguments under either name, left in place."""
+    for name in CACHE_NAMES:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def _output_cache_field() -> str:
     fields = {f.name for f in dataclasses.fields(BaseModelOutputWithPast)}
