@@ -582,7 +582,7 @@ def test_dest_index_is_the_reference_destination_chain(t, k, order, seed):
     kk = out.tokens.shape[1]
     assert out.dest_index.shape == (2, kk) and out.dest_index.dtype == torch.long
     for f in range(2):
-        ref = reference_merge(x[f].tolist(), kk, "mean", order)
+        ref = reference_merge(x[f].tolist(), merge_schedule(t, k / 100), "mean", order)
         assert out.dest_index[f].tolist() == [item[2] for item in ref]
     # each merged token's destination went into that very token
     assert torch.equal(out.source_index.gather(1, out.dest_index), torch.arange(kk).expand(2, kk))

@@ -217,7 +217,9 @@ def test_original_positions_with_an_image_and_a_video_in_one_prompt(qwen):
     text = inputs["mm_token_type_ids"][0] == 0
     assert torch.equal(pos[:, 0, text], stock_pos[:, 0, stock_inputs["mm_token_type_ids"][0] == 0])
     s = model.aim_stats  # groups of different sizes: totals only
-    assert (s.visual_tokens_before_merge, s.visual_tokens_after_merge) == (28 + 2 * 135, 7 + 2 * 33)
+    # the official count rule: 28 -> 14 -> 7 and 135 -> 68 -> 35 (steps remove 135 // 2, 135 // 4)
+    assert merged_token_count(135, 0.25) == 35 and merged_token_count(28, 0.25) == 7
+    assert (s.visual_tokens_before_merge, s.visual_tokens_after_merge) == (28 + 2 * 135, 7 + 2 * 35)
     assert tokens.shape == (1, 3)
 
 
