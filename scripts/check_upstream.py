@@ -149,9 +149,19 @@ def declared_requirements(pyproject: Path) -> Dict[str, Tuple[str, str]]:
     return found
 
 
+def failure_cause(text: str) -> str:
+    """The most telling line of a failure: the last exception other than an AssertionError
+    (e.g. the ImportError an lmms-eval subprocess printed), else the first line."""
+    causes = re.findall(r"\b((?!Assertion)[A-Z]\w*(?:Error|Exception): [^\n\\]+)", text)
+    if causes:
+        return causes[-1].strip()[:160]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0][:160] if lines else ""
+
+
 def status_line(name: str, lock: Optional[str], declared: Optional[Tuple[str, str]], newest: Optional[str],
                 tested: Optional[str], cap: Optional[Tuple[str, str]], verdict: str) -> str:
-    spec = f"{declared[0]} {declared[1]}" if declared else "not declared (comes with lmms-eval)"
+    spec = f"declared {declared[0]} ({declared[1]})" if declared else "not declared (comes with lmms-eval)"
     if tested is None:
         moved = "not installed"
     elif tested == lock:
@@ -163,7 +173,7 @@ def status_line(name: str, lock: Optional[str], declared: Optional[Tuple[str, st
     capped = ""
     if newest and tested and newest != tested:
         capped = f"; newest {newest} not installed" + (f" (capped by {cap[1]}: {name}{cap[0]})" if cap else "")
-    return f"{name:<12} {moved}; declared {spec}{capped}: {verdict}"
+    return f"{name:<12} {moved}; {spec}{capped}: {verdict}"
 
 
 # -- the scratch environment ---------------------------------------------------------------------
@@ -200,8 +210,7 @@ class Env:
                 problem = case.find("failure") if case.find("failure") is not None else case.find("error")
                 if problem is not None:
                     test_id = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
-                    message = (problem.get("message") or problem.text or "").strip().splitlines()
-                    failed.append((test_id, message[0][:160] if message else ""))
+                    failed.append((test_id, failure_cause((problem.text or "") + "\n" + (problem.get("message") or ""))))
         return done.returncode, failed, time.monotonic() - start
 
 
@@ -280,7 +289,7 @@ def main() -> int:
                     first = alone[0]
                     verdicts[name] = f"BREAKS {len(alone)} test(s) when moved alone (first: {first[0]}: {first[1]})"
                 else:
-                    verdicts[name] = "ok (the failures go away with only this package moved)"
+                    verdicts[name] = "ok (none of the failing tests fails with only this package moved)"
             for other in moved:  # everything at the lock: do the failures belong to upstream at all?
                 env.pip("install", "--quiet", "--no-deps", f"{other}=={lock[canonical(other)]}")
             _, at_lock, _ = env.pytest(nodes, scratch / "lock.xml")

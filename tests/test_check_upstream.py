@@ -79,3 +79,10 @@ def test_status_line_says_what_moved_and_what_broke():
                                         ("<=2.14.1", "/etc/xdg/pip/constraints.txt"), "nothing to test")
     assert "2.14.1 = the lock" in capped and "newest 2.15.0 not installed (capped by /etc/xdg" in capped
     assert "not declared" in check_upstream.status_line("datasets", "5.2.0", None, "5.2.0", "5.2.0", None, "ok")
+
+
+def test_failure_cause_prefers_the_real_exception():
+    text = ("AssertionError: lmms-eval: ...\n  File x\nModuleNotFoundError: No module named 'filelock._api'\n"
+            "error: lmms-eval exited with status 1\nassert 1 == 0")
+    assert check_upstream.failure_cause(text) == "ModuleNotFoundError: No module named 'filelock._api'"
+    assert check_upstream.failure_cause("assert 3 == 4\nmore") == "assert 3 == 4"
