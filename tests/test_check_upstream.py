@@ -86,3 +86,9 @@ def test_failure_cause_prefers_the_real_exception():
             "error: lmms-eval exited with status 1\nassert 1 == 0")
     assert check_upstream.failure_cause(text) == "ModuleNotFoundError: No module named 'filelock._api'"
     assert check_upstream.failure_cause("assert 3 == 4\nmore") == "assert 3 == 4"
+
+
+def test_telling_quotes_an_exception_first():
+    failures = [("a", "one_process_run = (PosixPath('/tmp'), ..."), ("b", "ModuleNotFoundError: No module named 'x'")]
+    assert check_upstream.telling(failures) == failures[1]
+    assert check_upstream.telling(failures[:1]) == failures[0]
