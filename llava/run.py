@@ -372,7 +372,8 @@ def format_summary(r: dict) -> str:
             bar = "#" * max(1, round(30 * n / top))
             lines.append(f"  layer {j:>2} {n:>6} {bar}")
         steps = r.get("new_tokens", 1) - 1  # the last new token is never fed back
-        held = ("the tokens entering each layer" + (f" + {steps} generated" if steps else "")
+        held = ("the tokens entering each layer" + (f" + the {steps} fed back while generating {steps + 1}"
+                                                    if steps else "")
                 if r["kv_cache_lens"] == [n + steps for n in r["layer_seq_lens"]] else "")
         lines.append(f"KV cache per layer after generation: {r['kv_cache_lens']}" + (f" ({held})" if held else ""))
     if "predicted" in r:
