@@ -2,22 +2,22 @@
 
 Public API::
 
-    from llava import AIMConfig, apply_aim, load_pretrained_model
+    from llava import AIMConfig, apply_aim, load_pretrained_model, remove_aim
 """
 
 from llava.aim.config import AIMConfig
 from llava.errors import AIMError
 
 __version__ = "0.1.0"
-__all__ = ["AIMConfig", "AIMError", "apply_aim", "load_pretrained_model", "__version__"]
+__all__ = ["AIMConfig", "AIMError", "apply_aim", "load_pretrained_model", "remove_aim", "__version__"]
 
 
 def __getattr__(name):
     # transformers is heavy: import the integration only when it is asked for.
-    if name == "apply_aim":
-        from llava.model.llava_arch import apply_aim
+    if name in ("apply_aim", "remove_aim"):
+        from llava.model import llava_arch
 
-        return apply_aim
+        return getattr(llava_arch, name)
     if name == "load_pretrained_model":
         from llava.model.builder import load_pretrained_model
 

@@ -52,3 +52,8 @@ class ResultsFileError(AIMError, ValueError):
 class CacheIntegrityError(AIMError, RuntimeError):
     """A decoder layer did not write the KV cache AIM expects (an upstream interface change):
     continuing would decode without context and give silently wrong answers."""
+
+
+class ResourceError(AIMError, RuntimeError):
+    """The machine lacks what the run asks for: the device does not exist here, or the input
+    cannot fit in the memory that is free."""

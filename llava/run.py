@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from llava.aim.config import AIMConfig
 from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS
 from llava.errors import AIMConfigError
+from llava.flags import check_aim_flags, flag_errors
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_VIDEO = ASSETS / "sample_video.mp4"
+SAMPLE_IMAGE = ASSETS / "sample_image.png"
 DEFAULT_QUESTION = "What happens in this video? Describe the moving objects."
 DEFAULT_IMAGE_QUESTION = "What is shown in this image?"
+
+
+DEFAULT_FRAMES = 32
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def add_run_command(subparsers) -> None:
@@ -30,36 +37,43 @@ def add_run_command(subparsers) -> None:
                    help="built-in name (tiny-llava-onevision, tiny-llava-1.5, tiny-qwen2-vl, tiny-qwen2.5-vl), "
                         "hub id or local folder")
     media = p.add_mutually_exclusive_group()
-    media.add_argument("--video", help=f"video file (default: the shipped sample, {SAMPLE_VIDEO.name})")
+    media.add_argument("--video", help=f"video file (default: the shipped sample, {SAMPLE_VIDEO.name}; "
+                                       f"{SAMPLE_IMAGE.name} for image-only models)")
     media.add_argument("--image", help="image file")
     p.add_argument("--question", help="question to ask (default: a description request)")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled uniformly from the video (default 32)")
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"frames sampled uniformly from the video (default {DEFAULT_FRAMES}); a shorter clip "
+                        "gives all its frames, and a note says so")
     p.add_argument("--retention", type=float, help="fraction of tokens kept per frame by merging, in (0, 1]")
     p.add_argument("--l1", type=int, help="first pruning layer (0-based)")
     p.add_argument("--l2", type=int, help="first layer with no visual token")
     p.add_argument("--no-prune", action="store_true", help="merging only, no pruning inside the LLM")
     p.add_argument("--no-aim", action="store_true", help="the stock model, no merging, no pruning")
-    p.add_argument("--pruning-mode", choices=["remove", "mask"], default="remove")
-    p.add_argument("--merge-count", choices=["official", "exact"], default="official",
-                   help="merged count per frame: official (196 -> 98, 49, 25, 13, 7, 4 at 1/2 .. 1/64) or "
-                        "exact (floor(T * retention))")
-    p.add_argument("--merge-metric", choices=["auto", "keys", "tokens"], default="auto",
-                   help="merging similarity: auto (each family's official), keys (LLaVA-1.5: CLIP keys, before "
-                        "the projector), tokens (the projected tokens)")
-    p.add_argument("--tie-break", choices=["index", "log_attention"], default="index",
-                   help="pruning: how exactly tied scores are ranked (index: official-equivalent)")
+    p.add_argument("--pruning-mode", choices=["remove", "mask"], default=None,
+                   help="remove (default: pruned tokens leave the computation) or mask (reference)")
+    # Fidelity options; None = AIMConfig's default (so --no-aim can refuse them when typed).
+    p.add_argument("--merge-count", choices=["official", "exact"], default=None,
+                   help="merged count per frame: official (default; 196 -> 98, 49, 25, 13, 7, 4 at 1/2 .. 1/64) "
+                        "or exact (floor(T * retention))")
+    p.add_argument("--merge-metric", choices=["auto", "keys", "tokens"], default=None,
+                   help="merging similarity: auto (default: each family's official), keys (LLaVA-1.5: CLIP keys, "
+                        "before the projector), tokens (the projected tokens)")
+    p.add_argument("--tie-break", choices=["index", "log_attention"], default=None,
+                   help="pruning: how exactly tied scores are ranked (index, the default: official-equivalent)")
     p.add_argument("--frame-sampling", choices=["uniform", "official"], default="uniform",
-                   help="uniform (rounded, never repeats) or official (lmms-eval's np.linspace(..., dtype=int))")
-    p.add_argument("--positions", choices=["original", "official"], default="original",
-                   help="Qwen2-VL / Qwen2.5-VL: merged tokens at their destination patch's position (original) "
-                        "or on the official code's shrunken grid (official); no effect on 1-D RoPE models")
+                   help="uniform (default: rounded, never repeats) or official (lmms-eval's "
+                        "np.linspace(..., dtype=int))")
+    p.add_argument("--positions", choices=["original", "official"], default=None,
+                   help="Qwen2-VL / Qwen2.5-VL: merged tokens at their destination patch's position (original, "
+                        "the default) or on the official code's shrunken grid (official); no effect on 1-D RoPE "
+                        "models")
     from llava.analysis.cli import add_method_options
 
     add_method_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random control (--method random)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random control (--method random; default 0)")
     p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     p.set_defaults(func=run_command)
@@ -72,127 +86,218 @@ def scaled_default_schedule(num_layers: int):
     return aim_default_layers(num_layers)
 
 
-def build_config(args, num_layers: int) -> AIMConfig:
+def _method(args) -> str:
+    return getattr(args, "method", "aim") or "aim"
+
+
+def _aim_flags_given(args) -> list:
+    """The flags that set AIM, as typed (for refusing them next to --no-aim)."""
+    given = []
+    for flag, value in (("--retention", args.retention), ("--l1", args.l1), ("--l2", args.l2),
+                        ("--pruning-mode", args.pruning_mode), ("--drop-layers", getattr(args, "drop_layers", None)),
+                        ("--drop-ratio", getattr(args, "drop_ratio", None)), ("--seed", getattr(args, "seed", None)),
+                        ("--merge-count", getattr(args, "merge_count", None)),
+                        ("--merge-metric", getattr(args, "merge_metric", None)),
+                        ("--tie-break", getattr(args, "tie_break", None)),
+                        ("--positions", getattr(args, "positions", None))):
+        if value is not None:
+            given.append(flag)
+    if args.no_prune:
+        given.append("--no-prune")
+    if _method(args) != "aim":
+        given.append(f"--method {_method(args)}")
+    return given
+
+
+def _validate_args(args) -> None:
+    """Every check that needs neither the model nor the media: conflicts and ranges."""
+    if args.frames is not None and args.frames < 1:
+        raise AIMConfigError(f"--frames must be at least 1, got {args.frames}")
+    if args.image is not None and args.frames is not None:
+        raise AIMConfigError("--frames applies to --video; an --image prompt holds one image")
+    if args.max_new_tokens < 1:
+        raise AIMConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.no_aim:
+        given = _aim_flags_given(args)
+        if given:
+            raise AIMConfigError(f"--no-aim runs the stock model, so {' and '.join(given)} would be ignored; "
+                                 f"drop {'it' if len(given) == 1 else 'them'}, or drop --no-aim")
+        return
+    method = _method(args)
+    if getattr(args, "seed", None) is not None and method != "random":
+        raise AIMConfigError(f"--seed sets the random control's survivors (--method random), not --method {method}")
+    if args.pruning_mode is not None and args.no_prune:
+        raise AIMConfigError("--pruning-mode sets how pruned tokens are dropped, and --no-prune turns pruning off; "
+                             "pick one")
+    if method in PRUMERGE_METHODS:
+        given = [f"--{n.replace('_', '-')}" for n in ("retention", "l1", "l2", "drop_layers", "drop_ratio")
+                 if getattr(args, n, None) is not None] + (["--no-prune"] if args.no_prune else [])
+        if given:
+            raise AIMConfigError(f"--method {method} reduces tokens before the LLM by itself; {', '.join(given)} "
+                                 "do not apply")
+    elif method in STEP_METHODS:
+        if args.l1 is not None or args.l2 is not None or args.no_prune:
+            raise AIMConfigError(f"--l1/--l2/--no-prune set AIM's schedule; --method {method} prunes at --drop-layers")
+        check_aim_flags(args.retention, None, None)
+    else:
+        if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
+            raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)} (--method), "
+                                 f"not --method {method}")
+        check_aim_flags(args.retention, args.l1, args.l2, args.no_prune)
+    with flag_errors():
+        _config(args, num_layers=None, merges_media=True)  # every other field, before loading anything
+
+
+def _config(args, num_layers, merges_media: bool) -> AIMConfig:
+    """The AIMConfig the flags ask for. Layers left to "auto" are resolved by apply_aim;
+    a baseline's drop layers and ratio are resolved here when the depth is known, so that
+    what is printed is what runs. ``merges_media``: whether the family merges this media."""
     if args.no_aim:
         return AIMConfig.disabled()
-    if getattr(args, "method", "aim") in STEP_METHODS:
-        return _baseline_config(args, num_layers)
-    if getattr(args, "method", "aim") in PRUMERGE_METHODS:
-        return _prumerge_config(args)
-    if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
-        raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}, not --method {args.method}")
-    retention = 0.25 if args.retention is None else args.retention
-    if args.no_prune:
-        if args.l1 is not None or args.l2 is not None:
-            raise AIMConfigError("--no-prune cannot be combined with --l1/--l2")
-        l1 = l2 = None
-    elif args.l1 is None and args.l2 is None:
-        l1, l2 = "auto", "auto"  # apply_aim: the family's official schedule, else the paper's scaled
-    elif args.l1 is None or args.l2 is None:
-        raise AIMConfigError("give both --l1 and --l2 (or neither for the paper's schedule scaled to the model)")
+    method = _method(args)
+    pruning_mode = args.pruning_mode or "remove"
+    options = _fidelity_options(args)
+    if method in PRUMERGE_METHODS:
+        cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **options)
+    elif method in STEP_METHODS:
+        from llava.aim.policy import drop_layers_for, spec
+
+        drop_layers, drop_ratio = args.drop_layers, args.drop_ratio
+        if num_layers is not None:
+            drop_layers = drop_layers_for(method, drop_layers, num_layers)
+            if drop_ratio is None and method != "vtw":
+                drop_ratio = spec(method).default_ratio
+        cfg = AIMConfig.for_method(method, retention=1.0 if args.retention is None else args.retention,
+                                   pruning_mode=pruning_mode, drop_layers=drop_layers, drop_ratio=drop_ratio,
+                                   **options)
     else:
-        l1, l2 = args.l1, args.l2
-    cfg = AIMConfig(retention=retention, l1=l1, l2=l2, pruning_mode=args.pruning_mode,
-                    method=getattr(args, "method", "aim"), seed=getattr(args, "seed", 0),
-                    positions=getattr(args, "positions", "original"), **_fidelity_options(args))
-    cfg.check_against_model(num_layers)
+        retention = 0.25 if args.retention is None else args.retention
+        if not merges_media:
+            retention = 1.0
+        layers = {} if args.l1 is None and not args.no_prune else {"l1": args.l1, "l2": args.l2}
+        seed = 0 if args.seed is None else args.seed
+        cfg = AIMConfig(retention=retention, pruning_mode=pruning_mode, method=method, seed=seed, **layers,
+                        **options)
+    if num_layers is not None:
+        cfg.check_against_model(num_layers)
     return cfg
 
 
 def _fidelity_options(args) -> dict:
-    return {name: getattr(args, name) for name in ("merge_count", "merge_metric", "tie_break") if hasattr(args, name)}
+    """The AIMConfig fields the fidelity flags set explicitly (None: the config's default)."""
+    names = ("merge_count", "merge_metric", "tie_break", "positions")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def _prumerge_config(args) -> AIMConfig:
-    """LLaVA-PruMerge / PruMerge+: their own adaptive reduction before the LLM, nothing else."""
-    given = [f"--{n.replace('_', '-')}" for n in ("retention", "l1", "l2", "drop_layers", "drop_ratio")
-             if getattr(args, n, None) is not None] + (["--no-prune"] if args.no_prune else [])
-    if given:
-        raise AIMConfigError(f"--method {args.method} reduces tokens before the LLM by itself; {', '.join(given)} "
-                             "do not apply")
-    return AIMConfig.for_method(args.method, pruning_mode=args.pruning_mode, **_fidelity_options(args))
+def build_config(args, num_layers: int, merges_media: bool = True) -> AIMConfig:
+    """The flags' AIMConfig for a model with ``num_layers`` decoder layers (errors in flags)."""
+    if not args.no_aim and _method(args) not in STEP_METHODS:
+        check_aim_flags(args.retention, args.l1, args.l2, args.no_prune, num_layers, args.model)
+    with flag_errors():
+        return _config(args, num_layers, merges_media)
 
 
-def _baseline_config(args, num_layers: int) -> AIMConfig:
-    """FastV / VTW / PyramidDrop: their drop layers (paper defaults scaled), no merging unless
-    --retention is given; AIM's --l1/--l2/--no-prune do not apply."""
-    if args.l1 is not None or args.l2 is not None or args.no_prune:
-        raise AIMConfigError(f"--l1/--l2/--no-prune set AIM's schedule; {args.method} prunes at --drop-layers")
-    cfg = AIMConfig.for_method(
-        args.method, retention=1.0 if args.retention is None else args.retention, pruning_mode=args.pruning_mode,
-        drop_layers=args.drop_layers, drop_ratio=args.drop_ratio, **_fidelity_options(args),
-    )
-    cfg.check_against_model(num_layers)
-    return cfg
+def _media_kind(args, family) -> str:
+    if args.image is not None:
+        return "image"
+    if args.video is not None or "video" in family.media:
+        return "video"
+    return "image"  # image-only family and no media given: the shipped sample image
 
 
-def _validate_args(args) -> None:
-    if args.frames < 1:
-        raise AIMConfigError(f"--frames must be at least 1, got {args.frames}")
-    if args.max_new_tokens < 1:
-        raise AIMConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    # Validate the AIM numbers before loading anything (fast, clear failure).
-    if not args.no_aim and getattr(args, "method", "aim") in STEP_METHODS:
-        _baseline_config(args, num_layers=1 << 30)  # the depth is checked once the model is loaded
-    elif not args.no_aim and getattr(args, "method", "aim") in PRUMERGE_METHODS:
-        _prumerge_config(args)
-    elif not args.no_aim:
-        if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
-            raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}, not --method {args.method}")
-        AIMConfig(
-            retention=0.25 if args.retention is None else args.retention,
-            l1=None if args.l1 is None or args.l2 is None else args.l1,
-            l2=None if args.l1 is None or args.l2 is None else args.l2,
-            method=getattr(args, "method", "aim"), seed=getattr(args, "seed", 0),
-            positions=getattr(args, "positions", "original"),
+def _check_media(args, family, kind: str) -> bool:
+    """Refuse media the family cannot take; returns whether AIM merges this media."""
+    if kind not in family.media:
+        raise AIMConfigError(f"{args.model} is a {family.title} model, which takes {' and '.join(family.media)} "
+                             f"input, not {kind}s; pass --{family.media[0]}, or another model")
+    merges = kind in family.merged_media
+    if not merges and args.retention is not None and args.retention < 1 and not args.no_aim:
+        merged = " and ".join(m + " frames" if m == "video" else m + "s" for m in family.merged_media)
+        raise AIMConfigError(
+            f"AIM merges {family.title}'s {merged} only, not its {kind} tokens, so --retention {args.retention:g} "
+            f"would be ignored; drop --retention (the {kind}'s tokens are still pruned), pass --{family.merged_media[0]}, "
+            "or use a LLaVA-1.5 model (e.g. --model tiny-llava-1.5) to merge an image"
         )
-        for name in ("l1", "l2"):
-            value = getattr(args, name)
-            if value is not None and value < 0:
-                raise AIMConfigError(f"--{name} must be non-negative, got {value}")
+    return merges
+
+
+def _dtype_bytes(args, config) -> int:
+    from llava.resources import DTYPE_BYTES
+
+    if args.dtype != "auto":
+        return DTYPE_BYTES[args.dtype]
+    text = getattr(config, "text_config", config)
+    declared = str(getattr(text, "dtype", None) or getattr(config, "dtype", None) or "").replace("torch.", "")
+    return DTYPE_BYTES.get(declared, 2)  # unknown: the smaller size keeps the estimate a lower bound
+
+
+def _decoder_depth(config) -> int:
+    return int(getattr(getattr(config, "text_config", None) or config, "num_hidden_layers"))
 
 
 def run_command(args) -> int:
     import torch
 
-    from llava.model.builder import is_builtin, load_pretrained_model, num_decoder_layers
-    from llava.video import load_image, load_video
+    from llava.model.builder import checkpoint_config, is_builtin, load_pretrained_model, num_decoder_layers
+    from llava.resources import (
+        check_video_fits,
+        device_available_bytes,
+        host_available_bytes,
+        resolve_device,
+        video_memory_estimate,
+    )
+    from llava.video import load_image, load_video, probe_video
 
     _validate_args(args)
-    timings = {}
-    t0 = time.perf_counter()
-    is_video = args.image is None
-    media_path = args.video or (str(SAMPLE_VIDEO) if is_video else None)
-    # tqdm bar for long clips (see llava.video); never with --json, which prints one object only
-    progress = False if args.json else None
-    sampling = getattr(args, "frame_sampling", "uniform")
-    media = load_video(media_path, args.frames, progress=progress, sampling=sampling) if is_video else load_image(args.image)
-    timings["decode_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    device = resolve_device(args.device)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep stderr to one line on errors; loading is quick
+    timings, notes = {}, []
+    t0 = time.perf_counter()
+    source, config, family = checkpoint_config(args.model)  # fast: no weights yet
+    kind = _media_kind(args, family)
+    merges = _check_media(args, family, kind)
+    build_config(args, _decoder_depth(config), merges)  # the flags against the model's depth, before loading
+    if not merges and not args.no_aim:
+        merged = " and ".join(m + " frames" if m == "video" else m + "s" for m in family.merged_media)
+        notes.append(f"AIM merges {family.title}'s {merged} only: this {kind}'s tokens are pruned inside the "
+                     "LLM, not merged")
+    is_video = kind == "video"
+    media_path = (args.video or str(SAMPLE_VIDEO)) if is_video else (args.image or str(SAMPLE_IMAGE))
+    frames = args.frames or DEFAULT_FRAMES
+    if is_video:
+        total, width, height = probe_video(media_path)
+        take = min(frames, total)
+        estimate = video_memory_estimate(config, width, height, _dtype_bytes(args, config))
+        check_video_fits(estimate, take, device, host_available_bytes(),
+                         device_available_bytes(device) if device.type != "cpu" else None)
+    # tqdm bar for long clips (see llava.video); never with --json, which prints one object only
+    progress = False if args.json else None
+    sampling = getattr(args, "frame_sampling", "uniform")
+    media = load_video(media_path, frames, progress=progress, sampling=sampling) if is_video else load_image(media_path)
+    if is_video and media.shape[0] < frames:
+        notes.append(f"the clip has {media.shape[0]} frames, fewer than --frames {frames}: using each of its "
+                     f"{media.shape[0]} frames once")
+    timings["decode_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    model, processor = load_pretrained_model(args.model, aim=None, torch_dtype=dtype, attn_implementation=args.attn)
-    model.to(args.device)
-    cfg = build_config(args, num_decoder_layers(model))
+    model, processor = load_pretrained_model(source, aim=None, torch_dtype=dtype, attn_implementation=args.attn)
+    model.to(device)
+    cfg = build_config(args, num_decoder_layers(model), merges)
     from llava.model.llava_arch import apply_aim
 
     model, processor = apply_aim(model, processor, cfg)
+    cfg = model.aim_config  # "auto" layers resolved for this model: print what runs
     timings["load_s"] = time.perf_counter() - t0
 
     question = args.question or (DEFAULT_QUESTION if is_video else DEFAULT_IMAGE_QUESTION)
-    kind = "video" if is_video else "image"
-    family = model._aim_family
-    if kind not in family.media:
-        raise AIMConfigError(f"{args.model} is a {family.title} model, which takes {' and '.join(family.media)} "
-                             f"input, not {kind}s; pass --{family.media[0]}, or another model")
     t0 = time.perf_counter()
     conversation = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     media_kw = {"videos": [media]} if is_video else {"images": [media]}
-    inputs = processor(text=prompt, return_tensors="pt", **media_kw).to(args.device)
+    inputs = processor(text=prompt, return_tensors="pt", **media_kw).to(device)
     if model.dtype != torch.float32:
         for key in ("pixel_values", "pixel_values_videos"):
             if key in inputs:
@@ -209,23 +314,30 @@ def run_command(args) -> int:
     result = {
         "model": args.model,
         "random_weights": is_builtin(args.model),
-        "media": str(media_path if is_video else args.image),
+        "media": str(media_path),
         "frames": int(media.shape[0]) if is_video else 1,
+        "frames_requested": frames if is_video else 1,
         "question": question,
         "answer": answer,
-        "aim": model.aim_config.to_dict(),  # as resolved for this model ("auto" layers, merge metric)
+        "aim": cfg.to_dict(),
+        "merged": merges,
+        "merged_media": list(family.merged_media),
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "new_tokens": int(new_tokens.numel()),
         "visual_tokens_before_merge": stats.visual_tokens_before_merge,
         "visual_tokens_after_merge": stats.visual_tokens_after_merge,
         "layer_seq_lens": stats.layer_seq_lens,
         "kv_cache_lens": stats.kv_cache_lens,
         "timings": {k: round(v, 4) for k, v in timings.items()},
+        "notes": notes,
     }
     if not result["visual_tokens_before_merge"]:  # merging off: count placeholders instead
         ids = inputs["input_ids"][0]
         n_visual = int(sum((ids == t).sum() for t in model._aim_runtime.image_token_ids))
         result["visual_tokens_before_merge"] = result["visual_tokens_after_merge"] = n_visual
     result["predicted"] = predicted_prefill(model.config, result)
+    for note in notes:  # stderr: stdout stays the answer (or the one JSON object)
+        sys.stderr.write(f"llava-aim run: note: {note}\n")
     if args.json:
         print(json.dumps(result))
     else:
@@ -258,6 +370,23 @@ def _flops_text(tflops: float) -> str:
     return f"{tflops:.3f} TFLOPs" if tflops >= 1 else f"{tflops * 1e3:.3f} GFLOPs"
 
 
+def describe_setting(aim: dict) -> str:
+    """The AIM line of the summary, with every value resolved (what ran, not what was typed)."""
+    method = aim.get("method", "aim")
+    if method == "aim" and aim["retention"] >= 1 and aim["l1"] is None:
+        return "off"
+    pruning = ("no pruning" if aim["l1"] is None else
+               f"l1={aim['l1']}, l2={aim['l2']} (pruning after layers {aim['l1']}..{aim['l2'] - 1}), "
+               f"pruning={aim['pruning_mode']}")
+    if method in STEP_METHODS:
+        layers = ",".join(str(k) for k in aim["drop_layers"] or ())
+        ratio = "all" if method == "vtw" else f"{aim['drop_ratio']:g}"
+        return (f"method={method}, drop_layers={layers}, drop_ratio={ratio}, retention={aim['retention']:g}, "
+                f"pruning={aim['pruning_mode']}")
+    head = f"method={method}, " if method != "aim" else ""
+    return head + f"retention={aim['retention']:g}, {pruning}" + (f", seed={aim['seed']}" if method == "random" else "")
+
+
 def format_summary(r: dict) -> str:
     aim = r["aim"]
     lines = []
@@ -267,21 +396,25 @@ def format_summary(r: dict) -> str:
     lines.append(f"media     : {r['media']} ({r['frames']} frame{'s' if r['frames'] != 1 else ''})")
     lines.append(f"question  : {r['question']}")
     lines.append(f"answer    : {r['answer']!r}")
-    setting = ("off" if aim["retention"] >= 1 and aim["l1"] is None and aim.get("method", "aim") == "aim" else
-               f"retention={aim['retention']:g}, l1={aim['l1']}, l2={aim['l2']}, pruning={aim['pruning_mode']}")
-    if aim.get("method", "aim") != "aim":  # a baseline or control (llava.aim.policy)
-        setting = f"method={aim['method']}, drop_layers={aim['drop_layers']}, drop_ratio={aim['drop_ratio']}; " + setting
-    lines.append(f"AIM       : {setting}")
+    lines.append(f"AIM       : {describe_setting(aim)}")
     before, after = r["visual_tokens_before_merge"], r["visual_tokens_after_merge"]
-    ratio = f" ({before / after:.1f}x fewer)" if after else ""
-    lines.append(f"merging   : {before} -> {after} visual tokens{ratio}")
+    if r.get("merged", True) or aim["retention"] < 1:
+        ratio = f" ({before / after:.1f}x fewer)" if after else ""
+        lines.append(f"merging   : {before} -> {after} visual tokens{ratio}")
+    else:
+        merged = " and ".join(m + " frames" if m == "video" else m + "s" for m in r.get("merged_media", []))
+        lines.append(f"merging   : none: {after} visual tokens (this model's family merges {merged} only)")
     if r["layer_seq_lens"]:
         lines.append("tokens entering each decoder layer (prefill):")
         top = max(r["layer_seq_lens"])
         for j, n in enumerate(r["layer_seq_lens"]):
             bar = "#" * max(1, round(30 * n / top))
             lines.append(f"  layer {j:>2} {n:>6} {bar}")
-        lines.append(f"KV cache per layer after generation: {r['kv_cache_lens']}")
+        steps = r.get("new_tokens", 1) - 1  # the last new token is never fed back
+        held = ("the tokens entering each layer" + (f" + the {steps} fed back while generating {steps + 1}"
+                                                    if steps else "")
+                if r["kv_cache_lens"] == [n + steps for n in r["layer_seq_lens"]] else "")
+        lines.append(f"KV cache per layer after generation: {r['kv_cache_lens']}" + (f" ({held})" if held else ""))
     if "predicted" in r:
         f = r["predicted"]
         lines.append(f"FLOPs     : LLM prefill {_flops_text(f['prefill_tflops'])} vs "

@@ -481,6 +481,30 @@ def video_duration_s(path: str | os.PathLike[str]) -> float | None:
     return None
 
 
+def probe_video(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """``(frames, width, height)`` of a clip without decoding it (PyAV), for checks made
+    before the real decode (how many frames there are, how much memory they take).
+
+    The frame count comes from the container header, or from a demux-only pass when the
+    header has none; decoding may still find a slightly different number (load_video
+    resamples then). Raises the same typed errors as :func:`load_video`.
+    """
+    p = _check_path(path, "video")
+    with _Source(p) as src:
+        total = src.stream.frames or 0
+        if total <= 0:
+            try:
+                total = src.count_packets()
+            except (AIMError, MemoryError):
+                raise
+            except Exception as e:
+                raise _wrap_error(p, "video", e) from e
+        width, height = int(src.stream.codec_context.width or 0), int(src.stream.codec_context.height or 0)
+    if total <= 0:
+        raise EmptyMediaError(f"video file '{p}' holds no frames. Pass a video with at least one frame.")
+    return int(total), width, height
+
+
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Load ``path`` as an RGB :class:`PIL.Image.Image` (fully read, file closed).
 

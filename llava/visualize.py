@@ -342,19 +342,16 @@ def check_output_path(path: str) -> Path:
     return out
 
 
-def _aim_config(args, num_layers: int, family=None):
+def _aim_config(args, num_layers: int, family, model_name: str):
+    """The flags' setting, "auto" layers resolved as apply_aim does (errors name the flags)."""
     from llava.aim.config import AIMConfig
+    from llava.flags import check_aim_flags, flag_errors
 
-    if (args.l1 is None) != (args.l2 is None):
-        raise AIMConfigError("give both --l1 and --l2 (or neither for the paper's schedule scaled to the model)")
-    for name in ("l1", "l2"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            raise AIMConfigError(f"--{name} must be non-negative, got {value}")
-    l1, l2 = (args.l1, args.l2) if args.l1 is not None else ("auto", "auto")
-    cfg = AIMConfig(retention=0.25 if args.retention is None else args.retention, l1=l1, l2=l2)
-    # "auto": the family's official schedule where it has one, else the paper's scaled
-    return cfg.resolve_layers(num_layers, family.official_layers(num_layers) if family is not None else None)
+    check_aim_flags(args.retention, args.l1, args.l2, num_layers=num_layers, model=model_name, has_no_prune=False)
+    layers = {} if args.l1 is None else {"l1": args.l1, "l2": args.l2}
+    with flag_errors():
+        cfg = AIMConfig(retention=0.25 if args.retention is None else args.retention, **layers)
+        return cfg.resolve_layers(num_layers, family.official_layers(num_layers))
 
 
 def frame_labels(rows: int, frames: int, image_name: str) -> List[str]:
@@ -399,10 +396,11 @@ def visualize_command(args) -> int:
     if not 1 <= args.frames <= MAX_FRAMES:
         raise AIMConfigError(f"--frames must be between 1 and {MAX_FRAMES} (one row per frame), got {args.frames}")
     out = check_output_path(args.out)
-    if args.retention is not None:
-        from llava.aim.config import AIMConfig
+    from llava.flags import check_aim_flags
+    from llava.resources import resolve_device
 
-        AIMConfig(retention=args.retention, l1=None, l2=None)  # fail fast, before loading anything
+    check_aim_flags(args.retention, args.l1, args.l2)  # fail fast, before loading anything
+    device = resolve_device(args.device)
     is_video = args.video is not None
     media_path = Path(args.video or args.image)
     media = load_video(media_path, args.frames) if is_video else load_image(media_path)
@@ -414,7 +412,7 @@ def visualize_command(args) -> int:
     model, processor = load_pretrained_model(model_name, aim=None, torch_dtype="auto")
     from llava.model.families import family_of
 
-    model.to(args.device)
+    model.to(device)
     family = family_of(model)
     kind = "video" if is_video else "image"
     if kind not in family.media:
@@ -426,7 +424,7 @@ def visualize_command(args) -> int:
             f"not its {kind} tokens; pass --{family.merged_media[0]}, or --model tiny-llava-1.5 (or another LLaVA-1.5 model) for an image"
         )
     num_layers = num_decoder_layers(model)
-    cfg = _aim_config(args, num_layers, family)
+    cfg = _aim_config(args, num_layers, family, model_name)
     layers = check_layers(args.layers, num_layers, model_name) if args.layers else default_layers(num_layers, cfg.l1, cfg.l2)
     question = args.question or (DEFAULT_QUESTION if is_video else DEFAULT_IMAGE_QUESTION)
 

@@ -60,7 +60,7 @@ def test_run_image_on_llava15(capsys, tmp_path):
         (["--retention", "1.5"], "retention"),
         (["--l1", "5", "--l2", "3"], "l1 < l2"),
         (["--l1", "-1", "--l2", "3"], "non-negative"),
-        (["--l1", "9", "--l2", "12"], "beyond the language model"),
+        (["--l1", "9", "--l2", "12"], "--l1 9 is beyond"),
         (["--l1", "2"], "both --l1 and --l2"),
         (["--frames", "0"], "--frames"),
     ],

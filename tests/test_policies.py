@@ -422,7 +422,7 @@ def test_flops_cli_accepts_every_method(capsys):
     (["flops", "--method", "fastv", "--l1", "3", "--l2", "5"], "prunes at --drop-layers"),
     (["flops", "--method", "aim", "--drop-layers", "3"], "apply to fastv"),
     (["flops", "--method", "vtw", "--drop-layers", "40"], "beyond the language model"),
-    (["flops", "--method", "fastv", "--drop-ratio", "1.5"], "drop_ratio"),
+    (["flops", "--method", "fastv", "--drop-ratio", "1.5"], "--drop-ratio"),
     (["run", "--method", "vtw", "--drop-ratio", "0.3"], "does not apply"),
     (["run", "--method", "pool", "--drop-layers", "2"], "apply to fastv"),
 ])

@@ -1,4 +1,4 @@
-"""Roofline FLOPs / prefill-time model of the language model (docs: EFFICIENCY_MODEL.md).
+"""Roofline FLOPs / prefill-time model of the language model (docs/efficiency_model.md).
 
 ``analyze(...)`` is the entry point; ``llava-aim flops`` its command line.
 """

@@ -30,6 +30,7 @@ from llava.analysis.shapes import (
     qwen_vl_visual_tokens,
 )
 from llava.errors import AIMConfigError
+from llava.flags import check_aim_flags, flag_errors
 
 
 def layer_list(text: str) -> Tuple[int, ...]:
@@ -190,7 +191,7 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
         "flops",
         help="roofline LLM prefill FLOPs and time with and without AIM",
         description=(
-            "Analytic roofline model of the language model's prefill (docs: EFFICIENCY_MODEL.md), "
+            "Analytic roofline model of the language model's prefill (docs/efficiency_model.md), "
             "as the paper's figures. AIM defaults to the paper's setting (retention 0.25, "
             "l1=14, l2=22 on 28 layers; scaled for other depths)."
         ),
@@ -213,14 +214,11 @@ def resolve_aim_settings(num_layers: int, retention: Optional[float], l1: Option
     family's ``official`` schedule when given (LLaVA-1.5 on 32 layers: (13, 21)), else the
     paper's (14, 22) of 28 scaled, as AIMConfig's "auto"."""
     notes: List[str] = []
+    check_aim_flags(retention, l1, l2, no_prune, num_layers, model="the language model")
     if retention is None:
         retention = PAPER_RETENTION
     if no_prune:
-        if l1 is not None or l2 is not None:
-            raise AIMConfigError("--no-prune cannot be combined with --l1/--l2")
         return retention, None, None, notes
-    if (l1 is None) != (l2 is None):
-        raise AIMConfigError("give --l1 and --l2 together (or neither, for the paper's schedule)")
     if l1 is None and official is not None:
         l1, l2 = official
         notes.append(f"l1={l1}, l2={l2}: the official LLaVA-1.5 schedule on {num_layers} layers "
@@ -237,9 +235,10 @@ def resolve_aim_settings(num_layers: int, retention: Optional[float], l1: Option
 
 def run_flops(args: argparse.Namespace) -> int:
     inputs = analysis_inputs(args)
-    settings = resolve_method_settings(inputs["llm"].layers, args, inputs["vision"])
-    notes = settings.pop("notes")
-    result = analyze(**settings, **inputs)
+    with flag_errors():
+        settings = resolve_method_settings(inputs["llm"].layers, args, inputs["vision"])
+        notes = settings.pop("notes")
+        result = analyze(**settings, **inputs)
     result.notes.extend(notes)
     note = qwen_vl_note(args)
     if note:
@@ -404,10 +403,9 @@ def run_plan(args: argparse.Namespace) -> int:
     if not result.feasible:
         sys.stderr.write(f"llava-aim plan: {result.reason()}\n")
         return 2
-    sys.stdout.write(format_plan(result) + "\n")
+    sys.stdout.write("\n".join([format_plan(result, run_command_prefix(args))] + _checkpoint_note(args)) + "\n")
     if args.method != "aim":  # random / pool: AIM's schedule and count, so AIM's plan
-        sys.stdout.write(f"method : {args.method} runs the same retention and schedule (same LLM FLOPs): "
-                         f"add --method {args.method}\n")
+        sys.stdout.write(f"method : {args.method} runs the same retention and schedule (same LLM FLOPs)\n")
     return 0
 
 
@@ -441,6 +439,55 @@ def run_prumerge_plan(args: argparse.Namespace) -> int:
     return 0 if meets else 2
 
 
+# The checkpoint each built-in language-model shape is planned for (plan's suggested command).
+CHECKPOINT_OF_LLM = {
+    "qwen2-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    "llama-7b": "llava-hf/llava-1.5-7b-hf",
+    "vicuna-7b": "llava-hf/llava-1.5-7b-hf",
+    "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+}
+MODEL_TYPE_OF_LLM = {"qwen2-7b": "llava_onevision", "llama-7b": "llava", "vicuna-7b": "llava",
+                     "qwen2-vl-7b": "qwen2_vl", "qwen2.5-vl-7b": "qwen2_5_vl"}
+
+
+def planned_checkpoint(llm: str) -> Tuple[Optional[str], Tuple[str, ...]]:
+    """(what ``run --model`` should load, the media its family takes) for plan's ``--llm``.
+
+    A built-in shape names its checkpoint; a local model folder is itself the checkpoint.
+    (None, ()) when ``--llm`` is only a language-model config (no multimodal checkpoint).
+    """
+    import os
+
+    from llava.analysis.shapes import load_config_dict
+    from llava.model.families import FAMILIES
+
+    key = str(llm).lower()
+    if key in CHECKPOINT_OF_LLM:
+        model_type = MODEL_TYPE_OF_LLM[key]
+    elif os.path.isdir(str(llm)):
+        model_type = load_config_dict(llm).get("model_type")
+    else:
+        return None, ()
+    family = next((f for f in FAMILIES if model_type in f.model_types), None)
+    if family is None:
+        return None, ()
+    return CHECKPOINT_OF_LLM.get(key, str(llm)), family.media
+
+
+def run_command_prefix(args: argparse.Namespace) -> str:
+    """``llava-aim run --model M [--frames N] [--method X]``: the model and input plan planned for."""
+    import shlex
+
+    checkpoint, media = planned_checkpoint(args.llm)
+    parts = ["llava-aim", "run", "--model", shlex.quote(checkpoint) if checkpoint else "CHECKPOINT"]
+    if "video" in media or not media:
+        parts += ["--frames", str(args.frames)]
+    if getattr(args, "method", "aim") != "aim":
+        parts += ["--method", args.method]
+    return " ".join(parts)
+
+
 def run_baseline_plan(args: argparse.Namespace) -> int:
     """``plan --method fastv|vtw|pdrop``: the baseline's knob that meets the target (matching.py)."""
     from llava.analysis.matching import match_budget
@@ -455,7 +502,8 @@ def run_baseline_plan(args: argparse.Namespace) -> int:
     max_time = None if args.speedup is None else base.prefill_time_s / args.speedup
     if (args.budget_tflops is not None and args.budget_tflops <= 0) or (args.speedup is not None and args.speedup <= 0):
         raise AIMConfigError("--budget-tflops and --speedup must be positive")
-    best = match_budget(args.method, budget, args.drop_layers, max_time_s=max_time, **inputs)
+    with flag_errors():
+        best = match_budget(args.method, budget, args.drop_layers, max_time_s=max_time, **inputs)
     target = f"<= {args.budget_tflops:g} TFLOPs" if budget is not None else f">= {args.speedup:g}x faster"
     if best is None:
         sys.stderr.write(f"llava-aim plan: no {args.method} setting meets {target} with its layers; "
@@ -478,12 +526,18 @@ def run_baseline_plan(args: argparse.Namespace) -> int:
         f"{best.prefill_tflops:.3f} TFLOPs ({report['flops_reduction']:.2f}x fewer), {best.prefill_ms:.2f} ms "
         f"({report['speedup']:.2f}x faster)",
         f"         visual tokens per layer: {compact_counts(best.visual_tokens_per_layer)}",
-        f"use    : llava-aim run --method {args.method} --drop-layers {layers}{ratio}",
-    ]) + "\n")
+        f"use    : {run_command_prefix(args)} --drop-layers {layers}{ratio}",
+    ] + _checkpoint_note(args)) + "\n")
     return 0
 
 
-def format_plan(result) -> str:
+def _checkpoint_note(args) -> List[str]:
+    if planned_checkpoint(args.llm)[0] is None:
+        return [f"         (CHECKPOINT: the multimodal checkpoint whose language model {args.llm} describes)"]
+    return []
+
+
+def format_plan(result, run_prefix: str = "llava-aim run --model CHECKPOINT") -> str:
     c, base, i = result.choice, result.baseline, result.inputs
     s = c.setting
     tag = "paper-validated" if s.validated else "NOT validated by the paper"
@@ -501,7 +555,8 @@ def format_plan(result) -> str:
     ]
     if s.l1 is not None or s.retention < 1:
         flags = f"--retention {s.retention:g}" + (f" --l1 {s.l1} --l2 {s.l2}" if s.l1 is not None else " --no-prune")
-        lines.append(f"use    : llava-aim run {flags}   (AIMConfig(retention={s.retention:g}, l1={s.l1}, l2={s.l2}))")
+        lines.append(f"use    : {run_prefix} {flags}")
+        lines.append(f"python : AIMConfig(retention={s.retention:g}, l1={s.l1}, l2={s.l2})")
     if result.alternatives:
         lines.append("next best (also meet the target):")
         for a in result.alternatives:

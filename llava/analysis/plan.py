@@ -12,7 +12,7 @@ The rule (``llava-aim plan``; documented in README and docs/efficiency_tables.md
    * Extended (only when no validated setting fits): retentions 1/2^k down to one token per
      frame, times every schedule 0 <= l1 < l2 <= L and no pruning.
 2. A candidate meets the target when its predicted LLM prefill (the roofline model of
-   EFFICIENCY_MODEL.md, same input and hardware) costs at most the budget in TFLOPs, or is at
+   docs/efficiency_model.md, same input and hardware) costs at most the budget in TFLOPs, or is at
    least the target speed-up faster than the model without AIM.
 3. Among the candidates meeting the target, from the validated pool if any fits, else from
    the extended pool, keep the one that leaves the LLM the most visual information: the

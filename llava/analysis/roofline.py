@@ -1,4 +1,4 @@
-"""The roofline FLOPs / prefill-time model of EFFICIENCY_MODEL.md, op by op.
+"""The roofline FLOPs / prefill-time model (docs/efficiency_model.md), op by op.
 
 Every op has OPs (FLOPs) and bytes moved; its time is ``OPs / min(peak, OPs/bytes * bandwidth)``
 (computed as the equivalent ``max(OPs/peak, bytes/bandwidth)``, which is also defined for an op
@@ -29,7 +29,7 @@ mlp_add        H*N                  2*H*N*a   (only with include_mlp_add=True)
 Once per prefill: ``lm_head`` on one token, OPs = H*V, bytes = H*V*w + H*a + V*a.
 
 With ``head_dim = H/nh`` (Qwen2, Llama) the projections are exactly the (H, H) and
-(H, H*nkv/nh) of EFFICIENCY_MODEL.md.
+(H, H*nkv/nh) of docs/efficiency_model.md.
 
 Kept from the reference model (LLM-Viewer) for comparability with the paper, and said so in
 every result's ``notes``: the SiLU-gate activation is counted with H, not I; the query side of

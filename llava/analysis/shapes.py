@@ -1,4 +1,4 @@
-"""Model shapes the efficiency analyzer needs (EFFICIENCY_MODEL.md, "Inputs").
+"""Model shapes the efficiency analyzer needs (docs/efficiency_model.md, "Inputs").
 
 :class:`LLMShape` is the language model's shape (hidden, intermediate, layers, heads, key/value
 heads, head_dim, vocabulary). It comes from a transformers config object (a text config, or a
@@ -32,7 +32,7 @@ class LLMShape:
 
     ``head_dim`` is usually ``hidden // heads``; a config may set it explicitly, in which case
     the q/o projections are (hidden, heads*head_dim) and k/v (hidden, kv_heads*head_dim). With
-    ``head_dim = hidden/heads`` these are exactly EFFICIENCY_MODEL.md's (H, H) and
+    ``head_dim = hidden/heads`` these are exactly docs/efficiency_model.md's (H, H) and
     (H, H*nkv/nh).
     """
 
@@ -122,7 +122,7 @@ class LLMShape:
         return cls.from_config(_with_defaults(data), name=os.path.basename(os.path.normpath(str(path))))
 
 
-# The built-in language models (EFFICIENCY_MODEL.md, "Inputs").
+# The built-in language models (docs/efficiency_model.md, "Inputs").
 BUILTIN_LLMS: Dict[str, LLMShape] = {
     "qwen2-7b": LLMShape(3584, 18944, 28, 28, 4, 128, 152064, name="qwen2-7b"),
     "llama-7b": LLMShape(4096, 11008, 32, 32, 32, 128, 32000, name="llama-7b"),

@@ -208,7 +208,9 @@ def _replica_device(device: str, device_map: Optional[str], world_size: int) -> 
             )
         return torch.device("cpu")  # replaced by the first parameter's device after loading
     if not device.startswith("cuda"):
-        return torch.device(device)
+        from llava.resources import resolve_device
+
+        return resolve_device(device, flag="device")  # a typo: one line, not a traceback from model.to
     if not torch.cuda.is_available():
         raise EvalArgumentError(f"device={device!r} but CUDA is not available here; pass --device cpu (DEVICE=cpu)")
     if world_size > 1:

@@ -136,7 +136,19 @@ def locate_checkpoint(name_or_path: str) -> str:
     return source
 
 
+def checkpoint_config(name_or_path: str):
+    """(source, config, family) of a checkpoint without loading its weights: what a command
+    needs to check its input against the model (depth, media, memory) before the slow part."""
+    source = locate_checkpoint(name_or_path)
+    config = _read_config(source)
+    return source, config, family_for_model_type(getattr(config, "model_type", None))
+
+
 def _read_family(source: str):
+    return family_for_model_type(getattr(_read_config(source), "model_type", None))
+
+
+def _read_config(source: str):
     from transformers import AutoConfig
 
     try:
@@ -150,7 +162,7 @@ def _read_family(source: str):
         )
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelLoadError(f"cannot load checkpoint {source!r}: {hint} ({first_line})") from exc
-    return family_for_model_type(getattr(config, "model_type", None))
+    return config
 
 
 def load_pretrained_model(

@@ -227,7 +227,8 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
     Returns (model, processor), both patched in place. Calling it again replaces the previous
     setting. ``AIMConfig.disabled()`` restores the stock behaviour exactly. "auto" pruning
     layers and merge metric are resolved here against the model (``model.aim_config`` and
-    ``aim_stats`` hold the resolved ones). After each call ``model.aim_stats`` holds what AIM did.
+    ``aim_stats`` hold the resolved ones). After each forward / generate call ``model.aim_stats``
+    holds what AIM did. ``remove_aim(model, processor)`` undoes all of it.
     """
     cfg = AIMConfig() if cfg is None else cfg
     if not isinstance(cfg, AIMConfig):
@@ -255,41 +256,33 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
         family.patch_processor(processor, cfg, runtime)
 
     model.aim_config = cfg
+    model.aim_stats = runtime.stats  # updated in place by every forward / generate call
     model._aim_runtime = runtime
     model._aim_family = family
     return model, processor
 
 
 def remove_aim(model, processor=None):
-    """Undo ``apply_aim`` (no-op on a model without AIM); returns (model, processor) like it."""
-    runtime = getattr(model, "_aim_runtime", None)
+    """Undo ``apply_aim``; returns (model, processor) like it (a no-op on a model without AIM).
+
+    Every hook and patched method is restored, and the attributes apply_aim added to the
+    instance go with them: afterwards ``model.aim_stats`` and ``model.aim_config`` raise
+    AttributeError, exactly as on a model AIM never touched (``hasattr(model, "aim_stats")``
+    tells whether AIM is on). Statistics of earlier calls kept by the caller stay valid.
+    """
+    runtime = model.__dict__.get("_aim_runtime")
     if runtime is not None:
         runtime.uninstall()
-        del model._aim_runtime
-        model.aim_config = AIMConfig.disabled()
-    model.__dict__.pop("_aim_family", None)
+    for name in _INSTANCE_ATTRIBUTES:
+        model.__dict__.pop(name, None)
     if processor is not None:
         for family in FAMILIES:
             family.unpatch_processor(processor)
     return model, processor
 
 
-def _aim_stats(self):
-    runtime = getattr(self, "_aim_runtime", None)
-    return runtime.stats if runtime is not None else AIMStats()
-
-
-# Read-only view for every model class AIM patches (instances only gain data when patched).
-def _add_stats_property() -> None:
-    import transformers
-
-    for family in FAMILIES:
-        cls = getattr(transformers, family.load_class, None)
-        if cls is not None and not hasattr(cls, "aim_stats"):
-            cls.aim_stats = property(_aim_stats)
-
-
-_add_stats_property()
+# What apply_aim adds to a model instance (and remove_aim takes away).
+_INSTANCE_ATTRIBUTES = ("aim_stats", "aim_config", "_aim_runtime", "_aim_family")
 
 
 # -- pruning ------------------------------------------------------------------------------

@@ -1,0 +1,307 @@
+"""The bad-input contract of the commands, and defaults that run as printed.
+
+Every refused input exits 2 with ONE line on stderr naming the CLI's flags, no traceback and
+nothing on stdout; inputs that are served differently from what was typed (a clip shorter
+than --frames, an image on a model that merges video frames only) say so in a note.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llava.cli import main
+from llava.model.builder import BUILTIN_MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_IMAGE = ROOT / "llava" / "assets" / "sample_image.png"
+SAMPLE_FRAMES = 64  # frames of the shipped sample video
+PYTHON_WORDS = re.compile(r"\b(l1|l2)=|=None\b|\bdrop_layers\b|\bdrop_ratio\b|\bpruning_mode\b|AIMConfig")
+
+
+def run_cli(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def refused(args, capsys) -> str:
+    """Run the CLI in process; assert the contract; return the error line."""
+    code, out, err = run_cli(args, capsys)
+    assert code == 2, (out, err)
+    assert out == "", "no partial output"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert not PYTHON_WORDS.search(lines[0]), f"names Python arguments instead of flags: {lines[0]}"
+    return lines[0]
+
+
+def make_long_clip(path: Path, frames: int) -> Path:
+    """A clip of many 16x16 frames (about a second to write 100000 of them)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=30)
+        stream.width = stream.height = 16
+        stream.pix_fmt = "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+        for _ in range(frames):
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+# -- run: each case of the bad-input contract ------------------------------------------------
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--dtype", "garbage"], ["--dtype", "invalid choice"]),
+        (["--device", "garbage"], ["--device 'garbage' is not a device", "cpu, cuda"]),
+        (["--no-aim", "--retention", "0.5"], ["--no-aim", "--retention", "ignored"]),
+        (["--no-aim", "--l1", "2", "--l2", "4"], ["--no-aim", "--l1 and --l2"]),
+        (["--no-aim", "--method", "fastv"], ["--no-aim", "--method fastv"]),
+        (["--no-aim", "--no-prune"], ["--no-aim", "--no-prune"]),
+        (["--seed", "3"], ["--seed", "--method random"]),
+        (["--no-prune", "--pruning-mode", "mask"], ["--pruning-mode", "--no-prune"]),
+        (["--image", str(SAMPLE_IMAGE), "--frames", "4"], ["--frames applies to --video"]),
+        (["--image", str(SAMPLE_IMAGE), "--retention", "0.5"],
+         ["video frames only", "--retention 0.5 would be ignored", "tiny-llava-1.5"]),
+        (["--model", "tiny-llava-1.5", "--video", str(ROOT / "llava/assets/sample_video.mp4")], ["takes image"]),
+        (["--l1", "9", "--l2", "12"], ["--l1 9 is beyond tiny-llava-onevision", "8 decoder layers", "--no-prune"]),
+        (["--l1", "5", "--l2", "3"], ["--l1 must be below --l2", "--l1 5 --l2 3"]),
+        (["--retention", "1.5"], ["--retention must be in (0, 1]"]),
+        (["--method", "fastv", "--drop-layers", "1,2"], ["--drop-layers K"]),
+        (["--method", "fastv", "--drop-layers", "9"], ["beyond", "valid --drop-layers: 1..7"]),
+        (["--method", "vtw", "--drop-ratio", "0.3"], ["--drop-ratio does not apply"]),
+        (["--method", "pdrop", "--drop-ratio", "1"], ["--drop-ratio", "(0, 1)"]),
+        (["--method", "random", "--seed", "-1"], ["--seed must be a non-negative integer"]),
+        (["--method", "fastv", "--no-prune"], ["--no-prune", "--drop-layers"]),
+    ],
+)
+def test_run_refuses_in_one_line_naming_flags(args, needles, capsys):
+    line = refused(["run", *args, "--max-new-tokens", "1"], capsys)
+    for needle in needles:
+        assert needle in line, line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_run_on_cuda_without_a_gpu(capsys):
+    line = refused(["run", "--device", "cuda"], capsys)
+    assert "no CUDA GPU is available here" in line and "--device cpu" in line
+
+
+def test_visualize_bad_device_and_flags(tmp_path, capsys):
+    base = ["visualize", "--video", str(ROOT / "llava/assets/sample_video.mp4"), "--out", str(tmp_path / "a.png")]
+    assert "is not a device" in refused([*base, "--device", "garbage"], capsys)
+    line = refused([*base, "--l1", "20", "--l2", "30"], capsys)
+    assert "--l1 20 is beyond" in line and "--no-prune" not in line  # visualize has no --no-prune
+    assert not (tmp_path / "a.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["flops", "--l1", "30", "--l2", "40"], "--l1 30 is beyond the language model"),
+        (["flops", "--l1", "5", "--l2", "3"], "--l1 must be below --l2"),
+        (["flops", "--retention", "2"], "--retention must be in (0, 1]"),
+        (["flops", "--method", "vtw", "--drop-ratio", "0.2"], "--drop-ratio does not apply"),
+        (["flops", "--method", "fastv", "--drop-layers", "2,3"], "--drop-layers K"),
+        (["plan", "--method", "pdrop", "--drop-layers", "40", "--speedup", "2"], "valid --drop-layers"),
+    ],
+)
+def test_flops_and_plan_errors_name_flags(args, needle, capsys):
+    assert needle in refused(args, capsys)
+
+
+def test_frames_beyond_memory_refused_before_decoding(tmp_path, capsys):
+    from llava.resources import host_available_bytes
+
+    clip = make_long_clip(tmp_path / "long.mp4", 100_000)
+    free = host_available_bytes()
+    if free is not None and free > 200 * 2**30:
+        pytest.skip("this machine has room for 100000 frames' pixels")
+    line = refused(["run", "--video", str(clip), "--frames", "100000"], capsys)
+    assert line.startswith("llava-aim run: error: --frames 100000: the frames alone need at least")
+    fit = int(re.search(r"room for at most (\d+) frames", line).group(1))
+    assert 0 < fit < 100_000 and "pass fewer --frames" in line
+
+
+def test_frames_check_uses_the_free_memory(monkeypatch, capsys):
+    import llava.resources
+
+    monkeypatch.setattr(llava.resources, "host_available_bytes", lambda: 50 << 20)  # 50 MiB free
+    line = refused(["run", "--frames", "64"], capsys)
+    fit = int(re.search(r"0\.0 GiB is free \(room for at most (\d+) frames' pixels\)", line).group(1))
+    assert 0 < fit < 64  # 256x256 frames + 384x384 float32 pixels: about 1.8 MiB a frame
+    monkeypatch.setattr(llava.resources, "host_available_bytes", lambda: 1 << 20)
+    assert "not even one frame fits" in refused(["run", "--frames", "2"], capsys)
+
+
+@given(frames=st.integers(1, 10**6), free=st.integers(0, 1 << 42), width=st.integers(1, 4096),
+       height=st.integers(1, 4096), dtype_bytes=st.sampled_from([2, 4]))
+def test_memory_estimate_is_monotone_and_its_suggestion_fits(frames, free, width, height, dtype_bytes):
+    from llava.errors import ResourceError
+    from llava.resources import check_video_fits, video_memory_estimate
+
+    config = {"vision_config": {"image_size": 384, "patch_size": 14, "hidden_size": 1152}}
+    estimate = video_memory_estimate(config, width, height, dtype_bytes)
+    cpu = torch.device("cpu")
+    try:
+        check_video_fits(estimate, frames, cpu, free, None)
+    except ResourceError as exc:
+        assert estimate.host_bytes(frames, True) > free
+        found = re.search(r"at most (\d+) frames", str(exc))
+        if found:  # the suggested count fits, one more does not
+            fit = int(found.group(1))
+            check_video_fits(estimate, fit, cpu, free, None)
+            with pytest.raises(ResourceError):
+                check_video_fits(estimate, fit + 1, cpu, free, None)
+    else:
+        assert estimate.host_bytes(frames, True) <= free
+        if frames > 1:
+            check_video_fits(estimate, frames - 1, cpu, free, None)
+
+
+# -- served differently from what was typed: said so -----------------------------------------
+def test_frames_beyond_the_clip_says_so(capsys):
+    code, out, err = run_cli(["run", "--frames", "100", "--max-new-tokens", "2", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["frames"], result["frames_requested"]) == (SAMPLE_FRAMES, 100)
+    assert err.strip() == (f"llava-aim run: note: the clip has {SAMPLE_FRAMES} frames, fewer than --frames 100: "
+                           f"using each of its {SAMPLE_FRAMES} frames once")
+    assert result["notes"] == [err.strip().split("note: ", 1)[1]]
+
+
+def test_image_on_onevision_says_merging_is_for_video_frames(capsys):
+    code, out, err = run_cli(["run", "--image", str(SAMPLE_IMAGE), "--max-new-tokens", "2"], capsys)
+    assert code == 0, err
+    assert "AIM merges LLaVA-OneVision's video frames only" in err
+    assert "AIM       : retention=1, l1=4, l2=6" in out  # not the 0.25 that would not apply
+    assert re.search(r"merging   : none: \d+ visual tokens \(this model's family merges video frames only\)", out)
+    assert "retention=0.25" not in out
+
+
+def test_image_only_model_defaults_to_the_sample_image(capsys):
+    code, out, err = run_cli(["run", "--model", "tiny-llava-1.5", "--max-new-tokens", "2", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["media"].endswith("sample_image.png") and result["visual_tokens_after_merge"] == 144
+
+
+@pytest.mark.parametrize(
+    "method,layers,ratio,printed",
+    [
+        ("fastv", [2], 0.5, "method=fastv, drop_layers=2, drop_ratio=0.5"),
+        ("pdrop", [2, 4, 6], 0.5, "method=pdrop, drop_layers=2,4,6, drop_ratio=0.5"),  # 8/16/24 of 32, scaled
+        ("vtw", [4], None, "method=vtw, drop_layers=4, drop_ratio=all"),
+    ],
+)
+def test_baselines_print_their_resolved_values(method, layers, ratio, printed, capsys):
+    code, out, err = run_cli(["run", "--method", method, "--frames", "2", "--max-new-tokens", "2"], capsys)
+    assert code == 0, err
+    assert printed in out and "None" not in out
+    code, out, err = run_cli(["run", "--method", method, "--frames", "2", "--max-new-tokens", "2", "--json"], capsys)
+    aim = json.loads(out)["aim"]
+    assert (aim["drop_layers"], aim["drop_ratio"]) == (layers, ratio)
+
+
+# -- defaults that run as printed ----------------------------------------------------------------
+def _use_line(plan_args) -> str:
+    done = subprocess.run([sys.executable, "-m", "llava", "plan", *plan_args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    [line] = [ln for ln in done.stdout.splitlines() if ln.startswith("use    : ")]
+    return line.split(": ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "plan_args",
+    [
+        ["--llm", str(BUILTIN_MODELS["tiny-llava-onevision"]), "--frames", "4", "--speedup", "3"],
+        ["--llm", str(BUILTIN_MODELS["tiny-llava-onevision"]), "--frames", "4", "--speedup", "1.5", "--method", "fastv"],
+        ["--llm", str(BUILTIN_MODELS["tiny-llava-1.5"]), "--frames", "1", "--tokens-per-frame", "576",
+         "--speedup", "2"],
+    ],
+)
+def test_plan_suggestion_runs_as_printed(plan_args):
+    command = _use_line(plan_args)
+    argv = shlex.split(command)
+    assert argv[:4] == ["llava-aim", "run", "--model", plan_args[1]]
+    done = subprocess.run([sys.executable, "-m", "llava", *argv[1:], "--json"], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    if "--l1" in argv:
+        i = argv.index("--l1")
+        assert [result["aim"]["l1"], result["aim"]["l2"]] == [int(argv[i + 1]), int(argv[i + 3])]
+
+
+def test_plan_names_the_checkpoint_it_planned_for():
+    assert _use_line(["--speedup", "7"]).startswith(
+        "llava-aim run --model llava-hf/llava-onevision-qwen2-7b-ov-hf --frames 32 --retention 0.25 --l1 14 --l2 22")
+    assert _use_line(["--llm", "llama-7b", "--frames", "1", "--tokens-per-frame", "576", "--speedup", "2"]).startswith(
+        "llava-aim run --model llava-hf/llava-1.5-7b-hf --retention")
+
+
+def test_default_config_on_an_8_layer_model_through_run(capsys):
+    code, out, err = run_cli(["run", "--frames", "2", "--max-new-tokens", "2", "--json"], capsys)
+    assert code == 0, err
+    aim = json.loads(out)["aim"]
+    assert (aim["l1"], aim["l2"]) == (4, 6)  # "auto": (14, 22) of 28 scaled to 8 layers
+
+
+@pytest.mark.parametrize("plugin,pretrained", [("LlavaOneVisionAIM", "tiny-llava-onevision"),
+                                               ("LlavaAIM", "tiny-llava-1.5")])
+def test_default_config_on_an_8_layer_model_through_the_eval_plugin(plugin, pretrained):
+    pytest.importorskip("lmms_eval")
+    import llava.eval.lmms_model as lmms_model
+
+    model = getattr(lmms_model, plugin)(pretrained=pretrained, device="cpu", torch_dtype="float32", max_frames_num=2)
+    assert (model.aim_config.l1, model.aim_config.l2) == (4, 6)
+    assert (model.model.aim_config.l1, model.model.aim_config.l2) == (4, 6)
+
+
+def test_eval_plugin_bad_device_is_one_clear_error():
+    pytest.importorskip("lmms_eval")
+    from llava.errors import ResourceError
+    from llava.eval.lmms_model import LlavaOneVisionAIM
+
+    with pytest.raises(ResourceError, match="device 'garbage' is not a device"):
+        LlavaOneVisionAIM(pretrained="tiny-llava-onevision", device="garbage")
+
+
+# -- make demo: KV lengths equal the tokens entering each layer -------------------------------
+def test_demo_prints_kv_lengths_equal_to_the_tokens_entering_each_layer():
+    from llava.aim.schedule import visual_tokens_per_layer
+
+    makefile = (ROOT / "Makefile").read_text()
+    demo = re.search(r"^demo:.*\n\t\$\(PY\) -m llava (run[^\n]*)", makefile, re.M).group(1).split()
+    done = subprocess.run([sys.executable, "-m", "llava", *demo, "--json"], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    r = json.loads(done.stdout)
+    steps = r["new_tokens"] - 1
+    assert r["kv_cache_lens"] == [n + steps for n in r["layer_seq_lens"]]
+    v0 = r["visual_tokens_after_merge"]
+    text = r["prompt_tokens"] - v0
+    expected = [text + v for v in visual_tokens_per_layer(v0, 8, r["aim"]["l1"], r["aim"]["l2"])]
+    assert r["layer_seq_lens"] == expected and expected[-1] == text
+    human = subprocess.run([sys.executable, "-m", "llava", *demo], capture_output=True, text=True, timeout=300,
+                           cwd=ROOT)
+    assert f"KV cache per layer after generation: {r['kv_cache_lens']} (the tokens entering each layer" in human.stdout
