@@ -108,7 +108,7 @@ def test_nothing_pruned_row_equals_merging_only(cli_main, capsys):
 def test_l1_beyond_the_depth_is_refused(cli_main, capsys):
     assert cli_main(["flops", "--l1", "29", "--l2", "30"]) == 2
     err = capsys.readouterr().err
-    assert "l1=29" in err and "28 layers" in err and len(err.strip().splitlines()) == 1
+    assert "--l1 29" in err and "28 decoder layers" in err and len(err.strip().splitlines()) == 1
 
 
 def test_runtime_convention_counts_the_official_merge(cli_main, capsys):

@@ -291,7 +291,10 @@ def test_demo_prints_kv_lengths_equal_to_the_tokens_entering_each_layer():
     from llava.aim.schedule import visual_tokens_per_layer
 
     makefile = (ROOT / "Makefile").read_text()
-    demo = re.search(r"^demo:.*\n\t\$\(PY\) -m llava (run[^\n]*)", makefile, re.M).group(1).split()
+    demo = re.search(r"^demo:.*\n\t\$\(PY\) -m llava (run[^\n]*)", makefile, re.M).group(1)
+    for name, value in re.findall(r"^(\w+) \?= (\S+)$", makefile, re.M):  # make's defaults, e.g. DEMO_MODEL
+        demo = demo.replace(f"$({name})", value)
+    demo = demo.split()
     done = subprocess.run([sys.executable, "-m", "llava", *demo, "--json"], capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr
