@@ -52,3 +52,7 @@ class ResultsFileError(AIMError, ValueError):
 class CacheIntegrityError(AIMError, RuntimeError):
     """A decoder layer did not write the KV cache AIM expects (an upstream interface change):
     continuing would decode without context and give silently wrong answers."""
+
+
+class InsufficientMemoryError(AIMError, MemoryError):
+    """A run would not fit in the memory available (estimated before anything is allocated)."""
