@@ -67,8 +67,9 @@ def test_bad_aim_values(raw, message):
 def test_loader_args_defaults_and_errors():
     args = loader_args({"batch_size": "1", "device": "cpu"}, "tiny-llava-onevision")
     assert args.pretrained == "tiny-llava-onevision" and args.max_frames_num == 32 and args.device_map is None
-    for raw, message in [({"batch_size": 4}, "batch_size must be 1"), ({"torch_dtype": "fp8"}, "torch_dtype"),
-                         ({"max_frames_num": 0}, "max_frames_num"), ({"video_decode_backend": "cv2"}, "video_decode")]:
+    for raw, message in [({"batch_size": 0}, "batch_size must be an integer >= 1"), ({"batch_size": "auto"}, "batch_size"),
+                         ({"torch_dtype": "fp8"}, "torch_dtype"), ({"max_frames_num": 0}, "max_frames_num"),
+                         ({"video_decode_backend": "cv2"}, "video_decode")]:
         with pytest.raises(EvalArgumentError, match=message):
             loader_args(raw, "x")
 
