@@ -15,7 +15,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-MODEL=llava_onevision_aim
+MODEL=${MODEL:-llava_onevision_aim}  # or another video plugin model (e.g. qwen2_vl_aim)
 PRETRAINED=${PRETRAINED:-lmms-lab/llava-onevision-qwen2-7b-ov}
 TASKS=${TASKS:-videomme,mlvu_dev,egoschema_subset,nextqa_mc_test,perceptiontest_val_mc,mvbench}
 FRAMES=${FRAMES:-32}
