@@ -146,6 +146,48 @@ def batching(device: str, requests: int, sizes: List[int], new_tokens: int, fram
             "same_tokens_as_batch_1": {str(s): answers[s] == answers[sizes[0]] for s in sizes}}
 
 
+def batching_through_plugin(device: str, requests: int, sizes: List[int], new_tokens: int, frames: int,
+                            rounds: int) -> Dict[str, Any]:
+    """The same measurement through the lmms-eval plugin itself (needs lmms-eval): its
+    generate_until over ``requests`` video requests of the shipped synthetic task's clips."""
+    import tempfile
+
+    from lmms_eval.api.instance import Instance
+
+    from llava.bench.timers import time_call
+    from llava.eval import synthetic
+    from llava.eval.lmms_model import LlavaOneVisionAIM
+
+    folder = Path(tempfile.mkdtemp(prefix="llava-aim-batching-"))
+    clips = [str(synthetic.ensure_video(synthetic.clip_name(i % 8), folder)) for i in range(requests)]
+    gen = {"max_new_tokens": new_tokens, "temperature": 0, "until": ["\n\n"]}
+
+    def request(i):
+        return Instance("generate_until", (f"What happens in clip {i}?", dict(gen), lambda doc: [doc["video"]], i,
+                                           "t", "test"), idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
+
+    results, answers = {}, {}
+    for size in sizes:
+        model = LlavaOneVisionAIM(pretrained="tiny-llava-onevision", device=device, max_frames_num=frames,
+                                  batch_size=size, torch_dtype="float32" if device == "cpu" else "bfloat16")
+        model.task_dict = {"t": {"test": [{"video": c} for c in clips]}}
+        batch = [request(i) for i in range(requests)]
+        model.generate_until(batch)  # warm-up
+        times = []
+        for _ in range(rounds):
+            holder = {}
+            times.append(time_call(lambda: holder.update(out=model.generate_until(batch)), device))
+        answers[size] = [r.text for r in holder["out"]]
+        results[str(size)] = {"median_s": statistics.median(times), "samples_per_s": requests / statistics.median(times)}
+    base = results[str(sizes[0])]["samples_per_s"]
+    for values in results.values():
+        values["gain"] = values["samples_per_s"] / base
+    return {"model": "tiny-llava-onevision + AIM through the lmms-eval plugin", "dtype": "float32",
+            "requests": requests, "frames": frames, "new_tokens": new_tokens, "rounds": rounds,
+            "by_batch_size": results,
+            "same_tokens_as_batch_1": {str(s): answers[s] == answers[sizes[0]] for s in sizes}}
+
+
 # -- the report ---------------------------------------------------------------------------------
 def _load(path: Path) -> Optional[Dict[str, Any]]:
     try:
@@ -239,6 +281,7 @@ def main(argv=None) -> int:
         p.add_argument("--sizes", default="1,2,4,8")
         p.add_argument("--new-tokens", type=int, default=16)
         p.add_argument("--rounds", type=int, default=3)
+        p.add_argument("--plugin", action="store_true", help="batching: through the lmms-eval plugin (needs lmms-eval)")
     p = sub.add_parser("report")
     p.add_argument("--parts", required=True)
     p.add_argument("--out-dir", required=True)
@@ -254,6 +297,9 @@ def main(argv=None) -> int:
         payload = flops(args.device)
     elif args.part == "environment":
         payload = environment()
+    elif args.plugin:
+        payload = batching_through_plugin(args.device, args.requests, [int(s) for s in args.sizes.split(",")],
+                                          args.new_tokens, args.frames, args.rounds)
     else:
         payload = batching(args.device, args.requests, [int(s) for s in args.sizes.split(",")], args.new_tokens,
                            args.frames, args.rounds)

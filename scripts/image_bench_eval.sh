@@ -7,9 +7,10 @@
 #   PRETRAINED  [liuhaotian/llava-v1.5-7b]  hub id, local folder or tiny-llava-1.5
 #               (loads llava-hf/llava-1.5-7b-hf; see docs/evaluation.md)
 #   TASKS       [vqav2_val,gqa,mme,textvqa_val,scienceqa_img,mmbench_en_dev,pope]
-#   RETENTION   [0.25]   L1, L2 [empty: 16, 25 on 32 layers (14/22 of 28 scaled)]   AIM [1]
+#   RETENTION   [0.25]   L1, L2 [empty: the official 13, 21 on LLaVA-1.5's 32 layers]   AIM [1]
 #   NUM_PROCESSES [1]    LAUNCHER [accelerate|torchrun]   LIMIT [all]   DEVICE [cuda]
 #   INCLUDE_PATH [the shipped offline task]   OUTPUT_DIR [./eval_results/<run name>]
+#   BATCH_SIZE [1]   CACHE [1: resume from OUTPUT_DIR/cache/<setting key>]
 # More: scripts/lmms_eval_common.sh. Exits non-zero when the evaluation fails.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
