@@ -17,6 +17,7 @@
 #   batching  samples/s of the tiny model in batches of 1, 2, 4, 8 (the plugin's batching)
 #   flops     the analyzer's prediction for the same hardware
 #   report    gpu_check.json (everything) and gpu_check.md (the tables)
+# All steps share a budget of BUDGET=450 s (each also has its own limit), the report takes seconds.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=${1:-gpu}
@@ -55,9 +56,18 @@ exec > >(tee "$OUT/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1
 T0=$SECONDS
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, record exit status and duration
+BUDGET=${BUDGET:-450}  # seconds for all steps: the whole check stays under 8 minutes
+
+step() {  # step NAME SECONDS COMMAND...: run within its limit and the budget; record status, duration
     local name=$1 limit=$2 start=$SECONDS rc=0
     shift 2
+    local left=$(( BUDGET - (SECONDS - T0) ))
+    (( limit > left )) && limit=$left
+    if (( limit < 10 )); then
+        echo "== $name: skipped, the ${BUDGET}s budget is spent"
+        printf '%s\t%s\t%s\n' "$name" 124 0 >> "$PARTS/steps.tsv"
+        return 0
+    fi
     echo "== $name (limit ${limit}s, $(( SECONDS - T0 ))s so far)"
     timeout "$limit" "$@" || rc=$?
     printf '%s\t%s\t%s\n' "$name" "$rc" "$(( SECONDS - start ))" >> "$PARTS/steps.tsv"
@@ -66,7 +76,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, record exit sta
 }
 
 if [[ "$MODE" == "gpu" ]]; then
-    step install 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    step install 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$WHEELS"/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     cd /tmp  # the installed package, not the checkout
@@ -82,11 +92,11 @@ else
     BATCH=(--requests 2 --sizes 1,2 --frames 2 --rounds 1 --new-tokens 2)
 fi
 
-step environment 60 "$PY" "$ROOT/scripts/gpu_check.py" environment --out "$PARTS/environment.json"
-step bench 300 bash -c "\"\$0\" -m llava bench $(printf '%q ' "${BENCH[@]}") --json > \"\$1\"" "$PY" "$PARTS/bench.json"
-step tolerance 150 "$PY" "$ROOT/scripts/gpu_check.py" tolerance --device "$DEV" "${SMALL[@]}" --out "$PARTS/tolerance.json"
-step batching 90 "$PY" "$ROOT/scripts/gpu_check.py" batching --device "$DEV" "${BATCH[@]}" --out "$PARTS/batching.json"
-step flops 60 "$PY" "$ROOT/scripts/gpu_check.py" flops --device "$DEV" --out "$PARTS/flops.json"
+step environment 45 "$PY" "$ROOT/scripts/gpu_check.py" environment --out "$PARTS/environment.json"
+step bench 240 bash -c "\"\$0\" -m llava bench $(printf '%q ' "${BENCH[@]}") --json > \"\$1\"" "$PY" "$PARTS/bench.json"
+step tolerance 100 "$PY" "$ROOT/scripts/gpu_check.py" tolerance --device "$DEV" "${SMALL[@]}" --out "$PARTS/tolerance.json"
+step batching 60 "$PY" "$ROOT/scripts/gpu_check.py" batching --device "$DEV" "${BATCH[@]}" --out "$PARTS/batching.json"
+step flops 30 "$PY" "$ROOT/scripts/gpu_check.py" flops --device "$DEV" --out "$PARTS/flops.json"
 "$PY" "$ROOT/scripts/gpu_check.py" report --parts "$PARTS" --out-dir "$OUT" --mode "$MODE"
 echo "== done in $(( SECONDS - T0 ))s: $OUT/gpu_check.json, $OUT/gpu_check.md"
 cat "$OUT/gpu_check.md"
