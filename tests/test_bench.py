@@ -221,3 +221,20 @@ def test_bench_memory_estimate_lets_the_default_run_through():
     assert max(small.values()) < 3 << 30  # the CPU default fits a laptop
     big = estimate_bench_memory(args, qwen2_7b_config(), siglip_so400m_config(), 2)
     assert 15 << 30 < max(big.values()) < 40 << 30  # bf16 7B: weights ~16 GB, fits an 80 GB GPU
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 200_000), extra=st.integers(1, 50_000))
+def test_prefill_estimate_grows_with_tokens_and_eager_costs_more(n, extra):
+    from llava.bench.memory import PrefillShape, prefill_bytes
+    from llava.bench.models import qwen2_7b_config
+
+    for cfg in (small_qwen2_config(), qwen2_7b_config()):
+        assert prefill_bytes(cfg, PrefillShape(n + extra), 2) > prefill_bytes(cfg, PrefillShape(n), 2)
+        assert (prefill_bytes(cfg, PrefillShape(n, eager=True), 2)
+                > prefill_bytes(cfg, PrefillShape(n, explicit_mask=True), 2)
+                >= prefill_bytes(cfg, PrefillShape(n), 2))

@@ -269,3 +269,42 @@ def test_resume_journal_replays_answers_of_the_same_setting_only(clips, tmp_path
     # another setting: the folder's setting.json does not match, nothing is replayed
     other = LlavaOneVisionAIM(**dict(args, retention=0.5))
     assert other.journal is None
+
+
+# -- pure parts, property-tested ------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.one_of(st.none(), st.integers(0, 3)), max_size=30), size=st.integers(1, 5))
+def test_plan_batches_keeps_every_request_once_with_equal_keys(keys, size):
+    from llava.eval.lmms_model import plan_batches
+
+    batches = list(plan_batches(list(enumerate(keys)), size))
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(keys)))  # every request once
+    for b in batches:
+        assert 1 <= len(b) <= size and b == sorted(b)  # arrival order inside a batch
+        assert len({keys[i] for i in b}) == 1  # one key per batch
+        if keys[b[0]] is None:
+            assert len(b) == 1  # what cannot be batched runs alone
+    if size == 1:
+        assert batches == [[i] for i in range(len(keys))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(st.integers(0, 9), min_size=1, max_size=12), min_size=1, max_size=4))
+def test_generated_lengths_stop_at_the_first_end_of_sequence(rows):
+    from types import SimpleNamespace
+
+    from llava.eval.lmms_model import _generated_lengths
+
+    width = max(len(r) for r in rows)
+    padded = [r + [0] * (width - len(r)) for r in rows]  # 0: padding after a row ended (not a stop)
+    eos = 7
+    lengths = _generated_lengths(torch.tensor(padded), SimpleNamespace(eos_token_id=eos),
+                                 SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[eos, 8])))
+    for row, n in zip(padded, lengths):
+        stops = [i for i, t in enumerate(row) if t in (7, 8)]
+        assert n == (stops[0] + 1 if stops else len(row))

@@ -5,7 +5,6 @@ OOM-killed a minute later)."""
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass
 from typing import Dict, Optional
 

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from lmms_eval.api.instance import GenerationResult
@@ -277,24 +277,19 @@ class _AIMModel(lmms):
         return None
 
     def _batches(self, pending: List[_Pending]) -> Iterator[List[_Pending]]:
-        """Requests in order, grouped into batches of equal keys (at most batch_size each); media
-        are decoded as requests arrive, so at most one open batch per key is held."""
-        open_batches: Dict[Any, List[_Pending]] = {}
-        size = self.load_args.batch_size
-        for item in pending:
-            item.kind, item.media = self._load_visuals(item.raw_visuals, item.task, item.doc_id)
-            reason = self._batchable(item)
-            if reason is not None:
-                if reason != "batch size 1":
+        """Requests grouped into batches (``plan_batches``); media are decoded as requests
+        arrive, so at most one open batch per key is held."""
+
+        def keyed():
+            for item in pending:
+                item.kind, item.media = self._load_visuals(item.raw_visuals, item.task, item.doc_id)
+                reason = self._batchable(item)
+                if reason is not None and reason != "batch size 1":
                     self._say_once(f"{self.PLUGIN_NAME}: answering one request at a time: {reason}")
-                yield [item]
-                continue
-            key = (self._batch_key(item.kind, item.media), _settings_key(item.gen_kwargs))
-            group = open_batches.setdefault(key, [])
-            group.append(item)
-            if len(group) == size:
-                yield open_batches.pop(key)
-        yield from open_batches.values()
+                key = None if reason else (self._batch_key(item.kind, item.media), _settings_key(item.gen_kwargs))
+                yield item, key
+
+        return plan_batches(keyed(), self.load_args.batch_size)
 
     def _answer(self, batch: List[_Pending]) -> List[GenerationResult]:
         if len(batch) == 1:
@@ -405,6 +400,23 @@ class LlavaAIM(_AIMModel):
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def plan_batches(keyed: Iterable[Tuple[Any, Optional[Hashable]]], size: int) -> Iterator[List[Any]]:
+    """Batches of at most ``size`` items of equal key, each batch in arrival order; an item
+    with key None goes alone. A batch is handed out as soon as it is full (or, for an item
+    alone, at once); what is left over goes out at the end, oldest key first."""
+    open_batches: Dict[Hashable, List[Any]] = {}
+    for item, key in keyed:
+        if key is None or size == 1:
+            yield [item]
+            continue
+        group = open_batches.setdefault(key, [])
+        group.append(item)
+        if len(group) == size:
+            yield open_batches.pop(key)
+    yield from open_batches.values()
+
+
+
 def _replica_device(device: str, device_map: Optional[str], world_size: int) -> torch.device:
     """Where this process's replica lives: cuda:LOCAL_RANK under data parallelism."""
     if device_map is not None:
