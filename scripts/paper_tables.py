@@ -18,7 +18,7 @@ ablation/14-22 and video/aim) share one run.
 
 Settings of the baselines: the paper gives their TFLOPs, not their knobs. Each knob below is
 the value at which this project's analyzer (llava.analysis, as executed) reproduces the
-paper's TFLOPs for that row (tests/test_paper_tables.py checks it); PruMerge rows use the
+paper's TFLOPs for that row (tests/test_paper_runner.py checks it); PruMerge rows use the
 method's defaults.
 """
 

@@ -308,3 +308,23 @@ def test_generated_lengths_stop_at_the_first_end_of_sequence(rows):
     for row, n in zip(padded, lengths):
         stops = [i for i, t in enumerate(row) if t in (7, 8)]
         assert n == (stops[0] + 1 if stops else len(row))
+
+
+def test_a_subclass_sees_its_own_requests_media_hook_before_its_inputs(clips):
+    """The pattern of a family subclass (e.g. Qwen2.5-VL noting each clip's duration in
+    _visuals for its _inputs): _visuals runs for a request right before that request's inputs."""
+
+    class Noting(LlavaOneVisionAIM):
+        def _visuals(self, doc_to_visual, task, split, doc_id):
+            self.current = doc_id
+            return super()._visuals(doc_to_visual, task, split, doc_id)
+
+        def _inputs(self, prompt, kind, media):
+            self.order.append(self.current)
+            return super()._inputs(prompt, kind, media)
+
+    model = _plugin(Noting, clips, aim=0, batch_size=2)
+    model.order = []
+    model.generate_until([_gen_request(0), _gen_request(1), _gen_request(0, context="Again?")])
+    model.loglikelihood([_ll_request(1, "A")])
+    assert model.order == [0, 1, 0, 1]

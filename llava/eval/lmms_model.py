@@ -15,10 +15,10 @@ Every answer carries its efficiency figures (llava.eval.efficiency) and goes to 
 journal as soon as it is computed (llava.eval.resume).
 
 Subclasses (other model families) override the class attributes and, where the family needs
-it, the input building: ``_prompt`` (one request's chat prompt), ``_inputs`` (one request's
-processor call) and ``_batch_inputs`` (several requests at once), ``_batch_key`` (which
-inputs may share a batch). A subclass that overrides ``_inputs`` but not ``_batch_inputs``
-runs one request at a time.
+it, the input building: ``_visuals`` (one request's media, called right before its inputs are
+built), ``_prompt`` (one request's chat prompt), ``_inputs`` (one request's processor call) and
+``_batch_inputs`` (several requests at once), ``_batch_key`` (which inputs may share a batch).
+A subclass that overrides ``_inputs`` but not ``_batch_inputs`` runs one request at a time.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class _Pending:
     task: str
     split: str
     doc_id: Any
-    raw_visuals: List[Any]
+    doc_to_visual: Any
     kind: str = "text"
     media: List[Any] = field(default_factory=list)
 
@@ -173,7 +173,7 @@ class _AIMModel(lmms):
             if replayed is not None:
                 results[i] = GenerationResult(text=replayed[0], token_counts=replayed[1])
             else:
-                pending.append(_Pending(i, key, context, gen_kwargs, task, split, doc_id, raw))
+                pending.append(_Pending(i, key, context, gen_kwargs, task, split, doc_id, doc_to_visual))
         bar = tqdm(total=len(pending), disable=self.rank != 0, desc="llava-aim generate")
         for batch in self._batches(pending):
             for item, result in zip(batch, self._answer(batch)):
@@ -190,18 +190,18 @@ class _AIMModel(lmms):
         for request in tqdm(requests, disable=self.rank != 0, desc="llava-aim loglikelihood"):
             args = request.args
             if len(args) == 2:  # unconditional scores (acc_mutual_info): text only
-                context, continuation, raw, task, split, doc_id = args[0], args[1], [], "", "", None
+                context, continuation, doc_to_visual, task, split, doc_id = args[0], args[1], None, "", "", None
             else:
                 context, target, doc_to_visual, doc_id, task, split = args
                 doc = self.task_dict[task][split][doc_id]
                 continuation = target if isinstance(target, str) else target(doc)
-                raw = self._raw_visuals(doc_to_visual, task, split, doc_id)
+            raw = self._raw_visuals(doc_to_visual, task, split, doc_id)
             key = self._request_key("loglikelihood", task, split, doc_id, context, continuation, raw)
             replayed = self._replay(key)
             if replayed is not None:
                 results.append(GenerationResult(text=LoglikelihoodAnswer(replayed[0]), token_counts=replayed[1]))
                 continue
-            kind, media = self._load_visuals(raw, task, doc_id)
+            kind, media = self._visuals(doc_to_visual, task, split, doc_id)
             (loss, greedy), counts = self._continuation_loss(context, continuation, kind, media)
             computed += 1
             # lmms-eval 0.7.x turns a bare (loss, is_greedy) tuple into a string on its way to
@@ -239,6 +239,8 @@ class _AIMModel(lmms):
         return kind, media
 
     def _visuals(self, doc_to_visual, task, split, doc_id):
+        """One request's (kind, media): the hook a subclass extends (e.g. to note per-request
+        metadata for its ``_inputs``). Called right before that request's inputs are built."""
         return self._load_visuals(self._raw_visuals(doc_to_visual, task, split, doc_id), task, doc_id)
 
     # -- inputs (what a family subclass overrides) ------------------------------------------
@@ -281,8 +283,8 @@ class _AIMModel(lmms):
         arrive, so at most one open batch per key is held."""
 
         def keyed():
-            for item in pending:
-                item.kind, item.media = self._load_visuals(item.raw_visuals, item.task, item.doc_id)
+            for item in pending:  # plan_batches hands a single request out before the next one loads
+                item.kind, item.media = self._visuals(item.doc_to_visual, item.task, item.split, item.doc_id)
                 reason = self._batchable(item)
                 if reason is not None and reason != "batch size 1":
                     self._say_once(f"{self.PLUGIN_NAME}: answering one request at a time: {reason}")
@@ -326,7 +328,7 @@ class _AIMModel(lmms):
 
     def _generate(self, context: str, gen_kwargs: dict, kind: str, media) -> str:
         """One request's answer (text only)."""
-        item = _Pending(0, "", context, gen_kwargs, "", "", None, [], kind, list(media))
+        item = _Pending(0, "", context, gen_kwargs, "", "", None, None, kind, list(media))
         return self._generate_batch([item])[0].text
 
     def _continuation_loss(self, context: str, continuation: str, kind: str, media):
