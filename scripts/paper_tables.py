@@ -48,7 +48,7 @@ QWEN_TASKS = "videomme,videomme_w_subtitle"
 # Variables of the evaluation scripts a user may set for every row (they win over the row's).
 PASS_THROUGH = ("PRETRAINED", "TASKS", "FRAMES", "LIMIT", "DEVICE", "NUM_PROCESSES", "LAUNCHER", "BATCH_SIZE",
                 "CACHE", "CACHE_DIR", "INCLUDE_PATH", "PYTHON", "HF_HOME", "MASTER_PORT", "NNODES", "NODE_RANK",
-                "MASTER_ADDR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+                "MASTER_ADDR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MAX_PIXELS", "POSITIONS")
 
 
 @dataclass(frozen=True)
