@@ -17,6 +17,7 @@
 #   RETENTION   [0.25]   L1, L2 [empty: 14, 22 on 28 layers, scaled to other depths]   AIM [1]
 #   NUM_PROCESSES [1]    LAUNCHER [accelerate|torchrun]   LIMIT [all]   DEVICE [cuda]
 #   INCLUDE_PATH [the shipped offline task]   OUTPUT_DIR [./eval_results/<run name>]
+#   BATCH_SIZE [1]   CACHE [1: resume from OUTPUT_DIR/cache/<setting key>]
 # More: scripts/lmms_eval_common.sh. Exits non-zero when the evaluation fails.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_flops_command(sub)
     add_plan_command(sub)
-    from llava.benchmark import add_bench_command
+    from llava.bench.cli import add_bench_command
 
     add_bench_command(sub)
     from llava.visualize import add_visualize_command

@@ -57,3 +57,7 @@ class CacheIntegrityError(AIMError, RuntimeError):
 class ResourceError(AIMError, RuntimeError):
     """The machine lacks what the run asks for: the device does not exist here, or the input
     cannot fit in the memory that is free."""
+
+
+class InsufficientMemoryError(ResourceError, MemoryError):
+    """A run would not fit in the memory available (estimated before anything is allocated)."""

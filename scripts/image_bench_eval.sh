@@ -11,6 +11,7 @@
 #   L1, L2      [empty: the official (13, 21) on LLaVA-1.5's 32 layers]   AIM [1]
 #   NUM_PROCESSES [1]    LAUNCHER [accelerate|torchrun]   LIMIT [all]   DEVICE [cuda]
 #   INCLUDE_PATH [the shipped offline task]   OUTPUT_DIR [./eval_results/<run name>]
+#   BATCH_SIZE [1]   CACHE [1: resume from OUTPUT_DIR/cache/<setting key>]
 # More: scripts/lmms_eval_common.sh. Exits non-zero when the evaluation fails.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

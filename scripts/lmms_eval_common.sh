@@ -14,6 +14,10 @@
 #   LIMIT=                       only the first N documents of each task (testing only)
 #   INCLUDE_PATH=<package tasks> extra task folders (the shipped offline task by default)
 #   OUTPUT_DIR=./eval_results/<run name>
+#   BATCH_SIZE=1                 >1: requests of the same geometry run as one batch (same answers)
+#   CACHE=1                      0: no response cache / resume journal (every request recomputed)
+#   CACHE_DIR=$OUTPUT_DIR/cache  root of the per-setting folders <key>/ (lmms-eval --use_cache and
+#                                the plugin's resume journal); a rerun of the same setting resumes
 #   DEVICE=cuda                  cuda or cpu
 #   PYTHON=                      the interpreter with llava-aim[eval] installed (default: the
 #                                active virtualenv's python, else the repository's .venv, else python)
@@ -44,6 +48,9 @@ MASTER_PORT=${MASTER_PORT:-29500}
 LIMIT=${LIMIT:-}
 DEVICE=${DEVICE:-cuda}
 OUTPUT_DIR=${OUTPUT_DIR:-./eval_results/${DEFAULT_RUN_NAME}}
+BATCH_SIZE=${BATCH_SIZE:-1}
+CACHE=${CACHE:-1}
+CACHE_DIR=${CACHE_DIR:-${OUTPUT_DIR}/cache}
 
 if ! "$PYTHON" -c "import lmms_eval, llava.eval.registry" 2>/dev/null; then
     echo "error: $PYTHON cannot import lmms_eval and llava: install with pip install -e \".[eval]\" (or set PYTHON)" >&2
@@ -99,7 +106,23 @@ run_lmms_eval() {
     trap "rm -f '$marker'" EXIT
     local limit_args=()
     if [[ -n "$LIMIT" ]]; then limit_args=(--limit "$LIMIT"); fi
-    echo "lmms-eval: --model ${MODEL} --model_args ${model_args} --tasks ${TASKS}" >&2
+    # Resume without mixing: one folder per setting and checkpoint (the key of both), holding
+    # lmms-eval's response cache and the plugin's resume journal (llava/eval/resume.py).
+    local cache_args=()
+    if [[ "$CACHE" != "0" ]]; then
+        local resume_dir
+        resume_dir=$("$PYTHON" -m llava.eval.resume key --model "$MODEL" --model_args "$model_args" --write "$CACHE_DIR")
+        if [[ "$NODE_RANK" == "0" ]]; then
+            "$PYTHON" -m llava.eval.resume prepare "$resume_dir" >/dev/null  # shards of killed runs
+        fi
+        export LLAVA_AIM_RESUME_DIR="$resume_dir"
+        # A fresh lmms-eval run id per launch: earlier runs reach it through the merged cache.db
+        # (a reused id would make lmms-eval reopen, and replay, an old shard itself).
+        export LMMS_CACHE_RUN_ID="${LMMS_CACHE_RUN_ID:-$(date +%Y%m%d%H%M%S)-$$-${SLURM_ARRAY_TASK_ID:-0}}"
+        cache_args=(--use_cache "$resume_dir")
+        echo "cache:   ${resume_dir} (a rerun of this setting resumes from it)" >&2
+    fi
+    echo "lmms-eval: --model ${MODEL} --model_args ${model_args} --tasks ${TASKS} --batch_size ${BATCH_SIZE}" >&2
     # shellcheck disable=SC2086  # $launch is a command prefix
     $launch -m lmms_eval \
         --model "$MODEL" \
@@ -107,10 +130,11 @@ run_lmms_eval() {
         --tasks "$TASKS" \
         --include_path "$INCLUDE_PATH" \
         --device "$DEVICE" \
-        --batch_size 1 \
+        --batch_size "$BATCH_SIZE" \
         --output_path "$OUTPUT_DIR" \
         --log_samples \
         "${limit_args[@]}" \
+        "${cache_args[@]}" \
         "$@" || status=$?
     if [[ $status -ne 0 ]]; then
         echo "error: lmms-eval exited with status $status" >&2

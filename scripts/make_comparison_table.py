@@ -3,7 +3,7 @@ controls at matched budgets.
 
 Rows are methods; columns are the predicted LLM prefill (the roofline analyzer, the same
 schedule function the runtime uses), the CPU-measured prefill of a small random-weight Qwen2
-(llava.benchmark's core) and accuracy from lmms-eval results when a results folder is given
+(llava.bench) and accuracy from lmms-eval results when a results folder is given
 (``--results DIR``: every ``*.json`` with "results" and a "config"."model_args" naming
 ``method=``; blank otherwise). Each baseline appears twice: at its paper's default and with its
 one knob tuned to AIM's FLOPs (llava.analysis.matching).
@@ -80,7 +80,9 @@ def rows_for(llm, frames: int, text: int, hardware: str) -> List[Dict[str, Any]]
 def measure(rows: List[Dict[str, Any]], frames: int, text: int, repeats: int) -> Dict[str, Any]:
     """CPU prefill of a small random-weight Qwen2 (8 layers) for each row's method, the
     baselines' knobs re-matched to AIM's FLOPs on that model (same analyzer)."""
-    from llava.benchmark import PrefillCase, build_lm, run_prefill_benchmark, small_qwen2_config
+    from llava.bench import PrefillCase
+    from llava.bench.measure import run_prefill_benchmark
+    from llava.bench.models import build_lm, small_qwen2_config
 
     config = small_qwen2_config()
     layers = config.num_hidden_layers
@@ -216,7 +218,7 @@ def render(llm: str, frames: int, text: int, hardware: str, rows, measured, acc)
             f"## Measured on this CPU: small random-weight Qwen2 ({measured['layers']} layers, hidden 256), "
             f"{frames} frames, float32, SDPA",
             "",
-            f"`llava.benchmark.run_prefill_benchmark`, medians of interleaved rounds, {measured['threads']} threads, "
+            f"`llava.bench.measure.run_prefill_benchmark`, medians of interleaved rounds, {measured['threads']} threads, "
             f"{platform.processor() or platform.machine()}. Baselines re-matched to AIM's FLOPs on this model.",
             "Random weights: the timings are real, the model's answers are not; the shared machine adds noise.",
             "",

@@ -9,7 +9,10 @@ import torch
 
 from llava.aim.config import AIMConfig
 from llava.analysis import analyze
-from llava.benchmark import PeakMemory, default_cases, predict, small_qwen2_config
+from llava.bench.cases import default_cases
+from llava.bench.memory import PeakMemory
+from llava.bench.models import small_qwen2_config
+from llava.bench.predict import predict
 from llava.cli import main
 from conftest import make_video, video_inputs
 
@@ -41,7 +44,7 @@ def test_bench_json_small(capsys):
     assert code == 0, err
     r = json.loads(out)
     names = [c["name"] for c in r["language_model_prefill"]]
-    assert names == ["baseline", "mask", "merge-only", "aim"]
+    assert names == ["baseline", "official", "mask", "merge-only", "aim"]
     assert [c["name"] for c in r["end_to_end_prefill"]] == names
     assert r["measured_speedup"] > 0 and r["predicted_speedup"] > 1
     assert r["measured_over_predicted"] == pytest.approx(r["measured_speedup"] / r["predicted_speedup"])
@@ -51,6 +54,12 @@ def test_bench_json_small(capsys):
         assert r["predicted"][name]["tokens_per_layer"] == cases[name]["tokens_per_layer"]
     assert cases["aim"]["kv_cache_bytes"] < cases["merge-only"]["kv_cache_bytes"] < cases["baseline"]["kv_cache_bytes"]
     assert cases["mask"]["kv_cache_bytes"] == cases["merge-only"]["kv_cache_bytes"]
+    # the official configuration: the same masked setting, under eager attention, in this run
+    assert cases["official"]["attn"] == "eager" and cases["mask"]["attn"] == cases["aim"]["attn"] == "sdpa"
+    assert cases["official"]["aim"] == cases["mask"]["aim"]
+    assert cases["official"]["kv_cache_bytes"] == cases["mask"]["kv_cache_bytes"]
+    assert r["speedup_vs_official"] == pytest.approx(cases["official"]["median_ms"] / cases["aim"]["median_ms"])
+    assert r["end_to_end_speedup_vs_official"] > 0
     e2e = {c["name"]: c for c in r["end_to_end_prefill"]}
     assert e2e["aim"]["sum_tokens"] < e2e["merge-only"]["sum_tokens"] < e2e["baseline"]["sum_tokens"]
     assert e2e["baseline"]["llm_input_tokens"] - e2e["aim"]["llm_input_tokens"] == 2 * (196 - 49)
@@ -63,6 +72,7 @@ def test_bench_human_table(capsys):
     assert main(["bench", "--frames", "1", "--repeats", "1", "--lm-only"]) == 0
     out = capsys.readouterr().out
     assert "AIM default (removal)" in out and "measured/predicted" in out and "end to end" not in out
+    assert "official code (mask, eager)" in out and "vs the official code (mask, eager), same run" in out
 
 
 @pytest.mark.parametrize("argv", [
@@ -96,6 +106,8 @@ def test_predict_uses_the_measured_shapes():
     p = predict(cfg, cases, 4, 196, Hardware("x", 1e12, 1e11), 4, True)
     assert p["baseline"]["tokens_per_layer"] == [4 * 196 + 1 + 100] * 8
     assert p["mask"]["tokens_per_layer"] == [4 * 49 + 1 + 100] * 8  # masked tokens are computed
+    assert p["official"]["tokens_per_layer"] == p["mask"]["tokens_per_layer"]
+    assert p["official"]["prefill_ms"] > p["mask"]["prefill_ms"]  # eager: scores go through memory
     assert p["aim"]["speedup"] > p["merge-only"]["speedup"] > 1
 
 
@@ -135,3 +147,94 @@ def test_layerwise_human_report(capsys):
                  "--retention", "1", "--l1", "7", "--l2", "9"]) == 0
     out = capsys.readouterr().out
     assert "scoring layers: none" in out and "of the AIM prefill" in out and "merging: 0.0 ms" in out
+
+
+# -- memory: estimated before anything is built (issue 12: an OOM kill after 57 s) -------------
+def test_decoder_params_equal_the_built_model():
+    from transformers import AutoModel
+
+    from llava.bench.memory import decoder_params
+    from llava.bench.models import qwen2_7b_config
+
+    for cfg in (small_qwen2_config(), qwen2_7b_config()):
+        with torch.device("meta"):
+            model = AutoModel.from_config(cfg)
+        assert decoder_params(cfg) == sum(p.numel() for p in model.parameters())
+
+
+def test_prefill_estimate_covers_the_measured_peak():
+    from llava.bench.measure import prompt_ids
+    from llava.bench.memory import PrefillShape, prefill_bytes
+    from llava.bench.models import build_lm
+
+    cfg = small_qwen2_config()
+    lm = build_lm(cfg)
+    ids = prompt_ids(16 * 196 + 1, 100, "cpu")
+    with torch.inference_mode():
+        lm(input_ids=ids, use_cache=True)  # warm-up: the allocator's first growth is not the prefill's
+        with PeakMemory(torch.device("cpu")) as m:
+            out = lm(input_ids=ids, use_cache=True)
+    del out
+    if m.peak is None:
+        pytest.skip("no /proc here")
+    estimate = prefill_bytes(cfg, PrefillShape(ids.shape[1]), 4)
+    assert 0.8 * m.peak <= estimate <= 3 * m.peak
+
+
+def _no_model_built(monkeypatch):
+    import llava.bench.cli as bench_cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built although the run cannot fit")
+
+    monkeypatch.setattr(bench_cli, "build_lm", refuse)
+    monkeypatch.setattr(bench_cli, "build_onevision", refuse)
+    return bench_cli
+
+
+@pytest.mark.parametrize("argv,available_gib", [
+    (["bench", "--model", "onevision-7b"], 20),  # float32 on CPU: ~30 GB of weights alone
+    (["bench", "--model", "onevision-7b", "--lm-only"], 20),
+    (["bench", "--frames", "100000"], 64),  # the small model, 19.6 M tokens
+    (["bench", "--frames", "100000", "--lm-only", "--json"], 64),
+    (["bench", "--layerwise", "--frames", "100000"], 64),
+])
+def test_bench_that_cannot_fit_exits_2_before_building(monkeypatch, capsys, argv, available_gib):
+    bench_cli = _no_model_built(monkeypatch)
+    monkeypatch.setattr(bench_cli, "available_bytes", lambda device: available_gib << 30)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = err.strip().splitlines()
+    assert "needs about" in line and f"{available_gib:.1f} GiB is available" in line and "--frames" in line
+
+
+def test_bench_memory_estimate_lets_the_default_run_through():
+    import argparse
+
+    from llava.bench.cli import estimate_bench_memory
+    from llava.bench.models import qwen2_7b_config, siglip_so400m_config, small_siglip_config
+
+    args = argparse.Namespace(frames=32, tokens_per_frame=196, text_tokens=100, retention=0.25, attn="sdpa",
+                              lm_only=False)
+    small = estimate_bench_memory(args, small_qwen2_config(), small_siglip_config(), 4)
+    assert max(small.values()) < 3 << 30  # the CPU default fits a laptop
+    big = estimate_bench_memory(args, qwen2_7b_config(), siglip_so400m_config(), 2)
+    assert 15 << 30 < max(big.values()) < 40 << 30  # bf16 7B: weights ~16 GB, fits an 80 GB GPU
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 200_000), extra=st.integers(1, 50_000))
+def test_prefill_estimate_grows_with_tokens_and_eager_costs_more(n, extra):
+    from llava.bench.memory import PrefillShape, prefill_bytes
+    from llava.bench.models import qwen2_7b_config
+
+    for cfg in (small_qwen2_config(), qwen2_7b_config()):
+        assert prefill_bytes(cfg, PrefillShape(n + extra), 2) > prefill_bytes(cfg, PrefillShape(n), 2)
+        assert (prefill_bytes(cfg, PrefillShape(n, eager=True), 2)
+                > prefill_bytes(cfg, PrefillShape(n, explicit_mask=True), 2)
+                >= prefill_bytes(cfg, PrefillShape(n), 2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 import sys
 from importlib.metadata import entry_points
 
@@ -67,8 +68,9 @@ def test_bad_aim_values(raw, message):
 def test_loader_args_defaults_and_errors():
     args = loader_args({"batch_size": "1", "device": "cpu"}, "tiny-llava-onevision")
     assert args.pretrained == "tiny-llava-onevision" and args.max_frames_num == 32 and args.device_map is None
-    for raw, message in [({"batch_size": 4}, "batch_size must be 1"), ({"torch_dtype": "fp8"}, "torch_dtype"),
-                         ({"max_frames_num": 0}, "max_frames_num"), ({"video_decode_backend": "cv2"}, "video_decode")]:
+    for raw, message in [({"batch_size": 0}, "batch_size must be an integer >= 1"), ({"batch_size": "auto"}, "batch_size"),
+                         ({"torch_dtype": "fp8"}, "torch_dtype"), ({"max_frames_num": 0}, "max_frames_num"),
+                         ({"video_decode_backend": "cv2"}, "video_decode")]:
         with pytest.raises(EvalArgumentError, match=message):
             loader_args(raw, "x")
 
@@ -168,6 +170,75 @@ def test_collect_rejects_non_results_file(tmp_path, capsys):
     assert collect_main([str(bad), "--out", str(tmp_path / "t.md")]) == 2
     assert "not an lmms-eval results file" in capsys.readouterr().err
     assert not (tmp_path / "t.md").exists()
+
+
+def test_collect_prefill_median_from_the_samples_logs(tmp_path, capsys):
+    from llava.eval.results import collect_main
+
+    _results_file(tmp_path / "20260101_000000_results.json", "llava_onevision_aim",
+                  "pretrained=lmms-lab/llava-onevision-qwen2-7b-ov,aim=1", {"videomme": {"videomme_perception_score,none": 58.4}})
+    rows = [{"doc_id": i, "token_counts": [{"prefill_ms": ms}]} for i, ms in enumerate((30.0, 10.0, 20.0, 500.0))]
+    (tmp_path / "20260101_000000_samples_videomme.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert collect_main([str(tmp_path)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| lmms-lab"))
+    assert line.split("|")[5].strip() == "25.0"  # median of 10, 20, 30, 500
+
+
+def _results_for_out(tmp_path):
+    return str(_results_file(tmp_path / "a_results.json", "llava_onevision_aim", "aim=0",
+                             {"videomme": {"videomme_perception_score,none": 58.4}}))
+
+
+@pytest.mark.parametrize("paper", [False, True])
+def test_collect_out_to_a_directory_exit_2_one_line_nothing_written(tmp_path, capsys, paper):
+    from llava.eval.results import collect_main
+
+    target = tmp_path / "tables"
+    target.mkdir()
+    argv = ([str(tmp_path), "--paper"] if paper else [_results_for_out(tmp_path)]) + ["--out", str(target)]
+    assert collect_main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "is a directory" in err
+    assert list(target.iterdir()) == []
+
+
+def test_collect_out_to_a_read_only_place_exit_2_one_line(tmp_path, capsys):
+    from llava.eval.results import collect_main
+
+    # /proc takes no new files, even for root (chmod does not stop root)
+    assert collect_main([_results_for_out(tmp_path), "--out", "/proc/llava-aim-table.md"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "/proc/llava-aim-table.md" in err
+    assert "Traceback" not in err
+
+
+def test_collect_out_into_a_folder_without_write_permission(tmp_path, capsys):
+    import os
+
+    from llava.eval.results import collect_main
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert collect_main([_results_for_out(tmp_path), "--out", str(locked / "t.md")]) == 2
+        err = capsys.readouterr().err
+        assert "cannot write into" in err and len(err.strip().splitlines()) == 1
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_collect_out_through_the_script_exit_2_no_traceback(tmp_path):
+    target = tmp_path / "dir"
+    target.mkdir()
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "collect_results.py")
+    done = subprocess.run([sys.executable, script, _results_for_out(tmp_path), "--out",
+                           str(target)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_check_run_needs_a_new_file_with_every_task(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,92 @@ def test_image_script_with_llava15(tmp_path):
     data = json.loads(results_file.read_text())
     assert data["config"]["model"] == "llava_aim" and "l1=4,l2=6" in data["config"]["model_args"]
     assert [d for d, _ in _samples(tmp_path / "out")["llava_aim_synthimg_gen"]] == [0, 1]
+
+
+# -- efficiency in the results, resume without mixing, batches (issue 15) -----------------------
+def _results(out_dir: Path) -> dict:
+    [path] = list(out_dir.rglob("*_results.json"))
+    return json.loads(path.read_text())
+
+
+def _journal_lines(out_dir: Path) -> int:
+    return sum(len(p.read_text().splitlines()) for p in out_dir.rglob("journal.rank*.jsonl"))
+
+
+def _served(stderr: str):
+    """(answered from the journal, computed) summed over the plugin's log lines."""
+    found = re.findall(r"(\d+) of (\d+) \w+ requests answered from the resume journal, (\d+) computed", stderr)
+    return sum(int(a) for a, _, _ in found), sum(int(c) for _, _, c in found)
+
+
+def test_results_file_carries_the_efficiency_figures(one_process_run):
+    tmp, result = one_process_run
+    assert result.returncode == 0
+    data = _results(tmp / "out")
+    throughput = data["throughput"]  # gen_metrics.log_metrics, one entry per generate call
+    assert throughput["avg_prefill_ms"] > 0 and throughput["avg_time_to_first_token_ms"] >= throughput["avg_prefill_ms"]
+    assert throughput["avg_visual_tokens_after_merge"] == 4 * 49 + 1
+    assert throughput["avg_visual_tokens_before_merge"] == 4 * 196 + 1
+    assert throughput["total_gen_tokens"] > 0 and throughput["avg_peak_memory_mib"] >= 0
+    overall = data["efficiency"]["overall"]  # TokenCounts, summed by lmms-eval
+    assert overall["total_input_tokens"] > 0 and overall["total_output_tokens"] > 0
+    for path in (tmp / "out").rglob("*_samples_*.jsonl"):
+        for line in path.read_text().splitlines():
+            for counts in json.loads(line)["token_counts"]:
+                assert counts["prefill_ms"] > 0 and counts["sum_tokens_over_layers"] > 0
+                assert counts["visual_tokens_after_merge"] == 4 * 49 + 1
+
+
+def test_killed_run_resumes_to_the_same_results_and_another_setting_mixes_nothing(one_process_run, tmp_path):
+    import signal
+    import time
+
+    base, first = one_process_run
+    assert first.returncode == 0
+    # the same HF_HOME: the task's clips at the same paths (a request's key includes its media)
+    settings = dict(PRETRAINED="tiny-llava-onevision", TASKS=VIDEO_TASKS, FRAMES="4", LIMIT="3",
+                    HF_HOME=str(base / "hf"))
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "DEVICE": "cpu", "OUTPUT_DIR": str(tmp_path / "out"), "OMP_NUM_THREADS": "1",
+           **settings}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen(["bash", str(ROOT / "video_bench_eval.sh")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while _journal_lines(tmp_path / "out") < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # as a preempted job: no clean-up of any kind
+    proc.wait()
+    answered = _journal_lines(tmp_path / "out")
+    total = 3 + 3 * 4  # generate_until requests + one loglikelihood request per option
+    assert 2 <= answered < total, "the run was not stopped halfway"
+    assert not list((tmp_path / "out").rglob("*_results.json"))
+
+    rerun = _run_script("video_bench_eval.sh", tmp_path, **settings)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    served, computed = _served(rerun.stderr)
+    assert served >= answered - 1 and served + computed == total and computed < total  # fewer model calls
+    assert _results(tmp_path / "out")["results"] == _results(base / "out")["results"]
+    assert _samples(tmp_path / "out") == _samples(base / "out")
+
+    other = _run_script("video_bench_eval.sh", tmp_path, RETENTION="0.5", **settings)
+    assert other.returncode == 0, other.stderr[-3000:]
+    served, computed = _served(other.stderr)
+    assert served == 0 and computed == total  # another setting: nothing cached is reused
+    log = re.sub(r"\x1b\[[0-9;]*m", "", other.stdout + other.stderr)  # lmms-eval logs in colour
+    assert "ResponseCache stats: 0 hits" in log
+    folders = [p for p in (tmp_path / "out" / "cache").iterdir() if p.is_dir()]
+    assert len(folders) == 2  # one folder per setting
+
+
+def test_batch_two_equals_batch_one_through_lmms_eval(one_process_run, tmp_path):
+    base, first = one_process_run
+    assert first.returncode == 0
+    result = _run_script("video_bench_eval.sh", tmp_path, PRETRAINED="tiny-llava-onevision", TASKS=VIDEO_TASKS,
+                         FRAMES="4", LIMIT="3", BATCH_SIZE="2", CACHE="0")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert _samples(tmp_path / "out") == _samples(base / "out")
+    data = _results(tmp_path / "out")
+    assert data["results"] == _results(base / "out")["results"]
+    assert data["config"]["batch_size"] in (2, "2")
+    assert data["throughput"]["avg_batch_size"] == pytest.approx(1.5)  # 3 requests: a batch of 2, then 1

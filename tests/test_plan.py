@@ -140,7 +140,7 @@ def test_every_tool_scales_the_default_schedule_alike(layers):
     """run, bench, flops/plan and eval share one scaling (halves up), odd depths included."""
     from llava.aim.policy import aim_default_layers
     from llava.analysis.roofline import paper_default_layers
-    from llava.benchmark import default_cases
+    from llava.bench.cases import default_cases
     from llava.run import scaled_default_schedule
 
     expected = aim_default_layers(layers)

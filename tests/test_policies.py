@@ -469,7 +469,9 @@ def test_lmms_eval_model_args_accept_every_method():
 
 
 def test_benchmark_case_for_each_method():
-    from llava.benchmark import build_lm, method_case, run_prefill_benchmark, small_qwen2_config
+    from llava.bench.cases import method_case
+    from llava.bench.measure import run_prefill_benchmark
+    from llava.bench.models import build_lm, small_qwen2_config
 
     cases = [method_case(m, 2, 16, 10, 4, l1=1, l2=3) for m in ("fastv", "vtw", "pdrop", "random", "pool")]
     assert cases[0].cfg.drop_layers is None and cases[0].visual_tokens == 33 and cases[3].visual_tokens == 9

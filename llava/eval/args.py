@@ -41,7 +41,7 @@ LOADER_DEFAULTS: Dict[str, Any] = {
     "frame_sampling": "official",
     "video_decode_backend": "auto",
     "batch_size": 1,
-    "max_batch_size": None,  # lmms-eval passes it; unused (one request at a time)
+    "max_batch_size": None,  # lmms-eval passes it; unused (batch_size is the batch)
 }
 KNOWN_ARGS = tuple(LOADER_DEFAULTS) + AIM_ARGS
 # The paper's checkpoints (LLaVA-NeXT names; their llava-hf conversions are what loads).
@@ -96,12 +96,7 @@ def loader_args(raw: Mapping[str, Any], default_pretrained: str) -> LoaderArgs:
     values = {**LOADER_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     pretrained = values["pretrained"] or default_pretrained
     frames = _as_int("max_frames_num", values["max_frames_num"], minimum=1)
-    batch_size = _as_int("batch_size", values["batch_size"], minimum=1)
-    if batch_size != 1:
-        raise EvalArgumentError(
-            f"batch_size must be 1, got {batch_size}: each request (one video or image prompt) runs "
-            "alone; for throughput launch more processes (NUM_PROCESSES / accelerate launch)"
-        )
+    batch_size = _as_int("batch_size", values["batch_size"], minimum=1)  # > 1: llava.eval.lmms_model batches
     device_map = values["device_map"]
     if device_map in ("", "none", "None"):
         device_map = None

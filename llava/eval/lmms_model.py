@@ -5,13 +5,29 @@ Data parallel: lmms-eval shards the requests by RANK / WORLD_SIZE itself (and ad
 requests so that every rank runs as many). So these models never shard: each process loads
 one full replica on cuda:LOCAL_RANK and answers every request it is given, padding ones
 included, in order, one result per request.
+
+Batches (``--batch_size N``): consecutive requests whose inputs have the same geometry (video
+tasks: the same number of videos and frames; images: the same token count) and the same
+generation settings run as one left-padded ``generate``; each answer equals the request's
+answer alone (tested). Whatever cannot be batched runs alone, said once in the log.
+
+Every answer carries its efficiency figures (llava.eval.efficiency) and goes to the resume
+journal as soon as it is computed (llava.eval.resume).
+
+Subclasses (other model families) override the class attributes and, where the family needs
+it, the input building: ``_visuals`` (one request's media, called right before its inputs are
+built), ``_prompt`` (one request's chat prompt), ``_inputs`` (one request's processor call) and
+``_batch_inputs`` (several requests at once), ``_batch_key`` (which inputs may share a batch).
+A subclass that overrides ``_inputs`` but not ``_batch_inputs`` runs one request at a time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from lmms_eval.api.instance import GenerationResult
@@ -19,7 +35,7 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from llava.errors import AIMError, EvalArgumentError, UnsupportedModelError, UnsupportedUsageError
-from llava.eval import prompts
+from llava.eval import efficiency, prompts
 from llava.eval.args import (
     DEFAULT_CHECKPOINTS,
     PLUGIN_MODEL_TYPES,
@@ -27,13 +43,54 @@ from llava.eval.args import (
     loader_args,
     split_model_args,
 )
+from llava.eval.resume import ResumeJournal, media_identity, request_key
 
 logger = logging.getLogger(__name__)
+
+
+def _log_to_stderr() -> None:
+    """lmms-eval logs through loguru and configures no logging handler: without one, the
+    plugin's INFO lines (resume journal, batching) would be dropped."""
+    package = logging.getLogger("llava")
+    if not package.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
 
 DEFAULT_MAX_NEW_TOKENS = 128
 # generation_kwargs keys used here; tasks add others (e.g. image_aspect_ratio) that only
 # LLaVA-NeXT's own code reads.
 _GEN_KEYS = ("until", "max_new_tokens", "temperature", "top_p", "top_k", "num_beams", "do_sample")
+
+
+class LoglikelihoodAnswer(tuple):
+    """(loss, is_greedy) as lmms-eval 0.7.3 needs it.
+
+    Wrapped in ``GenerationResult(text=...)`` it reaches the task unchanged (a bare tuple is
+    turned into a string on the way). lmms-eval's response cache cannot replay it (it would
+    come back as a string) and calls ``text.strip()`` to decide whether to store it: the empty
+    answer keeps it out of that cache; the resume journal keeps it instead.
+    """
+
+    def strip(self) -> str:
+        return ""
+
+
+@dataclass
+class _Pending:
+    """One generate_until request on its way through the batcher."""
+
+    index: int
+    key: str
+    context: str
+    gen_kwargs: Dict[str, Any]
+    task: str
+    split: str
+    doc_id: Any
+    doc_to_visual: Any
+    kind: str = "text"
+    media: List[Any] = field(default_factory=list)
 
 
 class _AIMModel(lmms):
@@ -46,6 +103,7 @@ class _AIMModel(lmms):
 
     def __init__(self, **model_args) -> None:
         super().__init__()
+        _log_to_stderr()
         raw_loader, raw_aim = split_model_args(model_args)
         self.load_args = loader_args(raw_loader, self.DEFAULT_PRETRAINED)
         aim_config_from_model_args(raw_aim)  # fail on a bad value before loading weights
@@ -59,8 +117,11 @@ class _AIMModel(lmms):
 
             self._model, self.processor = apply_aim(self._model, self.processor, self.aim_config)
             self.aim_config = self._model.aim_config  # "auto" layers resolved for this model
-        logger.info("%s: %s on %s, AIM %s", self.PLUGIN_NAME, self.load_args.pretrained, self._device,
-                    self.aim_config.to_dict() if self.aim_config.enabled else "off")
+        self.journal = ResumeJournal.for_setting(self.PLUGIN_NAME, model_args, self._rank)
+        self._said: set = set()
+        logger.info("%s: %s on %s, AIM %s, batch size %d%s", self.PLUGIN_NAME, self.load_args.pretrained, self._device,
+                    self.aim_config.to_dict() if self.aim_config.enabled else "off", self.load_args.batch_size,
+                    f", resuming from {self.journal.folder} ({self.journal.loaded} answers)" if self.journal else "")
 
     # -- loading -------------------------------------------------------------------------
     def _load(self):
@@ -100,29 +161,55 @@ class _AIMModel(lmms):
     def tokenizer(self):
         return self.processor.tokenizer
 
-    def generate_until(self, requests) -> List[str]:
-        answers = []
-        for request in tqdm(requests, disable=self.rank != 0, desc="llava-aim generate"):
+    def generate_until(self, requests) -> List[GenerationResult]:
+        results: List[Optional[GenerationResult]] = [None] * len(requests)
+        pending: List[_Pending] = []
+        for i, request in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            kind, media = self._visuals(doc_to_visual, task, split, doc_id)
-            answers.append(self._generate(context, dict(gen_kwargs or {}), kind, media))
-        return answers
+            gen_kwargs = dict(gen_kwargs or {})
+            raw = self._raw_visuals(doc_to_visual, task, split, doc_id)
+            key = self._request_key("generate_until", task, split, doc_id, context, _settings_key(gen_kwargs), raw)
+            replayed = self._replay(key)
+            if replayed is not None:
+                results[i] = GenerationResult(text=replayed[0], token_counts=replayed[1])
+            else:
+                pending.append(_Pending(i, key, context, gen_kwargs, task, split, doc_id, doc_to_visual))
+        bar = tqdm(total=len(pending), disable=self.rank != 0, desc="llava-aim generate")
+        for batch in self._batches(pending):
+            for item, result in zip(batch, self._answer(batch)):
+                results[item.index] = result
+                self._record(item.key, result.text, result.token_counts)
+            bar.update(len(batch))
+        bar.close()
+        self._say_journal(len(requests) - len(pending), len(requests), "generate_until")
+        return results
 
     def loglikelihood(self, requests) -> list:
         results = []
+        computed = 0
         for request in tqdm(requests, disable=self.rank != 0, desc="llava-aim loglikelihood"):
             args = request.args
             if len(args) == 2:  # unconditional scores (acc_mutual_info): text only
-                context, continuation, kind, media = args[0], args[1], "text", []
+                context, continuation, doc_to_visual, task, split, doc_id = args[0], args[1], None, "", "", None
             else:
                 context, target, doc_to_visual, doc_id, task, split = args
                 doc = self.task_dict[task][split][doc_id]
                 continuation = target if isinstance(target, str) else target(doc)
-                kind, media = self._visuals(doc_to_visual, task, split, doc_id)
-            loss, greedy = self._continuation_loss(context, continuation, kind, media)
+            raw = self._raw_visuals(doc_to_visual, task, split, doc_id)
+            key = self._request_key("loglikelihood", task, split, doc_id, context, continuation, raw)
+            replayed = self._replay(key)
+            if replayed is not None:
+                results.append(GenerationResult(text=LoglikelihoodAnswer(replayed[0]), token_counts=replayed[1]))
+                continue
+            kind, media = self._visuals(doc_to_visual, task, split, doc_id)
+            (loss, greedy), counts = self._continuation_loss(context, continuation, kind, media)
+            computed += 1
             # lmms-eval 0.7.x turns a bare (loss, is_greedy) tuple into a string on its way to
             # the task; wrapped in GenerationResult it arrives as the tuple.
-            results.append(GenerationResult(text=(loss, greedy)))
+            answer = LoglikelihoodAnswer((loss, greedy))
+            results.append(GenerationResult(text=answer, token_counts=counts))
+            self._record(key, [loss, greedy], counts)
+        self._say_journal(len(requests) - computed, len(requests), "loglikelihood")
         return results
 
     def generate_until_multi_round(self, requests) -> List[str]:
@@ -131,14 +218,18 @@ class _AIMModel(lmms):
             "run single-turn tasks (output_type generate_until or multiple_choice)"
         )
 
-    # -- one request -------------------------------------------------------------------------
-    def _visuals(self, doc_to_visual, task, split, doc_id):
+    # -- media ------------------------------------------------------------------------------
+    def _raw_visuals(self, doc_to_visual, task, split, doc_id) -> List[Any]:
+        """What the task's doc_to_visual returns for the document (paths, images), unloaded."""
         if doc_to_visual is None:
-            return "text", []
-        doc = self.task_dict[task][split][doc_id]
+            return []
+        return list(doc_to_visual(self.task_dict[task][split][doc_id]) or [])
+
+    def _load_visuals(self, raw: Sequence[Any], task, doc_id):
+        """("video" | "image" | "text", decoded media) for a request's raw visuals."""
         try:
-            kind, media = prompts.load_visuals(doc_to_visual(doc), self.load_args.max_frames_num,
-                                               self.load_args.video_decode_backend, self.load_args.frame_sampling)
+            kind, media = prompts.load_visuals(raw, self.load_args.max_frames_num, self.load_args.video_decode_backend,
+                                               self.load_args.frame_sampling)
         except AIMError as exc:  # say which document the bad media belongs to
             raise type(exc)(f"{task} doc {doc_id}: {exc}") from exc
         if kind == "video" and not self.VIDEO:
@@ -148,35 +239,143 @@ class _AIMModel(lmms):
             )
         return kind, media
 
+    def _visuals(self, doc_to_visual, task, split, doc_id):
+        """One request's (kind, media): the hook a subclass extends (e.g. to note per-request
+        metadata for its ``_inputs``). Called right before that request's inputs are built."""
+        return self._load_visuals(self._raw_visuals(doc_to_visual, task, split, doc_id), task, doc_id)
+
+    # -- inputs (what a family subclass overrides) ------------------------------------------
+    def _prompt(self, context: str, kind: str, media) -> str:
+        return prompts.user_prompt(self.processor, context, kind, len(media))
+
     def _inputs(self, prompt: str, kind: str, media):
         return prompts.processor_inputs(self.processor, prompt, kind, media, self._device, self._model.dtype)
 
-    def _generate(self, context: str, gen_kwargs: dict, kind: str, media) -> str:
-        until, generate_kwargs = _generation_settings(gen_kwargs, self.tokenizer)
-        prompt = prompts.user_prompt(self.processor, context, kind, len(media))
-        inputs = self._inputs(prompt, kind, media)
-        with torch.inference_mode():
+    def _batch_inputs(self, prompt_list: List[str], kind: str, media_list: List[List[Any]]):
+        return prompts.batch_processor_inputs(self.processor, prompt_list, kind, media_list, self._device,
+                                              self._model.dtype)
+
+    def _batch_key(self, kind: str, media) -> tuple:
+        """Requests with equal keys produce inputs of the same geometry: a video's frame count
+        fixes its tokens (every frame is resized to the tower's size); an image's token count
+        follows its size (any-resolution grids)."""
+        if kind == "video":
+            return ("video", tuple(len(v) for v in media))
+        if kind == "image":
+            return ("image", tuple(getattr(img, "size", None) for img in media))
+        return ("text",)
+
+    # -- batching ---------------------------------------------------------------------------
+    def _batchable(self, item: _Pending) -> Optional[str]:
+        """None if the request may share a batch, else why not (said once in the log)."""
+        if self.load_args.batch_size == 1:
+            return "batch size 1"
+        if type(self)._inputs is not _AIMModel._inputs and type(self)._batch_inputs is _AIMModel._batch_inputs:
+            return f"{type(self).__name__} builds its inputs one request at a time"
+        until, kwargs = _generation_settings(item.gen_kwargs, self.tokenizer)
+        if kwargs["do_sample"]:
+            return "sampling (do_sample / temperature > 0) draws different random numbers in a batch"
+        if kwargs["num_beams"] > 1:
+            return "beam search"
+        return None
+
+    def _batches(self, pending: List[_Pending]) -> Iterator[List[_Pending]]:
+        """Requests grouped into batches (``plan_batches``); media are decoded as requests
+        arrive, so at most one open batch per key is held."""
+
+        def keyed():
+            for item in pending:  # plan_batches hands a single request out before the next one loads
+                item.kind, item.media = self._visuals(item.doc_to_visual, item.task, item.split, item.doc_id)
+                reason = self._batchable(item)
+                if reason is not None and reason != "batch size 1":
+                    self._say_once(f"{self.PLUGIN_NAME}: answering one request at a time: {reason}")
+                key = None if reason else (self._batch_key(item.kind, item.media), _settings_key(item.gen_kwargs))
+                yield item, key
+
+        return plan_batches(keyed(), self.load_args.batch_size)
+
+    def _answer(self, batch: List[_Pending]) -> List[GenerationResult]:
+        if len(batch) == 1:
+            return self._generate_batch(batch)
+        try:
+            return self._generate_batch(batch)
+        except (AIMError, RuntimeError, ValueError, TypeError) as exc:  # torch's OOM is a RuntimeError
+            self._say_once(f"{self.PLUGIN_NAME}: a batch of {len(batch)} could not run together "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); answering those one at a time")
+            if self._device.type == "cuda":
+                torch.cuda.empty_cache()
+            return [self._generate_batch([item])[0] for item in batch]
+
+    # -- one generate call ------------------------------------------------------------------
+    def _generate_batch(self, batch: List[_Pending]) -> List[GenerationResult]:
+        until, generate_kwargs = _generation_settings(batch[0].gen_kwargs, self.tokenizer)
+        prompt_list = [self._prompt(item.context, item.kind, item.media) for item in batch]
+        if len(batch) == 1:
+            inputs = self._inputs(prompt_list[0], batch[0].kind, batch[0].media)
+        else:
+            inputs = self._batch_inputs(prompt_list, batch[0].kind, [item.media for item in batch])
+        with torch.inference_mode(), efficiency.ForwardProbe(self._model, self._device) as probe:
             output = self._model.generate(**inputs, **generate_kwargs)
-        new_tokens = output[0, inputs["input_ids"].shape[1]:]
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return prompts.truncate_at_stop(text, until).strip()
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        lengths = _generated_lengths(new_tokens, self.tokenizer, self._model)
+        counts = efficiency.generation_counts(self._model, inputs, lengths, probe)
+        efficiency.log_batch(counts, probe)
+        results = []
+        for row, sample_counts in zip(new_tokens, counts):
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            results.append(GenerationResult(text=prompts.truncate_at_stop(text, until).strip(),
+                                            token_counts=sample_counts))
+        return results
+
+    def _generate(self, context: str, gen_kwargs: dict, kind: str, media) -> str:
+        """One request's answer (text only)."""
+        item = _Pending(0, "", context, gen_kwargs, "", "", None, None, kind, list(media))
+        return self._generate_batch([item])[0].text
 
     def _continuation_loss(self, context: str, continuation: str, kind: str, media):
-        """Mean cross-entropy of the continuation tokens and whether greedy decoding gives them.
+        """((mean cross-entropy of the continuation tokens, whether greedy decoding gives
+        them), efficiency figures of the forward).
 
         With AIM the forward prunes visual tokens; their logits are zero, but the text
         positions (the last prompt token and the continuation) are exact.
         """
-        prompt = prompts.user_prompt(self.processor, context, kind, len(media))
+        prompt = self._prompt(context, kind, media)
         n = prompts.continuation_length(self.tokenizer, prompt, continuation)
         inputs = self._inputs(prompt + continuation, kind, media)
-        with torch.inference_mode():
+        with torch.inference_mode(), efficiency.ForwardProbe(self._model, self._device) as probe:
             logits = self._model(**inputs, logits_to_keep=n + 1).logits
         predicted = logits[0, :-1].float()  # position t predicts token t + 1
         target = inputs["input_ids"][0, -n:]
         loss = torch.nn.functional.cross_entropy(predicted, target)
         greedy = bool((predicted.argmax(dim=-1) == target).all())
-        return float(loss), greedy
+        return (float(loss), greedy), efficiency.forward_counts(self._model, inputs, probe)
+
+    # -- resume journal ---------------------------------------------------------------------
+    def _request_key(self, kind, task, split, doc_id, context, extra, raw) -> str:
+        return request_key(kind, task, split, doc_id, context, extra, [media_identity(m) for m in raw])
+
+    def _replay(self, key: str):
+        if self.journal is None:
+            return None
+        record = self.journal.get(key)
+        if record is None:
+            return None
+        counts = efficiency.EfficiencyCounts.from_dict({**(record.get("counts") or {}), "from_resume_journal": True})
+        return record["response"], counts
+
+    def _record(self, key: str, response, counts) -> None:
+        if self.journal is not None:
+            self.journal.put(key, response, counts.to_dict() if counts is not None else None)
+
+    def _say_journal(self, served: int, total: int, kind: str) -> None:
+        if self.journal is not None:
+            logger.info("%s: %d of %d %s requests answered from the resume journal, %d computed", self.PLUGIN_NAME,
+                        served, total, kind, total - served)
+
+    def _say_once(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            logger.warning(message)
 
 
 class LlavaOneVisionAIM(_AIMModel):
@@ -196,8 +395,31 @@ class LlavaAIM(_AIMModel):
     DEFAULT_PRETRAINED = DEFAULT_CHECKPOINTS["llava_aim"]
     VIDEO = False
 
+    def _batch_key(self, kind: str, media) -> tuple:
+        # CLIP's processor resizes and crops every image to 336 x 336: 576 tokens whatever its size
+        if kind == "image":
+            return ("image", len(media))
+        return super()._batch_key(kind, media)
+
 
 # -- helpers ---------------------------------------------------------------------------------
+def plan_batches(keyed: Iterable[Tuple[Any, Optional[Hashable]]], size: int) -> Iterator[List[Any]]:
+    """Batches of at most ``size`` items of equal key, each batch in arrival order; an item
+    with key None goes alone. A batch is handed out as soon as it is full (or, for an item
+    alone, at once); what is left over goes out at the end, oldest key first."""
+    open_batches: Dict[Hashable, List[Any]] = {}
+    for item, key in keyed:
+        if key is None or size == 1:
+            yield [item]
+            continue
+        group = open_batches.setdefault(key, [])
+        group.append(item)
+        if len(group) == size:
+            yield open_batches.pop(key)
+    yield from open_batches.values()
+
+
+
 def _replica_device(device: str, device_map: Optional[str], world_size: int) -> torch.device:
     """Where this process's replica lives: cuda:LOCAL_RANK under data parallelism."""
     if device_map is not None:
@@ -224,6 +446,29 @@ def _num_layers(model) -> int:
     from llava.model.builder import num_decoder_layers
 
     return num_decoder_layers(model)
+
+
+def _settings_key(gen_kwargs: dict) -> str:
+    """The generation settings that decide an answer, as a canonical string."""
+    return json.dumps({k: gen_kwargs.get(k) for k in _GEN_KEYS if k in gen_kwargs}, sort_keys=True, default=str)
+
+
+def _generated_lengths(new_tokens: torch.Tensor, tokenizer, model) -> List[int]:
+    """Tokens each row generated: up to and including its first end-of-sequence token (the rest
+    of a finished row of a batch is padding)."""
+    stop = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        stop.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    lengths = []
+    for row in new_tokens.tolist():
+        n = len(row)
+        for i, token in enumerate(row):
+            if token in stop:
+                n = i + 1
+                break
+        lengths.append(n)
+    return lengths
 
 
 def _generation_settings(gen_kwargs: dict, tokenizer):

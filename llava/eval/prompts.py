@@ -106,3 +106,21 @@ def truncate_at_stop(text: str, until: Sequence[str]) -> str:
             if i != -1:
                 cut = min(cut, i)
     return text[:cut]
+
+
+def batch_processor_inputs(processor, prompts: List[str], kind: str, media: List[List], device, dtype):
+    """Several prompts at once, left-padded (generation continues every row at its end), with
+    their media in order; pixel values in the model's dtype, on ``device``."""
+    flat = [item for items in media for item in items]
+    media_kw = {} if kind == "text" else {f"{kind}s": flat}
+    tokenizer = processor.tokenizer
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        inputs = processor(text=list(prompts), return_tensors="pt", padding=True, **media_kw).to(device)
+    finally:
+        tokenizer.padding_side = side
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in inputs and inputs[key].dtype != dtype:
+            inputs[key] = inputs[key].to(dtype)
+    return inputs

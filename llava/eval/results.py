@@ -113,6 +113,14 @@ class Run:
     model_args: str
     scores: Dict[str, float] = field(default_factory=dict)  # task -> value (percent/points)
     limit: Optional[float] = None
+    prefill_ms: List[float] = field(default_factory=list)  # measured, one per sample (samples logs)
+    mean_prefill_ms: Optional[float] = None  # results["throughput"], when no samples log is there
+
+    @property
+    def median_prefill_ms(self) -> Optional[float]:
+        import statistics
+
+        return statistics.median(self.prefill_ms) if self.prefill_ms else None
 
     @property
     def is_video(self) -> bool:
@@ -131,7 +139,34 @@ def collect_runs(files: Sequence[Path]) -> List[Run]:
             score = _main_score(task, values)
             if score is not None:
                 run.scores[task] = score
+        run.prefill_ms += sample_prefill_ms(path)
+        mean = (data.get("throughput") or {}).get("avg_prefill_ms")
+        if isinstance(mean, (int, float)):
+            run.mean_prefill_ms = float(mean)
     return list(runs.values())
+
+
+def sample_prefill_ms(results_path: Path) -> List[float]:
+    """Measured prefill times of every sample logged next to a results file (the plugin's
+    token_counts in lmms-eval's ``<date>_samples_<task>.jsonl``)."""
+    path = Path(results_path)
+    stamp = path.name[: -len("_results.json")]
+    found: List[float] = []
+    for samples in sorted(path.parent.glob(f"{stamp}_samples_*.jsonl")):
+        try:
+            lines = samples.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            for counts in record.get("token_counts") or []:
+                value = counts.get("prefill_ms") if isinstance(counts, dict) else None
+                if isinstance(value, (int, float)):
+                    found.append(float(value))
+    return found
 
 
 def _main_score(task: str, values: dict) -> Optional[float]:
@@ -218,7 +253,9 @@ def markdown_tables(runs: Sequence[Run]) -> str:
         parts.append("Runs marked * used --limit (a subset of each benchmark): not comparable to the paper.")
     parts.append(
         f"TFLOPs: language-model prefill of one prompt ({TEXT_TOKENS} text tokens + the visual tokens), from "
-        "llava.analysis.analyze with the run's frames, retention and l1/l2 (runtime schedule)."
+        "llava.analysis.analyze with the run's frames, retention and l1/l2 (runtime schedule). prefill ms: "
+        "measured, median over the run's samples of the model's first forward (vision tower, projector, "
+        "merging, LLM prefill), from the per-sample logs."
     )
     return "\n\n".join(parts) + "\n"
 
@@ -226,7 +263,7 @@ def markdown_tables(runs: Sequence[Run]) -> str:
 def _table(runs: Sequence[Run], columns, is_video: bool) -> str:
     paper_tasks = [c[0] for c in columns]
     extras = sorted({t for r in runs for t in r.scores if t not in paper_tasks})
-    headers = ["Model", "Frames" if is_video else "Images", "AIM (retention, l1-l2)", "TFLOPs"]
+    headers = ["Model", "Frames" if is_video else "Images", "AIM (retention, l1-l2)", "TFLOPs", "prefill ms"]
     headers += [c[1] for c in columns] + extras
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for run in runs:
@@ -237,10 +274,19 @@ def _table(runs: Sequence[Run], columns, is_video: bool) -> str:
             str(setting["frames"]),
             _describe_aim(setting["aim"]),
             "n/a" if flops is None else f"{flops:.3g}",
+            _prefill_cell(run),
         ]
         cells += [_fmt(run.scores.get(task)) for task in paper_tasks + extras]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _prefill_cell(run: Run) -> str:
+    if run.median_prefill_ms is not None:
+        return f"{run.median_prefill_ms:.1f}"
+    if run.mean_prefill_ms is not None:
+        return f"{run.mean_prefill_ms:.1f} (mean)"
+    return "n/a"
 
 
 def _describe_aim(cfg) -> str:
@@ -258,6 +304,123 @@ def _fmt(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+# -- the paper side by side ------------------------------------------------------------------
+PAPER_TABLES = Path(__file__).resolve().parent / "paper" / "tables.json"
+PAPER_HARDWARE = "nvidia_A100"  # the paper's prefill times are the roofline on an A100
+
+
+def load_paper_tables(path: os.PathLike = PAPER_TABLES) -> dict:
+    """The paper's tables: columns, rows in the paper's order, the paper's numbers."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ResultsFileError(f"cannot read the paper's tables from {path} ({exc})") from exc
+
+
+def _row_runs(root: Path, entry: dict) -> List[Run]:
+    """The runs of one paper row: results under ROOT/<row name> (or the row it shares a run with)."""
+    for name in (entry["row"], entry.get("same_as")):
+        folder = root / name if name else None
+        if folder is not None and folder.is_dir():
+            files = find_results_files([folder])
+            if files:
+                return collect_runs(files)
+    return []
+
+
+def _predicted_paper_way(run: Run, is_video: bool, text_tokens: int):
+    """(TFLOPs, prefill ms) of the run's setting counted as the paper counts: its text length,
+    no newline token, the paper convention for AIM's schedule, the roofline on an A100."""
+    from llava.analysis.roofline import analyze
+
+    setting = run_setting(run)
+    cfg, llm = setting["aim"], setting["llm"]
+    if llm is None:
+        return None, None
+    method = getattr(cfg, "method", "aim")
+    try:
+        if method == "aim":
+            pruning = cfg.enabled and cfg.l1 is not None and cfg.l1 < llm.layers
+            result = analyze(llm, frames=setting["frames"], tokens_per_frame=196 if is_video else 576,
+                             text_tokens=text_tokens, retention=cfg.retention if cfg.enabled else 1.0,
+                             l1=cfg.l1 if pruning else None, l2=cfg.l2 if pruning else None,
+                             convention="paper", hardware=PAPER_HARDWARE)
+        else:
+            result = analyze(llm, frames=setting["frames"], tokens_per_frame=196 if is_video else 576,
+                             text_tokens=text_tokens, retention=cfg.retention, method=method,
+                             drop_layers=cfg.drop_layers, drop_ratio=cfg.drop_ratio, hardware=PAPER_HARDWARE)
+    except AIMError:  # a method the analyzer does not model
+        return None, None
+    return result.prefill_tflops, result.prefill_ms
+
+
+def _cell(paper: Optional[float], ours: Optional[float], digits: int = 1, mark: str = "") -> str:
+    p = "–" if paper is None else f"{paper:.{digits}f}"
+    if ours is None:
+        return f"{p} / –"
+    o = f"{ours:.{digits}f}{mark}"
+    if paper is None:
+        return f"{p} / {o}"
+    return f"{p} / {o} ({ours - paper:+.{digits}f})"
+
+
+def paper_markdown(root: os.PathLike, table_names: Optional[Sequence[str]] = None) -> str:
+    """Each paper table in the paper's row and column order; each cell "paper / ours (ours -
+    paper)"; rows with no results under ROOT/<row name> marked "not run yet"."""
+    data = load_paper_tables()
+    root = Path(root)
+    columns = data["columns"]
+    parts = []
+    for table in data["tables"]:
+        if table_names and table["name"] not in table_names:
+            continue
+        is_video = table["name"] != "image"
+        names = table["columns"]
+        headers = ["Row", "Setting"] + [columns[c]["label"] for c in names] + ["measured prefill ms (median)"]
+        lines = [f"### {table['title']}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        substitutes = set()
+        for entry in table["rows"]:
+            runs = _row_runs(root, entry)
+            run = runs[-1] if runs else None
+            label = entry["label"] + (" (not in the paper)" if entry.get("extra") else "")
+            cells = [f"`{entry['row']}`", label + ("" if run else " — **not run yet**")]
+            predicted = _predicted_paper_way(run, is_video, table["text_tokens"]) if run else (None, None)
+            for name in names:
+                column, paper = columns[name], entry["paper"].get(name)
+                if column.get("kind") == "predicted_tflops":
+                    cells.append(_cell(paper, predicted[0], 2))
+                elif column.get("kind") == "prefill_ms":
+                    cells.append(_cell(paper, predicted[1], 2))
+                else:
+                    ours, mark = None, ""
+                    for i, task in enumerate(column["tasks"]):
+                        if run is not None and task in run.scores:
+                            ours, mark = run.scores[task], ("" if i == 0 else "†")
+                            if mark:
+                                substitutes.add(f"{column['label']}: ours on {task} (the paper: {column['tasks'][0]})")
+                            break
+                    digits = 1
+                    cells.append(_cell(paper, ours, digits, mark))
+            measured = run.median_prefill_ms if run else None
+            cells.append("–" if measured is None else f"{measured:.1f}" + (" *" if run.limit else ""))
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = []
+        if table.get("note"):
+            notes.append(table["note"])
+        notes += [f"† {s}." for s in sorted(substitutes)]
+        if notes:
+            lines += [""] + notes
+        parts.append("\n".join(lines))
+    parts.append(
+        "Cells: paper / ours (ours - paper). TFLOPs and prefill ms of both are the language model's prefill "
+        f"counted the paper's way (llava.analysis: paper convention, the table's text length, roofline on "
+        f"{PAPER_HARDWARE}) for the setting each run used; measured prefill ms: this project's runs (the "
+        "model's first forward, median over samples; * = a --limit run). Sources of the paper's numbers: "
+        "llava/eval/paper/tables.json."
+    )
+    return "\n\n".join(parts) + "\n"
+
+
 def write_atomically(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -272,23 +435,60 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 # -- command line ------------------------------------------------------------------------------
+def check_output_path(out: os.PathLike) -> Path:
+    """A file ``--out`` may be written to, or a ResultsFileError saying why not (before any work)."""
+    path = Path(out)
+    if path.is_dir():
+        raise ResultsFileError(f"--out {out} is a directory; give a file name, e.g. {path / 'results_table.md'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ResultsFileError(f"--out {out}: cannot write into {existing} (not a writable folder); choose another path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ResultsFileError(f"--out {out} exists and is read-only; choose another path")
+    return path
+
+
 def collect_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="collect_results.py",
         description="lmms-eval results JSON files -> markdown tables in the paper's layout, with FLOPs.")
-    parser.add_argument("paths", nargs="+", help="*_results.json files or folders holding them (searched recursively)")
+    parser.add_argument("paths", nargs="+", help="*_results.json files or folders holding them (searched recursively); "
+                                                  "with --paper: the OUTPUT_ROOT of scripts/paper_tables.py")
     parser.add_argument("--out", help="write the markdown here instead of printing it")
+    parser.add_argument("--paper", action="store_true",
+                        help="the paper's tables, row by row: paper / ours (difference) per cell, rows not run marked")
+    parser.add_argument("--tables", help="with --paper: only these tables (comma-separated: video,long,sweep,"
+                                         "sweep_pruning,ablation,image,qwen2vl)")
     args = parser.parse_args(argv)
     try:
-        files = find_results_files(args.paths)
-        if not files:
-            raise ResultsFileError(f"no *_results.json under {args.paths}")
-        text = markdown_tables(collect_runs(files))
+        out = check_output_path(args.out) if args.out else None
+        if args.paper:
+            if len(args.paths) != 1 or not Path(args.paths[0]).is_dir():
+                raise ResultsFileError("--paper takes one folder: the OUTPUT_ROOT the rows were run into "
+                                       "(scripts/paper_tables.py, default eval_results/paper)")
+            known = [t["name"] for t in load_paper_tables()["tables"]]
+            wanted = [t for t in (args.tables or "").split(",") if t]
+            unknown = [t for t in wanted if t not in known]
+            if unknown:
+                raise ResultsFileError(f"--tables: no table {unknown[0]!r}; the tables are {', '.join(known)}")
+            text = paper_markdown(args.paths[0], wanted or None)
+        else:
+            files = find_results_files(args.paths)
+            if not files:
+                raise ResultsFileError(f"no *_results.json under {args.paths}")
+            text = markdown_tables(collect_runs(files))
+        if out is not None:
+            try:
+                write_atomically(out, text)
+            except OSError as exc:
+                raise ResultsFileError(f"--out {args.out}: cannot write it ({exc.strerror or exc})") from exc
     except AIMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.out:
-        write_atomically(Path(args.out), text)
+    if out is not None:
         print(f"wrote {args.out}")
     else:
         print(text, end="")

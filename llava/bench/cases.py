@@ -1,0 +1,104 @@
+"""The configurations `llava-aim bench` times, each a :class:`PrefillCase`."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from llava.aim.config import AIMConfig
+from llava.aim.merge import merged_token_count
+from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, aim_default_layers
+from llava.aim.prumerge import nominal_tokens
+
+# The official AIM code prunes by masking under eager attention; "official" reproduces that
+# in the same run as the baseline and this project's removal on SDPA.
+OFFICIAL_ATTENTION = "eager"
+
+
+@dataclass
+class PrefillCase:
+    name: str
+    cfg: Optional[AIMConfig]  # None: the stock model
+    visual_tokens: int  # entering the LLM
+    text_tokens: int
+    attn: Optional[str] = None  # attention backend for this case; None: the run's --attn
+    tokens_per_layer: List[int] = field(default_factory=list)
+    times_s: List[float] = field(default_factory=list)
+    kv_cache_bytes: int = 0
+    peak_memory_bytes: Optional[int] = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    def to_dict(self, baseline: "PrefillCase") -> Dict[str, Any]:
+        return {
+            "name": self.name, "aim": self.cfg.to_dict() if self.cfg else None, "attn": self.attn,
+            "llm_input_tokens": self.visual_tokens + self.text_tokens,
+            "tokens_per_layer": self.tokens_per_layer, "sum_tokens": sum(self.tokens_per_layer),
+            "median_ms": 1e3 * self.median_s, "times_ms": [1e3 * t for t in self.times_s],
+            "speedup": baseline.median_s / self.median_s,
+            "kv_cache_bytes": self.kv_cache_bytes, "peak_memory_bytes": self.peak_memory_bytes,
+        }
+
+
+def default_cases(frames: int, tokens_per_frame: int, text: int, num_layers: int, retention: float = 0.25,
+                  l1: Optional[int] = None, l2: Optional[int] = None, newline: int = 1,
+                  pruning_only: bool = False, attn: str = "sdpa") -> List[PrefillCase]:
+    """Baseline first (speed-ups are relative to it); the default AIM setting is named "aim";
+    "official" is the official code's way of running the same setting (mask, eager)."""
+    if l1 is None:
+        l1, l2 = aim_default_layers(num_layers)
+    full = frames * tokens_per_frame + newline
+    merged = frames * merged_token_count(tokens_per_frame, retention, AIMConfig().merge_count) + newline
+    mask = AIMConfig(retention=retention, l1=l1, l2=l2, pruning_mode="mask")
+    cases = [
+        PrefillCase("baseline", None, full, text, attn),
+        PrefillCase("official", mask, merged, text, OFFICIAL_ATTENTION),
+        PrefillCase("mask", mask, merged, text, attn),
+        PrefillCase("merge-only", AIMConfig(retention=retention, l1=None, l2=None), merged, text, attn),
+        PrefillCase("aim", AIMConfig(retention=retention, l1=l1, l2=l2), merged, text, attn),
+    ]
+    if pruning_only:
+        cases.append(PrefillCase("prune-only", AIMConfig(retention=1.0, l1=l1, l2=l2), full, text, attn))
+    return cases
+
+
+def method_case(method: str, frames: int, tokens_per_frame: int, text: int, num_layers: int,
+                retention: float = 0.25, l1: Optional[int] = None, l2: Optional[int] = None,
+                drop_layers=None, drop_ratio=None, newline: int = 1, seed: int = 0,
+                attn: str = "sdpa") -> PrefillCase:
+    """One case for a baseline or control of llava.aim.policy, named after the method. FastV,
+    VTW and PyramidDrop run as published (no merging); random and pool take AIM's setting."""
+    if method in PRUMERGE_METHODS:  # adaptive count: the LLM-only case counts the official ratio's
+        cfg = AIMConfig.for_method(method)
+        return PrefillCase(method, cfg, frames * prumerge_kept(tokens_per_frame) + newline, text, attn)
+    if method in STEP_METHODS:
+        cfg = AIMConfig.for_method(method, drop_layers=drop_layers, drop_ratio=drop_ratio)
+    else:
+        if l1 is None:
+            l1, l2 = aim_default_layers(num_layers)
+        cfg = AIMConfig(method=method, retention=retention, l1=l1, l2=l2, seed=seed)
+    cfg.check_against_model(num_layers)
+    visual = frames * merged_token_count(tokens_per_frame, cfg.retention, cfg.merge_count) + newline
+    return PrefillCase(method, cfg, visual, text, attn)
+
+
+def prumerge_kept(tokens_per_frame: int) -> int:
+    """PruMerge's nominal tokens per frame for LLaVA-OneVision's geometry: the unpooled SigLIP
+    grid (2 * 14 - 1 = 27 per side for 196 pooled tokens) at the official ratio 1/8, no spatial
+    samples (as the official SigLIP code): 92 of 729."""
+    side = 2 * math.isqrt(tokens_per_frame) - 1
+    return nominal_tokens(side * side, plus=False)
+
+
+CASE_LABELS = {
+    "baseline": "baseline (no AIM)",
+    "official": "official code (mask, eager)",
+    "mask": "AIM, official-style mask",
+    "merge-only": "merging only",
+    "aim": "AIM default (removal)",
+    "prune-only": "pruning only (removal)",
+}

@@ -1,0 +1,192 @@
+"""`llava-aim bench` results: the JSON report and its human-readable table."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from llava.bench.cases import CASE_LABELS, PrefillCase
+
+SPEEDUP_GOAL = {"cpu": 0.7, "cuda": 0.8}  # measured / predicted, default AIM vs baseline
+OVERHEAD_GOAL = 0.03  # merging + importance, fraction of the AIM prefill
+
+
+def machine(device: torch.device) -> Dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {"device": name, "threads": torch.get_num_threads()}
+
+
+def versions(transformers_version: str) -> Dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers_version}
+
+
+def lm_summary(text_config) -> Dict[str, int]:
+    return {"layers": text_config.num_hidden_layers, "hidden": text_config.hidden_size,
+            "intermediate": text_config.intermediate_size,
+            "heads": text_config.num_attention_heads, "kv_heads": text_config.num_key_value_heads}
+
+
+def _by_name(cases: List[PrefillCase], name: str) -> Optional[PrefillCase]:
+    return next((c for c in cases if c.name == name), None)
+
+
+def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
+                 transformers_version) -> Dict[str, Any]:
+    lm_base = lm_cases[0]
+    aim = _by_name(lm_cases, "aim")
+    measured = lm_base.median_s / aim.median_s
+    predicted_speedup = predicted["aim"]["speedup"]
+    aim_ms = 1e3 * aim.median_s
+    overhead_ms = overhead["importance_ms"] + overhead["merging_ms"]
+    kind = device.type
+    report = {
+        "date": datetime.date.today().isoformat(), **machine(device),
+        "versions": versions(transformers_version),
+        "dtype": str(dtype).replace("torch.", ""), "attn": args.attn,
+        "language_model": lm_summary(text_config),
+        "input": {"frames": args.frames, "tokens_per_frame": args.tokens_per_frame, "text_tokens": args.text_tokens,
+                  "newline_tokens": 1},
+        "aim": aim.cfg.to_dict(),
+        "repeats": args.repeats,
+        "measured_speedup": measured,
+        "predicted_speedup": predicted_speedup,
+        "measured_over_predicted": measured / predicted_speedup,
+        # the same prediction with AIM's own work (merging, importance) added to the AIM prefill
+        "predicted_speedup_with_overhead": predicted["baseline"]["prefill_ms"]
+        / (predicted["aim"]["prefill_ms"] + predicted["aim"]["overhead_ms"]),
+        "prediction_hardware": hardware.to_dict(),
+        "language_model_prefill": [c.to_dict(lm_base) for c in lm_cases],
+        "predicted": predicted,
+        "overhead": {**overhead, "total_ms": overhead_ms, "aim_prefill_ms": aim_ms,
+                     "fraction": overhead_ms / (aim_ms + overhead["merging_ms"])},
+        "end_to_end_prefill": [c.to_dict(e2e_cases[0]) for c in e2e_cases] if e2e_cases else [],
+    }
+    official = _by_name(lm_cases, "official")
+    if official is not None:
+        # the gain over the official implementation of the same setting, timed in this run
+        report["speedup_vs_official"] = official.median_s / aim.median_s
+    if e2e_cases:
+        e2e_aim = _by_name(e2e_cases, "aim")
+        report["end_to_end_speedup"] = e2e_cases[0].median_s / e2e_aim.median_s
+        e2e_official = _by_name(e2e_cases, "official")
+        if e2e_official is not None:
+            report["end_to_end_speedup_vs_official"] = e2e_official.median_s / e2e_aim.median_s
+    report["goals"] = {
+        "speedup_ratio_min": SPEEDUP_GOAL[kind],
+        "speedup_ratio_met": report["measured_over_predicted"] >= SPEEDUP_GOAL[kind],
+        "overhead_max": OVERHEAD_GOAL,
+        "overhead_met": report["overhead"]["fraction"] < OVERHEAD_GOAL,
+    }
+    return report
+
+
+def _label(row: Dict[str, Any]) -> str:
+    return CASE_LABELS.get(row["name"], row["name"])
+
+
+def _table(rows: List[Dict[str, Any]], predicted: Optional[Dict[str, Dict[str, float]]] = None) -> List[str]:
+    head = f"  {'configuration':<28} {'LLM input':>9} {'sum N_j':>8} {'median ms':>10} {'speed-up':>8}"
+    head += f" {'predicted':>9}" if predicted else ""
+    head += f" {'peak MiB':>9} {'KV MiB':>7}"
+    lines = [head]
+    for r in rows:
+        peak = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
+        line = (f"  {_label(r):<28} {r['llm_input_tokens']:>9} {r['sum_tokens']:>8} "
+                f"{r['median_ms']:>10.1f} {r['speedup']:>7.2f}x")
+        if predicted:
+            line += f" {predicted[r['name']]['speedup']:>8.2f}x"
+        lines.append(line + f" {peak:>9} {r['kv_cache_bytes'] / 2**20:>7.1f}")
+    return lines
+
+
+def markdown_table(rows: List[Dict[str, Any]], predicted: Optional[Dict[str, Dict[str, float]]] = None) -> str:
+    """One markdown table of a report's rows (docs/benchmarks.md, scripts/gpu_check.sh)."""
+    head = ["configuration", "LLM input", "sum N_j", "median ms", "speed-up"]
+    head += ["predicted speed-up"] if predicted else []
+    head += ["peak MiB", "KV MiB"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        peak = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
+        cells = [_label(r), str(r["llm_input_tokens"]), str(r["sum_tokens"]), f"{r['median_ms']:.1f}",
+                 f"{r['speedup']:.2f}x"]
+        if predicted:
+            cells.append(f"{predicted[r['name']]['speedup']:.2f}x")
+        cells += [peak, f"{r['kv_cache_bytes'] / 2**20:.1f}"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def format_bench(r: Dict[str, Any]) -> str:
+    lmc = r["language_model"]
+    i = r["input"]
+    o = r["overhead"]
+    g = r["goals"]
+    lines = [
+        f"llava-aim bench  {r['date']}  {r['device']} ({r['threads']} threads)  torch {r['versions']['torch']}, "
+        f"transformers {r['versions']['transformers']}  {r['dtype']}, {r['attn']}",
+        f"language model: {lmc['layers']} layers, hidden {lmc['hidden']}, {lmc['heads']}/{lmc['kv_heads']} heads, "
+        "random weights",
+        f"input: {i['frames']} frames x {i['tokens_per_frame']} tokens + 1 newline + {i['text_tokens']} text tokens; "
+        f"AIM: retention {r['aim']['retention']:g}, l1={r['aim']['l1']}, l2={r['aim']['l2']}",
+        "",
+        "language-model prefill (median of interleaved rounds):",
+        *_table(r["language_model_prefill"], r["predicted"]),
+        "",
+        f"default AIM vs baseline: measured {r['measured_speedup']:.2f}x, predicted {r['predicted_speedup']:.2f}x "
+        f"(roofline on {r['prediction_hardware']['name']}): measured/predicted = {r['measured_over_predicted']:.2f} "
+        f"(goal >= {g['speedup_ratio_min']}: {'met' if g['speedup_ratio_met'] else 'NOT met'}); "
+        f"predicted with AIM's overhead added: {r['predicted_speedup_with_overhead']:.2f}x "
+        f"(measured/predicted = {r['measured_speedup'] / r['predicted_speedup_with_overhead']:.2f})",
+    ]
+    if "speedup_vs_official" in r:
+        lines.append(f"default AIM (removal, {r['attn']}) vs the official code (mask, eager), same run: "
+                     f"{r['speedup_vs_official']:.2f}x")
+    lines.append(
+        f"AIM overhead: importance {o['importance_ms']:.1f} ms + merging {o['merging_ms']:.1f} ms = "
+        f"{100 * o['fraction']:.1f}% of the AIM prefill (goal < {100 * g['overhead_max']:.0f}%: "
+        f"{'met' if g['overhead_met'] else 'NOT met'}); the analyzer predicts "
+        f"{100 * r['predicted']['aim']['overhead_fraction']:.1f}% of the time "
+        f"({100 * r['predicted']['aim']['overhead_flops_fraction']:.2f}% of the FLOPs) for this model")
+    if r["language_model"]["hidden"] < 1024:
+        lines.append("  (a narrow model overstates it: importance grows as N^2 x hidden, a layer as N x hidden^2; "
+                     "`llava-aim bench --layerwise` measures it at the Qwen2-7B shape)")
+    if r["end_to_end_prefill"]:
+        lines += ["", "end to end (vision tower + projector + merging + LLM prefill, last-token logits):",
+                  *_table(r["end_to_end_prefill"]),
+                  f"default AIM vs baseline end to end: {r['end_to_end_speedup']:.2f}x"
+                  + (f"; vs the official code: {r['end_to_end_speedup_vs_official']:.2f}x"
+                     if "end_to_end_speedup_vs_official" in r else "")]
+    lines.append("peak MiB: memory growth during one prefill (CUDA allocator peak; on CPU the resident high-water mark)")
+    return "\n".join(lines)
+
+
+def format_layerwise(r: Dict[str, Any]) -> str:
+    lmc, i, lw = r["language_model"], r["input"], r["layerwise"]
+    tokens = lw["tokens_per_layer"]
+    lines = [
+        f"llava-aim bench --layerwise  {r['date']}  {r['device']} ({r['threads']} threads)  torch "
+        f"{r['versions']['torch']}, transformers {r['versions']['transformers']}  {r['dtype']}, {r['attn']}",
+        f"decoder layer: hidden {lmc['hidden']}, intermediate {lmc['intermediate']}, {lmc['heads']}/{lmc['kv_heads']} "
+        f"heads, random weights; the model has {lmc['layers']} layers",
+        f"input: {i['frames']} frames x {i['tokens_per_frame']} tokens + 1 newline + {i['text_tokens']} text tokens; "
+        f"AIM: retention {r['aim']['retention']:g}, l1={r['aim']['l1']}, l2={r['aim']['l2']}",
+        "",
+        f"  {'tokens N_j':>10} {'layers':>6} {'layer ms':>10}",
+    ]
+    for n, ms in lw["layer_ms"].items():
+        lines.append(f"  {n:>10} {tokens.count(int(n)):>6} {ms:>10.1f}")
+    imp = lw["importance_ms"]
+    lines += [
+        "",
+        "importance (PageRank) at the scoring layers: "
+        + (", ".join(f"layer {j} ({tokens[int(j)]} tokens) {ms:.1f} ms" for j, ms in imp.items()) or "none"),
+        f"merging: {lw['merging_ms']:.1f} ms",
+        f"AIM prefill (sum over the {len(tokens)} layers, importance included): {lw['aim_prefill_ms']:.0f} ms",
+        f"AIM overhead: {lw['overhead_ms']:.1f} ms = {100 * lw['fraction']:.2f}% of the AIM prefill "
+        f"(goal < {100 * r['goals']['overhead_max']:.0f}%: {'met' if r['goals']['overhead_met'] else 'NOT met'})",
+        "left out: embeddings, final norm, lm_head, KV-cache writes (the same in every configuration)",
+    ]
+    return "\n".join(lines)
