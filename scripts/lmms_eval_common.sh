@@ -19,6 +19,7 @@
 #   CACHE_DIR=$OUTPUT_DIR/cache  root of the per-setting folders <key>/ (lmms-eval --use_cache and
 #                                the plugin's resume journal); a rerun of the same setting resumes
 #   DEVICE=cuda                  cuda or cpu
+#   PRINT_MODEL_ARGS=1           print the plugin model, its model_args and the tasks; run nothing
 #   PYTHON=                      the interpreter with llava-aim[eval] installed (default: the
 #                                active virtualenv's python, else the repository's .venv, else python)
 # Extra command-line arguments go to lmms-eval unchanged.
@@ -52,13 +53,16 @@ BATCH_SIZE=${BATCH_SIZE:-1}
 CACHE=${CACHE:-1}
 CACHE_DIR=${CACHE_DIR:-${OUTPUT_DIR}/cache}
 
-if ! "$PYTHON" -c "import lmms_eval, llava.eval.registry" 2>/dev/null; then
-    echo "error: $PYTHON cannot import lmms_eval and llava: install with pip install -e \".[eval]\" (or set PYTHON)" >&2
-    exit 2
-fi
-if [[ -z "${INCLUDE_PATH:-}" ]]; then
-    INCLUDE_PATH=$("$PYTHON" -c "from llava.eval.synthetic import TASK_DIR; print(TASK_DIR.parent)")
-fi
+# The interpreter can run the plugin, and the shipped offline task is on the include path.
+check_python() {
+    if ! "$PYTHON" -c "import lmms_eval, llava.eval.registry" 2>/dev/null; then
+        echo "error: $PYTHON cannot import lmms_eval and llava: install with pip install -e \".[eval]\" (or set PYTHON)" >&2
+        exit 2
+    fi
+    if [[ -z "${INCLUDE_PATH:-}" ]]; then
+        INCLUDE_PATH=$("$PYTHON" -c "from llava.eval.synthetic import TASK_DIR; print(TASK_DIR.parent)")
+    fi
+}
 
 # model_args: the checkpoint, the AIM setting, then anything extra.
 aim_model_args() {
@@ -99,6 +103,11 @@ launcher() {
 run_lmms_eval() {
     local model_args launch marker status=0
     model_args=$(aim_model_args)
+    if [[ "${PRINT_MODEL_ARGS:-0}" == "1" ]]; then  # what would run, nothing else (checks, tests)
+        echo "--model ${MODEL} --model_args ${model_args} --tasks ${TASKS}"
+        return 0
+    fi
+    check_python
     launch=$(launcher)
     mkdir -p "$OUTPUT_DIR"
     marker=$(mktemp "${OUTPUT_DIR}/.run-started.XXXXXX")

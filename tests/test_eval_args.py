@@ -267,3 +267,11 @@ def test_plugin_defaults_are_the_papers_checkpoints_loaded_as_llava_hf(caplog):
     aliased = [name for plugin, name in DEFAULT_CHECKPOINTS.items() if expected[plugin] != name]
     assert [r.getMessage().split(" is ")[0] for r in caplog.records] == aliased
     assert all("transformers conversion" in r.getMessage() for r in caplog.records)
+
+
+def test_prumerge_accepts_the_scripts_retention_1_but_no_merging_setting():
+    # the eval scripts pass retention=${RETENTION} for every run; 1 means "no merging"
+    cfg = aim_config_from_model_args({"method": "prumerge", "retention": 1})
+    assert cfg.method == "prumerge" and cfg.retention == 1.0
+    with pytest.raises(EvalArgumentError, match="retention"):
+        aim_config_from_model_args({"method": "prumerge", "retention": 0.5})

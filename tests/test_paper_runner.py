@@ -210,3 +210,28 @@ def test_dry_run_commands_run_offline_for_two_rows_and_fill_the_paper_table(tmp_
         assert row.split("|")[-2].strip() != "–"  # measured prefill ms
     assert "14.76 / " in aim_row and "(" in aim_row.split("|")[3]  # paper / ours (difference)
     assert "not run yet" in next(line for line in text.splitlines() if line.startswith("| `video/vtw`"))
+
+
+def test_every_runs_model_args_are_accepted_by_the_plugin():
+    """Each run's script, asked only to print what it would run (PRINT_MODEL_ARGS=1), gives
+    model_args that the plugin's own checks accept, for the model the row names: a row that
+    would fail on the cluster after queueing fails here instead."""
+    from llava.eval.args import PIXEL_ARGS, aim_config_from_model_args, loader_args, pixel_limits, split_model_args
+    from llava.eval.results import parse_model_args
+
+    for row in pt.runs(pt.ROWS):
+        env = {**{k: v for k, v in os.environ.items() if k not in ("PRETRAINED", "MODEL")},
+               **pt.row_env(row, "/tmp/unused", environ={}), "PRINT_MODEL_ARGS": "1"}
+        done = subprocess.run(["bash", row.script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (row.name, done.stderr)
+        words = shlex.split(done.stdout)
+        model, model_args = words[words.index("--model") + 1], words[words.index("--model_args") + 1]
+        raw = parse_model_args(model_args)
+        if model.startswith("qwen"):  # the Qwen plugin models take the pixel limits first
+            pixel_limits({k: raw.pop(k) for k in PIXEL_ARGS if k in raw})
+        loader, aim = split_model_args(raw)
+        loader_args(loader, "unused")
+        cfg = aim_config_from_model_args(aim)
+        assert model == row.env.get("MODEL", model), row.name
+        if row.method in ("prumerge", "prumerge_plus", "fastv", "vtw", "pdrop"):
+            assert cfg.method == row.method, row.name

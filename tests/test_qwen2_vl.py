@@ -640,7 +640,7 @@ def test_plugin_applies_the_pixel_limit_positions_and_frame_rate(synth_clips, cl
     assert plugin.aim_config.positions == "official"
     assert plugin.processor.video_processor.size["longest_edge"] == 28 * 28 * 64
     [answer] = plugin.generate_until([_request(0)])
-    assert isinstance(answer, str)
+    assert isinstance(answer.text, str) and answer.token_counts.input_tokens > 0
     stats = plugin.model.aim_stats
     # the 96 px clip is resized to 168 px (min_pixels; the default 100352 would give 336 px): 6 x 6 tokens
     assert stats.frames == 2 and stats.tokens_per_frame_before_merge == 36
@@ -667,7 +667,7 @@ def test_plugin_off_equals_the_stock_model(synth_clips):
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     stock = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert answer == stock.split("\n\n")[0].strip()
+    assert answer.text == stock.split("\n\n")[0].strip()
 
 
 def test_plugin_argument_errors_before_loading():

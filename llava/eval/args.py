@@ -146,7 +146,9 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
         if name in raw:
             fields[name] = str(raw[name])
     if method in PRUMERGE_METHODS:  # LLaVA-PruMerge: its own adaptive reduction, nothing else
-        extra = sorted(k for k in ("retention", "l1", "l2", "drop_layers", "drop_ratio") if k in raw)
+        # retention=1 (no merging) is what the eval scripts pass for every baseline: not a conflict
+        extra = sorted(k for k in ("retention", "l1", "l2", "drop_layers", "drop_ratio") if k in raw
+                       and not (k == "retention" and fields.get("retention") == 1.0))
         if extra:
             raise EvalArgumentError(f"method={method} reduces tokens before the LLM by itself; {extra} do not apply")
         fields = {**fields, "retention": 1.0, "l1": None, "l2": None}
