@@ -313,16 +313,23 @@ def _decode_selected(p: Path, total: int, num_frames: int, progress: bool | None
     return out, decoded
 
 
+def _frame_count(src, p: Path) -> int:
+    """Frames of an open clip: the container header's count, or a demux-only pass over the
+    packets when the header has none (0 or wrong for some formats)."""
+    total = src.stream.frames or 0
+    if total > 0:
+        return int(total)
+    try:
+        return int(src.count_packets())
+    except (AIMError, MemoryError):
+        raise
+    except Exception as e:
+        raise _wrap_error(p, "video", e) from e
+
+
 def _load_video_pyav(p: Path, num_frames: int, progress: bool | None, sampling: str = "uniform") -> np.ndarray:
     with _Source(p) as src:
-        total = src.stream.frames or 0  # container header; 0 or wrong for some formats
-        if total <= 0:
-            try:
-                total = src.count_packets()
-            except (AIMError, MemoryError):
-                raise
-            except Exception as e:
-                raise _wrap_error(p, "video", e) from e
+        total = _frame_count(src, p)
     if total <= 0:
         raise EmptyMediaError(f"video file '{p}' holds no frames. Pass a video with at least one frame.")
     frames, decoded = _decode_selected(p, total, num_frames, progress, sampling)
@@ -491,14 +498,7 @@ def probe_video(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     """
     p = _check_path(path, "video")
     with _Source(p) as src:
-        total = src.stream.frames or 0
-        if total <= 0:
-            try:
-                total = src.count_packets()
-            except (AIMError, MemoryError):
-                raise
-            except Exception as e:
-                raise _wrap_error(p, "video", e) from e
+        total = _frame_count(src, p)
         width, height = int(src.stream.codec_context.width or 0), int(src.stream.codec_context.height or 0)
     if total <= 0:
         raise EmptyMediaError(f"video file '{p}' holds no frames. Pass a video with at least one frame.")

@@ -60,6 +60,21 @@ def make_clip(frames=4, height=48, width=80, seed=0):
     return video
 
 
+@pytest.fixture(params=["ov", "llava15"])
+def model_case(request, ov_sdpa, llava15_sdpa):
+    """(model, processor, inputs builder) for each LLaVA family, AIM removed after the test."""
+    from llava.model.llava_arch import remove_aim
+
+    if request.param == "ov":
+        model, processor = ov_sdpa
+        build = lambda p: video_inputs(p, [make_video()])  # noqa: E731
+    else:
+        model, processor = llava15_sdpa
+        build = lambda p: image_inputs(p, [make_image()])  # noqa: E731
+    yield model, processor, build
+    remove_aim(model, processor)
+
+
 def make_video(frames=4, size=48, seed=0):
     """A small synthetic clip (frames, H, W, 3) uint8: smooth background and a moving square."""
     rng = np.random.default_rng(seed)

@@ -31,19 +31,6 @@ def greedy(model, inputs, n=NEW_TOKENS):
     return out[:, inputs["input_ids"].shape[1]:]
 
 
-@pytest.fixture(params=["ov", "llava15"])
-def model_case(request, ov_sdpa, llava15_sdpa):
-    """(model, processor, inputs builder) for each model family, AIM removed after the test."""
-    if request.param == "ov":
-        model, processor = ov_sdpa
-        build = lambda p: video_inputs(p, [make_video()])  # noqa: E731
-    else:
-        model, processor = llava15_sdpa
-        build = lambda p: image_inputs(p, [make_image()])  # noqa: E731
-    yield model, processor, build
-    remove_aim(model, processor)
-
-
 def _eager_case(name, ov_eager, llava15_eager):
     if name == "ov":
         model, processor = ov_eager

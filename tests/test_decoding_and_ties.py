@@ -13,21 +13,14 @@ import copy
 import pytest
 import torch
 
-from conftest import image_inputs, make_image, make_video, video_inputs
+from conftest import make_video, video_inputs
 from llava import AIMConfig, apply_aim
 from llava.model.llava_arch import remove_aim
 
 
-@pytest.fixture(params=["ov", "llava15"])
-def case(request, ov_sdpa, llava15_sdpa):
-    if request.param == "ov":
-        model, processor = ov_sdpa
-        build = lambda p: video_inputs(p, [make_video()])  # noqa: E731
-    else:
-        model, processor = llava15_sdpa
-        build = lambda p: image_inputs(p, [make_image()])  # noqa: E731
-    yield model, processor, build
-    remove_aim(model, processor)
+@pytest.fixture
+def case(model_case):
+    return model_case
 
 
 def _visible_keys(mask, kv_len):
