@@ -77,7 +77,7 @@ def test_human_table_names_the_groups(capsys):
                  "--repeats", "1", "--lm-only"]) == 0
     out = capsys.readouterr().out
     assert "model: small-qwen2-vl" in out
-    assert "2 frames = 1 temporal groups x 16 tokens (4 x 4 after the 2x2 patch merger" in out
+    assert "2 frames = 1 temporal group x 16 tokens (4 x 4 after the 2x2 patch merger" in out
     assert "newline" not in out and "end to end" not in out
 
 

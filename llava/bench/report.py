@@ -127,7 +127,8 @@ def describe_input(i: Dict[str, Any]) -> str:
     """One line for a report's "input": frames x tokens (+ newline), or Qwen-VL's temporal groups."""
     if "temporal_groups" in i:
         rows, cols = i["grid"]
-        return (f"{i['frames']} frames = {i['temporal_groups']} temporal groups x {i['tokens_per_group']} tokens "
+        groups = f"{i['temporal_groups']} temporal group{'s' if i['temporal_groups'] != 1 else ''}"
+        return (f"{i['frames']} frames = {groups} x {i['tokens_per_group']} tokens "
                 f"({rows} x {cols} after the 2x2 patch merger; frames resized to {rows * 28} x {cols * 28} px, "
                 f"max_pixels {i['max_pixels']}) + {i['text_tokens']} text tokens")
     newline = f" + {i['newline_tokens']} newline" if i.get("newline_tokens", 1) else ""
