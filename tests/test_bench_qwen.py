@@ -118,6 +118,31 @@ def test_layerwise_7b_shape_counts_1024_merged_tokens():
     assert analyze_inputs(retention=0.25, l1=14, l2=22, **kwargs).tokens_per_layer == ours
 
 
+@settings(max_examples=12, deadline=None)
+@given(frames=st.integers(1, 5), max_pixels=st.integers(784, 160_000), kind=st.sampled_from(["qwen2_vl",
+                                                                                                "qwen2_5_vl"]))
+def test_bench_input_counts_what_the_processor_emits(frames, max_pixels, kind):
+    """The LLM-only measurement's groups x tokens are the placeholders the model's processor
+    gives the end-to-end clip, for any frame count and pixel limit."""
+    import argparse
+
+    from llava.bench.cli import bench_input
+    from llava.bench.models import BENCH_MODELS, qwen_vl_processor, synthetic_video
+
+    spec = next(m for m in BENCH_MODELS.values() if m.family == kind and not m.big)
+    inp = bench_input(argparse.Namespace(frames=frames, max_pixels=max_pixels, tokens_per_frame=None,
+                                         text_tokens=100), spec)
+    processor = qwen_vl_processor(kind, inp.max_pixels, inp.min_pixels)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}],
+        add_generation_prompt=True)
+    batch = processor(text=prompt, videos=[synthetic_video(frames, inp.frame_side)], return_tensors="pt")
+    t, h, w = batch["video_grid_thw"][0].tolist()
+    assert (t, h // 2, w // 2) == (inp.units, *inp.grid)
+    assert int((batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")).sum()) == (
+        inp.units * inp.tokens_per_unit)
+
+
 # -- the LLM-only prompt's M-RoPE ids -----------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(text=st.integers(2, 40), groups=st.integers(1, 6), rows=st.integers(1, 6), cols=st.integers(1, 6),

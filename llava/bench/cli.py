@@ -91,6 +91,7 @@ QWEN_E2E_TEXT_TOKENS = 64  # the tiny Qwen-VL template (default system turn + qu
 MEMORY_HEADROOM = 0.9  # plan for at most this fraction of what is available
 ONEVISION_TOKENS_PER_FRAME = 196  # 27 x 27 SigLIP patches pooled 2x2
 ONEVISION_FRAME_SIDE = 384
+QWEN_VL_IMAGE_MIN_PIXELS = 56 * 56  # the Qwen-VL image processors' floor
 
 
 def add_bench_command(subparsers) -> None:
@@ -106,7 +107,7 @@ def add_bench_command(subparsers) -> None:
                         "end to end: the model's 196); Qwen-VL models take --max-pixels instead")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="Qwen-VL models: pixels per frame (default 200704: 448 x 448 px, 16 x 16 tokens per temporal "
-                        "group); the minimum is the processors' 100352 or this, whichever is smaller")
+                        "group); the minimum is the video processors' 100352, below it 3136 (56 x 56 px)")
     p.add_argument("--text-tokens", type=int, default=100, help="LLM-only measurement: text tokens")
     p.add_argument("--retention", type=float, default=0.25)
     p.add_argument("--l1", type=int, help="default: the paper's (14, 22) of 28 layers scaled to the model")
@@ -208,7 +209,10 @@ def bench_input(args, spec: BenchModel) -> BenchInput:
     max_pixels = QWEN_VL_MAX_PIXELS if max_pixels is None else max_pixels
     if isinstance(max_pixels, bool) or max_pixels < 28 * 28:
         raise AIMConfigError(f"--max-pixels must be at least 784 (one 28 x 28 px block), got {max_pixels}")
-    min_pixels = min(QWEN_VL_VIDEO_MIN_PIXELS, max_pixels)
+    # the video processors' floor; below it the image processors' (a floor above max_pixels would
+    # enlarge every frame past it)
+    min_pixels = QWEN_VL_VIDEO_MIN_PIXELS if max_pixels >= QWEN_VL_VIDEO_MIN_PIXELS else min(QWEN_VL_IMAGE_MIN_PIXELS,
+                                                                                           max_pixels)
     side = square_side(max_pixels)
     groups, per_group, grid = qwen_vl_visual_tokens(args.frames, side, side, max_pixels=max_pixels,
                                                     min_pixels=min_pixels)

@@ -146,12 +146,7 @@ def build_qwen_vl(kind: str, text_config, vision_dims: Dict[str, Any], device="c
     """A random Qwen2-VL / Qwen2.5-VL with the tiny model's token ids, chat template and
     processor, and these sizes; the processor's video limits set to ``min_pixels`` ..
     ``max_pixels`` (each frame is resized to multiples of 28 px within them)."""
-    from transformers import (
-        AutoConfig,
-        AutoProcessor,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2VLForConditionalGeneration,
-    )
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     from llava.model.builder import resolve_checkpoint
 
@@ -173,7 +168,16 @@ def build_qwen_vl(kind: str, text_config, vision_dims: Dict[str, Any], device="c
     torch.manual_seed(0)
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype)
-    processor = AutoProcessor.from_pretrained(path)
+    return model.eval(), qwen_vl_processor(kind, max_pixels, min_pixels)
+
+
+def qwen_vl_processor(kind: str, max_pixels: Optional[int] = None, min_pixels: Optional[int] = None):
+    """The tiny Qwen-VL model's processor with its video pixel limits set (None: kept)."""
+    from transformers import AutoProcessor
+
+    from llava.model.builder import resolve_checkpoint
+
+    processor = AutoProcessor.from_pretrained(resolve_checkpoint(QWEN_VL_TINY[kind]))
     sub = processor.video_processor
     size = {"shortest_edge": sub.size["shortest_edge"], "longest_edge": sub.size["longest_edge"]}
     if min_pixels is not None:
@@ -181,7 +185,7 @@ def build_qwen_vl(kind: str, text_config, vision_dims: Dict[str, Any], device="c
     if max_pixels is not None:
         size["longest_edge"] = max_pixels
     sub.size = size
-    return model.eval(), processor
+    return processor
 
 
 # -- what `llava-aim bench --model` builds ---------------------------------------------------------
