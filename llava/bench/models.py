@@ -137,10 +137,6 @@ def qwen_vl_7b_vision(kind: str = "qwen2_vl") -> Dict[str, Any]:
                 fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
 
 
-def qwen_vl_vision_width(kind: str, vision_dims: Dict[str, Any]) -> int:
-    return vision_dims["embed_dim"] if kind == "qwen2_vl" else vision_dims["hidden_size"]
-
-
 def build_qwen_vl(kind: str, text_config, vision_dims: Dict[str, Any], device="cpu", dtype=torch.float32,
                   max_pixels: Optional[int] = None, min_pixels: Optional[int] = None):
     """A random Qwen2-VL / Qwen2.5-VL with the tiny model's token ids, chat template and
