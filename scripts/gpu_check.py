@@ -211,9 +211,28 @@ def _load(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-def report(parts: Path, out_dir: Path, mode: str) -> Dict[str, Any]:
-    from llava.bench.report import markdown_table
+def _bench_lines(bench: Dict[str, Any]) -> List[str]:
+    """The markdown of one `llava-aim bench --json` report."""
+    from llava.bench.report import describe_input, markdown_table
 
+    model = f"--model {bench['model']}: " if bench.get("model") else ""
+    lines = ["", f"## llava-aim bench {model}{bench['device']}, {bench['dtype']}, {bench['attn']}, "
+             f"{bench['language_model']['layers']} layers x {bench['language_model']['hidden']}", "",
+             f"Input (LLM only): {describe_input(bench['input'])}.", "",
+             "Language model alone:", "", markdown_table(bench["language_model_prefill"], bench["predicted"]), ""]
+    lines.append(f"Default AIM vs baseline: measured {bench['measured_speedup']:.2f}x, predicted "
+                 f"{bench['predicted_speedup']:.2f}x ({bench['prediction_hardware']['name']}), "
+                 f"measured/predicted {bench['measured_over_predicted']:.2f}; vs the official code (mask, eager): "
+                 f"{bench.get('speedup_vs_official', float('nan')):.2f}x; AIM overhead "
+                 f"{100 * bench['overhead']['fraction']:.2f}% of its prefill.")
+    if bench.get("end_to_end_prefill"):
+        lines += ["", "End to end:", "", markdown_table(bench["end_to_end_prefill"]), "",
+                  f"End to end: {bench['end_to_end_speedup']:.2f}x vs baseline, "
+                  f"{bench.get('end_to_end_speedup_vs_official', float('nan')):.2f}x vs the official code."]
+    return lines
+
+
+def report(parts: Path, out_dir: Path, mode: str) -> Dict[str, Any]:
     steps = []
     steps_file = parts / "steps.tsv"
     if steps_file.exists():
@@ -222,9 +241,10 @@ def report(parts: Path, out_dir: Path, mode: str) -> Dict[str, Any]:
             steps.append({"step": name, "exit_status": int(rc), "seconds": float(seconds)})
     bench, tol = _load(parts / "bench.json"), _load(parts / "tolerance.json")
     batch, fl = _load(parts / "batching.json"), _load(parts / "flops.json")
+    bench_qwen = _load(parts / "bench_qwen.json")
     env = _load(parts / "environment.json") or {}
     result = {"date": datetime.date.today().isoformat(), "mode": mode, "environment": env, "steps": steps,
-              "bench": bench, "tolerance": tol, "batching": batch, "flops": fl}
+              "bench": bench, "tolerance": tol, "batching": batch, "flops": fl, "bench_qwen": bench_qwen}
     _json_out(str(out_dir / "gpu_check.json"), result)
     lines = [f"# gpu_check ({mode}), {result['date']}", ""]
     if env:
@@ -232,19 +252,9 @@ def report(parts: Path, out_dir: Path, mode: str) -> Dict[str, Any]:
         lines.append("")
     lines += ["| step | exit status | seconds |", "|---|---|---|"]
     lines += [f"| {s['step']} | {s['exit_status']} | {s['seconds']:.0f} |" for s in steps]
-    if bench:
-        lines += ["", f"## llava-aim bench: {bench['device']}, {bench['dtype']}, {bench['attn']}, "
-                  f"{bench['language_model']['layers']} layers x {bench['language_model']['hidden']}", "",
-                  "Language model alone:", "", markdown_table(bench["language_model_prefill"], bench["predicted"]), ""]
-        lines.append(f"Default AIM vs baseline: measured {bench['measured_speedup']:.2f}x, predicted "
-                     f"{bench['predicted_speedup']:.2f}x ({bench['prediction_hardware']['name']}), "
-                     f"measured/predicted {bench['measured_over_predicted']:.2f}; vs the official code (mask, eager): "
-                     f"{bench.get('speedup_vs_official', float('nan')):.2f}x; AIM overhead "
-                     f"{100 * bench['overhead']['fraction']:.2f}% of its prefill.")
-        if bench.get("end_to_end_prefill"):
-            lines += ["", "End to end:", "", markdown_table(bench["end_to_end_prefill"]), "",
-                      f"End to end: {bench['end_to_end_speedup']:.2f}x vs baseline, "
-                      f"{bench.get('end_to_end_speedup_vs_official', float('nan')):.2f}x vs the official code."]
+    for part in (bench, bench_qwen):
+        if part:
+            lines += _bench_lines(part)
     if tol:
         lines += ["", f"## Removal vs mask ({tol['language_model']}, {tol['tokens']} tokens, SDPA)", "",
                   "| comparison | max abs | max rel | min cosine |", "|---|---|---|---|"]

@@ -16,6 +16,9 @@
 #   tolerance removal vs mask on the same input, float32 and bf16, SDPA (scripts/gpu_check.py)
 #   batching  samples/s of the tiny model in batches of 1, 2, 4, 8 (the plugin's batching)
 #   flops     the analyzer's prediction for the same hardware
+#   bench_qwen  llava-aim bench --device cuda --model qwen2-vl-7b: the Qwen2-VL-7B architecture, random
+#             bf16 weights (16 temporal groups x 256 tokens), the same configurations; last, so it only
+#             takes what the budget has left
 #   report    gpu_check.json (everything) and gpu_check.md (the tables)
 # All steps share a budget of BUDGET=450 s (each also has its own limit), the report takes seconds.
 set -uo pipefail
@@ -82,12 +85,14 @@ if [[ "$MODE" == "gpu" ]]; then
     cd /tmp  # the installed package, not the checkout
     DEV=cuda
     BENCH=(--device cuda --model onevision-7b --repeats 5)
+    BENCH_QWEN=(--device cuda --model qwen2-vl-7b --repeats 3)
     SMALL=()
     BATCH=(--requests 32 --sizes 1,2,4,8 --frames 8 --rounds 3)
 else
     cd "$ROOT"
     DEV=cpu
     BENCH=(--device cpu --model small --frames 1 --repeats 1)
+    BENCH_QWEN=(--device cpu --model small-qwen2-vl --frames 2 --max-pixels 12544 --repeats 1)
     SMALL=(--small --frames 1)
     BATCH=(--requests 2 --sizes 1,2 --frames 2 --rounds 1 --new-tokens 2)
 fi
@@ -97,6 +102,8 @@ step bench 240 bash -c "\"\$0\" -m llava bench $(printf '%q ' "${BENCH[@]}") --j
 step tolerance 100 "$PY" "$ROOT/scripts/gpu_check.py" tolerance --device "$DEV" "${SMALL[@]}" --out "$PARTS/tolerance.json"
 step batching 60 "$PY" "$ROOT/scripts/gpu_check.py" batching --device "$DEV" "${BATCH[@]}" --out "$PARTS/batching.json"
 step flops 30 "$PY" "$ROOT/scripts/gpu_check.py" flops --device "$DEV" --out "$PARTS/flops.json"
+step bench_qwen 150 bash -c "\"\$0\" -m llava bench $(printf '%q ' "${BENCH_QWEN[@]}") --json > \"\$1\"" "$PY" \
+    "$PARTS/bench_qwen.json"
 "$PY" "$ROOT/scripts/gpu_check.py" report --parts "$PARTS" --out-dir "$OUT" --mode "$MODE"
 echo "== done in $(( SECONDS - T0 ))s: $OUT/gpu_check.json, $OUT/gpu_check.md"
 cat "$OUT/gpu_check.md"

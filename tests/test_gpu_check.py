@@ -18,7 +18,7 @@ SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 def test_dry_run_lists_the_steps():
     done = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True)
     assert done.returncode == 0
-    for step in ("install", "bench", "tolerance", "batching", "flops", "report", "--fetch-wheels"):
+    for step in ("install", "bench", "tolerance", "batching", "flops", "bench_qwen", "report", "--fetch-wheels"):
         assert step in done.stdout
     assert "set -uo" not in done.stdout
 
@@ -42,12 +42,16 @@ def test_cpu_smoke_writes_one_json_and_one_markdown(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "gpu_check.md"]
     report = json.loads((out / "gpu_check.json").read_text())
-    assert [s["step"] for s in report["steps"]] == ["environment", "bench", "tolerance", "batching", "flops"]
+    assert [s["step"] for s in report["steps"]] == ["environment", "bench", "tolerance", "batching", "flops",
+                                                    "bench_qwen"]
     assert all(s["exit_status"] == 0 for s in report["steps"]), report["steps"]
     bench = report["bench"]
     names = [c["name"] for c in bench["language_model_prefill"]]
     assert names == ["baseline", "official", "mask", "merge-only", "aim"]
     assert bench["speedup_vs_official"] > 0 and bench["predicted"]["aim"]["speedup"] > 1
+    qwen = report["bench_qwen"]
+    assert qwen["model"] == "small-qwen2-vl" and qwen["input"]["temporal_groups"] == 1
+    assert [c["name"] for c in qwen["end_to_end_prefill"]] == names
     tol = report["tolerance"]
     assert tol["remove_vs_mask_float32"]["max_rel"] < 1e-4  # removal equals the masked reference
     batch = report["batching"]
@@ -57,3 +61,4 @@ def test_cpu_smoke_writes_one_json_and_one_markdown(tmp_path):
     for heading in ("## llava-aim bench", "## Removal vs mask", "## Batching", "## Analyzer for this hardware"):
         assert heading in md
     assert "official code (mask, eager)" in md
+    assert "## llava-aim bench --model small-qwen2-vl" in md and "1 temporal group x 16 tokens" in md

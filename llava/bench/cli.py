@@ -1,12 +1,14 @@
 """``llava-aim bench``: measured prefill of AIM next to the analyzer's prediction.
 
 Two measurements on the same input (a video prompt: frames x tokens-per-frame visual tokens,
-one newline token, text tokens around them), each configuration timed in interleaved rounds
-(round-robin, so machine noise hits all alike) after a warm-up; medians are reported:
+one newline token, text tokens around them; Qwen2-VL / Qwen2.5-VL: temporal groups of 2 frames
+x tokens per group, no newline), each configuration timed in interleaved rounds (round-robin,
+so machine noise hits all alike) after a warm-up; medians are reported:
 
 * language model alone: the decoder gets the token sequence the LLM would receive (merged
-  length for the merging configurations) with the visual positions marked;
-* end to end: a LLaVA-OneVision model (vision tower, projector, 2x2 pooling, merging, LLM),
+  length for the merging configurations) with the visual positions marked (Qwen-VL: with
+  (3, 1, S) M-RoPE position ids in the stock layout);
+* end to end: the multimodal model (vision tower, projector or patch merger, merging, LLM),
   from the preprocessed pixels to the prefill's last-token logits.
 
 Configurations: baseline (no AIM); "official", the official code's way of running AIM (mask
@@ -16,16 +18,25 @@ Per configuration: median time (CUDA events on GPU, perf_counter on CPU), peak m
 during the prefill, KV-cache bytes. AIM's own overhead (merging, importance) is measured
 separately in instrumented runs, so it never perturbs the timed ones.
 
-CPU: random weights, a small Qwen2 (8 layers, hidden 256, 8/2 heads) and a 2-layer SigLIP at
-the real geometry (384 px, patch 14) with the paper's token counts. CUDA: the
-LLaVA-OneVision-7B architecture (SigLIP-so400m + Qwen2-7B) with random bf16 weights. The
-memory a run needs is estimated before anything is built; a run that cannot fit exits 2.
+Models (--model), random weights from a fixed seed:
+  small             CPU default: a small Qwen2 (8 layers, hidden 256, 8/2 heads) and a 2-layer
+                    SigLIP at LLaVA-OneVision's geometry (384 px, patch 14, 196 tokens per frame)
+  onevision-7b      CUDA default: LLaVA-OneVision-7B (SigLIP-so400m + Qwen2-7B), bf16
+  small-qwen2-vl    the same small decoder as a Qwen2-VL text model (M-RoPE) and a 2-block,
+  small-qwen2.5-vl  128-wide tower with the 2x2 patch merger, at Qwen-VL's geometry
+  qwen2-vl-7b       Qwen2-VL-7B / Qwen2.5-VL-7B (their 32-block towers + the Qwen2-7B decoder
+  qwen2.5-vl-7b     shape), bf16
+Qwen-VL inputs follow from --frames and --max-pixels (default 200704, the official run:
+square frames resized to 448 x 448 px, 16 x 16 tokens per temporal group; 32 frames -> 16
+groups x 256 tokens), merged per temporal group. The memory a run needs is estimated before
+anything is built; a run that cannot fit exits 2.
 
-``--layerwise`` instead measures AIM's overhead at the Qwen2-7B shape where the whole model does
-not fit (float32 on CPU): one decoder layer timed at every token count of the schedule,
-importance and merging at that shape, summed (``measure_layerwise``). AIM's relative overhead
-depends on the shape (importance ~ N^2 x hidden per scoring layer, a decoder layer ~ N x
-hidden^2), so the small model overstates it about 20-fold.
+``--layerwise`` instead measures AIM's overhead at the 7B decoder shape where the whole model
+does not fit (float32 on CPU): one decoder layer timed at every token count of the schedule,
+importance and merging at that shape, summed (``measure_layerwise``); ``--model qwen2-vl-7b``
+times the Qwen2-VL decoder layer at its token counts (16 groups x 64 tokens at 1/4). AIM's
+relative overhead depends on the shape (importance ~ N^2 x hidden per scoring layer, a decoder
+layer ~ N x hidden^2), so the small model overstates it about 20-fold.
 """
 
 from __future__ import annotations
@@ -34,7 +45,8 @@ import argparse
 import datetime
 import json
 import sys
-from typing import List
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -42,23 +54,32 @@ from llava.aim.config import AIMConfig
 from llava.aim.merge import merged_token_count
 from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, aim_default_layers
 from llava.bench.cases import OFFICIAL_ATTENTION, PrefillCase, default_cases, method_case
-from llava.bench.measure import measure_layerwise, measure_lm_overhead, run_end_to_end_benchmark, run_prefill_benchmark
+from llava.bench.measure import (
+    measure_layerwise,
+    measure_lm_overhead,
+    mrope_prompt_positions,
+    run_end_to_end_benchmark,
+    run_prefill_benchmark,
+)
 from llava.bench.memory import (
     PrefillShape,
     available_bytes,
     decoder_params,
     describe_bytes,
     prefill_bytes,
+    qwen_vl_vision_bytes,
+    qwen_vl_vision_params,
     vision_bytes,
     vision_params,
 )
 from llava.bench.models import (
+    BENCH_MODELS,
+    BenchModel,
+    bench_model,
     build_lm,
     build_onevision,
-    qwen2_7b_config,
-    siglip_so400m_config,
-    small_qwen2_config,
-    small_siglip_config,
+    build_qwen_vl,
+    square_side,
     synthetic_video,
 )
 from llava.bench.predict import calibrate_cpu, cuda_hardware, predict
@@ -66,18 +87,27 @@ from llava.bench.report import OVERHEAD_GOAL, bench_report, format_bench, format
 from llava.errors import AIMConfigError, InsufficientMemoryError
 
 E2E_TEXT_TOKENS = 20  # the chat template around the question, end to end (an upper bound)
+QWEN_E2E_TEXT_TOKENS = 64  # the tiny Qwen-VL template (default system turn + question): 56
 MEMORY_HEADROOM = 0.9  # plan for at most this fraction of what is available
+ONEVISION_TOKENS_PER_FRAME = 196  # 27 x 27 SigLIP patches pooled 2x2
+ONEVISION_FRAME_SIDE = 384
+QWEN_VL_IMAGE_MIN_PIXELS = 56 * 56  # the Qwen-VL image processors' floor
 
 
 def add_bench_command(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measured prefill time, memory and KV cache, next to the prediction",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.add_argument("--model", choices=["auto", "small", "onevision-7b"], default="auto",
-                   help="random-weight architecture: small (CPU default) or LLaVA-OneVision-7B (CUDA default)")
-    p.add_argument("--frames", type=int, default=32)
-    p.add_argument("--tokens-per-frame", type=int, default=196,
-                   help="LLM-only measurement: visual tokens per frame before merging (end to end: the model's 196)")
+    p.add_argument("--model", choices=["auto", *BENCH_MODELS], default="auto",
+                   help="random-weight architecture: small (CPU default), onevision-7b (CUDA default), small-qwen2-vl, "
+                        "qwen2-vl-7b, small-qwen2.5-vl, qwen2.5-vl-7b")
+    p.add_argument("--frames", type=int, default=32, help="video frames (Qwen-VL: 2 per temporal group)")
+    p.add_argument("--tokens-per-frame", type=int, default=None,
+                   help="LLaVA-OneVision, LLM-only measurement: visual tokens per frame before merging (default and "
+                        "end to end: the model's 196); Qwen-VL models take --max-pixels instead")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="Qwen-VL models: pixels per frame (default 200704: 448 x 448 px, 16 x 16 tokens per temporal "
+                        "group); the minimum is the video processors' 100352, below it 3136 (56 x 56 px)")
     p.add_argument("--text-tokens", type=int, default=100, help="LLM-only measurement: text tokens")
     p.add_argument("--retention", type=float, default=0.25)
     p.add_argument("--l1", type=int, help="default: the paper's (14, 22) of 28 layers scaled to the model")
@@ -89,8 +119,9 @@ def add_bench_command(subparsers) -> None:
     p.add_argument("--lm-only", action="store_true", help="skip the end-to-end measurement")
     p.add_argument("--pruning-only", action="store_true", help="also time pruning without merging")
     p.add_argument("--layerwise", action="store_true",
-                   help="instead: AIM's overhead measured layer by layer at the Qwen2-7B shape (the LLaVA-OneVision-7B "
-                        "LLM), which does not fit whole in CPU memory; about 80 s on 2 CPU cores, ~2 GB")
+                   help="instead: AIM's overhead measured layer by layer at the 7B decoder shape (Qwen2-7B, the "
+                        "LLaVA-OneVision-7B LLM; --model qwen2-vl-7b: Qwen2-VL-7B's), which does not fit whole in CPU "
+                        "memory; about 80 s on 2 CPU cores, ~2 GB")
     from llava.analysis.cli import add_method_options
 
     add_method_options(p)  # --method X adds a case "X" (a baseline or control) next to AIM's
@@ -103,7 +134,8 @@ def _check_args(args) -> torch.device:
         args.repeats = 2 if getattr(args, "layerwise", False) else 5
     if args.repeats < 1:
         raise AIMConfigError(f"--repeats must be at least 1, got {args.repeats}")
-    if args.frames < 1 or args.tokens_per_frame < 1 or args.text_tokens < 2:
+    tokens = getattr(args, "tokens_per_frame", None)
+    if args.frames < 1 or (tokens is not None and tokens < 1) or args.text_tokens < 2:
         raise AIMConfigError("--frames and --tokens-per-frame must be >= 1 and --text-tokens >= 2")
     if (args.l1 is None) != (args.l2 is None):
         raise AIMConfigError("give both --l1 and --l2, or neither for the paper's schedule scaled to the model")
@@ -129,13 +161,82 @@ def _check_args(args) -> torch.device:
     return device
 
 
+# -- the input, per family ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class BenchInput:
+    """The video prompt, as the language model receives it: ``units`` x ``tokens_per_unit``
+    visual tokens + ``newline`` + text. LLaVA-OneVision: units are frames (196 tokens each end
+    to end, ``tokens_per_frame`` in the LLM-only measurement) and one newline token; Qwen-VL:
+    units are temporal groups of 2 frames, their tokens follow from the pixel limits, no
+    newline."""
+
+    frames: int
+    units: int
+    tokens_per_unit: int  # the LLM-only measurement
+    e2e_tokens_per_unit: int  # what the model's processor gives the synthetic video
+    newline: int
+    text_tokens: int
+    frame_side: int  # the synthetic video's square frames, in pixels
+    e2e_text_tokens: int  # an upper bound of the end-to-end prompt's text
+    grid: Optional[Tuple[int, int]] = None  # Qwen-VL: merged-token rows x cols per group
+    max_pixels: Optional[int] = None
+    min_pixels: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        if self.grid is None:
+            return {"frames": self.frames, "tokens_per_frame": self.tokens_per_unit, "text_tokens": self.text_tokens,
+                    "newline_tokens": self.newline}
+        return {"frames": self.frames, "temporal_groups": self.units, "tokens_per_group": self.tokens_per_unit,
+                "grid": list(self.grid), "max_pixels": self.max_pixels, "min_pixels": self.min_pixels,
+                "frame_size": [self.frame_side, self.frame_side], "text_tokens": self.text_tokens,
+                "newline_tokens": self.newline}
+
+
+def bench_input(args, spec: BenchModel) -> BenchInput:
+    """The input of this run from the flags (refusing the other family's input flags)."""
+    max_pixels = getattr(args, "max_pixels", None)
+    tokens = getattr(args, "tokens_per_frame", None)
+    if not spec.qwen:
+        if max_pixels is not None:
+            raise AIMConfigError(f"--max-pixels describes Qwen-VL inputs; --model {spec.name} takes --tokens-per-frame")
+        return BenchInput(args.frames, args.frames, ONEVISION_TOKENS_PER_FRAME if tokens is None else tokens,
+                          ONEVISION_TOKENS_PER_FRAME, 1, args.text_tokens, ONEVISION_FRAME_SIDE, E2E_TEXT_TOKENS)
+    from llava.analysis.shapes import QWEN_VL_MAX_PIXELS, QWEN_VL_VIDEO_MIN_PIXELS, qwen_vl_visual_tokens
+
+    if tokens is not None:
+        raise AIMConfigError(f"--model {spec.name} counts its tokens from --frames and --max-pixels (16 x 16 per "
+                             "2 frames at 200704); --tokens-per-frame is for LLaVA-OneVision")
+    max_pixels = QWEN_VL_MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(max_pixels, bool) or max_pixels < 28 * 28:
+        raise AIMConfigError(f"--max-pixels must be at least 784 (one 28 x 28 px block), got {max_pixels}")
+    # the video processors' floor; below it the image processors' (a floor above max_pixels would
+    # enlarge every frame past it)
+    min_pixels = QWEN_VL_VIDEO_MIN_PIXELS if max_pixels >= QWEN_VL_VIDEO_MIN_PIXELS else min(QWEN_VL_IMAGE_MIN_PIXELS,
+                                                                                           max_pixels)
+    side = square_side(max_pixels)
+    groups, per_group, grid = qwen_vl_visual_tokens(args.frames, side, side, max_pixels=max_pixels,
+                                                    min_pixels=min_pixels)
+    return BenchInput(args.frames, groups, per_group, per_group, 0, args.text_tokens, side, QWEN_E2E_TEXT_TOKENS,
+                      grid=grid, max_pixels=max_pixels, min_pixels=min_pixels)
+
+
+def _check_method(args, spec: BenchModel) -> None:
+    if spec.qwen and args.method in PRUMERGE_METHODS:
+        raise AIMConfigError(f"--method {args.method} runs on LLaVA models' CLIP/SigLIP towers; the Qwen-VL adapter "
+                             f"does not implement it (--model {spec.name}): use --model small or onevision-7b")
+
+
 # -- memory, before anything is built --------------------------------------------------------
-def estimate_bench_memory(args, text_config, vision_dims, dtype_bytes: int) -> dict:
+def estimate_bench_memory(args, text_config, vision_dims, dtype_bytes: int, spec: Optional[BenchModel] = None,
+                          inp: Optional[BenchInput] = None) -> dict:
     """Bytes the run needs at its peak, by phase: the LLM-only phase (weights, then one prefill
-    at a time), and the end-to-end phase (the whole LLaVA-OneVision, the video and its pixels,
-    the vision tower over every frame, one prefill). The phases run one after the other."""
-    full = args.frames * args.tokens_per_frame + 1 + args.text_tokens
-    merged = args.frames * merged_token_count(args.tokens_per_frame, args.retention) + 1 + args.text_tokens
+    at a time), and the end-to-end phase (the whole multimodal model, the video and its pixels,
+    the vision tower over every frame, one prefill). The phases run one after the other.
+    Without ``spec`` / ``inp``: LLaVA-OneVision at the flags' sizes."""
+    spec = spec or BENCH_MODELS["small"]
+    inp = inp or bench_input(args, spec)
+    full = inp.units * inp.tokens_per_unit + inp.newline + inp.text_tokens
+    merged = inp.units * merged_token_count(inp.tokens_per_unit, args.retention) + inp.newline + inp.text_tokens
     eager = args.attn == "eager"
     shapes = [PrefillShape(full, eager=eager), PrefillShape(merged, eager=True),
               PrefillShape(merged, eager=eager, explicit_mask=True)]
@@ -144,20 +245,29 @@ def estimate_bench_memory(args, text_config, vision_dims, dtype_bytes: int) -> d
     lm_phase = lm_weights + max(prefill_bytes(text_config, s, dtype_bytes) for s in shapes) + importance
     phases = {"language model": lm_phase}
     if not args.lm_only:
-        e2e_full = args.frames * 196 + 1 + E2E_TEXT_TOKENS
-        e2e_merged = args.frames * merged_token_count(196, args.retention) + 1 + E2E_TEXT_TOKENS
+        per = inp.e2e_tokens_per_unit
+        e2e_full = inp.units * per + inp.newline + inp.e2e_text_tokens
+        e2e_merged = inp.units * merged_token_count(per, args.retention) + inp.newline + inp.e2e_text_tokens
         e2e_shapes = [PrefillShape(e2e_full, eager=eager), PrefillShape(e2e_merged, eager=True),
                       PrefillShape(e2e_merged, eager=eager, explicit_mask=True)]
-        weights = (decoder_params(text_config) + text_config.vocab_size * text_config.hidden_size
-                   + vision_params(vision_dims, text_config.hidden_size)) * dtype_bytes
-        phases["end to end"] = (weights + vision_bytes(vision_dims, args.frames, dtype_bytes=dtype_bytes)
-                                + max(prefill_bytes(text_config, s, dtype_bytes) for s in e2e_shapes) + importance)
+        head = text_config.vocab_size * text_config.hidden_size  # lm_head
+        if spec.qwen:
+            tower = qwen_vl_vision_params(spec.family, vision_dims, text_config.hidden_size)
+            video = 2 * inp.units * inp.frame_side ** 2 * 3  # uint8, an odd frame repeated
+            inputs = qwen_vl_vision_bytes(spec.family, vision_dims, inp.units * per * 4, video, dtype_bytes)
+        else:
+            tower = vision_params(vision_dims, text_config.hidden_size)
+            inputs = vision_bytes(vision_dims, args.frames, dtype_bytes=dtype_bytes)
+        weights = (decoder_params(text_config) + head + tower) * dtype_bytes
+        phases["end to end"] = (weights + inputs + max(prefill_bytes(text_config, s, dtype_bytes) for s in e2e_shapes)
+                                + importance)
     return phases
 
 
-def estimate_layerwise_memory(args, text_config, dtype_bytes: int) -> dict:
+def estimate_layerwise_memory(args, text_config, dtype_bytes: int, inp: Optional[BenchInput] = None) -> dict:
     """One decoder layer's weights and its prefill at the largest token count (no cache)."""
-    tokens = args.frames * merged_token_count(args.tokens_per_frame, args.retention) + 1 + args.text_tokens
+    inp = inp or bench_input(args, BENCH_MODELS["small"])
+    tokens = inp.units * merged_token_count(inp.tokens_per_unit, args.retention) + inp.newline + inp.text_tokens
     layer = (decoder_params(text_config) - text_config.vocab_size * text_config.hidden_size) // text_config.num_hidden_layers
     need = (layer * dtype_bytes + prefill_bytes(text_config, PrefillShape(tokens, eager=args.attn == "eager"),
                                                 dtype_bytes, layers=0)
@@ -165,7 +275,7 @@ def estimate_layerwise_memory(args, text_config, dtype_bytes: int) -> dict:
     return {"one decoder layer": need}
 
 
-def check_fits(phases: dict, device: torch.device, what: str) -> None:
+def check_fits(phases: dict, device: torch.device, what: str, smaller: str = "small") -> None:
     """Refuse, in one line, a run whose estimated peak does not fit in the available memory."""
     available = available_bytes(device)
     if available is None:
@@ -175,13 +285,28 @@ def check_fits(phases: dict, device: torch.device, what: str) -> None:
         raise InsufficientMemoryError(
             f"{what} needs about {describe_bytes(need)} ({phase} phase, estimated) but only "
             f"{describe_bytes(available)} is available on {device}; use fewer --frames, --lm-only, "
-            "--model small, --layerwise (the 7B shape one layer at a time) or a larger device"
+            f"--model {smaller}, --layerwise (the 7B shape one layer at a time) or a larger device"
         )
 
 
-def _what(args, big: bool) -> str:
-    model = "--model onevision-7b" if big else "the small model"
+def _what(args, spec: BenchModel) -> str:
+    model = f"--model {spec.name}" if spec.big else f"the {spec.title} model"
     return f"{model} at --frames {args.frames}"
+
+
+def _qwen_positions(inp: BenchInput, device):
+    """The LLM-only prompt's M-RoPE ids per case (None for 1-D RoPE models)."""
+    if inp.grid is None:
+        return None
+    cols = inp.grid[1]
+
+    def positions(case: PrefillCase):
+        per_group, rest = divmod(case.visual_tokens, inp.units)
+        if rest:
+            raise RuntimeError(f"case {case.name}: {case.visual_tokens} visual tokens over {inp.units} groups")
+        return mrope_prompt_positions(case.text_tokens, inp.units, per_group, cols, device)
+
+    return positions
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -189,10 +314,12 @@ def bench_command(args) -> int:
     import transformers
 
     device = _check_args(args)
-    big = args.model == "onevision-7b" or (args.model == "auto" and device.type == "cuda")
+    spec = bench_model(args.model, device, layerwise=args.layerwise)
+    inp = bench_input(args, spec)
+    _check_method(args, spec)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype_bytes = torch.finfo(dtype).bits // 8
-    text_config = qwen2_7b_config(args.attn) if big else small_qwen2_config(attn=args.attn)
+    text_config = spec.text_config(args.attn)
     num_layers = text_config.num_hidden_layers
     if args.l1 is not None:
         AIMConfig(retention=args.retention, l1=args.l1, l2=args.l2).check_against_model(num_layers)
@@ -200,47 +327,55 @@ def bench_command(args) -> int:
     bar = _progress_bar(args.json)
 
     if args.layerwise:
-        big = args.model != "small"
-        config = qwen2_7b_config(args.attn) if big else small_qwen2_config(attn=args.attn)
-        check_fits(estimate_layerwise_memory(args, config, dtype_bytes), device, f"--layerwise at --frames {args.frames}")
-        return layerwise_command(args, device, dtype, config)
+        check_fits(estimate_layerwise_memory(args, text_config, dtype_bytes, inp), device,
+                   f"--layerwise at --frames {args.frames}", spec.small_name)
+        return layerwise_command(args, device, dtype, text_config, spec, inp)
 
-    vision_dims = siglip_so400m_config() if big else small_siglip_config()
-    check_fits(estimate_bench_memory(args, text_config, vision_dims, dtype_bytes), device, _what(args, big))
+    vision_dims = spec.vision_dims()
+    check_fits(estimate_bench_memory(args, text_config, vision_dims, dtype_bytes, spec, inp), device,
+               _what(args, spec), spec.small_name)
 
-    say(f"llava-aim bench: {'Qwen2-7B' if big else 'small Qwen2'} language model, random weights, "
+    say(f"llava-aim bench: {spec.decoder_title} language model, random weights, "
         f"{str(dtype).replace('torch.', '')}, {args.attn} (official: mask under {OFFICIAL_ATTENTION}), on {device}")
     lm = build_lm(text_config, device, dtype)
-    lm_cases = default_cases(args.frames, args.tokens_per_frame, args.text_tokens, num_layers, args.retention,
-                             args.l1, args.l2, pruning_only=args.pruning_only, attn=args.attn)
+    lm_cases = default_cases(inp.units, inp.tokens_per_unit, inp.text_tokens, num_layers, args.retention,
+                             args.l1, args.l2, newline=inp.newline, pruning_only=args.pruning_only, attn=args.attn)
     if args.method != "aim":
-        lm_cases.append(method_case(args.method, args.frames, args.tokens_per_frame, args.text_tokens, num_layers,
+        lm_cases.append(method_case(args.method, inp.units, inp.tokens_per_unit, inp.text_tokens, num_layers,
                                     args.retention, args.l1, args.l2, args.drop_layers, args.drop_ratio,
-                                    attn=args.attn))
-    run_prefill_benchmark(lm, lm_cases, repeats=args.repeats, progress=bar("LLM prefill", args.repeats))
+                                    newline=inp.newline, attn=args.attn))
+    positions = _qwen_positions(inp, device)
+    run_prefill_benchmark(lm, lm_cases, repeats=args.repeats, progress=bar("LLM prefill", args.repeats),
+                          positions=positions)
     aim_case = next(c for c in lm_cases if c.name == "aim")
-    overhead = measure_lm_overhead(lm, aim_case, args.frames, args.tokens_per_frame)
+    overhead = measure_lm_overhead(lm, aim_case, inp.units, inp.tokens_per_unit, positions=positions)
     del lm
     hardware = cuda_hardware(device) if device.type == "cuda" else calibrate_cpu()
     flash = args.attn == "flash_attention_2" or args.attn == "sdpa"  # fused kernels: no N x N in memory
-    predicted = predict(text_config, lm_cases, args.frames, args.tokens_per_frame, hardware, dtype_bytes, flash)
+    predicted = predict(text_config, lm_cases, inp.units, inp.tokens_per_unit, hardware, dtype_bytes, flash)
 
     e2e_cases: List[PrefillCase] = []
     if not args.lm_only:
-        say("end to end: LLaVA-OneVision (vision tower + projector + merging + LLM)")
-        model, processor = build_onevision(text_config, vision_dims, device, dtype)
-        e2e_cases = default_cases(args.frames, 196, 0, num_layers, args.retention, args.l1, args.l2,
-                                  pruning_only=args.pruning_only, attn=args.attn)
+        if spec.qwen:
+            say(f"end to end: {spec.title} (vision tower + patch merger + merging per temporal group + LLM)")
+            model, processor = build_qwen_vl(spec.family, text_config, vision_dims, device, dtype,
+                                             max_pixels=inp.max_pixels, min_pixels=inp.min_pixels)
+        else:
+            say("end to end: LLaVA-OneVision (vision tower + projector + merging + LLM)")
+            model, processor = build_onevision(text_config, vision_dims, device, dtype)
+        e2e_cases = default_cases(inp.units, inp.e2e_tokens_per_unit, 0, num_layers, args.retention, args.l1,
+                                  args.l2, newline=inp.newline, pruning_only=args.pruning_only, attn=args.attn)
         if args.method != "aim":
-            e2e_cases.append(method_case(args.method, args.frames, 196, 0, num_layers, args.retention, args.l1,
-                                         args.l2, args.drop_layers, args.drop_ratio, attn=args.attn))
-        video = synthetic_video(args.frames, 384)
+            e2e_cases.append(method_case(args.method, inp.units, inp.e2e_tokens_per_unit, 0, num_layers,
+                                         args.retention, args.l1, args.l2, args.drop_layers, args.drop_ratio,
+                                         newline=inp.newline, attn=args.attn))
+        video = synthetic_video(args.frames, inp.frame_side)
         run_end_to_end_benchmark(model, processor, e2e_cases, video, "What happens in this video?",
                                  repeats=args.repeats, progress=bar("end to end", args.repeats))
         del model
 
     result = bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
-                          transformers.__version__)
+                          transformers.__version__, model=spec.name, inputs=inp.to_dict())
     if args.json:
         print(json.dumps(result))
     else:
@@ -248,27 +383,30 @@ def bench_command(args) -> int:
     return 0
 
 
-def layerwise_command(args, device: torch.device, dtype: torch.dtype, text_config) -> int:
+def layerwise_command(args, device: torch.device, dtype: torch.dtype, text_config, spec: Optional[BenchModel] = None,
+                      inp: Optional[BenchInput] = None) -> int:
     import transformers
 
+    spec = spec or BENCH_MODELS["onevision-7b"]
+    inp = inp or bench_input(args, spec)
     num_layers = text_config.num_hidden_layers
     if args.l1 is None:
         args.l1, args.l2 = aim_default_layers(num_layers)
     cfg = AIMConfig(retention=args.retention, l1=args.l1, l2=args.l2)
     cfg.check_against_model(num_layers)
     if not args.json:
-        print(f"llava-aim bench --layerwise: one random {text_config.hidden_size}-wide Qwen2 decoder layer, "
+        print(f"llava-aim bench --layerwise: one random {text_config.hidden_size}-wide {spec.decoder_title} layer, "
               f"{str(dtype).replace('torch.', '')}, {args.attn}, on {device}", file=sys.stderr, flush=True)
     bar = _progress_bar(args.json)("layer-by-layer", 1, unit="part")
-    result = measure_layerwise(text_config, cfg, args.frames, args.tokens_per_frame, args.text_tokens, device, dtype,
-                               repeats=args.repeats, progress=bar)
+    result = measure_layerwise(text_config, cfg, inp.units, inp.tokens_per_unit, inp.text_tokens, device, dtype,
+                               repeats=args.repeats, newline=inp.newline, progress=bar)
     report = {
         "date": datetime.date.today().isoformat(), **machine(device),
         "versions": versions(transformers.__version__),
+        "model": spec.name,
         "dtype": str(dtype).replace("torch.", ""), "attn": args.attn,
         "language_model": lm_summary(text_config),
-        "input": {"frames": args.frames, "tokens_per_frame": args.tokens_per_frame, "text_tokens": args.text_tokens,
-                  "newline_tokens": 1},
+        "input": inp.to_dict(),
         "aim": cfg.to_dict(),
         "layerwise": result,
         "goals": {"overhead_max": OVERHEAD_GOAL, "overhead_met": result["fraction"] < OVERHEAD_GOAL},

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -62,6 +62,30 @@ def prompt_ids(visual: int, text: int, device):
     return ids
 
 
+def mrope_prompt_positions(text: int, groups: int, per_group: int, cols: int, device) -> torch.Tensor:
+    """(3, 1, S) M-RoPE position ids (temporal, row, column) for :func:`prompt_ids`' layout with
+    a video of ``groups`` temporal groups of ``per_group`` tokens on a grid ``cols`` wide.
+
+    As the stock Qwen2-VL ``get_rope_index`` places an unmerged video: text before it counts
+    0, 1, ... in all three rows; the token at cell i of group g sits at start + (g, i // cols,
+    i % cols); the text after it continues past the largest visual position. A merged group of
+    k tokens takes its grid's first k cells (the placement the Qwen-VL adapter uses before it
+    knows the merge destinations). Rotary embeddings cost the same whatever the values, so
+    these stand in for the destination positions a real run computes.
+    """
+    head = text // 2
+    cell = torch.arange(per_group).repeat(groups)
+    group = torch.arange(groups).repeat_interleave(per_group)
+    visual = torch.stack([group, cell // cols, cell % cols]) + head
+    after = int(visual.max()) + 1 if visual.numel() else head
+    before = torch.arange(head).expand(3, -1)
+    tail = torch.arange(after, after + text - head).expand(3, -1)
+    return torch.cat([before, visual, tail], dim=1)[:, None].to(device)
+
+
+PositionsFn = Callable[[PrefillCase], Optional[torch.Tensor]]
+
+
 def _measure_peak_memory(cases: List[PrefillCase], once, device: torch.device) -> None:
     """One extra, untimed run per case inside :class:`PeakMemory`."""
     for case in cases:
@@ -78,8 +102,11 @@ def _backend(case: PrefillCase, lm):
 
 
 def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup: int = 1, progress=None,
-                          measure_memory: bool = True) -> List[PrefillCase]:
-    """Language model alone: time the prefill of each case; medians over interleaved rounds."""
+                          measure_memory: bool = True, positions: Optional[PositionsFn] = None) -> List[PrefillCase]:
+    """Language model alone: time the prefill of each case; medians over interleaved rounds.
+
+    ``positions(case)``: the position ids to pass (M-RoPE models: (3, 1, S)); None: the
+    decoder's own. A removal case's tokens per layer are those the runtime recorded."""
     from llava.model.llava_arch import AIMRuntime, install_pruning
 
     device = next(lm.parameters()).device
@@ -98,6 +125,7 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
     def once(case: PrefillCase, memory: Optional[PeakMemory] = None) -> float:
         runtime = runtimes.get(case.name)
         ids = prompt_ids(case.visual_tokens, case.text_tokens, device)
+        extra = _position_kwargs(positions, case)
         outputs = []
         with _backend(case, lm):
             if runtime is not None:
@@ -106,11 +134,13 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
             try:
                 def prefill():
                     with torch.inference_mode():
-                        outputs.append(lm(input_ids=ids, use_cache=True))
+                        outputs.append(lm(input_ids=ids, use_cache=True, **extra))
 
                 with memory or contextlib.nullcontext():
                     elapsed = time_call(prefill, device)
                 case.kv_cache_bytes = output_cache_bytes(outputs[0])
+                if runtime is not None and case.cfg.pruning_mode == "remove" and runtime.stats.layer_seq_lens:
+                    case.tokens_per_layer = [int(n) for n in runtime.stats.layer_seq_lens]
                 return elapsed
             finally:
                 if runtime is not None:
@@ -122,9 +152,16 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
     return cases
 
 
-def measure_lm_overhead(lm, case: PrefillCase, frames: int, tokens_per_frame: int, repeats: int = 3) -> Dict[str, float]:
+def _position_kwargs(positions: Optional[PositionsFn], case: PrefillCase) -> Dict[str, torch.Tensor]:
+    ids = positions(case) if positions is not None else None
+    return {} if ids is None else {"position_ids": ids}
+
+
+def measure_lm_overhead(lm, case: PrefillCase, frames: int, tokens_per_frame: int, repeats: int = 3,
+                        positions: Optional[PositionsFn] = None) -> Dict[str, float]:
     """AIM's own cost for one case: importance inside instrumented prefills (median total per
-    prefill) and merging of frames x tokens_per_frame features of the LM's width (median)."""
+    prefill) and merging of frames x tokens_per_frame features of the LM's width (median;
+    Qwen-VL: frames are its temporal groups, each merged alone as the adapter does)."""
     from llava.model.llava_arch import AIMRuntime, install_pruning
 
     device = next(lm.parameters()).device
@@ -133,12 +170,13 @@ def measure_lm_overhead(lm, case: PrefillCase, frames: int, tokens_per_frame: in
     if case.cfg.pruning:
         runtime = AIMRuntime(case.cfg, [VISUAL_ID])
         ids = prompt_ids(case.visual_tokens, case.text_tokens, device)
+        extra = _position_kwargs(positions, case)
         for _ in range(repeats):
             install_pruning(lm, runtime)
             runtime.set_visual_mask(ids)
             try:
                 with timed_importance(device) as spent, torch.inference_mode():
-                    lm(input_ids=ids, use_cache=True)
+                    lm(input_ids=ids, use_cache=True, **extra)
             finally:
                 runtime.uninstall()
             importance.append(sum(spent))
@@ -164,7 +202,8 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
     """AIM's overhead at a model shape too large to run whole here (Qwen2-7B in float32 needs
     ~30 GB), measured part by part.
 
-    One decoder layer of ``text_config`` (random weights) is timed at every distinct token
+    One decoder layer of ``text_config`` (random weights; Qwen2-VL / Qwen2.5-VL: their own layer
+    and M-RoPE embedding, ``frames`` their temporal groups) is timed at every distinct token
     count N_j of the AIM schedule; PageRank importance (the function the driver calls) on
     random post-RoPE queries and keys of that layer's shape at every scoring layer's N_j;
     merging on frames x tokens_per_frame features of the model's width. Every part is the
@@ -172,8 +211,6 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
     layers of its layer time plus its importance. Costs do not depend on the weights' values;
     left out: embeddings, final norm, lm_head (one token), and the KV-cache writes.
     """
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RotaryEmbedding
-
     from llava.aim.importance import pagerank_importance
     from llava.aim.schedule import scoring_layers
 
@@ -188,10 +225,11 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
     head_dim = text_config.hidden_size // heads
     distinct = sorted(set(tokens), reverse=True)
     total_steps = len(distinct) + len(scoring) + 1
+    layer_cls, rotary_cls, mrope = decoder_layer_classes(text_config)
     torch.manual_seed(0)
     with torch.device(device):
-        layer = Qwen2DecoderLayer(text_config, layer_idx=0).to(dtype).eval()
-        rotary = Qwen2RotaryEmbedding(text_config)
+        layer = layer_cls(text_config, layer_idx=0).to(dtype).eval()
+        rotary = rotary_cls(text_config)
 
     done = 0
 
@@ -205,9 +243,13 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
     for n in distinct:
         hidden = torch.randn(1, n, text_config.hidden_size, device=device, dtype=dtype)
         position_ids = torch.arange(n, device=device)[None]
+        if mrope:  # (3, 1, n): the layer's cost does not depend on the values
+            position_ids = position_ids[None].expand(3, -1, -1)
         with torch.inference_mode():
             cos_sin = rotary(hidden, position_ids)
-            layer_ms[n] = median_ms(lambda: layer(hidden, attention_mask=None, position_ids=position_ids,
+            # M-RoPE layers take no position ids (their text model passes None for unpacked ids)
+            layer_positions = None if mrope else position_ids
+            layer_ms[n] = median_ms(lambda: layer(hidden, attention_mask=None, position_ids=layer_positions,
                                                   position_embeddings=cos_sin), device, repeats)
         step()
     importance_ms: Dict[int, float] = {}
@@ -236,6 +278,27 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
         "fraction": overhead_ms / (aim_prefill_ms + merge_ms),
         "repeats": repeats,
     }
+
+
+def decoder_layer_classes(text_config):
+    """(decoder layer class, rotary embedding class, whether positions are M-RoPE (3, B, S))
+    of a Qwen2 / Qwen2-VL / Qwen2.5-VL / Llama text config."""
+    kind = text_config.model_type
+    if kind == "qwen2_vl_text":
+        from transformers.models.qwen2_vl import modeling_qwen2_vl as m
+
+        return m.Qwen2VLDecoderLayer, m.Qwen2VLRotaryEmbedding, True
+    if kind == "qwen2_5_vl_text":
+        from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as m
+
+        return m.Qwen2_5_VLDecoderLayer, m.Qwen2_5_VLRotaryEmbedding, True
+    if kind == "llama":
+        from transformers.models.llama import modeling_llama as m
+
+        return m.LlamaDecoderLayer, m.LlamaRotaryEmbedding, False
+    from transformers.models.qwen2 import modeling_qwen2 as m
+
+    return m.Qwen2DecoderLayer, m.Qwen2RotaryEmbedding, False
 
 
 def run_end_to_end_benchmark(model, processor, cases: List[PrefillCase], video, text: str, repeats: int = 5,

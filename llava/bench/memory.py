@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -169,6 +169,41 @@ def vision_params(vision_dims: Dict[str, int], text_hidden: int, patch: int = 14
     encoder = layers * (4 * hv * hv + 2 * hv * iv + 6 * hv)
     projector = hv * text_hidden + text_hidden * text_hidden
     return embeddings + encoder + projector
+
+
+QWEN_VL_PATCH_VALUES = 3 * 2 * 14 * 14  # one patch's pixel values: 3 colours x 2 frames x 14 x 14
+
+
+def _qwen_vl_widths(kind: str, vision_dims: Dict[str, Any]):
+    """(block width, MLP width) of a Qwen2-VL / Qwen2.5-VL tower from its config fields."""
+    if kind == "qwen2_vl":
+        return vision_dims["embed_dim"], vision_dims["embed_dim"] * vision_dims["mlp_ratio"]
+    return vision_dims["hidden_size"], vision_dims["intermediate_size"]
+
+
+def qwen_vl_vision_params(kind: str, vision_dims: Dict[str, Any], out_hidden: int, merge: int = 2) -> int:
+    """Parameters of a Qwen2-VL (LayerNorm, fc1/fc2 MLP) or Qwen2.5-VL (RMSNorm, SwiGLU) tower
+    and its patch merger (norm, then (4E -> 4E -> out_hidden) over each 2x2 block), from the
+    config fields; the patch embedding is a bias-free Conv3d over (2, 14, 14) patches."""
+    e, m = _qwen_vl_widths(kind, vision_dims)
+    norms = 4 * e if kind == "qwen2_vl" else 2 * e  # two per block, LayerNorm has a bias
+    mlp = 2 * e * m + m + e if kind == "qwen2_vl" else 3 * e * m + 2 * m + e
+    block = norms + (3 * e * e + 3 * e) + (e * e + e) + mlp
+    wide = merge * merge * e
+    merger = norms // 2 + wide * wide + wide + wide * out_hidden + out_hidden
+    return QWEN_VL_PATCH_VALUES * e + vision_dims["depth"] * block + merger
+
+
+def qwen_vl_vision_bytes(kind: str, vision_dims: Dict[str, Any], patches: int, video_bytes: int,
+                         dtype_bytes: int = 4) -> int:
+    """The end-to-end input and one tower block over every patch at once (the tower runs the
+    whole clip as one sequence, attention split per temporal group): the uint8 video, the
+    processor's float32 frames and patch values, the model-dtype copy, and a block's
+    activations (about seven width-sized and two MLP-sized tensors per patch; SwiGLU three)."""
+    e, m = _qwen_vl_widths(kind, vision_dims)
+    values = patches * QWEN_VL_PATCH_VALUES
+    block = patches * (7 * e + (2 if kind == "qwen2_vl" else 3) * m) * dtype_bytes
+    return video_bytes + 4 * video_bytes + values * 4 + values * dtype_bytes + block
 
 
 def describe_bytes(n: float) -> str:

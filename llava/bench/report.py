@@ -34,7 +34,10 @@ def _by_name(cases: List[PrefillCase], name: str) -> Optional[PrefillCase]:
 
 
 def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
-                 transformers_version) -> Dict[str, Any]:
+                 transformers_version, model: Optional[str] = None,
+                 inputs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The JSON report. ``inputs``: the prompt's description (default: LLaVA-OneVision's, from
+    the flags); ``model``: the --model that ran."""
     lm_base = lm_cases[0]
     aim = _by_name(lm_cases, "aim")
     measured = lm_base.median_s / aim.median_s
@@ -47,8 +50,9 @@ def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicte
         "versions": versions(transformers_version),
         "dtype": str(dtype).replace("torch.", ""), "attn": args.attn,
         "language_model": lm_summary(text_config),
-        "input": {"frames": args.frames, "tokens_per_frame": args.tokens_per_frame, "text_tokens": args.text_tokens,
-                  "newline_tokens": 1},
+        "model": model,
+        "input": inputs or {"frames": args.frames, "tokens_per_frame": args.tokens_per_frame,
+                            "text_tokens": args.text_tokens, "newline_tokens": 1},
         "aim": aim.cfg.to_dict(),
         "repeats": args.repeats,
         "measured_speedup": measured,
@@ -119,6 +123,18 @@ def markdown_table(rows: List[Dict[str, Any]], predicted: Optional[Dict[str, Dic
     return "\n".join(out)
 
 
+def describe_input(i: Dict[str, Any]) -> str:
+    """One line for a report's "input": frames x tokens (+ newline), or Qwen-VL's temporal groups."""
+    if "temporal_groups" in i:
+        rows, cols = i["grid"]
+        groups = f"{i['temporal_groups']} temporal group{'s' if i['temporal_groups'] != 1 else ''}"
+        return (f"{i['frames']} frames = {groups} x {i['tokens_per_group']} tokens "
+                f"({rows} x {cols} after the 2x2 patch merger; frames resized to {rows * 28} x {cols * 28} px, "
+                f"max_pixels {i['max_pixels']}) + {i['text_tokens']} text tokens")
+    newline = f" + {i['newline_tokens']} newline" if i.get("newline_tokens", 1) else ""
+    return f"{i['frames']} frames x {i['tokens_per_frame']} tokens{newline} + {i['text_tokens']} text tokens"
+
+
 def format_bench(r: Dict[str, Any]) -> str:
     lmc = r["language_model"]
     i = r["input"]
@@ -127,9 +143,10 @@ def format_bench(r: Dict[str, Any]) -> str:
     lines = [
         f"llava-aim bench  {r['date']}  {r['device']} ({r['threads']} threads)  torch {r['versions']['torch']}, "
         f"transformers {r['versions']['transformers']}  {r['dtype']}, {r['attn']}",
-        f"language model: {lmc['layers']} layers, hidden {lmc['hidden']}, {lmc['heads']}/{lmc['kv_heads']} heads, "
+        (f"model: {r['model']}; " if r.get("model") else "")
+        + f"language model: {lmc['layers']} layers, hidden {lmc['hidden']}, {lmc['heads']}/{lmc['kv_heads']} heads, "
         "random weights",
-        f"input: {i['frames']} frames x {i['tokens_per_frame']} tokens + 1 newline + {i['text_tokens']} text tokens; "
+        f"input (LLM only): {describe_input(i)}; "
         f"AIM: retention {r['aim']['retention']:g}, l1={r['aim']['l1']}, l2={r['aim']['l2']}",
         "",
         "language-model prefill (median of interleaved rounds):",
@@ -152,9 +169,9 @@ def format_bench(r: Dict[str, Any]) -> str:
         f"({100 * r['predicted']['aim']['overhead_flops_fraction']:.2f}% of the FLOPs) for this model")
     if r["language_model"]["hidden"] < 1024:
         lines.append("  (a narrow model overstates it: importance grows as N^2 x hidden, a layer as N x hidden^2; "
-                     "`llava-aim bench --layerwise` measures it at the Qwen2-7B shape)")
+                     "`llava-aim bench --layerwise` measures it at the 7B decoder shape)")
     if r["end_to_end_prefill"]:
-        lines += ["", "end to end (vision tower + projector + merging + LLM prefill, last-token logits):",
+        lines += ["", "end to end (vision tower + projector or patch merger + merging + LLM prefill, last-token logits):",
                   *_table(r["end_to_end_prefill"]),
                   f"default AIM vs baseline end to end: {r['end_to_end_speedup']:.2f}x"
                   + (f"; vs the official code: {r['end_to_end_speedup_vs_official']:.2f}x"
@@ -171,7 +188,7 @@ def format_layerwise(r: Dict[str, Any]) -> str:
         f"{r['versions']['torch']}, transformers {r['versions']['transformers']}  {r['dtype']}, {r['attn']}",
         f"decoder layer: hidden {lmc['hidden']}, intermediate {lmc['intermediate']}, {lmc['heads']}/{lmc['kv_heads']} "
         f"heads, random weights; the model has {lmc['layers']} layers",
-        f"input: {i['frames']} frames x {i['tokens_per_frame']} tokens + 1 newline + {i['text_tokens']} text tokens; "
+        f"input: {describe_input(i)}; "
         f"AIM: retention {r['aim']['retention']:g}, l1={r['aim']['l1']}, l2={r['aim']['l2']}",
         "",
         f"  {'tokens N_j':>10} {'layers':>6} {'layer ms':>10}",
