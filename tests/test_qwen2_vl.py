@@ -686,3 +686,14 @@ def test_plugin_argument_errors_before_loading():
         Qwen2VLAIM(pretrained="tiny-qwen2-vl", device="cpu", positions="official", retention=0.5)
     with pytest.raises(UnsupportedModelError, match="--model llava_onevision_aim"):
         Qwen2VLAIM(pretrained="tiny-llava-onevision", device="cpu")
+
+
+@pytest.mark.parametrize("method", ["prumerge", "prumerge_plus"])
+def test_prumerge_is_refused_not_silently_skipped(method):
+    # PruMerge is implemented for the LLaVA families only: on Qwen it must not run as a no-op
+    from llava.model.builder import load_pretrained_model
+
+    model, processor = load_pretrained_model("tiny-qwen2-vl", aim=None, torch_dtype=torch.float32)
+    with pytest.raises(UnsupportedModelError, match="LLaVA-PruMerge"):
+        apply_aim(model, processor, AIMConfig.for_method(method))
+    assert not hasattr(model, "_aim_runtime"), "a refused setting leaves the model untouched"

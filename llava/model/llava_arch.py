@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from llava.aim.config import AIMConfig
-from llava.errors import AIMConfigError, UnsupportedUsageError
+from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsageError
 from llava.model.families import FAMILIES, family_of
 from llava.model.language_model.attention import aim_backend_name, stock_backend_name
 from llava.model.language_model.driver import DecoderDriver
@@ -239,6 +239,12 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
     num_layers = len(lm.layers)
     cfg = cfg.resolve_layers(num_layers, family.official_layers(num_layers))
     cfg = cfg.resolve_merge_metric(family.official_merge_metric, family.merge_metrics, family.title)
+    if cfg.prumerging and not family.supports_prumerge:
+        raise UnsupportedModelError(
+            f"method {cfg.method!r} (LLaVA-PruMerge) is implemented for "
+            f"{' and '.join(f.title for f in FAMILIES if f.supports_prumerge)}, not {family.title}; "
+            "use another method"
+        )
     family.check_model(model, cfg)
     if processor is not None:
         family.check_processor(processor)  # before touching anything: no half-patched model

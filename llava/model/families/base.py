@@ -39,7 +39,9 @@ class FamilyAdapter:
     processor_methods: Tuple[str, ...] = ()  # processor attributes patch_processor sets
     merge_metrics: Tuple[str, ...] = ("tokens",)  # AIMConfig.merge_metric values supported
     official_merge_metric: str = "tokens"  # what merge_metric="auto" resolves to
-    # Whether PruMerge+ adds its spatial samples here, as the official code runs it.
+    # Whether the LLaVA-PruMerge baselines are implemented for this family, and whether PruMerge+
+    # adds its spatial samples here, as the official code runs it.
+    supports_prumerge: bool = False
     prumerge_spatial_samples: bool = True
     # config.model_type of related checkpoints AIM cannot serve correctly -> why (the message)
     refused_model_types: Dict[str, str] = {}

@@ -43,6 +43,7 @@ class Llava15Adapter(FamilyAdapter):
     merged_media = ("image",)
     tiny_models = ("tiny-llava-1.5",)
     processor_methods = ("replace_image_token",)
+    supports_prumerge = True
     merge_metrics = ("keys", "tokens")
     official_merge_metric = "keys"
 

@@ -44,6 +44,7 @@ class OneVisionAdapter(FamilyAdapter):
     merged_media = ("video",)
     tiny_models = ("tiny-llava-onevision",)
     processor_methods = ("replace_video_token",)
+    supports_prumerge = True
     prumerge_spatial_samples = False  # the official SigLIP PruMerge+ has them commented out
 
     def check_model(self, model, cfg) -> None:
