@@ -42,8 +42,9 @@ def add_run_command(subparsers) -> None:
     media.add_argument("--image", help="image file")
     p.add_argument("--question", help="question to ask (default: a description request)")
     p.add_argument("--frames", type=int, default=None,
-                   help=f"frames sampled uniformly from the video (default {DEFAULT_FRAMES}); a shorter clip "
-                        "gives all its frames, and a note says so")
+                   help=f"frames sampled uniformly from the video (default {DEFAULT_FRAMES}: a shorter clip "
+                        "gives all its frames, and a note says so); more than the clip has is refused unless "
+                        "--frame-sampling official")
     p.add_argument("--retention", type=float, help="fraction of tokens kept per frame by merging, in (0, 1]")
     p.add_argument("--l1", type=int, help="first pruning layer (0-based)")
     p.add_argument("--l2", type=int, help="first layer with no visual token")
@@ -235,6 +236,12 @@ def _decoder_depth(config) -> int:
     return int(getattr(getattr(config, "text_config", None) or config, "num_hidden_layers"))
 
 
+def _too_few_frames(total: int, asked: int) -> str:
+    return (f"the clip has {total} frames, fewer than --frames {asked}: pass --frames {total} or fewer, omit "
+            f"--frames (up to {DEFAULT_FRAMES}, all frames of a shorter clip), or --frame-sampling official "
+            "(repeats frames, as lmms-eval does)")
+
+
 def run_command(args) -> int:
     import torch
 
@@ -266,18 +273,22 @@ def run_command(args) -> int:
     is_video = kind == "video"
     media_path = (args.video or str(SAMPLE_VIDEO)) if is_video else (args.image or str(SAMPLE_IMAGE))
     frames = args.frames or DEFAULT_FRAMES
+    sampling = getattr(args, "frame_sampling", "uniform")
     if is_video:
         total, width, height = probe_video(media_path)
+        if args.frames is not None and total < args.frames and sampling == "uniform":
+            raise AIMConfigError(_too_few_frames(total, args.frames))
         take = min(frames, total)
         estimate = video_memory_estimate(config, width, height, _dtype_bytes(args, config))
         check_video_fits(estimate, take, device, host_available_bytes(),
                          device_available_bytes(device) if device.type != "cpu" else None)
     # tqdm bar for long clips (see llava.video); never with --json, which prints one object only
     progress = False if args.json else None
-    sampling = getattr(args, "frame_sampling", "uniform")
     media = load_video(media_path, frames, progress=progress, sampling=sampling) if is_video else load_image(media_path)
     if is_video and media.shape[0] < frames:
-        notes.append(f"the clip has {media.shape[0]} frames, fewer than --frames {frames}: using each of its "
+        if args.frames is not None:  # the header promised more frames than decoding found
+            raise AIMConfigError(_too_few_frames(media.shape[0], args.frames))
+        notes.append(f"the clip has {media.shape[0]} frames, fewer than the default {frames}: using each of its "
                      f"{media.shape[0]} frames once")
     timings["decode_s"] = time.perf_counter() - t0
 

@@ -49,7 +49,7 @@ def refused(args, capsys) -> str:
 
 
 def make_long_clip(path: Path, frames: int) -> Path:
-    """A clip of many 16x16 frames (about a second to write 100000 of them)."""
+    """A clip of ``frames`` 16x16 frames (about a second to write 100000 of them)."""
     import av
     import numpy as np
 
@@ -178,13 +178,32 @@ def test_memory_estimate_is_monotone_and_its_suggestion_fits(frames, free, width
 
 
 # -- served differently from what was typed: said so -----------------------------------------
-def test_frames_beyond_the_clip_says_so(capsys):
+def test_frames_typed_beyond_the_clip_exit_2_one_line(capsys):
     code, out, err = run_cli(["run", "--frames", "100", "--max-new-tokens", "2", "--json"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().startswith(f"llava-aim run: error: the clip has {SAMPLE_FRAMES} frames, fewer than --frames 100")
+    assert f"--frames {SAMPLE_FRAMES} or fewer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_frames_beyond_the_clip_with_official_sampling_repeats_frames(capsys):
+    code, out, err = run_cli(["run", "--frames", "100", "--frame-sampling", "official", "--max-new-tokens", "2",
+                              "--json"], capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert (result["frames"], result["frames_requested"]) == (SAMPLE_FRAMES, 100)
-    assert err.strip() == (f"llava-aim run: note: the clip has {SAMPLE_FRAMES} frames, fewer than --frames 100: "
-                           f"using each of its {SAMPLE_FRAMES} frames once")
+    assert (result["frames"], result["frames_requested"]) == (100, 100) and result["notes"] == []
+
+
+def test_default_frames_beyond_a_short_clip_says_so(capsys, tmp_path):
+    from llava.run import DEFAULT_FRAMES
+
+    short = 8
+    clip = make_long_clip(tmp_path / "short.mp4", short)
+    code, out, err = run_cli(["run", "--video", str(clip), "--max-new-tokens", "2", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["frames"], result["frames_requested"]) == (short, DEFAULT_FRAMES)
+    assert err.strip() == (f"llava-aim run: note: the clip has {short} frames, fewer than the default "
+                           f"{DEFAULT_FRAMES}: using each of its {short} frames once")
     assert result["notes"] == [err.strip().split("note: ", 1)[1]]
 
 
