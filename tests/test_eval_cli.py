@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,13 @@ def _run_script(script, tmp, timeout=600, **settings):
            "OMP_NUM_THREADS": "1", **settings}
     env.pop("WORLD_SIZE", None)
     return subprocess.run(["bash", str(ROOT / script)], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    # a fixed port collides with another suite (or a leftover rendezvous) on a shared machine
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _samples(out_dir: Path):
@@ -75,7 +83,7 @@ def test_torchrun_two_processes_give_the_same_samples(one_process_run, tmp_path)
     # 3 documents on 2 ranks: rank 1 also runs a padding request. On CPU the script switches
     # the default accelerate launcher to torchrun.
     result = _run_script("video_bench_eval.sh", tmp_path, PRETRAINED="tiny-llava-onevision", TASKS=VIDEO_TASKS,
-                         FRAMES="4", LIMIT="3", NUM_PROCESSES="2", MASTER_PORT="29617")
+                         FRAMES="4", LIMIT="3", NUM_PROCESSES="2", MASTER_PORT=str(_free_port()))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "launching with torchrun" in result.stderr
     assert _samples(tmp_path / "out") == _samples(tmp / "out")
