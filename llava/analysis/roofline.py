@@ -203,11 +203,9 @@ def kv_cache_bytes_per_layer(llm: LLMShape, tokens_per_layer: Sequence[int], kv_
 # --- a whole step --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LayerCost:
-    index: int
-    tokens: int  # new tokens processed by this layer (prefill: N_j; decode: 1)
-    keys: int  # keys attended over
+class _OpTotals:
+    """Totals over ``self.ops`` (a tuple of OpCost), shared by per-layer and per-component costs."""
+
     ops: Tuple[OpCost, ...]
 
     @property
@@ -221,6 +219,14 @@ class LayerCost:
     @property
     def time_s(self) -> float:
         return sum(op.time_s for op in self.ops)
+
+
+@dataclass(frozen=True)
+class LayerCost(_OpTotals):
+    index: int
+    tokens: int  # new tokens processed by this layer (prefill: N_j; decode: 1)
+    keys: int  # keys attended over
+    ops: Tuple[OpCost, ...]
 
     def to_dict(self, with_ops: bool = True) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -297,23 +303,11 @@ def decode_step_cost(llm: LLMShape, kv_lens: Sequence[int], hardware: Union[str,
 
 
 @dataclass(frozen=True)
-class ComponentCost:
+class ComponentCost(_OpTotals):
     """A cost reported next to, never inside, the LLM prefill (vision encoder, AIM overhead)."""
 
     name: str
     ops: Tuple[OpCost, ...]
-
-    @property
-    def flops(self) -> float:
-        return sum(op.ops for op in self.ops)
-
-    @property
-    def bytes(self) -> float:
-        return sum(op.bytes for op in self.ops)
-
-    @property
-    def time_s(self) -> float:
-        return sum(op.time_s for op in self.ops)
 
     def part(self, prefix: str) -> float:
         """FLOPs of the ops whose name starts with ``prefix``."""
