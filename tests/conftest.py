@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -58,6 +59,30 @@ def make_clip(frames=4, height=48, width=80, seed=0):
         x = (4 + 9 * f) % max(1, width - 16)
         video[f, 8:24, x : x + 16] = rng.integers(0, 255, size=3)
     return video
+
+
+def encode_video(path, frames, fps=8, codec=None, options=None):
+    """Encode RGB uint8 frames (H, W, 3) with PyAV at the first frame's size; returns ``path``.
+
+    ``frames`` may be any iterable, so a test can write a very long clip without holding it.
+    ``codec`` defaults to libx264 where this PyAV has it, else mpeg4; the container follows
+    ``path``'s suffix."""
+    import av
+
+    frames = iter(frames)
+    first = next(frames)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec or ("libx264" if "libx264" in av.codecs_available else "mpeg4"), rate=fps)
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = "yuv420p"
+        if options:
+            stream.options = options
+        for arr in itertools.chain([first], frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
 
 
 @pytest.fixture(params=["ov", "llava15"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QWEN_TINY, chat_inputs, make_clip, make_image, qwen_model
+from conftest import QWEN_TINY, chat_inputs, encode_video, make_clip, make_image, qwen_model
 from llava import AIMConfig, apply_aim
 from llava.aim.merge import merged_token_count
 from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsageError
@@ -479,22 +479,6 @@ def test_run_loads_a_hub_id_offline(tmp_path, repo_id, tiny):
 
 
 # -- llava-aim visualize on non-square grids ------------------------------------------------
-def write_clip(path: Path, frames) -> Path:
-    """Encode (F, H, W, 3) uint8 frames at their own size (even sides) with PyAV."""
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=8)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for arr in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 def test_panels_keep_the_grid_aspect_and_rows_name_their_frames():
     from llava.visualize import figure_size_px, frame_labels, panel_shape, panel_size
 
@@ -513,7 +497,7 @@ def test_visualize_draws_a_non_square_clip(name, tmp_path, capsys):
     from llava.cli import main
     from llava.visualize import CAPTION_LINE_PX, figure_size_px
 
-    video = write_clip(tmp_path / "wide.mp4", make_clip(frames=4, height=96, width=160))
+    video = encode_video(tmp_path / "wide.mp4", make_clip(frames=4, height=96, width=160))
     out = tmp_path / "aim.png"
     code = main(["visualize", "--video", str(video), "--model", name, "--frames", "4", "--l1", "2", "--l2", "8",
                  "--out", str(out)])
@@ -558,10 +542,10 @@ def test_vision_tower_flops_match_the_counted_matmuls(name):
 
 # -- llava-aim flops / plan know the Qwen-VL 7B models --------------------------------------
 def _flops_json(*args):
-    from llava.cli import main
-
     import contextlib
     import io
+
+    from llava.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -7,6 +7,7 @@ than --frames, an image on a model that merges video frames only) say so in a no
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
@@ -19,6 +20,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import encode_video
 from llava.cli import main
 from llava.model.builder import BUILTIN_MODELS
 
@@ -50,20 +52,9 @@ def refused(args, capsys) -> str:
 
 def make_long_clip(path: Path, frames: int) -> Path:
     """A clip of ``frames`` 16x16 frames (about a second to write 100000 of them)."""
-    import av
     import numpy as np
 
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=30)
-        stream.width = stream.height = 16
-        stream.pix_fmt = "yuv420p"
-        frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
-        for _ in range(frames):
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return encode_video(path, itertools.repeat(np.zeros((16, 16, 3), np.uint8), frames), fps=30, codec="mpeg4")
 
 
 # -- run: each case of the bad-input contract ------------------------------------------------

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import llava.video as video
+from conftest import encode_video
 from llava.errors import (
     AIMConfigError,
     AIMError,
@@ -35,19 +36,9 @@ def grey_level(i: int) -> int:
 
 
 def write_video(path: Path, frames: list[np.ndarray] | np.ndarray, fps: int = 8) -> Path:
-    """Encode RGB uint8 frames (H, W, 3) with PyAV; the container follows ``path``'s suffix."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(CODEC, rate=fps)
-        stream.width, stream.height = SIZE, SIZE
-        stream.pix_fmt = "yuv420p"
-        if CODEC == "libx264":
-            stream.options = {"crf": "10", "threads": "1"}
-        for arr in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    """Encode RGB uint8 frames with PyAV at near-lossless quality (decoded colours are checked)."""
+    return encode_video(path, frames, fps=fps, codec=CODEC,
+                        options={"crf": "10", "threads": "1"} if CODEC == "libx264" else None)
 
 
 def grey_video(path: Path, n: int) -> Path:
