@@ -144,8 +144,10 @@ def checkpoint_config(name_or_path: str):
     return source, config, family_for_model_type(getattr(config, "model_type", None))
 
 
-def _read_family(source: str):
-    return family_for_model_type(getattr(_read_config(source), "model_type", None))
+def _first_line(exc: BaseException) -> str:
+    """An upstream error's first line (its class name if it has no text), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def _read_config(source: str):
@@ -160,8 +162,7 @@ def _read_config(source: str):
             else "it is not on the Hugging Face hub, is gated or private (log in with hf auth login), or the "
             "download failed"
         )
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ModelLoadError(f"cannot load checkpoint {source!r}: {hint} ({first_line})") from exc
+        raise ModelLoadError(f"cannot load checkpoint {source!r}: {hint} ({_first_line(exc)})") from exc
     return config
 
 
@@ -178,8 +179,7 @@ def load_pretrained_model(
     import transformers
     from transformers import AutoProcessor
 
-    source = locate_checkpoint(name_or_path)
-    family = _read_family(source)
+    source, _, family = checkpoint_config(name_or_path)
     model_cls = getattr(transformers, family.load_class)
     try:
         model = model_cls.from_pretrained(
@@ -187,8 +187,7 @@ def load_pretrained_model(
         )
         processor = AutoProcessor.from_pretrained(source)
     except (OSError, ValueError, ImportError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ModelLoadError(f"cannot load {source!r}: {first_line}") from exc
+        raise ModelLoadError(f"cannot load {source!r}: {_first_line(exc)}") from exc
     model.eval()
     if aim is not None:
         from llava.model.llava_arch import apply_aim
