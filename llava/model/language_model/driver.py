@@ -235,8 +235,7 @@ class DecoderDriver:
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=h.device).unsqueeze(0)
         offset = None
-        take_arrival = getattr(self.runtime, "take_arrival_mask", None)
-        arrived = take_arrival() if take_arrival is not None else None
+        arrived = self.runtime.take_arrival_mask()
         if arrived is not None:
             # Filler placeholders of a data-dependent reduction (PruMerge) never enter: later
             # tokens take contiguous positions, as if the prompt had been spliced without them.
