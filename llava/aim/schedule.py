@@ -112,9 +112,7 @@ def policy_visual_tokens(cfg, v0: int, num_layers: int, convention: str = "runti
     convention describes AIM's own FLOPs script and does not apply to them).
     """
     if spec(cfg.method).schedule == "none":  # PruMerge: reduced before the LLM, nothing pruned inside
-        if convention not in CONVENTIONS:
-            raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-        return visual_tokens_per_layer(v0, num_layers, None, None)
+        return visual_tokens_per_layer(v0, num_layers, None, None, convention)
     if spec(cfg.method).schedule == "linear":
         if cfg.layers_auto:  # apply_aim resolves per family; elsewhere the paper's scaled rule
             cfg = cfg.resolve_layers(num_layers)
