@@ -139,13 +139,28 @@ class CapturedProjections:
     def take(self, frames: int):
         q, k = self.outputs.pop("q_proj", None), self.outputs.pop("k_proj", None)
         if q is None or k is None or q.shape[0] != frames:
-            from llava.errors import UnsupportedModelError
-
             raise UnsupportedModelError(
                 "PruMerge found no vision-tower queries/keys for these features (the vision layer it reads did "
                 "not run); this model's vision tower is not supported by method prumerge"
             )
         return q, k
+
+
+def vision_encoder_layers(inner, default_layer: int, who: str, tower_kind: str, hint: str = ""):
+    """(the vision tower's encoder layers, the index of the hidden state LLaVA selects its
+    features from: vision_feature_layer modulo embeddings + layers), or UnsupportedModelError
+    naming ``who`` needs it; ``hint`` ends both messages."""
+    selected = getattr(inner.config, "vision_feature_layer", default_layer)
+    tower = inner.vision_tower
+    try:  # CLIPVisionModel holds the encoder directly in recent transformers, under vision_model before
+        layers = getattr(tower, "vision_model", tower).encoder.layers
+    except AttributeError:
+        raise UnsupportedModelError(
+            f"{who} needs a {tower_kind} vision tower (encoder.layers), got {type(tower).__name__}{hint}"
+        ) from None
+    if isinstance(selected, bool) or not isinstance(selected, int):
+        raise UnsupportedModelError(f"{who} needs one selected vision layer, got vision_feature_layer={selected!r}{hint}")
+    return layers, selected % (len(layers) + 1)  # hidden_states holds the embeddings + one entry per layer
 
 
 def reduce_tokens(runtime, features, metric=None, grid=None, track_destinations=False):

@@ -29,8 +29,13 @@ from llava.aim.merge import merged_token_count
 from llava.aim.policy import LLAVA15_OFFICIAL_LAYERS
 from llava.aim.prumerge import cls_attention, prumerge_frames, token_bound
 from llava.errors import UnsupportedModelError
-from llava.model.families.base import CapturedProjections, FamilyAdapter, prumerge_plus_samples, reduce_tokens
-
+from llava.model.families.base import (
+    CapturedProjections,
+    FamilyAdapter,
+    prumerge_plus_samples,
+    reduce_tokens,
+    vision_encoder_layers,
+)
 
 
 class Llava15Adapter(FamilyAdapter):
@@ -139,22 +144,9 @@ def key_layer(inner):
     """The CLIP encoder layer whose keys are merging's similarity: the one right after the
     layer LLaVA selects its features from (hidden_states[s] is the input of layers[s]), i.e.
     layer 23 of 24 for LLaVA-1.5's vision_feature_layer = -2."""
-    selected = getattr(inner.config, "vision_feature_layer", -2)
-    tower = inner.vision_tower
-    try:  # CLIPVisionModel holds the encoder directly in recent transformers, under vision_model before
-        layers = getattr(tower, "vision_model", tower).encoder.layers
-    except AttributeError:
-        raise UnsupportedModelError(
-            f"merge_metric='keys' needs a CLIP vision tower (encoder.layers), got "
-            f"{type(inner.vision_tower).__name__}; use merge_metric='tokens'"
-        ) from None
-    if isinstance(selected, bool) or not isinstance(selected, int):
-        raise UnsupportedModelError(
-            f"merge_metric='keys' needs one selected vision layer, got vision_feature_layer={selected!r}; "
-            "use merge_metric='tokens'"
-        )
-    index = selected % (len(layers) + 1)  # hidden_states holds the embeddings + one entry per layer
+    layers, index = vision_encoder_layers(inner, -2, "merge_metric='keys'", "CLIP", "; use merge_metric='tokens'")
     if index >= len(layers):
+        selected = getattr(inner.config, "vision_feature_layer", -2)
         raise UnsupportedModelError(
             f"merge_metric='keys' uses the keys of the CLIP layer after the selected one, but "
             f"vision_feature_layer={selected} is the last layer's output; use merge_metric='tokens'"

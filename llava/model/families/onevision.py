@@ -31,6 +31,7 @@ from llava.model.families.base import (
     prumerge_plus_samples,
     reduce_tokens,
     set_instance_attr,
+    vision_encoder_layers,
 )
 
 
@@ -146,17 +147,8 @@ def feature_layer(inner):
     """The SigLIP layer that produces the features LLaVA-OneVision selects (its output is
     hidden_states[vision_feature_layer]): PruMerge reads its query and key projections, as
     the official code hooks the last layer of its truncated tower."""
-    selected = getattr(inner.config, "vision_feature_layer", -1)
-    tower = inner.vision_tower
-    try:
-        layers = getattr(tower, "vision_model", tower).encoder.layers
-    except AttributeError:
-        raise UnsupportedModelError(
-            f"PruMerge needs a SigLIP/CLIP-style vision tower (encoder.layers), got {type(tower).__name__}"
-        ) from None
-    if isinstance(selected, bool) or not isinstance(selected, int):
-        raise UnsupportedModelError(f"PruMerge needs one selected vision layer, got vision_feature_layer={selected!r}")
-    index = selected % (len(layers) + 1) - 1
+    layers, state = vision_encoder_layers(inner, -1, "PruMerge", "SigLIP/CLIP-style")
+    index = state - 1  # hidden_states[s] is the output of layers[s - 1]
     if index < 0:
         raise UnsupportedModelError("PruMerge needs features from an encoder layer, not the patch embeddings")
     return layers[index]
