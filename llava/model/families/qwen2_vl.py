@@ -133,6 +133,17 @@ def _runs(types: Sequence[int]):
     return out
 
 
+def _numbered_runs(types: Sequence[int], counters: Dict[int, int]):
+    """(type, start, end, i) of each run, i the visual item's number over the batch (its
+    modality's count in ``counters``, advanced here), None for text."""
+    for key, start, end in _runs(types):
+        i = None
+        if key != TEXT:
+            i = counters[key]
+            counters[key] += 1
+        yield key, start, end, i
+
+
 def merged_rope_index(stock, input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, attention_mask,
                       cfg, merge: int, dest_of=None, **extra):
     """(position_ids (3, B, S), rope_deltas (B, 1)) of a merged prompt, from the stock get_rope_index.
@@ -156,7 +167,7 @@ def merged_rope_index(stock, input_ids, mm_token_type_ids, image_grid_thw, video
     for b in range(bsz):
         ids, types = input_ids[b][valid[b]], mm_token_type_ids[b][valid[b]]
         id_parts, type_parts, where, length = [], [], [], 0
-        for key, start, end in _runs(types.tolist()):
+        for key, start, end, i in _numbered_runs(types.tolist(), counters):
             n = end - start
             if key == TEXT:
                 id_parts.append(ids[start:end])
@@ -164,8 +175,6 @@ def merged_rope_index(stock, input_ids, mm_token_type_ids, image_grid_thw, video
                 where.append(torch.arange(length, length + n, device=device))
                 length += n
                 continue
-            i = counters[key]
-            counters[key] += 1
             grid = _grid(grids, key, i)
             full = int(grid.prod()) // merge**2
             _check_item(n, grid, merge, cfg, key, i)
@@ -217,10 +226,8 @@ def _check_counts(mm_token_type_ids, attention_mask, grids, merge, cfg) -> None:
     counters = {IMAGE: 0, VIDEO: 0}
     for b in range(mm_token_type_ids.shape[0]):
         types = mm_token_type_ids[b] if attention_mask is None else mm_token_type_ids[b][attention_mask[b].bool()]
-        for key, start, end in _runs(types.tolist()):
+        for key, start, end, i in _numbered_runs(types.tolist(), counters):
             if key != TEXT:
-                i = counters[key]
-                counters[key] += 1
                 _check_item(end - start, _grid(grids, key, i), merge, cfg, key, i)
 
 
@@ -310,21 +317,20 @@ class _QwenVLAdapter(FamilyAdapter):
             name = f"get_{'image' if key == IMAGE else 'video'}_features"
             set_instance_attr(inner, name, _merging_features(getattr(inner, name), key, merge, runtime, log), runtime)
         stock_rope = inner.get_rope_index
-        rope_extra = [p for p in inspect.signature(stock_rope).parameters if p not in _ROPE_CORE_ARGS]
-        log.call["rope_extra_names"] = rope_extra
+        rope_signature = inspect.signature(stock_rope)  # read once: this runs at every prefill
+        log.call["rope_extra_names"] = [p for p in rope_signature.parameters if p not in _ROPE_CORE_ARGS]
 
         @functools.wraps(stock_rope)
         def get_rope_index(input_ids, *args, **kwargs):
-            bound = inspect.signature(stock_rope).bind(input_ids, *args, **kwargs).arguments
+            bound = rope_signature.bind(input_ids, *args, **kwargs).arguments
             passthrough = {k: v for k, v in bound.items() if k not in _ROPE_CORE_ARGS}
             passthrough.update(bound.get("kwargs", {}))
-            placed = log.pending and not log.placed
             result = merged_rope_index(
                 stock_rope, input_ids, bound.get("mm_token_type_ids"), bound.get("image_grid_thw"),
                 bound.get("video_grid_thw"), bound.get("attention_mask"), runtime.cfg, merge,
                 dest_of=log.dest_of, **passthrough,
             )
-            if placed:
+            if log.pending:  # merged tokens were placed at their destinations in these ids
                 log.placed = True
             return result
 
