@@ -635,6 +635,32 @@ def test_plugin_applies_the_pixel_limit_positions_and_frame_rate(synth_clips, cl
         assert inputs["second_per_grid_ts"].tolist() == [1.0]
 
 
+def test_plugin_with_pixel_limits_resumes_from_its_own_setting(synth_clips, tmp_path, monkeypatch):
+    # the scripts key the resume folder by the whole model_args, max_pixels included
+    import json
+
+    from llava.eval.qwen_vl import Qwen2VLAIM
+    from llava.eval.resume import KEY_FILE, RESUME_DIR_ENV, setting_of
+
+    args = dict(pretrained="tiny-qwen2-vl", device="cpu", torch_dtype="float32", max_frames_num=4,
+                max_pixels=28 * 28 * 64, l1=2, l2=6)
+    folder = tmp_path / "key"
+    folder.mkdir()
+    (folder / KEY_FILE).write_text(json.dumps(setting_of("qwen2_vl_aim", args)))
+    monkeypatch.setenv(RESUME_DIR_ENV, str(folder))
+    first = Qwen2VLAIM(**args)
+    first.task_dict = {"t": {"test": [{"video": synth_clips[0]}]}}
+    assert first.journal is not None and first.journal.loaded == 0
+    [answer] = first.generate_until([_request(0)])
+    second = Qwen2VLAIM(**args)
+    assert second.journal is not None and second.journal.loaded == 1
+    second.task_dict = first.task_dict
+    second._model.generate = lambda *a, **k: (_ for _ in ()).throw(AssertionError("the journal had this answer"))
+    [again] = second.generate_until([_request(0)])
+    assert again.text == answer.text and again.token_counts.from_resume_journal
+    assert Qwen2VLAIM(**dict(args, max_pixels=28 * 28 * 36)).journal is None  # another pixel limit: no resume
+
+
 def test_plugin_off_equals_the_stock_model(synth_clips):
     from llava.eval.qwen_vl import Qwen2VLAIM
     from llava.model.builder import load_pretrained_model

@@ -100,11 +100,14 @@ class _AIMModel(lmms):
     PLUGIN_NAME = ""
     DEFAULT_PRETRAINED = ""
     VIDEO = False
+    # model_args only this plugin model takes (read by its own __init__); every other name
+    # must be a loader or AIM setting. All of them are part of the resume setting.
+    EXTRA_ARGS: Tuple[str, ...] = ()
 
     def __init__(self, **model_args) -> None:
         super().__init__()
         _log_to_stderr()
-        raw_loader, raw_aim = split_model_args(model_args)
+        raw_loader, raw_aim = split_model_args({k: v for k, v in model_args.items() if k not in self.EXTRA_ARGS})
         self.load_args = loader_args(raw_loader, self.DEFAULT_PRETRAINED)
         aim_config_from_model_args(raw_aim)  # fail on a bad value before loading weights
         self._rank = int(os.environ.get("RANK", 0))

@@ -26,11 +26,12 @@ logger = logging.getLogger(__name__)
 class _QwenVLAIM(_AIMModel):
     VIDEO = True
     TIME_POSITIONS = False  # whether the model's temporal positions count seconds
+    EXTRA_ARGS = PIXEL_ARGS
 
     def __init__(self, **model_args) -> None:
-        self.pixel_limits = pixel_limits({k: model_args.pop(k) for k in PIXEL_ARGS if k in model_args})
+        self.pixel_limits = pixel_limits({k: model_args[k] for k in PIXEL_ARGS if k in model_args})
         self._durations: List[Optional[float]] = []
-        super().__init__(**model_args)  # validates the rest, loads, applies AIM
+        super().__init__(**model_args)  # validates the rest, loads, applies AIM, opens the resume journal
         for sub in (self.processor.image_processor, self.processor.video_processor):
             size = {"shortest_edge": sub.size["shortest_edge"], "longest_edge": sub.size["longest_edge"]}
             if "min_pixels" in self.pixel_limits:
