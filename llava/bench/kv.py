@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
-from llava.model.language_model import compat
-
 
 def cache_bytes(cache) -> int:
     """Bytes of keys and values held by a transformers cache (0 for None or an empty cache).
@@ -25,11 +21,7 @@ def cache_bytes(cache) -> int:
 
 def output_cache_bytes(output) -> int:
     """Bytes held by a model output's KV cache, whatever the installed field name."""
+    from llava.model.language_model import compat  # imports transformers: not at CLI start-up
+
     return cache_bytes(compat.output_cache(output))
 
-
-def cache_lengths(cache) -> Optional[list]:
-    """Tokens held by each layer of a cache (None without one)."""
-    if cache is None:
-        return None
-    return [int(layer.get_seq_length()) for layer in getattr(cache, "layers", [])]
