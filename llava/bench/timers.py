@@ -24,8 +24,8 @@ def sync(device: torch.device) -> None:
 class Clock:
     """Named time points on one device; differences in milliseconds.
 
-    ``mark(name)`` records a CUDA event (GPU) or reads perf_counter (CPU); ``ms(a, b)``
-    synchronizes once (GPU) and returns the time from point ``a`` to point ``b``. A point
+    ``mark(name)`` records a CUDA event (GPU) or reads perf_counter (CPU); ``ms(a, b)`` waits
+    for point ``b`` (GPU) and returns the time from point ``a`` to point ``b``. A point
     marked again keeps its first time (a hook that fires more often than expected cannot
     move it).
     """
@@ -34,7 +34,6 @@ class Clock:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self._points: Dict[str, Any] = {}
-        self._synced = False
 
     def mark(self, name: str) -> None:
         if name in self._points:
@@ -45,7 +44,6 @@ class Clock:
             self._points[name] = event
         else:
             self._points[name] = time.perf_counter()
-        self._synced = False
 
     def has(self, name: str) -> bool:
         return name in self._points
@@ -53,9 +51,7 @@ class Clock:
     def ms(self, start: str, end: str) -> float:
         a, b = self._points[start], self._points[end]
         if self.cuda:
-            if not self._synced:
-                b.synchronize()
-                self._synced = True
+            b.synchronize()  # each call: b may be later than the point an earlier call waited for
             return float(a.elapsed_time(b))
         return 1e3 * (b - a)
 
