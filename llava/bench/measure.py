@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from llava.aim.config import AIMConfig
-from llava.aim.merge import merge_frames, merged_token_count
+from llava.aim.merge import merged_token_count
+from llava.aim.reduce import reduce_frames
 from llava.aim.schedule import policy_visual_tokens
 from llava.bench.cases import PrefillCase
 from llava.bench.kv import output_cache_bytes
@@ -193,8 +194,7 @@ def merging_ms(cfg: AIMConfig, frames: int, tokens_per_frame: int, width: int, d
         return 0.0
     gen = torch.Generator(device="cpu").manual_seed(0)
     feats = torch.randn(frames, tokens_per_frame, width, generator=gen).to(device, dtype)
-    return median_ms(lambda: merge_frames(feats, cfg.retention, cfg.merge_weighting, cfg.merge_order),
-                     device, repeats)
+    return median_ms(lambda: reduce_frames(feats, cfg), device, repeats)  # the runtime's own call, count rule included
 
 
 def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame: int, text_tokens: int,
