@@ -29,9 +29,6 @@ from llava.bench.kv import output_cache_bytes
 from llava.bench.memory import PeakMemory
 from llava.bench.timers import Clock
 
-FIGURES = ("visual_tokens_before_merge", "visual_tokens_after_merge", "sum_tokens_over_layers", "prefill_ms",
-           "time_to_first_token_ms", "decode_tokens_per_s", "peak_memory_bytes", "kv_cache_bytes", "batch_size")
-
 
 @dataclass
 class EfficiencyCounts(TokenCounts):
