@@ -116,13 +116,6 @@ def run_key(model: str, model_args: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def parse_model_args(text: str) -> Dict[str, Any]:
-    """``k=v,...`` typed exactly as lmms-eval types the keyword arguments it passes on."""
-    from lmms_eval.utils import simple_parse_args_string
-
-    return simple_parse_args_string(text or "")
-
-
 # -- lmms-eval's cache: shards of killed runs -------------------------------------------------
 # lmms-eval 0.7.3 replays a cached loglikelihood answer as a string (the task then fails), so
 # none may stay in its cache: the resume journal keeps those answers instead.
@@ -218,7 +211,6 @@ class ResumeJournal:
                     if isinstance(record, dict) and "key" in record:
                         self.entries[record["key"]] = record
         self.loaded = len(self.entries)
-        self.served = 0
         self._file = open(self.folder / f"journal.rank{rank}.jsonl", "a", encoding="utf-8")
 
     @classmethod
@@ -241,10 +233,7 @@ class ResumeJournal:
         return cls(folder, rank)
 
     def get(self, key: str) -> Optional[Dict[str, Any]]:
-        record = self.entries.get(key)
-        if record is not None:
-            self.served += 1
-        return record
+        return self.entries.get(key)
 
     def put(self, key: str, response: Any, counts: Optional[Dict[str, Any]] = None) -> None:
         record = {"key": key, "response": response, "counts": counts}
@@ -252,10 +241,6 @@ class ResumeJournal:
         self._file.write(json.dumps(record, default=str) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -270,6 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prep.add_argument("folder")
     args = parser.parse_args(argv)
     from llava.errors import AIMError
+    from llava.eval.results import parse_model_args
 
     try:
         if args.command == "key":
