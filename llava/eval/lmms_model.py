@@ -271,11 +271,9 @@ class _AIMModel(lmms):
     # -- batching ---------------------------------------------------------------------------
     def _batchable(self, item: _Pending) -> Optional[str]:
         """None if the request may share a batch, else why not (said once in the log)."""
-        if self.load_args.batch_size == 1:
-            return "batch size 1"
         if type(self)._inputs is not _AIMModel._inputs and type(self)._batch_inputs is _AIMModel._batch_inputs:
             return f"{type(self).__name__} builds its inputs one request at a time"
-        until, kwargs = _generation_settings(item.gen_kwargs, self.tokenizer)
+        _, kwargs = _generation_settings(item.gen_kwargs, self.tokenizer)
         if kwargs["do_sample"]:
             return "sampling (do_sample / temperature > 0) draws different random numbers in a batch"
         if kwargs["num_beams"] > 1:
@@ -289,8 +287,9 @@ class _AIMModel(lmms):
         def keyed():
             for item in pending:  # plan_batches hands a single request out before the next one loads
                 item.kind, item.media = self._visuals(item.doc_to_visual, item.task, item.split, item.doc_id)
-                reason = self._batchable(item)
-                if reason is not None and reason != "batch size 1":
+                # at batch size 1 plan_batches sends every request alone: nothing to check or say
+                reason = self._batchable(item) if self.load_args.batch_size > 1 else None
+                if reason is not None:
                     self._say_once(f"{self.PLUGIN_NAME}: answering one request at a time: {reason}")
                 key = None if reason else (self._batch_key(item.kind, item.media), _settings_key(item.gen_kwargs))
                 yield item, key
@@ -329,11 +328,6 @@ class _AIMModel(lmms):
             results.append(GenerationResult(text=prompts.truncate_at_stop(text, until).strip(),
                                             token_counts=sample_counts))
         return results
-
-    def _generate(self, context: str, gen_kwargs: dict, kind: str, media) -> str:
-        """One request's answer (text only)."""
-        item = _Pending(0, "", context, gen_kwargs, "", "", None, None, kind, list(media))
-        return self._generate_batch([item])[0].text
 
     def _continuation_loss(self, context: str, continuation: str, kind: str, media):
         """((mean cross-entropy of the continuation tokens, whether greedy decoding gives
@@ -420,7 +414,6 @@ def plan_batches(keyed: Iterable[Tuple[Any, Optional[Hashable]]], size: int) -> 
         if len(group) == size:
             yield open_batches.pop(key)
     yield from open_batches.values()
-
 
 
 def _replica_device(device: str, device_map: Optional[str], world_size: int) -> torch.device:
