@@ -67,10 +67,16 @@ def strip_placeholders(processor, context: str) -> str:
     return context.strip()
 
 
-def processor_inputs(processor, prompt: str, kind: str, media: List, device, dtype):
-    """Tokenized inputs (and pixel values in the model's dtype) on ``device``."""
+def processor_inputs(processor, prompt: str, kind: str, media: List, device, dtype, **extra):
+    """Tokenized inputs (and pixel values in the model's dtype) on ``device``; ``extra``
+    keyword arguments go to the processor (e.g. Qwen2.5-VL's video_metadata)."""
     media_kw = {} if kind == "text" else {f"{kind}s": media}
-    inputs = processor(text=prompt, return_tensors="pt", **media_kw).to(device)
+    inputs = processor(text=prompt, return_tensors="pt", **media_kw, **extra).to(device)
+    return _pixels_in(inputs, dtype)
+
+
+def _pixels_in(inputs, dtype):
+    """``inputs`` with its pixel values cast to the model's ``dtype`` (the processors give float32)."""
     for key in ("pixel_values", "pixel_values_videos"):
         if key in inputs and inputs[key].dtype != dtype:
             inputs[key] = inputs[key].to(dtype)
@@ -120,7 +126,4 @@ def batch_processor_inputs(processor, prompts: List[str], kind: str, media: List
         inputs = processor(text=list(prompts), return_tensors="pt", padding=True, **media_kw).to(device)
     finally:
         tokenizer.padding_side = side
-    for key in ("pixel_values", "pixel_values_videos"):
-        if key in inputs and inputs[key].dtype != dtype:
-            inputs[key] = inputs[key].to(dtype)
-    return inputs
+    return _pixels_in(inputs, dtype)

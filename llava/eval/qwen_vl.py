@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import List, Optional
 
+from llava.eval import prompts
 from llava.eval.args import DEFAULT_CHECKPOINTS, PIXEL_ARGS, PLUGIN_MODEL_TYPES, pixel_limits
 from llava.eval.lmms_model import _AIMModel
 
@@ -51,7 +52,7 @@ class _QwenVLAIM(_AIMModel):
         return kind, media
 
     def _inputs(self, prompt: str, kind: str, media):
-        kwargs = {} if kind == "text" else {f"{kind}s": media}
+        kwargs = {}
         if kind == "video" and self._durations:
             metadata = []
             for frames, seconds in zip(media, self._durations):
@@ -61,11 +62,7 @@ class _QwenVLAIM(_AIMModel):
                     seconds = len(frames) / 24.0
                 metadata.append({"total_num_frames": len(frames), "fps": len(frames) / seconds})
             kwargs["video_metadata"] = metadata
-        inputs = self.processor(text=prompt, return_tensors="pt", **kwargs).to(self._device)
-        for key in ("pixel_values", "pixel_values_videos"):
-            if key in inputs and inputs[key].dtype != self._model.dtype:
-                inputs[key] = inputs[key].to(self._model.dtype)
-        return inputs
+        return prompts.processor_inputs(self.processor, prompt, kind, media, self._device, self._model.dtype, **kwargs)
 
 
 class Qwen2VLAIM(_QwenVLAIM):
