@@ -315,9 +315,9 @@ def test_a_subclass_sees_its_own_requests_media_hook_before_its_inputs(clips):
     _visuals for its _inputs): _visuals runs for a request right before that request's inputs."""
 
     class Noting(LlavaOneVisionAIM):
-        def _visuals(self, doc_to_visual, task, split, doc_id):
+        def _visuals(self, raw, task, doc_id):
             self.current = doc_id
-            return super()._visuals(doc_to_visual, task, split, doc_id)
+            return super()._visuals(raw, task, doc_id)
 
         def _inputs(self, prompt, kind, media):
             self.order.append(self.current)

@@ -629,7 +629,7 @@ def test_plugin_applies_the_pixel_limit_positions_and_frame_rate(synth_clips, cl
     # the 96 px clip is resized to 168 px (min_pixels; the default 100352 would give 336 px): 6 x 6 tokens
     assert stats.frames == 2 and stats.tokens_per_frame_before_merge == 36
     assert stats.tokens_per_frame_after_merge == 9 and stats.layer_seq_lens[-1] < stats.layer_seq_lens[0]
-    kind, media = plugin._visuals(lambda doc: [doc["video"]], "t", "test", 0)
+    kind, media = plugin._visuals([synth_clips[0]], "t", 0)
     inputs = plugin._inputs("<|vision_start|><|video_pad|><|vision_end|>Q", kind, media)
     if plugin.TIME_POSITIONS:  # 4 of 16 frames at 8 fps: 2 fps, 1 s per temporal patch of 2 frames
         assert inputs["second_per_grid_ts"].tolist() == [1.0]

@@ -88,7 +88,7 @@ class _Pending:
     task: str
     split: str
     doc_id: Any
-    doc_to_visual: Any
+    raw: List[Any]  # what the task's doc_to_visual gave (paths, images), fetched once
     kind: str = "text"
     media: List[Any] = field(default_factory=list)
 
@@ -176,7 +176,7 @@ class _AIMModel(lmms):
             if replayed is not None:
                 results[i] = GenerationResult(text=replayed[0], token_counts=replayed[1])
             else:
-                pending.append(_Pending(i, key, context, gen_kwargs, task, split, doc_id, doc_to_visual))
+                pending.append(_Pending(i, key, context, gen_kwargs, task, split, doc_id, raw))
         bar = tqdm(total=len(pending), disable=self.rank != 0, desc="llava-aim generate")
         for batch in self._batches(pending):
             for item, result in zip(batch, self._answer(batch)):
@@ -204,7 +204,7 @@ class _AIMModel(lmms):
             if replayed is not None:
                 results.append(GenerationResult(text=LoglikelihoodAnswer(replayed[0]), token_counts=replayed[1]))
                 continue
-            kind, media = self._visuals(doc_to_visual, task, split, doc_id)
+            kind, media = self._visuals(raw, task, doc_id)
             (loss, greedy), counts = self._continuation_loss(context, continuation, kind, media)
             computed += 1
             # lmms-eval 0.7.x turns a bare (loss, is_greedy) tuple into a string on its way to
@@ -242,10 +242,11 @@ class _AIMModel(lmms):
             )
         return kind, media
 
-    def _visuals(self, doc_to_visual, task, split, doc_id):
-        """One request's (kind, media): the hook a subclass extends (e.g. to note per-request
-        metadata for its ``_inputs``). Called right before that request's inputs are built."""
-        return self._load_visuals(self._raw_visuals(doc_to_visual, task, split, doc_id), task, doc_id)
+    def _visuals(self, raw: Sequence[Any], task, doc_id):
+        """One request's (kind, media) from its raw visuals: the hook a subclass extends (e.g. to
+        note per-request metadata for its ``_inputs``). Called right before that request's
+        inputs are built."""
+        return self._load_visuals(raw, task, doc_id)
 
     # -- inputs (what a family subclass overrides) ------------------------------------------
     def _prompt(self, context: str, kind: str, media) -> str:
@@ -286,7 +287,7 @@ class _AIMModel(lmms):
 
         def keyed():
             for item in pending:  # plan_batches hands a single request out before the next one loads
-                item.kind, item.media = self._visuals(item.doc_to_visual, item.task, item.split, item.doc_id)
+                item.kind, item.media = self._visuals(item.raw, item.task, item.doc_id)
                 # at batch size 1 plan_batches sends every request alone: nothing to check or say
                 reason = self._batchable(item) if self.load_args.batch_size > 1 else None
                 if reason is not None:

@@ -41,14 +41,13 @@ class _QwenVLAIM(_AIMModel):
                 size["longest_edge"] = self.pixel_limits["max_pixels"]
             sub.size = size
 
-    def _visuals(self, doc_to_visual, task, split, doc_id):
-        kind, media = super()._visuals(doc_to_visual, task, split, doc_id)
+    def _visuals(self, raw, task, doc_id):
+        kind, media = super()._visuals(raw, task, doc_id)
         self._durations = []
         if kind == "video" and self.TIME_POSITIONS:
             from llava.video import video_duration_s
 
-            paths = doc_to_visual(self.task_dict[task][split][doc_id])
-            self._durations = [video_duration_s(p) for p in paths]
+            self._durations = [video_duration_s(p) for p in raw]
         return kind, media
 
     def _inputs(self, prompt: str, kind: str, media):
