@@ -80,13 +80,6 @@ def add_run_command(subparsers) -> None:
     p.set_defaults(func=run_command)
 
 
-def scaled_default_schedule(num_layers: int):
-    """The paper's (14, 22) of 28 layers, scaled to another depth (exact for 28 layers)."""
-    from llava.aim.policy import aim_default_layers
-
-    return aim_default_layers(num_layers)
-
-
 def _method(args) -> str:
     return getattr(args, "method", "aim") or "aim"
 
@@ -213,9 +206,8 @@ def _check_media(args, family, kind: str) -> bool:
                              f"input, not {kind}s; pass --{family.media[0]}, or another model")
     merges = kind in family.merged_media
     if not merges and args.retention is not None and args.retention < 1 and not args.no_aim:
-        merged = " and ".join(m + " frames" if m == "video" else m + "s" for m in family.merged_media)
         raise AIMConfigError(
-            f"AIM merges {family.title}'s {merged} only, not its {kind} tokens, so --retention {args.retention:g} "
+            f"AIM merges {family.title}'s {family.merged_media_text} only, not its {kind} tokens, so --retention {args.retention:g} "
             f"would be ignored; drop --retention (the {kind}'s tokens are still pruned), pass --{family.merged_media[0]}, "
             "or use a LLaVA-1.5 model (e.g. --model tiny-llava-1.5) to merge an image"
         )
@@ -245,7 +237,7 @@ def _too_few_frames(total: int, asked: int) -> str:
 def run_command(args) -> int:
     import torch
 
-    from llava.model.builder import checkpoint_config, is_builtin, load_pretrained_model, num_decoder_layers
+    from llava.model.builder import checkpoint_config, is_builtin, load_pretrained_model
     from llava.resources import (
         check_video_fits,
         device_available_bytes,
@@ -265,11 +257,10 @@ def run_command(args) -> int:
     source, config, family = checkpoint_config(args.model)  # fast: no weights yet
     kind = _media_kind(args, family)
     merges = _check_media(args, family, kind)
-    build_config(args, _decoder_depth(config), merges)  # the flags against the model's depth, before loading
+    cfg = build_config(args, _decoder_depth(config), merges)  # the flags against the model's depth, before loading
     if not merges and not args.no_aim:
-        merged = " and ".join(m + " frames" if m == "video" else m + "s" for m in family.merged_media)
-        notes.append(f"AIM merges {family.title}'s {merged} only: this {kind}'s tokens are pruned inside the "
-                     "LLM, not merged")
+        notes.append(f"AIM merges {family.title}'s {family.merged_media_text} only: this {kind}'s "
+                     "tokens are pruned inside the LLM, not merged")
     is_video = kind == "video"
     media_path = (args.video or str(SAMPLE_VIDEO)) if is_video else (args.image or str(SAMPLE_IMAGE))
     frames = args.frames or DEFAULT_FRAMES
@@ -296,7 +287,6 @@ def run_command(args) -> int:
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model, processor = load_pretrained_model(source, aim=None, torch_dtype=dtype, attn_implementation=args.attn)
     model.to(device)
-    cfg = build_config(args, num_decoder_layers(model), merges)
     from llava.model.llava_arch import apply_aim
 
     model, processor = apply_aim(model, processor, cfg)
@@ -413,7 +403,9 @@ def format_summary(r: dict) -> str:
         ratio = f" ({before / after:.1f}x fewer)" if after else ""
         lines.append(f"merging   : {before} -> {after} visual tokens{ratio}")
     else:
-        merged = " and ".join(m + " frames" if m == "video" else m + "s" for m in r.get("merged_media", []))
+        from llava.model.families.base import merged_media_text
+
+        merged = merged_media_text(r.get("merged_media", []))
         lines.append(f"merging   : none: {after} visual tokens (this model's family merges {merged} only)")
     if r["layer_seq_lens"]:
         lines.append("tokens entering each decoder layer (prefill):")

@@ -64,11 +64,6 @@ def check_layers(layers: Sequence[int], num_layers: int, model_name: str) -> Lis
     return sorted({int(j) for j in layers})
 
 
-def panel_size(grid: int) -> int:
-    """Panel side in pixels: a whole number of pixels per grid cell."""
-    return grid * math.ceil(PANEL_MIN_PX / grid)
-
-
 def panel_shape(grid: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
     """(height, width) of a panel in pixels for a square side or a (rows, cols) grid: square
     cells, a whole number of pixels each, the longer side at least PANEL_MIN_PX."""
@@ -420,7 +415,7 @@ def visualize_command(args) -> int:
                                     f"input, not {kind}s; pass --{family.media[0]}, or another model")
     if kind not in family.merged_media:
         raise UnsupportedUsageError(
-            f"AIM merges {family.title}'s {' and '.join(m + ' frames' if m == 'video' else m + 's' for m in family.merged_media)}, "
+            f"AIM merges {family.title}'s {family.merged_media_text}, "
             f"not its {kind} tokens; pass --{family.merged_media[0]}, or --model tiny-llava-1.5 (or another LLaVA-1.5 model) for an image"
         )
     num_layers = num_decoder_layers(model)

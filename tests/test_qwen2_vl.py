@@ -480,9 +480,9 @@ def test_run_loads_a_hub_id_offline(tmp_path, repo_id, tiny):
 
 # -- llava-aim visualize on non-square grids ------------------------------------------------
 def test_panels_keep_the_grid_aspect_and_rows_name_their_frames():
-    from llava.visualize import figure_size_px, frame_labels, panel_shape, panel_size
+    from llava.visualize import figure_size_px, frame_labels, panel_shape
 
-    assert panel_shape(14) == (panel_size(14), panel_size(14)) == (224, 224)  # square: as before
+    assert panel_shape(14) == (224, 224)  # square: 16 px per cell, as before
     assert panel_shape((9, 15)) == (9 * 15, 15 * 15)  # square cells, the longer side >= 224
     assert figure_size_px(2, 3, (9, 15), 0) == (3 * 225 + 4 * 10, 2 * 10 + 2 * (22 + 135 + 10))
     assert frame_labels(2, 4, "x") == ["frames 1-2/4", "frames 3-4/4"]

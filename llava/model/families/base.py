@@ -48,6 +48,11 @@ class FamilyAdapter:
 
     # -- which model ----------------------------------------------------------------------
     @property
+    def merged_media_text(self) -> str:
+        """The media AIM merges, as messages name them (e.g. "video frames")."""
+        return merged_media_text(self.merged_media)
+
+    @property
     def load_class(self) -> str:
         """The transformers class that ``from_pretrained`` loads a checkpoint of this family with."""
         return self.model_classes[0]
@@ -98,6 +103,11 @@ class FamilyAdapter:
     def unpatch_processor(self, processor) -> None:
         for name in self.processor_methods:
             processor.__dict__.pop(name, None)
+
+
+def merged_media_text(media) -> str:
+    """How messages name the media AIM merges: "video frames", "images", "video frames and images"."""
+    return " and ".join(m + " frames" if m == "video" else m + "s" for m in media)
 
 
 def set_instance_attr(obj, name, value, runtime) -> None:
