@@ -384,7 +384,7 @@ def caption_lines(model_name: str, media_name: str, is_video: bool, random_weigh
 
 
 def visualize_command(args) -> int:
-    from llava.model.builder import is_builtin, load_pretrained_model, num_decoder_layers
+    from llava.model.builder import checkpoint_config, is_builtin, load_pretrained_model, num_decoder_layers
     from llava.run import DEFAULT_IMAGE_QUESTION, DEFAULT_QUESTION
     from llava.video import load_image, load_video
 
@@ -398,17 +398,8 @@ def visualize_command(args) -> int:
     device = resolve_device(args.device)
     is_video = args.video is not None
     media_path = Path(args.video or args.image)
-    media = load_video(media_path, args.frames) if is_video else load_image(media_path)
     model_name = args.model or ("tiny-llava-onevision" if is_video else "tiny-llava-1.5")
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    model, processor = load_pretrained_model(model_name, aim=None, torch_dtype="auto")
-    from llava.model.families import family_of
-
-    model.to(device)
-    family = family_of(model)
+    _, _, family = checkpoint_config(model_name)  # the media checks need no weights and no decoding
     kind = "video" if is_video else "image"
     if kind not in family.media:
         raise UnsupportedUsageError(f"{model_name} is a {family.title} model, which takes {' and '.join(family.media)} "
@@ -418,6 +409,13 @@ def visualize_command(args) -> int:
             f"AIM merges {family.title}'s {family.merged_media_text}, "
             f"not its {kind} tokens; pass --{family.merged_media[0]}, or --model tiny-llava-1.5 (or another LLaVA-1.5 model) for an image"
         )
+    media = load_video(media_path, args.frames) if is_video else load_image(media_path)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model, processor = load_pretrained_model(model_name, aim=None, torch_dtype="auto")
+    model.to(device)
     num_layers = num_decoder_layers(model)
     cfg = _aim_config(args, num_layers, family, model_name)
     layers = check_layers(args.layers, num_layers, model_name) if args.layers else default_layers(num_layers, cfg.l1, cfg.l2)
