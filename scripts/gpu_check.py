@@ -60,7 +60,7 @@ def tolerance(device: str, big: bool, frames: int) -> Dict[str, Any]:
     from llava.aim.config import AIMConfig
     from llava.aim.merge import merged_token_count
     from llava.aim.policy import aim_default_layers
-    from llava.bench.measure import prompt_ids
+    from llava.bench.measure import VISUAL_ID, prompt_ids
     from llava.bench.models import build_lm, qwen2_7b_config, small_qwen2_config
 
     config = qwen2_7b_config("sdpa") if big else small_qwen2_config(attn="sdpa")
@@ -68,7 +68,7 @@ def tolerance(device: str, big: bool, frames: int) -> Dict[str, Any]:
     visual = frames * merged_token_count(196, 0.25) + 1
     lm = build_lm(config, device, torch.float32)
     ids = prompt_ids(visual, 100, device)
-    text = (ids[0] != 5).nonzero().squeeze(1)
+    text = (ids[0] != VISUAL_ID).nonzero().squeeze(1)
     cfgs = {mode: AIMConfig(retention=0.25, l1=l1, l2=l2, pruning_mode=mode) for mode in ("remove", "mask")}
     fp32 = {mode: _prefill_hidden(lm, cfg, ids) for mode, cfg in cfgs.items()}
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
@@ -87,19 +87,18 @@ def tolerance(device: str, big: bool, frames: int) -> Dict[str, Any]:
 # -- the analyzer for this hardware -------------------------------------------------------------
 def flops(device: str) -> Dict[str, Any]:
     """The analyzer's prefill of LLaVA-OneVision-7B's LLM (32 frames, 100 text tokens, the
-    runtime's newline token) on this device's roofline, bf16, fused attention."""
-    from llava.analysis.roofline import analyze
-    from llava.bench.predict import cuda_hardware
+    runtime's newline token) on this device's roofline, bf16, fused attention: the bench's own
+    prediction (llava.bench.predict) for its baseline, merge-only and AIM cases."""
+    from llava.bench.cases import default_cases
+    from llava.bench.models import qwen2_7b_config
+    from llava.bench.predict import cuda_hardware, predict
 
     hardware = cuda_hardware(torch.device(device)) if torch.device(device).type == "cuda" else "nvidia_H200"
+    predicted = predict(qwen2_7b_config(), default_cases(32, 196, 100, 28), 32, 196, hardware, 2, True)
     out = {"hardware": hardware if isinstance(hardware, str) else hardware.to_dict()}
-    for name, kwargs in (("baseline", {}), ("merge-only", dict(retention=0.25)),
-                         ("aim", dict(retention=0.25, l1=14, l2=22))):
-        a = analyze("qwen2-7b", frames=32, text_tokens=100, newline_tokens=1, hardware=hardware,
-                    flash_attention=True, **kwargs)
-        out[name] = {"prefill_tflops": a.prefill_tflops, "prefill_ms": a.prefill_ms,
-                     "overhead_ms": a.aim_overhead.time_s * 1e3}
-    out["aim"]["speedup"] = out["baseline"]["prefill_ms"] / out["aim"]["prefill_ms"]
+    for name in ("baseline", "merge-only", "aim"):
+        out[name] = {key: predicted[name][key] for key in ("prefill_tflops", "prefill_ms", "overhead_ms")}
+    out["aim"]["speedup"] = predicted["aim"]["speedup"]
     return out
 
 
@@ -107,24 +106,31 @@ def flops(device: str) -> Dict[str, Any]:
 def _interleaved_rates(runners: Dict[int, Any], requests: int, rounds: int, device: str) -> Dict[str, Any]:
     """Samples/s of each batch size: one warm-up, then ``rounds`` rounds that run every size once
     (round-robin, so a change in the machine's load hits every size alike); median and best."""
-    from llava.bench.timers import time_call
+    from types import SimpleNamespace
 
-    times: Dict[int, List[float]] = {size: [] for size in runners}
-    for run in runners.values():
-        run()
-    for _ in range(rounds):
-        for size, run in runners.items():
-            times[size].append(time_call(run, device))
-    first = next(iter(runners))
+    from llava.bench.timers import interleaved, time_call
+
+    cases = [SimpleNamespace(size=size, run=run, times_s=[]) for size, run in runners.items()]
+    interleaved(cases, lambda case: time_call(case.run, device), rounds, warmup=1)
     out = {}
-    for size, ts in times.items():
-        median = statistics.median(ts)
-        out[str(size)] = {"times_s": ts, "median_s": median, "samples_per_s": requests / median,
-                          "best_samples_per_s": requests / min(ts)}
+    for case in cases:
+        median = statistics.median(case.times_s)
+        out[str(case.size)] = {"times_s": case.times_s, "median_s": median, "samples_per_s": requests / median,
+                               "best_samples_per_s": requests / min(case.times_s)}
+    first = out[str(cases[0].size)]
     for values in out.values():
-        values["gain"] = values["samples_per_s"] / out[str(first)]["samples_per_s"]
-        values["best_gain"] = values["best_samples_per_s"] / out[str(first)]["best_samples_per_s"]
+        values["gain"] = values["samples_per_s"] / first["samples_per_s"]
+        values["best_gain"] = values["best_samples_per_s"] / first["best_samples_per_s"]
     return out
+
+
+def _batching_report(model: str, dtype: str, runners, answers, requests: int, sizes: List[int], frames: int,
+                     new_tokens: int, rounds: int, device: str) -> Dict[str, Any]:
+    """Time the runners side by side; the report both batching checks write."""
+    results = _interleaved_rates(runners, requests, rounds, device)
+    return {"model": model, "dtype": dtype, "requests": requests, "frames": frames, "new_tokens": new_tokens,
+            "rounds": rounds, "by_batch_size": results,
+            "same_tokens_as_batch_1": {str(s): answers[s] == answers[sizes[0]] for s in sizes}}
 
 
 def batching(device: str, requests: int, sizes: List[int], new_tokens: int, frames: int, rounds: int) -> Dict[str, Any]:
@@ -158,11 +164,9 @@ def batching(device: str, requests: int, sizes: List[int], new_tokens: int, fram
             answers[size] = out
         return run_all
 
-    results = _interleaved_rates({size: runner(size) for size in sizes}, requests, rounds, device)
-    return {"model": "tiny-llava-onevision + AIM (random weights)", "dtype": str(dtype).replace("torch.", ""),
-            "requests": requests, "frames": frames, "new_tokens": new_tokens, "rounds": rounds,
-            "by_batch_size": results,
-            "same_tokens_as_batch_1": {str(s): answers[s] == answers[sizes[0]] for s in sizes}}
+    return _batching_report("tiny-llava-onevision + AIM (random weights)", str(dtype).replace("torch.", ""),
+                            {size: runner(size) for size in sizes}, answers, requests, sizes, frames, new_tokens,
+                            rounds, device)
 
 
 def batching_through_plugin(device: str, requests: int, sizes: List[int], new_tokens: int, frames: int,
@@ -187,20 +191,21 @@ def batching_through_plugin(device: str, requests: int, sizes: List[int], new_to
     answers = {}
     batch = [request(i) for i in range(requests)]
 
+    dtype = "float32" if device == "cpu" else "bfloat16"
+
     def runner(size):
         model = LlavaOneVisionAIM(pretrained="tiny-llava-onevision", device=device, max_frames_num=frames,
-                                  batch_size=size, torch_dtype="float32" if device == "cpu" else "bfloat16")
+                                  batch_size=size, torch_dtype=dtype)
         model.task_dict = {"t": {"test": [{"video": c} for c in clips]}}
 
         def run_all():
             answers[size] = [r.text for r in model.generate_until(batch)]
         return run_all
 
-    results = _interleaved_rates({size: runner(size) for size in sizes}, requests, rounds, device)
-    return {"model": "tiny-llava-onevision + AIM through the lmms-eval plugin", "dtype": "float32",
-            "requests": requests, "frames": frames, "new_tokens": new_tokens, "rounds": rounds,
-            "by_batch_size": results,
-            "same_tokens_as_batch_1": {str(s): answers[s] == answers[sizes[0]] for s in sizes}}
+    # the dtype it really ran in (the report said float32 even for the bfloat16 run on a GPU)
+    return _batching_report("tiny-llava-onevision + AIM through the lmms-eval plugin", dtype,
+                            {size: runner(size) for size in sizes}, answers, requests, sizes, frames, new_tokens,
+                            rounds, device)
 
 
 # -- the report ---------------------------------------------------------------------------------
