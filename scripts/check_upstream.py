@@ -258,8 +258,9 @@ def main() -> int:
         env.pip("install", "--quiet", *unbounded)
         # 2. each watched package at its newest release, past other packages' pins if need be
         forced = {}
+        installed = env.installed()  # each forced install below is --no-deps: it moves that package only
         for name in WATCHED:
-            target, have = newest.get(name), env.installed().get(canonical(name))
+            target, have = newest.get(name), installed.get(canonical(name))
             if not target or have == target:
                 continue
             cap = caps.get(canonical(name))
@@ -269,7 +270,8 @@ def main() -> int:
             forced[name] = "forced" if done.returncode == 0 else "not installable: " + (
                 (done.stderr.strip().splitlines() or ["?"])[-1][:120])
         env.pip("install", "--quiet", "--no-deps", "-e", str(ROOT))
-        tested = {name: env.installed().get(canonical(name)) for name in WATCHED}
+        installed = env.installed()
+        tested = {name: installed.get(canonical(name)) for name in WATCHED}
         conflicts = [ln for ln in env.pip("check", check=False).stdout.splitlines() if ln.strip()]
         print(f"check-upstream: installed in {time.monotonic() - started:.0f} s; running the integration tests",
               file=sys.stderr)
@@ -278,10 +280,7 @@ def main() -> int:
         print(f"check-upstream: integration tests exit {status}, {len(failed)} failed, {seconds:.0f} s",
               file=sys.stderr)
         moved = [n for n in WATCHED if tested.get(n) and lock.get(canonical(n)) and tested[n] != lock[canonical(n)]]
-        verdicts = {n: "ok" for n in WATCHED}
-        for n in WATCHED:
-            if n not in moved:
-                verdicts[n] = "nothing to test" if tested.get(n) == lock.get(canonical(n)) else verdicts[n]
+        verdicts = {n: "nothing to test" if tested.get(n) == lock.get(canonical(n)) else "ok" for n in WATCHED}
         if status not in (0, 1) and not failed:
             raise RuntimeError(f"pytest could not run (exit {status})")
         if failed:
