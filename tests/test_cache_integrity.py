@@ -12,28 +12,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import image_inputs, make_image, make_video, video_inputs
 from llava import AIMConfig, apply_aim
 from llava.aim.schedule import visual_tokens_per_layer
 from llava.errors import CacheIntegrityError
 from llava.model.language_model import compat
-from llava.model.llava_arch import remove_aim
 
 L1, L2 = 2, 6
 DECODE_STEPS = 4
 
 
-@pytest.fixture(params=["ov", "llava15"])
-def pruned(request, ov_sdpa, llava15_sdpa):
-    """(model, processor, inputs) with AIM pruning after layers 2..5; AIM removed afterwards."""
-    model, processor = ov_sdpa if request.param == "ov" else llava15_sdpa
+@pytest.fixture
+def pruned(model_case):
+    """(model, processor, inputs) with AIM pruning after layers 2..5; model_case removes AIM."""
+    model, processor, build = model_case
     apply_aim(model, processor, AIMConfig(retention=0.5, l1=L1, l2=L2))  # first: the processor counts merged tokens
-    if request.param == "ov":
-        inputs = video_inputs(processor, [make_video()])
-    else:
-        inputs = image_inputs(processor, [make_image()])
-    yield model, processor, inputs
-    remove_aim(model, processor)
+    return model, processor, build(processor)
 
 
 def decoder_layers(model):

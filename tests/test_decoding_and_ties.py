@@ -18,11 +18,6 @@ from llava import AIMConfig, apply_aim
 from llava.model.llava_arch import remove_aim
 
 
-@pytest.fixture
-def case(model_case):
-    return model_case
-
-
 def _visible_keys(mask, kv_len):
     """Keys the last query row may attend to, from a layer's attention mask (None: all)."""
     if mask is None:
@@ -31,8 +26,8 @@ def _visible_keys(mask, kv_len):
     return row if row.dtype == torch.bool else row == 0
 
 
-def test_decoding_positions_and_per_layer_survivors(case):
-    model, processor, build = case
+def test_decoding_positions_and_per_layer_survivors(model_case):
+    model, processor, build = model_case
     apply_aim(model, processor, AIMConfig(retention=0.5, l1=2, l2=6))
     lm = model.model.language_model
     positions, masks = [], {}
@@ -76,10 +71,10 @@ def test_decoding_positions_and_per_layer_survivors(case):
     assert visual_per_layer[0] == stats.visual_tokens_after_merge and visual_per_layer[-1] == 0
 
 
-def test_decoding_matches_the_mask_reference_positions(case):
+def test_decoding_matches_the_mask_reference_positions(model_case):
     """Removal and the masked reference decode the same tokens: both continue positions from
     the prompt length and both restrict every layer to its own survivors."""
-    model, processor, build = case
+    model, processor, build = model_case
     tokens = {}
     for mode in ("remove", "mask"):
         apply_aim(model, processor, AIMConfig(retention=0.5, l1=2, l2=6, pruning_mode=mode))
@@ -90,8 +85,8 @@ def test_decoding_matches_the_mask_reference_positions(case):
 
 
 # -- ties -------------------------------------------------------------------------------------
-def test_tie_statistics_recorded_per_pruning_layer(case):
-    model, processor, build = case
+def test_tie_statistics_recorded_per_pruning_layer(model_case):
+    model, processor, build = model_case
     apply_aim(model, processor, AIMConfig(retention=0.5, l1=2, l2=6))
     with torch.no_grad():
         model(**build(processor))
@@ -103,8 +98,8 @@ def test_tie_statistics_recorded_per_pruning_layer(case):
     assert "score_ties" in model.aim_stats.to_dict()
 
 
-def test_log_attention_tie_break_changes_nothing_without_ties(case):
-    model, processor, build = case
+def test_log_attention_tie_break_changes_nothing_without_ties(model_case):
+    model, processor, build = model_case
     logits = {}
     for rule in ("index", "log_attention"):
         apply_aim(model, processor, AIMConfig(retention=0.5, l1=2, l2=6, tie_break=rule))
