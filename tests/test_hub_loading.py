@@ -28,6 +28,7 @@ LLAVA15_ID = "llava-aim-test/tiny-llava-1.5"
 # A LLaVA-NeXT name whose llava-hf conversion is in the cache (the alias goes through the hub too).
 ALIAS, ALIAS_TARGET = "lmms-lab/llava-onevision-qwen2-0.5b-ov", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+QWEN_IDS = [("Qwen/Qwen2-VL-7B-Instruct", "tiny-qwen2-vl"), ("Qwen/Qwen2.5-VL-7B-Instruct", "tiny-qwen2.5-vl")]
 
 
 def put_in_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
@@ -54,6 +55,8 @@ def hf_home(tmp_path_factory) -> Path:
     put_in_hub_cache(cache, OV_ID, BUILTIN_MODELS["tiny-llava-onevision"])
     put_in_hub_cache(cache, LLAVA15_ID, BUILTIN_MODELS["tiny-llava-1.5"])
     put_in_hub_cache(cache, ALIAS_TARGET, BUILTIN_MODELS["tiny-llava-onevision"])
+    for repo_id, tiny in QWEN_IDS:
+        put_in_hub_cache(cache, repo_id, BUILTIN_MODELS[tiny])
     return home
 
 
@@ -198,3 +201,13 @@ def test_cached_id_loads_while_a_missing_one_still_fails_when_online_is_unreacha
     env = hub_env(hf_home, offline=False, HF_ENDPOINT="http://127.0.0.1:9")
     found = timed_locate(OV_ID, env)
     assert found["error"] is None
+
+
+@pytest.mark.parametrize("repo_id,tiny", QWEN_IDS)
+def test_run_loads_a_qwen_hub_id_offline(hf_home, repo_id, tiny):
+    done = cli(["run", "--model", repo_id, "--frames", "4", "--json", "--max-new-tokens", "3"], hub_env(hf_home))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["model"] == repo_id and not result["random_weights"]
+    assert result["visual_tokens_after_merge"] * 4 <= result["visual_tokens_before_merge"]
+    assert result["layer_seq_lens"][-1] < result["layer_seq_lens"][0]
