@@ -15,9 +15,8 @@ OUT="$ROOT/constraints/lock.txt"
 trap 'rm -rf "$VENV"' EXIT
 
 echo "lock: fresh environment in $VENV" >&2
-"$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e "$ROOT[test,eval]"
+# the Makefile's own install, with no lock: the newest releases pyproject's ranges allow
+make -s -C "$ROOT" install VENV="$VENV" LOCK=none PYTHON="$PYTHON"
 if [[ "${SKIP_TESTS:-0}" != "1" ]]; then
     echo "lock: running the test suite there" >&2
     (cd "$ROOT" && "$VENV/bin/python" -m pytest -q -p no:cacheprovider)
