@@ -115,6 +115,23 @@ def test_aim_rows_reproduce_the_papers_tflops_in_its_convention(table, entry):
     assert result.prefill_tflops == pytest.approx(expected, abs=0.011)
 
 
+def test_qwen_rows_are_predicted_on_qwens_own_tokens():
+    """The paper side-by-side prices a Qwen2-VL run on its temporal groups at max_pixels (16 x 256
+    for 32 frames at 200704), as collect_results' TFLOPs column does, not on OneVision's 32 x 196."""
+    from llava.eval.results import Run, _predicted_paper_way, prefill_tflops, run_setting, visual_geometry
+
+    run = Run("qwen2_vl_aim", "pretrained=Qwen/Qwen2-VL-7B-Instruct,max_frames_num=32,max_pixels=200704,"
+              "aim=1,retention=0.25,positions=official")
+    setting = run_setting(run)
+    assert visual_geometry(setting, True) == (16, 256)
+    expected = analyze("qwen2-vl-7b", frames=16, tokens_per_frame=256, text_tokens=100, retention=0.25, l1=14, l2=22,
+                       convention="paper", hardware="nvidia_A100")
+    assert _predicted_paper_way(run, True, 100) == (expected.prefill_tflops, expected.prefill_ms)
+    unknown_size = Run("qwen2_vl_aim", "pretrained=Qwen/Qwen2-VL-7B-Instruct,max_frames_num=32,aim=1")
+    assert visual_geometry(run_setting(unknown_size), True) is None
+    assert _predicted_paper_way(unknown_size, True, 100) == (None, None) and prefill_tflops(run_setting(unknown_size), True) is None
+
+
 def test_dry_run_passes_the_environment_through(capsys, monkeypatch):
     monkeypatch.setenv("PRETRAINED", "tiny-llava-onevision")
     monkeypatch.setenv("LIMIT", "2")

@@ -223,19 +223,30 @@ def _llm_shape(pretrained: str):
     return None  # a hub id the analyzer has no shape for: FLOPs column left empty
 
 
+def visual_geometry(setting: dict, is_video: bool) -> Optional[Tuple[int, int]]:
+    """(units, tokens per unit) the LLM receives for a run's setting (before merging): frames x
+    196 (LLaVA-OneVision video), 1 x 576 (LLaVA-1.5 image), or Qwen-VL's temporal groups of 2
+    frames x the tokens of a square frame at max_pixels; None where the frame size is unknown
+    (a Qwen-VL run on the processor's default pixel range)."""
+    frames = setting["frames"]
+    if not setting.get("qwen_vl"):
+        return frames, 196 if is_video else 576
+    if setting.get("max_pixels") is None:
+        return None
+    from llava.analysis.shapes import qwen_vl_visual_tokens
+
+    groups, tokens, _ = qwen_vl_visual_tokens(frames, max_pixels=setting["max_pixels"])  # square frames
+    return groups, tokens
+
+
 def prefill_tflops(setting: dict, is_video: bool) -> Optional[float]:
     from llava.analysis.roofline import analyze
 
-    from llava.analysis.shapes import qwen_vl_visual_tokens
-
     cfg = setting["aim"]
-    if setting["llm"] is None or getattr(cfg, "method", "aim") != "aim":
-        return None  # no shape for this checkpoint, or a method the analyzer does not model
-    frames, tokens = setting["frames"], 196 if is_video else 576
-    if setting.get("qwen_vl"):  # frames in temporal groups of 2, tokens from the pixel limit
-        if setting.get("max_pixels") is None:
-            return None  # the frame size follows the processor's defaults, unknown here
-        frames, tokens, _ = qwen_vl_visual_tokens(frames, max_pixels=setting["max_pixels"])  # square frames
+    geometry = visual_geometry(setting, is_video)
+    if setting["llm"] is None or getattr(cfg, "method", "aim") != "aim" or geometry is None:
+        return None  # no shape for this checkpoint, a method the analyzer does not model, or no frame size
+    frames, tokens = geometry
     result = analyze(setting["llm"], frames=frames, tokens_per_frame=tokens,
                      text_tokens=TEXT_TOKENS, retention=cfg.retention, l1=cfg.l1, l2=cfg.l2,
                      merge_count=cfg.merge_count)
@@ -317,14 +328,17 @@ def load_paper_tables(path: os.PathLike = PAPER_TABLES) -> dict:
         raise ResultsFileError(f"cannot read the paper's tables from {path} ({exc})") from exc
 
 
-def _row_runs(root: Path, entry: dict) -> List[Run]:
-    """The runs of one paper row: results under ROOT/<row name> (or the row it shares a run with)."""
+def _row_runs(root: Path, entry: dict, read: Dict[Path, List[Run]]) -> List[Run]:
+    """The runs of one paper row: results under ROOT/<row name> (or the row it shares a run with).
+    ``read`` keeps each folder's runs: rows of several tables share folders (and sample logs)."""
     for name in (entry["row"], entry.get("same_as")):
         folder = root / name if name else None
         if folder is not None and folder.is_dir():
-            files = find_results_files([folder])
-            if files:
-                return collect_runs(files)
+            if folder not in read:
+                files = find_results_files([folder])
+                read[folder] = collect_runs(files) if files else []
+            if read[folder]:
+                return read[folder]
     return []
 
 
@@ -335,20 +349,19 @@ def _predicted_paper_way(run: Run, is_video: bool, text_tokens: int):
 
     setting = run_setting(run)
     cfg, llm = setting["aim"], setting["llm"]
-    if llm is None:
+    geometry = visual_geometry(setting, is_video)
+    if llm is None or geometry is None:
         return None, None
     method = getattr(cfg, "method", "aim")
+    common = dict(frames=geometry[0], tokens_per_frame=geometry[1], text_tokens=text_tokens, hardware=PAPER_HARDWARE)
     try:
         if method == "aim":
             pruning = cfg.enabled and cfg.l1 is not None and cfg.l1 < llm.layers
-            result = analyze(llm, frames=setting["frames"], tokens_per_frame=196 if is_video else 576,
-                             text_tokens=text_tokens, retention=cfg.retention if cfg.enabled else 1.0,
-                             l1=cfg.l1 if pruning else None, l2=cfg.l2 if pruning else None,
-                             convention="paper", hardware=PAPER_HARDWARE)
+            result = analyze(llm, retention=cfg.retention if cfg.enabled else 1.0, l1=cfg.l1 if pruning else None,
+                             l2=cfg.l2 if pruning else None, convention="paper", **common)
         else:
-            result = analyze(llm, frames=setting["frames"], tokens_per_frame=196 if is_video else 576,
-                             text_tokens=text_tokens, retention=cfg.retention, method=method,
-                             drop_layers=cfg.drop_layers, drop_ratio=cfg.drop_ratio, hardware=PAPER_HARDWARE)
+            result = analyze(llm, retention=cfg.retention, method=method, drop_layers=cfg.drop_layers,
+                             drop_ratio=cfg.drop_ratio, **common)
     except AIMError:  # a method the analyzer does not model
         return None, None
     return result.prefill_tflops, result.prefill_ms
@@ -371,6 +384,7 @@ def paper_markdown(root: os.PathLike, table_names: Optional[Sequence[str]] = Non
     root = Path(root)
     columns = data["columns"]
     parts = []
+    read: Dict[Path, List[Run]] = {}
     for table in data["tables"]:
         if table_names and table["name"] not in table_names:
             continue
@@ -380,7 +394,7 @@ def paper_markdown(root: os.PathLike, table_names: Optional[Sequence[str]] = Non
         lines = [f"### {table['title']}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         substitutes = set()
         for entry in table["rows"]:
-            runs = _row_runs(root, entry)
+            runs = _row_runs(root, entry, read)
             run = runs[-1] if runs else None
             label = entry["label"] + (" (not in the paper)" if entry.get("extra") else "")
             cells = [f"`{entry['row']}`", label + ("" if run else " — **not run yet**")]
@@ -399,8 +413,7 @@ def paper_markdown(root: os.PathLike, table_names: Optional[Sequence[str]] = Non
                             if mark:
                                 substitutes.add(f"{column['label']}: ours on {task} (the paper: {column['tasks'][0]})")
                             break
-                    digits = 1
-                    cells.append(_cell(paper, ours, digits, mark))
+                    cells.append(_cell(paper, ours, 1, mark))
             measured = run.median_prefill_ms if run else None
             cells.append("–" if measured is None else f"{measured:.1f}" + (" *" if run.limit else ""))
             lines.append("| " + " | ".join(cells) + " |")
