@@ -172,7 +172,7 @@ def unavailable(row: Row) -> Optional[str]:
     from llava.aim.policy import METHODS
     from llava.eval.registry import MODELS
 
-    if row.method in ("aim",) + tuple(METHODS):
+    if row.method in METHODS:  # "aim" included
         return None
     if row.method in MODELS:
         return None
@@ -352,18 +352,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.list:
         print(list_rows(rows))
         return 0
-    runnable = [r for r in runs(rows) if not unavailable(r)]
-    skipped = [r for r in runs(rows) if unavailable(r)]
+    todo = runs(rows)
+    why_not = {row.name: unavailable(row) for row in todo}
+    runnable = [r for r in todo if not why_not[r.name]]
+    skipped = [r for r in todo if why_not[r.name]]
     if args.dry_run:
-        for row in runs(rows):
-            why = unavailable(row)
+        for row in todo:
+            why = why_not[row.name]
             also = [r.name for r in rows if r.same_as == row.name]
             print(f"# {row.name}: {row.describe}" + (f" (also serves {', '.join(also)})" if also else "")
                   + (f" (not runnable here: {why})" if why else ""))
             print(command(row, args.output_root))
         return 0
     for row in skipped:
-        print(f"paper_tables.py: skipping {row.name}: {unavailable(row)}", file=sys.stderr)
+        print(f"paper_tables.py: skipping {row.name}: {why_not[row.name]}", file=sys.stderr)
     if args.slurm:
         if args.gpus < 1 or args.cpus < 1:
             raise SystemExit("paper_tables.py: error: --gpus and --cpus must be at least 1")

@@ -157,7 +157,7 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
             raise EvalArgumentError(f"method={method} prunes at drop_layers (e.g. drop_layers=8/16/24), not l1/l2")
         fields = {"retention": 1.0, **fields, "l1": None, "l2": None}
     else:
-        fields.update(_layers(raw, num_layers))
+        fields.update(_layers(raw))
     if "drop_layers" in raw:
         fields["drop_layers"] = _layer_list(raw["drop_layers"])
     if "drop_ratio" in raw:
@@ -182,14 +182,13 @@ def pixel_limits(raw: Mapping[str, Any]) -> Dict[str, int]:
     return limits
 
 
-def _layers(raw: Mapping[str, Any], num_layers: Optional[int]) -> Dict[str, Optional[int]]:
+def _layers(raw: Mapping[str, Any]) -> Dict[str, Optional[int]]:
     given = {name: raw[name] for name in ("l1", "l2") if name in raw}
     if not given:
         return {}  # "auto": apply_aim resolves it for the model's family and depth
     if len(given) == 1:
         raise EvalArgumentError(f"give both l1 and l2 (or neither for the paper's schedule), got {given}")
-    values = {name: None if _is_none(v) else _as_int(name, v, minimum=0) for name, v in given.items()}
-    return values
+    return {name: None if _is_none(v) else _as_int(name, v, minimum=0) for name, v in given.items()}
 
 
 def _layer_list(value) -> tuple:
