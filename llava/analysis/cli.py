@@ -460,7 +460,8 @@ def planned_checkpoint(llm: str) -> Tuple[Optional[str], Tuple[str, ...]]:
     import os
 
     from llava.analysis.shapes import load_config_dict
-    from llava.model.families import FAMILIES
+    from llava.errors import UnsupportedModelError
+    from llava.model.families import family_for_model_type
 
     key = str(llm).lower()
     if key in CHECKPOINT_OF_LLM:
@@ -469,8 +470,9 @@ def planned_checkpoint(llm: str) -> Tuple[Optional[str], Tuple[str, ...]]:
         model_type = load_config_dict(llm).get("model_type")
     else:
         return None, ()
-    family = next((f for f in FAMILIES if model_type in f.model_types), None)
-    if family is None:
+    try:
+        family = family_for_model_type(model_type)
+    except UnsupportedModelError:  # not a family AIM serves (or one it refuses): no command to suggest
         return None, ()
     return CHECKPOINT_OF_LLM.get(key, str(llm)), family.media
 

@@ -274,9 +274,7 @@ def get_vision(spec: Union[str, VisionShape, None], llm_spec: Any = None) -> Vis
         key = str(llm_spec).lower()
         if key in ("llama-7b", "vicuna-7b"):
             return BUILTIN_VISION["clip-vit-l-336"]
-        if key in QWEN_VL_LLMS:
-            return BUILTIN_VISION[QWEN_VL_LLMS[key]]
-        kind = qwen_vl_kind(llm_spec)
+        kind = qwen_vl_kind(llm_spec)  # built-in Qwen-VL names and local Qwen-VL configs
         if kind is not None:
             return BUILTIN_VISION["qwen2-vl-vit" if kind == "qwen2_vl" else "qwen2.5-vl-vit"]
         if key not in BUILTIN_LLMS and os.path.exists(str(llm_spec)):
@@ -344,5 +342,5 @@ def qwen_vl_visual_tokens(frames: int, height: Optional[int] = None, width: Opti
     except ValueError as exc:  # an aspect ratio beyond 200:1
         raise AIMConfigError(f"frame size {height} x {width}: {exc}") from None
     rows, cols = h // QWEN_VL_FACTOR, w // QWEN_VL_FACTOR
-    groups = frames if frames == 1 else (frames + 1) // 2
+    groups = (frames + 1) // 2  # temporal patches of 2 frames (an image: 1)
     return groups, rows * cols, (rows, cols)
