@@ -235,21 +235,21 @@ def estimate_bench_memory(args, text_config, vision_dims, dtype_bytes: int, spec
     Without ``spec`` / ``inp``: LLaVA-OneVision at the flags' sizes."""
     spec = spec or BENCH_MODELS["small"]
     inp = inp or bench_input(args, spec)
-    full = inp.units * inp.tokens_per_unit + inp.newline + inp.text_tokens
-    merged = inp.units * merged_token_count(inp.tokens_per_unit, args.retention) + inp.newline + inp.text_tokens
     eager = args.attn == "eager"
-    shapes = [PrefillShape(full, eager=eager), PrefillShape(merged, eager=True),
-              PrefillShape(merged, eager=eager, explicit_mask=True)]
+
+    def peak_prefill(per_unit: int, text: int) -> int:
+        # the largest of the run's prefills: the baseline, the official mask (eager), AIM's removal
+        full = inp.units * per_unit + inp.newline + text
+        merged = inp.units * merged_token_count(per_unit, args.retention) + inp.newline + text
+        shapes = [PrefillShape(full, eager=eager), PrefillShape(merged, eager=True),
+                  PrefillShape(merged, eager=eager, explicit_mask=True)]
+        return max(prefill_bytes(text_config, s, dtype_bytes) for s in shapes)
+
     importance = AIMConfig().importance_memory_mb << 20  # the score's buffers are bounded by this
     lm_weights = decoder_params(text_config) * dtype_bytes
-    lm_phase = lm_weights + max(prefill_bytes(text_config, s, dtype_bytes) for s in shapes) + importance
-    phases = {"language model": lm_phase}
+    phases = {"language model": lm_weights + peak_prefill(inp.tokens_per_unit, inp.text_tokens) + importance}
     if not args.lm_only:
         per = inp.e2e_tokens_per_unit
-        e2e_full = inp.units * per + inp.newline + inp.e2e_text_tokens
-        e2e_merged = inp.units * merged_token_count(per, args.retention) + inp.newline + inp.e2e_text_tokens
-        e2e_shapes = [PrefillShape(e2e_full, eager=eager), PrefillShape(e2e_merged, eager=True),
-                      PrefillShape(e2e_merged, eager=eager, explicit_mask=True)]
         head = text_config.vocab_size * text_config.hidden_size  # lm_head
         if spec.qwen:
             tower = qwen_vl_vision_params(spec.family, vision_dims, text_config.hidden_size)
@@ -259,8 +259,7 @@ def estimate_bench_memory(args, text_config, vision_dims, dtype_bytes: int, spec
             tower = vision_params(vision_dims, text_config.hidden_size)
             inputs = vision_bytes(vision_dims, args.frames, dtype_bytes=dtype_bytes)
         weights = (decoder_params(text_config) + head + tower) * dtype_bytes
-        phases["end to end"] = (weights + inputs + max(prefill_bytes(text_config, s, dtype_bytes) for s in e2e_shapes)
-                                + importance)
+        phases["end to end"] = weights + inputs + peak_prefill(per, inp.e2e_text_tokens) + importance
     return phases
 
 
@@ -337,13 +336,18 @@ def bench_command(args) -> int:
 
     say(f"llava-aim bench: {spec.decoder_title} language model, random weights, "
         f"{str(dtype).replace('torch.', '')}, {args.attn} (official: mask under {OFFICIAL_ATTENTION}), on {device}")
+    def cases(tokens_per_unit: int, text: int) -> List[PrefillCase]:
+        # the default cases (baseline, official, AIM, ...) plus --method's, for one input geometry
+        out = default_cases(inp.units, tokens_per_unit, text, num_layers, args.retention, args.l1, args.l2,
+                            newline=inp.newline, pruning_only=args.pruning_only, attn=args.attn)
+        if args.method != "aim":
+            out.append(method_case(args.method, inp.units, tokens_per_unit, text, num_layers, args.retention,
+                                   args.l1, args.l2, args.drop_layers, args.drop_ratio, newline=inp.newline,
+                                   attn=args.attn))
+        return out
+
     lm = build_lm(text_config, device, dtype)
-    lm_cases = default_cases(inp.units, inp.tokens_per_unit, inp.text_tokens, num_layers, args.retention,
-                             args.l1, args.l2, newline=inp.newline, pruning_only=args.pruning_only, attn=args.attn)
-    if args.method != "aim":
-        lm_cases.append(method_case(args.method, inp.units, inp.tokens_per_unit, inp.text_tokens, num_layers,
-                                    args.retention, args.l1, args.l2, args.drop_layers, args.drop_ratio,
-                                    newline=inp.newline, attn=args.attn))
+    lm_cases = cases(inp.tokens_per_unit, inp.text_tokens)
     positions = _qwen_positions(inp, device)
     run_prefill_benchmark(lm, lm_cases, repeats=args.repeats, progress=bar("LLM prefill", args.repeats),
                           positions=positions)
@@ -363,12 +367,7 @@ def bench_command(args) -> int:
         else:
             say("end to end: LLaVA-OneVision (vision tower + projector + merging + LLM)")
             model, processor = build_onevision(text_config, vision_dims, device, dtype)
-        e2e_cases = default_cases(inp.units, inp.e2e_tokens_per_unit, 0, num_layers, args.retention, args.l1,
-                                  args.l2, newline=inp.newline, pruning_only=args.pruning_only, attn=args.attn)
-        if args.method != "aim":
-            e2e_cases.append(method_case(args.method, inp.units, inp.e2e_tokens_per_unit, 0, num_layers,
-                                         args.retention, args.l1, args.l2, args.drop_layers, args.drop_ratio,
-                                         newline=inp.newline, attn=args.attn))
+        e2e_cases = cases(inp.e2e_tokens_per_unit, 0)
         video = synthetic_video(args.frames, inp.frame_side)
         run_end_to_end_benchmark(model, processor, e2e_cases, video, "What happens in this video?",
                                  repeats=args.repeats, progress=bar("end to end", args.repeats))
