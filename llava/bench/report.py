@@ -91,19 +91,25 @@ def _label(row: Dict[str, Any]) -> str:
     return CASE_LABELS.get(row["name"], row["name"])
 
 
+def _cells(r: Dict[str, Any], predicted: Optional[Dict[str, Dict[str, float]]]) -> List[str]:
+    """One report row's cells, unpadded: the text table and the markdown table show the same."""
+    peak = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
+    cells = [_label(r), str(r["llm_input_tokens"]), str(r["sum_tokens"]), f"{r['median_ms']:.1f}",
+             f"{r['speedup']:.2f}x"]
+    if predicted:
+        cells.append(f"{predicted[r['name']]['speedup']:.2f}x")
+    return cells + [peak, f"{r['kv_cache_bytes'] / 2**20:.1f}"]
+
+
 def _table(rows: List[Dict[str, Any]], predicted: Optional[Dict[str, Dict[str, float]]] = None) -> List[str]:
-    head = f"  {'configuration':<28} {'LLM input':>9} {'sum N_j':>8} {'median ms':>10} {'speed-up':>8}"
-    head += f" {'predicted':>9}" if predicted else ""
-    head += f" {'peak MiB':>9} {'KV MiB':>7}"
-    lines = [head]
-    for r in rows:
-        peak = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
-        line = (f"  {_label(r):<28} {r['llm_input_tokens']:>9} {r['sum_tokens']:>8} "
-                f"{r['median_ms']:>10.1f} {r['speedup']:>7.2f}x")
-        if predicted:
-            line += f" {predicted[r['name']]['speedup']:>8.2f}x"
-        lines.append(line + f" {peak:>9} {r['kv_cache_bytes'] / 2**20:>7.1f}")
-    return lines
+    head = ["configuration", "LLM input", "sum N_j", "median ms", "speed-up"] + (["predicted"] if predicted else [])
+    head += ["peak MiB", "KV MiB"]
+    widths = [-28, 9, 8, 10, 8] + ([9] if predicted else []) + [9, 7]  # negative: left-aligned
+
+    def line(cells: List[str]) -> str:
+        return "  " + " ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(cells, widths))
+
+    return [line(head)] + [line(_cells(r, predicted)) for r in rows]
 
 
 def markdown_table(rows: List[Dict[str, Any]], predicted: Optional[Dict[str, Dict[str, float]]] = None) -> str:
@@ -112,14 +118,7 @@ def markdown_table(rows: List[Dict[str, Any]], predicted: Optional[Dict[str, Dic
     head += ["predicted speed-up"] if predicted else []
     head += ["peak MiB", "KV MiB"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        peak = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
-        cells = [_label(r), str(r["llm_input_tokens"]), str(r["sum_tokens"]), f"{r['median_ms']:.1f}",
-                 f"{r['speedup']:.2f}x"]
-        if predicted:
-            cells.append(f"{predicted[r['name']]['speedup']:.2f}x")
-        cells += [peak, f"{r['kv_cache_bytes'] / 2**20:.1f}"]
-        out.append("| " + " | ".join(cells) + " |")
+    out += ["| " + " | ".join(_cells(r, predicted)) + " |" for r in rows]
     return "\n".join(out)
 
 
