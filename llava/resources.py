@@ -51,8 +51,8 @@ def resolve_device(text: str, flag: str = "--device"):
     return device
 
 
-def host_available_bytes() -> Optional[int]:
-    """Memory the OS can still give this process (Linux MemAvailable), or None if unknown."""
+def meminfo_available_bytes() -> Optional[int]:
+    """Linux's MemAvailable in bytes, or None where /proc/meminfo does not say."""
     try:
         with open("/proc/meminfo", "r", encoding="ascii") as fh:
             for line in fh:
@@ -60,6 +60,15 @@ def host_available_bytes() -> Optional[int]:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def host_available_bytes() -> Optional[int]:
+    """Memory the OS can still give this process (Linux MemAvailable, else the free physical
+    pages), or None if unknown."""
+    available = meminfo_available_bytes()
+    if available is not None:
+        return available
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):

@@ -72,17 +72,6 @@ def _read_int(path: str) -> Optional[int]:
     return int(text) if text.isdigit() else None
 
 
-def _meminfo_available() -> Optional[int]:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def _cgroup_headroom() -> Optional[int]:
     """Bytes left under this process's cgroup memory limit (v2, else v1); None if unlimited."""
     for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
@@ -98,11 +87,12 @@ def available_bytes(device) -> Optional[int]:
     """Memory a new allocation can still get: free CUDA memory on the device; on CPU the
     smaller of MemAvailable and the cgroup's headroom (a container is killed at its limit
     even when the host has more). None when unknown."""
+    from llava.resources import device_available_bytes, meminfo_available_bytes
+
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    known = [v for v in (_meminfo_available(), _cgroup_headroom()) if v is not None]
+        return device_available_bytes(device)
+    known = [v for v in (meminfo_available_bytes(), _cgroup_headroom()) if v is not None]
     return min(known) if known else None
 
 
