@@ -315,23 +315,23 @@ def _decode_selected(p: Path, total: int, num_frames: int, progress: bool | None
 
 def _frame_count(src, p: Path) -> int:
     """Frames of an open clip: the container header's count, or a demux-only pass over the
-    packets when the header has none (0 or wrong for some formats)."""
+    packets when the header has none (0 or wrong for some formats). EmptyMediaError if none."""
     total = src.stream.frames or 0
-    if total > 0:
-        return int(total)
-    try:
-        return int(src.count_packets())
-    except (AIMError, MemoryError):
-        raise
-    except Exception as e:
-        raise _wrap_error(p, "video", e) from e
+    if total <= 0:
+        try:
+            total = src.count_packets()
+        except (AIMError, MemoryError):
+            raise
+        except Exception as e:
+            raise _wrap_error(p, "video", e) from e
+    if total <= 0:
+        raise EmptyMediaError(f"video file '{p}' holds no frames. Pass a video with at least one frame.")
+    return int(total)
 
 
 def _load_video_pyav(p: Path, num_frames: int, progress: bool | None, sampling: str = "uniform") -> np.ndarray:
     with _Source(p) as src:
         total = _frame_count(src, p)
-    if total <= 0:
-        raise EmptyMediaError(f"video file '{p}' holds no frames. Pass a video with at least one frame.")
     frames, decoded = _decode_selected(p, total, num_frames, progress, sampling)
     if frames is None:
         # The header/packet count was off: sample again over the exact decoded count.
@@ -469,22 +469,15 @@ def video_duration_s(path: str | os.PathLike[str]) -> float | None:
 
     Models whose positions count seconds (Qwen2.5-VL: the time between two temporal patches)
     need it to know how far apart the sampled frames are."""
-    import av
-
     p = _check_path(path, "video")
-    try:
-        with av.open(str(p)) as container:
-            stream = _pick_video_stream(container, p)
-            if stream.duration is not None and stream.time_base is not None:
-                return float(stream.duration * stream.time_base) or None
-            if container.duration is not None:
-                return container.duration / 1e6 or None
-            if stream.frames and stream.average_rate:
-                return float(stream.frames / stream.average_rate) or None
-    except (AIMError, MemoryError):
-        raise
-    except Exception as e:
-        raise _wrap_error(p, "video", e) from e
+    with _Source(p) as src:  # opening errors typed as load_video's
+        stream, container = src.stream, src.container
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base) or None
+        if container.duration is not None:
+            return container.duration / 1e6 or None
+        if stream.frames and stream.average_rate:
+            return float(stream.frames / stream.average_rate) or None
     return None
 
 
@@ -500,9 +493,7 @@ def probe_video(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     with _Source(p) as src:
         total = _frame_count(src, p)
         width, height = int(src.stream.codec_context.width or 0), int(src.stream.codec_context.height or 0)
-    if total <= 0:
-        raise EmptyMediaError(f"video file '{p}' holds no frames. Pass a video with at least one frame.")
-    return int(total), width, height
+    return total, width, height
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
