@@ -138,12 +138,11 @@ def check_video_fits(estimate: MemoryEstimate, frames: int, device, host_free: O
                      device_free: Optional[int], flag: str = "--frames") -> None:
     """Refuse ``frames`` when even the lower bound does not fit in the memory that is free."""
     same = device.type == "cpu"
-    checks = [("memory", estimate.host_bytes(frames, same), host_free,
-               sum(estimate.host_per_frame.values()) + (sum(estimate.device_per_frame.values()) if same else 0))]
+    checks = [("memory", estimate.host_bytes(1, same), host_free)]  # (where, bytes per frame, free)
     if not same:
-        checks.append((f"{device.type} memory", estimate.device_bytes(frames), device_free,
-                       sum(estimate.device_per_frame.values())))
-    for where, need, free, per_frame in checks:
+        checks.append((f"{device.type} memory", estimate.device_bytes(1), device_free))
+    for where, per_frame, free in checks:
+        need = frames * per_frame
         if free is None or per_frame == 0 or need <= free:
             continue
         fit = max(0, math.floor(free / per_frame))
