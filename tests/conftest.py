@@ -61,6 +61,23 @@ def make_clip(frames=4, height=48, width=80, seed=0):
     return video
 
 
+def load_script(name: str):
+    """A module of scripts/ (not a package) by file name, e.g. load_script("paper_tables"); it is
+    registered in sys.modules, where dataclasses look their module up."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def encode_video(path, frames, fps=8, codec=None, options=None):
     """Encode RGB uint8 frames (H, W, 3) with PyAV at the first frame's size; returns ``path``.
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("check_upstream", ROOT / "scripts" / "check_upstream.py")
-check_upstream = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(check_upstream)
+check_upstream = load_script("check_upstream")
 
 
 @pytest.mark.parametrize("text,expected", [

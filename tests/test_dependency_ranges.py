@@ -3,16 +3,15 @@ at its floor (what make test-oldest installs), and the lock lies inside every ra
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("check_upstream", ROOT / "scripts" / "check_upstream.py")
-check_upstream = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(check_upstream)
+check_upstream = load_script("check_upstream")
 
 DECLARED = check_upstream.declared_requirements(ROOT / "pyproject.toml")
 OLDEST = check_upstream.read_lock(ROOT / "constraints" / "oldest.txt")

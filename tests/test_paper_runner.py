@@ -3,7 +3,6 @@ side by side (collect_results --paper); the offline check runs two rows with the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -15,21 +14,14 @@ import pytest
 
 pytest.importorskip("lmms_eval")
 
+from conftest import load_script  # noqa: E402
 from llava.analysis import analyze  # noqa: E402
 from llava.eval.results import collect_main, load_paper_tables  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("paper_tables", ROOT / "scripts" / "paper_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paper_tables"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-pt = _load_script()
+pt = load_script("paper_tables")
 TABLES = load_paper_tables()
 
 
