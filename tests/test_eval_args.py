@@ -149,15 +149,16 @@ def test_collect_table_paper_layout_with_flops(tmp_path, capsys):
                   {"nextqa_mc_test": {"exact_match,none": 0.7912}})
     assert collect_main([str(tmp_path)]) == 0
     table = capsys.readouterr().out
-    header = next(line for line in table.splitlines() if line.startswith("| Model"))
+    header = next(line for line in table.splitlines() if line.startswith("| Checkpoint"))
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns.index("VideoMME") < columns.index("MLVU") < columns.index("NExT-QA") < columns.index("MVBench")
-    rows = {line.split("|")[3].strip(): [c.strip() for c in line.strip("|").split("|")]
+    rows = {line.split("|")[4].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in table.splitlines() if line.startswith("| lmms-lab")}
     aim_row, off_row = rows["0.25, 14-22"], rows["off"]
     with_aim = analyze("qwen2-7b", frames=32, retention=0.25, l1=14, l2=22).prefill_tflops
     without = analyze("qwen2-7b", frames=32).prefill_tflops
-    assert aim_row[3] == f"{with_aim:.3g}" and off_row[3] == f"{without:.3g}"
+    tflops = columns.index("TFLOPs")
+    assert aim_row[tflops] == f"{with_aim:.3g}" and off_row[tflops] == f"{without:.3g}"
     assert aim_row[columns.index("VideoMME")] == "58.4" and aim_row[columns.index("MVBench")] == "55.5"
     assert off_row[columns.index("NExT-QA")] == "79.1" and off_row[columns.index("VideoMME")] == "–"
 
@@ -181,7 +182,7 @@ def test_collect_prefill_median_from_the_samples_logs(tmp_path, capsys):
     (tmp_path / "20260101_000000_samples_videomme.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     assert collect_main([str(tmp_path)]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| lmms-lab"))
-    assert line.split("|")[5].strip() == "25.0"  # median of 10, 20, 30, 500
+    assert line.split("|")[6].strip() == "25.0"  # median of 10, 20, 30, 500
 
 
 def _results_for_out(tmp_path):

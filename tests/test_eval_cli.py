@@ -74,7 +74,28 @@ def test_collect_results_on_a_real_run(one_process_run, tmp_path):
                            "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     row = next(line for line in out.read_text().splitlines() if line.startswith("| tiny-llava-onevision"))
-    assert "| 4 | 0.25, 4-6 |" in row and "llava_aim_synthvid_mc" in out.read_text()
+    assert row.startswith("| tiny-llava-onevision * | 4 | 3 per task | 0.25, 4-6 |")
+    assert "llava_aim_synthvid_mc" in out.read_text() and "- `*` a limited run" in out.read_text()
+
+
+def test_collect_paper_marks_a_limited_tiny_run_and_compares_nothing(one_process_run, tmp_path):
+    """The real run filed as the paper's video/aim row: the row names its checkpoint, frames and
+    limit, every figure is marked, and no difference against the paper is printed."""
+    tmp, _ = one_process_run
+    (tmp_path / "video").mkdir()
+    (tmp_path / "video" / "aim").symlink_to(tmp / "out", target_is_directory=True)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect_results.py"), "--paper", str(tmp_path),
+                           "--tables", "video"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| `video/aim`"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "tiny-llava-onevision, 4 frames, limit 3 per task"
+    ours = [c.split(" / ")[1] for c in cells[3:-1]] + [cells[-1]]
+    assert all(o == "–" or o.endswith("‡§") for o in ours) and not re.search(r"\([+-][0-9]", row)  # no difference
+    assert ours[0] != "–" and float(ours[0].rstrip("‡§")) > 0  # the tiny model's TFLOPs, not 0.00
+    assert cells[-1].endswith("*‡§")  # the measured prefill of a --limit run
+    for mark in ("`*` a limited run", "`‡` run on another checkpoint", "`§` run on another frame count"):
+        assert mark in done.stdout
 
 
 def test_torchrun_two_processes_give_the_same_samples(one_process_run, tmp_path):
@@ -115,7 +136,7 @@ def test_video_script_with_a_qwen_model(tmp_path, model, tiny, positions):
     table = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect_results.py"), str(tmp_path / "out")],
                            capture_output=True, text=True)
     assert table.returncode == 0, table.stderr
-    assert f"| {tiny} * | 4 | 0.25, 4-6" in table.stdout
+    assert f"| {tiny} * | 4 | 2 per task | 0.25, 4-6" in table.stdout
 
 
 def test_video_script_refuses_an_unknown_model(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -105,6 +106,12 @@ def check_run(output_dir: Path, since: Optional[Path], tasks: Sequence[str]) -> 
 
 
 # -- the tables ------------------------------------------------------------------------------
+# Marks on figures that must not be read against the paper's (the legend under each table says why).
+LIMIT_MARK = "*"  # a --limit run: a subset of each benchmark
+CHECKPOINT_MARK = "‡"  # another checkpoint than the paper row's model
+FRAMES_MARK = "§"  # another frame count than the paper row's
+
+
 @dataclass
 class Run:
     """One setting (model + model_args); scores merged from every file of that setting."""
@@ -141,7 +148,7 @@ def collect_runs(files: Sequence[Path]) -> List[Run]:
                 run.scores[task] = score
         run.prefill_ms += sample_prefill_ms(path)
         mean = (data.get("throughput") or {}).get("avg_prefill_ms")
-        if isinstance(mean, (int, float)):
+        if _measured(mean):
             run.mean_prefill_ms = float(mean)
     return list(runs.values())
 
@@ -164,9 +171,14 @@ def sample_prefill_ms(results_path: Path) -> List[float]:
                 continue
             for counts in record.get("token_counts") or []:
                 value = counts.get("prefill_ms") if isinstance(counts, dict) else None
-                if isinstance(value, (int, float)):
+                if _measured(value):
                     found.append(float(value))
     return found
+
+
+def _measured(value) -> bool:
+    """A time that was measured: a positive number (a missing figure must not read as 0 ms)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _main_score(task: str, values: dict) -> Optional[float]:
@@ -192,6 +204,7 @@ def run_setting(run: Run) -> dict:
         pixel_limits,
         split_model_args,
     )
+    from llava.model.builder import CHECKPOINT_ALIASES
     from llava.model.families import family_for_model_type
 
     raw = parse_model_args(run.model_args)
@@ -207,7 +220,8 @@ def run_setting(run: Run) -> dict:
         cfg = cfg.resolve_layers(llm.layers, family.official_layers(llm.layers))
     from llava.analysis.shapes import QWEN_VL_MODEL_TYPES
 
-    return {"pretrained": pretrained, "frames": frames, "aim": cfg, "llm": llm, "max_pixels": pixels.get("max_pixels"),
+    return {"pretrained": pretrained, "checkpoint": CHECKPOINT_ALIASES.get(pretrained, pretrained), "frames": frames,
+            "aim": cfg, "llm": llm, "max_pixels": pixels.get("max_pixels"),
             "qwen_vl": PLUGIN_MODEL_TYPES.get(run.model) in QWEN_VL_MODEL_TYPES}
 
 
@@ -253,6 +267,21 @@ def prefill_tflops(setting: dict, is_video: bool) -> Optional[float]:
     return result.prefill_tflops
 
 
+def describe_limit(limit: Optional[float]) -> str:
+    """lmms-eval's ``--limit`` as a table shows it: N documents of each task (N >= 1), a fraction
+    of each task (< 1), or "all"."""
+    if not limit:
+        return "all"
+    return f"{limit:g} per task" if limit >= 1 else f"{100 * limit:g}% per task"
+
+
+def run_origin(run: Run, setting: dict) -> str:
+    """Which checkpoint, frames and limit produced a run's figures, in one phrase."""
+    frames = f", {setting['frames']} frames" if run.is_video else ""
+    limit = f"limit {describe_limit(run.limit)}" if run.limit else "no limit"
+    return f"{setting['pretrained']}{frames}, {limit}"
+
+
 def markdown_tables(runs: Sequence[Run]) -> str:
     parts = []
     for is_video, columns, title in ((True, VIDEO_COLUMNS, "Video benchmarks (LLaVA-OneVision, Qwen-VL)"),
@@ -261,12 +290,13 @@ def markdown_tables(runs: Sequence[Run]) -> str:
         if selected:
             parts.append(f"### {title}\n\n" + _table(selected, columns, is_video))
     if any(r.limit for r in runs):
-        parts.append("Runs marked * used --limit (a subset of each benchmark): not comparable to the paper.")
+        parts.append(f"- `{LIMIT_MARK}` a limited run (--limit: only the first documents of each task, see the Limit "
+                     "column): its scores are not comparable to the paper's or to a full run's.")
     parts.append(
         f"TFLOPs: language-model prefill of one prompt ({TEXT_TOKENS} text tokens + the visual tokens), from "
-        "llava.analysis.analyze with the run's frames, retention and l1/l2 (runtime schedule). prefill ms: "
+        "llava.analysis.analyze with the run's checkpoint, frames, retention and l1/l2 (runtime schedule). prefill ms: "
         "measured, median over the run's samples of the model's first forward (vision tower, projector, "
-        "merging, LLM prefill), from the per-sample logs."
+        "merging, LLM prefill), from the per-sample logs; n/a: not measured."
     )
     return "\n\n".join(parts) + "\n"
 
@@ -274,15 +304,17 @@ def markdown_tables(runs: Sequence[Run]) -> str:
 def _table(runs: Sequence[Run], columns, is_video: bool) -> str:
     paper_tasks = [c[0] for c in columns]
     extras = sorted({t for r in runs for t in r.scores if t not in paper_tasks})
-    headers = ["Model", "Frames" if is_video else "Images", "AIM (retention, l1-l2)", "TFLOPs", "prefill ms"]
+    headers = ["Checkpoint", "Frames" if is_video else "Images", "Limit", "AIM (retention, l1-l2)", "TFLOPs",
+               "prefill ms"]
     headers += [c[1] for c in columns] + extras
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for run in runs:
         setting = run_setting(run)
         flops = prefill_tflops(setting, is_video)
         cells = [
-            setting["pretrained"] + (" *" if run.limit else ""),
+            setting["pretrained"] + (f" {LIMIT_MARK}" if run.limit else ""),
             str(setting["frames"]),
+            describe_limit(run.limit),
             _describe_aim(setting["aim"]),
             "n/a" if flops is None else f"{flops:.3g}",
             _prefill_cell(run),
@@ -367,19 +399,65 @@ def _predicted_paper_way(run: Run, is_video: bool, text_tokens: int):
     return result.prefill_tflops, result.prefill_ms
 
 
-def _cell(paper: Optional[float], ours: Optional[float], digits: int = 1, mark: str = "") -> str:
-    p = "–" if paper is None else f"{paper:.{digits}f}"
-    if ours is None:
+def _figure(value: Optional[float], digits: int) -> str:
+    """A number with ``digits`` decimals; a nonzero value too small for them keeps two significant
+    digits (a tiny model's 0.00028 TFLOPs must not read as 0.00); a missing one is "–"."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    if value != 0 and abs(value) < 0.5 * 10 ** -digits:
+        return f"{value:.2g}"
+    return f"{value:.{digits}f}"
+
+
+def _cell(paper: Optional[float], ours: Optional[float], digits: int = 1, mark: str = "", compare: bool = True) -> str:
+    """"paper / ours (ours - paper)"; no difference where either is missing or ``compare`` is off
+    (a marked run: another checkpoint, frame count or a limited run)."""
+    p = _figure(paper, digits)
+    if ours is None or not math.isfinite(ours):
         return f"{p} / –"
-    o = f"{ours:.{digits}f}{mark}"
-    if paper is None:
+    o = _figure(ours, digits) + mark
+    if paper is None or not compare:
         return f"{p} / {o}"
     return f"{p} / {o} ({ours - paper:+.{digits}f})"
 
 
+def paper_row_setting(table: dict, entry: dict) -> Tuple[Optional[str], Optional[int]]:
+    """(checkpoint, frames) of a paper row: the row's own, else its table's (tables.json)."""
+    return entry.get("checkpoint", table.get("checkpoint")), entry.get("frames", table.get("frames"))
+
+
+def setting_marks(setting: dict, checkpoint: Optional[str], frames: Optional[int]) -> str:
+    """Marks for a run whose checkpoint or frame count is not the paper row's: every figure of
+    the row, predicted ones included, belongs to another setting than the paper's."""
+    marks = ""
+    if checkpoint is not None and setting["checkpoint"] != checkpoint:
+        marks += CHECKPOINT_MARK
+    if frames is not None and setting["frames"] != frames:
+        marks += FRAMES_MARK
+    return marks
+
+
+def _legend(used: str, limits: Sequence[str], checkpoint: Optional[str], frames: Optional[int]) -> List[str]:
+    lines = []
+    if LIMIT_MARK in used:
+        lines.append(f"- `{LIMIT_MARK}` a limited run ({', '.join(sorted(set(limits)))}: only the first documents of each "
+                     "task): its scores and measured prefill are not comparable to the paper's; no difference printed.")
+    if CHECKPOINT_MARK in used:
+        lines.append(f"- `{CHECKPOINT_MARK}` run on another checkpoint than the paper's {checkpoint} (see the Run column): "
+                     "every figure of the row is that model's, the predicted TFLOPs and prefill ms included; "
+                     "no difference printed.")
+    if FRAMES_MARK in used:
+        lines.append(f"- `{FRAMES_MARK}` run on another frame count than the paper row's ({frames} unless its Setting says "
+                     "otherwise; the run's in the Run column): "
+                     "scores and predicted figures are for the run's frames; no difference printed.")
+    return lines
+
+
 def paper_markdown(root: os.PathLike, table_names: Optional[Sequence[str]] = None) -> str:
     """Each paper table in the paper's row and column order; each cell "paper / ours (ours -
-    paper)"; rows with no results under ROOT/<row name> marked "not run yet"."""
+    paper)", the difference only where the run is the paper row's setting (its checkpoint and
+    frames, no --limit); other runs' figures marked; rows with no results under ROOT/<row name>
+    marked "not run yet"."""
     data = load_paper_tables()
     root = Path(root)
     columns = data["columns"]
@@ -390,21 +468,34 @@ def paper_markdown(root: os.PathLike, table_names: Optional[Sequence[str]] = Non
             continue
         is_video = table["name"] != "image"
         names = table["columns"]
-        headers = ["Row", "Setting"] + [columns[c]["label"] for c in names] + ["measured prefill ms (median)"]
+        headers = ["Row", "Setting", "Run (checkpoint, frames, limit)"] + [columns[c]["label"] for c in names]
+        headers += ["measured prefill ms (median)"]
         lines = [f"### {table['title']}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         substitutes = set()
+        used, limits = "", []
         for entry in table["rows"]:
             runs = _row_runs(root, entry, read)
             run = runs[-1] if runs else None
             label = entry["label"] + (" (not in the paper)" if entry.get("extra") else "")
             cells = [f"`{entry['row']}`", label + ("" if run else " — **not run yet**")]
-            predicted = _predicted_paper_way(run, is_video, table["text_tokens"]) if run else (None, None)
+            predicted, marks, measured_marks = (None, None), "", ""
+            if run is not None:
+                setting = run_setting(run)
+                cells.append(run_origin(run, setting))
+                predicted = _predicted_paper_way(run, is_video, table["text_tokens"])
+                marks = setting_marks(setting, *paper_row_setting(table, entry))
+                measured_marks = (LIMIT_MARK if run.limit else "") + marks
+                used += measured_marks
+                if run.limit:
+                    limits.append(f"--limit {describe_limit(run.limit)}")
+            else:
+                cells.append("–")
             for name in names:
                 column, paper = columns[name], entry["paper"].get(name)
                 if column.get("kind") == "predicted_tflops":
-                    cells.append(_cell(paper, predicted[0], 2))
+                    cells.append(_cell(paper, predicted[0], 2, marks, compare=not marks))
                 elif column.get("kind") == "prefill_ms":
-                    cells.append(_cell(paper, predicted[1], 2))
+                    cells.append(_cell(paper, predicted[1], 2, marks, compare=not marks))
                 else:
                     ours, mark = None, ""
                     for i, task in enumerate(column["tasks"]):
@@ -413,14 +504,16 @@ def paper_markdown(root: os.PathLike, table_names: Optional[Sequence[str]] = Non
                             if mark:
                                 substitutes.add(f"{column['label']}: ours on {task} (the paper: {column['tasks'][0]})")
                             break
-                    cells.append(_cell(paper, ours, 1, mark))
+                    cells.append(_cell(paper, ours, 1, mark + measured_marks, compare=not measured_marks))
             measured = run.median_prefill_ms if run else None
-            cells.append("–" if measured is None else f"{measured:.1f}" + (" *" if run.limit else ""))
+            cells.append("–" if measured is None else f"{measured:.1f}{measured_marks}")
             lines.append("| " + " | ".join(cells) + " |")
         notes = []
         if table.get("note"):
             notes.append(table["note"])
         notes += [f"† {s}." for s in sorted(substitutes)]
+        checkpoint, frames = table.get("checkpoint"), table.get("frames")
+        notes += _legend(used, limits, checkpoint, frames)
         if notes:
             lines += [""] + notes
         parts.append("\n".join(lines))
@@ -428,7 +521,9 @@ def paper_markdown(root: os.PathLike, table_names: Optional[Sequence[str]] = Non
         "Cells: paper / ours (ours - paper). TFLOPs and prefill ms of both are the language model's prefill "
         f"counted the paper's way (llava.analysis: paper convention, the table's text length, roofline on "
         f"{PAPER_HARDWARE}) for the setting each run used; measured prefill ms: this project's runs (the "
-        "model's first forward, median over samples; * = a --limit run). Sources of the paper's numbers: "
+        "model's first forward, median over samples). A difference is printed only for a run of the paper row's "
+        f"setting; marked figures ({LIMIT_MARK} limited run, {CHECKPOINT_MARK} another checkpoint, {FRAMES_MARK} "
+        "another frame count) are not compared. –: no figure. Sources of the paper's numbers: "
         "llava/eval/paper/tables.json."
     )
     return "\n\n".join(parts) + "\n"
