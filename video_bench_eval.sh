@@ -12,7 +12,7 @@
 #               Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct]  hub id, local folder or a
 #               built-in tiny model (LLaVA-NeXT names load their llava-hf conversion; see docs/evaluation.md)
 #   TASKS       [videomme,mlvu_dev,egoschema_subset,nextqa_mc_test,perceptiontest_val_mc,mvbench]
-#   FRAMES      [32]     frames sampled uniformly per video
+#   FRAMES      [32]     frames per video, np.linspace(0, T-1, N, dtype=int) (frame_sampling=official)
 #   MAX_PIXELS, POSITIONS  (Qwen models only; defaults above) pixels per frame, merged-token positions
 #   RETENTION   [0.25]   L1, L2 [empty: 14, 22 on 28 layers, scaled to other depths]   AIM [1]
 #   NUM_PROCESSES [1]    LAUNCHER [accelerate|torchrun]   LIMIT [all]   DEVICE [cuda]
