@@ -1,4 +1,5 @@
-# make demo / make test: each installs what it needs into a local virtual environment, then runs.
+# make demo / make test: each installs what it needs into a local virtual environment, then runs
+# (how long make test takes: docs/development.md, "Tests").
 #
 # Installs use the lock (constraints/lock.txt: every package at the exact version the tests
 # passed with). LOCK=none installs the newest releases pyproject's ranges allow instead, e.g.
