@@ -63,8 +63,9 @@ def test_a_limited_run_marks_its_measured_figures_and_prints_no_difference(tmp_p
 
 
 def test_another_checkpoint_and_frame_count_mark_every_figure_and_a_tiny_figure_is_not_zero(tmp_path, capsys):
-    _write_run(tmp_path / "video" / "aim" / "m", "pretrained=tiny-llava-onevision,max_frames_num=4,aim=1,retention=0.25",
-               _videomme(50.0), limit=2.0, sample_prefill_ms=(30.0,))
+    _write_run(tmp_path / "video" / "aim" / "m",
+               "pretrained=tiny-llava-onevision,max_frames_num=4,aim=1,retention=0.25", _videomme(50.0), limit=2.0,
+               sample_prefill_ms=(30.0,))
     cells, out = _paper_row(tmp_path, capsys, "video/aim")
     assert cells[RUN] == "tiny-llava-onevision, 4 frames, limit 2 per task"
     assert cells[VIDEOMME] == "58.2 / 50.0*‡§"

@@ -290,7 +290,7 @@ def markdown_tables(runs: Sequence[Run]) -> str:
         if selected:
             parts.append(f"### {title}\n\n" + _table(selected, columns, is_video))
     if any(r.limit for r in runs):
-        parts.append(f"- `{LIMIT_MARK}` a limited run (--limit: only the first documents of each task, see the Limit "
+        parts.append(f"- `{LIMIT_MARK}` a limited run (--limit: only part of each task, see the Limit "
                      "column): its scores are not comparable to the paper's or to a full run's.")
     parts.append(
         f"TFLOPs: language-model prefill of one prompt ({TEXT_TOKENS} text tokens + the visual tokens), from "
@@ -440,15 +440,15 @@ def setting_marks(setting: dict, checkpoint: Optional[str], frames: Optional[int
 def _legend(used: str, limits: Sequence[str], checkpoint: Optional[str], frames: Optional[int]) -> List[str]:
     lines = []
     if LIMIT_MARK in used:
-        lines.append(f"- `{LIMIT_MARK}` a limited run ({', '.join(sorted(set(limits)))}: only the first documents of each "
-                     "task): its scores and measured prefill are not comparable to the paper's; no difference printed.")
+        lines.append(f"- `{LIMIT_MARK}` a limited run ({', '.join(sorted(set(limits)))}: only part of each task)"
+                     ": its scores and measured prefill are not comparable to the paper's; no difference printed.")
     if CHECKPOINT_MARK in used:
-        lines.append(f"- `{CHECKPOINT_MARK}` run on another checkpoint than the paper's {checkpoint} (see the Run column): "
-                     "every figure of the row is that model's, the predicted TFLOPs and prefill ms included; "
+        lines.append(f"- `{CHECKPOINT_MARK}` run on another checkpoint than the paper's {checkpoint} (see the Run "
+                     "column): every figure of the row is that model's, the predicted TFLOPs and prefill ms included; "
                      "no difference printed.")
     if FRAMES_MARK in used:
-        lines.append(f"- `{FRAMES_MARK}` run on another frame count than the paper row's ({frames} unless its Setting says "
-                     "otherwise; the run's in the Run column): "
+        lines.append(f"- `{FRAMES_MARK}` run on another frame count than the paper row's ({frames} unless its "
+                     "Setting says otherwise; the run's in the Run column): "
                      "scores and predicted figures are for the run's frames; no difference printed.")
     return lines
 
