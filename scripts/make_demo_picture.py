@@ -2,7 +2,7 @@
 
     python scripts/make_demo_picture.py [--out docs/what_aim_does.png]
 
-`make demo` runs this with ``--out aim_demo.png`` (the committed docs/ copy is only rewritten
+`make demo` runs this with ``--out build/aim_demo.png`` (the committed docs/ copy is only rewritten
 when this script is run by hand). The setting: the shipped sample video, 4 frames, merging to
 1/4 (196 -> 49 tokens per frame) and pruning after layers 2..7 of the tiny model's 8 layers
 (l1=2, l2=8), a longer schedule than `llava-aim run`'s default (4, 6) so that the picture shows
