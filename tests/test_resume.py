@@ -123,19 +123,19 @@ def test_hub_id_is_keyed_by_its_commit_and_offline_uncached_fails_in_one_line(tm
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     cache = tmp_path / "cache"
-    cached = subprocess.run([sys.executable, "-m", "llava.eval.resume", "key", "--model", OV, "--model_args",
-                             "pretrained=llava-aim-test/tiny-onevision,max_frames_num=4", "--write", str(cache)],
-                            env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert cached.returncode == 0, cached.stderr
-    setting = json.loads((Path(cached.stdout.strip()) / resume.KEY_FILE).read_text())
+    # one interpreter (huggingface_hub reads HF_HUB_OFFLINE when imported): a cached id, then one never downloaded
+    code = (f"import sys; from llava.eval.resume import main; base = ['key', '--model', '{OV}', '--write', {str(cache)!r}]; "
+            "print(main(base + ['--model_args', 'pretrained=llava-aim-test/tiny-onevision,max_frames_num=4'])); "
+            "print(main(base + ['--model_args', 'pretrained=llava-aim-test/not-downloaded']))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    folder, cached_rc, missing_rc = done.stdout.split()
+    assert (cached_rc, missing_rc) == ("0", "2"), done.stderr
+    setting = json.loads((Path(folder) / resume.KEY_FILE).read_text())
     assert setting["checkpoint"] == f"hub:llava-aim-test/tiny-onevision@{COMMIT}"
-    missing = subprocess.run([sys.executable, "-m", "llava.eval.resume", "key", "--model", OV, "--model_args",
-                              "pretrained=llava-aim-test/not-downloaded", "--write", str(cache)],
-                             env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert missing.returncode == 2
-    lines = missing.stderr.strip().splitlines()
+    lines = [line for line in done.stderr.strip().splitlines() if "setting folder" not in line]
     assert len(lines) == 1 and "not in the Hugging Face cache" in lines[0] and "HF_HUB_OFFLINE" in lines[0]
-    assert not (cache / "@uncached").exists() and len(list(cache.iterdir())) == 2  # the cached key + index
+    assert sorted(p.name for p in cache.iterdir()) == sorted([Path(folder).name, resume.INDEX_FILE])
 
 
 # -- the log: what is resumed, what changed ---------------------------------------------------------
