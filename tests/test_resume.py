@@ -191,7 +191,7 @@ def _answers(out: Path) -> dict:
     for path in out.rglob("*_samples_*.jsonl"):
         for line in path.read_text().splitlines():
             sample = json.loads(line)
-            found[sample["doc_id"]] = sample["resps"]
+            found[sample["doc_id"]] = sample["filtered_resps"]
     return found
 
 
