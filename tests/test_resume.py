@@ -221,3 +221,17 @@ def test_rerun_after_a_code_change_is_recomputed_and_equals_a_fresh_run(tmp_path
     fresh = _run(tmp_path, code, tmp_path / "fresh", CACHE="0")
     assert _answers(tmp_path / "rerun") == _answers(tmp_path / "fresh")
     assert _answers(tmp_path / "rerun") != _answers(tmp_path / "first")  # the edit did change the answers
+
+
+def test_plugin_resumes_only_where_the_key_and_its_loaded_aim_setting_agree(tmp_path, monkeypatch):
+    """The plugin recomputes the key, and checks it against the AIM setting apply_aim resolved
+    on the loaded model: a key computed before loading that disagreed would not be resumed."""
+    folder = resume.write_setting(tmp_path, OV, BASE, quiet=True)
+    monkeypatch.setenv(resume.RESUME_DIR_ENV, str(folder))
+    from llava.aim.config import AIMConfig
+
+    resolved = AIMConfig(retention=0.25, l1=4, l2=6, merge_metric="tokens")
+    journal = resume.ResumeJournal.for_setting(OV, {**BASE, "batch_size": 3}, 0, resolved)
+    assert journal is not None and journal.folder == folder
+    assert resume.ResumeJournal.for_setting(OV, BASE, 0, resolved.replace(l1=3)) is None
+    assert resume.ResumeJournal.for_setting(OV, {**BASE, "retention": 0.5}, 0) is None
