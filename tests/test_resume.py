@@ -218,7 +218,7 @@ def test_rerun_after_a_code_change_is_recomputed_and_equals_a_fresh_run(tmp_path
     assert _served(rerun.stderr) == (0, 8)  # not one answer from the old journal
     said = next(line for line in rerun.stderr.splitlines() if "setting folder" in line)
     assert "changed since the last run of this model/checkpoint: resolved AIM setting, code fingerprint" in said
-    fresh = _run(tmp_path, code, tmp_path / "fresh", CACHE="0")
+    _run(tmp_path, code, tmp_path / "fresh", CACHE="0")
     assert _answers(tmp_path / "rerun") == _answers(tmp_path / "fresh")
     assert _answers(tmp_path / "rerun") != _answers(tmp_path / "first")  # the edit did change the answers
 

@@ -193,7 +193,7 @@ def setting_of(model: str, model_args: Mapping[str, Any]) -> Dict[str, Any]:
     raw_loader, raw_aim = split_model_args(args)
     load = loader_args(raw_loader, DEFAULT_CHECKPOINTS.get(model, ""))
     _, config, family = checkpoint_config(load.pretrained)
-    num_layers = int(getattr(getattr(config, "text_config", None) or config, "num_hidden_layers"))
+    num_layers = int((getattr(config, "text_config", None) or config).num_hidden_layers)
     aim = aim_config_from_model_args(raw_aim, num_layers)
     if aim.enabled:  # as apply_aim resolves it for the loaded model
         aim = aim.resolve_layers(num_layers, family.official_layers(num_layers))
