@@ -115,12 +115,15 @@ run_lmms_eval() {
     trap "rm -f '$marker'" EXIT
     local limit_args=()
     if [[ -n "$LIMIT" ]]; then limit_args=(--limit "$LIMIT"); fi
-    # Resume without mixing: one folder per setting and checkpoint (the key of both), holding
-    # lmms-eval's response cache and the plugin's resume journal (llava/eval/resume.py).
-    local cache_args=()
+    # Resume without mixing: one folder per setting (the key of everything that decides an
+    # answer: resolved settings, checkpoint, code, library versions; llava/eval/resume.py),
+    # holding lmms-eval's response cache and the plugin's resume journal. Computed even with
+    # CACHE=0: a complete run leaves its completion record there (paper_tables.py reads it).
+    local cache_args=() resume_dir quiet=()
+    if [[ "$CACHE" == "0" ]]; then quiet=(--quiet); fi
+    resume_dir=$("$PYTHON" -m llava.eval.resume key --model "$MODEL" --model_args "$model_args" \
+        --write "$CACHE_DIR" "${quiet[@]}")
     if [[ "$CACHE" != "0" ]]; then
-        local resume_dir
-        resume_dir=$("$PYTHON" -m llava.eval.resume key --model "$MODEL" --model_args "$model_args" --write "$CACHE_DIR")
         if [[ "$NODE_RANK" == "0" ]]; then
             "$PYTHON" -m llava.eval.resume prepare "$resume_dir" >/dev/null  # shards of killed runs
         fi
@@ -130,6 +133,9 @@ run_lmms_eval() {
         export LMMS_CACHE_RUN_ID="${LMMS_CACHE_RUN_ID:-$(date +%Y%m%d%H%M%S)-$$-${SLURM_ARRAY_TASK_ID:-0}}"
         cache_args=(--use_cache "$resume_dir")
         echo "cache:   ${resume_dir} (a rerun of this setting resumes from it)" >&2
+    else
+        unset LLAVA_AIM_RESUME_DIR
+        echo "cache:   off (CACHE=0): every request computed" >&2
     fi
     echo "lmms-eval: --model ${MODEL} --model_args ${model_args} --tasks ${TASKS} --batch_size ${BATCH_SIZE}" >&2
     # shellcheck disable=SC2086  # $launch is a command prefix
@@ -159,6 +165,12 @@ run_lmms_eval() {
         exit 1
     fi
     echo "results: ${results}"
+    # A run of the whole setting (no LIMIT, no extra lmms-eval arguments) is complete: record it
+    # in the setting folder, where paper_tables.py looks before running a row again.
+    if [[ -z "$LIMIT" && $# -eq 0 ]]; then
+        "$PYTHON" -m llava.eval.resume complete --folder "$resume_dir" --tasks "$TASKS" --results "$results" >/dev/null
+        echo "complete: ${resume_dir}/complete.json"
+    fi
     echo "samples: $(dirname "$results")"
     echo "table:   $PYTHON scripts/collect_results.py $OUTPUT_DIR"
 }

@@ -12,9 +12,12 @@ scripts/image_bench_eval.sh) with that row's settings, writing into OUTPUT_ROOT/
 (default eval_results/paper). Environment variables set when this script runs (PRETRAINED,
 LIMIT, DEVICE, FRAMES, TASKS, NUM_PROCESSES, BATCH_SIZE, HF_HOME, ...) pass through to every
 command and win over the row's own values; EXTRA_MODEL_ARGS is appended to the row's. A row
-already complete (its results file holds every task) is skipped unless --force; a row cut
-short resumes from its cache (docs/evaluation.md). Rows that name the same setting (e.g.
-ablation/14-22 and video/aim) share one run.
+is skipped (unless --force) only when a run of exactly its setting is complete: the setting
+folder its run would use (the same key: resolved setting, checkpoint, code, library versions)
+holds the completion record of a run without LIMIT with every task; a row cut short resumes
+from that folder (docs/evaluation.md). Rows that name the same setting (e.g. ablation/14-22 and
+video/aim) share one run. Relative paths (--output-root, CACHE_DIR) are taken from the
+repository root, where the commands run.
 
 Settings of the baselines: the paper gives their TFLOPs, not their knobs. Each knob below is
 the value at which this project's analyzer (llava.analysis, as executed) reproduces the
@@ -228,18 +231,42 @@ def command(row: Row, output_root: str, environ: Optional[Dict[str, str]] = None
     return f"env {assignments} bash {row.script}"
 
 
-def is_complete(row: Row, output_root: str, environ: Optional[Dict[str, str]] = None) -> bool:
-    """Whether the row's folder holds a results file with every task the row asks for."""
-    from llava.errors import AIMError
-    from llava.eval.results import check_run
+def _under_root(path: str) -> Path:
+    """A path as the scripts see it: they run from the repository root."""
+    return Path(path) if os.path.isabs(path) else ROOT / path
 
+
+def _python(environ: Dict[str, str]) -> str:
+    """The interpreter the evaluation scripts pick (scripts/lmms_eval_common.sh)."""
+    if environ.get("PYTHON"):
+        return environ["PYTHON"]
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if not environ.get("VIRTUAL_ENV") and os.access(venv, os.X_OK) else "python"
+
+
+def cache_dir(row: Row, output_root: str, environ: Optional[Dict[str, str]] = None) -> Path:
+    """The root of the row's setting folders (the scripts' CACHE_DIR)."""
     env = row_env(row, output_root, environ)
-    tasks = env.get("TASKS", "").split(",")
-    try:
-        check_run(Path(env["OUTPUT_DIR"]), None, tasks)
-        return True
-    except AIMError:
+    return _under_root(env.get("CACHE_DIR") or str(Path(env["OUTPUT_DIR"]) / "cache"))
+
+
+def is_complete(row: Row, output_root: str, environ: Optional[Dict[str, str]] = None) -> bool:
+    """Whether a run of exactly the row's setting finished: the setting folder the row's run would
+    use (its key: resolved setting, checkpoint, code, library versions; llava/eval/resume.py)
+    holds a completion record, written only by a run without LIMIT, naming every task the row
+    asks for. The script itself says what it would run (PRINT_MODEL_ARGS=1), and the key is
+    computed by the interpreter the run would use. A checkpoint that cannot be resolved here
+    (not cached, offline) is not complete."""
+    environ = dict(os.environ if environ is None else environ)
+    env = {**environ, **row_env(row, output_root, environ), "PRINT_MODEL_ARGS": "1"}
+    printed = subprocess.run(["bash", row.script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    if printed.returncode != 0:
         return False
+    check = subprocess.run([_python(env), "-m", "llava.eval.resume", "is-complete", "--cache-dir",
+                            str(cache_dir(row, output_root, environ)), *shlex.split(printed.stdout)],
+                           cwd=ROOT, env={k: v for k, v in env.items() if k != "PRINT_MODEL_ARGS"},
+                           capture_output=True, text=True, timeout=600)
+    return check.returncode == 0
 
 
 # -- SLURM ---------------------------------------------------------------------------------------
@@ -252,12 +279,13 @@ def sbatch_script(rows: Sequence[Row], output_root: str, partition: Optional[str
     if gpus > 1 and not environ.get("NUM_PROCESSES"):
         environ["NUM_PROCESSES"] = str(gpus)
     todo = runs(rows)
-    logs = Path(output_root) / "slurm"
+    output_root = str(_under_root(output_root))
+    logs = Path(output_root) / "slurm"  # absolute: Slurm opens the log before the job runs a line
     array = f"0-{len(todo) - 1}" + (f"%{max_parallel}" if max_parallel else "")
     lines = ["#!/bin/bash", "# Written by scripts/paper_tables.py --slurm; one array task per run.",
              "#SBATCH --job-name=llava-aim-paper", f"#SBATCH --array={array}",
              f"#SBATCH --gres=gpu:{gpus}", f"#SBATCH --cpus-per-task={cpus}", f"#SBATCH --time={time}",
-             f"#SBATCH --output={logs}/%x-%A_%a.out", "#SBATCH --requeue"]
+             f"#SBATCH --chdir={ROOT}", f"#SBATCH --output={logs}/%x-%A_%a.out", "#SBATCH --requeue"]
     if partition:
         lines.append(f"#SBATCH --partition={partition}")
     if account:
@@ -272,24 +300,41 @@ def sbatch_script(rows: Sequence[Row], output_root: str, partition: Optional[str
     lines.append("COMMANDS=(")
     lines += [f"  {shlex.quote(command(r, output_root, environ))}" for r in todo]
     lines.append(")")
-    lines.append("TASKS=(")
-    lines += [f"  {shlex.quote(row_env(r, output_root, environ).get('TASKS', ''))}" for r in todo]
+    lines.append("CACHE_DIRS=(")
+    lines += [f"  {shlex.quote(str(cache_dir(r, output_root, environ)))}" for r in todo]
     lines.append(")")
     lines += [
         'i=${SLURM_ARRAY_TASK_ID:?run this file with sbatch}',
         'row=${ROWS[$i]}',
-        f'out={shlex.quote(str(output_root))}/$row',
         'python_bin=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}',
-        '# a complete row is skipped; a row cut short resumes from its cache folder',
-        'if [[ "${FORCE:-0}" != "1" ]] && "$python_bin" -m llava.eval.results check "$out" --tasks "${TASKS[$i]}" '
-        '>/dev/null 2>&1; then',
-        '    echo "$row: complete in $out (FORCE=1 to run it again)"',
+        '# a row is skipped when a run of exactly its setting (the same key, no LIMIT) is complete;',
+        '# a row cut short resumes from its setting folder',
+        'read -r -a printed <<< "$(eval "PRINT_MODEL_ARGS=1 ${COMMANDS[$i]}")"  # --model M --model_args A --tasks T',
+        'if [[ "${FORCE:-0}" != "1" ]] && "$python_bin" -m llava.eval.resume is-complete '
+        '--cache-dir "${CACHE_DIRS[$i]}" "${printed[@]}" >/dev/null 2>&1; then',
+        '    echo "$row: complete in ${CACHE_DIRS[$i]} (FORCE=1 to run it again)"',
         '    exit 0',
         'fi',
         'echo "$row: ${COMMANDS[$i]}"',
         'eval "${COMMANDS[$i]}"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def write_sbatch(path: Path, text: str, logs: Path) -> Optional[str]:
+    """Write the sbatch file and create the folder of its Slurm logs (Slurm opens a job's log
+    before the job runs, so a missing folder loses it); why not, in one line, else None."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return f"cannot write {path}: folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"cannot write {path}: folder {folder} is not writable"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        return f"cannot write {path} and its log folder {logs}: {exc.strerror or exc}"
+    return None
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -376,7 +421,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"paper_tables.py: error: --export takes KEY=VALUE, got {bad[0]!r}")
         text = sbatch_script(runnable, args.output_root, args.partition, args.gpus, args.time, args.account,
                              args.cpus, args.mem, args.export, max_parallel=args.max_parallel)
-        Path(args.slurm).write_text(text)
+        problem = write_sbatch(Path(args.slurm), text, _under_root(args.output_root) / "slurm")
+        if problem:
+            print(f"paper_tables.py: error: {problem}", file=sys.stderr)
+            return 2
         print(f"wrote {args.slurm}: {len(runnable)} array tasks; submit with: sbatch {args.slurm}")
         return 0
     failed = []

@@ -146,7 +146,7 @@ def test_unknown_row_is_one_line_with_a_suggestion(capsys):
     assert "video/aim" in str(exc.value) and "no row named" in str(exc.value)
 
 
-def test_slurm_array_one_task_per_run_and_complete_rows_skipped(tmp_path):
+def test_slurm_array_one_task_per_run_with_its_logs_folder_made(tmp_path):
     script = tmp_path / "paper.sbatch"
     root = tmp_path / "paper"
     code = pt.main(["--slurm", str(script), "sweep/", "ablation/", "--output-root", str(root), "--partition", "gpu",
@@ -160,18 +160,71 @@ def test_slurm_array_one_task_per_run_and_complete_rows_skipped(tmp_path):
         assert line in text
     assert "NUM_PROCESSES=2" in text and "ablation/14-22" not in text.split("ROWS=(")[1].split(")")[0]
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    # a row whose results are complete is skipped by its array task
-    first = expected[0]
-    folder = root / first.name / "model"
+    # Slurm opens each task's log before the task runs: an absolute folder that exists already
+    assert f"#SBATCH --output={root}/slurm/%x-%A_%a.out" in text and (root / "slurm").is_dir()
+    assert f"#SBATCH --chdir={ROOT}" in text
+
+
+def _offline_env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(PYTHON=sys.executable, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               OMP_NUM_THREADS="1", DEVICE="cpu", **extra)
+    return env
+
+
+@pytest.mark.slow
+def test_slurm_task_skips_only_a_complete_run_of_exactly_its_setting(tmp_path, monkeypatch):
+    row = pt.BY_NAME["video/aim"]
+    root = tmp_path / "paper"
+    # the real row (the 7B checkpoint): a results file with every task does not make it complete
+    script = tmp_path / "real.sbatch"
+    for key in ("PRETRAINED", "TASKS", "FRAMES", "LIMIT", "CACHE_DIR", "EXTRA_MODEL_ARGS"):
+        monkeypatch.delenv(key, raising=False)
+    assert pt.main(["--slurm", str(script), "video/aim", "--output-root", str(root)]) == 0
+    folder = root / row.name / "model"
     folder.mkdir(parents=True)
-    tasks = pt.row_env(first, str(root))["TASKS"].split(",")
+    tasks = pt.row_env(row, str(root))["TASKS"].split(",")
     (folder / "20260101_000000_results.json").write_text(json.dumps(
         {"results": {t: {"score,none": 50.0} for t in tasks}, "config": {"model": "m"}}))
-    done = subprocess.run(["bash", str(script)], env={**os.environ, "SLURM_ARRAY_TASK_ID": "0",
-                                                       "PYTHON": sys.executable},
-                          capture_output=True, text=True, cwd=tmp_path)
+    real = subprocess.run(["bash", str(script)], env=_offline_env(tmp_path, SLURM_ARRAY_TASK_ID="0"),
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert "complete" not in real.stdout and f"{row.name}: env " in real.stdout  # it ran (and failed offline)
+    assert real.returncode == 2 and "not in the Hugging Face cache" in real.stderr
+    # the row on the tiny model, with a completion record of exactly its setting: skipped
+    tiny = dict(PRETRAINED="tiny-llava-onevision", TASKS="llava_aim_synthvid_mc", FRAMES="4")
+    for key, value in tiny.items():
+        monkeypatch.setenv(key, value)
+    script = tmp_path / "tiny.sbatch"
+    assert pt.main(["--slurm", str(script), "video/aim", "--output-root", str(root)]) == 0
+    env = _offline_env(tmp_path, SLURM_ARRAY_TASK_ID="0")
+    printed = subprocess.run(f"PRINT_MODEL_ARGS=1 {pt.command(row, str(root))}", shell=True, cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+    results = tmp_path / "whole_results.json"
+    results.write_text("{}")
+    cache = pt.cache_dir(row, str(root))
+    record = subprocess.run([sys.executable, "-m", "llava.eval.resume", "complete", "--cache-dir", str(cache),
+                             *shlex.split(printed.stdout), "--results", str(results)],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
+    assert record.returncode == 0, record.stderr
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"{first.name}: complete" in done.stdout
+    assert f"{row.name}: complete in {cache}" in done.stdout
+
+
+def test_slurm_to_a_missing_or_unwritable_folder_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for target in (tmp_path / "missing" / "x.sbatch", a_file / "x.sbatch"):
+        assert pt.main(["--slurm", str(target), "video/aim", "--output-root", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("paper_tables.py: error: cannot write")
+    # the log folder cannot be made (the output root is a file): nothing written either
+    assert pt.main(["--slurm", str(tmp_path / "x.sbatch"), "video/aim", "--output-root", str(a_file)]) == 2
+    assert "cannot write" in capsys.readouterr().err and not (tmp_path / "x.sbatch").exists()
+    monkeypatch.setattr(pt.os, "access", lambda path, mode: False)  # as root every folder is writable
+    assert pt.main(["--slurm", str(tmp_path / "x.sbatch"), "video/aim", "--output-root", str(tmp_path / "out")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    assert not (tmp_path / "x.sbatch").exists() and not (tmp_path / "out").exists()
 
 
 def test_collect_paper_without_runs_marks_every_row(tmp_path, capsys):
@@ -248,3 +301,26 @@ def test_every_runs_model_args_are_accepted_by_the_plugin():
         assert model == row.env.get("MODEL", model), row.name
         if row.method in ("prumerge", "prumerge_plus", "fastv", "vtw", "pdrop"):
             assert cfg.method == row.method, row.name
+
+
+@pytest.mark.slow
+def test_run_skips_a_row_only_after_an_unlimited_run_of_exactly_its_setting(tmp_path):
+    """--run: a LIMIT run on the tiny model completes nothing (neither the real 7B row nor the tiny
+    row); a run of the whole task does, for that setting only."""
+    root = tmp_path / "paper"
+    row = pt.BY_NAME["video/aim"]
+    tiny = _offline_env(tmp_path, PRETRAINED="tiny-llava-onevision", TASKS="llava_aim_synthvid_mc", FRAMES="4")
+    tiny.pop("LIMIT", None)
+    runner = [sys.executable, str(ROOT / "scripts" / "paper_tables.py"), "--run", "video/aim", "--output-root", str(root)]
+    limited = subprocess.run(runner, env={**tiny, "LIMIT": "2"}, capture_output=True, text=True, timeout=900)
+    assert limited.returncode == 0, limited.stderr[-3000:]
+    real = {k: v for k, v in tiny.items() if k not in ("PRETRAINED", "TASKS", "FRAMES")}
+    assert not pt.is_complete(row, str(root), real)  # the real row is not skipped
+    assert not pt.is_complete(row, str(root), tiny)  # nor the tiny row: the run had a LIMIT
+    whole = subprocess.run(runner, env=tiny, capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "complete, skipped" not in whole.stderr
+    assert pt.is_complete(row, str(root), tiny)
+    assert not pt.is_complete(row, str(root), {**tiny, "FRAMES": "8"})  # another setting
+    again = subprocess.run(runner, env=tiny, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "video/aim: complete, skipped" in again.stderr

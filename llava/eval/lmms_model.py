@@ -120,7 +120,7 @@ class _AIMModel(lmms):
 
             self._model, self.processor = apply_aim(self._model, self.processor, self.aim_config)
             self.aim_config = self._model.aim_config  # "auto" layers resolved for this model
-        self.journal = ResumeJournal.for_setting(self.PLUGIN_NAME, model_args, self._rank)
+        self.journal = ResumeJournal.for_setting(self.PLUGIN_NAME, model_args, self._rank, self.aim_config)
         self._said: set = set()
         logger.info("%s: %s on %s, AIM %s, batch size %d%s", self.PLUGIN_NAME, self.load_args.pretrained, self._device,
                     self.aim_config.to_dict() if self.aim_config.enabled else "off", self.load_args.batch_size,

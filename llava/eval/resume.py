@@ -1,9 +1,23 @@
 """Resuming evaluations without mixing settings.
 
 Every run of the evaluation scripts keeps its responses in a folder of its own, named by a key
-of everything that decides a response: the plugin model, its model_args (the AIM setting,
-frames, dtype, ...), the checkpoint's content and this package's version. A different setting
-or checkpoint gets another folder, so nothing cached is ever reused for it.
+of everything that decides a response (:func:`setting_of`):
+
+* the plugin model and its model_args *resolved* the way the plugin resolves them: the whole
+  AIMConfig with every default filled in and "auto" layers / merge metric resolved for the
+  checkpoint's family and depth, frames, frame sampling, video decoder, pixel limits, the
+  dtype (torch_dtype=auto: the checkpoint's own) and the attention backend;
+* the checkpoint's content (a digest of a folder; a hub id's commit, resolved before the
+  download so a requeued run keeps its key);
+* a fingerprint of the code: every file of the imported ``llava`` package (its .py files and
+  the package data that reaches an answer: tiny models, task files, synthetic media);
+* the versions of transformers, torch, lmms-eval, tokenizers and the video decoders.
+
+A change of any part gives another folder, so nothing cached is reused for it; what decides no
+answer (batch_size, device, the order or spelling of model_args) is left out. ``CACHE_DIR/index.jsonl``
+keeps every key with its parts, so the log names the parts that changed since the last run of
+the same model and checkpoint name. A run of the whole setting (no LIMIT) that succeeded leaves
+``complete.json`` (its tasks and results file) in the folder: what paper_tables.py checks.
 
 Two stores live in that folder:
 
@@ -16,14 +30,16 @@ Two stores live in that folder:
   number of processes also resumes). A request's journal key is its task, split, document,
   prompt, generation settings or continuation, and media identity.
 
-``python -m llava.eval.resume key --model M --model_args ARGS`` prints the folder key;
-``python -m llava.eval.resume prepare FOLDER`` merges the shards of runs that were killed
-before lmms-eval merged them into its root ``cache.db`` (the scripts do both before each run).
+``python -m llava.eval.resume key --model M --model_args ARGS [--write CACHE_DIR]`` prints the
+folder key (or creates the folder); ``prepare FOLDER`` merges the shards of runs that were killed
+before lmms-eval merged them into its root ``cache.db`` (the scripts do both before each run);
+``complete`` writes the completion record and ``is-complete`` checks for one.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import hashlib
 import json
@@ -37,18 +53,32 @@ logger = logging.getLogger(__name__)
 
 RESUME_DIR_ENV = "LLAVA_AIM_RESUME_DIR"
 KEY_FILE = "setting.json"  # what the folder's key was computed from
-# Keyword arguments lmms-eval adds to model_args; they do not change an answer.
-NOT_SETTINGS = ("batch_size", "max_batch_size", "device")
+COMPLETE_FILE = "complete.json"  # written after a run of the whole setting (no limit) succeeded
+INDEX_FILE = "index.jsonl"  # in CACHE_DIR: every key used there, with its parts
 _HASHED_BYTES = 1 << 20  # of each weight file: the first and last MiB, and its size
+# Packages whose version can change an answer (the model code, the kernels, the tokenizer, the
+# task and prompt code of lmms-eval, the video decoders).
+VERSIONED = ("transformers", "torch", "lmms_eval", "tokenizers", "av", "decord")
+# The parts of a key, in the words the log uses when one of them changed.
+PART_NAMES = {
+    "model": "plugin model",
+    "aim": "resolved AIM setting",
+    "inputs": "input setting (frames, frame sampling, video decoder, pixels)",
+    "dtype": "dtype",
+    "attn_implementation": "attention backend",
+    "checkpoint": "checkpoint content",
+    "code": "code fingerprint",
+    **{f"version:{name}": f"{name.replace('_', '-')} version" for name in VERSIONED},
+}
 
 
-def _version() -> str:
+def _package_version(name: str) -> str:
     try:
         from importlib.metadata import version
 
-        return version("llava-aim")
-    except Exception:  # an uninstalled source tree
-        return "source"
+        return version(name)
+    except Exception:  # not installed (e.g. the optional decord)
+        return "absent"
 
 
 def _file_digest(path: Path) -> str:
@@ -76,44 +106,208 @@ def _folder_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _source_digest(package: Path) -> str:
+    """Every file of a package folder (code, tiny models, task files, media), bytecode aside."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.is_file()):
+        name = path.relative_to(package).as_posix()
+        if "__pycache__" in path.parts or name.endswith((".pyc", ".pyo")):
+            continue
+        h.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """A digest of the source of the ``llava`` package this process imported: any edit of the
+    code or of its package data (tiny models, task yaml, synthetic media) changes it."""
+    import llava
+
+    return _source_digest(Path(llava.__file__).resolve().parent)
+
+
 def checkpoint_fingerprint(pretrained: str) -> str:
     """What checkpoint a name loads, as a string that changes when its content changes.
 
-    Built-in and local folders: a digest of their configs and weight files. Hub ids: the
-    snapshot commit in the Hugging Face cache ("uncached" before the first download: the
-    key then changes once, after the download, which can only cost a cache miss).
+    Built-in and local folders: a digest of their configs and weight files. Hub ids: the commit
+    the loader will use (asked from the hub when online, so a checkpoint not yet downloaded is
+    keyed by the same commit before and after its download; the cached one offline). A hub id
+    that is neither cached nor reachable raises ModelLoadError (one line).
     """
-    from llava.model.builder import resolve_checkpoint
+    from llava.model.builder import locate_checkpoint
 
-    source = resolve_checkpoint(pretrained)
-    folder = Path(os.path.expanduser(source))
+    source = locate_checkpoint(pretrained)  # refuses a missing folder, or a hub id offline and uncached
+    folder = Path(source)
     if folder.is_dir():
         return f"folder:{_folder_digest(folder)}"
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    return f"hub:{source}@{_hub_commit(source)}"
 
-        found = try_to_load_from_cache(source, "config.json")
-    except Exception:  # not a valid repo id: the loader will say so
-        found = None
-    if isinstance(found, str):
-        return f"hub:{source}@{Path(found).parent.name}"  # .../snapshots/<commit>/config.json
-    return f"hub:{source}@uncached"
+
+def _hub_commit(repo_id: str) -> str:
+    from huggingface_hub import hf_hub_download
+
+    from llava.errors import ModelLoadError
+
+    try:  # online: resolves the revision's current commit; offline: the cached snapshot
+        config = hf_hub_download(repo_id, "config.json")
+    except Exception as exc:  # noqa: BLE001  (gated, offline and uncached, network down ...)
+        text = str(exc).strip().splitlines()
+        raise ModelLoadError(f"cannot resolve the commit of checkpoint {repo_id!r} to key its cache folder: "
+                             f"{text[0] if text else type(exc).__name__}") from None
+    return Path(config).parent.name  # .../snapshots/<commit>/config.json
+
+
+def _resolved_dtype(torch_dtype: str, config) -> str:
+    """torch_dtype=auto loads the checkpoint's own dtype: key that one (auto and its value agree)."""
+    if torch_dtype != "auto":
+        return torch_dtype
+    for cfg in (config, getattr(config, "text_config", None)):
+        value = (getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)) if cfg is not None else None
+        if value is not None:
+            return str(value).replace("torch.", "")
+    return "float32"  # transformers' default when the config names none
+
+
+def _resolved_backend(backend: str) -> str:
+    if backend != "auto":
+        return backend
+    from llava.video import decord_available
+
+    return "decord" if decord_available() else "pyav"  # llava.video's rule for "auto"
 
 
 def setting_of(model: str, model_args: Mapping[str, Any]) -> Dict[str, Any]:
-    """The inputs of the folder key: model, typed model_args, checkpoint fingerprint, version."""
-    from llava.eval.args import DEFAULT_CHECKPOINTS
+    """The parts of the folder key: everything that decides an answer, with every default resolved.
 
-    args = {k: v for k, v in model_args.items() if k not in NOT_SETTINGS}
-    pretrained = str(args.get("pretrained") or DEFAULT_CHECKPOINTS.get(model, ""))
-    return {"model": model, "model_args": {k: args[k] for k in sorted(args)},
-            "checkpoint": checkpoint_fingerprint(pretrained) if pretrained else "",
-            "llava_aim": _version()}
+    The model_args are resolved the way the plugin resolves them (llava.eval.args), against the
+    checkpoint's config (its depth and family fix "auto" layers and merge metric, its dtype
+    fixes torch_dtype=auto), so equivalent spellings give one key and a changed default gives
+    another. batch_size, max_batch_size, device and device_map change no answer and are left out.
+    """
+    from llava.eval.args import (
+        DEFAULT_CHECKPOINTS, PIXEL_ARGS, aim_config_from_model_args, loader_args, pixel_limits, split_model_args)
+    from llava.model.builder import checkpoint_config
+
+    args = dict(model_args)
+    pixels = pixel_limits({k: args.pop(k) for k in PIXEL_ARGS if k in args})
+    raw_loader, raw_aim = split_model_args(args)
+    load = loader_args(raw_loader, DEFAULT_CHECKPOINTS.get(model, ""))
+    _, config, family = checkpoint_config(load.pretrained)
+    num_layers = int((getattr(config, "text_config", None) or config).num_hidden_layers)
+    aim = aim_config_from_model_args(raw_aim, num_layers)
+    if aim.enabled:  # as apply_aim resolves it for the loaded model
+        aim = aim.resolve_layers(num_layers, family.official_layers(num_layers))
+        aim = aim.resolve_merge_metric(family.official_merge_metric, family.merge_metrics, family.title)
+    parts = {
+        "model": model,
+        "aim": aim.to_dict(),
+        "inputs": {"max_frames_num": load.max_frames_num, "frame_sampling": load.frame_sampling,
+                   "video_decode_backend": _resolved_backend(load.video_decode_backend), **pixels},
+        "dtype": _resolved_dtype(load.torch_dtype, config),
+        "attn_implementation": load.attn_implementation,
+        "checkpoint": checkpoint_fingerprint(load.pretrained),
+        "code": code_fingerprint(),
+        **{f"version:{name}": _package_version(name) for name in VERSIONED},
+    }
+    return json.loads(json.dumps(parts, sort_keys=True, default=str))  # as setting.json holds it
+
+
+def key_of(setting: Mapping[str, Any]) -> str:
+    text = json.dumps(setting, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_key(model: str, model_args: Mapping[str, Any]) -> str:
-    text = json.dumps(setting_of(model, model_args), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return key_of(setting_of(model, model_args))
+
+
+def changed_parts(old: Mapping[str, Any], new: Mapping[str, Any]) -> list:
+    """The names (PART_NAMES) of the parts that differ between two settings."""
+    names = sorted(set(old) | set(new), key=lambda n: list(PART_NAMES).index(n) if n in PART_NAMES else 99)
+    return [PART_NAMES.get(n, n) for n in names if old.get(n) != new.get(n)]
+
+
+# -- the index of keys under CACHE_DIR, and what the log says about them ------------------------
+def _read_index(cache_dir: Path) -> list:
+    entries = []
+    try:
+        lines = (cache_dir / INDEX_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return entries
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("setting"), dict):
+            entries.append(entry)
+    return entries
+
+
+def _journal_answers(folder: Path) -> int:
+    count = 0
+    for path in folder.glob("journal.rank*.jsonl"):
+        with open(path, encoding="utf-8") as f:
+            count += sum(1 for _ in f)
+    return count
+
+
+def describe_key(cache_dir: Path, key: str, setting: Mapping[str, Any], pretrained: str) -> str:
+    """One log line: what a run of ``key`` resumes, or, for a new folder, which parts changed
+    since the last run of this model and checkpoint name under ``cache_dir``."""
+    folder = cache_dir / key
+    if (folder / KEY_FILE).exists():
+        answers = _journal_answers(folder)
+        cached = " and lmms-eval's response cache" if (folder / "cache.db").exists() else ""
+        return (f"resuming setting folder {key}: every part of the key unchanged; {answers} answers in its resume "
+                f"journal{cached} are reused")
+    earlier = [e for e in _read_index(cache_dir)
+               if e.get("pretrained") == pretrained and e["setting"].get("model") == setting.get("model")]
+    if not earlier:
+        return f"new setting folder {key}: no earlier run of this model/checkpoint under {cache_dir}"
+    changed = changed_parts(earlier[-1]["setting"], setting)
+    return (f"new setting folder {key}: changed since the last run of this model/checkpoint: {', '.join(changed)}; "
+            "nothing cached is reused")
+
+
+def write_setting(cache_dir: os.PathLike, model: str, model_args: Mapping[str, Any], quiet: bool = False) -> Path:
+    """Create ``cache_dir/<key>/setting.json``, add the key to the index, log what is resumed
+    or what changed (unless ``quiet``: a run that caches nothing); returns the folder."""
+    from llava.eval.args import DEFAULT_CHECKPOINTS
+
+    cache_dir = Path(cache_dir)
+    setting = setting_of(model, model_args)
+    key = key_of(setting)
+    pretrained = str(model_args.get("pretrained") or DEFAULT_CHECKPOINTS.get(model, ""))
+    if not quiet:
+        print(describe_key(cache_dir, key, setting, pretrained), file=sys.stderr)
+    folder = cache_dir / key
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / KEY_FILE).write_text(json.dumps(setting, sort_keys=True, indent=1) + "\n")
+    with open(cache_dir / INDEX_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"key": key, "pretrained": pretrained, "setting": setting}, sort_keys=True) + "\n")
+    return folder
+
+
+# -- completion records: a run of the whole setting succeeded -----------------------------------
+def write_completion(folder: os.PathLike, tasks: Sequence[str], results: str) -> Path:
+    path = Path(folder) / COMPLETE_FILE
+    record = {"tasks": sorted(t for t in tasks if t), "results": os.path.abspath(results)}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def completion_of(folder: os.PathLike, tasks: Sequence[str]) -> Optional[str]:
+    """The results file of a complete run of the folder's setting holding every task, else None."""
+    try:
+        record = json.loads((Path(folder) / COMPLETE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    wanted = {t for t in tasks if t}
+    results = record.get("results") if isinstance(record, dict) else None
+    if not results or not wanted <= set(record.get("tasks") or ()) or not os.path.isfile(results):
+        return None
+    return results
 
 
 # -- lmms-eval's cache: shards of killed runs -------------------------------------------------
@@ -214,9 +408,11 @@ class ResumeJournal:
         self._file = open(self.folder / f"journal.rank{rank}.jsonl", "a", encoding="utf-8")
 
     @classmethod
-    def for_setting(cls, model: str, model_args: Mapping[str, Any], rank: int) -> Optional["ResumeJournal"]:
+    def for_setting(cls, model: str, model_args: Mapping[str, Any], rank: int,
+                    aim_config=None) -> Optional["ResumeJournal"]:
         """The journal of the folder the scripts named in $LLAVA_AIM_RESUME_DIR, if that folder
-        was made for exactly this setting and checkpoint; None otherwise (no resume)."""
+        was made for exactly this setting (every part of its key, recomputed here) and, when
+        ``aim_config`` is given, for the AIM setting the loaded model resolved; None otherwise."""
         folder = os.environ.get(RESUME_DIR_ENV)
         if not folder:
             return None
@@ -226,9 +422,15 @@ class ResumeJournal:
         except (OSError, ValueError):
             logger.warning("%s=%s has no readable %s: not resuming", RESUME_DIR_ENV, folder, KEY_FILE)
             return None
-        mine = json.loads(json.dumps(setting_of(model, model_args), sort_keys=True, default=str))
+        mine = setting_of(model, model_args)
         if recorded != mine:
-            logger.warning("%s=%s belongs to another setting or checkpoint: not resuming from it", RESUME_DIR_ENV, folder)
+            logger.warning("%s=%s belongs to another setting (%s differ): not resuming from it", RESUME_DIR_ENV,
+                           folder, ", ".join(changed_parts(recorded, mine)))
+            return None
+        loaded = json.loads(json.dumps(aim_config.to_dict(), default=str)) if aim_config is not None else None
+        if loaded is not None and loaded != recorded.get("aim"):
+            logger.warning("%s=%s: the loaded model resolved the AIM setting to %s, not %s as keyed: not resuming",
+                           RESUME_DIR_ENV, folder, loaded, recorded.get("aim"))
             return None
         return cls(folder, rank)
 
@@ -250,26 +452,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     key = sub.add_parser("key", help="print the folder key of a setting (and write its setting.json with --write)")
     key.add_argument("--model", required=True)
     key.add_argument("--model_args", default="")
-    key.add_argument("--write", help="folder: create FOLDER/<key>/setting.json and print that folder")
+    key.add_argument("--write", metavar="CACHE_DIR",
+                     help="create CACHE_DIR/<key>/setting.json, log what is resumed or what changed, print the folder")
+    key.add_argument("--quiet", action="store_true", help="--write without the log line (a run that caches nothing)")
     prep = sub.add_parser("prepare", help="merge the shards of killed runs into FOLDER/cache.db")
     prep.add_argument("folder")
+    done = sub.add_parser("complete", help="record that a run of the whole setting (no limit) succeeded")
+    done.add_argument("--folder", help="the setting folder (default: CACHE_DIR/<key of --model/--model_args>)")
+    done.add_argument("--cache-dir")
+    done.add_argument("--model")
+    done.add_argument("--model_args", default="")
+    done.add_argument("--tasks", required=True)
+    done.add_argument("--results", required=True)
+    check = sub.add_parser("is-complete", help="exit 0 if a complete run of exactly this setting holds every task")
+    check.add_argument("--cache-dir", required=True)
+    check.add_argument("--model", required=True)
+    check.add_argument("--model_args", default="")
+    check.add_argument("--tasks", required=True)
     args = parser.parse_args(argv)
     from llava.errors import AIMError
     from llava.eval.results import parse_model_args
 
+    logging.getLogger("llava.model.builder").setLevel(logging.ERROR)  # the loader says it again when it loads
     try:
         if args.command == "key":
             model_args = parse_model_args(args.model_args)
-            k = run_key(args.model, model_args)
-            if not args.write:
-                print(k)
-                return 0
-            folder = Path(args.write) / k
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / KEY_FILE).write_text(json.dumps(setting_of(args.model, model_args), sort_keys=True,
-                                                      indent=1, default=str) + "\n")
-            print(folder)
+            print(write_setting(args.write, args.model, model_args, args.quiet) if args.write
+                  else run_key(args.model, model_args))
             return 0
+        if args.command == "complete":
+            if args.folder:
+                folder = Path(args.folder)
+            elif args.cache_dir and args.model:
+                folder = write_setting(args.cache_dir, args.model, parse_model_args(args.model_args), quiet=True)
+            else:
+                parser.error("complete needs --folder, or --cache-dir with --model and --model_args")
+            print(write_completion(folder, args.tasks.split(","), args.results))
+            return 0
+        if args.command == "is-complete":
+            folder = Path(args.cache_dir) / run_key(args.model, parse_model_args(args.model_args))
+            results = completion_of(folder, args.tasks.split(","))
+            print(results or f"no complete run of this setting in {folder}")
+            return 0 if results else 1
         print(prepare_cache(args.folder))
         return 0
     except (AIMError, OSError) as exc:
