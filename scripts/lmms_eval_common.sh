@@ -53,9 +53,10 @@ DEVICE=${DEVICE:-cuda}
 extra_args_tag() {
     local slug
     [[ -n "${EXTRA_MODEL_ARGS:-}" ]] || return 0
-    slug=$(printf '%s' "$EXTRA_MODEL_ARGS" | tr '=,/:' '-_--' | tr -c 'A-Za-z0-9._-' '-')
+    slug=$(printf '%s' "$EXTRA_MODEL_ARGS" | sed -e 's/,/_/g' -e 's/[^A-Za-z0-9._]/-/g')
     if [[ ${#slug} -gt 48 ]]; then  # long: a readable head and a checksum of the whole
-        slug="${slug:0:32}-$(printf '%s' "$EXTRA_MODEL_ARGS" | cksum | cut -d' ' -f1)"
+        slug="${slug:0:32}"
+        slug="${slug%_}-$(printf '%s' "$EXTRA_MODEL_ARGS" | cksum | cut -d' ' -f1)"
     fi
     printf '_%s' "$slug"
 }
