@@ -476,8 +476,6 @@ def test_scripts_refuse_cuda_on_a_machine_without_it(tmp_path):
 
 def _default_output_dir(script, tmp_path, **settings) -> str:
     """The OUTPUT_DIR a script picks when none is given (the script sourced, asked to print only)."""
-    done = _script(script, tmp_path, PRINT_MODEL_ARGS="1", **settings)
-    assert done.returncode == 0, done.stderr
     import os
 
     env = {**os.environ, "PYTHON": sys.executable, "PRINT_MODEL_ARGS": "1", **settings}
