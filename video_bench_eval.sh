@@ -42,11 +42,16 @@ case "$MODEL" in
     llava_onevision_aim) PRETRAINED=${PRETRAINED:-lmms-lab/llava-onevision-qwen2-7b-ov} ;;
     # The official AIM code's Qwen2-VL run: 32 frames, max_pixels 200704, the shrunken M-RoPE grid.
     qwen2_vl_aim) PRETRAINED=${PRETRAINED:-Qwen/Qwen2-VL-7B-Instruct}
-                  MAX_PIXELS=${MAX_PIXELS:-200704} POSITIONS=${POSITIONS:-official} ;;
+                  MAX_PIXELS=${MAX_PIXELS:-200704} MODEL_POSITIONS=official ;;
     qwen2_5_vl_aim) PRETRAINED=${PRETRAINED:-Qwen/Qwen2.5-VL-7B-Instruct}
-                    MAX_PIXELS=${MAX_PIXELS:-200704} POSITIONS=${POSITIONS:-original} ;;
+                    MAX_PIXELS=${MAX_PIXELS:-200704} MODEL_POSITIONS=original ;;
     *) echo "error: MODEL must be llava_onevision_aim, qwen2_vl_aim or qwen2_5_vl_aim, got '$MODEL'" >&2; exit 2 ;;
 esac
+# POSITIONS spelt out as the model's default (as a table row may) asks for nothing AIM=0 would ignore.
+if [[ -n "${POSITIONS:-}" && "$POSITIONS" == "${MODEL_POSITIONS:-}" ]]; then
+    AIM_SETTINGS_GIVEN=${AIM_SETTINGS_GIVEN/POSITIONS /}
+fi
+POSITIONS=${POSITIONS:-${MODEL_POSITIONS:-}}
 TASKS=${TASKS:-videomme,mlvu_dev,egoschema_subset,nextqa_mc_test,perceptiontest_val_mc,mvbench}
 FRAMES=${FRAMES:-32}
 DEFAULT_RUN_NAME="video_$(basename "$PRETRAINED")_f${FRAMES}_aim${AIM:-1}_r${RETENTION:-0.25}_l${L1:-auto}-${L2:-auto}${POSITIONS:+_pos-$POSITIONS}"

@@ -441,7 +441,7 @@ def test_scripts_print_their_own_usage(script, tmp_path):
 @pytest.mark.parametrize("script, settings, needle", [
     ("video_bench_eval.sh", {"AIM": "0", "RETENTION": "0.5"}, "AIM=0 runs the stock model, so RETENTION"),
     ("video_bench_eval.sh", {"AIM": "0", "L1": "4", "L2": "6"}, "L1 L2 would be ignored"),
-    ("video_bench_eval.sh", {"MODEL": "qwen2_vl_aim", "AIM": "0", "POSITIONS": "original"}, "POSITIONS"),
+    ("video_bench_eval.sh", {"MODEL": "qwen2_vl_aim", "AIM": "0", "POSITIONS": "original"}, "POSITIONS would"),
     ("scripts/image_bench_eval.sh", {"AIM": "0", "RETENTION": "0.125"}, "RETENTION would be ignored"),
     ("video_bench_eval.sh", {"FRAMES": "0", "DEVICE": "cpu"}, "max_frames_num must be an integer >= 1, got 0"),
     ("video_bench_eval.sh", {"RETENTION": "1.5", "DEVICE": "cpu"}, "retention"),
@@ -458,9 +458,12 @@ def test_scripts_refuse_bad_settings_before_writing_anything(script, settings, n
     assert list(tmp_path.iterdir()) == []  # no output folder, no cache folder
 
 
-def test_qwen_baseline_keeps_its_default_positions(tmp_path):
-    # POSITIONS defaults for the Qwen models: only a POSITIONS the caller sets is refused with AIM=0
-    done = _script("video_bench_eval.sh", tmp_path, MODEL="qwen2_vl_aim", AIM="0", PRINT_MODEL_ARGS="1")
+@pytest.mark.parametrize("positions", [None, "official"])
+def test_qwen_baseline_keeps_its_default_positions(tmp_path, positions):
+    # POSITIONS defaults per Qwen model: only one that differs from it is refused with AIM=0 (the
+    # paper-table row qwen2vl/baseline spells out the default)
+    settings = {"POSITIONS": positions} if positions else {}
+    done = _script("video_bench_eval.sh", tmp_path, MODEL="qwen2_vl_aim", AIM="0", PRINT_MODEL_ARGS="1", **settings)
     assert done.returncode == 0 and ",aim=0" in done.stdout, done.stderr
 
 
