@@ -7,6 +7,11 @@ so a typo fails in a second with a message naming the argument.
 
 The method's settings are turned into an :class:`AIMConfig` in ONE place,
 :func:`aim_config_from_model_args`; other token-reduction methods plug in there (``method=``).
+
+The model_args of lmms-eval's stock models (the official AIM commands use them) are applied,
+accepted as moot, or refused by :func:`adopt_stock_args`. ``python -m llava.eval.args check``
+runs every check that needs no checkpoint (model_args, task names, device) for the eval scripts,
+before lmms-eval's slow start-up: one line and exit 2 on the first problem.
 """
 
 from __future__ import annotations
