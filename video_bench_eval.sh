@@ -18,20 +18,40 @@
 #   NUM_PROCESSES [1]    LAUNCHER [accelerate|torchrun]   LIMIT [all]   DEVICE [cuda]
 #   INCLUDE_PATH [the shipped offline task]   OUTPUT_DIR [./eval_results/<run name>]
 #   BATCH_SIZE [1]   CACHE [1: resume from OUTPUT_DIR/cache/<setting key>]
-# More: scripts/lmms_eval_common.sh. Exits non-zero when the evaluation fails.
+# More: scripts/lmms_eval_common.sh (listed by --help). Exits non-zero when the evaluation fails.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# --help: this header and the shared settings; nothing else runs.
+for arg in "$@"; do
+    if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
+        sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+        echo; echo "Shared settings (scripts/lmms_eval_common.sh):"
+        sed -n '/^#   RETENTION=/,/^$/{/^#/s/^#//p}' "$HERE/scripts/lmms_eval_common.sh"
+        exit 0
+    fi
+done
+# The AIM settings given by the caller (before the defaults below): refused with AIM=0.
+AIM_SETTINGS_GIVEN=""
+for name in RETENTION L1 L2 POSITIONS; do
+    if [[ -n "${!name:-}" ]]; then AIM_SETTINGS_GIVEN+="$name "; fi
+done
 
 MODEL=${MODEL:-llava_onevision_aim}
 case "$MODEL" in
     llava_onevision_aim) PRETRAINED=${PRETRAINED:-lmms-lab/llava-onevision-qwen2-7b-ov} ;;
     # The official AIM code's Qwen2-VL run: 32 frames, max_pixels 200704, the shrunken M-RoPE grid.
     qwen2_vl_aim) PRETRAINED=${PRETRAINED:-Qwen/Qwen2-VL-7B-Instruct}
-                  MAX_PIXELS=${MAX_PIXELS:-200704} POSITIONS=${POSITIONS:-official} ;;
+                  MAX_PIXELS=${MAX_PIXELS:-200704} MODEL_POSITIONS=official ;;
     qwen2_5_vl_aim) PRETRAINED=${PRETRAINED:-Qwen/Qwen2.5-VL-7B-Instruct}
-                    MAX_PIXELS=${MAX_PIXELS:-200704} POSITIONS=${POSITIONS:-original} ;;
+                    MAX_PIXELS=${MAX_PIXELS:-200704} MODEL_POSITIONS=original ;;
     *) echo "error: MODEL must be llava_onevision_aim, qwen2_vl_aim or qwen2_5_vl_aim, got '$MODEL'" >&2; exit 2 ;;
 esac
+# POSITIONS spelt out as the model's default (as a table row may) asks for nothing AIM=0 would ignore.
+if [[ -n "${POSITIONS:-}" && "$POSITIONS" == "${MODEL_POSITIONS:-}" ]]; then
+    AIM_SETTINGS_GIVEN=${AIM_SETTINGS_GIVEN/POSITIONS /}
+fi
+POSITIONS=${POSITIONS:-${MODEL_POSITIONS:-}}
 TASKS=${TASKS:-videomme,mlvu_dev,egoschema_subset,nextqa_mc_test,perceptiontest_val_mc,mvbench}
 FRAMES=${FRAMES:-32}
 DEFAULT_RUN_NAME="video_$(basename "$PRETRAINED")_f${FRAMES}_aim${AIM:-1}_r${RETENTION:-0.25}_l${L1:-auto}-${L2:-auto}${POSITIONS:+_pos-$POSITIONS}"

@@ -105,6 +105,12 @@ def _aim_flags_given(args) -> list:
 
 def _validate_args(args) -> None:
     """Every check that needs neither the model nor the media: conflicts and ranges."""
+    if args.question is not None and not args.question.strip():
+        raise AIMConfigError("--question is empty; ask something, or leave --question out for the default request")
+    if getattr(args, "kept_tokens", None) is not None:  # the analyzers' input (flops, plan); run counts itself
+        why = ("run's PruMerge count is adaptive, measured on the media" if _method(args) in PRUMERGE_METHODS
+               else f"--method {_method(args)} has no kept-token count")
+        raise AIMConfigError(f"--kept-tokens is an input of flops/plan (PruMerge's count); {why}: drop --kept-tokens")
     if args.frames is not None and args.frames < 1:
         raise AIMConfigError(f"--frames must be at least 1, got {args.frames}")
     if args.image is not None and args.frames is not None:
@@ -275,7 +281,9 @@ def run_command(args) -> int:
                          device_available_bytes(device) if device.type != "cpu" else None)
     # tqdm bar for long clips (see llava.video); never with --json, which prints one object only
     progress = False if args.json else None
-    media = load_video(media_path, frames, progress=progress, sampling=sampling) if is_video else load_image(media_path)
+    # a short clip is asked for the frames it has (the note below says so; the library would warn again)
+    asked = take if is_video and sampling == "uniform" else frames
+    media = load_video(media_path, asked, progress=progress, sampling=sampling) if is_video else load_image(media_path)
     if is_video and media.shape[0] < frames:
         if args.frames is not None:  # the header promised more frames than decoding found
             raise AIMConfigError(_too_few_frames(media.shape[0], args.frames))

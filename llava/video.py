@@ -409,7 +409,8 @@ def load_video(
             :func:`sample_frame_indices` ``(total, num_frames)``: the first and the last
             frame are always included (when ``num_frames >= 2``). **If the clip has
             fewer frames than ``num_frames``, all its frames are returned once each**
-            (the result is shorter than asked; frames are never repeated or padded).
+            (the result is shorter than asked, and a warning naming both counts is logged;
+            frames are never repeated or padded).
         backend: ``"pyav"`` (decode with PyAV), ``"decord"`` (needs
             ``pip install llava-aim[decord]``), or ``"auto"``: decord when it is
             importable, else PyAV. With ``"auto"`` a file decord cannot read is retried
@@ -453,6 +454,14 @@ def load_video(
             "pip install llava-aim[decord] (or use backend='pyav')."
         )
     p = _check_path(path, "video")
+    frames = _load_video_with(p, num_frames, backend, progress, sampling)
+    if frames.shape[0] < num_frames:  # a shorter result than asked must not pass unnoticed
+        logger.warning("'%s' has %d frames, fewer than the %d requested: returning each of its %d frames once",
+                       p, frames.shape[0], num_frames, frames.shape[0])
+    return frames
+
+
+def _load_video_with(p: Path, num_frames: int, backend: Backend, progress: bool | None, sampling: str) -> np.ndarray:
     if backend == "pyav" or (backend == "auto" and not decord_available()):
         return _load_video_pyav(p, num_frames, progress, sampling)
     if backend == "decord":

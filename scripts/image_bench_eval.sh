@@ -12,9 +12,24 @@
 #   NUM_PROCESSES [1]    LAUNCHER [accelerate|torchrun]   LIMIT [all]   DEVICE [cuda]
 #   INCLUDE_PATH [the shipped offline task]   OUTPUT_DIR [./eval_results/<run name>]
 #   BATCH_SIZE [1]   CACHE [1: resume from OUTPUT_DIR/cache/<setting key>]
-# More: scripts/lmms_eval_common.sh. Exits non-zero when the evaluation fails.
+# More: scripts/lmms_eval_common.sh (listed by --help). Exits non-zero when the evaluation fails.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# --help: this header and the shared settings; nothing else runs.
+for arg in "$@"; do
+    if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
+        sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+        echo; echo "Shared settings (scripts/lmms_eval_common.sh):"
+        sed -n '/^#   RETENTION=/,/^$/{/^#/s/^#//p}' "$HERE/lmms_eval_common.sh"
+        exit 0
+    fi
+done
+# The AIM settings given by the caller (before the defaults below): refused with AIM=0.
+AIM_SETTINGS_GIVEN=""
+for name in RETENTION L1 L2 POSITIONS; do
+    if [[ -n "${!name:-}" ]]; then AIM_SETTINGS_GIVEN+="$name "; fi
+done
 
 MODEL=llava_aim
 PRETRAINED=${PRETRAINED:-liuhaotian/llava-v1.5-7b}

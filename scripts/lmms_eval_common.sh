@@ -4,7 +4,7 @@
 #   RETENTION=0.25  L1= L2=      AIM settings (L1/L2 empty: the family's official schedule, e.g.
 #                                (13, 21) on LLaVA-1.5's 32 layers, else the paper's 14/22 of 28
 #                                layers scaled to the model's depth; L1=none L2=none: no pruning)
-#   AIM=1                        0: the stock model (RETENTION/L1/L2 ignored)
+#   AIM=1                        0: the stock model (RETENTION/L1/L2/POSITIONS refused with it)
 #   MAX_PIXELS= POSITIONS=       Qwen-VL models: pixels per frame / image (model_arg max_pixels),
 #                                merged-token positions original | official (AIM on only)
 #   EXTRA_MODEL_ARGS=            more model_args, e.g. "attn_implementation=flash_attention_2"
@@ -48,7 +48,19 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 LIMIT=${LIMIT:-}
 DEVICE=${DEVICE:-cuda}
-OUTPUT_DIR=${OUTPUT_DIR:-./eval_results/${DEFAULT_RUN_NAME}}
+# The default output folder names every setting: the scripts' name plus EXTRA_MODEL_ARGS (the
+# method and its knobs), so that two settings (e.g. FastV and VTW) never share a folder.
+extra_args_tag() {
+    local slug
+    [[ -n "${EXTRA_MODEL_ARGS:-}" ]] || return 0
+    slug=$(printf '%s' "$EXTRA_MODEL_ARGS" | sed -e 's/,/_/g' -e 's/[^A-Za-z0-9._]/-/g')
+    if [[ ${#slug} -gt 48 ]]; then  # long: a readable head and a checksum of the whole
+        slug="${slug:0:32}"
+        slug="${slug%_}-$(printf '%s' "$EXTRA_MODEL_ARGS" | cksum | cut -d' ' -f1)"
+    fi
+    printf '_%s' "$slug"
+}
+OUTPUT_DIR=${OUTPUT_DIR:-./eval_results/${DEFAULT_RUN_NAME}$(extra_args_tag)}
 BATCH_SIZE=${BATCH_SIZE:-1}
 CACHE=${CACHE:-1}
 CACHE_DIR=${CACHE_DIR:-${OUTPUT_DIR}/cache}
@@ -100,14 +112,34 @@ launcher() {
     fi
 }
 
+# AIM settings given while AIM=0 would be ignored: refuse them (AIM_SETTINGS_GIVEN: the names the
+# caller set before the scripts' defaults, e.g. "RETENTION L1").
+refuse_ignored_settings() {
+    local given=${AIM_SETTINGS_GIVEN:-}
+    if [[ "$AIM" == "0" && -n "${given// /}" ]]; then
+        echo "error: AIM=0 runs the stock model, so ${given% } would be ignored: unset it or set AIM=1" >&2
+        exit 2
+    fi
+}
+
+# Every setting lmms-eval would only reject after its ~12 s start-up (model_args, tasks, device):
+# one line and exit 2, before anything is written.
+check_settings() {
+    local model_args=$1
+    "$PYTHON" -m llava.eval.args check --model "$MODEL" --model_args "$model_args" --tasks "$TASKS" \
+        --include_path "$INCLUDE_PATH" --device "$DEVICE" || exit 2
+}
+
 run_lmms_eval() {
     local model_args launch marker status=0
+    refuse_ignored_settings
     model_args=$(aim_model_args)
     if [[ "${PRINT_MODEL_ARGS:-0}" == "1" ]]; then  # what would run, nothing else (checks, tests)
         echo "--model ${MODEL} --model_args ${model_args} --tasks ${TASKS}"
         return 0
     fi
     check_python
+    check_settings "$model_args"
     launch=$(launcher)
     mkdir -p "$OUTPUT_DIR"
     marker=$(mktemp "${OUTPUT_DIR}/.run-started.XXXXXX")

@@ -276,3 +276,228 @@ def test_prumerge_accepts_the_scripts_retention_1_but_no_merging_setting():
     assert cfg.method == "prumerge" and cfg.retention == 1.0
     with pytest.raises(EvalArgumentError, match="retention"):
         aim_config_from_model_args({"method": "prumerge", "retention": 0.5})
+
+
+# -- model_args of lmms-eval's stock models and of the official AIM commands ---------------------------
+from llava.eval.args import adopt_stock_args, check_eval_settings, check_model_args, main as args_main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK_DIR = str(ROOT / "llava" / "eval" / "tasks")
+STOCK_MODELS = {"llava_onevision": "llava_onevision_aim", "llava": "llava_aim", "qwen2_vl": "qwen2_vl_aim",
+                "qwen2_5_vl": "qwen2_5_vl_aim"}
+
+
+def _stock_init_keywords(module: str):
+    """The __init__ keywords of lmms-eval's stock model class in ``module`` (read from its source: importing
+    it needs LLaVA-NeXT's own package)."""
+    import ast
+    import importlib.util
+
+    origin = importlib.util.find_spec("lmms_eval").submodule_search_locations[0]
+    tree = ast.parse((Path(origin) / "models" / "simple" / f"{module}.py").read_text())
+    init = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    return [a.arg for a in init.args.args[1:] + init.args.kwonlyargs]
+
+
+@pytest.mark.parametrize("stock, plugin", sorted(STOCK_MODELS.items()))
+def test_every_stock_model_arg_is_applied_moot_or_refused_by_name(stock, plugin):
+    """No keyword of lmms-eval's stock model is an 'unknown model_arg' for the plugin model that replaces it."""
+    from llava.eval.args import KNOWN_ARGS, PLUGIN_EXTRA_ARGS, stock_arg
+
+    keywords = _stock_init_keywords(stock)
+    assert "pretrained" in keywords and len(keywords) > 5
+    handled = set(KNOWN_ARGS) | set(PLUGIN_EXTRA_ARGS.get(plugin, ()))
+    assert [k for k in keywords if k not in handled and stock_arg(plugin, k) is None] == []
+
+
+def test_official_llava_onevision_command_is_accepted_and_said(caplog):
+    # the official README: --model llava_onevision --model_args pretrained=...,conv_template=qwen_1_5,
+    # model_name=llava_qwen,attn_implementation=eager
+    raw = {"pretrained": "lmms-lab/llava-onevision-qwen2-7b-ov", "conv_template": "qwen_1_5",
+           "model_name": "llava_qwen", "attn_implementation": "eager"}
+    own, notes = adopt_stock_args("llava_onevision_aim", raw)
+    assert own == {"pretrained": raw["pretrained"], "attn_implementation": "eager"}
+    text = "\n".join(notes)
+    assert "conv_template='qwen_1_5' (moot" in text and "model_name='llava_qwen' (moot" in text
+    assert "does not need eager attention" in text
+    check_model_args("llava_onevision_aim", raw)
+
+
+def test_official_qwen2_vl_command_applies_max_num_frames():
+    own, notes = adopt_stock_args("qwen2_vl_aim", {"pretrained": "Qwen/Qwen2-VL-7B-Instruct", "max_num_frames": 16,
+                                                   "max_pixels": 200704})
+    assert own["max_frames_num"] == 16 and "max_num_frames" not in own and own["max_pixels"] == 200704
+    assert any(n.startswith("max_num_frames=16 (applied)") for n in notes)
+    assert loader_args(split_model_args({k: v for k, v in own.items() if k != "max_pixels"})[0], "x").max_frames_num == 16
+    own, _ = adopt_stock_args("qwen2_vl_aim", {"use_flash_attention_2": True})
+    assert own == {"attn_implementation": "flash_attention_2"}
+
+
+@pytest.mark.parametrize("plugin, raw, message", [
+    ("llava_onevision_aim", {"conv_template": "vicuna_v1"}, "conv_template='vicuna_v1' is not reproduced"),
+    ("llava_aim", {"conv_template": "qwen_1_5"}, "conv_template='qwen_1_5' is not reproduced"),
+    ("llava_onevision_aim", {"mm_spatial_pool_mode": "average"}, "mm_spatial_pool_mode"),
+    ("llava_onevision_aim", {"mm_spatial_pool_stride": 4}, "mm_spatial_pool_stride"),
+    ("llava_onevision_aim", {"token_strategy": "multiple"}, "token_strategy"),
+    ("llava_onevision_aim", {"customized_config": "my.json"}, "customized_config"),
+    ("llava_aim", {"truncate_context": True}, "truncate_context"),
+    ("qwen2_vl_aim", {"system_prompt": "Be brief."}, "system_prompt"),
+    ("qwen2_vl_aim", {"interleave_visuals": True}, "interleave_visuals"),
+    ("qwen2_5_vl_aim", {"fps": 2}, "fps=2"),
+    ("qwen2_vl_aim", {"use_cache": False}, "use_cache"),
+    ("qwen2_vl_aim", {"max_num_frames": 16, "max_frames_num": 32}, "drop one"),
+    ("qwen2_vl_aim", {"conv_template": "qwen_1_5"}, "unknown model_args \\['conv_template'\\]"),
+    ("llava_aim", {"max_num_frames": 8}, "unknown model_args \\['max_num_frames'\\]"),
+])
+def test_stock_model_args_that_would_change_the_result_are_refused(plugin, raw, message):
+    with pytest.raises(EvalArgumentError, match=message):
+        check_model_args(plugin, raw)
+
+
+@pytest.mark.parametrize("plugin, raw", [
+    ("llava_aim", {"conv_template": "vicuna_v1", "model_name": "llava-v1.5-7b", "tie_weights": True}),
+    ("llava_onevision_aim", {"mm_spatial_pool_stride": 2, "mm_spatial_pool_mode": "bilinear", "token_strategy": "single",
+                             "truncation": True, "use_cache": True, "truncate_context": False,
+                             "customized_config": "None", "video_decode_backend": "decord"}),
+    ("qwen2_vl_aim", {"system_prompt": "You are a helpful assistant.", "max_length": 2048, "reasoning_prompt": "None",
+                      "interleave_visuals": False, "use_flash_attention_2": False, "min_pixels": 3136}),
+    ("qwen2_5_vl_aim", {"fps": "None", "attn_implementation": "sdpa", "max_num_frames": 32}),
+])
+def test_stock_defaults_are_accepted(plugin, raw):
+    check_model_args(plugin, raw)
+
+
+def test_aim_off_refuses_a_method():
+    with pytest.raises(EvalArgumentError, match="method=fastv"):
+        aim_config_from_model_args({"aim": 0, "method": "fastv"}, 28)
+    assert aim_config_from_model_args({"aim": 0, "method": "aim"}, 28) == AIMConfig.disabled()
+
+
+# -- `python -m llava.eval.args check`: the eval scripts' settings before lmms-eval starts ---------------
+@pytest.mark.parametrize("model, model_args, tasks, device, needle", [
+    ("llava_onevision_aim", "pretrained=x,retension=0.5", "llava_aim_synthvid_mc", "cpu", "unknown model_args ['retension']"),
+    ("llava_onevision_aim", "pretrained=x,max_frames_num=0", "llava_aim_synthvid_mc", "cpu", "max_frames_num"),
+    ("llava_onevision_aim", "pretrained=x,aim=1,retention=1.5", "llava_aim_synthvid_mc", "cpu", "retention"),
+    ("llava_onevision_aim", "pretrained=x,aim=1,l1=5,l2=", "llava_aim_synthvid_mc", "cpu", "l1"),
+    ("llava_onevision_aim", "pretrained=x,retention=0.25,retention=0.5", "llava_aim_synthvid_mc", "cpu", "twice"),
+    ("llava_onevision_aim", "pretrained=x,device=cpu", "llava_aim_synthvid_mc", "cpu", "DEVICE"),
+    ("llava_onevision_aim", "pretrained=x", "videome", "cpu", "unknown task(s) videome"),
+    ("llava_onevision_aim", "pretrained=x", "llava_aim_synthvid_mc,nope_*", "cpu", "nope_*"),
+    ("llava_onevision_aim", "pretrained=x", "llava_aim_synthvid_mc", "gpu", "DEVICE 'gpu' is not a device"),
+    ("llava_next_aim", "pretrained=x", "llava_aim_synthvid_mc", "cpu", "unknown plugin model"),
+])
+def test_check_refuses_with_one_line_and_exit_2(model, model_args, tasks, device, needle, capsys):
+    code = args_main(["check", "--model", model, "--model_args", model_args, "--tasks", tasks,
+                      "--include_path", TASK_DIR, "--device", device])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and needle in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_check_refuses_cuda_where_there_is_none(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = args_main(["check", "--model", "llava_aim", "--model_args", "pretrained=x", "--tasks", "pope",
+                      "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no CUDA GPU is available here" in err and "DEVICE cpu" in err
+
+
+def test_check_knows_lmms_evals_tasks_groups_and_the_include_path():
+    notes = check_eval_settings(
+        "llava_onevision_aim", "pretrained=x,max_frames_num=32,aim=1,retention=0.25",
+        "videomme,mlvu_dev,egoschema_subset,nextqa_mc_test,perceptiontest_val_mc,mvbench,llava_aim_synthvid,"
+        "llava_aim_synthvid_mc,mvbench_*", [TASK_DIR], "cpu")
+    assert notes == []
+    check_eval_settings("llava_aim", "pretrained=x", "vqav2_val,gqa,mme,textvqa_val,scienceqa_img,mmbench_en_dev,pope",
+                        [], "cpu")
+    with pytest.raises(EvalArgumentError, match="llava_aim_synthvid_mc"):  # not on lmms-eval's own list
+        check_eval_settings("llava_aim", "pretrained=x", "llava_aim_synthvid_mc", [], "cpu")
+
+
+# -- the eval scripts: --help, settings refused before anything is written, one folder per setting ------
+def _script(script, tmp_path, *args, **settings):
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "OUTPUT_DIR": str(tmp_path / "out"),
+           "PRETRAINED": "tiny-llava-onevision" if "video" in script else "tiny-llava-1.5", **settings}
+    for name in ("AIM", "RETENTION", "L1", "L2", "POSITIONS", "EXTRA_MODEL_ARGS", "DEVICE", "TASKS", "FRAMES"):
+        if name not in settings:
+            env.pop(name, None)
+    return subprocess.run(["bash", str(ROOT / script), *args], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+
+
+@pytest.mark.parametrize("script", ["video_bench_eval.sh", "scripts/image_bench_eval.sh"])
+def test_scripts_print_their_own_usage(script, tmp_path):
+    done = _script(script, tmp_path, "--help")
+    assert done.returncode == 0 and done.stderr == ""
+    first = "Video benchmarks" if "video" in script else "Image benchmarks"
+    assert done.stdout.startswith(first) and "RETENTION" in done.stdout and "EXTRA_MODEL_ARGS=" in done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script, settings, needle", [
+    ("video_bench_eval.sh", {"AIM": "0", "RETENTION": "0.5"}, "AIM=0 runs the stock model, so RETENTION"),
+    ("video_bench_eval.sh", {"AIM": "0", "L1": "4", "L2": "6"}, "L1 L2 would be ignored"),
+    ("video_bench_eval.sh", {"MODEL": "qwen2_vl_aim", "AIM": "0", "POSITIONS": "original"}, "POSITIONS would"),
+    ("scripts/image_bench_eval.sh", {"AIM": "0", "RETENTION": "0.125"}, "RETENTION would be ignored"),
+    ("video_bench_eval.sh", {"FRAMES": "0", "DEVICE": "cpu"}, "max_frames_num must be an integer >= 1, got 0"),
+    ("video_bench_eval.sh", {"RETENTION": "1.5", "DEVICE": "cpu"}, "retention"),
+    ("video_bench_eval.sh", {"L1": "30", "L2": "x", "DEVICE": "cpu"}, "l2"),
+    ("video_bench_eval.sh", {"EXTRA_MODEL_ARGS": "retension=0.5", "DEVICE": "cpu"}, "unknown model_args ['retension']"),
+    ("video_bench_eval.sh", {"EXTRA_MODEL_ARGS": "retention=0.5", "DEVICE": "cpu"}, "retention twice"),
+    ("video_bench_eval.sh", {"TASKS": "llava_aim_synthvid_mcq", "DEVICE": "cpu"}, "unknown task(s) llava_aim_synthvid_mcq"),
+    ("scripts/image_bench_eval.sh", {"TASKS": "pope,gqa_typo", "DEVICE": "cpu"}, "gqa_typo"),
+])
+def test_scripts_refuse_bad_settings_before_writing_anything(script, settings, needle, tmp_path):
+    done = _script(script, tmp_path, **{"TASKS": "llava_aim_synthvid_mc", **settings})
+    assert done.returncode == 2, done.stderr
+    assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert list(tmp_path.iterdir()) == []  # no output folder, no cache folder
+
+
+@pytest.mark.parametrize("positions", [None, "official"])
+def test_qwen_baseline_keeps_its_default_positions(tmp_path, positions):
+    # POSITIONS defaults per Qwen model: only one that differs from it is refused with AIM=0 (the
+    # paper-table row qwen2vl/baseline spells out the default)
+    settings = {"POSITIONS": positions} if positions else {}
+    done = _script("video_bench_eval.sh", tmp_path, MODEL="qwen2_vl_aim", AIM="0", PRINT_MODEL_ARGS="1", **settings)
+    assert done.returncode == 0 and ",aim=0" in done.stdout, done.stderr
+
+
+def test_scripts_refuse_cuda_on_a_machine_without_it(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = _script("video_bench_eval.sh", tmp_path, TASKS="llava_aim_synthvid_mc")  # DEVICE's default: cuda
+    assert done.returncode == 2 and "no CUDA GPU is available here" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def _default_output_dir(script, tmp_path, **settings) -> str:
+    """The OUTPUT_DIR a script picks when none is given (the script sourced, asked to print only)."""
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, "PRINT_MODEL_ARGS": "1", **settings}
+    env.pop("OUTPUT_DIR", None)
+    shown = subprocess.run(["bash", "-c", 'source "$0" >/dev/null; echo "$OUTPUT_DIR"', str(ROOT / script)],
+                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout.strip()
+
+
+@pytest.mark.parametrize("script", ["video_bench_eval.sh", "scripts/image_bench_eval.sh"])
+def test_two_methods_get_two_default_output_folders(script, tmp_path):
+    fastv = _default_output_dir(script, tmp_path, RETENTION="1", EXTRA_MODEL_ARGS="method=fastv,drop_layers=2,drop_ratio=0.836")
+    vtw = _default_output_dir(script, tmp_path, RETENTION="1", EXTRA_MODEL_ARGS="method=vtw,drop_layers=6")
+    plain = _default_output_dir(script, tmp_path, RETENTION="1")
+    assert len({fastv, vtw, plain}) == 3
+    assert "method-fastv_drop_layers-2_drop_ratio-0.836" in fastv and "method-vtw" in vtw
+    long_args = "method=pdrop,drop_layers=2/5/11,drop_ratio=0.5,importance=attention,attn_implementation=eager"
+    long_dir = _default_output_dir(script, tmp_path, RETENTION="1", EXTRA_MODEL_ARGS=long_args)
+    other = _default_output_dir(script, tmp_path, RETENTION="1", EXTRA_MODEL_ARGS=long_args.replace("eager", "sdpa"))
+    assert long_dir != other and "/" not in Path(long_dir).name and len(Path(long_dir).name) < 140

@@ -241,3 +241,37 @@ def test_batch_two_equals_batch_one_through_lmms_eval(one_process_run, tmp_path)
     assert data["results"] == _results(base / "out")["results"]
     assert data["config"]["batch_size"] in (2, "2")
     assert data["throughput"]["avg_batch_size"] == pytest.approx(1.5)  # 3 requests: a batch of 2, then 1
+
+
+# -- the official AIM README's lmms-eval commands, the model name swapped (issue: paper-table runs) -------
+def _lmms_eval(tmp: Path, model: str, model_args: str, tasks: str = "llava_aim_synthvid_mc", limit: str = "2"):
+    env = {**os.environ, "HF_HOME": str(tmp / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", tasks,
+               "--include_path", str(ROOT / "llava" / "eval" / "tasks"), "--device", "cpu", "--batch_size", "1",
+               "--limit", limit, "--output_path", str(tmp / "out")]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("model, model_args, notes", [
+    # official: --model llava_onevision --model_args pretrained=lmms-lab/llava-onevision-qwen2-7b-ov,
+    #           conv_template=qwen_1_5,model_name=llava_qwen,attn_implementation=eager
+    ("llava_onevision_aim", "pretrained=tiny-llava-onevision,conv_template=qwen_1_5,model_name=llava_qwen,"
+                            "attn_implementation=eager",
+     ["conv_template='qwen_1_5' (moot, accepted)", "model_name='llava_qwen' (moot, accepted)",
+      "does not need eager attention"]),
+    # official: --model qwen2_vl --model_args pretrained=Qwen/Qwen2-VL-7B-Instruct,max_num_frames=32,max_pixels=200704
+    ("qwen2_vl_aim", "pretrained=tiny-qwen2-vl,max_num_frames=32,max_pixels=200704",
+     ["max_num_frames=32 (applied)"]),
+])
+def test_official_readme_commands_run_through_the_plugin(tmp_path, model, model_args, notes):
+    done = _lmms_eval(tmp_path, model, model_args)
+    log = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
+    data = _results(tmp_path / "out")  # lmms-eval exits 0 on failure too: the results file is the proof
+    assert 0.0 <= data["results"]["llava_aim_synthvid_mc"]["acc,none"] <= 1.0, log[-3000:]
+    assert data["config"]["model"] == model
+    for note in notes:
+        assert note in log, log[-3000:]
+    assert "unknown model_args" not in log
+

@@ -7,12 +7,23 @@ so a typo fails in a second with a message naming the argument.
 
 The method's settings are turned into an :class:`AIMConfig` in ONE place,
 :func:`aim_config_from_model_args`; other token-reduction methods plug in there (``method=``).
+
+The model_args of lmms-eval's stock models (the official AIM commands use them) are applied,
+accepted as moot, or refused by :func:`adopt_stock_args`. ``python -m llava.eval.args check``
+runs every check that needs no checkpoint (model_args, task names, device) for the eval scripts,
+before lmms-eval's slow start-up: one line and exit 2 on the first problem.
 """
 
 from __future__ import annotations
 
+import argparse
+import fnmatch
+import os
+import re
+import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from llava.aim.config import AIMConfig
 from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS
@@ -61,6 +72,8 @@ PLUGIN_MODEL_TYPES = {
 # Pixel limits of each frame / image, model_args of the Qwen-VL plugin models only (the
 # processors resize to a multiple of 28 px with min_pixels <= h * w <= max_pixels).
 PIXEL_ARGS = ("max_pixels", "min_pixels")
+# model_args a plugin model reads itself, besides the loader and AIM settings.
+PLUGIN_EXTRA_ARGS = {"qwen2_vl_aim": PIXEL_ARGS, "qwen2_5_vl_aim": PIXEL_ARGS}
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,7 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
     if method not in METHODS:
         raise EvalArgumentError(f"method must be one of {list(METHODS)}, got {raw.get('method')!r}")
     if not _as_bool("aim", raw.get("aim", True)):
-        tuned = sorted(k for k in raw if k not in ("method", "aim"))
+        tuned = sorted(k for k in raw if k not in ("method", "aim")) + ([f"method={method}"] if method != "aim" else [])
         if tuned:
             raise EvalArgumentError(f"aim=0 (AIM off) cannot be combined with AIM settings {tuned}; drop them or set aim=1")
         return AIMConfig.disabled()
@@ -180,6 +193,122 @@ def pixel_limits(raw: Mapping[str, Any]) -> Dict[str, int]:
     if "max_pixels" in limits and "min_pixels" in limits and limits["max_pixels"] < limits["min_pixels"]:
         raise EvalArgumentError(f"max_pixels ({limits['max_pixels']}) is below min_pixels ({limits['min_pixels']})")
     return limits
+
+
+# -- model_args of lmms-eval's stock models and of the official AIM scripts -------------------------
+# The official AIM commands run lmms-eval's own llava_onevision / llava / qwen2_vl models; swapping
+# in a plugin model must not turn their model_args into errors. Each such name is applied (it
+# becomes the plugin's own model_arg), moot (changes nothing here: accepted, logged), or refused
+# for the values that would ask for something this plugin does not reproduce.
+_OV, _LLAVA = ("llava_onevision_aim",), ("llava_aim",)
+_QWEN = ("qwen2_vl_aim", "qwen2_5_vl_aim")
+
+
+@dataclass(frozen=True)
+class StockArg:
+    """One model_arg of a stock lmms-eval model, as a plugin model takes it."""
+
+    name: str
+    models: Tuple[str, ...]  # the plugin models that take it
+    keeps: Optional[Tuple[Any, ...]]  # the values that change nothing here (None: every value)
+    meaning: str  # what it is here: logged when accepted, the reason when refused
+    becomes: Optional[Callable[[Any], Dict[str, Any]]] = None  # applied: the plugin's model_args it sets
+
+
+STOCK_ARGS: Tuple[StockArg, ...] = (
+    StockArg("model_name", _OV + _LLAVA, None,
+             "the model family is read from the checkpoint's config.json (LLaVA-NeXT's model_name is moot)"),
+    StockArg("conv_template", _OV, ("qwen_1_5",),
+             "the prompt is built with the checkpoint's own chat template (Qwen2's, as LLaVA-NeXT's qwen_1_5)"),
+    StockArg("conv_template", _LLAVA, ("vicuna_v1", "llava_v1"),
+             "the prompt is built with the checkpoint's own chat template (LLaVA-1.5's USER/ASSISTANT turns)"),
+    StockArg("truncation", _OV + _LLAVA, None, "unused by lmms-eval's LLaVA models as well"),
+    StockArg("tie_weights", _LLAVA, None, "the transformers checkpoint ties its weights itself"),
+    StockArg("use_cache", _OV + _LLAVA + _QWEN, (True,), "generation always decodes with the KV cache"),
+    StockArg("truncate_context", _OV + _LLAVA, (False,), "the prompt is never truncated"),
+    StockArg("customized_config", _OV + _LLAVA, (None,), "the checkpoint's own config.json is used"),
+    StockArg("mm_spatial_pool_stride", _OV, (2,),
+             "transformers' LLaVA-OneVision pools each video frame's grid by 2 (27x27 -> 14x14), always"),
+    StockArg("mm_spatial_pool_mode", _OV, ("bilinear",),
+             "transformers' LLaVA-OneVision pools video frames bilinearly, always"),
+    StockArg("token_strategy", _OV, ("single",), "one video placeholder per video"),
+    StockArg("max_num_frames", _QWEN, None, "frames per video (max_frames_num)",
+             becomes=lambda v: {"max_frames_num": v}),
+    StockArg("use_flash_attention_2", ("qwen2_vl_aim",), None, "attn_implementation=flash_attention_2 when true",
+             becomes=lambda v: {"attn_implementation": "flash_attention_2"} if _as_bool("use_flash_attention_2", v)
+             else {}),
+    StockArg("max_length", _QWEN, None, "unused by lmms-eval's Qwen-VL generation as well"),
+    StockArg("system_prompt", _QWEN, ("You are a helpful assistant.",),
+             "the checkpoint's chat template adds its default system prompt, 'You are a helpful assistant.'"),
+    StockArg("interleave_visuals", _QWEN, (False,), "the visuals come first, then the task's text"),
+    StockArg("reasoning_prompt", _QWEN, (None,), "the task's text is sent unchanged"),
+    StockArg("fps", ("qwen2_5_vl_aim",), (None,), "frames are sampled by count (max_num_frames), not by rate"),
+)
+# Notes for the plugin's own model_args when given the official scripts' values.
+_EAGER_NOTE = ("attn_implementation=eager (applied): AIM's pruning here does not need eager attention, it computes "
+               "its scores itself (llava/model/language_model/attention.py); sdpa, the default, is faster")
+
+
+def stock_arg(plugin: str, name: str) -> Optional[StockArg]:
+    """The stock model_arg ``name`` as ``plugin`` takes it, or None."""
+    return next((a for a in STOCK_ARGS if a.name == name and plugin in a.models), None)
+
+
+def adopt_stock_args(plugin: str, kwargs: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """(model_args in the plugin's own names, one note per stock argument accepted).
+
+    A stock argument whose value this plugin does not reproduce raises :class:`EvalArgumentError`;
+    an applied one that contradicts the plugin's own name for it too (``max_num_frames=16`` with
+    ``max_frames_num=32``)."""
+    own = {k: v for k, v in kwargs.items() if stock_arg(plugin, k) is None}
+    notes: List[str] = []
+    for name, value in kwargs.items():
+        arg = stock_arg(plugin, name)
+        if arg is None:
+            continue
+        if arg.keeps is not None and not any(_same(value, kept) for kept in arg.keeps):
+            kept = " or ".join(repr(k) for k in arg.keeps)
+            raise EvalArgumentError(f"{name}={value!r} is not reproduced by {plugin}: {arg.meaning}; "
+                                    f"drop it or pass {name}={kept}")
+        for target, new in (arg.becomes(value) if arg.becomes else {}).items():
+            if target in own and not _same(own[target], new):
+                raise EvalArgumentError(f"{name}={value!r} means {target}={new!r}, but {target}={own[target]!r} "
+                                        "is given too; drop one")
+            own[target] = new
+        how = "applied" if arg.becomes else "moot, accepted"
+        notes.append(f"{name}={value!r} ({how}): {arg.meaning}")
+    if str(own.get("attn_implementation", "")) == "eager":
+        notes.append(_EAGER_NOTE)
+    return own, notes
+
+
+def _same(value, kept) -> bool:
+    """Equal as lmms-eval types model_args: "None"/"" stand for None, "2" is 2, "True" is True."""
+    if kept is None:
+        return _is_none(value)
+    if isinstance(kept, bool):
+        try:
+            return _as_bool("value", value) is kept
+        except EvalArgumentError:
+            return False
+    if isinstance(kept, int):
+        return not isinstance(value, bool) and str(value).strip() == str(kept)
+    return str(value) == kept
+
+
+def check_model_args(plugin: str, kwargs: Mapping[str, Any]) -> List[str]:
+    """Every check a plugin model makes on its model_args before loading; the notes it would log."""
+    if plugin not in PLUGIN_MODEL_TYPES:
+        raise EvalArgumentError(f"unknown plugin model {plugin!r}; the llava-aim models are "
+                                f"{', '.join(PLUGIN_MODEL_TYPES)}")
+    adopted, notes = adopt_stock_args(plugin, kwargs)
+    extra = PLUGIN_EXTRA_ARGS.get(plugin, ())
+    if extra:
+        pixel_limits({k: adopted[k] for k in extra if k in adopted})
+    raw_loader, raw_aim = split_model_args({k: v for k, v in adopted.items() if k not in extra})
+    loader_args(raw_loader, DEFAULT_CHECKPOINTS[plugin])
+    aim_config_from_model_args(raw_aim)
+    return notes
 
 
 def _layers(raw: Mapping[str, Any]) -> Dict[str, Optional[int]]:
@@ -242,3 +371,137 @@ def _choice(name: str, value, choices) -> str:
     if text not in choices:
         raise EvalArgumentError(f"{name} must be one of {list(choices)}, got {value!r}")
     return text
+
+
+# -- `python -m llava.eval.args check`: the eval scripts' settings, before lmms-eval starts ----------
+# lmms-eval passes these itself (--device, --batch_size): a model_arg of the same name would be a
+# second value for one keyword.
+_LAUNCHER_ARGS = ("device", "batch_size", "max_batch_size")
+_TASK_LINE = re.compile(r"^(task|group|tag):[ \t]*['\"]?([^\s'\"#]+)", re.MULTILINE)
+_TASK_LIST_ITEM = re.compile(r"^(?:tag|group):[ \t]*\n((?:[ \t]+-[ \t]*\S+[ \t]*\n?)+)", re.MULTILINE)
+
+
+def parse_model_args(text: str) -> Dict[str, Any]:
+    """``k=v,...`` typed as lmms-eval types it ("true" -> True, "3" -> 3, "0.5" -> 0.5); a name
+    given twice is refused (lmms-eval would keep the last one without a word)."""
+    values: Dict[str, Any] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" not in item:
+            raise EvalArgumentError(f"model_args item {item!r} is not name=value")
+        name, value = (s.strip() for s in item.split("=", 1))
+        if name in values:
+            raise EvalArgumentError(f"model_args give {name} twice ({values[name]!r} and {_typed(value)!r}); "
+                                    "lmms-eval would silently keep the last: give it once")
+        values[name] = _typed(value)
+    return values
+
+
+def _typed(value: str):
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value.isnumeric():
+        return int(value)
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def known_task_names(folders: Iterable[Path]) -> Set[str]:
+    """The task, group and tag names the YAML files under ``folders`` define (read as text: the
+    task files hold custom YAML tags that only lmms-eval can construct)."""
+    names: Set[str] = set()
+    for folder in folders:
+        for path in Path(folder).rglob("*.yaml"):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            names.update(m.group(2) for m in _TASK_LINE.finditer(text))
+            for block in _TASK_LIST_ITEM.finditer(text):  # "tag:\n  - a\n  - b"
+                names.update(line.strip()[1:].strip() for line in block.group(1).splitlines() if line.strip())
+    return names
+
+
+def unknown_tasks(tasks: str, include_paths: Iterable[str]) -> List[str]:
+    """The names in ``tasks`` that neither the include path nor lmms-eval's own task folder define
+    (patterns with * or ? match any name; a path to a YAML file counts as known)."""
+    folders = [Path(p) for p in include_paths if p]
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("lmms_eval")
+        if spec is not None and spec.submodule_search_locations:
+            folders.append(Path(list(spec.submodule_search_locations)[0]) / "tasks")
+    except (ImportError, ValueError):
+        pass
+    names = known_task_names(folders)
+    wanted = [t.strip() for t in tasks.split(",") if t.strip()]
+    return [t for t in wanted if t not in names and not os.path.isfile(t) and not _pattern_matches(t, names)]
+
+
+def _pattern_matches(task: str, names: Set[str]) -> bool:
+    return any(c in task for c in "*?[") and bool(fnmatch.filter(names, task))
+
+
+def check_device(device: str) -> None:
+    """A CUDA device where there is none, or a misspelt device: one line."""
+    if device == "cpu":
+        return  # always there; spares the torch import (seconds)
+    from llava.errors import AIMError
+    from llava.resources import resolve_device
+
+    try:
+        resolve_device(device, flag="DEVICE")
+    except AIMError as exc:
+        raise EvalArgumentError(str(exc)) from exc
+
+
+def check_eval_settings(model: str, model_args: str, tasks: str, include_paths: Iterable[str] = (),
+                        device: Optional[str] = None) -> List[str]:
+    """Every setting of an eval-script run that can be checked without lmms-eval; the notes the
+    plugin model will log. Raises :class:`EvalArgumentError` with one line."""
+    kwargs = parse_model_args(model_args)
+    twice = [k for k in _LAUNCHER_ARGS if k in kwargs]
+    if twice:
+        raise EvalArgumentError(f"model_args set {', '.join(twice)}, which the script passes to lmms-eval itself "
+                                "(DEVICE, BATCH_SIZE): drop them from EXTRA_MODEL_ARGS")
+    if device is not None:
+        kwargs["device"] = device
+    notes = check_model_args(model, kwargs)
+    if not [t for t in tasks.split(",") if t.strip()]:
+        raise EvalArgumentError("no task given (TASKS is empty)")
+    unknown = unknown_tasks(tasks, include_paths)
+    if unknown:
+        raise EvalArgumentError(f"unknown task(s) {', '.join(unknown)}: not in lmms-eval's task list nor in the "
+                                f"include path ({', '.join(p for p in include_paths if p) or 'none'}); check TASKS")
+    if device is not None:
+        check_device(device)
+    return notes
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llava.eval.args",
+                                     description="Check an eval run's settings before lmms-eval starts.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="model, model_args, tasks and device; exit 2 with one line if wrong")
+    check.add_argument("--model", required=True)
+    check.add_argument("--model_args", default="")
+    check.add_argument("--tasks", required=True)
+    check.add_argument("--include_path", action="append", default=[])
+    check.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    try:
+        notes = check_eval_settings(args.model, args.model_args, args.tasks, args.include_path, args.device)
+    except EvalArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

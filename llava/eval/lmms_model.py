@@ -39,6 +39,7 @@ from llava.eval import efficiency, prompts
 from llava.eval.args import (
     DEFAULT_CHECKPOINTS,
     PLUGIN_MODEL_TYPES,
+    adopt_stock_args,
     aim_config_from_model_args,
     loader_args,
     split_model_args,
@@ -107,7 +108,11 @@ class _AIMModel(lmms):
     def __init__(self, **model_args) -> None:
         super().__init__()
         _log_to_stderr()
-        raw_loader, raw_aim = split_model_args({k: v for k, v in model_args.items() if k not in self.EXTRA_ARGS})
+        # lmms-eval's stock models' model_args (the official AIM commands): applied, moot or refused
+        adopted, notes = adopt_stock_args(self.PLUGIN_NAME, model_args)
+        for note in notes:
+            logger.info("%s: %s", self.PLUGIN_NAME, note)
+        raw_loader, raw_aim = split_model_args({k: v for k, v in adopted.items() if k not in self.EXTRA_ARGS})
         self.load_args = loader_args(raw_loader, self.DEFAULT_PRETRAINED)
         aim_config_from_model_args(raw_aim)  # fail on a bad value before loading weights
         self._rank = int(os.environ.get("RANK", 0))
