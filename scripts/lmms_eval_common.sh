@@ -141,10 +141,6 @@ run_lmms_eval() {
     check_python
     check_settings "$model_args"
     launch=$(launcher)
-    mkdir -p "$OUTPUT_DIR"
-    marker=$(mktemp "${OUTPUT_DIR}/.run-started.XXXXXX")
-    # shellcheck disable=SC2064  # expand now: $marker is local to this function
-    trap "rm -f '$marker'" EXIT
     local limit_args=()
     if [[ -n "$LIMIT" ]]; then limit_args=(--limit "$LIMIT"); fi
     # Resume without mixing: one folder per setting (the key of everything that decides an
@@ -169,6 +165,11 @@ run_lmms_eval() {
         unset LLAVA_AIM_RESUME_DIR
         echo "cache:   off (CACHE=0): every request computed" >&2
     fi
+    # The output folder only now: a setting refused above (or a key that cannot be computed) leaves nothing.
+    mkdir -p "$OUTPUT_DIR"
+    marker=$(mktemp "${OUTPUT_DIR}/.run-started.XXXXXX")
+    # shellcheck disable=SC2064  # expand now: $marker is local to this function
+    trap "rm -f '$marker'" EXIT
     echo "lmms-eval: --model ${MODEL} --model_args ${model_args} --tasks ${TASKS} --batch_size ${BATCH_SIZE}" >&2
     # shellcheck disable=SC2086  # $launch is a command prefix
     $launch -m lmms_eval \
