@@ -340,10 +340,14 @@ def run_command(args) -> int:
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "notes": notes,
     }
+    ids = inputs["input_ids"][0]
+    placeholders = int(sum((ids == t).sum() for t in model._aim_runtime.image_token_ids))
     if not result["visual_tokens_before_merge"]:  # merging off: count placeholders instead
-        ids = inputs["input_ids"][0]
-        n_visual = int(sum((ids == t).sum() for t in model._aim_runtime.image_token_ids))
-        result["visual_tokens_before_merge"] = result["visual_tokens_after_merge"] = n_visual
+        result["visual_tokens_before_merge"] = result["visual_tokens_after_merge"] = placeholders
+    # Reserved placeholders a data-dependent reduction (PruMerge) leaves unused are neither text
+    # nor visual tokens: the text is what is left of the prompt without any placeholder.
+    result["text_tokens"] = result["prompt_tokens"] - placeholders
+    result["computed_tokens_per_layer"] = computed_tokens_per_layer(cfg, result, _decoder_depth(model.config))
     result["predicted"] = predicted_prefill(model.config, result)
     for note in notes:  # stderr: stdout stays the answer (or the one JSON object)
         sys.stderr.write(f"llava-aim run: note: {note}\n")
@@ -354,25 +358,35 @@ def run_command(args) -> int:
     return 0
 
 
+def computed_tokens_per_layer(cfg: AIMConfig, r: dict, num_layers: int) -> list:
+    """The tokens each decoder layer computes in the prefill (what its FLOPs are counted on).
+
+    Removal: those entering the layer (``layer_seq_lens``). Mask mode: every token of the
+    sequence at every layer (pruned tokens are only hidden as keys, so its FLOPs equal the
+    merged-only count; fillers a PruMerge prompt reserved stay in the sequence too). No
+    driver ran (AIM off): the whole prompt at every layer.
+    """
+    if r["layer_seq_lens"] and cfg.pruning_mode != "mask":
+        return list(r["layer_seq_lens"])
+    return [r["prompt_tokens"]] * num_layers
+
+
 def predicted_prefill(config, r: dict) -> dict:
     """Roofline FLOPs (llava.analysis) of this prompt's LLM prefill on the model's own shape.
 
-    With AIM: the tokens that really entered each layer; without: the same prompt with every
-    visual token unmerged in every layer. The lm_head on one token is included in both.
+    With the reduction: the tokens each layer really computed (``computed_tokens_per_layer``);
+    without: the same prompt's text tokens plus every visual token unmerged, in every layer.
+    The tokens are counted and compared with the functions ``llava-aim flops`` uses
+    (``prompt_tokens_per_layer``, ``reduction_figures``). The lm_head on one token is included
+    in both.
     """
-    from llava.analysis import LLMShape, prefill_cost
+    from llava.analysis import LLMShape, prefill_cost, prompt_tokens_per_layer, reduction_figures
 
     shape = LLMShape.from_config(config)
-    text = r["prompt_tokens"] - r["visual_tokens_after_merge"]
-    with_aim = r["layer_seq_lens"] or [r["prompt_tokens"]] * shape.layers  # empty when nothing was pruned
-    without = [text + r["visual_tokens_before_merge"]] * shape.layers
-    aim_flops, base_flops = prefill_cost(shape, with_aim).flops, prefill_cost(shape, without).flops
-    return {
-        "prefill_tflops": aim_flops / 1e12,
-        "baseline_prefill_tflops": base_flops / 1e12,
-        "flops_saved": 1.0 - aim_flops / base_flops,
-        "flops_reduction": base_flops / aim_flops,
-    }
+    without = prompt_tokens_per_layer(r["text_tokens"], [r["visual_tokens_before_merge"]] * shape.layers)
+    figures = reduction_figures(prefill_cost(shape, r["computed_tokens_per_layer"]), prefill_cost(shape, without))
+    return {key: figures[key] for key in ("prefill_tflops", "baseline_prefill_tflops", "flops_saved",
+                                          "flops_reduction")}
 
 
 def _flops_text(tflops: float) -> str:
@@ -415,7 +429,11 @@ def format_summary(r: dict) -> str:
 
         merged = merged_media_text(r.get("merged_media", []))
         lines.append(f"merging   : none: {after} visual tokens (this model's family merges {merged} only)")
-    if r["layer_seq_lens"]:
+    mask = aim.get("pruning_mode") == "mask" and aim["l1"] is not None
+    if r["layer_seq_lens"] and mask:
+        lines.append(f"tokens each decoder layer keeps visible as keys (prefill; mask mode: all "
+                     f"{r['prompt_tokens']} are computed in every layer, pruned ones are only hidden):")
+    elif r["layer_seq_lens"]:
         lines.append("tokens entering each decoder layer (prefill):")
         top = max(r["layer_seq_lens"])
         for j, n in enumerate(r["layer_seq_lens"]):
@@ -431,6 +449,9 @@ def format_summary(r: dict) -> str:
         lines.append(f"FLOPs     : LLM prefill {_flops_text(f['prefill_tflops'])} vs "
                      f"{_flops_text(f['baseline_prefill_tflops'])} without AIM: {100 * f['flops_saved']:.1f}% saved "
                      f"({f['flops_reduction']:.2f}x fewer; roofline prediction for this model's shape)")
+        if mask:
+            lines.append("            mask mode computes every token in every layer: these are merging's savings "
+                         "only (pruning saves nothing here; --pruning-mode remove saves it)")
     t = r["timings"]
     stages = [("decode", "decode_s"), ("load", "load_s"), ("preprocess", "preprocess_s"), ("generate", "generate_s")]
     lines.append("time      : " + ", ".join(f"{name} {t[key]:.2f}s" for name, key in stages if key in t))

@@ -318,3 +318,53 @@ def test_demo_prints_kv_lengths_equal_to_the_tokens_entering_each_layer():
     human = subprocess.run([sys.executable, "-m", "llava", *demo], capture_output=True, text=True, timeout=300,
                            cwd=ROOT)
     assert f"KV cache per layer after generation: {r['kv_cache_lens']} (the tokens entering each layer" in human.stdout
+
+
+# -- run: the FLOPs it prints are those of what it computed ----------------------------------
+def _run_json(args, capsys) -> dict:
+    code, out, err = run_cli(["run", "--frames", "8", "--max-new-tokens", "1", "--json", *args], capsys)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _flops_reduction(capsys, *args) -> float:
+    code, out, err = run_cli(["flops", "--llm", str(ROOT / "llava/model/tiny/tiny-llava-onevision"), "--frames", "8",
+                              "--json", *args], capsys)
+    assert code == 0, err
+    return json.loads(out)["flops_reduction"]
+
+
+def test_prumerge_run_counts_no_reserved_placeholder_as_text(capsys):
+    """PruMerge's prompt reserves placeholders it leaves unused; they are not text tokens, and
+    the run's FLOPs ratio lies between flops --method prumerge's at the whole kept counts
+    around the run's mean (it was 740x against flops' ~210x when they were counted as text)."""
+    from llava.analysis import LLMShape, prefill_cost
+    from llava.model.builder import checkpoint_config
+
+    r = _run_json(["--method", "prumerge"], capsys)
+    text = r["layer_seq_lens"][0] - r["visual_tokens_after_merge"]
+    assert r["text_tokens"] == text < r["prompt_tokens"] - r["visual_tokens_after_merge"]
+    shape = LLMShape.from_config(checkpoint_config("tiny-llava-onevision")[1])
+    baseline = prefill_cost(shape, [text + r["visual_tokens_before_merge"]] * shape.layers).flops
+    assert r["predicted"]["baseline_prefill_tflops"] * 1e12 == pytest.approx(baseline)
+    assert r["predicted"]["prefill_tflops"] * 1e12 == pytest.approx(prefill_cost(shape, r["layer_seq_lens"]).flops)
+    mean_kept = (r["visual_tokens_after_merge"] - 1) / r["frames"]  # one newline after the video
+    common = ["--method", "prumerge", "--text-tokens", str(text), "--newline-tokens", "1"]
+    most = _flops_reduction(capsys, *common, "--kept-tokens", str(int(mean_kept)))
+    least = _flops_reduction(capsys, *common, "--kept-tokens", str(int(mean_kept) + 1))
+    assert least <= r["predicted"]["flops_reduction"] <= most
+
+
+def test_mask_mode_reports_the_merged_only_flops_it_computes(capsys):
+    """Mask mode keeps every token in every layer: its FLOPs are merging's alone (those of
+    --no-prune and of flops --no-prune), and the summary says so."""
+    mask = _run_json(["--pruning-mode", "mask"], capsys)
+    merged_only = _run_json(["--no-prune"], capsys)
+    assert mask["computed_tokens_per_layer"] == [mask["prompt_tokens"]] * 8
+    assert mask["predicted"] == merged_only["predicted"]
+    assert mask["predicted"]["flops_reduction"] == pytest.approx(_flops_reduction(
+        capsys, "--no-prune", "--text-tokens", str(mask["text_tokens"]), "--newline-tokens", "1"))
+    code, out, err = run_cli(["run", "--frames", "8", "--max-new-tokens", "1", "--pruning-mode", "mask"], capsys)
+    assert code == 0, err
+    assert "mask mode computes every token in every layer" in out
+    assert "tokens entering each decoder layer" not in out

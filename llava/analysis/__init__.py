@@ -18,6 +18,8 @@ from llava.analysis.roofline import (
     lm_head_op,
     paper_default_layers,
     prefill_cost,
+    prompt_tokens_per_layer,
+    reduction_figures,
     roofline_time,
     vision_encoder_cost,
 )
@@ -27,5 +29,6 @@ __all__ = [
     "Analysis", "BUILTIN_LLMS", "BUILTIN_VISION", "ComponentCost", "HARDWARE", "Hardware", "LLMShape",
     "LayerCost", "OpCost", "RooflineOptions", "StepCost", "VisionShape", "analyze", "decode_step_cost",
     "get_hardware", "get_llm", "get_vision", "kv_cache_bytes_per_layer", "layer_ops", "lm_head_op",
-    "paper_default_layers", "prefill_cost", "roofline_time", "vision_encoder_cost",
+    "paper_default_layers", "prefill_cost", "prompt_tokens_per_layer", "reduction_figures", "roofline_time",
+    "vision_encoder_cost",
 ]

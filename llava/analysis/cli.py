@@ -18,6 +18,7 @@ from llava.analysis.roofline import (
     RooflineOptions,
     analyze,
     paper_default_layers,
+    reduction_figures,
 )
 from llava.aim.policy import LLAVA15_OFFICIAL_LAYERS, METHODS, PRUMERGE_METHODS, STEP_METHODS, drop_layers_for, spec
 from llava.analysis.shapes import (
@@ -255,6 +256,7 @@ def run_flops(args: argparse.Namespace) -> int:
 def flops_report(result: Analysis, baseline: Analysis) -> Dict[str, Any]:
     """The JSON object of ``flops --json``."""
     s = result.settings
+    figures = reduction_figures(result.prefill, baseline.prefill)
     return {
         "llm": result.llm.to_dict(),
         "hardware": result.hardware.to_dict(),
@@ -275,8 +277,8 @@ def flops_report(result: Analysis, baseline: Analysis) -> Dict[str, Any]:
         "baseline_tokens_per_layer": baseline.tokens_per_layer,
         "baseline_prefill_tflops": baseline.prefill_tflops,
         "baseline_prefill_ms": baseline.prefill_ms,
-        "speedup": baseline.prefill_time_s / result.prefill_time_s,
-        "flops_reduction": baseline.prefill_flops / result.prefill_flops,
+        "speedup": figures["speedup"],
+        "flops_reduction": figures["flops_reduction"],
         "decode_step_ms": result.decode.time_s * 1e3,
         "baseline_decode_step_ms": baseline.decode.time_s * 1e3,
         "kv_cache_bytes": result.kv_cache_bytes,
@@ -319,11 +321,12 @@ def format_report(result: Analysis, baseline: Analysis) -> str:
         prune = "no pruning"
         merge = f"adaptive selection + merging before the LLM ({s['tokens_per_frame_kept']} tokens/frame)"
     mib = 2.0 ** 20
+    figures = reduction_figures(result.prefill, baseline.prefill)
     rows = [
         ("LLM prefill TFLOPs", f"{result.prefill_tflops:.3f}", f"{baseline.prefill_tflops:.3f}",
-         f"{baseline.prefill_flops / result.prefill_flops:.2f}x fewer"),
+         f"{figures['flops_reduction']:.2f}x fewer"),
         ("LLM prefill ms (roofline)", f"{result.prefill_ms:.2f}", f"{baseline.prefill_ms:.2f}",
-         f"{baseline.prefill_time_s / result.prefill_time_s:.2f}x faster"),
+         f"{figures['speedup']:.2f}x faster"),
         ("first decode step ms", f"{result.decode.time_s * 1e3:.3f}", f"{baseline.decode.time_s * 1e3:.3f}", ""),
         ("KV cache MiB", f"{result.kv_cache_bytes / mib:.1f}", f"{baseline.kv_cache_bytes / mib:.1f}",
          f"{baseline.kv_cache_bytes / result.kv_cache_bytes:.2f}x smaller" if result.kv_cache_bytes else ""),

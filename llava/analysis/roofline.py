@@ -299,6 +299,27 @@ def decode_step_cost(llm: LLMShape, kv_lens: Sequence[int], hardware: Union[str,
     return StepCost(layers, lm_head_op(llm, hw, options))
 
 
+def prompt_tokens_per_layer(text_tokens: int, visual_tokens_per_layer: Sequence[int]) -> List[int]:
+    """N_j = text + visual_j: the sequence layer j computes. ``flops`` (analyze) and ``run``
+    (llava.run.predicted_prefill) count tokens with this one rule; the text tokens are the
+    prompt's non-visual tokens only (never a reserved, unused visual placeholder)."""
+    return [int(text_tokens) + int(v) for v in visual_tokens_per_layer]
+
+
+def reduction_figures(prefill: StepCost, baseline: StepCost) -> Dict[str, float]:
+    """The headline figures of a reduction against the same prompt without it, as both
+    ``flops`` and ``run`` print them: TFLOPs and roofline ms of each, FLOPs ratio, speed-up."""
+    return {
+        "prefill_tflops": prefill.flops / 1e12,
+        "baseline_prefill_tflops": baseline.flops / 1e12,
+        "prefill_ms": prefill.time_s * 1e3,
+        "baseline_prefill_ms": baseline.time_s * 1e3,
+        "flops_saved": 1.0 - prefill.flops / baseline.flops,
+        "flops_reduction": baseline.flops / prefill.flops,
+        "speedup": baseline.time_s / prefill.time_s,
+    }
+
+
 # --- separately reported costs -------------------------------------------------------------
 
 
@@ -688,7 +709,7 @@ def analyze(
         kept = merged_token_count(tokens_per_frame, retention, rule)
     v0 = frames * kept + newline_tokens
     visual = policy_visual_tokens(cfg, v0, shape.layers, convention)
-    tokens = [text_tokens + v for v in visual]
+    tokens = prompt_tokens_per_layer(text_tokens, visual)
 
     prefill = prefill_cost(shape, tokens, hw, options)
     decode = decode_step_cost(shape, tokens, hw, options)
