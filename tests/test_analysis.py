@@ -390,3 +390,19 @@ def test_cli_bad_options_exit_2_one_line(cli_main, capsys, argv):
 
 def test_compact_counts():
     assert compact_counts([5, 5, 4, 3, 3]) == "0-1: 5 | 2: 4 | 3-4: 3"
+
+
+def test_paper_overhead_count_by_hand():
+    """The paper convention's overhead, summed by hand: merging jointly over all frames (t =
+    6272, then 3136, a = t/2: 2a^2C + 3Ct + aC + a^2 each) and importance 16 * heads * N_j^2
+    over the 8 pruning layers (N_j = 1568 * (22 - j)/8 + 100 visual + text, j = 14..21)."""
+    C, nh = 3584, 28
+    merging = sum(2 * (t / 2) ** 2 * C + 3 * C * t + (t / 2) * C + (t / 2) ** 2 for t in (6272, 3136))
+    importance = 16 * nh * sum((1568 * (22 - j) // 8 + 100) ** 2 for j in range(14, 22))
+    res = analyze("qwen2-7b", retention=0.25, l1=14, l2=22, convention="paper")
+    assert res.aim_overhead.part("merge") == pytest.approx(merging, rel=1e-12)
+    assert res.aim_overhead.part("importance") == pytest.approx(importance, rel=1e-12)
+    runtime = analyze("qwen2-7b", retention=0.25, l1=14, l2=22)
+    per_frame_similarity = sum(op.ops for op in runtime.aim_overhead.ops if op.name.startswith("merge.similarity"))
+    assert per_frame_similarity == 32 * 2 * C * (98 * 98 + 49 * 49)  # 2.75 GFLOPs
+    assert 31 < res.aim_overhead.part("merge") / per_frame_similarity < 33

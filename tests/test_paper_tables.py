@@ -121,3 +121,22 @@ def test_runtime_convention_counts_the_official_merge(cli_main, capsys):
     assert json.loads(capsys.readouterr().out)["tokens_per_frame_kept"] == 24
     report = _flops(cli_main, capsys, ["--retention", "0.125", "--no-prune", "--merge-count", "official"])
     assert report["tokens_per_frame_kept"] == 24
+
+
+def test_overhead_table(cli_main, capsys):
+    """The paper's overhead table (llava/eval/paper/tables.json "overhead"): merging 88.25,
+    pruning 4.18, total 92.43, LLM 14757 GFLOPs, each to the printed digits under
+    --paper-convention; the runtime convention counts per-frame merging (about 2.9)."""
+    from llava.eval.results import load_paper_tables
+
+    paper = load_paper_tables()["overhead"]["paper"]
+    report = _flops(cli_main, capsys, [])
+    assert round(report["aim_overhead_merging_gflops"], 2) == paper["merging_gflops"]
+    assert round(report["aim_overhead_importance_gflops"], 2) == paper["pruning_gflops"]
+    assert round(report["aim_overhead_tflops"] * 1e3, 2) == paper["total_gflops"]
+    assert round(report["prefill_tflops"] * 1e3) == paper["llm_gflops"]
+    assert cli_main(["flops", "--paper-convention"]) == 0
+    assert "merging 88.25 + importance 4.18 = 92.43 GFLOPs" in capsys.readouterr().out
+    assert cli_main(["flops", "--json"]) == 0
+    runtime = json.loads(capsys.readouterr().out)
+    assert 2.5 < runtime["aim_overhead_merging_gflops"] < 3.0  # per frame: 1/32 of the joint similarity
