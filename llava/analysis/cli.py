@@ -9,6 +9,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llava.analysis.hardware import HARDWARE
+from llava.analysis.matching import paper_row_match
 from llava.analysis.roofline import (
     PAPER_L1,
     PAPER_L2,
@@ -292,6 +293,7 @@ def flops_report(result: Analysis, baseline: Analysis) -> Dict[str, Any]:
         "aim_overhead_ms": result.aim_overhead.time_s * 1e3,
         "aim_overhead_fraction": result.aim_overhead.flops / result.prefill_flops,
         "op_totals": result.prefill.op_totals(),
+        "paper_row": paper_row_match(result),
         "notes": result.notes,
     }
 
@@ -323,6 +325,17 @@ def overhead_text(result: Analysis) -> str:
     if len(shown) > 1:
         return " + ".join(shown) + f" = {o.flops / 1e9:.2f} GFLOPs"
     return (shown[0] if shown else "0") + " GFLOPs"
+
+
+def paper_row_text(row: Dict[str, Any]) -> str:
+    """The line naming the paper row a setting counts and the flags that reproduce it."""
+    head = f"paper row '{row['row']}' ({row['paper_tflops']:.2f} TFLOPs, {row['paper_prefill_ms']:.2f} ms)"
+    flags = " ".join(row["flags"])
+    if row["reproduced"]:
+        return f"{head}: " + (f"reproduce with {flags}" if flags else "reproduced by these flags")
+    how = f" ({flags})" if flags else ""
+    return (f"{head}: counted the paper's way{how}, this setting gives {row['tflops']:.2f} TFLOPs, "
+            f"{row['prefill_ms']:.2f} ms, not the printed figures (docs/efficiency_tables.md)")
 
 
 def format_report(result: Analysis, baseline: Analysis) -> str:
@@ -365,6 +378,9 @@ def format_report(result: Analysis, baseline: Analysis) -> str:
         f"{'':<{w0}}  {name:>12}  {'without AIM':>12}",
     ]
     lines += [f"{a:<{w0}}  {b:>12}  {c:>12}  {d}".rstrip() for a, b, c, d in rows]
+    row = paper_row_match(result)
+    if row is not None:
+        lines.append(paper_row_text(row))
     enc = result.vision_encoder
     lines += [
         "",

@@ -1,5 +1,7 @@
 """Matched budgets for the baselines: the parameter of FastV / VTW / PyramidDrop that spends at
-most a given LLM prefill FLOPs (``llava-aim plan --method``, scripts/make_comparison_table.py).
+most a given LLM prefill FLOPs (``llava-aim plan --method``, scripts/make_comparison_table.py);
+and the paper's efficiency-table rows a ``llava-aim flops`` setting corresponds to, with the
+flags that reproduce the row's printed figures (:func:`paper_row_match`).
 
 Each baseline keeps its paper's structure and tunes its one free knob, as its paper does:
 FastV keeps K and varies the ratio R; PyramidDrop keeps its layers and varies lambda; VTW
@@ -10,11 +12,15 @@ pool) use the AIM planner: their FLOPs are AIM's for the same schedule.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llava.aim.policy import drop_layers_for
-from llava.analysis.roofline import Analysis, analyze
-from llava.analysis.shapes import get_llm
+from llava.analysis.roofline import Analysis, RooflineOptions, analyze
+from llava.analysis.shapes import LLMShape, get_llm
 from llava.errors import AIMConfigError
 
 RATIO_STEPS = 100  # R / lambda tried in steps of 1/100
@@ -50,3 +56,134 @@ def match_budget(method: str, budget_flops: Optional[float] = None, drop_layers:
         if best is None or sum(result.visual_tokens_per_layer) > sum(best.visual_tokens_per_layer):
             best = result
     return best
+
+
+# --- the paper's efficiency-table rows ---------------------------------------------------------
+
+PAPER_TABLES = Path(__file__).resolve().parents[1] / "eval" / "paper" / "tables.json"
+PAPER_HARDWARE = "nvidia_A100"
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """An AIM (or no-AIM) row of the paper's efficiency tables and the analyze() setting behind it.
+
+    ``include_mlp_add``: the LLaVA-1.5 rows' prefill ms are reproduced only when the second
+    residual add is counted (the figures of the paper's image table; docs/efficiency_model.md);
+    the LLaVA-OneVision rows leave it out.
+    """
+
+    name: str
+    tflops: float
+    prefill_ms: float
+    llm: str
+    frames: int
+    tokens_per_frame: int
+    text_tokens: int
+    retention: float
+    layers: Optional[Tuple[int, int]]  # (l1, l2); None: no pruning
+    include_mlp_add: bool
+
+    def analyze(self) -> Analysis:
+        """The row counted as the paper counts it."""
+        l1, l2 = self.layers if self.layers else (None, None)
+        return analyze(self.llm, frames=self.frames, tokens_per_frame=self.tokens_per_frame,
+                       text_tokens=self.text_tokens, retention=self.retention, l1=l1, l2=l2, convention="paper",
+                       hardware=PAPER_HARDWARE, include_mlp_add=self.include_mlp_add)
+
+
+_VIDEO = dict(llm="qwen2-7b", frames=32, tokens_per_frame=196, include_mlp_add=False)
+_IMAGE = dict(llm="vicuna-7b", frames=1, tokens_per_frame=576, include_mlp_add=True)
+
+
+def _row_setting(name: str) -> Optional[Dict[str, Any]]:
+    """The setting of an AIM / no-AIM row from its name (scripts/paper_tables.py's rows); None
+    for the baselines' rows, whose knobs were matched to the paper's TFLOPs, not given by it."""
+    if name in ("video/baseline", "sweep/r1"):
+        return dict(_VIDEO, retention=1.0, layers=None)
+    if name == "video/aim":
+        return dict(_VIDEO, retention=0.25, layers=(14, 22))
+    if name == "long/aim-192":
+        return dict(_VIDEO, frames=192, retention=0.25, layers=(14, 22))
+    if name == "image/baseline":
+        return dict(_IMAGE, retention=1.0, layers=None)
+    budget = {"image/b1/aim": 0.4375, "image/b2/aim": 0.125}.get(name)
+    if budget is not None:
+        return dict(_IMAGE, retention=budget, layers=(13, 21))
+    sweep = re.fullmatch(r"sweep/r([0-9.]+)(?:-(\d+)-(\d+))?", name)
+    if sweep:
+        layers = (int(sweep.group(2)), int(sweep.group(3))) if sweep.group(2) else None
+        return dict(_VIDEO, retention=float(sweep.group(1)), layers=layers)
+    ablation = re.fullmatch(r"ablation/(\d+)-(\d+)", name)
+    if ablation:
+        return dict(_VIDEO, retention=0.25, layers=(int(ablation.group(1)), int(ablation.group(2))))
+    return None
+
+
+def paper_rows(path: Path = PAPER_TABLES) -> List[PaperRow]:
+    """Every AIM / no-AIM row of llava/eval/paper/tables.json with printed TFLOPs and ms, once."""
+    rows: Dict[str, PaperRow] = {}
+    for table in json.loads(Path(path).read_text())["tables"]:
+        for entry in table["rows"]:
+            setting, paper = _row_setting(entry["row"]), entry["paper"]
+            if setting is None or entry["row"] in rows or "tflops" not in paper or "prefill_ms" not in paper:
+                continue
+            rows[entry["row"]] = PaperRow(entry["row"], paper["tflops"], paper["prefill_ms"],
+                                          text_tokens=table["text_tokens"], **setting)
+    return list(rows.values())
+
+
+def _same_shape(a: LLMShape, b: LLMShape) -> bool:
+    return replace(a, name="") == replace(b, name="")
+
+
+def _pruned_layers(l1: Optional[int], l2: Optional[int], num_layers: int) -> Optional[Tuple[int, int]]:
+    """(l1, l2), or None where nothing is pruned (no l1, or l1 at the model's depth)."""
+    return None if l1 is None or l1 >= num_layers else (l1, l2)
+
+
+def paper_row_match(result: Analysis) -> Optional[Dict[str, Any]]:
+    """The paper row whose setting ``result`` counts (same model shape, input, retention and
+    schedule; AIM only), with the flags that count it as the paper did and whether they
+    reproduce its printed TFLOPs and ms (rounded to the printed digits). None: no such row."""
+    s = result.settings
+    if s["method"] != "aim":
+        return None
+    for row in paper_rows():
+        if not (_same_shape(result.llm, get_llm(row.llm)) and s["frames"] == row.frames
+                and s["tokens_per_frame"] == row.tokens_per_frame and abs(s["retention"] - row.retention) < 1e-9
+                and _pruned_layers(s["l1"], s["l2"], result.llm.layers) == _pruned_layers(
+                    *(row.layers or (None, None)), result.llm.layers)):
+            continue
+        counted = row.analyze()
+        return {
+            "row": row.name, "paper_tflops": row.tflops, "paper_prefill_ms": row.prefill_ms,
+            "flags": _flags_for(result, row),
+            "tflops": counted.prefill_tflops, "prefill_ms": counted.prefill_ms,
+            "reproduced": (round(counted.prefill_tflops, 2) == row.tflops
+                           and round(counted.prefill_ms, 2) == row.prefill_ms),
+        }
+    return None
+
+
+def _flags_for(result: Analysis, row: PaperRow) -> List[str]:
+    """The ``llava-aim flops`` flags to add or change so that ``result``'s setting is counted
+    as ``row`` was in the paper."""
+    s, o, flags = result.settings, result.options, []
+    if s["convention"] != "paper":
+        flags.append("--paper-convention")
+    if s["text_tokens"] != row.text_tokens:
+        flags.append(f"--text-tokens {row.text_tokens}")
+    if s["newline_tokens"]:
+        flags.append("--newline-tokens 0")
+    if o.include_mlp_add != row.include_mlp_add:
+        flags.append("--include-mlp-add" if row.include_mlp_add else "(without --include-mlp-add)")
+    if o.flash_attention:
+        flags.append("(without --flash-attention)")
+    defaults = RooflineOptions()
+    for name in ("weight_bytes", "act_bytes", "kv_bytes"):
+        if getattr(o, name) != getattr(defaults, name):
+            flags.append(f"--{name.replace('_', '-')} {getattr(defaults, name):g}")
+    if result.hardware.name != PAPER_HARDWARE:
+        flags.append(f"--hardware {PAPER_HARDWARE}")
+    return flags
