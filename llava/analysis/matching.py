@@ -68,9 +68,9 @@ PAPER_HARDWARE = "nvidia_A100"
 class PaperRow:
     """An AIM (or no-AIM) row of the paper's efficiency tables and the analyze() setting behind it.
 
-    ``include_mlp_add``: the LLaVA-1.5 rows' prefill ms are reproduced only when the second
-    residual add is counted (the figures of the paper's image table; docs/efficiency_model.md);
-    the LLaVA-OneVision rows leave it out.
+    ``include_mlp_add``: the table's ``include_mlp_add`` in tables.json. The LLaVA-1.5 rows'
+    prefill ms are reproduced only when the second residual add is counted (the paper's image
+    table; docs/efficiency_model.md); the LLaVA-OneVision rows leave it out.
     """
 
     name: str
@@ -92,8 +92,8 @@ class PaperRow:
                        hardware=PAPER_HARDWARE, include_mlp_add=self.include_mlp_add)
 
 
-_VIDEO = dict(llm="qwen2-7b", frames=32, tokens_per_frame=196, include_mlp_add=False)
-_IMAGE = dict(llm="vicuna-7b", frames=1, tokens_per_frame=576, include_mlp_add=True)
+_VIDEO = dict(llm="qwen2-7b", frames=32, tokens_per_frame=196)
+_IMAGE = dict(llm="vicuna-7b", frames=1, tokens_per_frame=576)
 
 
 def _row_setting(name: str) -> Optional[Dict[str, Any]]:
@@ -129,7 +129,8 @@ def paper_rows(path: Path = PAPER_TABLES) -> List[PaperRow]:
             if setting is None or entry["row"] in rows or "tflops" not in paper or "prefill_ms" not in paper:
                 continue
             rows[entry["row"]] = PaperRow(entry["row"], paper["tflops"], paper["prefill_ms"],
-                                          text_tokens=table["text_tokens"], **setting)
+                                          text_tokens=table["text_tokens"],
+                                          include_mlp_add=bool(table.get("include_mlp_add", False)), **setting)
     return list(rows.values())
 
 
