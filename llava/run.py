@@ -429,8 +429,9 @@ def format_summary(r: dict) -> str:
 
         merged = merged_media_text(r.get("merged_media", []))
         lines.append(f"merging   : none: {after} visual tokens (this model's family merges {merged} only)")
-    mask = aim.get("pruning_mode") == "mask" and aim["l1"] is not None
-    if r["layer_seq_lens"] and mask:
+    # mask mode: the counts are the tokens left visible; every layer computes the whole prompt
+    mask = bool(r["layer_seq_lens"]) and r.get("computed_tokens_per_layer", r["layer_seq_lens"]) != r["layer_seq_lens"]
+    if mask:
         lines.append(f"tokens each decoder layer keeps visible as keys (prefill; mask mode: all "
                      f"{r['prompt_tokens']} are computed in every layer, pruned ones are only hidden):")
     elif r["layer_seq_lens"]:
@@ -450,8 +451,11 @@ def format_summary(r: dict) -> str:
                      f"{_flops_text(f['baseline_prefill_tflops'])} without AIM: {100 * f['flops_saved']:.1f}% saved "
                      f"({f['flops_reduction']:.2f}x fewer; roofline prediction for this model's shape)")
         if mask:
-            lines.append("            mask mode computes every token in every layer: these are merging's savings "
-                         "only (pruning saves nothing here; --pruning-mode remove saves it)")
+            merged_only = r["prompt_tokens"] == r["text_tokens"] + r["visual_tokens_after_merge"]
+            what = ("the merged-only count (as --no-prune)" if merged_only else
+                    "counted with the placeholders reserved for PruMerge's tokens, which stay in the sequence")
+            lines.append(f"            mask mode computes every token in every layer: {what}; pruning saves no "
+                         "FLOPs here (--pruning-mode remove does)")
     t = r["timings"]
     stages = [("decode", "decode_s"), ("load", "load_s"), ("preprocess", "preprocess_s"), ("generate", "generate_s")]
     lines.append("time      : " + ", ".join(f"{name} {t[key]:.2f}s" for name, key in stages if key in t))
