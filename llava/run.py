@@ -383,8 +383,11 @@ def predicted_prefill(config, r: dict) -> dict:
     from llava.analysis import LLMShape, prefill_cost, prompt_tokens_per_layer, reduction_figures
 
     shape = LLMShape.from_config(config)
-    without = prompt_tokens_per_layer(r["text_tokens"], [r["visual_tokens_before_merge"]] * shape.layers)
-    figures = reduction_figures(prefill_cost(shape, r["computed_tokens_per_layer"]), prefill_cost(shape, without))
+    # A result without the two counts (every placeholder used, tokens removed) defaults to them.
+    text = r.get("text_tokens", r["prompt_tokens"] - r["visual_tokens_after_merge"])
+    computed = r.get("computed_tokens_per_layer") or r["layer_seq_lens"] or [r["prompt_tokens"]] * shape.layers
+    without = prompt_tokens_per_layer(text, [r["visual_tokens_before_merge"]] * shape.layers)
+    figures = reduction_figures(prefill_cost(shape, computed), prefill_cost(shape, without))
     return {key: figures[key] for key in ("prefill_tflops", "baseline_prefill_tflops", "flops_saved",
                                           "flops_reduction")}
 
