@@ -287,9 +287,8 @@ def flops_report(result: Analysis, baseline: Analysis) -> Dict[str, Any]:
         "vision_encoder_tflops": result.vision_encoder.flops / 1e12,
         "vision_encoder_ms": result.vision_encoder.time_s * 1e3,
         "aim_overhead_tflops": result.aim_overhead.flops / 1e12,
-        "aim_overhead_merging_gflops": (result.aim_overhead.flops - result.aim_overhead.part("importance")
-                                        - result.aim_overhead.part("score")) / 1e9,
-        "aim_overhead_importance_gflops": result.aim_overhead.part("importance") / 1e9,
+        "aim_overhead_merging_gflops": overhead_parts(result)["merging"] / 1e9,
+        "aim_overhead_importance_gflops": overhead_parts(result)["importance"] / 1e9,
         "aim_overhead_ms": result.aim_overhead.time_s * 1e3,
         "aim_overhead_fraction": result.aim_overhead.flops / result.prefill_flops,
         "op_totals": result.prefill.op_totals(),
@@ -316,12 +315,18 @@ OVERHEAD_COUNT = {
 }
 
 
+def overhead_parts(result: Analysis) -> Dict[str, float]:
+    """AIM's overhead FLOPs by part: the token scores (importance: AIM's; score: FastV's and
+    PyramidDrop's) and the reduction before the LLM (merging, pooling or PruMerge: the rest)."""
+    o = result.aim_overhead
+    importance, score = o.part("importance"), o.part("score")
+    return {"merging": o.flops - importance - score, "importance": importance, "score": score}
+
+
 def overhead_text(result: Analysis) -> str:
     """'merging 88.25 + importance 4.18 = 92.43 GFLOPs': the overhead's parts, in GFLOPs."""
     o = result.aim_overhead
-    merging = o.flops - o.part("importance") - o.part("score")
-    parts = [("merging", merging), ("importance", o.part("importance")), ("score", o.part("score"))]
-    shown = [f"{name} {flops / 1e9:.2f}" for name, flops in parts if flops]
+    shown = [f"{name} {flops / 1e9:.2f}" for name, flops in overhead_parts(result).items() if flops]
     if len(shown) > 1:
         return " + ".join(shown) + f" = {o.flops / 1e9:.2f} GFLOPs"
     return (shown[0] if shown else "0") + " GFLOPs"
