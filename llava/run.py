@@ -434,11 +434,10 @@ def format_summary(r: dict) -> str:
         lines.append(f"merging   : none: {after} visual tokens (this model's family merges {merged} only)")
     # mask mode: the counts are the tokens left visible; every layer computes the whole prompt
     mask = bool(r["layer_seq_lens"]) and r.get("computed_tokens_per_layer", r["layer_seq_lens"]) != r["layer_seq_lens"]
-    if mask:
-        lines.append(f"tokens each decoder layer keeps visible as keys (prefill; mask mode: all "
-                     f"{r['prompt_tokens']} are computed in every layer, pruned ones are only hidden):")
-    elif r["layer_seq_lens"]:
-        lines.append("tokens entering each decoder layer (prefill):")
+    if r["layer_seq_lens"]:
+        lines.append(f"tokens each decoder layer keeps visible as keys (prefill; mask mode: all {r['prompt_tokens']} "
+                     "are computed in every layer, pruned ones are only hidden):" if mask else
+                     "tokens entering each decoder layer (prefill):")
         top = max(r["layer_seq_lens"])
         for j, n in enumerate(r["layer_seq_lens"]):
             bar = "#" * max(1, round(30 * n / top))

@@ -367,4 +367,5 @@ def test_mask_mode_reports_the_merged_only_flops_it_computes(capsys):
     code, out, err = run_cli(["run", "--frames", "8", "--max-new-tokens", "1", "--pruning-mode", "mask"], capsys)
     assert code == 0, err
     assert "mask mode computes every token in every layer" in out
-    assert "tokens entering each decoder layer" not in out
+    assert "tokens entering each decoder layer" not in out and "keeps visible as keys" in out
+    assert "  layer  7 " in out and "KV cache per layer after generation" in out  # the counts still shown
