@@ -374,9 +374,10 @@ def _row_runs(root: Path, entry: dict, read: Dict[Path, List[Run]]) -> List[Run]
     return []
 
 
-def _predicted_paper_way(run: Run, is_video: bool, text_tokens: int):
+def _predicted_paper_way(run: Run, is_video: bool, text_tokens: int, include_mlp_add: bool = False):
     """(TFLOPs, prefill ms) of the run's setting counted as the paper counts: its text length,
-    no newline token, the paper convention for AIM's schedule, the roofline on an A100."""
+    no newline token, the paper convention for AIM's schedule, the roofline on an A100, and the
+    table's own ``include_mlp_add`` (the image table's ms count the second residual add)."""
     from llava.analysis.roofline import analyze
 
     setting = run_setting(run)
@@ -385,7 +386,8 @@ def _predicted_paper_way(run: Run, is_video: bool, text_tokens: int):
     if llm is None or geometry is None:
         return None, None
     method = getattr(cfg, "method", "aim")
-    common = dict(frames=geometry[0], tokens_per_frame=geometry[1], text_tokens=text_tokens, hardware=PAPER_HARDWARE)
+    common = dict(frames=geometry[0], tokens_per_frame=geometry[1], text_tokens=text_tokens, hardware=PAPER_HARDWARE,
+                  include_mlp_add=include_mlp_add)
     try:
         if method == "aim":
             pruning = cfg.enabled and cfg.l1 is not None and cfg.l1 < llm.layers
@@ -482,7 +484,8 @@ def paper_markdown(root: os.PathLike, table_names: Optional[Sequence[str]] = Non
             if run is not None:
                 setting = run_setting(run)
                 cells.append(run_origin(run, setting))
-                predicted = _predicted_paper_way(run, is_video, table["text_tokens"])
+                predicted = _predicted_paper_way(run, is_video, table["text_tokens"],
+                                                 bool(table.get("include_mlp_add", False)))
                 marks = setting_marks(setting, *paper_row_setting(table, entry))
                 measured_marks = (LIMIT_MARK if run.limit else "") + marks
                 used += measured_marks
