@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
 from conftest import image_inputs, make_image, make_video, qwen_model, video_inputs
+from test_hub_loading import ROOT, hub_env, put_in_hub_cache, python
+
 from llava import AIMConfig, apply_aim
 from llava.analysis.shapes import QWEN_VL_MAX_PIXELS
 from llava.bench.models import BENCH_MODELS
@@ -40,7 +41,6 @@ from llava.eval.args import PLUGIN_MODEL_TYPES
 from llava.model.builder import BUILTIN_MODELS
 from llava.model.families import FAMILIES
 from llava.model.llava_arch import remove_aim
-from test_hub_loading import ROOT, hub_env, put_in_hub_cache, python
 
 NEW_TOKENS = 16
 FAMILY_MODELS = [(family, tiny) for family in FAMILIES for tiny in family.tiny_models]
