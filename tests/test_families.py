@@ -110,7 +110,7 @@ class Case:
 @pytest.fixture
 def case(family, tiny):
     """The tiny model (loaded once per session, AIM off), AIM removed after the test."""
-    model, processor = qwen_model(tiny)
+    model, processor = qwen_model(tiny)  # conftest's session cache; it loads any built-in tiny model
     yield Case(family, tiny, model, processor)
     remove_aim(model, processor)
 
@@ -133,11 +133,11 @@ def generate(model, inputs, n=NEW_TOKENS, **kwargs):
 def test_aim_off_is_the_stock_model_bit_for_bit(case):
     inputs = case.inputs()
     stock_logits = logits_of(case.model, inputs)
-    stock_tokens, _ = generate(case.model, inputs)
+    stock_tokens, _ = generate(case.model, inputs, 8)
     apply_aim(case.model, case.processor, AIMConfig.disabled())
     inputs = case.inputs()
     assert torch.equal(logits_of(case.model, inputs), stock_logits)
-    assert torch.equal(generate(case.model, inputs)[0], stock_tokens)
+    assert torch.equal(generate(case.model, inputs, 8)[0], stock_tokens)
 
 
 @per_family("removal")
