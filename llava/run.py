@@ -34,8 +34,8 @@ def add_run_command(subparsers) -> None:
     p = subparsers.add_parser("run", help="answer a question about a video or image with AIM",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-llava-onevision",
-                   help="built-in name (tiny-llava-onevision, tiny-llava-1.5, tiny-qwen2-vl, tiny-qwen2.5-vl), "
-                        "hub id or local folder")
+                   help="built-in name (tiny-llava-onevision, the default; tiny-llava-1.5, tiny-qwen2-vl, "
+                        "tiny-qwen2.5-vl), hub id or local folder")
     media = p.add_mutually_exclusive_group()
     media.add_argument("--video", help=f"video file (default: the shipped sample, {SAMPLE_VIDEO.name}; "
                                        f"{SAMPLE_IMAGE.name} for image-only models)")
@@ -72,10 +72,14 @@ def add_run_command(subparsers) -> None:
 
     add_method_options(p)
     p.add_argument("--seed", type=int, default=None, help="seed of the random control (--method random; default 0)")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=DTYPES)
-    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
+    p.add_argument("--max-new-tokens", type=int, default=24,
+                   help="answer length limit in tokens; greedy decoding stops earlier at end of text (default 24)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="weights' dtype: auto (default: the checkpoint's own), float32, bfloat16 or float16")
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
+                   help="attention implementation: sdpa (default), eager, or flash_attention_2 (needs the "
+                        "flash-attn package and a GPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     p.set_defaults(func=run_command)
 

@@ -318,3 +318,33 @@ def test_demo_prints_kv_lengths_equal_to_the_tokens_entering_each_layer():
     human = subprocess.run([sys.executable, "-m", "llava", *demo], capture_output=True, text=True, timeout=300,
                            cwd=ROOT)
     assert f"KV cache per layer after generation: {r['kv_cache_lens']} (the tokens entering each layer" in human.stdout
+
+
+# -- help: every option of run and bench says what it does and its default --------------------
+def _subcommand_options(command: str):
+    import argparse
+
+    from llava.cli import build_parser
+
+    [sub] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return [a for a in sub.choices[command]._actions
+            if a.option_strings and not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS]
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_every_option_has_help_showing_its_default(command):
+    missing = [a.option_strings[0] for a in _subcommand_options(command) if not a.help]
+    assert not missing, f"{command}: no help for {missing}"
+    silent = [a.option_strings[0] for a in _subcommand_options(command)
+              if a.default not in (None, False) and "default" not in a.help]
+    assert not silent, f"{command}: the default is not shown for {silent}"
+
+
+def test_paper_tables_help_prints_its_description_once(capsys):
+    from conftest import load_script
+
+    with pytest.raises(SystemExit):
+        load_script("paper_tables").main(["--help"])
+    out = capsys.readouterr().out
+    first_line = "Every row of the AIM paper's tables as a named setting"
+    assert out.count(first_line) == 1 and "--dry-run [ROW ...]" in out

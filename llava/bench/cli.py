@@ -101,21 +101,23 @@ def add_bench_command(subparsers) -> None:
     p.add_argument("--model", choices=["auto", *BENCH_MODELS], default="auto",
                    help="random-weight architecture: small (CPU default), onevision-7b (CUDA default), small-qwen2-vl, "
                         "qwen2-vl-7b, small-qwen2.5-vl, qwen2.5-vl-7b")
-    p.add_argument("--frames", type=int, default=32, help="video frames (Qwen-VL: 2 per temporal group)")
+    p.add_argument("--frames", type=int, default=32, help="video frames (default 32; Qwen-VL: 2 per temporal group)")
     p.add_argument("--tokens-per-frame", type=int, default=None,
                    help="LLaVA-OneVision, LLM-only measurement: visual tokens per frame before merging (default and "
                         "end to end: the model's 196); Qwen-VL models take --max-pixels instead")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="Qwen-VL models: pixels per frame (default 200704: 448 x 448 px, 16 x 16 tokens per temporal "
                         "group); the minimum is the video processors' 100352, below it 3136 (56 x 56 px)")
-    p.add_argument("--text-tokens", type=int, default=100, help="LLM-only measurement: text tokens")
-    p.add_argument("--retention", type=float, default=0.25)
-    p.add_argument("--l1", type=int, help="default: the paper's (14, 22) of 28 layers scaled to the model")
-    p.add_argument("--l2", type=int)
+    p.add_argument("--text-tokens", type=int, default=100, help="LLM-only measurement: text tokens (default 100)")
+    p.add_argument("--retention", type=float, default=0.25,
+                   help="fraction of each frame's tokens kept by merging, in (0, 1] (default 0.25)")
+    p.add_argument("--l1", type=int, help="first pruning layer, 0-based (default: the paper's (14, 22) of 28 "
+                                          "layers scaled to the model)")
+    p.add_argument("--l2", type=int, help="first layer with no visual token (default: as --l1)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds after one warm-up round (median; default 5, with --layerwise 2)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
-                   help="attention of every configuration but 'official', which always runs eager")
+                   help="attention of every configuration but 'official', which always runs eager (default sdpa)")
     p.add_argument("--lm-only", action="store_true", help="skip the end-to-end measurement")
     p.add_argument("--pruning-only", action="store_true", help="also time pruning without merging")
     p.add_argument("--layerwise", action="store_true",
