@@ -8,6 +8,7 @@ than --frames, an image on a model that merges video frames only) say so in a no
 from __future__ import annotations
 
 import itertools
+import os
 import json
 import re
 import shlex
@@ -348,3 +349,26 @@ def test_paper_tables_help_prints_its_description_once(capsys):
     out = capsys.readouterr().out
     first_line = "Every row of the AIM paper's tables as a named setting"
     assert out.count(first_line) == 1 and "--dry-run [ROW ...]" in out
+
+
+def test_make_install_hides_setuptools_editable_box_but_not_other_warnings(tmp_path):
+    # The install recipe as `make demo` runs it, with a stand-in interpreter that emits what
+    # pip forwards from setuptools (the box) and one other warning, which must still show.
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "python"
+    fake.write_text(f"#!{sys.executable}\n"
+                    "import sys, warnings\n"
+                    "if '-e' in sys.argv:\n"
+                    "    warnings.warn('Editable installation.\\n!!\\n  ****\\n  Please be careful\\n  ****\\n!!')\n"
+                    "warnings.warn('a real problem')\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["make", "-B", "install", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
+    assert done.returncode == 0, done.stderr
+    assert "Editable installation" not in done.stderr and "Please be careful" not in done.stderr
+    assert done.stderr.count("UserWarning: a real problem") == 2  # pip's upgrade and the install both still warn
