@@ -428,6 +428,8 @@ def format_summary(r: dict) -> str:
                      f"{_flops_text(f['baseline_prefill_tflops'])} without AIM: {100 * f['flops_saved']:.1f}% saved "
                      f"({f['flops_reduction']:.2f}x fewer; roofline prediction for this model's shape)")
     t = r["timings"]
-    stages = [("decode", "decode_s"), ("load", "load_s"), ("preprocess", "preprocess_s"), ("generate", "generate_s")]
-    lines.append("time      : " + ", ".join(f"{name} {t[key]:.2f}s" for name, key in stages if key in t))
+    # "decode_s" is the media's (video/image decoding), not the LLM's token decoding: say so
+    stages = [("media decoding", "decode_s"), ("model loading", "load_s"), ("preprocessing", "preprocess_s"),
+              ("generation", "generate_s")]
+    lines.append("time      : " + ", ".join(f"{name} {t[key]:.2f} s" for name, key in stages if key in t))
     return "\n".join(lines)

@@ -372,3 +372,11 @@ def test_make_install_hides_setuptools_editable_box_but_not_other_warnings(tmp_p
     assert done.returncode == 0, done.stderr
     assert "Editable installation" not in done.stderr and "Please be careful" not in done.stderr
     assert done.stderr.count("UserWarning: a real problem") == 2  # pip's upgrade and the install both still warn
+
+
+def test_run_timing_line_names_media_decoding(capsys):
+    code, out, err = run_cli(["run", "--frames", "2", "--max-new-tokens", "2"], capsys)
+    assert code == 0, err
+    [line] = [x for x in out.splitlines() if x.startswith("time")]
+    assert re.search(r"media decoding \d+\.\d\d s, model loading \d+\.\d\d s", line), line
+    assert "decode " not in line  # not to be read as the LLM's token decoding
