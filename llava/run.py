@@ -248,8 +248,8 @@ def _llm_video_tokens(config, cfg: AIMConfig, family, merges: bool) -> tuple:
     depth = _decoder_depth(config)
     if cfg.method in STEP_METHODS or cfg.l1 is None:  # STEP: dropped somewhere; layer 0 holds all
         return tokens, tokens * (1 if cfg.method in STEP_METHODS else depth)
-    l1, l2 = cfg.resolve_layers(depth).l1, cfg.resolve_layers(depth).l2  # "auto": the paper's scaled
-    return tokens, sum(visual_tokens_per_layer(tokens, depth, min(l1, l2 - 1), l2))
+    resolved = cfg.resolve_layers(depth, family.official_layers(depth))  # "auto" as apply_aim resolves it
+    return tokens, sum(visual_tokens_per_layer(tokens, depth, resolved.l1, resolved.l2))
 
 
 def _decoder_depth(config) -> int:
