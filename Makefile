@@ -11,13 +11,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.llava-aim-installed
 LOCK_DEP := $(if $(filter none,$(LOCK)),,$(LOCK))
 CONSTRAINT := $(if $(LOCK_DEP),-c $(LOCK_DEP),)
+# setuptools' "Editable installation ... be careful with folders ..." notice is a warning box
+# (pip forwards it; --quiet does not hide it). Ignore that one warning, by the start of its
+# message, in pip and its build backend (after any filters of yours, so it wins); every other
+# warning and error still shows.
+EDITABLE_QUIET = PYTHONWARNINGS="$${PYTHONWARNINGS:+$$PYTHONWARNINGS,}ignore:Editable installation"
 
 .PHONY: demo test install tables clean lock test-oldest test-newest check-upstream
 
 $(STAMP): pyproject.toml $(LOCK_DEP)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(CONSTRAINT) -e ".[test,eval]"
+	$(EDITABLE_QUIET) $(PY) -m pip install --quiet $(CONSTRAINT) -e ".[test,eval]"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -44,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from llava.interrupt import interrupts_end_the_process
+
     try:
-        return int(args.func(args) or 0)
+        with interrupts_end_the_process(f"llava-aim {args.command}"):  # Ctrl-C: within seconds, rc 130
+            return int(args.func(args) or 0)
     except AIMError as exc:
         sys.stderr.write(f"llava-aim {args.command}: error: {exc}\n")
         return 2

@@ -4,17 +4,18 @@
   or ``cuda`` on a machine without a GPU, is a one-line :class:`ResourceError`, not a
   traceback from deep inside ``model.to``);
 * :func:`video_memory_estimate` is a LOWER bound on the memory a video prompt of N frames
-  takes before the language model runs: the decoded frames, the processor's pixel tensor and
-  the vision tower's output for all frames. It never refuses a run that could fit; it refuses
-  one that cannot (``--frames 100000``) before anything is decoded or allocated.
+  takes: the decoded frames, the processor's pixel tensor, the vision tower's output and the
+  language model's prefill (its activations, KV cache and, under eager attention, its score
+  matrix) for all frames. It never refuses a run that could fit; it refuses one that cannot
+  (``--frames 100000``) before anything is decoded or allocated.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 from llava.errors import ResourceError
 
@@ -89,18 +90,46 @@ def device_available_bytes(device) -> Optional[int]:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per frame of each part of a video prompt; ``host`` parts stay in host memory,
-    ``device`` parts go where the model runs (the same memory on cpu)."""
+    """Bytes of each part of a video prompt per frame; ``host`` parts stay in host memory,
+    ``device`` parts go where the model runs (the same memory on cpu). ``device_per_frame_pair``
+    parts grow with the square of the frames (eager attention's score matrix)."""
 
     host_per_frame: Dict[str, int]
     device_per_frame: Dict[str, int]
+    device_per_frame_pair: Dict[str, int] = field(default_factory=dict)
+
+    def _terms(self, same_memory: bool) -> Tuple[int, int]:
+        """(bytes per frame, bytes per frame squared) of the host, or of the device when
+        ``same_memory`` is None."""
+        device = (sum(self.device_per_frame.values()), sum(self.device_per_frame_pair.values()))
+        if same_memory is None:
+            return device
+        host = sum(self.host_per_frame.values())
+        return (host + device[0], device[1]) if same_memory else (host, 0)
 
     def host_bytes(self, frames: int, same_memory: bool) -> int:
-        per = sum(self.host_per_frame.values()) + (sum(self.device_per_frame.values()) if same_memory else 0)
-        return frames * per
+        per, pair = self._terms(same_memory)
+        return frames * per + frames * frames * pair
 
     def device_bytes(self, frames: int) -> int:
-        return frames * sum(self.device_per_frame.values())
+        per, pair = self._terms(None)
+        return frames * per + frames * frames * pair
+
+    def largest_parts(self, frames: int, same_memory: Optional[bool], n: int = 3) -> str:
+        """The ``n`` largest parts at ``frames`` frames, e.g. 'language model KV cache 3.1 GiB, ...'
+        (``same_memory`` as in :meth:`_terms`)."""
+        parts: Dict[str, int] = {}
+        if same_memory is not None:  # the host's memory
+            parts.update({k: frames * v for k, v in self.host_per_frame.items()})
+        if same_memory is not False:  # the device's memory
+            parts.update({k: frames * v for k, v in self.device_per_frame.items()})
+            parts.update({k: frames * frames * v for k, v in self.device_per_frame_pair.items()})
+        top = sorted(parts.items(), key=lambda kv: -kv[1])[:n]
+        return ", ".join(f"{k} {_gib(v)}" for k, v in top if v)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.0f} MiB"
 
 
 def _get(cfg, key, default=None):
@@ -111,13 +140,33 @@ def _get(cfg, key, default=None):
     return getattr(cfg, key, default)
 
 
-def video_memory_estimate(config, clip_width: int, clip_height: int, dtype_bytes: int) -> MemoryEstimate:
+def llm_bytes_per_token(config, dtype_bytes: int) -> Tuple[int, int]:
+    """(KV cache bytes per token per layer, activation bytes per token) of the language model
+    of checkpoint ``config``: keys and values of every key/value head; the residual stream, its
+    normalised copy and the MLP's gate and up projections of the layer being run. (0, 0) where
+    the config does not say."""
+    text = _get(config, "text_config") or config
+    hidden = int(_get(text, "hidden_size", 0) or 0)
+    heads = int(_get(text, "num_attention_heads", 0) or 0)
+    kv_heads = int(_get(text, "num_key_value_heads", 0) or heads)
+    head_dim = int(_get(text, "head_dim", 0) or (hidden // heads if heads else 0))
+    intermediate = int(_get(text, "intermediate_size", 0) or 0)
+    return 2 * kv_heads * head_dim * dtype_bytes, (2 * hidden + 2 * intermediate) * dtype_bytes
+
+
+def video_memory_estimate(config, clip_width: int, clip_height: int, dtype_bytes: int,
+                          llm_tokens_per_frame: int = 0, kv_tokens_per_frame: int = 0,
+                          eager_attention: bool = False) -> MemoryEstimate:
     """The per-frame lower bound of a video prompt for a checkpoint ``config``.
 
     Counted: the decoded RGB frame (uint8, the clip's resolution), the processor's pixel tensor
     (float32 at the vision tower's input size, plus its copy in the model's dtype when that is
-    not float32) and one vision-tower hidden state per patch. Not counted (so the bound stays a
-    bound): weights, the language model's activations and KV cache, every intermediate buffer.
+    not float32), one vision-tower hidden state per patch, and the language model's prefill:
+    ``llm_tokens_per_frame`` visual tokens entering it (after merging) through one layer's
+    activations, the KV cache of ``kv_tokens_per_frame`` (a frame's visual tokens summed over
+    the layers that hold them) and, with eager attention, one layer's score matrix (grows with
+    the square of the frames). Not counted (so the bound stays a bound): weights, text tokens,
+    every other intermediate buffer.
     """
     vision = _get(config, "vision_config")
     side = int(_get(vision, "image_size", 0) or 0)
@@ -125,30 +174,52 @@ def video_memory_estimate(config, clip_width: int, clip_height: int, dtype_bytes
     hidden = int(_get(vision, "hidden_size", 0) or 0)
     host = {"decoded frames": 3 * max(1, clip_width) * max(1, clip_height)}
     device: Dict[str, int] = {}
+    pair: Dict[str, int] = {}
     if side:
         host["pixel tensor"] = 4 * 3 * side * side
         if dtype_bytes != 4:
             device["pixel tensor in the model's dtype"] = dtype_bytes * 3 * side * side
         if patch and hidden:
             device["vision features"] = dtype_bytes * (side // patch) ** 2 * hidden
-    return MemoryEstimate(host, device)
+    kv_per_token, act_per_token = llm_bytes_per_token(config, dtype_bytes)
+    if llm_tokens_per_frame and act_per_token:
+        device["language model activations"] = llm_tokens_per_frame * act_per_token
+        device["language model KV cache"] = kv_tokens_per_frame * kv_per_token
+        if eager_attention:
+            heads = int(_get(_get(config, "text_config") or config, "num_attention_heads", 0) or 0)
+            pair["eager attention scores"] = heads * dtype_bytes * llm_tokens_per_frame ** 2
+    return MemoryEstimate(host, device, pair)
+
+
+def _most_frames(per: int, pair: int, free: int) -> int:
+    """The largest f with f * per + f^2 * pair <= free."""
+    if pair == 0:
+        return max(0, math.floor(free / per))
+    fit = max(0, math.floor((-per + math.sqrt(per * per + 4 * pair * free)) / (2 * pair)))
+    while (fit + 1) * per + (fit + 1) ** 2 * pair <= free:  # float rounding, either way
+        fit += 1
+    while fit > 0 and fit * per + fit * fit * pair > free:
+        fit -= 1
+    return fit
 
 
 def check_video_fits(estimate: MemoryEstimate, frames: int, device, host_free: Optional[int],
                      device_free: Optional[int], flag: str = "--frames") -> None:
     """Refuse ``frames`` when even the lower bound does not fit in the memory that is free."""
     same = device.type == "cpu"
-    checks = [("memory", estimate.host_bytes(1, same), host_free)]  # (where, bytes per frame, free)
+    checks = [("memory", same, host_free)]  # (where, same_memory flag for the estimate, free)
     if not same:
-        checks.append((f"{device.type} memory", estimate.device_bytes(1), device_free))
-    for where, per_frame, free in checks:
-        need = frames * per_frame
-        if free is None or per_frame == 0 or need <= free:
+        checks.append((f"{device.type} memory", None, device_free))
+    for where, same_memory, free in checks:
+        per, pair = estimate._terms(same_memory)
+        need = frames * per + frames * frames * pair
+        if free is None or (per == 0 and pair == 0) or need <= free:
             continue
-        fit = max(0, math.floor(free / per_frame))
+        fit = _most_frames(per, pair, free)
+        parts = estimate.largest_parts(frames, same_memory)
         raise ResourceError(
-            f"{flag} {frames}: the frames alone need at least {need / GIB:.1f} GiB of {where} before the language "
-            f"model runs, and {free / GIB:.1f} GiB is free (room for at most {fit} frames' pixels); pass fewer {flag}"
+            f"{flag} {frames}: a prompt of {frames} frames needs at least {need / GIB:.1f} GiB of {where} "
+            f"({parts}), and {free / GIB:.1f} GiB is free (room for at most {fit} frames); pass fewer {flag}"
             if fit else
             f"{flag} {frames}: not even one frame fits in the {free / GIB:.2f} GiB of {where} that is free"
         )

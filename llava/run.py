@@ -9,6 +9,7 @@ model's own shape) and the time per stage; ``--json`` prints one object and noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -34,8 +35,8 @@ def add_run_command(subparsers) -> None:
     p = subparsers.add_parser("run", help="answer a question about a video or image with AIM",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-llava-onevision",
-                   help="built-in name (tiny-llava-onevision, tiny-llava-1.5, tiny-qwen2-vl, tiny-qwen2.5-vl), "
-                        "hub id or local folder")
+                   help="built-in name (tiny-llava-onevision, the default; tiny-llava-1.5, tiny-qwen2-vl, "
+                        "tiny-qwen2.5-vl), hub id or local folder")
     media = p.add_mutually_exclusive_group()
     media.add_argument("--video", help=f"video file (default: the shipped sample, {SAMPLE_VIDEO.name}; "
                                        f"{SAMPLE_IMAGE.name} for image-only models)")
@@ -72,10 +73,14 @@ def add_run_command(subparsers) -> None:
 
     add_method_options(p)
     p.add_argument("--seed", type=int, default=None, help="seed of the random control (--method random; default 0)")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=DTYPES)
-    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
+    p.add_argument("--max-new-tokens", type=int, default=24,
+                   help="answer length limit in tokens; greedy decoding stops earlier at end of text (default 24)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="weights' dtype: auto (default: the checkpoint's own), float32, bfloat16 or float16")
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
+                   help="attention implementation: sdpa (default), eager, or flash_attention_2 (needs the "
+                        "flash-attn package and a GPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     p.set_defaults(func=run_command)
 
@@ -230,8 +235,72 @@ def _dtype_bytes(args, config) -> int:
     return DTYPE_BYTES.get(declared, 2)  # unknown: the smaller size keeps the estimate a lower bound
 
 
+def _llm_video_tokens(config, cfg: AIMConfig, family, merges: bool) -> tuple:
+    """(visual tokens per frame entering the language model, a frame's visual tokens summed
+    over the decoder layers that hold them in the KV cache): LOWER bounds for the memory
+    pre-check. Counted for LLaVA-OneVision-family frames (the vision tower's patches pooled
+    2x2, then merged); (0, 0) where the count depends on more than the config (Qwen-VL's
+    resolution) or on the content (PruMerge's selection)."""
+    from llava.aim.merge import merged_token_count
+    from llava.aim.schedule import visual_tokens_per_layer
+
+    vision = getattr(config, "vision_config", None)
+    side, patch = getattr(vision, "image_size", 0) or 0, getattr(vision, "patch_size", 0) or 0
+    if family.name != "onevision" or not (side and patch) or cfg.method in PRUMERGE_METHODS:
+        return 0, 0
+    tokens = (-(-(side // patch) // 2)) ** 2  # 27 x 27 patches pooled to 14 x 14 = 196
+    if merges and cfg.retention < 1:
+        tokens = merged_token_count(tokens, cfg.retention, cfg.merge_count)
+    depth = _decoder_depth(config)
+    if cfg.method in STEP_METHODS or cfg.l1 is None:  # STEP: dropped somewhere; layer 0 holds all
+        return tokens, tokens * (1 if cfg.method in STEP_METHODS else depth)
+    resolved = cfg.resolve_layers(depth, family.official_layers(depth))  # "auto" as apply_aim resolves it
+    return tokens, sum(visual_tokens_per_layer(tokens, depth, resolved.l1, resolved.l2))
+
+
 def _decoder_depth(config) -> int:
     return int(getattr(getattr(config, "text_config", None) or config, "num_hidden_layers"))
+
+
+#: From this many frames on, run says when each slow stage starts (stderr; never with --json).
+STAGE_NOTES_MIN_FRAMES = 64
+
+
+def _stage_notes(show: bool):
+    """say(text): one stderr line as a slow stage starts (long prompts only), so minutes of
+    preprocessing or prefill do not look like a hang."""
+    def say(text: str) -> None:
+        if show:
+            sys.stderr.write(f"llava-aim run: {text}\n")
+            sys.stderr.flush()
+    return say
+
+
+@contextlib.contextmanager
+def prefill_progress(model, show: bool):
+    """A progress bar over the decoder layers of the prefill (the first forward of generate;
+    the one-token steps after it are not counted). tqdm's delay keeps it off for a quick run."""
+    from tqdm.auto import tqdm
+
+    layers = list(model.model.language_model.layers)
+    bar = tqdm(total=len(layers), desc="prefill", unit="layer", leave=False, delay=2.0, disable=not show,
+               file=sys.stderr)
+    handles = []
+
+    def done_one(module, args, output) -> None:
+        bar.update(1)
+        if bar.n >= len(layers):  # the prefill is through: the decoding steps go untracked
+            for h in handles:
+                h.remove()
+            bar.close()
+
+    handles.extend(layer.register_forward_hook(done_one) for layer in layers)
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        bar.close()
 
 
 def _too_few_frames(total: int, asked: int) -> str:
@@ -275,14 +344,19 @@ def run_command(args) -> int:
         total, width, height = probe_video(media_path)
         if args.frames is not None and total < args.frames and sampling == "uniform":
             raise AIMConfigError(_too_few_frames(total, args.frames))
-        take = min(frames, total)
-        estimate = video_memory_estimate(config, width, height, _dtype_bytes(args, config))
+        take = frames if sampling == "official" else min(frames, total)  # official repeats frames up to N
+        llm_tokens, kv_tokens = _llm_video_tokens(config, cfg, family, merges)
+        estimate = video_memory_estimate(config, width, height, _dtype_bytes(args, config), llm_tokens, kv_tokens,
+                                         eager_attention=args.attn == "eager")
         check_video_fits(estimate, take, device, host_available_bytes(),
                          device_available_bytes(device) if device.type != "cpu" else None)
     # tqdm bar for long clips (see llava.video); never with --json, which prints one object only
     progress = False if args.json else None
     # a short clip is asked for the frames it has (the note below says so; the library would warn again)
     asked = take if is_video and sampling == "uniform" else frames
+    fed = take if is_video else 1
+    say = _stage_notes(not args.json and fed >= STAGE_NOTES_MIN_FRAMES)
+    say(f"decoding {fed} frames of {Path(media_path).name}")
     media = load_video(media_path, asked, progress=progress, sampling=sampling) if is_video else load_image(media_path)
     if is_video and media.shape[0] < frames:
         if args.frames is not None:  # the header promised more frames than decoding found
@@ -292,6 +366,7 @@ def run_command(args) -> int:
     timings["decode_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    say(f"loading {args.model}")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model, processor = load_pretrained_model(source, aim=None, torch_dtype=dtype, attn_implementation=args.attn)
     model.to(device)
@@ -306,6 +381,7 @@ def run_command(args) -> int:
     conversation = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     media_kw = {"videos": [media]} if is_video else {"images": [media]}
+    say(f"preprocessing {fed} frames (resizing, normalising)")
     inputs = processor(text=prompt, return_tensors="pt", **media_kw).to(device)
     if model.dtype != torch.float32:
         for key in ("pixel_values", "pixel_values_videos"):
@@ -314,7 +390,8 @@ def run_command(args) -> int:
     timings["preprocess_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    say(f"vision tower on {fed} frames, then the prefill of {int(inputs['input_ids'].shape[1])} tokens")
+    with torch.inference_mode(), prefill_progress(model, show=not args.json):
         output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
     timings["generate_s"] = time.perf_counter() - t0
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
@@ -459,6 +536,8 @@ def format_summary(r: dict) -> str:
             lines.append(f"            mask mode computes every token in every layer: {what}; pruning saves no "
                          "FLOPs here (--pruning-mode remove does)")
     t = r["timings"]
-    stages = [("decode", "decode_s"), ("load", "load_s"), ("preprocess", "preprocess_s"), ("generate", "generate_s")]
-    lines.append("time      : " + ", ".join(f"{name} {t[key]:.2f}s" for name, key in stages if key in t))
+    # "decode_s" is the media's (video/image decoding), not the LLM's token decoding: say so
+    stages = [("media decoding", "decode_s"), ("model loading", "load_s"), ("preprocessing", "preprocess_s"),
+              ("generation", "generate_s")]
+    lines.append("time      : " + ", ".join(f"{name} {t[key]:.2f} s" for name, key in stages if key in t))
     return "\n".join(lines)

@@ -31,11 +31,12 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from llava.errors import (
     AIMConfigError,
@@ -152,11 +153,71 @@ def _check_path(path: str | os.PathLike[str], kind: str) -> Path:
 def _wrap_error(p: Path, kind: str, e: BaseException) -> MediaDecodeError:
     if isinstance(e, PermissionError):
         return MediaDecodeError(f"no permission to read {kind} file '{p}': {e}. Fix its permissions (e.g. chmod +r).")
+    if kind == "image":
+        return _image_error(p, e)
+    cut = _truncation(p)
+    if cut:
+        return MediaDecodeError(f"video file '{p}' is truncated or corrupt ({cut}). Re-download or re-create it.")
     return MediaDecodeError(
-        f"cannot decode {kind} file '{p}' ({type(e).__name__}: {e}). The file may be corrupt, "
-        f"truncated, or not a {kind}; re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4) or pass "
+        f"cannot decode video file '{p}' ({type(e).__name__}: {e}). The file may be corrupt, "
+        f"truncated, or not a video; re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4) or pass "
         f"another file."
     )
+
+
+_BOMB = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
+
+
+def _image_error(p: Path, e: BaseException) -> MediaDecodeError:
+    """The image-file error in the user's terms: not an image, too large, or unreadable."""
+    if isinstance(e, Image.DecompressionBombError):
+        m = _BOMB.search(str(e))
+        if m:
+            pixels, limit = int(m.group(1)), int(m.group(2))
+            return MediaDecodeError(
+                f"image file '{p}' is too large: {pixels / 1e6:.0f} megapixels, {pixels / limit:.2f}x the "
+                f"{limit / 1e6:.0f} megapixels PIL decodes (twice PIL.Image.MAX_IMAGE_PIXELS, its guard against "
+                f"decompression bombs). Downscale it (the models resize images to under 1 megapixel anyway)."
+            )
+        return MediaDecodeError(f"image file '{p}' is too large for PIL to decode ({e}). Downscale it.")
+    if isinstance(e, UnidentifiedImageError):
+        return MediaDecodeError(
+            f"'{p}' is not an image file (PIL recognises no image format in it). Pass a PNG, JPEG, WebP, "
+            f"BMP or GIF file."
+        )
+    return MediaDecodeError(
+        f"cannot decode image file '{p}' ({type(e).__name__}: {e}). The file may be truncated or corrupt; "
+        f"re-save it (e.g. as PNG) or pass another file."
+    )
+
+
+def _truncation(p: Path) -> str:
+    """Why an MP4/MOV-family file (ISO boxes) is cut short: a top-level box that runs past
+    the end of the file; '' when the boxes are whole or the file is not of that family."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8 or head[4:8] != b"ftyp":
+                return ""
+            at = 0
+            while at + 8 <= size:
+                fh.seek(at)
+                box = fh.read(16)
+                length, name = int.from_bytes(box[:4], "big"), box[4:8].decode("latin-1")
+                if length == 1 and len(box) >= 16:
+                    length = int.from_bytes(box[8:16], "big")
+                elif length == 0:  # "to the end of the file"
+                    return ""
+                if length < 8:
+                    return f"a malformed '{name}' box at byte {at}"
+                if at + length > size:
+                    return (f"its '{name}' box ends at byte {at + length} but the file ends at byte {size}: "
+                            f"{at + length - size} bytes are missing")
+                at += length
+    except OSError:
+        return ""
+    return ""
 
 
 def _progress(show: bool, total: int | None, desc: str):
@@ -179,6 +240,12 @@ def _pick_video_stream(container, p: Path):
 
     streams = list(container.streams.video)
     if not streams:
+        cut = _truncation(p)
+        if cut:  # an MP4 cut short before its stream table: say so, not "no video stream"
+            raise MediaDecodeError(f"video file '{p}' is truncated or corrupt ({cut}). Re-download or re-create it.")
+        if not container.streams:
+            raise MediaDecodeError(f"'{p}' holds no streams at all: it is truncated, corrupt or not a video file. "
+                                   "Pass a video file (e.g. .mp4, .mkv, .webm).")
         raise MediaDecodeError(f"'{p}' has no video stream. Pass a video file (e.g. .mp4, .mkv, .webm).")
     # `&` and bool() work whether PyAV's Disposition is a Flag (PyAV 15) or an IntFlag (newer).
     attached = av.stream.Disposition.attached_pic
@@ -336,7 +403,10 @@ def _load_video_pyav(p: Path, num_frames: int, progress: bool | None, sampling: 
     if frames is None:
         # The header/packet count was off: sample again over the exact decoded count.
         if decoded == 0:
-            raise EmptyMediaError(f"video file '{p}' holds no decodable frames. Pass a video with at least one frame.")
+            cut = _truncation(p)
+            raise EmptyMediaError(f"video file '{p}' is truncated or corrupt ({cut}): no frame decodes. Re-download "
+                                  "or re-create it." if cut else
+                                  f"video file '{p}' holds no decodable frames. Pass a video with at least one frame.")
         logger.debug("'%s': expected %d frames, decoded %d; resampling", p, total, decoded)
         frames, decoded2 = _decode_selected(p, decoded, num_frames, progress, sampling)
         if frames is None:

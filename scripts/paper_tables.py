@@ -373,7 +373,8 @@ def list_rows(rows: Sequence[Row]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="paper_tables.py", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.partition("\n")[2].strip("\n"))  # the rest: once
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--list", action="store_true", help="show every row (or the ROWs named)")
     mode.add_argument("--dry-run", action="store_true", help="print each run's exact command")

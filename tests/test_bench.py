@@ -238,3 +238,76 @@ def test_prefill_estimate_grows_with_tokens_and_eager_costs_more(n, extra):
         assert (prefill_bytes(cfg, PrefillShape(n, eager=True), 2)
                 > prefill_bytes(cfg, PrefillShape(n, explicit_mask=True), 2)
                 >= prefill_bytes(cfg, PrefillShape(n), 2))
+
+
+# -- load: a busy machine's timings are reported as not usable, not judged -------------------
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch):
+    """The suite runs on shared machines: the bench tests see an idle one unless they say."""
+    import time
+
+    from llava.bench import cli as bench_cli
+    from llava.bench.load import LoadSample
+
+    monkeypatch.setattr(bench_cli, "sample", lambda: LoadSample(0.0, time.process_time(), time.perf_counter()))
+
+
+def _busy_machine(monkeypatch, load: float = 8.0, cores: int = 2):
+    import time
+
+    from llava.bench import cli as bench_cli
+    from llava.bench import load as bench_load
+
+    monkeypatch.setattr(bench_load, "usable_cores", lambda: cores)
+    monkeypatch.setattr(bench_cli, "usable_cores", lambda: cores)
+    monkeypatch.setattr(bench_cli, "sample",
+                        lambda: bench_load.LoadSample(load, time.process_time(), time.perf_counter()))
+
+
+def test_load_assessment_subtracts_the_runs_own_share():
+    from llava.bench.load import LoadSample, assess
+
+    before = LoadSample(0.2, cpu_s=10.0, wall_s=100.0)
+    own_work = LoadSample(2.1, cpu_s=30.0, wall_s=110.0)  # the run kept 2 cores busy: load 2.1 is its own
+    idle = assess(before, own_work, threads=2, cores=2)
+    assert idle["own_cores"] == pytest.approx(2.0) and idle["other_cores"] == pytest.approx(0.2)
+    assert idle["busy"] is False
+    contended = assess(before, LoadSample(6.0, cpu_s=15.0, wall_s=110.0), threads=2, cores=2)
+    assert contended["other_cores"] == pytest.approx(5.5) and contended["busy"] is True
+    busy_before = assess(LoadSample(5.0, 0.0, 0.0), LoadSample(5.0, 1.0, 1.0), threads=2, cores=2)
+    assert busy_before["busy"] is True
+    # 4 of 16 cores used by the run: other work on 10 of the other 12 leaves it alone
+    assert assess(LoadSample(10.0, 0, 0), LoadSample(10.0, 0, 1), threads=4, cores=16)["busy"] is False
+    assert assess(LoadSample(None, 0, 0), LoadSample(None, 0, 1), threads=1)["busy"] is None
+
+
+def test_load_sample_reads_this_machine():
+    import os
+
+    from llava.bench.load import sample, usable_cores
+
+    s = sample()
+    assert s.cpu_s > 0 and 1 <= usable_cores() <= (os.cpu_count() or 1)
+    if hasattr(os, "getloadavg"):
+        assert s.loadavg is not None and s.loadavg >= 0
+
+
+def test_bench_on_a_busy_machine_says_the_figures_are_not_usable(monkeypatch, capsys):
+    _busy_machine(monkeypatch)
+    assert main(["bench", "--frames", "1", "--repeats", "1", "--lm-only"]) == 0
+    out, err = capsys.readouterr()
+    assert "the machine is busy" in err  # before the long part
+    assert "NOT USABLE" in out and "not judged: machine busy" in out
+    assert "NOT met" not in out and ": met" not in out
+
+
+def test_layerwise_on_a_busy_machine_is_not_judged(monkeypatch, capsys):
+    _busy_machine(monkeypatch)
+    assert main(["bench", "--layerwise", "--model", "small", "--frames", "2", "--repeats", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["load"]["busy"] is True and r["load"]["other_cores"] == pytest.approx(8.0, abs=2.1)
+    assert r["goals"]["overhead_met"] is None
+    from llava.bench.report import format_layerwise
+
+    text = format_layerwise(r)
+    assert "NOT USABLE" in text and "NOT met" not in text

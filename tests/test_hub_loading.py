@@ -60,12 +60,16 @@ def hf_home(tmp_path_factory) -> Path:
     return home
 
 
+#: Variables of the user's shell that change how a hub id resolves; the tests set their own.
+USER_HUB_VARIABLES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_")
+
+
 def hub_env(hf_home: Path, offline: bool = True, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    """The environment of one case: the user's HF_* / HUGGINGFACE_* / TRANSFORMERS_* dropped
+    (TRANSFORMERS_OFFLINE=1 alone turns huggingface_hub offline), then this case's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(USER_HUB_VARIABLES)}
     env.update(HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"), HF_HUB_DISABLE_TELEMETRY="1",
-               TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
-    if offline:
-        env["HF_HUB_OFFLINE"] = "1"
+               TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1" if offline else "0")
     env.update(extra)
     return env
 
@@ -171,6 +175,37 @@ def test_missing_hub_id_with_unreachable_hub_fails_fast(hf_home):
     found = timed_locate("llava-aim-test/not-in-the-cache", env)
     assert found["error"] is not None and found["seconds"] < 4.0, found
     assert "cannot be reached" in found["error"]
+
+
+def test_hub_env_ignores_the_users_offline_variables(monkeypatch, tmp_path):
+    # A cluster node exports both; a case that needs the hub "online" must still get it.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    online, offline = hub_env(tmp_path, offline=False), hub_env(tmp_path)
+    assert "TRANSFORMERS_OFFLINE" not in online and online["HF_HUB_OFFLINE"] == "0"
+    assert offline["HF_HUB_OFFLINE"] == "1"
+
+
+def test_known_names_missing_from_the_cache_get_no_did_you_mean(hf_home):
+    # The README's id, uncached offline: it is right, only not downloaded; no "-72b / 0.5b / 7b-si?".
+    done = python("""
+        import json
+        from llava.errors import ModelLoadError
+        from llava.model.builder import CHECKPOINT_ALIASES, locate_checkpoint
+        out = {}
+        for name in sorted(set(CHECKPOINT_ALIASES) | set(CHECKPOINT_ALIASES.values())):
+            try:
+                out[name] = "located " + locate_checkpoint(name)
+            except ModelLoadError as exc:
+                out[name] = str(exc)
+        print(json.dumps(out))
+    """, hub_env(hf_home))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    readme = "lmms-lab/llava-onevision-qwen2-7b-ov"
+    assert "not in the Hugging Face cache" in out[readme] and "HF_HUB_OFFLINE=1" in out[readme]
+    for name, error in out.items():
+        assert "did you mean" not in error, (name, error)
 
 
 def one_line_exit_2(done: subprocess.CompletedProcess) -> str:

@@ -8,6 +8,7 @@ than --frames, an image on a model that merges video frames only) say so in a no
 from __future__ import annotations
 
 import itertools
+import os
 import json
 import re
 import shlex
@@ -127,7 +128,7 @@ def test_frames_beyond_memory_refused_before_decoding(tmp_path, capsys):
     if free is not None and free > 200 * 2**30:
         pytest.skip("this machine has room for 100000 frames' pixels")
     line = refused(["run", "--video", str(clip), "--frames", "100000"], capsys)
-    assert line.startswith("llava-aim run: error: --frames 100000: the frames alone need at least")
+    assert line.startswith("llava-aim run: error: --frames 100000: a prompt of 100000 frames needs at least")
     fit = int(re.search(r"room for at most (\d+) frames", line).group(1))
     assert 0 < fit < 100_000 and "pass fewer --frames" in line
 
@@ -137,7 +138,7 @@ def test_frames_check_uses_the_free_memory(monkeypatch, capsys):
 
     monkeypatch.setattr(llava.resources, "host_available_bytes", lambda: 50 << 20)  # 50 MiB free
     line = refused(["run", "--frames", "64"], capsys)
-    fit = int(re.search(r"0\.0 GiB is free \(room for at most (\d+) frames' pixels\)", line).group(1))
+    fit = int(re.search(r"0\.0 GiB is free \(room for at most (\d+) frames\)", line).group(1))
     assert 0 < fit < 64  # 256x256 frames + 384x384 float32 pixels: about 1.8 MiB a frame
     monkeypatch.setattr(llava.resources, "host_available_bytes", lambda: 1 << 20)
     assert "not even one frame fits" in refused(["run", "--frames", "2"], capsys)
@@ -369,3 +370,172 @@ def test_mask_mode_reports_the_merged_only_flops_it_computes(capsys):
     assert "mask mode computes every token in every layer" in out
     assert "tokens entering each decoder layer" not in out and "keeps visible as keys" in out
     assert "  layer  7 " in out and "KV cache per layer after generation" in out  # the counts still shown
+
+
+# -- help: every option of run and bench says what it does and its default --------------------
+def _subcommand_options(command: str):
+    import argparse
+
+    from llava.cli import build_parser
+
+    [sub] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return [a for a in sub.choices[command]._actions
+            if a.option_strings and not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS]
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_every_option_has_help_showing_its_default(command):
+    missing = [a.option_strings[0] for a in _subcommand_options(command) if not a.help]
+    assert not missing, f"{command}: no help for {missing}"
+    silent = [a.option_strings[0] for a in _subcommand_options(command)
+              if a.default not in (None, False) and "default" not in a.help]
+    assert not silent, f"{command}: the default is not shown for {silent}"
+
+
+def test_paper_tables_help_prints_its_description_once(capsys):
+    from conftest import load_script
+
+    with pytest.raises(SystemExit):
+        load_script("paper_tables").main(["--help"])
+    out = capsys.readouterr().out
+    first_line = "Every row of the AIM paper's tables as a named setting"
+    assert out.count(first_line) == 1 and "--dry-run [ROW ...]" in out
+
+
+def test_make_install_hides_setuptools_editable_box_but_not_other_warnings(tmp_path):
+    # The install recipe as `make demo` runs it, with a stand-in interpreter that emits what
+    # pip forwards from setuptools (the box) and one other warning, which must still show.
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "python"
+    fake.write_text(f"#!{sys.executable}\n"
+                    "import sys, warnings\n"
+                    "if '-e' in sys.argv:\n"
+                    "    warnings.warn('Editable installation.\\n!!\\n  ****\\n  Please be careful\\n  ****\\n!!')\n"
+                    "warnings.warn('a real problem')\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["make", "-B", "install", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
+    assert done.returncode == 0, done.stderr
+    assert "Editable installation" not in done.stderr and "Please be careful" not in done.stderr
+    assert done.stderr.count("UserWarning: a real problem") == 2  # pip's upgrade and the install both still warn
+
+
+def test_run_timing_line_names_media_decoding(capsys):
+    code, out, err = run_cli(["run", "--frames", "2", "--max-new-tokens", "2"], capsys)
+    assert code == 0, err
+    [line] = [x for x in out.splitlines() if x.startswith("time")]
+    assert re.search(r"media decoding \d+\.\d\d s, model loading \d+\.\d\d s", line), line
+    assert "decode " not in line  # not to be read as the LLM's token decoding
+
+
+# -- long runs: progress on stderr, and Ctrl-C ends them within seconds -----------------------
+def test_ctrl_c_during_a_long_run_exits_130_within_seconds_and_prints_nothing(tmp_path):
+    import os
+    import signal
+    import time
+
+    # 200 repeated frames: 39k prompt tokens, a prefill of minutes on a CPU (long native calls)
+    cmd = [sys.executable, "-m", "llava", "run", "--frames", "200", "--frame-sampling", "official", "--no-aim",
+           "--max-new-tokens", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env=env)
+        try:
+            deadline = time.monotonic() + 240
+            while "llava-aim run: preprocessing 200 frames" not in err_path.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, err_path.read_text()[-2000:]
+                time.sleep(0.2)
+            time.sleep(1.0)  # inside the processor or the model: native code
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            proc.kill()
+    stages = [line for line in err_path.read_text().splitlines() if line.startswith("llava-aim run: ")]
+    assert stages[0] == "llava-aim run: decoding 200 frames of sample_video.mp4"  # progress, stage by stage
+    assert proc.returncode == 130 and took < 6, (proc.returncode, took, err_path.read_text()[-1000:])
+    assert out == b""  # nothing partial
+    assert "interrupted" in err_path.read_text().splitlines()[-1]
+
+
+# -- the memory pre-check: the frames actually fed, and the language model's share -------------
+def test_official_sampling_checks_the_repeated_frames_before_decoding(monkeypatch, capsys):
+    import llava.resources
+    import llava.video
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before the memory check")
+
+    monkeypatch.setattr(llava.video, "load_video", no_decoding)
+    monkeypatch.setattr(llava.resources, "host_available_bytes", lambda: 2 << 30)  # 2 GiB free
+    # the sample clip has 64 frames; official sampling feeds all 5000 (repeats), about 9 GiB
+    line = refused(["run", "--frames", "5000", "--frame-sampling", "official"], capsys)
+    assert "--frames 5000: a prompt of 5000 frames needs at least" in line and "pixel tensor" in line
+    fit = int(re.search(r"room for at most (\d+) frames", line).group(1))
+    assert 64 < fit < 5000
+
+
+QWEN2_7B_OV = {"vision_config": {"image_size": 384, "patch_size": 14, "hidden_size": 1152},
+               "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                               "num_attention_heads": 28, "num_key_value_heads": 4}}
+
+
+def test_memory_estimate_counts_the_language_models_kv_and_activations():
+    from llava.resources import check_video_fits, llm_bytes_per_token, video_memory_estimate
+
+    kv, act = llm_bytes_per_token(QWEN2_7B_OV, 2)
+    assert kv == 2 * 4 * 128 * 2 and act == (2 * 3584 + 2 * 18944) * 2
+    vision_only = video_memory_estimate(QWEN2_7B_OV, 640, 360, 2)
+    full = video_memory_estimate(QWEN2_7B_OV, 640, 360, 2, llm_tokens_per_frame=196, kv_tokens_per_frame=196 * 28)
+    assert full.device_per_frame["language model KV cache"] == 196 * 28 * kv
+    assert full.device_per_frame["language model activations"] == 196 * act
+    assert full.device_bytes(1) == vision_only.device_bytes(1) + 196 * 28 * kv + 196 * act
+    # 2000 frames: the pixels fit in 20 GiB of GPU memory, the prefill does not
+    free = 20 << 30
+    assert vision_only.device_bytes(2000) < free < full.device_bytes(2000)
+    with pytest.raises(Exception, match="language model KV cache") as err:
+        check_video_fits(full, 2000, torch.device("cuda"), None, free)
+    fit = int(re.search(r"at most (\d+) frames", str(err.value)).group(1))
+    assert full.device_bytes(fit) <= free < full.device_bytes(fit + 1)
+
+
+@given(frames=st.integers(1, 5000), free=st.integers(0, 1 << 40), heads=st.integers(1, 32))
+def test_eager_scores_grow_with_the_square_and_the_suggestion_fits(frames, free, heads):
+    from llava.errors import ResourceError
+    from llava.resources import check_video_fits, video_memory_estimate
+
+    config = {**QWEN2_7B_OV, "text_config": {**QWEN2_7B_OV["text_config"], "num_attention_heads": heads * 4}}
+    eager = video_memory_estimate(config, 64, 64, 4, 49, 49 * 8, eager_attention=True)
+    assert eager.device_per_frame_pair["eager attention scores"] == heads * 4 * 4 * 49 * 49
+    cpu = torch.device("cpu")
+    try:
+        check_video_fits(eager, frames, cpu, free, None)
+    except ResourceError as exc:
+        assert eager.host_bytes(frames, True) > free
+        found = re.search(r"at most (\d+) frames", str(exc))
+        if found:
+            fit = int(found.group(1))
+            assert eager.host_bytes(fit, True) <= free < eager.host_bytes(fit + 1, True)
+    else:
+        assert eager.host_bytes(frames, True) <= free
+
+
+def test_llm_tokens_of_the_pre_check_follow_merging_and_pruning():
+    from llava.aim.config import AIMConfig
+    from llava.aim.schedule import visual_tokens_per_layer
+    from llava.model.builder import checkpoint_config
+    from llava.run import _llm_video_tokens
+
+    _, config, family = checkpoint_config("tiny-llava-onevision")
+    assert _llm_video_tokens(config, AIMConfig.disabled(), family, True) == (196, 196 * 8)
+    tokens, kv = _llm_video_tokens(config, AIMConfig(retention=0.25), family, True)  # "auto" layers: (4, 6)
+    assert tokens == 49 and kv == sum(visual_tokens_per_layer(49, 8, 4, 6))
+    _, qwen, qwen_family = checkpoint_config("tiny-qwen2-vl")
+    assert _llm_video_tokens(qwen, AIMConfig(retention=0.25), qwen_family, True) == (0, 0)  # by resolution

@@ -350,6 +350,51 @@ def test_load_image_rgba_to_rgb(tmp_path):
     assert img.getpixel((0, 0))[0] == 255
 
 
+def test_text_file_as_image_is_not_an_image_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("plain text, not pixels\n" * 20)
+    with pytest.raises(MediaDecodeError) as err:
+        load_image(path)
+    msg = str(err.value)
+    assert "not an image file" in msg and "notes.txt" in msg
+    assert "ffmpeg" not in msg and "a image" not in msg
+
+
+def test_huge_valid_png_is_too_large_not_corrupt(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("1", (16000, 16000)).save(path)  # 256 Mpixels, a 31 kB file: PIL refuses it as a bomb
+    with pytest.raises(MediaDecodeError) as err:
+        load_image(path)
+    msg = str(err.value)
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    assert "too large" in msg and "256 megapixels" in msg and f"{256e6 / limit:.2f}x" in msg
+    assert "corrupt" not in msg
+
+
+def _faststart_sample(path: Path) -> bytes:
+    """The shipped sample remuxed with its 'moov' box (the stream table) before the data."""
+    with av.open(str(ASSETS / "sample_video.mp4")) as src, \
+            av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("keep", [100, 300, 2000])
+def test_truncated_mp4_is_called_truncated(tmp_path, keep):
+    data = _faststart_sample(tmp_path / "whole.mp4")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:keep])
+    with pytest.raises(MediaError) as err:
+        load_video(cut, 4, backend="pyav")
+    msg = str(err.value)
+    assert "truncated or corrupt" in msg and f"the file ends at byte {keep}" in msg
+    assert "no video stream" not in msg
+
+
 # ----------------------------------------------------------------- decord backend (faked)
 
 

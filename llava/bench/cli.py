@@ -54,6 +54,7 @@ from llava.aim.config import AIMConfig
 from llava.aim.merge import merged_token_count
 from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, aim_default_layers
 from llava.bench.cases import OFFICIAL_ATTENTION, PrefillCase, default_cases, method_case
+from llava.bench.load import assess, judged, sample, usable_cores
 from llava.bench.measure import (
     measure_layerwise,
     measure_lm_overhead,
@@ -101,21 +102,23 @@ def add_bench_command(subparsers) -> None:
     p.add_argument("--model", choices=["auto", *BENCH_MODELS], default="auto",
                    help="random-weight architecture: small (CPU default), onevision-7b (CUDA default), small-qwen2-vl, "
                         "qwen2-vl-7b, small-qwen2.5-vl, qwen2.5-vl-7b")
-    p.add_argument("--frames", type=int, default=32, help="video frames (Qwen-VL: 2 per temporal group)")
+    p.add_argument("--frames", type=int, default=32, help="video frames (default 32; Qwen-VL: 2 per temporal group)")
     p.add_argument("--tokens-per-frame", type=int, default=None,
                    help="LLaVA-OneVision, LLM-only measurement: visual tokens per frame before merging (default and "
                         "end to end: the model's 196); Qwen-VL models take --max-pixels instead")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="Qwen-VL models: pixels per frame (default 200704: 448 x 448 px, 16 x 16 tokens per temporal "
                         "group); the minimum is the video processors' 100352, below it 3136 (56 x 56 px)")
-    p.add_argument("--text-tokens", type=int, default=100, help="LLM-only measurement: text tokens")
-    p.add_argument("--retention", type=float, default=0.25)
-    p.add_argument("--l1", type=int, help="default: the paper's (14, 22) of 28 layers scaled to the model")
-    p.add_argument("--l2", type=int)
+    p.add_argument("--text-tokens", type=int, default=100, help="LLM-only measurement: text tokens (default 100)")
+    p.add_argument("--retention", type=float, default=0.25,
+                   help="fraction of each frame's tokens kept by merging, in (0, 1] (default 0.25)")
+    p.add_argument("--l1", type=int, help="first pruning layer, 0-based (default: the paper's (14, 22) of 28 "
+                                          "layers scaled to the model)")
+    p.add_argument("--l2", type=int, help="first layer with no visual token (default: as --l1)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds after one warm-up round (median; default 5, with --layerwise 2)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
-                   help="attention of every configuration but 'official', which always runs eager")
+                   help="attention of every configuration but 'official', which always runs eager (default sdpa)")
     p.add_argument("--lm-only", action="store_true", help="skip the end-to-end measurement")
     p.add_argument("--pruning-only", action="store_true", help="also time pruning without merging")
     p.add_argument("--layerwise", action="store_true",
@@ -313,6 +316,7 @@ def bench_command(args) -> int:
     import transformers
 
     device = _check_args(args)
+    before = sample()  # the load before anything is built (see llava.bench.load)
     spec = bench_model(args.model, device, layerwise=args.layerwise)
     inp = bench_input(args, spec)
     _check_method(args, spec)
@@ -324,11 +328,14 @@ def bench_command(args) -> int:
         AIMConfig(retention=args.retention, l1=args.l1, l2=args.l2).check_against_model(num_layers)
     say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     bar = _progress_bar(args.json)
+    if assess(before, before, _bench_threads(device))["busy"]:  # say it now, not after the whole run
+        say(f"llava-aim bench: warning: the machine is busy (load average {before.loadavg:.1f} on "
+            f"{usable_cores()} cores): the timings will not be usable")
 
     if args.layerwise:
         check_fits(estimate_layerwise_memory(args, text_config, dtype_bytes, inp), device,
                    f"--layerwise at --frames {args.frames}", spec.small_name)
-        return layerwise_command(args, device, dtype, text_config, spec, inp)
+        return layerwise_command(args, device, dtype, text_config, spec, inp, before=before)
 
     vision_dims = spec.vision_dims()
     check_fits(estimate_bench_memory(args, text_config, vision_dims, dtype_bytes, spec, inp), device,
@@ -373,8 +380,9 @@ def bench_command(args) -> int:
                                  repeats=args.repeats, progress=bar("end to end", args.repeats))
         del model
 
+    load = assess(before, sample(), _bench_threads(device))
     result = bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
-                          transformers.__version__, model=spec.name, inputs=inp.to_dict())
+                          transformers.__version__, model=spec.name, inputs=inp.to_dict(), load=load)
     if args.json:
         print(json.dumps(result))
     else:
@@ -383,9 +391,10 @@ def bench_command(args) -> int:
 
 
 def layerwise_command(args, device: torch.device, dtype: torch.dtype, text_config, spec: Optional[BenchModel] = None,
-                      inp: Optional[BenchInput] = None) -> int:
+                      inp: Optional[BenchInput] = None, before=None) -> int:
     import transformers
 
+    before = before or sample()
     spec = spec or BENCH_MODELS["onevision-7b"]
     inp = inp or bench_input(args, spec)
     num_layers = text_config.num_hidden_layers
@@ -399,6 +408,7 @@ def layerwise_command(args, device: torch.device, dtype: torch.dtype, text_confi
     bar = _progress_bar(args.json)("layer-by-layer", 1, unit="part")
     result = measure_layerwise(text_config, cfg, inp.units, inp.tokens_per_unit, inp.text_tokens, device, dtype,
                                repeats=args.repeats, newline=inp.newline, progress=bar)
+    load = assess(before, sample(), _bench_threads(device))
     report = {
         "date": datetime.date.today().isoformat(), **machine(device),
         "versions": versions(transformers.__version__),
@@ -408,10 +418,17 @@ def layerwise_command(args, device: torch.device, dtype: torch.dtype, text_confi
         "input": inp.to_dict(),
         "aim": cfg.to_dict(),
         "layerwise": result,
-        "goals": {"overhead_max": OVERHEAD_GOAL, "overhead_met": result["fraction"] < OVERHEAD_GOAL},
+        "load": load,
+        "goals": {"overhead_max": OVERHEAD_GOAL, "overhead_met": judged(result["fraction"] < OVERHEAD_GOAL, load)},
     }
     print(json.dumps(report) if args.json else format_layerwise(report))
     return 0
+
+
+def _bench_threads(device: torch.device) -> int:
+    """Cores the measurement itself keeps busy: torch's threads on CPU, one (the launching
+    thread) on a GPU."""
+    return torch.get_num_threads() if device.type == "cpu" else 1
 
 
 def _progress_bar(quiet: bool):

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from llava.bench.cases import CASE_LABELS, PrefillCase
+from llava.bench.load import describe, judged, verdict
 
 SPEEDUP_GOAL = {"cpu": 0.7, "cuda": 0.8}  # measured / predicted, default AIM vs baseline
 OVERHEAD_GOAL = 0.03  # merging + importance, fraction of the AIM prefill
@@ -35,9 +36,11 @@ def _by_name(cases: List[PrefillCase], name: str) -> Optional[PrefillCase]:
 
 def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
                  transformers_version, model: Optional[str] = None,
-                 inputs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 inputs: Optional[Dict[str, Any]] = None, load: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The JSON report. ``inputs``: the prompt's description (default: LLaVA-OneVision's, from
-    the flags); ``model``: the --model that ran."""
+    the flags); ``model``: the --model that ran; ``load``: llava.bench.load.assess around the
+    measurements (goals are not judged, None, when it says the machine was busy)."""
+    load = load or {"busy": None}
     lm_base = lm_cases[0]
     aim = _by_name(lm_cases, "aim")
     measured = lm_base.median_s / aim.median_s
@@ -78,11 +81,12 @@ def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicte
         e2e_official = _by_name(e2e_cases, "official")
         if e2e_official is not None:
             report["end_to_end_speedup_vs_official"] = e2e_official.median_s / e2e_aim.median_s
+    report["load"] = load
     report["goals"] = {
         "speedup_ratio_min": SPEEDUP_GOAL[kind],
-        "speedup_ratio_met": report["measured_over_predicted"] >= SPEEDUP_GOAL[kind],
+        "speedup_ratio_met": judged(report["measured_over_predicted"] >= SPEEDUP_GOAL[kind], load),
         "overhead_max": OVERHEAD_GOAL,
-        "overhead_met": report["overhead"]["fraction"] < OVERHEAD_GOAL,
+        "overhead_met": judged(report["overhead"]["fraction"] < OVERHEAD_GOAL, load),
     }
     return report
 
@@ -153,7 +157,7 @@ def format_bench(r: Dict[str, Any]) -> str:
         "",
         f"default AIM vs baseline: measured {r['measured_speedup']:.2f}x, predicted {r['predicted_speedup']:.2f}x "
         f"(roofline on {r['prediction_hardware']['name']}): measured/predicted = {r['measured_over_predicted']:.2f} "
-        f"(goal >= {g['speedup_ratio_min']}: {'met' if g['speedup_ratio_met'] else 'NOT met'}); "
+        f"(goal >= {g['speedup_ratio_min']}: {verdict(g['speedup_ratio_met'])}); "
         f"predicted with AIM's overhead added: {r['predicted_speedup_with_overhead']:.2f}x "
         f"(measured/predicted = {r['measured_speedup'] / r['predicted_speedup_with_overhead']:.2f})",
     ]
@@ -163,7 +167,7 @@ def format_bench(r: Dict[str, Any]) -> str:
     lines.append(
         f"AIM overhead: importance {o['importance_ms']:.1f} ms + merging {o['merging_ms']:.1f} ms = "
         f"{100 * o['fraction']:.1f}% of the AIM prefill (goal < {100 * g['overhead_max']:.0f}%: "
-        f"{'met' if g['overhead_met'] else 'NOT met'}); the analyzer predicts "
+        f"{verdict(g['overhead_met'])}); the analyzer predicts "
         f"{100 * r['predicted']['aim']['overhead_fraction']:.1f}% of the time "
         f"({100 * r['predicted']['aim']['overhead_flops_fraction']:.2f}% of the FLOPs) for this model")
     if r["language_model"]["hidden"] < 1024:
@@ -176,6 +180,8 @@ def format_bench(r: Dict[str, Any]) -> str:
                   + (f"; vs the official code: {r['end_to_end_speedup_vs_official']:.2f}x"
                      if "end_to_end_speedup_vs_official" in r else "")]
     lines.append("peak MiB: memory growth during one prefill (CUDA allocator peak; on CPU the resident high-water mark)")
+    if "load" in r:
+        lines.append(describe(r["load"]))
     return "\n".join(lines)
 
 
@@ -202,7 +208,9 @@ def format_layerwise(r: Dict[str, Any]) -> str:
         f"merging: {lw['merging_ms']:.1f} ms",
         f"AIM prefill (sum over the {len(tokens)} layers, importance included): {lw['aim_prefill_ms']:.0f} ms",
         f"AIM overhead: {lw['overhead_ms']:.1f} ms = {100 * lw['fraction']:.2f}% of the AIM prefill "
-        f"(goal < {100 * r['goals']['overhead_max']:.0f}%: {'met' if r['goals']['overhead_met'] else 'NOT met'})",
+        f"(goal < {100 * r['goals']['overhead_max']:.0f}%: {verdict(r['goals']['overhead_met'])})",
         "left out: embeddings, final norm, lm_head, KV-cache writes (the same in every configuration)",
     ]
+    if "load" in r:
+        lines.append(describe(r["load"]))
     return "\n".join(lines)

@@ -61,6 +61,10 @@ def known_names() -> list:
 
 
 def _suggestion(name: str) -> str:
+    """' (did you mean ...?)' for a name close to a known one; '' for a known name itself (a
+    correct name that is merely not downloaded has nothing to be corrected to)."""
+    if name in known_names():
+        return ""
     close = difflib.get_close_matches(name, [k for k in known_names() if k != name], n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
