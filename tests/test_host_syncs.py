@@ -30,6 +30,8 @@ LLAVA_DIR = os.path.dirname(os.path.abspath(llava.__file__)) + os.sep
 TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 # Calls that make the host wait for the device.
 READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy", "equal", "allclose"}
+# Tensors made from host data: a copy from pageable host memory waits for the device's stream.
+COPIES_IN = {"tensor", "as_tensor"}
 # Ops whose output shape depends on the data (the host must learn it).
 DATA_SHAPED = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"}
 
@@ -41,7 +43,7 @@ def _bool_index(index) -> bool:
 
 def _is_sync(func, args) -> bool:
     name = getattr(func, "__name__", "")
-    if name in READS or name in DATA_SHAPED:
+    if name in READS or name in DATA_SHAPED or name in COPIES_IN:
         return True
     if name == "where" and len(args) == 1:
         return True
@@ -129,7 +131,8 @@ def test_syncs_per_prefill_do_not_grow_with_depth_and_decode_has_none(models, me
         found[depth] = _prefill_and_step(model, processor, cfg)
     (p8, d8), (p16, d16) = found[8], found[16]
     assert p8.total == p16.total, (p8.where, p16.where)
-    assert p8.total <= 4, p8.where  # the read before the loop, the one after, and the merge's own
+    # the read before the loop, the schedule's copy to the device, the read after the loop
+    assert p8.total <= 3, p8.where
     assert d8.total == 0 and d16.total == 0, (d8.where, d16.where)
 
 

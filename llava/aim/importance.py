@@ -258,8 +258,8 @@ def tie_count_tensors(scores: torch.Tensor, visual: torch.Tensor, alive: torch.T
     candidates = visual & alive
     zero = (candidates & (scores == 0)).sum(dim=1)
     chosen, dropped = candidates & keep, candidates & ~keep
-    inf = torch.tensor(float("inf"), dtype=scores.dtype, device=scores.device)
-    boundary = torch.where(chosen, scores, inf).min(dim=1, keepdim=True).values  # lowest survivor
+    # (a fill, not torch.tensor(inf): a copy from the host would wait for the device)
+    boundary = scores.masked_fill(~chosen, float("inf")).min(dim=1, keepdim=True).values  # lowest survivor
     contested = (dropped & (scores == boundary)).any(dim=1)
     decided = (chosen & (scores == boundary)).sum(dim=1) * contested
     return zero, decided

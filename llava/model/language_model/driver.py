@@ -27,17 +27,14 @@ from transformers.cache_utils import DynamicCache
 
 from llava.aim.config import AIMConfig
 from llava.aim.importance import (
-    attention_importance,
     compact_left,
     has_nan,
-    last_token_attention,
     log_first_step_attention,
-    pagerank_importance,
-    random_scores,
     select_survivors,
     tie_count_tensors,
 )
 from llava.aim.policy import score_of
+from llava.aim.registry import Entry, ScoreInputs, lookup
 from llava.aim.schedule import policy_visual_tokens
 from llava.errors import CacheIntegrityError, UnsupportedUsageError
 from llava.model.language_model import compat
@@ -73,40 +70,26 @@ class PrefillRecord:
     score_ties: List[dict] = field(default_factory=list)
 
 
-ATTENTION_SCORES = ("pagerank", "attention", "last_token")  # need the layer's q/k (a probe)
-
-
-def needs_probe(cfg: AIMConfig) -> bool:
-    return score_of(cfg) in ATTENTION_SCORES
+def score_entry(cfg: AIMConfig) -> Entry:
+    """The registered score of ``cfg`` (llava.aim.registry); an unregistered name raises."""
+    return lookup(score_of(cfg), "score")
 
 
 class ImportanceProbe:
-    """Receives (query, key) inside one layer's attention and scores the present tokens
-    with the policy's score (llava.aim.policy.score_of).
+    """Receives (query, key) inside one layer's attention and scores the present tokens with
+    the config's registered score, which also sees the layer's visual and text masks."""
 
-    ``all_valid``: whether every slot is present, known on the host (no device read)."""
-
-    def __init__(self, cfg: AIMConfig, valid: torch.Tensor, all_valid: Optional[bool] = None):
+    def __init__(self, cfg: AIMConfig, inputs: ScoreInputs):
         self.cfg = cfg
-        self.valid = valid
-        self.all_valid = all_valid
+        self.inputs = inputs
         self.scores: Optional[torch.Tensor] = None
         self._qk = None  # (query, key, scaling), kept only for the log-domain tie-break
 
     def observe(self, module, query: torch.Tensor, key: torch.Tensor) -> None:
-        budget = self.cfg.importance_memory_mb << 20
-        score = score_of(self.cfg)
+        entry = score_entry(self.cfg)
         if self.cfg.tie_break == "log_attention":
             self._qk = (query, key, module.scaling)
-        if score == "pagerank":
-            self.scores = pagerank_importance(
-                query, key, self.valid, module.scaling, self.cfg.pagerank_tau, self.cfg.pagerank_iters, budget,
-                all_valid=self.all_valid,
-            )
-        elif score == "last_token":
-            self.scores = last_token_attention(query, key, self.valid, module.scaling)
-        else:
-            self.scores = attention_importance(query, key, self.valid, module.scaling, budget, self.all_valid)
+        self.scores = entry.fn(dataclasses.replace(self.inputs, query=query, key=key, scaling=module.scaling))
 
     def tie_scores(self) -> Optional[torch.Tensor]:
         """The tie-break key of AIMConfig.tie_break "log_attention" (None without one)."""
@@ -114,15 +97,8 @@ class ImportanceProbe:
             return None
         query, key, scaling = self._qk
         tau = self.cfg.pagerank_tau if score_of(self.cfg) == "pagerank" else 1.0
-        return log_first_step_attention(query, key, self.valid, scaling, tau, self.cfg.importance_memory_mb << 20,
-                                        all_valid=self.all_valid)
-
-
-def scores_without_attention(cfg: AIMConfig, visual_index: torch.Tensor, layer: int) -> torch.Tensor:
-    """Scores that need no attention: the random control's hash; VTW's none (all dropped)."""
-    if score_of(cfg) == "random":
-        return random_scores(visual_index, cfg.seed, layer)
-    return torch.zeros(visual_index.shape, dtype=torch.float32, device=visual_index.device)
+        return log_first_step_attention(query, key, self.inputs.valid, scaling, tau,
+                                        self.cfg.importance_memory_mb << 20, all_valid=self.inputs.all_valid)
 
 
 @dataclass
@@ -136,6 +112,7 @@ class Prompt:
     visual_counts: List[int]  # per sample, present visual tokens
     alive_counts: List[int]  # per sample, present tokens
     any_filler: bool
+    visual_index: torch.Tensor  # (B, S) each token's index among its sample's visual tokens
 
 
 def read_prompt(visual: torch.Tensor, attention_mask, arrived: Optional[torch.Tensor]) -> Prompt:
@@ -156,7 +133,7 @@ def read_prompt(visual: torch.Tensor, attention_mask, arrived: Optional[torch.Te
         rows.append(fillers.sum(dim=1))
     counts = torch.stack(rows).tolist()  # the one host sync before the layer loop
     return Prompt(alive, present, fillers, sum(counts[0]) > 0, counts[1], counts[2],
-                  fillers is not None and sum(counts[3]) > 0)
+                  fillers is not None and sum(counts[3]) > 0, present.cumsum(dim=1) - 1)
 
 
 @dataclass
@@ -169,13 +146,14 @@ class PrefillPlan:
     widths: List[int]  # slots entering each layer (padding and dead slots included)
     full: List[bool]  # every slot entering the layer is alive
     start_width: int  # slots after the fillers leave (remove mode), before layer 0
+    kept: Optional[torch.Tensor] = None  # (B, L) the counts on the device, copied once before the loop
 
     @classmethod
     def of(cls, cfg: AIMConfig, prompt: Prompt, num_layers: int, seq_len: int) -> "PrefillPlan":
         counts = [policy_visual_tokens(cfg, v, num_layers) for v in prompt.visual_counts]
         text = [n - v for n, v in zip(prompt.alive_counts, prompt.visual_counts)]
         remove = cfg.pruning_mode == "remove"
-        plan = cls(counts, text, [], [], seq_len)
+        plan = cls(counts, text, [], [], seq_len, torch.tensor(counts, dtype=torch.long, device=prompt.alive.device))
         width = plan.start_width = max(plan.present(0)) if remove and prompt.any_filler else seq_len
         for j in range(num_layers):
             plan.widths.append(width)
@@ -400,11 +378,14 @@ class DecoderDriver:
         if prompt.any_filler and cfg.pruning_mode == "remove":
             t = t.compact(t.alive, plan.start_width)  # the fillers leave before layer 0
         stats = DeviceStats(track_positions=getattr(self.runtime, "track_sources", False))
+        score = score_entry(cfg)
         layer_alive: List[torch.Tensor] = []
         for j, layer in enumerate(lm.layers):
             stats.enter(t)
             layer_alive.append(t.alive)
-            probe = ImportanceProbe(cfg, t.alive, plan.full[j]) if plan.ranked(j) and needs_probe(cfg) else None
+            inputs = ScoreInputs(cfg, j, t.alive, t.visual, t.alive & ~t.visual,
+                                 prompt.visual_index.gather(1, t.slot), plan.full[j]) if plan.ranked(j) else None
+            probe = ImportanceProbe(cfg, inputs) if inputs is not None and "qk" in score.needs else None
             t.h = layer(
                 t.h,
                 attention_mask=layer_attention_mask(lm.config._attn_implementation, t.alive, t.h.shape[1], h.dtype,
@@ -419,7 +400,7 @@ class DecoderDriver:
             if use_cache:
                 check_kv_length(cache, j, t.h.shape[1], "prefill")
             if plan.prunes(j):
-                t = self._prune(t, plan, j, probe, stats, prompt)
+                t = self._prune(t, plan, j, self._scores(t, j, score, inputs, probe), probe, stats)
         record = stats.materialize(cfg, plan)
         # Back to the original length; pruned positions get zero hidden states (their logits
         # are not meaningful: those tokens left the computation).
@@ -432,19 +413,22 @@ class DecoderDriver:
         self.runtime.record_prefill(record, cache if use_cache else None)
         return compat.model_output(out[:, :seq_len], cache if use_cache else None)
 
-    def _prune(self, t: Tokens, plan: PrefillPlan, j: int, probe, stats: DeviceStats, prompt: Prompt) -> Tokens:
+    @staticmethod
+    def _scores(t: Tokens, j: int, score: Entry, inputs: Optional[ScoreInputs], probe) -> torch.Tensor:
+        """Layer j's scores: the probe's (a score that needs q/k), the score's own, or none
+        where every remaining visual token goes (``inputs`` None: nothing to rank)."""
+        if inputs is None:
+            return torch.zeros(t.alive.shape, dtype=torch.float32, device=t.alive.device)
+        if probe is None:
+            return score.fn(inputs)
+        if probe.scores is None:
+            raise RuntimeError(f"layer {j} did not run the AIM attention wrapper; was apply_aim bypassed?")
+        return probe.scores
+
+    def _prune(self, t: Tokens, plan: PrefillPlan, j: int, scores, probe, stats: DeviceStats) -> Tokens:
         """The survivors of layer j: every text token and the schedule's visual tokens."""
         cfg = self.cfg
-        kept = torch.tensor([c[j + 1] for c in plan.counts], device=t.h.device)  # from the host: no sync
-        if not plan.ranked(j):
-            scores = torch.zeros(t.alive.shape, dtype=torch.float32, device=t.alive.device)
-        elif probe is None:
-            visual_index = prompt.visual.cumsum(dim=1) - 1  # index among the sample's visual tokens
-            scores = scores_without_attention(cfg, visual_index.gather(1, t.slot), j)
-        elif probe.scores is None:
-            raise RuntimeError(f"layer {j} did not run the AIM attention wrapper; was apply_aim bypassed?")
-        else:
-            scores = probe.scores
+        kept = plan.kept[:, j + 1]  # a host-to-device copy here would wait for the device
         keep = select_survivors(scores, t.visual, t.alive, kept, check_nan=False)
         if plan.ranked(j):
             # A tie key re-ranks only exactly equal scores, so it changes nothing where no tie
