@@ -2,8 +2,8 @@
 
 One driver serves Qwen2Model (LLaVA-OneVision) and LlamaModel (LLaVA-1.5): both are
 ``embed -> rotary_emb -> layers -> norm`` with identical layer signatures. The driver replaces
-only the loop. After each pruning layer j (docs/method.md) it scores the present tokens with the
-importance computed inside layer j's attention (see attention.py), keeps every text token and
+only the loop. After each pruning layer j (docs/method.md) it scores the present tokens (with
+layer j's q/k where the score needs them, see attention.py), keeps every text token and
 the schedule's number of visual tokens, and either
 
 * "remove": gathers the survivors (hidden states, RoPE cos/sin, visual flags), so every later
@@ -14,6 +14,11 @@ the schedule's number of visual tokens, and either
 Survivors keep their order and their original RoPE positions. Rows of a batch with different
 survivor counts are left-padded with dead slots; each layer's "alive" key mask is kept on the
 KV cache so decoding sees exactly the tokens each layer kept.
+
+The score is the config's entry of llava.aim.registry (a probe in the attention when it needs
+q/k). The host reads the device once before the layer loop (the prompt's counts: with the
+schedule they give every shape and decision, :class:`PrefillPlan`) and once after it (the
+statistics, :class:`DeviceStats`); never inside the loop nor in a decode step.
 """
 
 from __future__ import annotations
