@@ -147,3 +147,26 @@ def test_counter_sees_the_calls_it_counts():
         tie_counts(torch.zeros(1, 3), keep, keep, keep)  # two .tolist()
         bool(keep.any())  # from this test file: not the project's
     assert counter.total == 3, counter.where
+
+
+def test_a_generated_placeholder_id_decodes_as_text_without_a_read(ov_sdpa):
+    """One new token on a pruned cache is a decode step whatever its id: the vision side fills
+    placeholders at prefill only, so a sampled video-token id is text (it used to be refused
+    after a device read of the visual mask)."""
+    model, processor = ov_sdpa
+    apply_aim(model, processor, AIMConfig(retention=0.5, l1=2, l2=6))
+    try:
+        inputs = video_inputs(processor, [make_video()])
+        with torch.no_grad():
+            out = model(**inputs, use_cache=True)
+            before = list(model.aim_stats.kv_cache_lens)
+            step = {
+                "input_ids": torch.full((1, 1), model.config.video_token_id),
+                "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], dim=1),
+            }
+            with HostSyncCounter() as counter:
+                logits = model(**step, **cache_kwargs(model, output_cache(out)), use_cache=True).logits
+        assert counter.total == 0 and torch.isfinite(logits).all()
+        assert model.aim_stats.kv_cache_lens == [n + 1 for n in before]
+    finally:
+        remove_aim(model, processor)
