@@ -42,6 +42,9 @@ from llava.model.language_model import compat
 from llava.model.language_model.attention import stock_backend_name
 
 _UNSUPPORTED_KWARGS = ("output_attentions", "output_hidden_states")
+# What a family adds to the hidden states after some layers (families/base.py LayerAdditions:
+# ``.apply(layer, h, slot, alive)`` and the ``.stock_kwargs`` it stands for).
+LAYER_ADDITIONS_KWARG = "aim_layer_additions"
 
 
 @dataclass
@@ -186,6 +189,7 @@ class DecoderDriver:
         **kwargs,
     ):
         cache = compat.pop_cache(kwargs)  # callers spell it cache= or past_key_values=
+        additions = kwargs.pop(LAYER_ADDITIONS_KWARG, None)
         visual = self.runtime.take_visual_mask()
         if use_cache is None:
             use_cache = self.lm.config.use_cache  # as the stock forward's config defaults
@@ -196,6 +200,7 @@ class DecoderDriver:
             return self.stock_forward(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 inputs_embeds=inputs_embeds, use_cache=use_cache, **compat.cache_kwargs(self.lm, cache), **kwargs,
+                **(additions.stock_kwargs if additions is not None else {}),
             )
         for name in _UNSUPPORTED_KWARGS:
             if kwargs.get(name):
@@ -218,10 +223,10 @@ class DecoderDriver:
                 "chunked prefill (a prompt with visual tokens on top of a non-empty cache) is not supported "
                 "with AIM pruning; pass the whole prompt at once"
             )
-        return self._prefill(inputs_embeds, attention_mask, position_ids, cache, use_cache, visual, kwargs)
+        return self._prefill(inputs_embeds, attention_mask, position_ids, cache, use_cache, visual, kwargs, additions)
 
     # ------------------------------------------------------------------------------------
-    def _prefill(self, h, attention_mask, position_ids, cache, use_cache, visual, kwargs):
+    def _prefill(self, h, attention_mask, position_ids, cache, use_cache, visual, kwargs, additions=None):
         lm, cfg = self.lm, self.cfg
         bsz, seq_len, _ = h.shape
         num_layers = len(lm.layers)
@@ -286,6 +291,8 @@ class DecoderDriver:
             )
             if use_cache:
                 check_kv_length(cache, j, h.shape[1], "prefill")
+            if additions is not None:  # e.g. Qwen3-VL's DeepStack rows, on the visual tokens still present
+                h = additions.apply(j, h, slot, alive)
             if not prune:
                 continue
             if not ranked:
