@@ -322,3 +322,14 @@ def test_probe_sees_the_normed_rotated_query_and_key(qwen3):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
     assert torch.equal(probe.query, q) and torch.equal(probe.key, k)
     assert probe.key.shape[1] == lm.config.num_key_value_heads  # GQA: the keys before repeat_kv
+
+
+@pytest.mark.parametrize("name,cls", [("tiny-qwen3-vl", "Qwen3VLForConditionalGeneration"),
+                                      ("tiny-qwen3-vl-moe", "Qwen3VLMoeForConditionalGeneration")])
+def test_builtin_names_load_with_aim(name, cls):
+    from llava.model.builder import load_pretrained_model
+
+    model, processor = load_pretrained_model(name, aim=AIMConfig(retention=0.25))
+    assert type(model).__name__ == cls and type(processor).__name__ == "Qwen3VLProcessor"
+    tokens = greedy(model, build(processor, "video"), 2)
+    assert tokens.shape == (1, 2) and model.aim_stats.visual_tokens_after_merge == VIDEO_GROUPS * 10
