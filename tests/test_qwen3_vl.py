@@ -333,3 +333,59 @@ def test_builtin_names_load_with_aim(name, cls):
     assert type(model).__name__ == cls and type(processor).__name__ == "Qwen3VLProcessor"
     tokens = greedy(model, build(processor, "video"), 2)
     assert tokens.shape == (1, 2) and model.aim_stats.visual_tokens_after_merge == VIDEO_GROUPS * 10
+
+
+def _mixed_inputs(processor):
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and then"},
+                                                 {"type": "video"}, {"type": "text", "text": "What changed?"}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    return processor(text=[prompt], images=[wide_image()], videos=[clip()], return_tensors="pt",
+                     videos_kwargs=dict(fps=2.0, do_sample_frames=False))
+
+
+@DENSE
+def test_an_image_and_a_video_in_one_prompt(qwen3):
+    """The stock model interleaves both items' DeepStack rows in sequence order; merged, placed and
+    pruned, removal still equals the mask reference and the items sit at their destinations."""
+    model, processor = qwen3
+    stock_inputs = _mixed_inputs(processor)
+    inner = model.model
+    stock_pos, _ = type(inner).get_rope_index(inner, stock_inputs["input_ids"], stock_inputs["mm_token_type_ids"],
+                                              stock_inputs["image_grid_thw"], stock_inputs["video_grid_thw"])
+    results = {}
+    for mode in ("mask", "remove"):
+        apply_aim(model, processor, AIMConfig(retention=0.25, l1=1, l2=6, pruning_mode=mode))
+        inputs = _mixed_inputs(processor)
+        seen = PositionsSeen(model)
+        try:
+            results[mode] = logits_of(model, inputs)[:, -1]
+        finally:
+            seen.close()
+    assert (results["remove"] - results["mask"]).abs().max().item() <= 1e-4
+    pos = seen.calls[0]
+    dests = _destinations(model, IMAGE) + _destinations(model, VIDEO)
+    types, stock_types = inputs["mm_token_type_ids"][0], stock_inputs["mm_token_type_ids"][0]
+    starts = [i for i in range(len(types)) if types[i] != 0 and (i == 0 or types[i - 1] == 0)]
+    stock_starts = [i for i in range(len(stock_types)) if stock_types[i] != 0 and (i == 0 or stock_types[i - 1] == 0)]
+    assert len(dests) == len(starts) == 1 + VIDEO_GROUPS
+    for dest, m0, s0 in zip(dests, starts, stock_starts):
+        assert torch.equal(pos[:, 0, m0:m0 + dest.numel()], stock_pos[:, 0, s0 + dest])
+
+
+@DENSE
+def test_official_positions_use_the_shrunken_grid_per_frame(qwen3):
+    model, processor = qwen3
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=None, l2=None, positions="official"))
+    inputs = build(processor, "video")
+    # 5 x 8 merged tokens per group, each side halved: 2 x 4 kept
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == VIDEO_GROUPS * 2 * 4
+    seen = PositionsSeen(model)
+    try:
+        logits_of(model, inputs)
+    finally:
+        seen.close()
+    inner = model.model
+    shrunk = inputs["video_grid_thw"].clone()
+    shrunk[:, 1:] = shrunk[:, 1:] // 2 // 2 * 2
+    expected, _ = type(inner).get_rope_index(inner, inputs["input_ids"], inputs["mm_token_type_ids"], None, shrunk)
+    assert torch.equal(seen.calls[0], expected)
