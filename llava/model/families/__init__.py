@@ -9,8 +9,10 @@ from llava.model.families.base import FamilyAdapter
 from llava.model.families.llava15 import Llava15Adapter
 from llava.model.families.onevision import OneVisionAdapter
 from llava.model.families.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from llava.model.families.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 
-FAMILIES: Tuple[FamilyAdapter, ...] = (OneVisionAdapter(), Llava15Adapter(), Qwen2VLAdapter(), Qwen2_5_VLAdapter())
+FAMILIES: Tuple[FamilyAdapter, ...] = (OneVisionAdapter(), Llava15Adapter(), Qwen2VLAdapter(), Qwen2_5_VLAdapter(),
+                                       Qwen3VLAdapter(), Qwen3VLMoeAdapter())
 _BY_CLASS: Dict[str, FamilyAdapter] = {cls: fam for fam in FAMILIES for cls in fam.model_classes}
 _BY_MODEL_TYPE: Dict[str, FamilyAdapter] = {t: fam for fam in FAMILIES for t in fam.model_types}
 # Related checkpoints an adapter refuses, with the reason (config.model_type -> message).

@@ -46,6 +46,9 @@ from llava.model.language_model import compat
 from llava.model.language_model.attention import stock_backend_name
 
 _UNSUPPORTED_KWARGS = ("output_attentions", "output_hidden_states")
+# What a family adds to the hidden states after some layers (families/base.py LayerAdditions:
+# ``.apply(layer, h, slot, alive)`` and the ``.stock_kwargs`` it stands for).
+LAYER_ADDITIONS_KWARG = "aim_layer_additions"
 
 
 @dataclass
@@ -323,6 +326,7 @@ class DecoderDriver:
         **kwargs,
     ):
         cache = compat.pop_cache(kwargs)  # callers spell it cache= or past_key_values=
+        additions = kwargs.pop(LAYER_ADDITIONS_KWARG, None)
         visual = self.runtime.take_visual_mask()
         arrived = self.runtime.take_arrival_mask()
         if use_cache is None:
@@ -342,6 +346,7 @@ class DecoderDriver:
             return self.stock_forward(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 inputs_embeds=inputs_embeds, use_cache=use_cache, **compat.cache_kwargs(self.lm, cache), **kwargs,
+                **(additions.stock_kwargs if additions is not None else {}),
             )
         for name in _UNSUPPORTED_KWARGS:
             if kwargs.get(name):
@@ -364,10 +369,10 @@ class DecoderDriver:
                 "chunked prefill (a prompt with visual tokens on top of a non-empty cache) is not supported "
                 "with AIM pruning; pass the whole prompt at once"
             )
-        return self._prefill(inputs_embeds, prompt, position_ids, cache, use_cache, kwargs)
+        return self._prefill(inputs_embeds, prompt, position_ids, cache, use_cache, kwargs, additions)
 
     # ------------------------------------------------------------------------------------
-    def _prefill(self, h, prompt: Prompt, position_ids, cache, use_cache, kwargs):
+    def _prefill(self, h, prompt: Prompt, position_ids, cache, use_cache, kwargs, additions=None):
         lm, cfg = self.lm, self.cfg
         bsz, seq_len, _ = h.shape
         plan = PrefillPlan.of(cfg, prompt, len(lm.layers), seq_len)  # host side: no device read from here on
@@ -404,6 +409,8 @@ class DecoderDriver:
             )
             if use_cache:
                 check_kv_length(cache, j, t.h.shape[1], "prefill")
+            if additions is not None:  # e.g. Qwen3-VL's DeepStack rows, on the visual tokens still present
+                t.h = additions.apply(j, t.h, t.slot, t.alive)
             if plan.prunes(j):
                 t = self._prune(t, plan, j, self._scores(t, j, score, inputs, probe), probe, stats)
         record = stats.materialize(cfg, plan)
