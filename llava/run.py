@@ -46,33 +46,18 @@ def add_run_command(subparsers) -> None:
                    help=f"frames sampled uniformly from the video (default {DEFAULT_FRAMES}: a shorter clip "
                         "gives all its frames, and a note says so); more than the clip has is refused unless "
                         "--frame-sampling official")
-    p.add_argument("--retention", type=float, help="fraction of tokens kept per frame by merging, in (0, 1]")
-    p.add_argument("--l1", type=int, help="first pruning layer (0-based)")
-    p.add_argument("--l2", type=int, help="first layer with no visual token")
+    from llava.aim.knobs import add_knob_flags
+    from llava.analysis.cli import add_method_options
+
+    # AIM's knobs as llava.aim.config declares them; None = AIMConfig's default (so --no-aim can
+    # refuse them when typed).
+    add_knob_flags(p, "run")
     p.add_argument("--no-prune", action="store_true", help="merging only, no pruning inside the LLM")
     p.add_argument("--no-aim", action="store_true", help="the stock model, no merging, no pruning")
-    p.add_argument("--pruning-mode", choices=["remove", "mask"], default=None,
-                   help="remove (default: pruned tokens leave the computation) or mask (reference)")
-    # Fidelity options; None = AIMConfig's default (so --no-aim can refuse them when typed).
-    p.add_argument("--merge-count", choices=["official", "exact"], default=None,
-                   help="merged count per frame: official (default; 196 -> 98, 49, 25, 13, 7, 4 at 1/2 .. 1/64) "
-                        "or exact (floor(T * retention))")
-    p.add_argument("--merge-metric", choices=["auto", "keys", "tokens"], default=None,
-                   help="merging similarity: auto (default: each family's official), keys (LLaVA-1.5: CLIP keys, "
-                        "before the projector), tokens (the projected tokens)")
-    p.add_argument("--tie-break", choices=["index", "log_attention"], default=None,
-                   help="pruning: how exactly tied scores are ranked (index, the default: official-equivalent)")
     p.add_argument("--frame-sampling", choices=["uniform", "official"], default="uniform",
                    help="uniform (default: rounded, never repeats) or official (lmms-eval's "
                         "np.linspace(..., dtype=int))")
-    p.add_argument("--positions", choices=["original", "official"], default=None,
-                   help="Qwen2-VL / Qwen2.5-VL: merged tokens at their destination patch's position (original, "
-                        "the default) or on the official code's shrunken grid (official); no effect on 1-D RoPE "
-                        "models")
-    from llava.analysis.cli import add_method_options
-
     add_method_options(p)
-    p.add_argument("--seed", type=int, default=None, help="seed of the random control (--method random; default 0)")
     p.add_argument("--max-new-tokens", type=int, default=24,
                    help="answer length limit in tokens; greedy decoding stops earlier at end of text (default 24)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")

@@ -31,28 +31,14 @@ from llava.analysis.shapes import (
     qwen_vl_kind,
     qwen_vl_visual_tokens,
 )
+from llava.aim.knobs import add_knob_flags, layer_list  # noqa: F401 (layer_list: callers' import)
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors
 
 
-def layer_list(text: str) -> Tuple[int, ...]:
-    """``--drop-layers 8,16,24`` -> (8, 16, 24)."""
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 8,16,24, got {text!r}")
-
-
 def add_method_options(p: argparse.ArgumentParser) -> None:
-    """``--method`` and the baselines' parameters (llava.aim.policy), shared by flops / run / bench."""
-    p.add_argument("--method", default="aim", choices=METHODS,
-                   help="aim (default), a baseline (fastv, vtw, pdrop, prumerge, prumerge_plus) or a control "
-                        "(random, pool); docs/comparison.md describes each")
-    p.add_argument("--drop-layers", type=layer_list, default=None,
-                   help="fastv/vtw/pdrop: layers K that see the reduced set, e.g. 2 or 8,16,24 "
-                        "(default: the paper's, scaled to the model's depth)")
-    p.add_argument("--drop-ratio", type=float, default=None,
-                   help="fastv/pdrop: fraction of the visual tokens dropped at each step (default 0.5)")
+    """``--kept-tokens``, PruMerge's count, shared by flops / run / bench / plan (the knobs
+    --method, --drop-layers, --drop-ratio come from llava.aim.knobs.add_knob_flags)."""
     p.add_argument("--kept-tokens", type=int, default=None,
                    help="prumerge/prumerge_plus (flops, plan): tokens per frame, e.g. the mean of a run's "
                         "aim_stats.tokens_kept_per_frame (default: the count at the official ratio 1/8)")
@@ -198,9 +184,7 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
             "l1=14, l2=22 on 28 layers; scaled for other depths)."
         ),
     )
-    p.add_argument("--retention", type=float, default=None, help="merging retention in (0, 1] (default 0.25)")
-    p.add_argument("--l1", type=int, default=None, help="first pruning layer (0-based)")
-    p.add_argument("--l2", type=int, default=None, help="first layer without visual tokens")
+    add_knob_flags(p, "flops")  # --retention, --l1, --l2, --method, --drop-layers, --drop-ratio
     p.add_argument("--no-prune", action="store_true", help="merging only, no in-LLM pruning")
     add_method_options(p)
     add_model_options(p)
@@ -417,6 +401,7 @@ def add_plan_command(subparsers: Any) -> argparse.ArgumentParser:
     target.add_argument("--budget-tflops", type=float, help="largest acceptable LLM prefill cost, TFLOPs")
     target.add_argument("--speedup", type=float, help="smallest acceptable predicted prefill speed-up vs no AIM")
     add_model_options(p)
+    add_knob_flags(p, "plan")  # --method, --drop-layers, --drop-ratio
     add_method_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_plan)

@@ -110,11 +110,6 @@ def add_bench_command(subparsers) -> None:
                    help="Qwen-VL models: pixels per frame (default 200704: 448 x 448 px, 16 x 16 tokens per temporal "
                         "group); the minimum is the video processors' 100352, below it 3136 (56 x 56 px)")
     p.add_argument("--text-tokens", type=int, default=100, help="LLM-only measurement: text tokens (default 100)")
-    p.add_argument("--retention", type=float, default=0.25,
-                   help="fraction of each frame's tokens kept by merging, in (0, 1] (default 0.25)")
-    p.add_argument("--l1", type=int, help="first pruning layer, 0-based (default: the paper's (14, 22) of 28 "
-                                          "layers scaled to the model)")
-    p.add_argument("--l2", type=int, help="first layer with no visual token (default: as --l1)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds after one warm-up round (median; default 5, with --layerwise 2)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
@@ -125,9 +120,12 @@ def add_bench_command(subparsers) -> None:
                    help="instead: AIM's overhead measured layer by layer at the 7B decoder shape (Qwen2-7B, the "
                         "LLaVA-OneVision-7B LLM; --model qwen2-vl-7b: Qwen2-VL-7B's), which does not fit whole in CPU "
                         "memory; about 80 s on 2 CPU cores, ~2 GB")
+    from llava.aim.knobs import add_knob_flags
     from llava.analysis.cli import add_method_options
 
-    add_method_options(p)  # --method X adds a case "X" (a baseline or control) next to AIM's
+    # --retention, --l1, --l2, and --method X, which adds a case "X" (a baseline or control) next to AIM's
+    add_knob_flags(p, "bench", retention=0.25)
+    add_method_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     p.set_defaults(func=bench_command)
 
