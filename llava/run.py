@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from llava.aim.config import AIMConfig
-from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS
+from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
 from llava.errors import AIMConfigError
-from llava.flags import check_aim_flags, flag_errors
+from llava.flags import check_aim_flags, flag_errors, typed_knobs
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_VIDEO = ASSETS / "sample_video.mp4"
@@ -114,25 +114,14 @@ def _validate_args(args) -> None:
                                  f"drop {'it' if len(given) == 1 else 'them'}, or drop --no-aim")
         return
     method = _method(args)
-    if getattr(args, "seed", None) is not None and method != "random":
-        raise AIMConfigError(f"--seed sets the random control's survivors (--method random), not --method {method}")
     if args.pruning_mode is not None and args.no_prune:
         raise AIMConfigError("--pruning-mode sets how pruned tokens are dropped, and --no-prune turns pruning off; "
                              "pick one")
-    if method in PRUMERGE_METHODS:
-        given = [f"--{n.replace('_', '-')}" for n in ("retention", "l1", "l2", "drop_layers", "drop_ratio")
-                 if getattr(args, n, None) is not None] + (["--no-prune"] if args.no_prune else [])
-        if given:
-            raise AIMConfigError(f"--method {method} reduces tokens before the LLM by itself; {', '.join(given)} "
-                                 "do not apply")
-    elif method in STEP_METHODS:
-        if args.l1 is not None or args.l2 is not None or args.no_prune:
-            raise AIMConfigError(f"--l1/--l2/--no-prune set AIM's schedule; --method {method} prunes at --drop-layers")
+    with flag_errors():
+        check_typed_settings(method, typed_knobs(args))
+    if method in STEP_METHODS:
         check_aim_flags(args.retention, None, None)
-    else:
-        if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
-            raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)} (--method), "
-                                 f"not --method {method}")
+    elif method not in PRUMERGE_METHODS:
         check_aim_flags(args.retention, args.l1, args.l2, args.no_prune)
     with flag_errors():
         _config(args, num_layers=None, merges_media=True)  # every other field, before loading anything

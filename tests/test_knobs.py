@@ -89,3 +89,47 @@ def test_error_tokens_read_as_flags_in_the_cli_and_model_args_in_eval():
 def test_a_config_error_reaches_eval_in_model_arg_words():
     with pytest.raises(EvalArgumentError, match=r"bad AIM model_args: .*drop_ratio"):
         aim_config_from_model_args({"method": "vtw", "drop_ratio": 0.5})
+
+
+def _cli_error(argv, capsys) -> str:
+    from llava.cli import main
+
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_one_method_rule_reads_as_flags_in_the_cli_and_as_model_args_in_eval(capsys):
+    # llava.aim.policy.check_typed_settings holds the rule; each front end words it
+    err = _cli_error(["flops", "--method", "fastv", "--l1", "3", "--l2", "5"], capsys)
+    assert "--method fastv prunes at --drop-layers, not l1/l2: drop --l1, --l2" in err
+    with pytest.raises(EvalArgumentError, match=r"^method=fastv prunes at drop_layers, not l1/l2: drop l1, l2$"):
+        aim_config_from_model_args({"method": "fastv", "l1": 3, "l2": 5})
+    err = _cli_error(["flops", "--method", "prumerge", "--no-prune"], capsys)
+    assert "--method prumerge reduces tokens before the LLM by itself; --no-prune does not apply" in err
+    with pytest.raises(EvalArgumentError, match=r"l1=none,l2=none does not apply"):
+        aim_config_from_model_args({"method": "prumerge", "l1": "none", "l2": "none"})
+
+
+def test_give_both_layers_is_one_rule(capsys):
+    assert "give both --l1 and --l2" in _cli_error(["flops", "--l1", "3"], capsys)
+    with pytest.raises(EvalArgumentError, match="give both l1 and l2"):
+        aim_config_from_model_args({"l1": 3})
+
+
+def test_eval_refuses_a_seed_the_method_ignores():
+    # the seed picks the random control's survivors; with another method it would do nothing
+    with pytest.raises(EvalArgumentError, match=r"seed sets the random control's survivors \(method=random\)"):
+        aim_config_from_model_args({"seed": 3})
+    assert aim_config_from_model_args({"method": "random", "seed": 3}).seed == 3
+
+
+def test_analyze_takes_a_resolved_config():
+    from llava.analysis.roofline import analyze, config_arguments
+
+    cfg = AIMConfig(retention=0.5, l1=4, l2=8, pagerank_iters=3)
+    direct = analyze(llm="qwen2-7b", retention=0.5, l1=4, l2=8, pagerank_iterations=3)
+    via = analyze(llm="qwen2-7b", **config_arguments(cfg))
+    assert via.prefill_flops == direct.prefill_flops and via.settings == direct.settings
+    with pytest.raises(ValueError, match="resolve_layers"):
+        config_arguments(AIMConfig())
+    assert config_arguments(AIMConfig().resolve_layers(28))["l1"] == 14

@@ -162,7 +162,7 @@ class AIMConfig:
         validate_method_fields(self.method, self.drop_layers, self.drop_ratio, self.seed, self.l1, self.l2)
         if self.method in PRUMERGE_METHODS and self.retention != 1.0:
             raise AIMConfigError(
-                f"{self.method} replaces AIM's merging: retention must be 1.0, got {self.retention!r} "
+                f"{self.method} replaces AIM's merging: {{retention}} must be 1.0, got {self.retention!r} "
                 f"(AIMConfig.for_method({self.method!r}) sets it)"
             )
         _check_choice("importance", self.importance, IMPORTANCES)
@@ -176,14 +176,14 @@ class AIMConfig:
         if self.positions == "official":
             _check_official_grid(self.retention, self.method, self.merge_weighting)
         if not _is_real(self.pagerank_tau) or not self.pagerank_tau > 0:
-            raise AIMConfigError(f"pagerank_tau must be a positive number, got {self.pagerank_tau!r}")
+            raise AIMConfigError(f"{{pagerank_tau}} must be a positive number, got {self.pagerank_tau!r}")
         if not _is_int(self.pagerank_iters) or self.pagerank_iters < 1:
             raise AIMConfigError(
-                f"pagerank_iters must be a positive integer, got {self.pagerank_iters!r}"
+                f"{{pagerank_iters}} must be a positive integer, got {self.pagerank_iters!r}"
             )
         if not _is_int(self.importance_memory_mb) or self.importance_memory_mb < 1:
             raise AIMConfigError(
-                "importance_memory_mb must be a positive integer (MiB), "
+                "{importance_memory_mb} must be a positive integer (MiB), "
                 f"got {self.importance_memory_mb!r}"
             )
 
@@ -276,9 +276,9 @@ class AIMConfig:
         """Raise if the setting cannot apply to a decoder with ``num_layers`` layers."""
         if isinstance(self.l1, int) and self.l1 > num_layers:
             raise AIMConfigError(
-                f"l1={self.l1} is beyond the language model, which has {num_layers} layers "
+                f"{{l1={self.l1}}} is beyond the language model, which has {num_layers} layers "
                 f"(valid l1: 0..{num_layers}, where {num_layers} prunes nothing); pass a smaller l1, "
-                "or l1=None to disable pruning"
+                "or {l1:off} to disable pruning"
             )
         check_method_against_model(self.method, self.drop_layers, num_layers)
 
@@ -297,7 +297,7 @@ def _is_real(x) -> bool:
 def _check_retention(r) -> None:
     if not _is_real(r) or not (0.0 < r <= 1.0):
         raise AIMConfigError(
-            f"retention must be a number in (0, 1] (fraction of tokens kept per frame), got {r!r}"
+            f"{{retention}} must be in (0, 1] (the fraction of each frame's tokens kept by merging), got {r!r}"
         )
 
 
@@ -310,14 +310,25 @@ def _check_layers(l1, l2) -> None:
         return
     if l1 is None or l2 is None:
         raise AIMConfigError(
-            f"l1 and l2 go together: set both to enable pruning or both to None, got l1={l1!r}, l2={l2!r}"
+            f"l1 and l2 go together: set both to enable pruning or both to None, got {{l1={l1!r}}}, {{l2={l2!r}}}"
         )
     if not _is_int(l1) or not _is_int(l2):
-        raise AIMConfigError(f"l1 and l2 must be integers, got l1={l1!r}, l2={l2!r}")
-    if l1 < 0 or l2 < 0:
-        raise AIMConfigError(f"layer indices must be non-negative, got l1={l1}, l2={l2}")
+        raise AIMConfigError(f"l1 and l2 must be integers, got {{l1={l1!r}}}, {{l2={l2!r}}}")
+    for name, value in (("l1", l1), ("l2", l2)):
+        if value < 0:
+            raise AIMConfigError(f"{{{name}}} must be non-negative, got {value}")
     if l1 >= l2:
-        raise AIMConfigError(f"need l1 < l2 (prune after layers l1..l2-1), got l1={l1}, l2={l2}")
+        raise AIMConfigError(f"{{l1}} must be below {{l2}} (pruning runs after layers l1..l2-1, need l1 < l2), "
+                             f"got {{l1={l1}}} {{l2={l2}}}")
+
+
+def check_fields(retention=None, l1: Layer = None, l2: Layer = None) -> None:
+    """AIMConfig's own rules on the retention and layers given (None: not given), for front ends
+    that check what was typed before a whole config is built."""
+    if retention is not None:
+        _check_retention(retention)
+    if l1 is not None and l2 is not None:
+        _check_layers(l1, l2)
 
 
 def official_grid_shrink(retention: float) -> int:
@@ -353,7 +364,7 @@ def _check_official_grid(retention, method: str, weighting: str) -> None:
 
 def _check_choice(field: str, value, choices) -> None:
     if value not in choices:
-        raise AIMConfigError(f"{field} must be one of {list(choices)}, got {value!r}")
+        raise AIMConfigError(f"{{{field}}} must be one of {list(choices)}, got {value!r}")
 
 
 PRESETS: Dict[str, AIMConfig] = {

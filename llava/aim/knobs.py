@@ -115,38 +115,70 @@ def add_knob_flags(parser: argparse.ArgumentParser, command: str, only: Optional
         parser.add_argument(flag_of(name), **options)
 
 
-def flag_values(args: argparse.Namespace, command: str) -> Dict[str, Any]:
-    """{field: value} of the knob flags ``args`` holds that were typed (not None)."""
+def flag_values(args: argparse.Namespace) -> Dict[str, Any]:
+    """{field: value} of the knob flags ``args`` holds that were typed (not None, not the flag's
+    own default such as --method aim)."""
     out = {}
     for name, k in knobs().items():
         value = getattr(args, dest_of(name), None)
-        if command in k.commands and value is not None and value != k.flag_default:
+        if value is not None and value != k.flag_default:
             out[name] = value
     return out
 
 
 # -- errors in the user's words ------------------------------------------------------------------
-# In an AIMConfigError's message, "{field}" is the field's name and "{field=value}" a setting;
-# "{field:off}" is the way to turn it off (l1: "l1=None" / "--no-prune" / "l1=none,l2=none").
-_TOKEN = re.compile(r"\{(\w+)(?::(off)|=([^{}]*))?\}")
+# Tokens of an AIMConfigError's message: "{f}" the field's name, "{f=v}" a setting, "{f:off}" the way
+# to turn it off (l1: "l1=None" / "--no-prune" / "l1=none,l2=none"), "{f/g:unset}" the advice to
+# leave fields unset, "{f:plain}" the field in prose, "{python:text}" text for Python callers only.
+_TOKEN = re.compile(r"\{(?:python:([^{}]*)|(\w+(?:/\w+)*)(?::(off|unset|plain)|=([^{}]*))?)\}")
+
+
+def _value_text(name: str, value: str, vocabulary: str) -> str:
+    """A value as the user of ``vocabulary`` writes it: drop layers (8, 16) are 8,16 / 8/16."""
+    if knobs()[name].kind == "layers" and vocabulary != "python":
+        parts = [p.strip() for p in value.strip("()[] ").split(",") if p.strip()]
+        return ("," if vocabulary == "flag" else "/").join(parts)
+    return value
+
+
+def _unset(names: Tuple[str, ...], vocabulary: str) -> str:
+    if vocabulary == "python":
+        return "set " + ", ".join(f"{n}=None" for n in names)
+    words = [word(n, vocabulary) for n in names]
+    if vocabulary == "flag":  # the flag that turns them off is left out too (--no-prune)
+        offs = [(knobs()[n].off or {}).get("flag") for n in names]
+        words += [o for o in dict.fromkeys(offs) if o and o.startswith("--")]
+    return "leave out " + "/".join(words)
 
 
 def render(template: str, vocabulary: str = "python") -> str:
     """``template`` with its field tokens in ``vocabulary``; unknown tokens stay as they are."""
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"vocabulary must be one of {VOCABULARIES}, got {vocabulary!r}")
     declared = knobs()
 
     def one(m: "re.Match") -> str:
-        name, off, value = m.group(1), m.group(2), m.group(3)
-        if name not in declared:
+        python_only, names, form, value = m.groups()
+        if python_only is not None:
+            return python_only if vocabulary == "python" else ""
+        fields = tuple(names.split("/"))
+        if not all(f in declared for f in fields):
             return m.group(0)
-        if off:
-            phrases = declared[name].off or {}
-            return phrases.get(vocabulary, f"{word(name, vocabulary)}=None")
+        if form == "unset":
+            return _unset(fields, vocabulary)
+        name = fields[0]
+        if len(fields) > 1:
+            return m.group(0)
+        if form == "off":
+            return (declared[name].off or {}).get(vocabulary, f"{word(name, vocabulary)}=None")
+        if form == "plain":
+            return name.replace("_", " ") if vocabulary == "python" else word(name, vocabulary)
         if value is None:
             return word(name, vocabulary)
-        return f"{flag_of(name)} {value}" if vocabulary == "flag" else f"{word(name, vocabulary)}={value}"
+        text = _value_text(name, value, vocabulary)
+        return f"{flag_of(name)} {text}" if vocabulary == "flag" else f"{word(name, vocabulary)}={text}"
 
-    return _TOKEN.sub(one, template)
+    return re.sub(r" +\)", ")", _TOKEN.sub(one, template)).rstrip()
 
 
 def worded(exc: BaseException, vocabulary: str) -> str:
@@ -159,5 +191,5 @@ def worded(exc: BaseException, vocabulary: str) -> str:
 def fields_named(template: str) -> Tuple[str, ...]:
     """The declared fields ``template`` names, in order, once each."""
     declared = knobs()
-    seen = [m.group(1) for m in _TOKEN.finditer(template) if m.group(1) in declared]
+    seen = [f for m in _TOKEN.finditer(template) if m.group(2) for f in m.group(2).split("/") if f in declared]
     return tuple(dict.fromkeys(seen))

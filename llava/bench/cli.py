@@ -86,6 +86,7 @@ from llava.bench.models import (
 from llava.bench.predict import calibrate_cpu, cuda_hardware, predict
 from llava.bench.report import OVERHEAD_GOAL, bench_report, format_bench, format_layerwise, lm_summary, machine, versions
 from llava.errors import AIMConfigError, InsufficientMemoryError
+from llava.flags import check_aim_flags
 
 E2E_TEXT_TOKENS = 20  # the chat template around the question, end to end (an upper bound)
 QWEN_E2E_TEXT_TOKENS = 64  # the tiny Qwen-VL template (default system turn + question): 56
@@ -138,9 +139,8 @@ def _check_args(args) -> torch.device:
     tokens = getattr(args, "tokens_per_frame", None)
     if args.frames < 1 or (tokens is not None and tokens < 1) or args.text_tokens < 2:
         raise AIMConfigError("--frames and --tokens-per-frame must be >= 1 and --text-tokens >= 2")
-    if (args.l1 is None) != (args.l2 is None):
-        raise AIMConfigError("give both --l1 and --l2, or neither for the paper's schedule scaled to the model")
-    AIMConfig(retention=args.retention, l1=args.l1, l2=args.l2)
+    # AIM's case: the config's rules, worded in flags (--method adds its own case next to it)
+    check_aim_flags(args.retention, args.l1, args.l2, has_no_prune=False)
     method = getattr(args, "method", "aim")
     if method in PRUMERGE_METHODS and (args.drop_layers is not None or args.drop_ratio is not None
                                        or getattr(args, "kept_tokens", None) is not None):

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, 
 
 from llava.aim.config import AIMConfig
 from llava.aim.knobs import knobs, model_arg_fields, worded
-from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS
+from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
 from llava.errors import AIMConfigError, EvalArgumentError
 
 VIDEO_BACKENDS = ("auto", "pyav", "decord")
@@ -147,19 +147,17 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
             raise EvalArgumentError(f"aim=0 (AIM off) cannot be combined with AIM settings {tuned}; drop them or set aim=1")
         return AIMConfig.disabled()
     fields = _knob_values(raw)
+    layers = _layers(raw)
+    try:
+        check_typed_settings(method, {**fields, **layers})
+    except AIMConfigError as exc:
+        raise EvalArgumentError(worded(exc, "model_arg")) from exc
     if method in PRUMERGE_METHODS:  # LLaVA-PruMerge: its own adaptive reduction, nothing else
-        # retention=1 (no merging) is what the eval scripts pass for every baseline: not a conflict
-        extra = sorted(k for k in ("retention", "l1", "l2", "drop_layers", "drop_ratio") if k in raw
-                       and not (k == "retention" and fields.get("retention") == 1.0))
-        if extra:
-            raise EvalArgumentError(f"method={method} reduces tokens before the LLM by itself; {extra} do not apply")
         fields = {**fields, "retention": 1.0, "l1": None, "l2": None}
     elif method in STEP_METHODS:  # FastV / VTW / PDrop: their own layers, no merging unless asked
-        if "l1" in raw or "l2" in raw:
-            raise EvalArgumentError(f"method={method} prunes at drop_layers (e.g. drop_layers=8/16/24), not l1/l2")
         fields = {"retention": 1.0, **fields, "l1": None, "l2": None}
     else:
-        fields.update(_layers(raw))
+        fields.update(layers)
     fields["method"] = method
     try:
         cfg = AIMConfig(**fields)
@@ -316,11 +314,7 @@ def check_model_args(plugin: str, kwargs: Mapping[str, Any]) -> List[str]:
 
 
 def _layers(raw: Mapping[str, Any]) -> Dict[str, Optional[int]]:
-    given = {name: raw[name] for name in ("l1", "l2") if name in raw}
-    if not given:
-        return {}  # "auto": apply_aim resolves it for the model's family and depth
-    if len(given) == 1:
-        raise EvalArgumentError(f"give both l1 and l2 (or neither for the paper's schedule), got {given}")
+    given = {name: raw[name] for name in ("l1", "l2") if name in raw}  # none: "auto", as apply_aim resolves it
     return {name: None if _is_none(v) else _as_int(name, v, minimum=0) for name, v in given.items()}
 
 
