@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from llava.aim.config import AIMConfig
+from llava.aim.knobs import flag_of, flag_values
 from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors, typed_knobs
@@ -76,20 +77,12 @@ def _method(args) -> str:
 
 def _aim_flags_given(args) -> list:
     """The flags that set AIM, as typed (for refusing them next to --no-aim)."""
-    given = []
-    for flag, value in (("--retention", args.retention), ("--l1", args.l1), ("--l2", args.l2),
-                        ("--pruning-mode", args.pruning_mode), ("--drop-layers", getattr(args, "drop_layers", None)),
-                        ("--drop-ratio", getattr(args, "drop_ratio", None)), ("--seed", getattr(args, "seed", None)),
-                        ("--merge-count", getattr(args, "merge_count", None)),
-                        ("--merge-metric", getattr(args, "merge_metric", None)),
-                        ("--tie-break", getattr(args, "tie_break", None)),
-                        ("--positions", getattr(args, "positions", None))):
-        if value is not None:
-            given.append(flag)
+    typed = flag_values(args)
+    given = [flag_of(name) for name in typed if name != "method"]
     if args.no_prune:
         given.append("--no-prune")
-    if _method(args) != "aim":
-        given.append(f"--method {_method(args)}")
+    if "method" in typed:
+        given.append(f"--method {typed['method']}")
     return given
 
 
