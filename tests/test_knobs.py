@@ -133,3 +133,15 @@ def test_analyze_takes_a_resolved_config():
     with pytest.raises(ValueError, match="resolve_layers"):
         config_arguments(AIMConfig())
     assert config_arguments(AIMConfig().resolve_layers(28))["l1"] == 14
+
+
+def test_front_ends_agree_on_prumerge_with_retention_one(capsys):
+    # one rule (policy.check_typed_settings): retention 1 means no merging, which PruMerge is; run
+    # refused it alone before the rules were shared
+    from llava.run import _validate_args
+
+    _validate_args(_parser("run").parse_args(["--method", "prumerge", "--retention", "1"]))
+    assert aim_config_from_model_args({"method": "prumerge", "retention": 1}).retention == 1.0
+    with pytest.raises(AIMConfigError, match=r"--method prumerge reduces tokens before the LLM by itself; "
+                                             r"--retention does not apply"):
+        _validate_args(_parser("run").parse_args(["--method", "prumerge", "--retention", "0.5"]))
