@@ -10,7 +10,24 @@ class AIMError(Exception):
 
 
 class AIMConfigError(AIMError, ValueError):
-    """An AIM setting is out of range or inconsistent (e.g. l1 >= l2)."""
+    """An AIM setting is out of range or inconsistent (e.g. l1 >= l2).
+
+    The message may name AIMConfig fields as tokens ("{l1}", "{l1=5}", "{l1:off}",
+    llava.aim.knobs.render): ``str(exc)`` reads them as Python fields, and
+    ``llava.aim.knobs.worded(exc, "flag" | "model_arg")`` as the user typed them."""
+
+    def __init__(self, message: str = "") -> None:
+        from llava.aim.knobs import render
+
+        self.template = message
+        super().__init__(render(message))
+
+    @property
+    def fields(self) -> tuple:
+        """The AIMConfig fields the message is about."""
+        from llava.aim.knobs import fields_named
+
+        return fields_named(self.template)
 
 
 class UnsupportedModelError(AIMError, TypeError):

@@ -3,15 +3,17 @@ Python arguments (``l1=None``).
 
 The commands (run, visualize, flops, plan) check the common flags here, in the user's terms,
 before an :class:`~llava.aim.config.AIMConfig` is built; whatever the config itself still
-refuses goes through :func:`flag_errors`, which rewrites its field names as flags.
+refuses goes through :func:`flag_errors`, which writes its fields as flags (llava.aim.knobs.worded).
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
+from llava.aim.config import check_fields
+from llava.aim.knobs import flag_values, worded
+from llava.aim.policy import check_typed_settings
 from llava.errors import AIMConfigError
 
 
@@ -19,20 +21,11 @@ def check_aim_flags(retention: Optional[float], l1: Optional[int], l2: Optional[
                     num_layers: Optional[int] = None, model: str = "the model", has_no_prune: bool = True) -> None:
     """--retention, --l1/--l2 and --no-prune, against ``num_layers`` when it is known
     (``has_no_prune``: whether the command has a --no-prune flag to suggest)."""
-    if retention is not None and not (0.0 < retention <= 1.0):
-        raise AIMConfigError(
-            f"--retention must be in (0, 1] (the fraction of each frame's tokens kept by merging), got {retention:g}"
-        )
     if no_prune and (l1 is not None or l2 is not None):
         raise AIMConfigError("--no-prune cannot be combined with --l1/--l2 (pruning off, or these layers: pick one)")
-    for name, value in (("l1", l1), ("l2", l2)):
-        if value is not None and value < 0:
-            raise AIMConfigError(f"--{name} must be non-negative, got {value}")
-    if (l1 is None) != (l2 is None):
-        raise AIMConfigError("give both --l1 and --l2 (or neither for the paper's schedule scaled to the model)")
-    if l1 is not None and l1 >= l2:
-        raise AIMConfigError(f"--l1 must be below --l2 (pruning runs after layers l1..l2-1, need l1 < l2), "
-                             f"got --l1 {l1} --l2 {l2}")
+    with flag_errors():  # the rules live in llava.aim: "give both", the ranges, l1 < l2
+        check_typed_settings("aim", {name: value for name, value in (("l1", l1), ("l2", l2)) if value is not None})
+        check_fields(retention=retention, l1=l1, l2=l2)
     if l1 is not None and num_layers is not None and l1 > num_layers:
         raise AIMConfigError(
             f"--l1 {l1} is beyond {model}, which has {num_layers} decoder layers (valid --l1: 0..{num_layers}, "
@@ -40,24 +33,18 @@ def check_aim_flags(retention: Optional[float], l1: Optional[int], l2: Optional[
         )
 
 
-_PHRASES = (
-    (re.compile(r"or l1=None to disable pruning"), "or --no-prune to disable pruning"),
-    (re.compile(r"set l1=None, l2=None \(AIMConfig\.for_method\([^)]*\) does\)"), "leave out --l1/--l2/--no-prune"),
-    (re.compile(r"drop_layers=\(K,\)"), "--drop-layers K"),
-    (re.compile(r"valid drop layers"), "valid --drop-layers"),
-    (re.compile(r"\(leave it None\)"), "(leave out --drop-ratio)"),
-    (re.compile(r"\(leave them None\)"), "(leave out --drop-layers/--drop-ratio)"),
-    (re.compile(r"(?<![\w-])(l1|l2)=(-?\w+)"), r"--\1 \2"),
-    (re.compile(r"(?<![\w.-])(retention|drop_layers|drop_ratio|seed|pruning_mode|method)(?![\w(])"),
-     lambda m: "--" + m.group(1).replace("_", "-")),
-)
+def typed_knobs(args) -> Dict[str, Any]:
+    """{field: value} of the AIM flags typed in ``args`` (--no-prune: l1 and l2 None), as
+    llava.aim.policy.check_typed_settings takes them."""
+    typed = {name: value for name, value in flag_values(args).items() if name != "method"}
+    if getattr(args, "no_prune", False):
+        typed.update(l1=None, l2=None)
+    return typed
 
 
-def flag_words(message: str) -> str:
-    """An AIMConfig error message with its field names written as the CLI's flags."""
-    for pattern, replacement in _PHRASES:
-        message = pattern.sub(replacement, message)
-    return message
+def flag_words(exc: AIMConfigError) -> str:
+    """An AIMConfig error's message with its fields written as the CLI's flags."""
+    return worded(exc, "flag")
 
 
 @contextlib.contextmanager
@@ -66,4 +53,4 @@ def flag_errors() -> Iterator[None]:
     try:
         yield
     except AIMConfigError as exc:
-        raise AIMConfigError(flag_words(str(exc))) from exc
+        raise AIMConfigError(flag_words(exc)) from exc

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 from llava.aim.config import AIMConfig
-from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS
+from llava.aim.knobs import flag_of, flag_values
+from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
 from llava.errors import AIMConfigError
-from llava.flags import check_aim_flags, flag_errors
+from llava.flags import check_aim_flags, flag_errors, typed_knobs
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_VIDEO = ASSETS / "sample_video.mp4"
@@ -46,33 +47,18 @@ def add_run_command(subparsers) -> None:
                    help=f"frames sampled uniformly from the video (default {DEFAULT_FRAMES}: a shorter clip "
                         "gives all its frames, and a note says so); more than the clip has is refused unless "
                         "--frame-sampling official")
-    p.add_argument("--retention", type=float, help="fraction of tokens kept per frame by merging, in (0, 1]")
-    p.add_argument("--l1", type=int, help="first pruning layer (0-based)")
-    p.add_argument("--l2", type=int, help="first layer with no visual token")
+    from llava.aim.knobs import add_knob_flags
+    from llava.analysis.cli import add_method_options
+
+    # AIM's knobs as llava.aim.config declares them; None = AIMConfig's default (so --no-aim can
+    # refuse them when typed).
+    add_knob_flags(p, "run")
     p.add_argument("--no-prune", action="store_true", help="merging only, no pruning inside the LLM")
     p.add_argument("--no-aim", action="store_true", help="the stock model, no merging, no pruning")
-    p.add_argument("--pruning-mode", choices=["remove", "mask"], default=None,
-                   help="remove (default: pruned tokens leave the computation) or mask (reference)")
-    # Fidelity options; None = AIMConfig's default (so --no-aim can refuse them when typed).
-    p.add_argument("--merge-count", choices=["official", "exact"], default=None,
-                   help="merged count per frame: official (default; 196 -> 98, 49, 25, 13, 7, 4 at 1/2 .. 1/64) "
-                        "or exact (floor(T * retention))")
-    p.add_argument("--merge-metric", choices=["auto", "keys", "tokens"], default=None,
-                   help="merging similarity: auto (default: each family's official), keys (LLaVA-1.5: CLIP keys, "
-                        "before the projector), tokens (the projected tokens)")
-    p.add_argument("--tie-break", choices=["index", "log_attention"], default=None,
-                   help="pruning: how exactly tied scores are ranked (index, the default: official-equivalent)")
     p.add_argument("--frame-sampling", choices=["uniform", "official"], default="uniform",
                    help="uniform (default: rounded, never repeats) or official (lmms-eval's "
                         "np.linspace(..., dtype=int))")
-    p.add_argument("--positions", choices=["original", "official"], default=None,
-                   help="Qwen2-VL / Qwen2.5-VL: merged tokens at their destination patch's position (original, "
-                        "the default) or on the official code's shrunken grid (official); no effect on 1-D RoPE "
-                        "models")
-    from llava.analysis.cli import add_method_options
-
     add_method_options(p)
-    p.add_argument("--seed", type=int, default=None, help="seed of the random control (--method random; default 0)")
     p.add_argument("--max-new-tokens", type=int, default=24,
                    help="answer length limit in tokens; greedy decoding stops earlier at end of text (default 24)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -91,20 +77,12 @@ def _method(args) -> str:
 
 def _aim_flags_given(args) -> list:
     """The flags that set AIM, as typed (for refusing them next to --no-aim)."""
-    given = []
-    for flag, value in (("--retention", args.retention), ("--l1", args.l1), ("--l2", args.l2),
-                        ("--pruning-mode", args.pruning_mode), ("--drop-layers", getattr(args, "drop_layers", None)),
-                        ("--drop-ratio", getattr(args, "drop_ratio", None)), ("--seed", getattr(args, "seed", None)),
-                        ("--merge-count", getattr(args, "merge_count", None)),
-                        ("--merge-metric", getattr(args, "merge_metric", None)),
-                        ("--tie-break", getattr(args, "tie_break", None)),
-                        ("--positions", getattr(args, "positions", None))):
-        if value is not None:
-            given.append(flag)
+    typed = flag_values(args)
+    given = [flag_of(name) for name in typed if name != "method"]
     if args.no_prune:
         given.append("--no-prune")
-    if _method(args) != "aim":
-        given.append(f"--method {_method(args)}")
+    if "method" in typed:
+        given.append(f"--method {typed['method']}")
     return given
 
 
@@ -129,25 +107,14 @@ def _validate_args(args) -> None:
                                  f"drop {'it' if len(given) == 1 else 'them'}, or drop --no-aim")
         return
     method = _method(args)
-    if getattr(args, "seed", None) is not None and method != "random":
-        raise AIMConfigError(f"--seed sets the random control's survivors (--method random), not --method {method}")
     if args.pruning_mode is not None and args.no_prune:
         raise AIMConfigError("--pruning-mode sets how pruned tokens are dropped, and --no-prune turns pruning off; "
                              "pick one")
-    if method in PRUMERGE_METHODS:
-        given = [f"--{n.replace('_', '-')}" for n in ("retention", "l1", "l2", "drop_layers", "drop_ratio")
-                 if getattr(args, n, None) is not None] + (["--no-prune"] if args.no_prune else [])
-        if given:
-            raise AIMConfigError(f"--method {method} reduces tokens before the LLM by itself; {', '.join(given)} "
-                                 "do not apply")
-    elif method in STEP_METHODS:
-        if args.l1 is not None or args.l2 is not None or args.no_prune:
-            raise AIMConfigError(f"--l1/--l2/--no-prune set AIM's schedule; --method {method} prunes at --drop-layers")
+    with flag_errors():
+        check_typed_settings(method, typed_knobs(args))
+    if method in STEP_METHODS:
         check_aim_flags(args.retention, None, None)
-    else:
-        if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
-            raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)} (--method), "
-                                 f"not --method {method}")
+    elif method not in PRUMERGE_METHODS:
         check_aim_flags(args.retention, args.l1, args.l2, args.no_prune)
     with flag_errors():
         _config(args, num_layers=None, merges_media=True)  # every other field, before loading anything

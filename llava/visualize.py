@@ -310,9 +310,9 @@ def add_visualize_command(subparsers) -> None:
                    help=f"frames sampled from the video, one row each (default {DEFAULT_FRAMES}, at most {MAX_FRAMES})")
     p.add_argument("--layers", type=int, nargs="+",
                    help="decoder layers to show (default: l1, mid-schedule, last layer with visual tokens)")
-    p.add_argument("--retention", type=float, help="fraction of tokens kept per frame by merging (default 0.25)")
-    p.add_argument("--l1", type=int, help="first pruning layer (default: the paper's 14/28 scaled to the model)")
-    p.add_argument("--l2", type=int, help="first layer with no visual token (default: 22/28 scaled)")
+    from llava.aim.knobs import add_knob_flags
+
+    add_knob_flags(p, "visualize")  # --retention, --l1, --l2 as llava.aim.config declares them
     p.add_argument("--question", help="question in the prompt (pruning depends on it)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=visualize_command)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple, Union
 
+from llava.aim.knobs import knob
 from llava.aim.policy import (
+    METHODS,
     PRUMERGE_METHODS,
     STEP_METHODS,
     aim_default_layers,
@@ -101,24 +103,57 @@ class AIMConfig:
     seed: the "random" control's seed (its choice is a deterministic hash, no global RNG).
     """
 
-    retention: float = 0.25
-    l1: Layer = AUTO
-    l2: Layer = AUTO
-    importance: str = "pagerank"
-    pagerank_tau: float = 0.1
-    pagerank_iters: int = 5
-    merge_weighting: str = "mean"
-    merge_order: str = "paper"
-    merge_count: str = "official"
-    merge_metric: str = AUTO
-    tie_break: str = "index"
-    pruning_mode: str = "remove"
-    importance_memory_mb: int = 1024
-    positions: str = "original"
-    method: str = "aim"
-    drop_layers: Optional[Tuple[int, ...]] = None
-    drop_ratio: Optional[float] = None
-    seed: int = 0
+    # Each field declares, once, how users set it (llava.aim.knobs): flags, model_args, errors.
+    retention: float = field(default=0.25, metadata=knob(
+        "float", "fraction of each frame's tokens kept by merging, in (0, 1] (default 0.25; 1 = no merging)",
+        commands=("run", "visualize", "flops", "bench")))
+    l1: Layer = field(default=AUTO, metadata=knob(
+        "layer", "first pruning layer, 0-based (default: the family's official schedule, else the paper's "
+        "(14, 22) of 28 layers scaled to the model)", commands=("run", "visualize", "flops", "bench"),
+        off={"python": "l1=None", "flag": "--no-prune", "model_arg": "l1=none,l2=none"}))
+    l2: Layer = field(default=AUTO, metadata=knob(
+        "layer", "first layer with no visual token (default: with --l1)", commands=("run", "visualize", "flops", "bench"),
+        off={"python": "l2=None", "flag": "--no-prune", "model_arg": "l1=none,l2=none"}))
+    importance: str = field(default="pagerank", metadata=knob(
+        "choice", "pruning score: pagerank (the paper's) or attention", choices=IMPORTANCES))
+    pagerank_tau: float = field(default=0.1, metadata=knob("float", "PageRank temperature (> 0)"))
+    pagerank_iters: int = field(default=5, metadata=knob("int", "PageRank power-iteration steps", minimum=1))
+    merge_weighting: str = field(default="mean", metadata=knob(
+        "choice", "mean (plain mean per step, the paper's code) or size (size-weighted, as ToMe)",
+        choices=MERGE_WEIGHTINGS))
+    merge_order: str = field(default="paper", metadata=knob(
+        "choice", "paper (the official output order) or spatial (original position order)", choices=MERGE_ORDERS))
+    merge_count: str = field(default="official", metadata=knob(
+        "choice", "merged count per frame: official (default; 196 -> 98, 49, 25, 13, 7, 4 at 1/2 .. 1/64) "
+        "or exact (floor(T * retention))", choices=MERGE_COUNTS, commands=("run",)))
+    merge_metric: str = field(default=AUTO, metadata=knob(
+        "choice", "merging similarity: auto (default: each family's official), keys (LLaVA-1.5: CLIP keys, "
+        "before the projector), tokens (the projected tokens)", choices=MERGE_METRICS, commands=("run",)))
+    tie_break: str = field(default="index", metadata=knob(
+        "choice", "pruning: how exactly tied scores are ranked (index, the default: official-equivalent)",
+        choices=TIE_BREAKS, commands=("run",)))
+    pruning_mode: str = field(default="remove", metadata=knob(
+        "choice", "remove (default: pruned tokens leave the computation) or mask (reference)",
+        choices=PRUNING_MODES, commands=("run",)))
+    importance_memory_mb: int = field(default=1024, metadata=knob(
+        "int", "bound on the importance computation's extra memory, MiB", minimum=1))
+    positions: str = field(default="original", metadata=knob(
+        "choice", "Qwen2-VL / Qwen2.5-VL: merged tokens at their destination patch's position (original, "
+        "the default) or on the official code's shrunken grid (official); no effect on 1-D RoPE models",
+        choices=POSITIONS, commands=("run",)))
+    method: str = field(default="aim", metadata=knob(
+        "method", "aim (default), a baseline (fastv, vtw, pdrop, prumerge, prumerge_plus) or a control "
+        "(random, pool); docs/comparison.md describes each", choices=METHODS,
+        commands=("run", "flops", "plan", "bench"), flag_default="aim"))
+    drop_layers: Optional[Tuple[int, ...]] = field(default=None, metadata=knob(
+        "layers", "fastv/vtw/pdrop: layers K that see the reduced set, e.g. 2 or 8,16,24 "
+        "(default: the paper's, scaled to the model's depth); model_args: 8/16/24",
+        commands=("run", "flops", "plan", "bench")))
+    drop_ratio: Optional[float] = field(default=None, metadata=knob(
+        "float", "fastv/pdrop: fraction of the visual tokens dropped at each step (default 0.5)",
+        commands=("run", "flops", "plan", "bench")))
+    seed: int = field(default=0, metadata=knob(
+        "int", "seed of the random control (--method random; default 0)", minimum=0, commands=("run",)))
 
     def __post_init__(self) -> None:
         _check_retention(self.retention)
@@ -128,7 +163,7 @@ class AIMConfig:
         validate_method_fields(self.method, self.drop_layers, self.drop_ratio, self.seed, self.l1, self.l2)
         if self.method in PRUMERGE_METHODS and self.retention != 1.0:
             raise AIMConfigError(
-                f"{self.method} replaces AIM's merging: retention must be 1.0, got {self.retention!r} "
+                f"{self.method} replaces AIM's merging: {{retention}} must be 1.0, got {self.retention!r} "
                 f"(AIMConfig.for_method({self.method!r}) sets it)"
             )
         check_importance(self.importance)  # a registered score (llava.aim.registry), no fallback
@@ -142,14 +177,14 @@ class AIMConfig:
         if self.positions == "official":
             _check_official_grid(self.retention, self.method, self.merge_weighting)
         if not _is_real(self.pagerank_tau) or not self.pagerank_tau > 0:
-            raise AIMConfigError(f"pagerank_tau must be a positive number, got {self.pagerank_tau!r}")
+            raise AIMConfigError(f"{{pagerank_tau}} must be a positive number, got {self.pagerank_tau!r}")
         if not _is_int(self.pagerank_iters) or self.pagerank_iters < 1:
             raise AIMConfigError(
-                f"pagerank_iters must be a positive integer, got {self.pagerank_iters!r}"
+                f"{{pagerank_iters}} must be a positive integer, got {self.pagerank_iters!r}"
             )
         if not _is_int(self.importance_memory_mb) or self.importance_memory_mb < 1:
             raise AIMConfigError(
-                "importance_memory_mb must be a positive integer (MiB), "
+                "{importance_memory_mb} must be a positive integer (MiB), "
                 f"got {self.importance_memory_mb!r}"
             )
 
@@ -242,9 +277,9 @@ class AIMConfig:
         """Raise if the setting cannot apply to a decoder with ``num_layers`` layers."""
         if isinstance(self.l1, int) and self.l1 > num_layers:
             raise AIMConfigError(
-                f"l1={self.l1} is beyond the language model, which has {num_layers} layers "
+                f"{{l1={self.l1}}} is beyond the language model, which has {num_layers} layers "
                 f"(valid l1: 0..{num_layers}, where {num_layers} prunes nothing); pass a smaller l1, "
-                "or l1=None to disable pruning"
+                "or {l1:off} to disable pruning"
             )
         check_method_against_model(self.method, self.drop_layers, num_layers)
 
@@ -263,7 +298,7 @@ def _is_real(x) -> bool:
 def _check_retention(r) -> None:
     if not _is_real(r) or not (0.0 < r <= 1.0):
         raise AIMConfigError(
-            f"retention must be a number in (0, 1] (fraction of tokens kept per frame), got {r!r}"
+            f"{{retention}} must be in (0, 1] (the fraction of each frame's tokens kept by merging), got {r!r}"
         )
 
 
@@ -276,14 +311,25 @@ def _check_layers(l1, l2) -> None:
         return
     if l1 is None or l2 is None:
         raise AIMConfigError(
-            f"l1 and l2 go together: set both to enable pruning or both to None, got l1={l1!r}, l2={l2!r}"
+            f"l1 and l2 go together: set both to enable pruning or both to None, got {{l1={l1!r}}}, {{l2={l2!r}}}"
         )
     if not _is_int(l1) or not _is_int(l2):
-        raise AIMConfigError(f"l1 and l2 must be integers, got l1={l1!r}, l2={l2!r}")
-    if l1 < 0 or l2 < 0:
-        raise AIMConfigError(f"layer indices must be non-negative, got l1={l1}, l2={l2}")
+        raise AIMConfigError(f"l1 and l2 must be integers, got {{l1={l1!r}}}, {{l2={l2!r}}}")
+    for name, value in (("l1", l1), ("l2", l2)):
+        if value < 0:
+            raise AIMConfigError(f"{{{name}}} must be non-negative, got {value}")
     if l1 >= l2:
-        raise AIMConfigError(f"need l1 < l2 (prune after layers l1..l2-1), got l1={l1}, l2={l2}")
+        raise AIMConfigError(f"{{l1}} must be below {{l2}} (pruning runs after layers l1..l2-1, need l1 < l2), "
+                             f"got {{l1={l1}}} {{l2={l2}}}")
+
+
+def check_fields(retention=None, l1: Layer = None, l2: Layer = None) -> None:
+    """AIMConfig's own rules on the retention and layers given (None: not given), for front ends
+    that check what was typed before a whole config is built."""
+    if retention is not None:
+        _check_retention(retention)
+    if l1 is not None and l2 is not None:
+        _check_layers(l1, l2)
 
 
 def official_grid_shrink(retention: float) -> int:
@@ -319,7 +365,7 @@ def _check_official_grid(retention, method: str, weighting: str) -> None:
 
 def _check_choice(field: str, value, choices) -> None:
     if value not in choices:
-        raise AIMConfigError(f"{field} must be one of {list(choices)}, got {value!r}")
+        raise AIMConfigError(f"{{{field}}} must be one of {list(choices)}, got {value!r}")
 
 
 PRESETS: Dict[str, AIMConfig] = {

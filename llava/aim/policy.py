@@ -46,7 +46,7 @@ Pure python; the config module imports this one, so nothing here imports the con
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from llava.aim.registry import lookup
 from llava.errors import AIMConfigError
@@ -101,7 +101,7 @@ SPECS = {
 
 def spec(method: str) -> MethodSpec:
     if method not in SPECS:
-        raise AIMConfigError(f"method must be one of {list(METHODS)}, got {method!r}")
+        raise AIMConfigError(f"{{method}} must be one of {list(METHODS)}, got {method!r}")
     return SPECS[method]
 
 
@@ -141,46 +141,80 @@ def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> Non
         lookup(s.score, "score")  # the method's parts are registered (llava.aim.registry)
     lookup(s.reduction, "reduction")
     if not _is_int(seed) or seed < 0:
-        raise AIMConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        raise AIMConfigError(f"{{seed}} must be a non-negative integer, got {seed!r}")
     if s.schedule == "none":
         if l1 is not None or l2 is not None or drop_layers is not None or drop_ratio is not None:
             raise AIMConfigError(
-                f"{method} reduces tokens before the LLM only: l1/l2/drop_layers/drop_ratio must be None "
+                f"{method} reduces tokens before the LLM only: {{l1}}/{{l2}}/{{drop_layers}}/{{drop_ratio}} must be None "
                 f"(AIMConfig.for_method({method!r}) sets them)"
             )
         return
     if s.schedule == "linear":
         if drop_layers is not None or drop_ratio is not None:
             raise AIMConfigError(
-                f"drop_layers / drop_ratio belong to {list(STEP_METHODS)}; method {method!r} uses l1/l2 "
-                "(leave them None)"
+                f"{{drop_layers}} / {{drop_ratio}} belong to {list(STEP_METHODS)}; {{method}} {method!r} uses l1/l2 "
+                "({drop_layers/drop_ratio:unset})"
             )
         return
     if l1 is not None or l2 is not None:
         raise AIMConfigError(
-            f"method {method!r} prunes at drop_layers, not with AIM's l1/l2: set l1=None, l2=None "
-            f"(AIMConfig.for_method({method!r}) does)"
+            f"{{method}} {method!r} prunes at {{drop_layers}}, not with AIM's l1/l2: {{l1/l2:unset}} "
+            f"{{python:(AIMConfig.for_method({method!r}) does)}}"
         )
     if drop_layers is not None:
         if not isinstance(drop_layers, tuple) or not drop_layers or not all(_is_int(k) for k in drop_layers):
-            raise AIMConfigError(f"drop_layers must be a non-empty tuple of integers, got {drop_layers!r}")
+            raise AIMConfigError(f"{{drop_layers}} must be a non-empty tuple of integers, got {drop_layers!r}")
         if any(k < 1 for k in drop_layers):
             raise AIMConfigError(
-                f"drop_layers must be >= 1 (layer K sees the survivors of layer K-1's score), got {drop_layers}"
+                f"{{drop_layers}} must be >= 1 (layer K sees the survivors of layer K-1's score), got {drop_layers}"
             )
         if list(drop_layers) != sorted(set(drop_layers)):
-            raise AIMConfigError(f"drop_layers must be strictly increasing, got {drop_layers}")
+            raise AIMConfigError(f"{{drop_layers}} must be strictly increasing, got {drop_layers}")
         if method in ("fastv", "vtw") and len(drop_layers) != 1:
-            raise AIMConfigError(f"{method} drops at one layer K: drop_layers=(K,), got {drop_layers}")
+            raise AIMConfigError(f"{method} drops at one layer K: {{drop_layers=(K,)}}, got {drop_layers}")
     if drop_ratio is not None:
         if method == "vtw":
-            raise AIMConfigError("vtw withdraws every visual token; drop_ratio does not apply (leave it None)")
+            raise AIMConfigError("vtw withdraws every visual token; {drop_ratio} does not apply ({drop_ratio:unset})")
         if not _is_fraction(drop_ratio) or (method == "pdrop" and drop_ratio >= 1.0):
             upper = "1)" if method == "pdrop" else "1]"
             raise AIMConfigError(
-                f"drop_ratio (fraction of the visual tokens dropped at each step) must be in (0, {upper}, "
+                f"{{drop_ratio}} (fraction of the visual tokens dropped at each step) must be in (0, {upper}, "
                 f"got {drop_ratio!r}"
             )
+
+
+def check_typed_settings(method: str, typed: Mapping[str, Any]) -> None:
+    """The rules tying ``method`` to the other knobs a user typed, for every front end (run, flops,
+    plan, bench, the eval model_args). ``typed``: {field: value} of the settings given; l1/l2 None
+    means pruning turned off (--no-prune, l1=none). Errors name the fields as tokens
+    (llava.aim.knobs), so each front end words them as its user typed them."""
+    layers = [n for n in ("l1", "l2") if n in typed]
+    if len(layers) == 1:
+        raise AIMConfigError("give both {l1} and {l2} (or neither for the paper's schedule scaled to the model)")
+    s = spec(method)
+    if s.schedule == "none":  # PruMerge: retention 1 (no merging) is what the eval scripts pass every baseline
+        extra = [n for n in ("retention", "l1", "l2", "drop_layers", "drop_ratio")
+                 if n in typed and not (n == "retention" and typed[n] == 1.0)]
+        if extra:
+            words = _typed_words(extra, typed)
+            raise AIMConfigError(f"{{method={method}}} reduces tokens before the LLM by itself; "
+                                 f"{words} {'do' if ', ' in words else 'does'} not apply")
+    elif s.schedule == "steps":
+        if layers:
+            raise AIMConfigError(f"{{method={method}}} prunes at {{drop_layers}}, not l1/l2: drop "
+                                 f"{_typed_words(layers, typed)}")
+    elif "drop_layers" in typed or "drop_ratio" in typed:
+        raise AIMConfigError(f"{{drop_layers}}/{{drop_ratio}} apply to {', '.join(STEP_METHODS)} ({{method}}), "
+                             f"not {{method={method}}}")
+    if typed.get("seed") is not None and method != "random":
+        raise AIMConfigError(f"{{seed}} sets the random control's survivors ({{method=random}}), "
+                             f"not {{method={method}}}")
+
+
+def _typed_words(names, typed: Mapping[str, Any]) -> str:
+    """Tokens for the fields typed: l1/l2 given as None read as the way to turn pruning off."""
+    tokens = ["{l1:off}" if n in ("l1", "l2") and typed[n] is None else "{%s}" % n for n in names]
+    return ", ".join(dict.fromkeys(tokens))
 
 
 def drop_layers_for(method: str, drop_layers: Optional[Tuple[int, ...]], num_layers: int) -> Tuple[int, ...]:
@@ -198,7 +232,7 @@ def drop_steps(method: str, drop_layers, drop_ratio, num_layers: int) -> Tuple[T
     """((layer K, fraction of the remaining visual tokens kept from K on), ...) of a step method."""
     s = spec(method)
     if s.schedule != "steps":
-        raise AIMConfigError(f"method {method!r} has a linear schedule, not drop steps")
+        raise AIMConfigError(f"{{method}} {method!r} has a linear schedule, not drop steps")
     ratio = s.default_ratio if drop_ratio is None else drop_ratio
     if method == "vtw":
         ratio = 1.0
@@ -213,7 +247,7 @@ def check_method_against_model(method: str, drop_layers, num_layers: int) -> Non
     if layers[-1] >= num_layers:
         raise AIMConfigError(
             f"{method} drops at layer {layers[-1]}, beyond the language model's {num_layers} layers "
-            f"(valid drop layers: 1..{num_layers - 1})"
+            f"(valid {{drop_layers:plain}}: 1..{num_layers - 1})"
         )
 
 

@@ -10,7 +10,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llava.analysis.hardware import HARDWARE
 from llava.analysis.matching import paper_row_match
+from llava.aim.config import AIMConfig
 from llava.analysis.roofline import (
+    config_arguments,
     PAPER_L1,
     PAPER_L2,
     PAPER_LAYERS,
@@ -21,7 +23,8 @@ from llava.analysis.roofline import (
     paper_default_layers,
     reduction_figures,
 )
-from llava.aim.policy import LLAVA15_OFFICIAL_LAYERS, METHODS, PRUMERGE_METHODS, STEP_METHODS, drop_layers_for, spec
+from llava.aim.policy import (LLAVA15_OFFICIAL_LAYERS, PRUMERGE_METHODS, STEP_METHODS, check_typed_settings,
+                              drop_layers_for, spec)
 from llava.analysis.shapes import (
     BUILTIN_LLMS,
     BUILTIN_VISION,
@@ -31,69 +34,63 @@ from llava.analysis.shapes import (
     qwen_vl_kind,
     qwen_vl_visual_tokens,
 )
+from llava.aim.knobs import add_knob_flags
 from llava.errors import AIMConfigError
-from llava.flags import check_aim_flags, flag_errors
-
-
-def layer_list(text: str) -> Tuple[int, ...]:
-    """``--drop-layers 8,16,24`` -> (8, 16, 24)."""
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 8,16,24, got {text!r}")
+from llava.flags import check_aim_flags, flag_errors, typed_knobs
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
-    """``--method`` and the baselines' parameters (llava.aim.policy), shared by flops / run / bench."""
-    p.add_argument("--method", default="aim", choices=METHODS,
-                   help="aim (default), a baseline (fastv, vtw, pdrop, prumerge, prumerge_plus) or a control "
-                        "(random, pool); docs/comparison.md describes each")
-    p.add_argument("--drop-layers", type=layer_list, default=None,
-                   help="fastv/vtw/pdrop: layers K that see the reduced set, e.g. 2 or 8,16,24 "
-                        "(default: the paper's, scaled to the model's depth)")
-    p.add_argument("--drop-ratio", type=float, default=None,
-                   help="fastv/pdrop: fraction of the visual tokens dropped at each step (default 0.5)")
+    """``--kept-tokens``, PruMerge's count, shared by flops / run / bench / plan (the knobs
+    --method, --drop-layers, --drop-ratio come from llava.aim.knobs.add_knob_flags)."""
     p.add_argument("--kept-tokens", type=int, default=None,
                    help="prumerge/prumerge_plus (flops, plan): tokens per frame, e.g. the mean of a run's "
                         "aim_stats.tokens_kept_per_frame (default: the count at the official ratio 1/8)")
 
 
 def resolve_method_settings(num_layers: int, args: argparse.Namespace, vision=None) -> Dict[str, Any]:
-    """retention / l1 / l2 / method / drop_layers / drop_ratio / notes for ``analyze`` from the
-    CLI options. AIM and the controls take AIM's options and defaults; fastv / vtw / pdrop take
-    their own (no merging unless --retention is given)."""
+    """``analyze``'s method keywords (retention / l1 / l2 / method / drop_layers / drop_ratio /
+    pagerank_iterations, kept_tokens) and notes from the CLI options, through the AIMConfig they
+    resolve to (:func:`resolve_method_config`)."""
+    cfg, notes = resolve_method_config(num_layers, args, vision)
+    # merge_count: analysis_inputs passes the runtime convention (--merge-count) with the geometry
+    settings = config_arguments(cfg, without=("merge_count",))
+    return dict(settings, kept_tokens=getattr(args, "kept_tokens", None), notes=notes)
+
+
+def resolve_method_config(num_layers: int, args: argparse.Namespace, vision=None) -> Tuple[AIMConfig, List[str]]:
+    """The AIMConfig the CLI options ask for on a ``num_layers`` decoder, with concrete layers, and
+    notes on the defaults it took. AIM and the controls take AIM's options and defaults; fastv /
+    vtw / pdrop take their own (no merging unless --retention is given)."""
     method = getattr(args, "method", "aim")
     drop_layers, drop_ratio = getattr(args, "drop_layers", None), getattr(args, "drop_ratio", None)
     kept_tokens = getattr(args, "kept_tokens", None)
+    with flag_errors():
+        check_typed_settings(method, typed_knobs(args))
     if method in PRUMERGE_METHODS:
-        if args.l1 is not None or args.l2 is not None or args.no_prune or drop_layers is not None \
-                or drop_ratio is not None or args.retention not in (None, 1.0):
-            raise AIMConfigError(f"{method} reduces tokens before the LLM by itself: --retention/--l1/--l2/--no-prune/"
-                                 "--drop-layers/--drop-ratio do not apply (--kept-tokens sets its count)")
         notes = [] if kept_tokens is not None else [
             f"{method}: its count is adaptive (data-dependent); counted at the official ratio 1/8 "
             "(pass --kept-tokens N with a run's tokens_kept_per_frame)"]
-        return dict(retention=1.0, l1=None, l2=None, method=method, drop_layers=None, drop_ratio=None,
-                    kept_tokens=kept_tokens, notes=notes)
+        return _method_config(AIMConfig.for_method, method), notes
     if kept_tokens is not None:
         raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}, not of {method}")
     if method in STEP_METHODS:
-        if args.l1 is not None or args.l2 is not None or args.no_prune:
-            raise AIMConfigError(f"--l1/--l2/--no-prune set AIM's schedule; {method} prunes at --drop-layers")
         notes = []
         if drop_layers is None:
             layers = drop_layers_for(method, None, num_layers)
             notes.append(f"{method}: drop layers {','.join(map(str, layers))} (the paper's default for "
                          f"{num_layers} layers; source: {spec(method).source})")
         retention = 1.0 if args.retention is None else args.retention
-        return dict(retention=retention, l1=None, l2=None, method=method, drop_layers=drop_layers,
-                    drop_ratio=drop_ratio, notes=notes)
-    if drop_layers is not None or drop_ratio is not None:
-        raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}; {method} uses --l1/--l2")
+        return _method_config(AIMConfig.for_method, method, retention=retention, drop_layers=drop_layers,
+                              drop_ratio=drop_ratio), notes
     official = LLAVA15_OFFICIAL_LAYERS.get(num_layers) if vision is not None and vision.class_token else None
     retention, l1, l2, notes = resolve_aim_settings(num_layers, args.retention, args.l1, args.l2, args.no_prune,
                                                     official)
-    return dict(retention=retention, l1=l1, l2=l2, method=method, drop_layers=None, drop_ratio=None, notes=notes)
+    return _method_config(AIMConfig, method=method, retention=retention, l1=l1, l2=l2), notes
+
+
+def _method_config(build, *args, **fields) -> AIMConfig:
+    with flag_errors():
+        return build(*args, **fields)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -198,9 +195,7 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
             "l1=14, l2=22 on 28 layers; scaled for other depths)."
         ),
     )
-    p.add_argument("--retention", type=float, default=None, help="merging retention in (0, 1] (default 0.25)")
-    p.add_argument("--l1", type=int, default=None, help="first pruning layer (0-based)")
-    p.add_argument("--l2", type=int, default=None, help="first layer without visual tokens")
+    add_knob_flags(p, "flops")  # --retention, --l1, --l2, --method, --drop-layers, --drop-ratio
     p.add_argument("--no-prune", action="store_true", help="merging only, no in-LLM pruning")
     add_method_options(p)
     add_model_options(p)
@@ -417,6 +412,7 @@ def add_plan_command(subparsers: Any) -> argparse.ArgumentParser:
     target.add_argument("--budget-tflops", type=float, help="largest acceptable LLM prefill cost, TFLOPs")
     target.add_argument("--speedup", type=float, help="smallest acceptable predicted prefill speed-up vs no AIM")
     add_model_options(p)
+    add_knob_flags(p, "plan")  # --method, --drop-layers, --drop-ratio
     add_method_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_plan)

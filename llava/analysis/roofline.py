@@ -673,6 +673,20 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
         raise AIMConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+# analyze's keyword for each AIMConfig field it takes: the one bridge from a config to the analyzer.
+CONFIG_ARGUMENTS = {"retention": "retention", "l1": "l1", "l2": "l2", "method": "method",
+                    "drop_layers": "drop_layers", "drop_ratio": "drop_ratio",
+                    "pagerank_iters": "pagerank_iterations", "merge_count": "merge_count"}
+
+
+def config_arguments(cfg: Any, without: Sequence[str] = ()) -> Dict[str, Any]:
+    """``analyze``'s keyword arguments for an AIMConfig whose layers are concrete (not "auto":
+    AIMConfig.resolve_layers); ``without``: fields another source gives."""
+    if cfg.layers_auto:
+        raise ValueError('config_arguments needs concrete l1/l2: resolve "auto" with AIMConfig.resolve_layers')
+    return {keyword: getattr(cfg, name) for name, keyword in CONFIG_ARGUMENTS.items() if name not in without}
+
+
 def analyze(
     llm: Union[str, LLMShape, Any] = "qwen2-7b",
     frames: int = 32,

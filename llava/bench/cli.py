@@ -86,6 +86,7 @@ from llava.bench.models import (
 from llava.bench.predict import calibrate_cpu, cuda_hardware, predict
 from llava.bench.report import OVERHEAD_GOAL, bench_report, format_bench, format_layerwise, lm_summary, machine, versions
 from llava.errors import AIMConfigError, InsufficientMemoryError
+from llava.flags import check_aim_flags
 
 E2E_TEXT_TOKENS = 20  # the chat template around the question, end to end (an upper bound)
 QWEN_E2E_TEXT_TOKENS = 64  # the tiny Qwen-VL template (default system turn + question): 56
@@ -110,11 +111,6 @@ def add_bench_command(subparsers) -> None:
                    help="Qwen-VL models: pixels per frame (default 200704: 448 x 448 px, 16 x 16 tokens per temporal "
                         "group); the minimum is the video processors' 100352, below it 3136 (56 x 56 px)")
     p.add_argument("--text-tokens", type=int, default=100, help="LLM-only measurement: text tokens (default 100)")
-    p.add_argument("--retention", type=float, default=0.25,
-                   help="fraction of each frame's tokens kept by merging, in (0, 1] (default 0.25)")
-    p.add_argument("--l1", type=int, help="first pruning layer, 0-based (default: the paper's (14, 22) of 28 "
-                                          "layers scaled to the model)")
-    p.add_argument("--l2", type=int, help="first layer with no visual token (default: as --l1)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds after one warm-up round (median; default 5, with --layerwise 2)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
@@ -125,9 +121,12 @@ def add_bench_command(subparsers) -> None:
                    help="instead: AIM's overhead measured layer by layer at the 7B decoder shape (Qwen2-7B, the "
                         "LLaVA-OneVision-7B LLM; --model qwen2-vl-7b: Qwen2-VL-7B's), which does not fit whole in CPU "
                         "memory; about 80 s on 2 CPU cores, ~2 GB")
+    from llava.aim.knobs import add_knob_flags
     from llava.analysis.cli import add_method_options
 
-    add_method_options(p)  # --method X adds a case "X" (a baseline or control) next to AIM's
+    # --retention, --l1, --l2, and --method X, which adds a case "X" (a baseline or control) next to AIM's
+    add_knob_flags(p, "bench", retention=0.25)
+    add_method_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     p.set_defaults(func=bench_command)
 
@@ -140,9 +139,8 @@ def _check_args(args) -> torch.device:
     tokens = getattr(args, "tokens_per_frame", None)
     if args.frames < 1 or (tokens is not None and tokens < 1) or args.text_tokens < 2:
         raise AIMConfigError("--frames and --tokens-per-frame must be >= 1 and --text-tokens >= 2")
-    if (args.l1 is None) != (args.l2 is None):
-        raise AIMConfigError("give both --l1 and --l2, or neither for the paper's schedule scaled to the model")
-    AIMConfig(retention=args.retention, l1=args.l1, l2=args.l2)
+    # AIM's case: the config's rules, worded in flags (--method adds its own case next to it)
+    check_aim_flags(args.retention, args.l1, args.l2, has_no_prune=False)
     method = getattr(args, "method", "aim")
     if method in PRUMERGE_METHODS and (args.drop_layers is not None or args.drop_ratio is not None
                                        or getattr(args, "kept_tokens", None) is not None):

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from llava.aim.config import AIMConfig
-from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS
+from llava.aim.knobs import knobs, model_arg_fields, worded
+from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
 from llava.errors import AIMConfigError, EvalArgumentError
 
 VIDEO_BACKENDS = ("auto", "pyav", "decord")
@@ -34,11 +35,9 @@ FRAME_SAMPLINGS = ("official", "uniform")  # llava.video.FRAME_SAMPLINGS, the pl
 TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 
-# AIM knobs accepted in model_args; "aim" switches AIM on/off, "method" picks the method.
-AIM_ARGS = ("method", "aim", "retention", "l1", "l2", "importance", "merge_order", "merge_weighting",
-            "merge_count", "merge_metric", "tie_break",
-            "pruning_mode", "pagerank_tau", "pagerank_iters", "importance_memory_mb", "positions",
-            "drop_layers", "drop_ratio", "seed")  # the last three: baselines / controls (llava.aim.policy)
+# AIM knobs accepted in model_args, as AIMConfig declares them (llava.aim.knobs); "aim" switches AIM
+# on/off, "method" picks the method.
+AIM_ARGS = ("method", "aim") + tuple(arg for arg in model_arg_fields() if arg != "method")
 # Loading / input settings, with their defaults.
 LOADER_DEFAULTS: Dict[str, Any] = {
     "pretrained": None,  # each model class has its own default checkpoint
@@ -147,44 +146,47 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
         if tuned:
             raise EvalArgumentError(f"aim=0 (AIM off) cannot be combined with AIM settings {tuned}; drop them or set aim=1")
         return AIMConfig.disabled()
-    fields: Dict[str, Any] = {}
-    for name in ("retention", "pagerank_tau"):
-        if name in raw:
-            fields[name] = _as_float(name, raw[name])
-    for name in ("pagerank_iters", "importance_memory_mb"):
-        if name in raw:
-            fields[name] = _as_int(name, raw[name], minimum=1)
-    for name in ("importance", "merge_order", "merge_weighting", "pruning_mode", "merge_count", "merge_metric",
-                 "tie_break", "positions"):
-        if name in raw:
-            fields[name] = str(raw[name])
+    fields = _knob_values(raw)
+    layers = _layers(raw)
+    try:
+        check_typed_settings(method, {**fields, **layers})
+    except AIMConfigError as exc:
+        raise EvalArgumentError(worded(exc, "model_arg")) from exc
     if method in PRUMERGE_METHODS:  # LLaVA-PruMerge: its own adaptive reduction, nothing else
-        # retention=1 (no merging) is what the eval scripts pass for every baseline: not a conflict
-        extra = sorted(k for k in ("retention", "l1", "l2", "drop_layers", "drop_ratio") if k in raw
-                       and not (k == "retention" and fields.get("retention") == 1.0))
-        if extra:
-            raise EvalArgumentError(f"method={method} reduces tokens before the LLM by itself; {extra} do not apply")
         fields = {**fields, "retention": 1.0, "l1": None, "l2": None}
     elif method in STEP_METHODS:  # FastV / VTW / PDrop: their own layers, no merging unless asked
-        if "l1" in raw or "l2" in raw:
-            raise EvalArgumentError(f"method={method} prunes at drop_layers (e.g. drop_layers=8/16/24), not l1/l2")
         fields = {"retention": 1.0, **fields, "l1": None, "l2": None}
     else:
-        fields.update(_layers(raw))
-    if "drop_layers" in raw:
-        fields["drop_layers"] = _layer_list(raw["drop_layers"])
-    if "drop_ratio" in raw:
-        fields["drop_ratio"] = _as_float("drop_ratio", raw["drop_ratio"])
-    if "seed" in raw:
-        fields["seed"] = _as_int("seed", raw["seed"], minimum=0)
+        fields.update(layers)
     fields["method"] = method
     try:
         cfg = AIMConfig(**fields)
         if num_layers is not None:
             cfg.check_against_model(num_layers)
     except AIMConfigError as exc:
-        raise EvalArgumentError(f"bad AIM model_args: {exc}") from exc
+        raise EvalArgumentError(f"bad AIM model_args: {worded(exc, 'model_arg')}") from exc
     return cfg
+
+
+# How each knob kind of llava.aim.knobs reads a model_arg ("layer" and "method" are read with
+# the rules that tie them to other fields, in aim_config_from_model_args).
+_READERS: Dict[str, Callable[[str, Any, Any], Any]] = {
+    "float": lambda arg, value, knob: _as_float(arg, value),
+    "int": lambda arg, value, knob: _as_int(arg, value, minimum=knob.minimum),
+    "choice": lambda arg, value, knob: str(value),  # AIMConfig checks the choice
+    "layers": lambda arg, value, knob: _layer_list(value),
+}
+
+
+def _knob_values(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """{field: value} of the model_args given, read as each field's knob declares."""
+    declared = knobs()
+    values: Dict[str, Any] = {}
+    for arg, name in model_arg_fields().items():
+        reader = _READERS.get(declared[name].kind)
+        if arg in raw and reader is not None:
+            values[name] = reader(arg, raw[arg], declared[name])
+    return values
 
 
 def pixel_limits(raw: Mapping[str, Any]) -> Dict[str, int]:
@@ -312,11 +314,7 @@ def check_model_args(plugin: str, kwargs: Mapping[str, Any]) -> List[str]:
 
 
 def _layers(raw: Mapping[str, Any]) -> Dict[str, Optional[int]]:
-    given = {name: raw[name] for name in ("l1", "l2") if name in raw}
-    if not given:
-        return {}  # "auto": apply_aim resolves it for the model's family and depth
-    if len(given) == 1:
-        raise EvalArgumentError(f"give both l1 and l2 (or neither for the paper's schedule), got {given}")
+    given = {name: raw[name] for name in ("l1", "l2") if name in raw}  # none: "auto", as apply_aim resolves it
     return {name: None if _is_none(v) else _as_int(name, v, minimum=0) for name, v in given.items()}
 
 

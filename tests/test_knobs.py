@@ -1,0 +1,147 @@
+"""The knob declaration (llava.aim.knobs): every AIMConfig field declares how users set it, and the
+flags, model_args and error words all come from that one declaration."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from llava.aim.config import AIMConfig
+from llava.aim.knobs import COMMANDS, dest_of, flag_of, knobs, model_arg_of, render, worded
+from llava.errors import AIMConfigError, EvalArgumentError
+from llava.eval.args import AIM_ARGS, aim_config_from_model_args
+
+# A value each field's flag / model_arg accepts, and the value it gives the field.
+SAMPLES = {
+    "retention": ("0.5", 0.5), "l1": ("3", 3), "l2": ("5", 5), "importance": ("attention", "attention"),
+    "pagerank_tau": ("0.2", 0.2), "pagerank_iters": ("7", 7), "merge_weighting": ("size", "size"),
+    "merge_order": ("spatial", "spatial"), "merge_count": ("exact", "exact"), "merge_metric": ("keys", "keys"),
+    "tie_break": ("log_attention", "log_attention"), "pruning_mode": ("mask", "mask"),
+    "importance_memory_mb": ("64", 64), "positions": ("official", "official"), "method": ("pool", "pool"),
+    "drop_layers": ("2/4", (2, 4)), "drop_ratio": ("0.25", 0.25), "seed": ("3", 3),
+}
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    from llava.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def test_every_field_declares_its_knob():
+    fields = [f.name for f in dataclasses.fields(AIMConfig)]
+    assert list(knobs()) == fields
+    for name, k in knobs().items():
+        assert k.help and set(k.commands) <= set(COMMANDS), name
+        assert (k.kind in ("choice", "method")) == bool(k.choices), name
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_the_flags_declared_for_it(command):
+    parser = _parser(command)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    declared = {flag_of(name) for name, k in knobs().items() if command in k.commands}
+    assert declared and declared <= flags
+    # and no AIM flag outside the declaration (analysis's runtime --merge-count aside)
+    others = {flag_of(name) for name in knobs()} - declared - {"--merge-count"}
+    assert not (others & flags)
+
+
+def test_run_flags_parse_to_the_fields():
+    parser = _parser("run")
+    for name, k in knobs().items():
+        if "run" not in k.commands:
+            continue
+        text, value = SAMPLES[name]
+        args = parser.parse_args([flag_of(name), text.replace("/", ",")])
+        assert getattr(args, dest_of(name)) == value, name
+
+
+def test_every_model_arg_parses_to_its_field():
+    for name in knobs():
+        text, value = SAMPLES[name]
+        raw = {model_arg_of(name): text}
+        if name in ("l1", "l2"):
+            raw = {"l1": "3", "l2": "5"}
+        if name in ("drop_layers", "drop_ratio"):
+            raw["method"] = "pdrop"
+        if name == "seed":
+            raw["method"] = "random"
+        if name == "positions":
+            raw["retention"] = "0.25"
+        if name == "merge_weighting":
+            raw["positions"] = "original"
+        assert model_arg_of(name) in AIM_ARGS
+        assert getattr(aim_config_from_model_args(raw), name) == value, name
+
+
+def test_error_tokens_read_as_flags_in_the_cli_and_model_args_in_eval():
+    exc = AIMConfigError("{drop_ratio} does not apply with {l1=5}; {l1:off} disables pruning")
+    assert exc.fields == ("drop_ratio", "l1")
+    assert str(exc) == "drop_ratio does not apply with l1=5; l1=None disables pruning"
+    assert worded(exc, "flag") == "--drop-ratio does not apply with --l1 5; --no-prune disables pruning"
+    assert worded(exc, "model_arg") == "drop_ratio does not apply with l1=5; l1=none,l2=none disables pruning"
+    assert render("{not_a_field} {importance_memory_mb}", "flag") == "{not_a_field} --importance-memory-mb"
+
+
+def test_a_config_error_reaches_eval_in_model_arg_words():
+    with pytest.raises(EvalArgumentError, match=r"bad AIM model_args: .*drop_ratio"):
+        aim_config_from_model_args({"method": "vtw", "drop_ratio": 0.5})
+
+
+def _cli_error(argv, capsys) -> str:
+    from llava.cli import main
+
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_one_method_rule_reads_as_flags_in_the_cli_and_as_model_args_in_eval(capsys):
+    # llava.aim.policy.check_typed_settings holds the rule; each front end words it
+    err = _cli_error(["flops", "--method", "fastv", "--l1", "3", "--l2", "5"], capsys)
+    assert "--method fastv prunes at --drop-layers, not l1/l2: drop --l1, --l2" in err
+    with pytest.raises(EvalArgumentError, match=r"^method=fastv prunes at drop_layers, not l1/l2: drop l1, l2$"):
+        aim_config_from_model_args({"method": "fastv", "l1": 3, "l2": 5})
+    err = _cli_error(["flops", "--method", "prumerge", "--no-prune"], capsys)
+    assert "--method prumerge reduces tokens before the LLM by itself; --no-prune does not apply" in err
+    with pytest.raises(EvalArgumentError, match=r"l1=none,l2=none does not apply"):
+        aim_config_from_model_args({"method": "prumerge", "l1": "none", "l2": "none"})
+
+
+def test_give_both_layers_is_one_rule(capsys):
+    assert "give both --l1 and --l2" in _cli_error(["flops", "--l1", "3"], capsys)
+    with pytest.raises(EvalArgumentError, match="give both l1 and l2"):
+        aim_config_from_model_args({"l1": 3})
+
+
+def test_eval_refuses_a_seed_the_method_ignores():
+    # the seed picks the random control's survivors; with another method it would do nothing
+    with pytest.raises(EvalArgumentError, match=r"seed sets the random control's survivors \(method=random\)"):
+        aim_config_from_model_args({"seed": 3})
+    assert aim_config_from_model_args({"method": "random", "seed": 3}).seed == 3
+
+
+def test_analyze_takes_a_resolved_config():
+    from llava.analysis.roofline import analyze, config_arguments
+
+    cfg = AIMConfig(retention=0.5, l1=4, l2=8, pagerank_iters=3)
+    direct = analyze(llm="qwen2-7b", retention=0.5, l1=4, l2=8, pagerank_iterations=3)
+    via = analyze(llm="qwen2-7b", **config_arguments(cfg))
+    assert via.prefill_flops == direct.prefill_flops and via.settings == direct.settings
+    with pytest.raises(ValueError, match="resolve_layers"):
+        config_arguments(AIMConfig())
+    assert config_arguments(AIMConfig().resolve_layers(28))["l1"] == 14
+
+
+def test_front_ends_agree_on_prumerge_with_retention_one(capsys):
+    # one rule (policy.check_typed_settings): retention 1 means no merging, which PruMerge is; run
+    # refused it alone before the rules were shared
+    from llava.run import _validate_args
+
+    _validate_args(_parser("run").parse_args(["--method", "prumerge", "--retention", "1"]))
+    assert aim_config_from_model_args({"method": "prumerge", "retention": 1}).retention == 1.0
+    with pytest.raises(AIMConfigError, match=r"--method prumerge reduces tokens before the LLM by itself; "
+                                             r"--retention does not apply"):
+        _validate_args(_parser("run").parse_args(["--method", "prumerge", "--retention", "0.5"]))
