@@ -188,7 +188,7 @@ def _no_model_built(monkeypatch):
         raise AssertionError("a model was built although the run cannot fit")
 
     monkeypatch.setattr(bench_cli, "build_lm", refuse)
-    monkeypatch.setattr(bench_cli, "build_onevision", refuse)
+    monkeypatch.setattr(bench_cli, "build_model", refuse)
     return bench_cli
 
 

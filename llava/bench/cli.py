@@ -78,21 +78,20 @@ from llava.bench.models import (
     BenchModel,
     bench_model,
     build_lm,
-    build_onevision,
-    build_qwen_vl,
+    build_model,
     square_side,
     synthetic_video,
+    tiny_config,
 )
 from llava.bench.predict import calibrate_cpu, cuda_hardware, predict
 from llava.bench.report import OVERHEAD_GOAL, bench_report, format_bench, format_layerwise, lm_summary, machine, versions
 from llava.errors import AIMConfigError, InsufficientMemoryError
 
 E2E_TEXT_TOKENS = 20  # the chat template around the question, end to end (an upper bound)
-QWEN_E2E_TEXT_TOKENS = 64  # the tiny Qwen-VL template (default system turn + question): 56
+# the tiny templates of the families whose tokens follow the resolution (default system turn + question): 56
+RESOLUTION_E2E_TEXT_TOKENS = 64
 MEMORY_HEADROOM = 0.9  # plan for at most this fraction of what is available
-ONEVISION_TOKENS_PER_FRAME = 196  # 27 x 27 SigLIP patches pooled 2x2
-ONEVISION_FRAME_SIDE = 384
-QWEN_VL_IMAGE_MIN_PIXELS = 56 * 56  # the Qwen-VL image processors' floor
+IMAGE_MIN_PIXELS = 56 * 56  # those families' image processors' floor
 
 
 def add_bench_command(subparsers) -> None:
@@ -100,8 +99,9 @@ def add_bench_command(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--model", choices=["auto", *BENCH_MODELS], default="auto",
-                   help="random-weight architecture: small (CPU default), onevision-7b (CUDA default), small-qwen2-vl, "
-                        "qwen2-vl-7b, small-qwen2.5-vl, qwen2.5-vl-7b")
+                   help="random-weight architecture, a family at the small size or its reference checkpoint's: "
+                        + ", ".join(f"{name} ({m.title})" for name, m in BENCH_MODELS.items())
+                        + "; auto: the first on CPU, its reference size on CUDA")
     p.add_argument("--frames", type=int, default=32, help="video frames (default 32; Qwen-VL: 2 per temporal group)")
     p.add_argument("--tokens-per-frame", type=int, default=None,
                    help="LLaVA-OneVision, LLM-only measurement: visual tokens per frame before merging (default and "
@@ -196,37 +196,46 @@ class BenchInput:
 
 
 def bench_input(args, spec: BenchModel) -> BenchInput:
-    """The input of this run from the flags (refusing the other family's input flags)."""
+    """The input of this run from the flags, counted by the family's adapter (refusing the other
+    families' input flags)."""
     max_pixels = getattr(args, "max_pixels", None)
     tokens = getattr(args, "tokens_per_frame", None)
-    if not spec.qwen:
+    adapter, config = spec.adapter, tiny_config(spec.family)
+    if not spec.resolution:
         if max_pixels is not None:
-            raise AIMConfigError(f"--max-pixels describes Qwen-VL inputs; --model {spec.name} takes --tokens-per-frame")
-        return BenchInput(args.frames, args.frames, ONEVISION_TOKENS_PER_FRAME if tokens is None else tokens,
-                          ONEVISION_TOKENS_PER_FRAME, 1, args.text_tokens, ONEVISION_FRAME_SIDE, E2E_TEXT_TOKENS)
-    from llava.analysis.shapes import QWEN_VL_MAX_PIXELS, QWEN_VL_VIDEO_MIN_PIXELS, qwen_vl_visual_tokens
-
+            raise AIMConfigError(f"--max-pixels describes the inputs of models whose tokens follow the resolution; "
+                                 f"--model {spec.name} takes --tokens-per-frame")
+        count = adapter.visual_tokens(config, args.frames)
+        return BenchInput(args.frames, count.units, count.tokens_per_unit if tokens is None else tokens,
+                          count.tokens_per_unit, adapter.newline_tokens, args.text_tokens,
+                          config.vision_config.image_size, E2E_TEXT_TOKENS)
     if tokens is not None:
         raise AIMConfigError(f"--model {spec.name} counts its tokens from --frames and --max-pixels (16 x 16 per "
-                             "2 frames at 200704); --tokens-per-frame is for LLaVA-OneVision")
-    max_pixels = QWEN_VL_MAX_PIXELS if max_pixels is None else max_pixels
-    if isinstance(max_pixels, bool) or max_pixels < 28 * 28:
-        raise AIMConfigError(f"--max-pixels must be at least 784 (one 28 x 28 px block), got {max_pixels}")
+                             "2 frames at 200704); --tokens-per-frame is for the other families")
+    factor = config.vision_config.patch_size * config.vision_config.spatial_merge_size
+    max_pixels = adapter.default_max_pixels if max_pixels is None else max_pixels
+    if isinstance(max_pixels, bool) or max_pixels < factor * factor:
+        raise AIMConfigError(f"--max-pixels must be at least {factor * factor} (one {factor} x {factor} px block), "
+                             f"got {max_pixels}")
     # the video processors' floor; below it the image processors' (a floor above max_pixels would
     # enlarge every frame past it)
-    min_pixels = QWEN_VL_VIDEO_MIN_PIXELS if max_pixels >= QWEN_VL_VIDEO_MIN_PIXELS else min(QWEN_VL_IMAGE_MIN_PIXELS,
-                                                                                           max_pixels)
+    floor = adapter.video_min_pixels
+    min_pixels = floor if max_pixels >= floor else min(IMAGE_MIN_PIXELS, max_pixels)
     side = square_side(max_pixels)
-    groups, per_group, grid = qwen_vl_visual_tokens(args.frames, side, side, max_pixels=max_pixels,
-                                                    min_pixels=min_pixels)
-    return BenchInput(args.frames, groups, per_group, per_group, 0, args.text_tokens, side, QWEN_E2E_TEXT_TOKENS,
-                      grid=grid, max_pixels=max_pixels, min_pixels=min_pixels)
+    count = adapter.visual_tokens(config, args.frames, side, side, max_pixels=max_pixels, min_pixels=min_pixels)
+    return BenchInput(args.frames, count.units, count.tokens_per_unit, count.tokens_per_unit, 0, args.text_tokens,
+                      side, RESOLUTION_E2E_TEXT_TOKENS, grid=count.grid, max_pixels=max_pixels, min_pixels=min_pixels)
 
 
 def _check_method(args, spec: BenchModel) -> None:
-    if spec.qwen and args.method in PRUMERGE_METHODS:
-        raise AIMConfigError(f"--method {args.method} runs on LLaVA models' CLIP/SigLIP towers; the Qwen-VL adapter "
-                             f"does not implement it (--model {spec.name}): use --model small or onevision-7b")
+    if args.method in PRUMERGE_METHODS and not spec.adapter.supports_prumerge:
+        others = [m.name for m in BENCH_MODELS.values() if m.adapter.supports_prumerge]
+        raise AIMConfigError(f"--method {args.method}: the {spec.adapter.title} adapter does not implement it "
+                             f"(--model {spec.name}): use --model {' or '.join(others[:2])}")
+    if not getattr(args, "lm_only", True) and not getattr(args, "layerwise", False) \
+            and "video" not in spec.adapter.media:
+        raise AIMConfigError(f"--model {spec.name}: the end-to-end measurement feeds a video, which the "
+                             f"{spec.adapter.title} family does not take; add --lm-only")
 
 
 # -- memory, before anything is built --------------------------------------------------------
@@ -254,7 +263,7 @@ def estimate_bench_memory(args, text_config, vision_dims, dtype_bytes: int, spec
     if not args.lm_only:
         per = inp.e2e_tokens_per_unit
         head = text_config.vocab_size * text_config.hidden_size  # lm_head
-        if spec.qwen:
+        if spec.resolution:
             tower = qwen_vl_vision_params(spec.family, vision_dims, text_config.hidden_size)
             video = 2 * inp.units * inp.frame_side ** 2 * 3  # uint8, an odd frame repeated
             inputs = qwen_vl_vision_bytes(spec.family, vision_dims, inp.units * per * 4, video, dtype_bytes)
@@ -367,13 +376,10 @@ def bench_command(args) -> int:
 
     e2e_cases: List[PrefillCase] = []
     if not args.lm_only:
-        if spec.qwen:
-            say(f"end to end: {spec.title} (vision tower + patch merger + merging per temporal group + LLM)")
-            model, processor = build_qwen_vl(spec.family, text_config, vision_dims, device, dtype,
-                                             max_pixels=inp.max_pixels, min_pixels=inp.min_pixels)
-        else:
-            say("end to end: LLaVA-OneVision (vision tower + projector + merging + LLM)")
-            model, processor = build_onevision(text_config, vision_dims, device, dtype)
+        say(f"end to end: {spec.title} (vision tower, projector, merging per "
+            f"{'temporal group' if spec.adapter.frames_per_unit > 1 else 'frame'}, LLM)")
+        limits = dict(max_pixels=inp.max_pixels, min_pixels=inp.min_pixels) if spec.resolution else {}
+        model, processor = build_model(spec.family, text_config, vision_dims, device, dtype, **limits)
         e2e_cases = cases(inp.e2e_tokens_per_unit, 0)
         video = synthetic_video(args.frames, inp.frame_side)
         run_end_to_end_benchmark(model, processor, e2e_cases, video, "What happens in this video?",

@@ -114,6 +114,7 @@ class FamilyAdapter:
     # visual_tokens' keyword limits (e.g. "max_pixels") and whether the frame size matters: the
     # family's tokens depend on the input's resolution (the analyzer's --max-pixels / --frame-size)
     pixel_limits: Tuple[str, ...] = ()
+    newline_tokens: int = 0  # tokens the model appends after a video's frames (bench's prompt)
 
     def reference_config(self, checkpoint: str):
         """The config of a reference checkpoint (a transformers config object, defaults filled)."""
@@ -243,9 +244,11 @@ def text_bench_dims(adapter, scale) -> Dict[str, object]:
     included)."""
     if isinstance(scale, BenchScale):
         return dict(hidden_size=scale.hidden, intermediate_size=scale.intermediate, num_hidden_layers=scale.layers,
-                    num_attention_heads=scale.heads, num_key_value_heads=scale.kv_heads)
+                    num_attention_heads=scale.heads, num_key_value_heads=scale.kv_heads,
+                    head_dim=scale.hidden // scale.heads)
     text = adapter.text_config(scale)
     dims = {k: _field(text, k) for k in TEXT_FIELDS}
+    dims["head_dim"] = _field(text, "head_dim", dims["hidden_size"] // dims["num_attention_heads"])
     dims["rope_parameters"] = _field(text, "rope_parameters")
     return {k: v for k, v in dims.items() if v is not None}
 

@@ -134,6 +134,7 @@ class OneVisionAdapter(FamilyAdapter):
         processor.replace_video_token = replace_video_token
 
     # -- geometry, for the analyzer and bench
+    newline_tokens = 1  # the image_newline after a video
     references = {"llava-hf/llava-onevision-qwen2-7b-ov-hf": Reference(("qwen2-7b",), "siglip-so400m", "onevision-7b")}
 
     def vision_shape(self, config, name: str):
