@@ -18,18 +18,20 @@ Per configuration: median time (CUDA events on GPU, perf_counter on CPU), peak m
 during the prefill, KV-cache bytes. AIM's own overhead (merging, importance) is measured
 separately in instrumented runs, so it never perturbs the timed ones.
 
-Models (--model), random weights from a fixed seed:
-  small             CPU default: a small Qwen2 (8 layers, hidden 256, 8/2 heads) and a 2-layer
-                    SigLIP at LLaVA-OneVision's geometry (384 px, patch 14, 196 tokens per frame)
-  onevision-7b      CUDA default: LLaVA-OneVision-7B (SigLIP-so400m + Qwen2-7B), bf16
-  small-qwen2-vl    the same small decoder as a Qwen2-VL text model (M-RoPE) and a 2-block,
-  small-qwen2.5-vl  128-wide tower with the 2x2 patch merger, at Qwen-VL's geometry
-  qwen2-vl-7b       Qwen2-VL-7B / Qwen2.5-VL-7B (their 32-block towers + the Qwen2-7B decoder
-  qwen2.5-vl-7b     shape), bf16
-Qwen-VL inputs follow from --frames and --max-pixels (default 200704, the official run:
-square frames resized to 448 x 448 px, 16 x 16 tokens per temporal group; 32 frames -> 16
-groups x 256 tokens), merged per temporal group. The memory a run needs is estimated before
-anything is built; a run that cannot fit exits 2.
+Models (--model), random weights from a fixed seed: every family of llava.model.families at
+two scales, built from its tiny model's config (token ids, processor, geometry) with the sizes
+replaced (``llava.bench.models``):
+  small-<tiny name>  a small decoder (8 layers, hidden 256, 8/2 heads) and a 2-layer, 128-wide
+                     tower at the family's geometry; "small" is the first family's (LLaVA-OneVision,
+                     the CPU default); e.g. small-llava-1.5, small-qwen2-vl, small-qwen2.5-vl
+  <reference>        the family's reference checkpoint's architecture, bf16 on CUDA:
+                     onevision-7b (the CUDA default), llava-1.5-7b, qwen2-vl-7b, qwen2.5-vl-7b
+The visual tokens are counted by the family's adapter. Families whose tokens follow the frames'
+resolution (Qwen2-VL, Qwen2.5-VL) take --frames and --max-pixels (default 200704, the official
+run: square frames resized to 448 x 448 px, 16 x 16 tokens per temporal group of 2 frames; 32
+frames -> 16 groups x 256 tokens), merged per temporal group. The end-to-end measurement feeds a
+video: an image-only family (LLaVA-1.5) runs with --lm-only. The memory a run needs is
+estimated before anything is built; a run that cannot fit exits 2.
 
 ``--layerwise`` instead measures AIM's overhead at the 7B decoder shape where the whole model
 does not fit (float32 on CPU): one decoder layer timed at every token count of the schedule,
@@ -104,8 +106,9 @@ def add_bench_command(subparsers) -> None:
                         + "; auto: the first on CPU, its reference size on CUDA")
     p.add_argument("--frames", type=int, default=32, help="video frames (default 32; Qwen-VL: 2 per temporal group)")
     p.add_argument("--tokens-per-frame", type=int, default=None,
-                   help="LLaVA-OneVision, LLM-only measurement: visual tokens per frame before merging (default and "
-                        "end to end: the model's 196); Qwen-VL models take --max-pixels instead")
+                   help="LLM-only measurement: visual tokens per frame before merging (default and end to end: what "
+                        "the family gives a frame, e.g. 196); models whose tokens follow the resolution take "
+                        "--max-pixels instead")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="Qwen-VL models: pixels per frame (default 200704: 448 x 448 px, 16 x 16 tokens per temporal "
                         "group); the minimum is the video processors' 100352, below it 3136 (56 x 56 px)")
