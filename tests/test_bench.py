@@ -192,7 +192,7 @@ def _no_model_built(monkeypatch):
         raise AssertionError("a model was built although the run cannot fit")
 
     monkeypatch.setattr(bench_cli, "build_lm", refuse)
-    monkeypatch.setattr(bench_cli, "build_onevision", refuse)
+    monkeypatch.setattr(bench_cli, "build_model", refuse)
     return bench_cli
 
 
@@ -245,17 +245,6 @@ def test_prefill_estimate_grows_with_tokens_and_eager_costs_more(n, extra):
 
 
 # -- load: a busy machine's timings are reported as not usable, not judged -------------------
-@pytest.fixture(autouse=True)
-def idle_machine(monkeypatch):
-    """The suite runs on shared machines: the bench tests see an idle one unless they say."""
-    import time
-
-    from llava.bench import cli as bench_cli
-    from llava.bench.load import LoadSample
-
-    monkeypatch.setattr(bench_cli, "sample", lambda: LoadSample(0.0, time.process_time(), time.perf_counter()))
-
-
 def _busy_machine(monkeypatch, load: float = 8.0, cores: int = 2):
     import time
 

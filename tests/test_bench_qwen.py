@@ -231,7 +231,7 @@ def test_qwen_bench_that_cannot_fit_exits_2_before_building(monkeypatch, capsys,
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built although the run cannot fit")
 
-    for name in ("build_lm", "build_onevision", "build_qwen_vl"):
+    for name in ("build_lm", "build_model"):
         monkeypatch.setattr(bench_cli, name, refuse)
     monkeypatch.setattr(bench_cli, "available_bytes", lambda device: 20 << 30)
     assert main(argv) == 2

@@ -54,10 +54,6 @@ _QWEN_NO_CACHE_POSITIONS = (
 GAPS = {
     ("cache", "qwen2_vl"): _QWEN_NO_CACHE_POSITIONS,
     ("cache", "qwen2_5_vl"): _QWEN_NO_CACHE_POSITIONS,
-    ("geometry", "llava15"): "contract gap: flops/plan do not ask the adapter for the family's visual tokens per "
-                             "frame (--llm on a LLaVA-1.5 folder assumes 196 per frame; the model gives 576 per image)",
-    ("bench", "llava15"): "contract gap: bench does not ask the adapter for a model; its --model list "
-                          "(llava.bench.models.BENCH_MODELS) has no LLaVA-1.5 architecture",
     ("lmms_eval", "llava15"): "contract gap: the local task llava_aim_synthvid_mc gives videos and has no image "
                               "variant; the family's plugin model (llava_aim) serves images only",
 }

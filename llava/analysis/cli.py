@@ -25,15 +25,7 @@ from llava.analysis.roofline import (
 )
 from llava.aim.policy import (LLAVA15_OFFICIAL_LAYERS, PRUMERGE_METHODS, STEP_METHODS, check_typed_settings,
                               drop_layers_for, spec)
-from llava.analysis.shapes import (
-    BUILTIN_LLMS,
-    BUILTIN_VISION,
-    QWEN_VL_MAX_PIXELS,
-    get_llm,
-    get_vision,
-    qwen_vl_kind,
-    qwen_vl_visual_tokens,
-)
+from llava.analysis.shapes import get_llm, get_vision, model_visual_tokens, reference_names, resolve_model, tower_names
 from llava.aim.knobs import add_knob_flags
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors, typed_knobs
@@ -95,18 +87,24 @@ def _method_config(build, *args, **fields) -> AIMConfig:
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Model, input, hardware and precision options shared by ``flops`` and ``plan``."""
-    p.add_argument("--llm", default="qwen2-7b",
-                   help=f"built-in ({', '.join(sorted(BUILTIN_LLMS))}) or a local config.json / model directory")
+    references = reference_names()
+    default_llm = next(iter(references))
+    resolution = [f"{n} ({fam.title})" for n, (fam, _, _) in references.items() if fam.pixel_limits]
+    p.add_argument("--llm", default=default_llm,
+                   help=f"built-in ({', '.join(sorted(references))}; default {default_llm}), a reference checkpoint's "
+                        "hub id, or a local config.json / model directory")
     p.add_argument("--frames", type=int, default=32, help="frames (images: 1)")
     p.add_argument("--tokens-per-frame", type=int, default=None,
-                   help="visual tokens per frame before merging (default 196; Qwen-VL: from --max-pixels and "
-                        "--frame-size, per temporal group of 2 frames)")
+                   help="visual tokens per frame before merging (default: what the model's family gives a frame, "
+                        f"e.g. {default_llm}: {model_visual_tokens(default_llm, 1)[1].tokens_per_unit}; models whose "
+                        "tokens follow the resolution: from --max-pixels and --frame-size, per unit of frames)")
     p.add_argument("--max-pixels", type=int, default=None,
-                   help=f"Qwen-VL only: pixels per frame (default {QWEN_VL_MAX_PIXELS}, the official AIM run: 448 x 448 "
-                        "px, 16 x 16 tokens per 2 frames)")
+                   help="models whose tokens follow the frames' resolution only (" + ", ".join(resolution) +
+                        "): pixels per frame (default: the family's, e.g. 200704, the official AIM run: 448 x 448 px, "
+                        "16 x 16 tokens per 2 frames)")
     p.add_argument("--frame-size", type=frame_size, default=None, metavar="HxW",
-                   help="Qwen-VL only: frame height x width in pixels before resizing (default: square frames "
-                        "capped by --max-pixels)")
+                   help="models whose tokens follow the frames' resolution only: frame height x width in pixels "
+                        "before resizing (default: square frames capped by --max-pixels)")
     p.add_argument("--text-tokens", type=int, default=100, help="text tokens (never pruned)")
     p.add_argument("--newline-tokens", type=int, default=0,
                    help="extra visual tokens per prompt (LLaVA-OneVision's runtime appends 1 after a video; "
@@ -126,7 +124,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-bytes", type=float, default=2)
     p.add_argument("--act-bytes", type=float, default=2)
     p.add_argument("--kv-bytes", type=float, default=2)
-    p.add_argument("--vision", default=None, choices=sorted(BUILTIN_VISION),
+    p.add_argument("--vision", default=None, choices=sorted(tower_names()),
                    help="vision tower for the separately reported encoder cost (default: the LLM's pair)")
 
 
@@ -141,17 +139,15 @@ def frame_size(text: str) -> Tuple[int, int]:
 def analysis_inputs(args: argparse.Namespace) -> Dict[str, Any]:
     """``analyze`` keyword arguments from the options of :func:`add_model_options`.
 
-    Qwen-VL decoders: the analyzer's frames are the temporal groups (2 frames each) and the
-    tokens per frame those of one group at the clip's resolution (:func:`qwen_vl_input`)."""
-    frames, tokens, vision = args.frames, args.tokens_per_frame, get_vision(args.vision, args.llm)
-    qwen = qwen_vl_input(args)
-    if qwen is not None:
-        frames, per_group = qwen["groups"], qwen["tokens_per_group"]
-        tokens = per_group if tokens is None else tokens
-        if vision.spatial_merge > 1:  # the tower sees 4 patches per token
-            vision = dataclasses.replace(vision, tokens=tokens * vision.spatial_merge ** 2)
+    The model's family adapter counts the visual tokens (:func:`visual_input`); where a unit
+    holds several frames (a temporal group of 2), the analyzer's frames are the units."""
+    vision = get_vision(args.vision, args.llm)
+    tokens = visual_input(args)
+    per_unit = tokens.tokens_per_unit if args.tokens_per_frame is None else args.tokens_per_frame
+    if tokens.pixel_limits is not None and vision.spatial_merge > 1:  # the tower sees merge^2 patches per token
+        vision = dataclasses.replace(vision, tokens=per_unit * vision.spatial_merge ** 2)
     return dict(
-        llm=get_llm(args.llm), frames=frames, tokens_per_frame=196 if tokens is None else tokens,
+        llm=get_llm(args.llm), frames=tokens.units, tokens_per_frame=per_unit,
         text_tokens=args.text_tokens, newline_tokens=args.newline_tokens,
         convention="paper" if args.paper_convention else "runtime", hardware=args.hardware,
         options=RooflineOptions(weight_bytes=args.weight_bytes, act_bytes=args.act_bytes, kv_bytes=args.kv_bytes,
@@ -160,29 +156,24 @@ def analysis_inputs(args: argparse.Namespace) -> Dict[str, Any]:
     )
 
 
-def qwen_vl_input(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
-    """For a Qwen-VL decoder: its clip geometry (groups, tokens per group, merged grid, the
-    pixel limit); None for other models, which refuse the Qwen-only options."""
+def visual_input(args: argparse.Namespace):
+    """The family adapter's VisualTokens for ``--llm`` and the input options; a family whose
+    tokens do not follow the resolution refuses --max-pixels / --frame-size."""
     max_pixels, size = getattr(args, "max_pixels", None), getattr(args, "frame_size", None)
-    if qwen_vl_kind(args.llm) is None:
+    family, tokens = model_visual_tokens(args.llm, args.frames)
+    if family is None or not family.pixel_limits:
         if max_pixels is not None or size is not None:
-            raise AIMConfigError(f"--max-pixels/--frame-size describe Qwen-VL inputs; --llm {args.llm} takes "
-                                 "--tokens-per-frame instead")
-        return None
-    max_pixels = QWEN_VL_MAX_PIXELS if max_pixels is None else max_pixels
+            raise AIMConfigError(f"--max-pixels/--frame-size describe the inputs of models whose tokens follow the "
+                                 f"resolution; --llm {args.llm} takes --tokens-per-frame instead")
+        return tokens
     height, width = size if size is not None else (None, None)
-    groups, per_group, grid = qwen_vl_visual_tokens(args.frames, height, width, max_pixels=max_pixels)
-    return {"groups": groups, "tokens_per_group": per_group, "grid": grid, "max_pixels": max_pixels,
-            "frames": args.frames}
+    return model_visual_tokens(args.llm, args.frames, height, width, max_pixels=max_pixels)[1]
 
 
-def qwen_vl_note(args: argparse.Namespace) -> Optional[str]:
-    q = qwen_vl_input(args)
-    if q is None:
-        return None
-    return (f"Qwen-VL input: {q['frames']} frames = {q['groups']} temporal groups of 2 frames (the 'frames' above), "
-            f"each {q['grid'][0]} x {q['grid'][1]} = {q['tokens_per_group']} tokens after the 2x2 patch merger "
-            f"(frames resized to {q['grid'][0] * 28} x {q['grid'][1] * 28} px, max_pixels {q['max_pixels']})")
+def input_note(args: argparse.Namespace) -> Optional[str]:
+    """The family's line on the input geometry (units of several frames), or None."""
+    family = resolve_model(args.llm).family if args.llm is not None else None
+    return None if family is None else family.input_note(visual_input(args))
 
 
 def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -237,7 +228,7 @@ def run_flops(args: argparse.Namespace) -> int:
         notes = settings.pop("notes")
         result = analyze(**settings, **inputs)
     result.notes.extend(notes)
-    note = qwen_vl_note(args)
+    note = input_note(args)
     if note:
         result.notes.append(note)
     baseline = result.without_aim()
@@ -480,42 +471,20 @@ def run_prumerge_plan(args: argparse.Namespace) -> int:
     return 0 if meets else 2
 
 
-# The checkpoint each built-in language-model shape is planned for (plan's suggested command).
-CHECKPOINT_OF_LLM = {
-    "qwen2-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-    "llama-7b": "llava-hf/llava-1.5-7b-hf",
-    "vicuna-7b": "llava-hf/llava-1.5-7b-hf",
-    "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
-    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
-}
-MODEL_TYPE_OF_LLM = {"qwen2-7b": "llava_onevision", "llama-7b": "llava", "vicuna-7b": "llava",
-                     "qwen2-vl-7b": "qwen2_vl", "qwen2.5-vl-7b": "qwen2_5_vl"}
-
-
 def planned_checkpoint(llm: str) -> Tuple[Optional[str], Tuple[str, ...]]:
     """(what ``run --model`` should load, the media its family takes) for plan's ``--llm``.
 
-    A built-in shape names its checkpoint; a local model folder is itself the checkpoint.
-    (None, ()) when ``--llm`` is only a language-model config (no multimodal checkpoint).
+    A built-in shape names its reference checkpoint; a local model folder is itself the
+    checkpoint. (None, ()) when ``--llm`` is only a language-model config (no multimodal
+    checkpoint of a family AIM serves).
     """
-    import os
-
-    from llava.analysis.shapes import load_config_dict
-    from llava.errors import UnsupportedModelError
-    from llava.model.families import family_for_model_type
-
-    key = str(llm).lower()
-    if key in CHECKPOINT_OF_LLM:
-        model_type = MODEL_TYPE_OF_LLM[key]
-    elif os.path.isdir(str(llm)):
-        model_type = load_config_dict(llm).get("model_type")
-    else:
-        return None, ()
     try:
-        family = family_for_model_type(model_type)
-    except UnsupportedModelError:  # not a family AIM serves (or one it refuses): no command to suggest
+        model = resolve_model(llm)
+    except AIMConfigError:
         return None, ()
-    return CHECKPOINT_OF_LLM.get(key, str(llm)), family.media
+    if model.family is None or model.checkpoint is None:
+        return None, ()
+    return model.checkpoint, model.family.media
 
 
 def run_command_prefix(args: argparse.Namespace) -> str:

@@ -3,22 +3,20 @@
 :class:`LLMShape` is the language model's shape (hidden, intermediate, layers, heads, key/value
 heads, head_dim, vocabulary). It comes from a transformers config object (a text config, or a
 multimodal config with ``.text_config``), from a local ``config.json`` or model directory, or
-from a built-in name ("qwen2-7b", "llama-7b", "vicuna-7b", "qwen2-vl-7b", "qwen2.5-vl-7b"). The
-formulas never hard-code a model: they read these fields.
+from a built-in name: the language model of a reference checkpoint that a family adapter
+declares (llava.model.families: "qwen2-7b", "llama-7b", "vicuna-7b", "qwen2-vl-7b",
+"qwen2.5-vl-7b"), read from the checkpoint's config shipped with the package. The formulas
+never hard-code a model: they read these fields.
 
-:class:`VisionShape` is a ViT vision tower plus the 2-layer MLP projector, used only for the
-separately reported encoder cost (SigLIP-so400m of LLaVA-OneVision, CLIP ViT-L/336 of LLaVA-1.5,
-the Qwen2-VL / Qwen2.5-VL towers with their 2x2 patch merger).
-
-Qwen2-VL and Qwen2.5-VL take frames at any resolution: :func:`qwen_vl_visual_tokens` gives the
-temporal groups and tokens per group of a clip from its frames and pixel limits (32 frames at
-max_pixels 200704 -> 16 groups x 256 tokens), as the models' processors compute them.
+:class:`VisionShape` is a ViT vision tower plus its projector, used only for the separately
+reported encoder cost; the family adapter reads it from the model's config
+(``vision_shape``), as it counts the visual tokens a clip gives (``visual_tokens``: units,
+tokens per unit; for resolution-dependent families from the frame size and pixel limits).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -122,18 +120,80 @@ class LLMShape:
         return cls.from_config(_with_defaults(data), name=os.path.basename(os.path.normpath(str(path))))
 
 
-# The built-in language models (docs/efficiency_model.md, "Inputs").
-BUILTIN_LLMS: Dict[str, LLMShape] = {
-    "qwen2-7b": LLMShape(3584, 18944, 28, 28, 4, 128, 152064, name="qwen2-7b"),
-    "llama-7b": LLMShape(4096, 11008, 32, 32, 32, 128, 32000, name="llama-7b"),
-    "vicuna-7b": LLMShape(4096, 11008, 32, 32, 32, 128, 32000, name="vicuna-7b"),
-    # Qwen2-VL-7B-Instruct and Qwen2.5-VL-7B-Instruct: the Qwen2-7B decoder shape (config.json).
-    "qwen2-vl-7b": LLMShape(3584, 18944, 28, 28, 4, 128, 152064, name="qwen2-vl-7b"),
-    "qwen2.5-vl-7b": LLMShape(3584, 18944, 28, 28, 4, 128, 152064, name="qwen2.5-vl-7b"),
-}
-# config.model_type of the Qwen-VL checkpoints, and the built-in names of their decoders.
-QWEN_VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
-QWEN_VL_LLMS = {"qwen2-vl-7b": "qwen2-vl-vit", "qwen2.5-vl-7b": "qwen2.5-vl-vit"}
+# The built-in names are the reference checkpoints' (each family adapter declares its own,
+# llava.model.families): their language models and vision towers, read from their configs.
+def reference_names() -> Dict[str, Tuple[Any, str, Any]]:
+    """{built-in language-model name: (family adapter, reference checkpoint, Reference)}."""
+    from llava.model.families import FAMILIES
+
+    return {name: (fam, checkpoint, ref) for fam in FAMILIES for checkpoint, ref in fam.references.items()
+            for name in ref.llm_names}
+
+
+def tower_names() -> Dict[str, Tuple[Any, str, Any]]:
+    """{built-in vision-tower name: (family adapter, reference checkpoint, Reference)}."""
+    from llava.model.families import FAMILIES
+
+    return {ref.tower: (fam, checkpoint, ref) for fam in FAMILIES for checkpoint, ref in fam.references.items()}
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What ``--llm`` names, resolved: the family adapter that reads its config (None for a bare
+    language-model config), the config, the names the analyzer reports, and the checkpoint
+    ``run --model`` loads (None: only a language-model config)."""
+
+    family: Any
+    config: Any
+    llm_name: str
+    tower: str
+    checkpoint: Optional[str]
+
+
+def resolve_model(spec: Union[str, os.PathLike]) -> ModelGeometry:
+    """A built-in name, a reference checkpoint's hub id, or a local config.json / model folder."""
+    from llava.errors import UnsupportedModelError
+    from llava.model.families import family_for_model_type
+
+    key = str(spec)
+    refs = reference_names()
+    hub = {checkpoint.lower(): (fam, checkpoint, ref) for fam, checkpoint, ref in refs.values()}
+    known = refs.get(key.lower()) or (None if os.path.exists(key) else hub.get(key.lower()))
+    if known is not None:
+        fam, checkpoint, ref = known
+        name = key.lower() if key.lower() in refs else ref.llm_names[0]
+        return ModelGeometry(fam, fam.reference_config(checkpoint), name, ref.tower, checkpoint)
+    if not os.path.exists(key):
+        raise AIMConfigError(
+            f"unknown language model {key!r}: use one of {sorted(refs)}, a reference checkpoint "
+            f"({', '.join(sorted({c for _, c, _ in refs.values()}))}) or a local path to a config.json or a model "
+            "directory"
+        )
+    data = load_config_dict(key)
+    name = os.path.basename(os.path.normpath(key))
+    try:
+        fam = family_for_model_type(data.get("model_type"))
+    except UnsupportedModelError:  # a bare language model (or a family AIM does not serve)
+        fam = None
+    checkpoint = key if fam is not None and os.path.isdir(key) else None
+    return ModelGeometry(fam, _with_defaults(data), name, f"{name} vision tower", checkpoint)
+
+
+def __getattr__(attr: str):
+    # BUILTIN_LLMS / BUILTIN_VISION: the reference checkpoints' shapes, read when first asked for
+    if attr == "BUILTIN_LLMS":
+        return {name: get_llm(name) for name in reference_names()}
+    if attr == "BUILTIN_VISION":
+        return {name: get_vision(name) for name in tower_names()}
+    if attr == "QWEN_VL_MAX_PIXELS":  # the resolution-dependent families' default pixel cap
+        return _resolution_family().default_max_pixels
+    if attr == "QWEN_VL_VIDEO_MIN_PIXELS":
+        return _resolution_family().video_min_pixels
+    if attr == "QWEN_VL_MODEL_TYPES":
+        from llava.model.families import FAMILIES
+
+        return tuple(t for fam in FAMILIES if fam.pixel_limits for t in fam.model_types)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def get_llm(spec: Union[str, os.PathLike, LLMShape, Any]) -> LLMShape:
@@ -141,15 +201,9 @@ def get_llm(spec: Union[str, os.PathLike, LLMShape, Any]) -> LLMShape:
     if isinstance(spec, LLMShape):
         return spec
     if isinstance(spec, (str, os.PathLike)):
-        key = str(spec)
-        if key.lower() in BUILTIN_LLMS:
-            return BUILTIN_LLMS[key.lower()]
-        if os.path.exists(key):
-            return LLMShape.from_pretrained(key)
-        raise AIMConfigError(
-            f"unknown language model {key!r}: use one of {sorted(BUILTIN_LLMS)} or a local path to "
-            "a config.json or a model directory"
-        )
+        model = resolve_model(spec)
+        text = model.config if model.family is None else model.family.text_config(model.config)
+        return LLMShape.from_config(text, name=model.llm_name)
     return LLMShape.from_config(spec)
 
 
@@ -170,22 +224,10 @@ def load_config_dict(path: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 
 def _with_defaults(data: Dict[str, Any]) -> Any:
-    """Fill fields a config.json leaves at the model type's defaults, through transformers.
+    """Fill fields a config.json leaves at the model type's defaults, through transformers."""
+    from llava.model.families.base import config_with_defaults
 
-    Multimodal config.json files often store only the text config's differences from the
-    default (e.g. LLaVA-1.5's ``text_config`` is little more than ``model_type: llama``).
-    ``AutoConfig.for_model`` restores the defaults. If transformers does not know the model
-    type, the plain dict is used as is.
-    """
-    if "model_type" not in data:
-        return data
-    try:
-        from transformers import AutoConfig
-
-        kwargs = {k: v for k, v in data.items() if k not in ("model_type", "transformers_version")}
-        return AutoConfig.for_model(data["model_type"], **kwargs)
-    except Exception:  # unknown model type or an incompatible field: read the raw dict
-        return data
+    return config_with_defaults(data)
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -240,107 +282,57 @@ class VisionShape:
         return asdict(self)
 
 
-BUILTIN_VISION: Dict[str, VisionShape] = {
-    # LLaVA-OneVision: SigLIP-so400m at 384 px, 27x27 patches, no class token.
-    "siglip-so400m": VisionShape("siglip-so400m", 27, 1152, 4304, 16, 729, class_token=False),
-    # LLaVA-1.5: CLIP ViT-L/14 at 336 px, 24x24 patches + class token.
-    "clip-vit-l-336": VisionShape("clip-vit-l-336", 24, 1024, 4096, 16, 577, class_token=True),
-    # Qwen2-VL: 32 blocks, width 1280, MLP 5120 (quick GELU), full attention; tokens per
-    # temporal group (2 frames) here at 448 x 448 px (32 x 32 patches; set from the input).
-    "qwen2-vl-vit": VisionShape("qwen2-vl-vit", 32, 1280, 5120, 16, 1024, channels=6, spatial_merge=2),
-    # Qwen2.5-VL: 32 blocks, width 1280, SwiGLU MLP 3420, 8 x 8-patch windows except 4 full blocks.
-    "qwen2.5-vl-vit": VisionShape("qwen2.5-vl-vit", 32, 1280, 3420, 16, 1024, channels=6, spatial_merge=2,
-                                  mlp="swiglu", window_tokens=64, full_attention_layers=4),
-}
-
-
 def get_vision(spec: Union[str, VisionShape, None], llm_spec: Any = None) -> VisionShape:
-    """A vision tower by name; ``None`` picks the one paired with the language model.
-
-    qwen2-7b (LLaVA-OneVision) -> SigLIP-so400m; llama-7b / vicuna-7b (LLaVA-1.5) -> CLIP
-    ViT-L/336. For a config path, the config's ``vision_config.model_type`` decides (clip ->
-    CLIP, otherwise SigLIP, the video setting).
-    """
+    """A vision tower by name (a reference checkpoint's); ``None``: the tower of the model
+    ``llm_spec`` names, read from its config by its family adapter. A bare language model (no
+    multimodal config) gets the first family's reference tower (the video setting)."""
     if isinstance(spec, VisionShape):
         return spec
     if spec is not None:
+        towers = tower_names()
         key = str(spec).lower()
-        if key not in BUILTIN_VISION:
-            raise AIMConfigError(f"unknown vision tower {spec!r}: use one of {sorted(BUILTIN_VISION)}")
-        return BUILTIN_VISION[key]
+        if key not in towers:
+            raise AIMConfigError(f"unknown vision tower {spec!r}: use one of {sorted(towers)}")
+        fam, checkpoint, ref = towers[key]
+        return fam.vision_shape(fam.reference_config(checkpoint), ref.tower)
     if isinstance(llm_spec, LLMShape):
         llm_spec = llm_spec.name
+    model = None
     if isinstance(llm_spec, (str, os.PathLike)):
-        key = str(llm_spec).lower()
-        if key in ("llama-7b", "vicuna-7b"):
-            return BUILTIN_VISION["clip-vit-l-336"]
-        kind = qwen_vl_kind(llm_spec)  # built-in Qwen-VL names and local Qwen-VL configs
-        if kind is not None:
-            return BUILTIN_VISION["qwen2-vl-vit" if kind == "qwen2_vl" else "qwen2.5-vl-vit"]
-        if key not in BUILTIN_LLMS and os.path.exists(str(llm_spec)):
-            try:
-                vision = load_config_dict(llm_spec).get("vision_config") or {}
-            except AIMConfigError:
-                vision = {}
-            if "clip" in str(vision.get("model_type", "")).lower():
-                return BUILTIN_VISION["clip-vit-l-336"]
-    return BUILTIN_VISION["siglip-so400m"]
-
-
-# --- Qwen2-VL / Qwen2.5-VL inputs ----------------------------------------------------------
-QWEN_VL_MAX_PIXELS = 200704  # the official AIM Qwen2-VL run (448 x 448 px, 16 x 16 tokens per group)
-QWEN_VL_VIDEO_MIN_PIXELS = 128 * 28 * 28  # the Qwen-VL video processors' default
-QWEN_VL_FACTOR = 28  # patch 14 x merger 2: frame sides are multiples of this
-
-
-def qwen_vl_kind(spec: Any) -> Optional[str]:
-    """"qwen2_vl" / "qwen2_5_vl" for a Qwen-VL decoder (built-in name, local config, config
-    object), else None."""
-    if isinstance(spec, LLMShape):
-        spec = spec.name
-    if isinstance(spec, (str, os.PathLike)):
-        key = str(spec).lower()
-        if key in QWEN_VL_LLMS:
-            return "qwen2_vl" if key == "qwen2-vl-7b" else "qwen2_5_vl"
-        if key in BUILTIN_LLMS or not os.path.exists(str(spec)):
-            return None
         try:
-            kind = load_config_dict(spec).get("model_type")
+            model = resolve_model(llm_spec)
         except AIMConfigError:
-            return None
-    else:
-        kind = _get(spec, "model_type")
-    return kind if kind in QWEN_VL_MODEL_TYPES else None
+            model = None
+    if model is None or model.family is None:
+        return get_vision(next(iter(tower_names())))
+    return model.family.vision_shape(model.config, model.tower)
+
+
+def model_visual_tokens(llm_spec: Any, frames: int, height: Optional[int] = None, width: Optional[int] = None,
+                        **pixel_limits):
+    """(the family adapter or None, its VisualTokens) of ``frames`` frames for the model
+    ``llm_spec`` names; a bare language model counts as the first family's reference."""
+    model = resolve_model(llm_spec) if isinstance(llm_spec, (str, os.PathLike)) else None
+    if model is None or model.family is None:
+        fam, checkpoint, _ = next(iter(tower_names().values()))
+        return None, fam.visual_tokens(fam.reference_config(checkpoint), frames)
+    return model.family, model.family.visual_tokens(model.config, frames, height, width, **pixel_limits)
+
+
+# --- resolution-dependent families (the names earlier versions exported) --------------------
+def _resolution_family():
+    """The first family whose visual tokens depend on the frames' resolution (pixel limits)."""
+    from llava.model.families import FAMILIES
+
+    return next(fam for fam in FAMILIES if fam.pixel_limits)
 
 
 def qwen_vl_visual_tokens(frames: int, height: Optional[int] = None, width: Optional[int] = None,
-                          max_pixels: int = QWEN_VL_MAX_PIXELS,
-                          min_pixels: int = QWEN_VL_VIDEO_MIN_PIXELS) -> Tuple[int, int, Tuple[int, int]]:
-    """(temporal groups, tokens per group, (rows, cols) of merged tokens) of a clip for Qwen-VL.
-
-    Frames are resized as the processors do (transformers' ``smart_resize``: sides multiples of
-    28 px, min_pixels <= h * w <= max_pixels, the aspect kept); without a frame size, square
-    frames large enough to be capped by max_pixels. Two frames make one temporal group (an odd
-    count repeats the last frame); one image is one group (frames=1).
-    """
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-    for name, value in (("frames", frames), ("max_pixels", max_pixels), ("min_pixels", min_pixels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise AIMConfigError(f"{name} must be a positive integer, got {value!r}")
-    if max_pixels < QWEN_VL_FACTOR ** 2 or max_pixels < min_pixels:
-        raise AIMConfigError(f"max_pixels must be at least {QWEN_VL_FACTOR ** 2} and min_pixels ({min_pixels}), "
-                             f"got {max_pixels}")
-    if (height is None) != (width is None):
-        raise AIMConfigError("give the frame height and width together")
-    if height is None:
-        height = width = math.isqrt(max_pixels)
-    if height < 1 or width < 1:
-        raise AIMConfigError(f"frame size must be positive, got {height} x {width}")
-    try:
-        h, w = smart_resize(height, width, factor=QWEN_VL_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
-    except ValueError as exc:  # an aspect ratio beyond 200:1
-        raise AIMConfigError(f"frame size {height} x {width}: {exc}") from None
-    rows, cols = h // QWEN_VL_FACTOR, w // QWEN_VL_FACTOR
-    groups = (frames + 1) // 2  # temporal patches of 2 frames (an image: 1)
-    return groups, rows * cols, (rows, cols)
+                          max_pixels: Optional[int] = None,
+                          min_pixels: Optional[int] = None) -> Tuple[int, int, Tuple[int, int]]:
+    """(temporal groups, tokens per group, (rows, cols) of merged tokens) of a clip at the
+    reference geometry of the resolution-dependent families (their adapter's ``visual_tokens``)."""
+    fam = _resolution_family()
+    tokens = fam.visual_tokens(fam.reference_config(next(iter(fam.references))), frames, height, width,
+                               max_pixels=max_pixels, min_pixels=min_pixels)
+    return tokens.units, tokens.tokens_per_unit, tokens.grid

@@ -18,18 +18,20 @@ Per configuration: median time (CUDA events on GPU, perf_counter on CPU), peak m
 during the prefill, KV-cache bytes. AIM's own overhead (merging, importance) is measured
 separately in instrumented runs, so it never perturbs the timed ones.
 
-Models (--model), random weights from a fixed seed:
-  small             CPU default: a small Qwen2 (8 layers, hidden 256, 8/2 heads) and a 2-layer
-                    SigLIP at LLaVA-OneVision's geometry (384 px, patch 14, 196 tokens per frame)
-  onevision-7b      CUDA default: LLaVA-OneVision-7B (SigLIP-so400m + Qwen2-7B), bf16
-  small-qwen2-vl    the same small decoder as a Qwen2-VL text model (M-RoPE) and a 2-block,
-  small-qwen2.5-vl  128-wide tower with the 2x2 patch merger, at Qwen-VL's geometry
-  qwen2-vl-7b       Qwen2-VL-7B / Qwen2.5-VL-7B (their 32-block towers + the Qwen2-7B decoder
-  qwen2.5-vl-7b     shape), bf16
-Qwen-VL inputs follow from --frames and --max-pixels (default 200704, the official run:
-square frames resized to 448 x 448 px, 16 x 16 tokens per temporal group; 32 frames -> 16
-groups x 256 tokens), merged per temporal group. The memory a run needs is estimated before
-anything is built; a run that cannot fit exits 2.
+Models (--model), random weights from a fixed seed: every family of llava.model.families at
+two scales, built from its tiny model's config (token ids, processor, geometry) with the sizes
+replaced (``llava.bench.models``):
+  small-<tiny name>  a small decoder (8 layers, hidden 256, 8/2 heads) and a 2-layer, 128-wide
+                     tower at the family's geometry; "small" is the first family's (LLaVA-OneVision,
+                     the CPU default); e.g. small-llava-1.5, small-qwen2-vl, small-qwen2.5-vl
+  <reference>        the family's reference checkpoint's architecture, bf16 on CUDA:
+                     onevision-7b (the CUDA default), llava-1.5-7b, qwen2-vl-7b, qwen2.5-vl-7b
+The visual tokens are counted by the family's adapter. Families whose tokens follow the frames'
+resolution (Qwen2-VL, Qwen2.5-VL) take --frames and --max-pixels (default 200704, the official
+run: square frames resized to 448 x 448 px, 16 x 16 tokens per temporal group of 2 frames; 32
+frames -> 16 groups x 256 tokens), merged per temporal group. The end-to-end measurement feeds a
+video: an image-only family (LLaVA-1.5) runs with --lm-only. The memory a run needs is
+estimated before anything is built; a run that cannot fit exits 2.
 
 ``--layerwise`` instead measures AIM's overhead at the 7B decoder shape where the whole model
 does not fit (float32 on CPU): one decoder layer timed at every token count of the schedule,
@@ -78,10 +80,10 @@ from llava.bench.models import (
     BenchModel,
     bench_model,
     build_lm,
-    build_onevision,
-    build_qwen_vl,
+    build_model,
     square_side,
     synthetic_video,
+    tiny_config,
 )
 from llava.bench.predict import calibrate_cpu, cuda_hardware, predict
 from llava.bench.report import OVERHEAD_GOAL, bench_report, format_bench, format_layerwise, lm_summary, machine, versions
@@ -89,11 +91,10 @@ from llava.errors import AIMConfigError, InsufficientMemoryError
 from llava.flags import check_aim_flags
 
 E2E_TEXT_TOKENS = 20  # the chat template around the question, end to end (an upper bound)
-QWEN_E2E_TEXT_TOKENS = 64  # the tiny Qwen-VL template (default system turn + question): 56
+# the tiny templates of the families whose tokens follow the resolution (default system turn + question): 56
+RESOLUTION_E2E_TEXT_TOKENS = 64
 MEMORY_HEADROOM = 0.9  # plan for at most this fraction of what is available
-ONEVISION_TOKENS_PER_FRAME = 196  # 27 x 27 SigLIP patches pooled 2x2
-ONEVISION_FRAME_SIDE = 384
-QWEN_VL_IMAGE_MIN_PIXELS = 56 * 56  # the Qwen-VL image processors' floor
+IMAGE_MIN_PIXELS = 56 * 56  # those families' image processors' floor
 
 
 def add_bench_command(subparsers) -> None:
@@ -101,12 +102,14 @@ def add_bench_command(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--model", choices=["auto", *BENCH_MODELS], default="auto",
-                   help="random-weight architecture: small (CPU default), onevision-7b (CUDA default), small-qwen2-vl, "
-                        "qwen2-vl-7b, small-qwen2.5-vl, qwen2.5-vl-7b")
+                   help="random-weight architecture, a family at the small size or its reference checkpoint's: "
+                        + ", ".join(f"{name} ({m.title})" for name, m in BENCH_MODELS.items())
+                        + "; auto: the first on CPU, its reference size on CUDA")
     p.add_argument("--frames", type=int, default=32, help="video frames (default 32; Qwen-VL: 2 per temporal group)")
     p.add_argument("--tokens-per-frame", type=int, default=None,
-                   help="LLaVA-OneVision, LLM-only measurement: visual tokens per frame before merging (default and "
-                        "end to end: the model's 196); Qwen-VL models take --max-pixels instead")
+                   help="LLM-only measurement: visual tokens per frame before merging (default and end to end: what "
+                        "the family gives a frame, e.g. 196); models whose tokens follow the resolution take "
+                        "--max-pixels instead")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="Qwen-VL models: pixels per frame (default 200704: 448 x 448 px, 16 x 16 tokens per temporal "
                         "group); the minimum is the video processors' 100352, below it 3136 (56 x 56 px)")
@@ -194,37 +197,46 @@ class BenchInput:
 
 
 def bench_input(args, spec: BenchModel) -> BenchInput:
-    """The input of this run from the flags (refusing the other family's input flags)."""
+    """The input of this run from the flags, counted by the family's adapter (refusing the other
+    families' input flags)."""
     max_pixels = getattr(args, "max_pixels", None)
     tokens = getattr(args, "tokens_per_frame", None)
-    if not spec.qwen:
+    adapter, config = spec.adapter, tiny_config(spec.family)
+    if not spec.resolution:
         if max_pixels is not None:
-            raise AIMConfigError(f"--max-pixels describes Qwen-VL inputs; --model {spec.name} takes --tokens-per-frame")
-        return BenchInput(args.frames, args.frames, ONEVISION_TOKENS_PER_FRAME if tokens is None else tokens,
-                          ONEVISION_TOKENS_PER_FRAME, 1, args.text_tokens, ONEVISION_FRAME_SIDE, E2E_TEXT_TOKENS)
-    from llava.analysis.shapes import QWEN_VL_MAX_PIXELS, QWEN_VL_VIDEO_MIN_PIXELS, qwen_vl_visual_tokens
-
+            raise AIMConfigError(f"--max-pixels describes the inputs of models whose tokens follow the resolution; "
+                                 f"--model {spec.name} takes --tokens-per-frame")
+        count = adapter.visual_tokens(config, args.frames)
+        return BenchInput(args.frames, count.units, count.tokens_per_unit if tokens is None else tokens,
+                          count.tokens_per_unit, adapter.newline_tokens, args.text_tokens,
+                          config.vision_config.image_size, E2E_TEXT_TOKENS)
     if tokens is not None:
         raise AIMConfigError(f"--model {spec.name} counts its tokens from --frames and --max-pixels (16 x 16 per "
-                             "2 frames at 200704); --tokens-per-frame is for LLaVA-OneVision")
-    max_pixels = QWEN_VL_MAX_PIXELS if max_pixels is None else max_pixels
-    if isinstance(max_pixels, bool) or max_pixels < 28 * 28:
-        raise AIMConfigError(f"--max-pixels must be at least 784 (one 28 x 28 px block), got {max_pixels}")
+                             "2 frames at 200704); --tokens-per-frame is for the other families")
+    factor = config.vision_config.patch_size * config.vision_config.spatial_merge_size
+    max_pixels = adapter.default_max_pixels if max_pixels is None else max_pixels
+    if isinstance(max_pixels, bool) or max_pixels < factor * factor:
+        raise AIMConfigError(f"--max-pixels must be at least {factor * factor} (one {factor} x {factor} px block), "
+                             f"got {max_pixels}")
     # the video processors' floor; below it the image processors' (a floor above max_pixels would
     # enlarge every frame past it)
-    min_pixels = QWEN_VL_VIDEO_MIN_PIXELS if max_pixels >= QWEN_VL_VIDEO_MIN_PIXELS else min(QWEN_VL_IMAGE_MIN_PIXELS,
-                                                                                           max_pixels)
+    floor = adapter.video_min_pixels
+    min_pixels = floor if max_pixels >= floor else min(IMAGE_MIN_PIXELS, max_pixels)
     side = square_side(max_pixels)
-    groups, per_group, grid = qwen_vl_visual_tokens(args.frames, side, side, max_pixels=max_pixels,
-                                                    min_pixels=min_pixels)
-    return BenchInput(args.frames, groups, per_group, per_group, 0, args.text_tokens, side, QWEN_E2E_TEXT_TOKENS,
-                      grid=grid, max_pixels=max_pixels, min_pixels=min_pixels)
+    count = adapter.visual_tokens(config, args.frames, side, side, max_pixels=max_pixels, min_pixels=min_pixels)
+    return BenchInput(args.frames, count.units, count.tokens_per_unit, count.tokens_per_unit, 0, args.text_tokens,
+                      side, RESOLUTION_E2E_TEXT_TOKENS, grid=count.grid, max_pixels=max_pixels, min_pixels=min_pixels)
 
 
 def _check_method(args, spec: BenchModel) -> None:
-    if spec.qwen and args.method in PRUMERGE_METHODS:
-        raise AIMConfigError(f"--method {args.method} runs on LLaVA models' CLIP/SigLIP towers; the Qwen-VL adapter "
-                             f"does not implement it (--model {spec.name}): use --model small or onevision-7b")
+    if args.method in PRUMERGE_METHODS and not spec.adapter.supports_prumerge:
+        others = [m.name for m in BENCH_MODELS.values() if m.adapter.supports_prumerge]
+        raise AIMConfigError(f"--method {args.method}: the {spec.adapter.title} adapter does not implement it "
+                             f"(--model {spec.name}): use --model {' or '.join(others[:2])}")
+    if not getattr(args, "lm_only", True) and not getattr(args, "layerwise", False) \
+            and "video" not in spec.adapter.media:
+        raise AIMConfigError(f"--model {spec.name}: the end-to-end measurement feeds a video, which the "
+                             f"{spec.adapter.title} family does not take; add --lm-only")
 
 
 # -- memory, before anything is built --------------------------------------------------------
@@ -252,7 +264,7 @@ def estimate_bench_memory(args, text_config, vision_dims, dtype_bytes: int, spec
     if not args.lm_only:
         per = inp.e2e_tokens_per_unit
         head = text_config.vocab_size * text_config.hidden_size  # lm_head
-        if spec.qwen:
+        if spec.resolution:
             tower = qwen_vl_vision_params(spec.family, vision_dims, text_config.hidden_size)
             video = 2 * inp.units * inp.frame_side ** 2 * 3  # uint8, an odd frame repeated
             inputs = qwen_vl_vision_bytes(spec.family, vision_dims, inp.units * per * 4, video, dtype_bytes)
@@ -365,13 +377,10 @@ def bench_command(args) -> int:
 
     e2e_cases: List[PrefillCase] = []
     if not args.lm_only:
-        if spec.qwen:
-            say(f"end to end: {spec.title} (vision tower + patch merger + merging per temporal group + LLM)")
-            model, processor = build_qwen_vl(spec.family, text_config, vision_dims, device, dtype,
-                                             max_pixels=inp.max_pixels, min_pixels=inp.min_pixels)
-        else:
-            say("end to end: LLaVA-OneVision (vision tower + projector + merging + LLM)")
-            model, processor = build_onevision(text_config, vision_dims, device, dtype)
+        say(f"end to end: {spec.title} (vision tower, projector, merging per "
+            f"{'temporal group' if spec.adapter.frames_per_unit > 1 else 'frame'}, LLM)")
+        limits = dict(max_pixels=inp.max_pixels, min_pixels=inp.min_pixels) if spec.resolution else {}
+        model, processor = build_model(spec.family, text_config, vision_dims, device, dtype, **limits)
         e2e_cases = cases(inp.e2e_tokens_per_unit, 0)
         video = synthetic_video(args.frames, inp.frame_side)
         run_end_to_end_benchmark(model, processor, e2e_cases, video, "What happens in this video?",

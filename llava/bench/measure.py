@@ -305,24 +305,19 @@ def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame
 
 
 def decoder_layer_classes(text_config):
-    """(decoder layer class, rotary embedding class, whether positions are M-RoPE (3, B, S))
-    of a Qwen2 / Qwen2-VL / Qwen2.5-VL / Llama text config."""
-    kind = text_config.model_type
-    if kind == "qwen2_vl_text":
-        from transformers.models.qwen2_vl import modeling_qwen2_vl as m
+    """(decoder layer class, rotary embedding class, whether positions are 3-D M-RoPE (3, B, S))
+    of a decoder config: the classes of the transformers model ``AutoModel`` builds for it (its
+    decoder layer, and the rotary embedding of the same modeling module)."""
+    import sys
 
-        return m.Qwen2VLDecoderLayer, m.Qwen2VLRotaryEmbedding, True
-    if kind == "qwen2_5_vl_text":
-        from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as m
+    from transformers import AutoModel
 
-        return m.Qwen2_5_VLDecoderLayer, m.Qwen2_5_VLRotaryEmbedding, True
-    if kind == "llama":
-        from transformers.models.llama import modeling_llama as m
-
-        return m.LlamaDecoderLayer, m.LlamaRotaryEmbedding, False
-    from transformers.models.qwen2 import modeling_qwen2 as m
-
-    return m.Qwen2DecoderLayer, m.Qwen2RotaryEmbedding, False
+    model_cls = AutoModel._model_mapping[type(text_config)]
+    module = sys.modules[model_cls.__module__]
+    layer_name = next(n for n in model_cls._no_split_modules if n.endswith("DecoderLayer"))
+    rotary = getattr(module, layer_name[: -len("DecoderLayer")] + "RotaryEmbedding")
+    rope = getattr(text_config, "rope_parameters", None) or {}
+    return getattr(module, layer_name), rotary, "mrope_section" in rope
 
 
 def run_end_to_end_benchmark(model, processor, cases: List[PrefillCase], video, text: str, repeats: int = 5,

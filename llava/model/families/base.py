@@ -26,13 +26,14 @@ subclasses :class:`FamilyAdapter`, listed in ``families/__init__.py``, and a tin
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from llava.errors import UnsupportedModelError
-from llava.model.language_model.driver import LAYER_ADDITIONS_KWARG  # noqa: F401 (the contract's keyword)
 
 
 
@@ -142,6 +143,152 @@ class FamilyAdapter:
     def unpatch_processor(self, processor) -> None:
         for name in self.processor_methods:
             processor.__dict__.pop(name, None)
+
+    # -- geometry, for the analyzer and bench
+    # The reference checkpoints the tools know by name (hub id -> Reference): their configs ship
+    # as package data (configs/<hub id with "/" as "--">.json), read like any model's config.
+    references: Dict[str, "Reference"] = {}
+    frames_per_unit: int = 1  # frames that make one merged unit (a temporal group of 2 frames: 2)
+    # visual_tokens' keyword limits (e.g. "max_pixels") and whether the frame size matters: the
+    # family's tokens depend on the input's resolution (the analyzer's --max-pixels / --frame-size)
+    pixel_limits: Tuple[str, ...] = ()
+    newline_tokens: int = 0  # tokens the model appends after a video's frames (bench's prompt)
+
+    def reference_config(self, checkpoint: str):
+        """The config of a reference checkpoint (a transformers config object, defaults filled)."""
+        return read_reference_config(checkpoint)
+
+    def text_config(self, config):
+        """The decoder's config inside the model's config."""
+        return _field(config, "text_config") or config
+
+    def vision_shape(self, config, name: str):
+        """The analyzer's VisionShape of the model's tower and projector (llava.analysis.shapes)."""
+        raise NotImplementedError
+
+    def visual_tokens(self, config, frames: int, height: Optional[int] = None, width: Optional[int] = None,
+                      **pixel_limits) -> "VisualTokens":
+        """The merged units of ``frames`` frames and the visual tokens each gives the language
+        model before merging, as the family's processor and model produce them."""
+        raise NotImplementedError
+
+    def input_note(self, tokens: "VisualTokens") -> Optional[str]:
+        """One line describing the input geometry where units are not frames; None: nothing to say."""
+        return None
+
+    def bench_dims(self, config, scale) -> Tuple[Dict[str, object], Dict[str, object]]:
+        """(text config fields, vision config fields) for a bench model of this family: ``scale``
+        is a ``BenchScale`` (the generic small sizes) or a reference config (the full sizes)."""
+        raise NotImplementedError
+
+
+class Reference(NamedTuple):
+    """A reference checkpoint: the analyzer's names of its language model and its vision tower,
+    and bench's name of its full-size architecture."""
+
+    llm_names: Tuple[str, ...]
+    tower: str
+    bench_name: str = ""
+
+
+class VisualTokens(NamedTuple):
+    """What ``visual_tokens`` counts: ``units`` merged units (frames, images, or temporal groups)
+    of ``tokens_per_unit`` tokens each, laid out ``grid`` (rows, cols); ``frame_size`` the frames'
+    pixels after the processor's resize and ``pixel_limits`` the limits used (resolution-dependent
+    families)."""
+
+    frames: int
+    units: int
+    tokens_per_unit: int
+    grid: Tuple[int, int]
+    frame_size: Optional[Tuple[int, int]] = None
+    pixel_limits: Optional[Dict[str, int]] = None
+
+
+class BenchScale(NamedTuple):
+    """The generic sizes of a small bench model (decoder and vision tower)."""
+
+    hidden: int = 256
+    intermediate: int = 1024
+    layers: int = 8
+    heads: int = 8
+    kv_heads: int = 2
+    vision_hidden: int = 128
+    vision_intermediate: int = 512
+    vision_layers: int = 2
+    vision_heads: int = 2
+
+
+SMALL = BenchScale()
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def reference_config_file(checkpoint: str) -> str:
+    return os.path.join(CONFIG_DIR, checkpoint.replace("/", "--") + ".json")
+
+
+def read_reference_config(checkpoint: str):
+    with open(reference_config_file(checkpoint), encoding="utf-8") as fh:
+        return config_with_defaults(json.load(fh))
+
+
+def config_with_defaults(data: Dict[str, object]):
+    """A parsed config.json as a transformers config, the fields it leaves out at the model type's
+    defaults (multimodal config.json files often store only the text config's differences). The
+    plain dict where transformers does not know the model type."""
+    if "model_type" not in data:
+        return data
+    try:
+        from transformers import AutoConfig
+
+        kwargs = {k: v for k, v in data.items() if k not in ("model_type", "transformers_version")}
+        return AutoConfig.for_model(data["model_type"], **kwargs)
+    except Exception:  # unknown model type or an incompatible field: read the raw dict
+        return data
+
+
+def _field(cfg, key: str, default=None):
+    value = cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
+    return default if value is None else value
+
+
+def vit_shape(vision, name: str, class_token: bool):
+    """The VisionShape of a CLIP/SigLIP-style tower config (square images, one token per patch)."""
+    from llava.analysis.shapes import VisionShape
+
+    side = _field(vision, "image_size") // _field(vision, "patch_size")
+    return VisionShape(name, _field(vision, "num_hidden_layers"), _field(vision, "hidden_size"),
+                       _field(vision, "intermediate_size"), _field(vision, "num_attention_heads"),
+                       side * side + int(class_token), class_token=class_token,
+                       patch_size=_field(vision, "patch_size"))
+
+
+def vit_bench_dims(scale) -> Dict[str, object]:
+    """The vision fields of a CLIP/SigLIP-style tower at ``scale`` (BenchScale or a reference config)."""
+    if isinstance(scale, BenchScale):
+        return dict(hidden_size=scale.vision_hidden, intermediate_size=scale.vision_intermediate,
+                    num_hidden_layers=scale.vision_layers, num_attention_heads=scale.vision_heads)
+    vision = _field(scale, "vision_config")
+    return {k: _field(vision, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                            "num_attention_heads")}
+
+
+TEXT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "vocab_size")
+
+
+def text_bench_dims(adapter, scale) -> Dict[str, object]:
+    """The decoder fields at ``scale``: the generic small sizes, or the reference's (its vocabulary
+    included)."""
+    if isinstance(scale, BenchScale):
+        return dict(hidden_size=scale.hidden, intermediate_size=scale.intermediate, num_hidden_layers=scale.layers,
+                    num_attention_heads=scale.heads, num_key_value_heads=scale.kv_heads,
+                    head_dim=scale.hidden // scale.heads)
+    text = adapter.text_config(scale)
+    dims = {k: _field(text, k) for k in TEXT_FIELDS}
+    dims["head_dim"] = _field(text, "head_dim", dims["hidden_size"] // dims["num_attention_heads"])
+    dims["rope_parameters"] = _field(text, "rope_parameters")
+    return {k: v for k, v in dims.items() if v is not None}
 
 
 def merged_media_text(media) -> str:

@@ -29,6 +29,7 @@ from llava.aim.merge import merged_token_count
 from llava.aim.policy import LLAVA15_OFFICIAL_LAYERS
 from llava.aim.prumerge import cls_attention, prumerge_frames, token_bound
 from llava.errors import UnsupportedModelError
+from llava.model.families.base import Reference, VisualTokens, text_bench_dims, vit_bench_dims, vit_shape
 from llava.model.families.base import (
     CapturedProjections,
     FamilyAdapter,
@@ -138,6 +139,21 @@ class Llava15Adapter(FamilyAdapter):
             return processor.image_token * merged_token_count(patches, cfg.retention, cfg.merge_count)
 
         processor.replace_image_token = replace_image_token
+
+    # -- geometry, for the analyzer and bench
+    references = {"llava-hf/llava-1.5-7b-hf": Reference(("vicuna-7b", "llama-7b"), "clip-vit-l-336", "llava-1.5-7b")}
+
+    def vision_shape(self, config, name: str):
+        return vit_shape(config.vision_config, name, class_token=True)
+
+    def visual_tokens(self, config, frames: int, height=None, width=None, **pixel_limits) -> VisualTokens:
+        # every image is resized to the tower's size; "default" selection drops the class token
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        extra = int(getattr(config, "vision_feature_select_strategy", "default") == "full")
+        return VisualTokens(frames, frames, side * side + extra, (side, side))
+
+    def bench_dims(self, config, scale):
+        return text_bench_dims(self, scale), vit_bench_dims(scale)
 
 
 def key_layer(inner):

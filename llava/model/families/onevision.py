@@ -25,6 +25,7 @@ import torch
 from llava.aim.merge import merged_token_count
 from llava.aim.prumerge import cls_attention, prumerge_frames, token_bound
 from llava.errors import UnsupportedModelError
+from llava.model.families.base import Reference, VisualTokens, text_bench_dims, vit_bench_dims, vit_shape
 from llava.model.families.base import (
     CapturedProjections,
     FamilyAdapter,
@@ -131,6 +132,21 @@ class OneVisionAdapter(FamilyAdapter):
             return processor.video_token * (frames * kept + 1)
 
         processor.replace_video_token = replace_video_token
+
+    # -- geometry, for the analyzer and bench
+    newline_tokens = 1  # the image_newline after a video
+    references = {"llava-hf/llava-onevision-qwen2-7b-ov-hf": Reference(("qwen2-7b",), "siglip-so400m", "onevision-7b")}
+
+    def vision_shape(self, config, name: str):
+        return vit_shape(config.vision_config, name, class_token=False)
+
+    def visual_tokens(self, config, frames: int, height=None, width=None, **pixel_limits) -> VisualTokens:
+        # a video frame's patches are pooled 2 x 2 (bilinear, sides rounded up): 27 x 27 -> 14 x 14
+        side = math.ceil(config.vision_config.image_size // config.vision_config.patch_size / 2)
+        return VisualTokens(frames, frames, side * side, (side, side))
+
+    def bench_dims(self, config, scale):
+        return text_bench_dims(self, scale), vit_bench_dims(scale)
 
 
 def unpooled_patches(processor) -> int:

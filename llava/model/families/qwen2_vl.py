@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -44,7 +45,15 @@ import torch
 
 from llava.aim.merge import merge_frames, merged_token_count
 from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsageError
-from llava.model.families.base import FamilyAdapter, reduce_tokens, set_instance_attr
+from llava.model.families.base import (
+    BenchScale,
+    FamilyAdapter,
+    Reference,
+    VisualTokens,
+    reduce_tokens,
+    set_instance_attr,
+    text_bench_dims,
+)
 from llava.model.language_model import compat
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # mm_token_type_ids values of the Qwen-VL processors
@@ -408,6 +417,102 @@ class _QwenVLAdapter(FamilyAdapter):
         processor.replace_image_token = replace_image_token
         processor.replace_video_token = replace_video_token
 
+    # -- geometry, for the analyzer and bench
+    frames_per_unit = 2  # a temporal patch of 2 frames (an image: 1)
+    pixel_limits = ("max_pixels", "min_pixels")
+    default_max_pixels = 200704  # the official AIM Qwen2-VL run (448 x 448 px, 16 x 16 tokens per group)
+    video_min_pixels = 128 * 28 * 28  # the video processors' default
+
+    def vision_shape(self, config, name: str):
+        from llava.analysis.shapes import VisionShape
+
+        v = config.vision_config
+        merge, patch = v.spatial_merge_size, v.patch_size
+        tokens = (448 // patch) ** 2  # at 448 x 448 px; the analyzer sets it from the input
+        channels = getattr(v, "in_chans", None) or v.in_channels
+        if self.name == "qwen2_vl":
+            return VisionShape(name, v.depth, v.embed_dim, int(v.embed_dim * v.mlp_ratio), v.num_heads, tokens,
+                               patch_size=patch, channels=channels * v.temporal_patch_size, spatial_merge=merge)
+        return VisionShape(name, v.depth, v.hidden_size, v.intermediate_size, v.num_heads, tokens, patch_size=patch,
+                           channels=channels * v.temporal_patch_size, spatial_merge=merge, mlp="swiglu",
+                           window_tokens=(v.window_size // patch) ** 2,
+                           full_attention_layers=len(v.fullatt_block_indexes))
+
+    def visual_tokens(self, config, frames: int, height=None, width=None, max_pixels=None,
+                      min_pixels=None) -> VisualTokens:
+        """Frames are resized as the processors do (transformers' ``smart_resize``: sides multiples
+        of patch x merge = 28 px, min_pixels <= h * w <= max_pixels, the aspect kept); without a
+        frame size, square frames large enough to be capped by max_pixels. Two frames make one
+        temporal group (an odd count repeats the last frame); one image is one group."""
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        factor = config.vision_config.patch_size * config.vision_config.spatial_merge_size
+        max_pixels = self.default_max_pixels if max_pixels is None else max_pixels
+        min_pixels = self.video_min_pixels if min_pixels is None else min_pixels
+        for what, value in (("frames", frames), ("max_pixels", max_pixels), ("min_pixels", min_pixels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AIMConfigError(f"{what} must be a positive integer, got {value!r}")
+        if max_pixels < factor ** 2 or max_pixels < min_pixels:
+            raise AIMConfigError(f"max_pixels must be at least {factor ** 2} and min_pixels ({min_pixels}), "
+                                 f"got {max_pixels}")
+        if (height is None) != (width is None):
+            raise AIMConfigError("give the frame height and width together")
+        if height is None:
+            height = width = math.isqrt(max_pixels)
+        if height < 1 or width < 1:
+            raise AIMConfigError(f"frame size must be positive, got {height} x {width}")
+        try:
+            h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+        except ValueError as exc:  # an aspect ratio beyond 200:1
+            raise AIMConfigError(f"frame size {height} x {width}: {exc}") from None
+        rows, cols = h // factor, w // factor
+        groups = -(-frames // self.frames_per_unit)
+        return VisualTokens(frames, groups, rows * cols, (rows, cols), (h, w),
+                            {"max_pixels": max_pixels, "min_pixels": min_pixels})
+
+    def input_note(self, tokens: VisualTokens) -> Optional[str]:
+        (rows, cols), (h, w) = tokens.grid, tokens.frame_size
+        return (f"{self.title} input: {tokens.frames} frames = {tokens.units} temporal groups of "
+                f"{self.frames_per_unit} frames (the 'frames' above), each {rows} x {cols} = {tokens.tokens_per_unit} "
+                f"tokens after the 2x2 patch merger (frames resized to {h} x {w} px, max_pixels "
+                f"{tokens.pixel_limits['max_pixels']})")
+
+    def bench_dims(self, config, scale):
+        text = text_bench_dims(self, scale)
+        head_dim = text["hidden_size"] // text["num_attention_heads"]
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0,
+                                   "mrope_section": list(mrope_section(head_dim))}
+        if isinstance(scale, BenchScale):  # the small tower's sizes at the real geometry
+            if self.name == "qwen2_vl":
+                vision = dict(depth=scale.vision_layers, embed_dim=scale.vision_hidden,
+                              mlp_ratio=scale.vision_intermediate // scale.vision_hidden, num_heads=scale.vision_heads)
+            else:  # 112 px windows in block 0, full attention in the last block
+                vision = dict(depth=scale.vision_layers, hidden_size=scale.vision_hidden,
+                              intermediate_size=scale.vision_intermediate, num_heads=scale.vision_heads,
+                              window_size=112, fullatt_block_indexes=[scale.vision_layers - 1])
+        else:
+            v = scale.vision_config
+            keys = (("depth", "embed_dim", "mlp_ratio", "num_heads") if self.name == "qwen2_vl" else
+                    ("depth", "hidden_size", "intermediate_size", "num_heads", "window_size", "fullatt_block_indexes",
+                     "tokens_per_second"))
+            vision = {k: getattr(v, k) for k in keys}
+        # the merger's output is the decoder's width
+        vision["hidden_size" if self.name == "qwen2_vl" else "out_hidden_size"] = text["hidden_size"]
+        return text, vision
+
+
+# The 7B models' M-RoPE split of the 64 rotary frequency pairs (temporal, height, width).
+MROPE_7B = (16, 24, 24)
+
+
+def mrope_section(head_dim: int) -> Tuple[int, int, int]:
+    """(temporal, height, width) rotary frequency pairs for ``head_dim``: the 7B models'
+    (16, 24, 24) of 64 pairs, scaled (head_dim 32 -> (4, 6, 6))."""
+    pairs = head_dim // 2
+    t = pairs * MROPE_7B[0] // sum(MROPE_7B)
+    h = (pairs - t) // 2
+    return (t, h, pairs - t - h)
+
 
 def _merging_features(stock, key: int, merge: int, runtime, log: MergeLog):
     """``get_image_features`` / ``get_video_features`` whose pooler_output is merged per item."""
@@ -533,6 +638,7 @@ class Qwen2VLAdapter(_QwenVLAdapter):
     model_classes = ("Qwen2VLForConditionalGeneration", "Qwen2VLModel")
     processor_class = "Qwen2VLProcessor"
     tiny_models = ("tiny-qwen2-vl",)
+    references = {"Qwen/Qwen2-VL-7B-Instruct": Reference(("qwen2-vl-7b",), "qwen2-vl-vit", "qwen2-vl-7b")}
     refused_model_types = {"qwen3_5": QWEN35_REFUSAL, "qwen3_5_moe": QWEN35_REFUSAL}
 
 
@@ -543,3 +649,4 @@ class Qwen2_5_VLAdapter(_QwenVLAdapter):
     model_classes = ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel")
     processor_class = "Qwen2_5_VLProcessor"
     tiny_models = ("tiny-qwen2.5-vl",)
+    references = {"Qwen/Qwen2.5-VL-7B-Instruct": Reference(("qwen2.5-vl-7b",), "qwen2.5-vl-vit", "qwen2.5-vl-7b")}
