@@ -39,7 +39,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from llava.aim.policy import aim_default_layers
-from llava.model.families.base import LAYER_ADDITIONS_KWARG, LayerAdditions, set_instance_attr
+from llava.model.families.base import LayerAdditions, set_instance_attr
+from llava.model.language_model.driver import LAYER_ADDITIONS_KWARG
 from llava.model.families.qwen2_vl import (
     _ROPE_CORE_ARGS,
     GRID_ARGS,
