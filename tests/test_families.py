@@ -46,14 +46,7 @@ NEW_TOKENS = 16
 FAMILY_MODELS = [(family, tiny) for family in FAMILIES for tiny in family.tiny_models]
 
 # Known contract gaps and bugs: (contract, family name) -> why that parametrization fails today.
-_QWEN_NO_CACHE_POSITIONS = (
-    "bug: generate(use_cache=False) with merging (positions='original') re-runs the prefill at every step, and "
-    "from the second step on the merged tokens get the stock grid's first positions instead of their destination "
-    "patches' (the first prefill places them); last logits differ by ~2e-4 (1e-7 elsewhere, 0 with positions="
-    "'official')")
 GAPS = {
-    ("cache", "qwen2_vl"): _QWEN_NO_CACHE_POSITIONS,
-    ("cache", "qwen2_5_vl"): _QWEN_NO_CACHE_POSITIONS,
     ("geometry", "llava15"): "contract gap: flops/plan do not ask the adapter for the family's visual tokens per "
                              "frame (--llm on a LLaVA-1.5 folder assumes 196 per frame; the model gives 576 per image)",
     ("bench", "llava15"): "contract gap: bench does not ask the adapter for a model; its --model list "
