@@ -249,6 +249,27 @@ def test_generate_places_merged_tokens_and_decodes_at_the_stock_positions(qwen):
 
 
 @BOTH
+def test_every_step_without_the_cache_places_merged_tokens_as_the_first_prefill(qwen):
+    """generate(use_cache=False) re-runs the prefill at every step on the features it encoded
+    once (no pixels after the first): each re-run puts the merged tokens where the first one did
+    (the old code placed them on the first step only, the later ones got each group's first patches)."""
+    model, processor = qwen
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=None, l2=None))
+    inputs = build(processor, "video")
+    seen = PositionsSeen(model)
+    try:
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, use_cache=False)
+    finally:
+        seen.close()
+    prompt = inputs["input_ids"].shape[1]
+    first = seen.calls[0][0][1:]
+    assert [length for _, length in seen.calls] == [prompt, prompt + 1, prompt + 2]
+    for pos, _ in seen.calls[1:]:
+        assert torch.equal(pos[1:, :, :prompt], first)
+
+
+@BOTH
 def test_num_return_sequences_repeats_the_placed_positions(qwen):
     """transformers 5.24 encodes the pixels once and repeats the samples afterwards: each copy
     still gets its items' destination positions."""

@@ -249,6 +249,26 @@ def test_decode_positions_equal_stock_generate_at_every_step(qwen3, pruning):
     assert [c[-3:].tolist() for c in seen.calls[1:]] == [c[1:].tolist() for c in stock_calls[1:]]
 
 
+
+@DENSE
+def test_every_step_without_the_cache_places_merged_tokens_as_the_first_prefill(qwen3):
+    """generate(use_cache=False) re-runs the prefill on the features it encoded once: each step
+    keeps the first prefill's positions (the old code gave the merged tokens, from the second
+    step on, each frame's first patches)."""
+    model, processor = qwen3
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=None, l2=None))
+    inputs = build(processor, "video")
+    seen = PositionsSeen(model)
+    try:
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, use_cache=False)
+    finally:
+        seen.close()
+    prompt = inputs["input_ids"].shape[1]
+    assert [c.shape[-1] for c in seen.calls] == [prompt, prompt + 1, prompt + 2]
+    for pos in seen.calls[1:]:
+        assert torch.equal(pos[-3:, :, :prompt], seen.calls[0][-3:])
+
 # -- pruning ----------------------------------------------------------------------------------
 @BOTH
 @pytest.mark.parametrize("kind", ["video", "image"])

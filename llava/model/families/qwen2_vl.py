@@ -278,6 +278,12 @@ class MergeLog:
         self.items = {IMAGE: [], VIDEO: []}
         self.pending = self.placed = False
 
+    def reuse(self) -> None:
+        """A forward that embeds the merged features again (generate(use_cache=False) hands
+        every step the features it encoded once): its prefill places them again."""
+        if not self.pending and any(self.items.values()):
+            self.pending, self.placed = True, False
+
     def dest_of(self, key: int, i: int):
         items = self.items[key]
         return items[i].dest if self.pending and i < len(items) else None
@@ -367,6 +373,8 @@ class _QwenVLAdapter(FamilyAdapter):
                 return None
             if any(kwargs.get(PIXEL_ARGS[k]) is not None for k in (IMAGE, VIDEO)):
                 log.clear()  # this forward computes (and merges) the features itself
+            elif _embeds_encoded_features(kwargs):
+                log.reuse()  # the last merged features, encoded before this forward
             input_ids = kwargs.get("input_ids", args[0] if args else None)
             log.call.update(input_ids=input_ids, mm_token_type_ids=kwargs.get("mm_token_type_ids"),
                             attention_mask=kwargs.get("attention_mask"),
@@ -512,6 +520,15 @@ def mrope_section(head_dim: int) -> Tuple[int, int, int]:
     t = pairs * MROPE_7B[0] // sum(MROPE_7B)
     h = (pairs - t) // 2
     return (t, h, pairs - t - h)
+
+
+def _embeds_encoded_features(kwargs) -> bool:
+    """Whether a multimodal forward embeds visual features encoded before it (``mm_encoder_outputs``,
+    which generate() computes once and passes to every step that re-runs the whole prompt) into
+    visual tokens of its input."""
+    encoded = kwargs.get("mm_encoder_outputs") or {}
+    types = kwargs.get("mm_token_type_ids")
+    return any(v is not None for v in encoded.values()) and types is not None and bool((types != TEXT).any())
 
 
 def _merging_features(stock, key: int, merge: int, runtime, log: MergeLog):
