@@ -46,6 +46,9 @@ LOADER_DEFAULTS: Dict[str, Any] = {
     "device_map": None,
     "torch_dtype": "auto",
     "attn_implementation": "sdpa",
+    # Hub kernels swapped into the layers by transformers (5.25 on, when asked): off, so the
+    # numerics are the stock ones and an offline node loads nothing from the network.
+    "use_kernels": False,
     "max_frames_num": 32,
     # lmms-eval's LLaVA-OneVision rule (np.linspace(0, T-1, N, dtype=int)), as the paper's runs;
     # "uniform" is the project's rule (llava-aim run's default)
@@ -89,6 +92,7 @@ class LoaderArgs:
     frame_sampling: str
     video_decode_backend: str
     batch_size: int
+    use_kernels: bool = False
 
 
 def split_model_args(kwargs: Mapping[str, Any]):
@@ -123,6 +127,7 @@ def loader_args(raw: Mapping[str, Any], default_pretrained: str) -> LoaderArgs:
         frame_sampling=_choice("frame_sampling", values["frame_sampling"], FRAME_SAMPLINGS),
         video_decode_backend=_choice("video_decode_backend", values["video_decode_backend"], VIDEO_BACKENDS),
         batch_size=batch_size,
+        use_kernels=_as_bool("use_kernels", values["use_kernels"]),
     )
 
 

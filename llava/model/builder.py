@@ -177,14 +177,23 @@ def load_pretrained_model(
     device_map=None,
     attn_implementation: str = "sdpa",
     track_sources: bool = False,
+    use_kernels: bool = False,
     **model_kwargs,
 ) -> Tuple[object, object]:
-    """Load (model, processor); apply AIM when ``aim`` is given (None: the stock model)."""
+    """Load (model, processor); apply AIM when ``aim`` is given (None: the stock model).
+
+    ``use_kernels``: let transformers swap hub kernels into the layers (RMSNorm, rotary,
+    activations on GPUs) where the installed release does that by default (5.25 on). Off by
+    default: the stock layers give the reference numerics and need nothing from the network.
+    """
     import transformers
     from transformers import AutoProcessor
 
+    from llava.model.language_model.compat import kernel_kwargs
+
     source, _, family = checkpoint_config(name_or_path)
     model_cls = getattr(transformers, family.load_class)
+    model_kwargs = {**kernel_kwargs(use_kernels), **model_kwargs}
     try:
         model = model_cls.from_pretrained(
             source, dtype=torch_dtype, device_map=device_map, attn_implementation=attn_implementation, **model_kwargs
