@@ -60,6 +60,11 @@ GAPS = {
                           "(llava.bench.models.BENCH_MODELS) has no LLaVA-1.5 architecture",
     ("lmms_eval", "llava15"): "contract gap: the local task llava_aim_synthvid_mc gives videos and has no image "
                               "variant; the family's plugin model (llava_aim) serves images only",
+    # LLaVA-OneVision-1.5 is listed only where transformers has it (>= 5.25)
+    ("geometry", "onevision15"): "contract gap: flops/plan do not ask the adapter for the family's visual tokens "
+                                 "per frame (they assume 196; the tiny model's 2 frames give 256 each)",
+    ("bench", "onevision15"): "contract gap: bench's --model list (llava.bench.models.BENCH_MODELS) has no "
+                              "LLaVA-OneVision-1.5 architecture",
 }
 
 

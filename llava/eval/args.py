@@ -64,6 +64,7 @@ DEFAULT_CHECKPOINTS = {
     "llava_aim": "liuhaotian/llava-v1.5-7b",
     "qwen2_vl_aim": "Qwen/Qwen2-VL-7B-Instruct",
     "qwen2_5_vl_aim": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "llava_onevision1_5_aim": "Deep-VLM/LLaVA-OneVision-1.5-4B-Instruct-hf",  # transformers >= 5.25
 }
 # The checkpoint family (config.model_type) each plugin model serves.
 PLUGIN_MODEL_TYPES = {
@@ -71,12 +72,13 @@ PLUGIN_MODEL_TYPES = {
     "llava_aim": "llava",
     "qwen2_vl_aim": "qwen2_vl",
     "qwen2_5_vl_aim": "qwen2_5_vl",
+    "llava_onevision1_5_aim": "llava_onevision1_5",
 }
 # Pixel limits of each frame / image, model_args of the Qwen-VL plugin models only (the
 # processors resize to a multiple of 28 px with min_pixels <= h * w <= max_pixels).
 PIXEL_ARGS = ("max_pixels", "min_pixels")
 # model_args a plugin model reads itself, besides the loader and AIM settings.
-PLUGIN_EXTRA_ARGS = {"qwen2_vl_aim": PIXEL_ARGS, "qwen2_5_vl_aim": PIXEL_ARGS}
+PLUGIN_EXTRA_ARGS = {"qwen2_vl_aim": PIXEL_ARGS, "qwen2_5_vl_aim": PIXEL_ARGS, "llava_onevision1_5_aim": PIXEL_ARGS}
 
 
 @dataclass(frozen=True)
