@@ -177,3 +177,17 @@ def test_images_are_not_merged_but_their_tokens_can_be_pruned(ov15):
     image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
     assert model.aim_stats.visual_tokens_per_layer[0] == [image_tokens]
     assert model.aim_stats.visual_tokens_per_layer[-1] == [0]
+
+
+@needs_ov15
+def test_visualize_draws_each_frame_as_the_processor_resized_it(ov15):
+    _, processor = ov15
+    clip = make_video(frames=4)
+    inputs = video_inputs(processor, [clip])
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    drawn = OneVision15Adapter().merge_unit_images(processor, inputs, clip, "video")
+    assert drawn.shape == (t, h * 14, w * 14, 3)
+    # each row is its own frame (the moving square), not the flattened patches read as one image
+    assert all(not (drawn[i] == drawn[i + 1]).all() for i in range(t - 1))
+    means = drawn.reshape(t, -1, 3).mean(1)
+    assert abs(means - clip.reshape(4, -1, 3).mean(1)).max() < 8  # the frames' colours, resized

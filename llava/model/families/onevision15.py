@@ -82,6 +82,20 @@ class OneVision15Adapter(FamilyAdapter):
 
         set_instance_attr(inner, "get_video_features", get_video_features, runtime)
 
+    def merge_unit_images(self, processor, inputs, media, kind: str):
+        """The pixel values are flattened patches: each frame (one grid step, no temporal patch) is
+        drawn resized as the processor resized it (grid h x w patches of patch_size px)."""
+        import numpy as np
+        from PIL import Image
+
+        sub = processor.video_processor if kind == "video" else processor.image_processor
+        t, h, w = (int(v) for v in inputs[f"{kind}_grid_thw"][0])
+        step = getattr(sub, "temporal_patch_size", 1) or 1
+        frames = ([np.asarray(media[min(g * step, len(media) - 1)]) for g in range(t)] if kind == "video"
+                  else [np.asarray(media.convert("RGB"))])
+        size = (w * sub.patch_size, h * sub.patch_size)
+        return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames])
+
     # -- processor ---------------------------------------------------------------------------
     def patch_processor(self, processor, cfg, runtime) -> None:
         stock = processor.replace_video_token
