@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build the bundled tiny random checkpoints in llava/model/tiny/: tiny-llava-onevision,
-tiny-llava-1.5, tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-llava-onevision-1.5 (this one needs
-transformers >= 5.25, the first release with LLaVA-OneVision-1.5).
+tiny-llava-1.5, tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-qwen3-vl-moe, tiny-llava-onevision-1.5
+(this one needs transformers >= 5.25, the first release with LLaVA-OneVision-1.5).
 
 Each folder is a complete transformers checkpoint (config, safetensors weights, tokenizer,
 image/video processor configs, chat template) written with save_pretrained, so the package
@@ -9,8 +9,9 @@ loads it through exactly the code path of a real llava-hf checkpoint. The geomet
 vision side is the real one (384 px / 14 px patches -> 27x27 -> 14x14 = 196 tokens per video
 frame for LLaVA-OneVision; 336 px -> 24x24 = 576 tokens per image for LLaVA-1.5; Qwen2-VL and
 Qwen2.5-VL: 14 px patches, 2 frames per temporal patch, 2x2 patch merger, the checkpoints'
-pixel limits, M-RoPE sections in the 7B models' proportions); only the widths and depths are
-tiny. Weights are random from a fixed seed: answers are meaningless.
+pixel limits, M-RoPE sections in the 7B models' proportions; Qwen3-VL: 16 px patches, the
+DeepStack mergers after the first vision blocks, interleaved M-RoPE); only the widths and depths
+are tiny. Weights are random from a fixed seed: answers are meaningless.
 
     python scripts/make_tiny_models.py                    # rewrite every folder
     python scripts/make_tiny_models.py tiny-qwen2-vl      # only the named ones
@@ -46,6 +47,12 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
     SiglipVisionConfig,
 )
 
@@ -327,6 +334,46 @@ def tiny_qwen2_5_vl(out: Path) -> None:
     _save(model, _qwen_vl_processor(Qwen2_5_VLProcessor, tokenizer), out)
 
 
+def _qwen3_vl_parts():
+    """(tokenizer, text config, vision config, processor) shared by the dense and MoE Qwen3-VL."""
+    tokenizer = _qwen_vl_tokenizer()
+    text = _qwen_vl_text_config(tokenizer)
+    text.pop("use_sliding_window")
+    # Interleaved M-RoPE over 8 frequency pairs in the proportions of the checkpoints' (24, 20, 20).
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2]}
+    text["head_dim"] = 16
+    # 4 blocks, DeepStack mergers after blocks 0, 1, 2 (the checkpoints: 8, 16, 24 of 27).
+    vision = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+                  temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=256,
+                  deepstack_visual_indexes=[0, 1, 2])
+    pixels = dict(min_pixels=QWEN_VL_MIN_PIXELS, max_pixels=QWEN_VL_MAX_PIXELS)
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2, merge_size=2, **pixels),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(patch_size=16, temporal_patch_size=2, merge_size=2,
+                                              cap_pixels_per_frame=False),
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
+    return tokenizer, text, vision, processor
+
+
+def tiny_qwen3_vl(out: Path) -> None:
+    tokenizer, text, vision, processor = _qwen3_vl_parts()
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_vl_token_ids(tokenizer))
+    torch.manual_seed(SEED)
+    _save(Qwen3VLForConditionalGeneration(config), processor, out)
+
+
+def tiny_qwen3_vl_moe(out: Path) -> None:
+    tokenizer, text, vision, processor = _qwen3_vl_parts()
+    # 4 experts, top-2, every layer sparse (decoder_sparse_step 1) as the checkpoints.
+    text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1,
+                mlp_only_layers=[])
+    config = Qwen3VLMoeConfig(text_config=text, vision_config=vision, **_qwen_vl_token_ids(tokenizer))
+    torch.manual_seed(SEED)
+    _save(Qwen3VLMoeForConditionalGeneration(config), processor, out)
+
+
 def tiny_onevision15(out: Path) -> None:
     """LLaVA-OneVision-1.5: RICE tower (a CLS token per frame, 2-D RoPE, 14 px patches, no temporal
     patch: one grid step per frame) + 2x2 merger + Qwen3 (1-D RoPE, q/k norms), prompted as Qwen2-VL
@@ -362,6 +409,8 @@ BUILDERS = {
     "tiny-llava-1.5": tiny_llava15,
     "tiny-qwen2-vl": tiny_qwen2_vl,
     "tiny-qwen2.5-vl": tiny_qwen2_5_vl,
+    "tiny-qwen3-vl": tiny_qwen3_vl,
+    "tiny-qwen3-vl-moe": tiny_qwen3_vl_moe,
     "tiny-llava-onevision-1.5": tiny_onevision15,
 }
 

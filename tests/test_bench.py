@@ -59,6 +59,9 @@ def test_bench_json_small(capsys):
     assert cases["official"]["aim"] == cases["mask"]["aim"]
     assert cases["official"]["kv_cache_bytes"] == cases["mask"]["kv_cache_bytes"]
     assert r["speedup_vs_official"] == pytest.approx(cases["official"]["median_ms"] / cases["aim"]["median_ms"])
+    # decoding on each case's KV cache, timed after its prefill (LM only)
+    assert all(c["decode_tokens_per_s"] > 0 for c in cases.values())
+    assert r["decode_speedup"] == pytest.approx(cases["aim"]["decode_tokens_per_s"] / cases["baseline"]["decode_tokens_per_s"])
     assert r["end_to_end_speedup_vs_official"] > 0
     e2e = {c["name"]: c for c in r["end_to_end_prefill"]}
     assert e2e["aim"]["sum_tokens"] < e2e["merge-only"]["sum_tokens"] < e2e["baseline"]["sum_tokens"]
@@ -73,6 +76,7 @@ def test_bench_human_table(capsys):
     out = capsys.readouterr().out
     assert "AIM default (removal)" in out and "measured/predicted" in out and "end to end" not in out
     assert "official code (mask, eager)" in out and "vs the official code (mask, eager), same run" in out
+    assert "decode tok/s" in out and "decode after the prefill (median tokens/s): AIM" in out
 
 
 @pytest.mark.parametrize("argv", [

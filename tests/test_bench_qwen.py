@@ -173,7 +173,7 @@ def test_mrope_prompt_positions_follow_the_stock_layout(text, groups, rows, cols
 def test_lm_only_prefill_hands_the_qwen_text_model_3d_positions():
     """Every configuration's prefill (stock forward and the AIM driver) computes its rotary
     embedding from (3, 1, S) ids."""
-    from llava.bench.cases import default_cases
+    from llava.bench.cases import DECODE_STEPS, default_cases
     from llava.bench.measure import mrope_prompt_positions, run_prefill_benchmark
     from llava.bench.models import build_lm, small_qwen_vl_text_config
 
@@ -183,7 +183,10 @@ def test_lm_only_prefill_hands_the_qwen_text_model_3d_positions():
     cases = default_cases(2, 16, 10, 8, newline=0)
     run_prefill_benchmark(lm, cases, repeats=1, warmup=0, measure_memory=False,
                           positions=lambda c: mrope_prompt_positions(c.text_tokens, 2, c.visual_tokens // 2, 4, "cpu"))
-    assert seen == [(3, 1, c.visual_tokens + c.text_tokens) for c in cases]
+    prefills = [shape for shape in seen if shape[2] > 1]
+    assert prefills == [(3, 1, c.visual_tokens + c.text_tokens) for c in cases]
+    # and each prefill's timed decode steps continue them one (3, 1, 1) id at a time
+    assert [shape for shape in seen if shape[2] == 1] == [(3, 1, 1)] * (DECODE_STEPS * len(cases))
     assert cases[-1].tokens_per_layer == [18] * 5 + [14] + [10] * 2
 
 

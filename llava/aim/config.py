@@ -21,6 +21,7 @@ from llava.aim.policy import (
     spec,
     validate_method_fields,
 )
+from llava.aim.registry import check_importance
 from llava.errors import AIMConfigError
 
 MERGE_WEIGHTINGS = ("mean", "size")
@@ -30,7 +31,7 @@ MERGE_COUNTS = ("official", "exact")  # llava.aim.merge.merge_schedule
 # "keys", LLaVA-OneVision: "tokens"), resolved when AIM is applied.
 MERGE_METRICS = ("auto", "keys", "tokens")
 TIE_BREAKS = ("index", "log_attention")  # llava.aim.importance.select_survivors
-IMPORTANCES = ("pagerank", "attention")
+IMPORTANCES = ("pagerank", "attention")  # the built-in ones; llava.aim.registry.register adds more
 PRUNING_MODES = ("remove", "mask")
 # Where merged tokens sit in a model with per-patch 3-D rotary positions (M-RoPE, Qwen2-VL):
 # "original" = the (t, h, w) position of the patch each token stands in for; "official" = the
@@ -130,7 +131,7 @@ class AIMConfig:
                 f"{self.method} replaces AIM's merging: retention must be 1.0, got {self.retention!r} "
                 f"(AIMConfig.for_method({self.method!r}) sets it)"
             )
-        _check_choice("importance", self.importance, IMPORTANCES)
+        check_importance(self.importance)  # a registered score (llava.aim.registry), no fallback
         _check_choice("merge_weighting", self.merge_weighting, MERGE_WEIGHTINGS)
         _check_choice("merge_order", self.merge_order, MERGE_ORDERS)
         _check_choice("merge_count", self.merge_count, MERGE_COUNTS)

@@ -37,7 +37,13 @@ def _chunk_budget(device: torch.device, max_bytes: int) -> int:
     return min(max_bytes, _CPU_CACHE_BYTES) if device.type == "cpu" else max_bytes
 
 
-def _causal_probs(q, k, valid, scaling, tau):
+def _all_present(valid: torch.Tensor, all_valid: Optional[bool]) -> bool:
+    """Whether every slot is valid: the caller's host-side answer when it has one (reading the
+    device here would stall the launch queue at every pruning layer), else read from ``valid``."""
+    return bool(valid.all()) if all_valid is None else all_valid
+
+
+def _causal_probs(q, k, valid, scaling, tau, all_valid: Optional[bool] = None):
     """Row blocks of softmax(causal(QK^T * scaling / tau)) over the valid keys.
 
     q, k: (B, c, N, d) float32. Returns [(rows, probs (B, c, len(rows), rows.stop))]: only the
@@ -45,7 +51,7 @@ def _causal_probs(q, k, valid, scaling, tau):
     """
     n = q.shape[-2]
     q = q * (scaling / tau)  # divide by tau before masking (finfo.min / tau would overflow)
-    all_valid = bool(valid.all())
+    all_valid = _all_present(valid, all_valid)
     causal = torch.ones(_ROW_BLOCK, _ROW_BLOCK, dtype=torch.bool, device=q.device).tril_()
     blocks = []
     for i0 in range(0, n, _ROW_BLOCK):
@@ -91,12 +97,14 @@ def pagerank_importance(
     iters: int = 5,
     max_bytes: int = 1 << 30,
     row_block: Optional[int] = None,
+    all_valid: Optional[bool] = None,
 ) -> torch.Tensor:
     """PageRank-style importance of every token, shape (B, N), float32; zero where not valid.
 
     query: (B, nh, N, d) post-RoPE queries; key: (B, nkv, N, d) post-RoPE keys, nh a multiple
     of nkv (grouped-query heads share their group's keys); valid: (B, N) bool, the tokens
     present at this layer. ``row_block`` overrides the query rows per block (tests, tuning).
+    ``all_valid``: whether every slot is valid, when the caller knows it (no device read).
 
     The transition matrix M is never stored whole. With causal attention d_{t+1}[j] sums
     d_t[i] M[i, j] over rows i >= j only, so row blocks are taken from the last to the first
@@ -114,7 +122,7 @@ def pagerank_importance(
         raise ValueError(f"query heads {nh} not a multiple of key/value heads {nkv}")
     group = nh // nkv
     valid = valid.to(torch.bool)
-    all_valid = bool(valid.all())
+    all_valid = _all_present(valid, all_valid)
     present = valid.sum(dim=-1, keepdim=True).clamp_min(1).to(torch.float32)
     start = valid.to(torch.float32) / present  # uniform 1/N over the present tokens
     # Fold scale and temperature into q (masking after dividing by tau, as docs/method.md says);
@@ -175,6 +183,7 @@ def attention_importance(
     valid: torch.Tensor,
     scaling: float,
     max_bytes: int = 1 << 30,
+    all_valid: Optional[bool] = None,
 ) -> torch.Tensor:
     """Cheaper score, NOT the paper's: mean causal attention (tau 1) each token receives from
     the present queries, averaged over heads. One softmax, no power iterations."""
@@ -186,7 +195,8 @@ def attention_importance(
     for h0 in range(0, nh, chunk):
         heads = torch.arange(h0, min(nh, h0 + chunk), device=query.device)
         blocks = _causal_probs(
-            query[:, heads].to(torch.float32), key[:, heads // group].to(torch.float32), valid, scaling, 1.0
+            query[:, heads].to(torch.float32), key[:, heads // group].to(torch.float32), valid, scaling, 1.0,
+            all_valid,
         )
         for rows, probs in blocks:
             # only present queries vote
@@ -197,15 +207,17 @@ def attention_importance(
 
 def select_survivors(
     scores: torch.Tensor, visual: torch.Tensor, alive: torch.Tensor, keep_visual: torch.Tensor,
-    tie_scores: Optional[torch.Tensor] = None,
+    tie_scores: Optional[torch.Tensor] = None, check_nan: bool = True,
 ) -> torch.Tensor:
     """Which present tokens go on to the next layer, as a (B, N) bool mask.
 
     Every present non-visual token survives. Among the present visual tokens of sample b the
     ``keep_visual[b]`` highest-scoring survive. Exactly equal scores are ranked by
-    ``tie_scores`` (higher first) when given, then by index (lower first).
+    ``tie_scores`` (higher first) when given, then by index (lower first). ``check_nan=False``
+    leaves the NaN check to the caller (the decoder driver checks once after its layer loop,
+    without a device read per layer).
     """
-    if torch.isnan(scores).any() or (tie_scores is not None and torch.isnan(tie_scores).any()):
+    if check_nan and has_nan(scores, tie_scores):
         raise FloatingPointError("importance scores contain NaN; refusing a NaN-driven selection")
     candidates = visual & alive
     ranked_scores = scores.masked_fill(~candidates, float("-inf"))
@@ -222,8 +234,21 @@ def select_survivors(
     return (alive & ~visual) | chosen
 
 
+def has_nan(scores: torch.Tensor, tie_scores: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A 0-dim bool tensor on the scores' device: whether either holds a NaN (no host read)."""
+    found = torch.isnan(scores).any()
+    return found if tie_scores is None else found | torch.isnan(tie_scores).any()
+
+
 def tie_counts(scores: torch.Tensor, visual: torch.Tensor, alive: torch.Tensor, keep: torch.Tensor):
-    """(zero_scores (B,), tie_decided (B,)) of one selection, as python lists of ints.
+    """(zero_scores (B,), tie_decided (B,)) of one selection, as python lists of ints
+    (:func:`tie_count_tensors` read to the host)."""
+    zero, decided = tie_count_tensors(scores, visual, alive, keep)
+    return zero.tolist(), decided.tolist()
+
+
+def tie_count_tensors(scores: torch.Tensor, visual: torch.Tensor, alive: torch.Tensor, keep: torch.Tensor):
+    """(zero_scores (B,), tie_decided (B,)) of one selection, long tensors on the scores' device.
 
     zero_scores: present visual tokens whose score is exactly 0 (e.g. PageRank mass that
     underflowed in float32). tie_decided: survivors whose score equals the lowest surviving
@@ -233,11 +258,11 @@ def tie_counts(scores: torch.Tensor, visual: torch.Tensor, alive: torch.Tensor, 
     candidates = visual & alive
     zero = (candidates & (scores == 0)).sum(dim=1)
     chosen, dropped = candidates & keep, candidates & ~keep
-    inf = torch.tensor(float("inf"), dtype=scores.dtype, device=scores.device)
-    boundary = torch.where(chosen, scores, inf).min(dim=1, keepdim=True).values  # lowest survivor
+    # (a fill, not torch.tensor(inf): a copy from the host would wait for the device)
+    boundary = scores.masked_fill(~chosen, float("inf")).min(dim=1, keepdim=True).values  # lowest survivor
     contested = (dropped & (scores == boundary)).any(dim=1)
     decided = (chosen & (scores == boundary)).sum(dim=1) * contested
-    return zero.tolist(), decided.tolist()
+    return zero, decided
 
 
 def log_first_step_attention(
@@ -247,6 +272,7 @@ def log_first_step_attention(
     scaling: float,
     tau: float = 0.1,
     max_bytes: int = 1 << 30,
+    all_valid: Optional[bool] = None,
 ) -> torch.Tensor:
     """log of the PageRank mass each token holds after the FIRST power step, root-mean-square
     over heads, computed in the log domain: (B, N) float32, -inf where not valid.
@@ -260,7 +286,7 @@ def log_first_step_attention(
     nkv = key.shape[1]
     group = nh // nkv
     valid = valid.to(torch.bool)
-    all_valid = bool(valid.all())
+    all_valid = _all_present(valid, all_valid)
     q = (query.to(torch.float32) * (scaling / tau)).reshape(b, nkv, group, n, hd)
     k = key.to(torch.float32)
     chunk, rows = pagerank_blocking(b, nkv, group, n, query.device, max_bytes)
@@ -285,13 +311,15 @@ def log_first_step_attention(
     return out.masked_fill(~valid, float("-inf"))
 
 
-def compact_left(keep: torch.Tensor):
+def compact_left(keep: torch.Tensor, width: Optional[int] = None):
     """Indices that gather the kept slots of each row, in order, right-aligned.
 
     Rows with fewer kept slots are left-padded with dead slots (like left padding), so every
     row keeps its causal order. Returns (index (B, M), alive (B, M)) with M the largest count.
+    ``width``: M when the caller knows it (the driver's schedule does), sparing a device read.
     """
-    width = int(keep.sum(dim=-1).max().item())
+    if width is None:
+        width = int(keep.sum(dim=-1).max().item())
     order = torch.sort(keep.to(torch.int8), dim=-1, stable=True).indices  # dropped first, kept last
     index = order[:, order.shape[1] - width :]
     return index, keep.gather(1, index)

@@ -48,6 +48,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from llava.aim.registry import lookup
 from llava.errors import AIMConfigError
 
 METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus")
@@ -136,6 +137,9 @@ def aim_default_layers(num_layers: int) -> Tuple[int, int]:
 def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> None:
     """Check the method-specific fields of an AIMConfig (called from its ``__post_init__``)."""
     s = spec(method)
+    if s.score != "config":
+        lookup(s.score, "score")  # the method's parts are registered (llava.aim.registry)
+    lookup(s.reduction, "reduction")
     if not _is_int(seed) or seed < 0:
         raise AIMConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if s.schedule == "none":

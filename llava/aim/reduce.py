@@ -12,8 +12,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from llava.aim.merge import MergeResult, merge_frames, merged_token_count
+from llava.aim.merge import MergeResult, merged_token_count
 from llava.aim.policy import reduction_of
+from llava.aim.registry import lookup
+from llava.errors import UnsupportedUsageError
 
 
 def token_grid(num_tokens: int) -> Tuple[int, int]:
@@ -83,9 +85,11 @@ def reduce_frames(x: torch.Tensor, cfg, track_sources: bool = False, metric: Opt
     """The pre-LLM reduction of ``cfg`` (an AIMConfig): merging (similarity on ``metric`` when
     given), or pooling for method "pool" (which has no similarity).
 
-    ``grid``: the frames' token grid (rows, cols), for pooling; merging needs none."""
-    if reduction_of(cfg) == "pool":
-        return pool_frames(x, cfg.retention, track_sources, cfg.merge_count, grid=grid,
-                           track_destinations=track_destinations)
-    return merge_frames(x, cfg.retention, cfg.merge_weighting, cfg.merge_order, track_sources=track_sources,
-                        count=cfg.merge_count, metric=metric, track_destinations=track_destinations)
+    ``grid``: the frames' token grid (rows, cols), for pooling; merging needs none. The
+    function is the registered reduction's (llava.aim.registry)."""
+    entry = lookup(reduction_of(cfg), "reduction")
+    if entry.needs != {"frames"}:
+        raise UnsupportedUsageError(f"reduction {entry.name!r} needs {sorted(entry.needs)}: it runs in the "
+                                    "family's vision-tower hook, not on the frames alone")
+    return entry.fn(x, cfg, track_sources=track_sources, metric=metric, grid=grid,
+                    track_destinations=track_destinations)

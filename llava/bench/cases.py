@@ -15,6 +15,7 @@ from llava.aim.prumerge import nominal_tokens
 # The official AIM code prunes by masking under eager attention; "official" reproduces that
 # in the same run as the baseline and this project's removal on SDPA.
 OFFICIAL_ATTENTION = "eager"
+DECODE_STEPS = 16  # one-token steps timed after each LM-only prefill, on its KV cache
 
 
 @dataclass
@@ -28,6 +29,12 @@ class PrefillCase:
     times_s: List[float] = field(default_factory=list)
     kv_cache_bytes: int = 0
     peak_memory_bytes: Optional[int] = None
+    decode_times_s: List[float] = field(default_factory=list)  # LM only: DECODE_STEPS steps after a prefill
+
+    @property
+    def decode_tokens_per_s(self) -> Optional[float]:
+        """Median decode speed over the rounds (None where decoding was not timed)."""
+        return DECODE_STEPS / statistics.median(self.decode_times_s) if self.decode_times_s else None
 
     @property
     def median_s(self) -> float:
@@ -41,6 +48,7 @@ class PrefillCase:
             "median_ms": 1e3 * self.median_s, "times_ms": [1e3 * t for t in self.times_s],
             "speedup": baseline.median_s / self.median_s,
             "kv_cache_bytes": self.kv_cache_bytes, "peak_memory_bytes": self.peak_memory_bytes,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
         }
 
 

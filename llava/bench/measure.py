@@ -18,13 +18,32 @@ from llava.aim.config import AIMConfig
 from llava.aim.merge import merged_token_count
 from llava.aim.reduce import reduce_frames
 from llava.aim.schedule import policy_visual_tokens
-from llava.bench.cases import PrefillCase
+from llava.bench.cases import DECODE_STEPS, PrefillCase
 from llava.bench.kv import output_cache_bytes
 from llava.bench.memory import PeakMemory
 from llava.bench.models import attention_backend
 from llava.bench.timers import Clock, interleaved, median_ms, sync, time_call
 
 VISUAL_ID = 5  # any id: the LM-only benchmark marks visual positions itself
+
+
+def time_decode(lm, prefill_output, device, steps: int = DECODE_STEPS,
+                prompt_positions: Optional[torch.Tensor] = None) -> float:
+    """Seconds for ``steps`` one-token decode steps on the KV cache a prefill returned (the
+    same token each step: the cost of a step does not depend on which). ``prompt_positions``:
+    the prompt's M-RoPE ids (3, 1, S), continued by one per step; None: the decoder's own."""
+    from llava.model.language_model.compat import cache_kwargs, output_cache
+
+    cache = cache_kwargs(lm, output_cache(prefill_output))
+    token = torch.full((1, 1), 7, dtype=torch.long, device=device)
+
+    def decode():
+        with torch.inference_mode():
+            for i in range(steps):
+                extra = {} if prompt_positions is None else {"position_ids": prompt_positions[..., -1:] + 1 + i}
+                lm(input_ids=token, use_cache=True, **cache, **extra)
+
+    return time_call(decode, device)
 
 
 @contextlib.contextmanager
@@ -140,6 +159,9 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
                 with memory or contextlib.nullcontext():
                     elapsed = time_call(prefill, device)
                 case.kv_cache_bytes = output_cache_bytes(outputs[0])
+                if memory is None:  # decoding after this prefill, on its (pruned) KV cache
+                    case.decode_times_s.append(time_decode(lm, outputs[0], device,
+                                                           prompt_positions=extra.get("position_ids")))
                 if runtime is not None and case.cfg.pruning_mode == "remove" and runtime.stats.layer_seq_lens:
                     case.tokens_per_layer = [int(n) for n in runtime.stats.layer_seq_lens]
                 return elapsed
@@ -148,6 +170,8 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
                     runtime.uninstall()  # also restores the stock attention implementation
 
     interleaved(cases, once, repeats, warmup, progress)
+    for case in cases:
+        case.decode_times_s = case.decode_times_s[warmup:]  # the warm-up rounds decoded too
     if measure_memory:
         _measure_peak_memory(cases, once, device)
     return cases

@@ -71,6 +71,9 @@ def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicte
                      "fraction": overhead_ms / (aim_ms + overhead["merging_ms"])},
         "end_to_end_prefill": [c.to_dict(e2e_cases[0]) for c in e2e_cases] if e2e_cases else [],
     }
+    if aim.decode_tokens_per_s and lm_base.decode_tokens_per_s:
+        # decoding on AIM's pruned KV cache against the stock model's full one, same run
+        report["decode_speedup"] = aim.decode_tokens_per_s / lm_base.decode_tokens_per_s
     official = _by_name(lm_cases, "official")
     if official is not None:
         # the gain over the official implementation of the same setting, timed in this run
@@ -102,13 +105,14 @@ def _cells(r: Dict[str, Any], predicted: Optional[Dict[str, Dict[str, float]]]) 
              f"{r['speedup']:.2f}x"]
     if predicted:
         cells.append(f"{predicted[r['name']]['speedup']:.2f}x")
-    return cells + [peak, f"{r['kv_cache_bytes'] / 2**20:.1f}"]
+    decode = r.get("decode_tokens_per_s")
+    return cells + [peak, f"{r['kv_cache_bytes'] / 2**20:.1f}", "n/a" if decode is None else f"{decode:.1f}"]
 
 
 def _table(rows: List[Dict[str, Any]], predicted: Optional[Dict[str, Dict[str, float]]] = None) -> List[str]:
     head = ["configuration", "LLM input", "sum N_j", "median ms", "speed-up"] + (["predicted"] if predicted else [])
-    head += ["peak MiB", "KV MiB"]
-    widths = [-28, 9, 8, 10, 8] + ([9] if predicted else []) + [9, 7]  # negative: left-aligned
+    head += ["peak MiB", "KV MiB", "decode tok/s"]
+    widths = [-28, 9, 8, 10, 8] + ([9] if predicted else []) + [9, 7, 12]  # negative: left-aligned
 
     def line(cells: List[str]) -> str:
         return "  " + " ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(cells, widths))
@@ -120,7 +124,7 @@ def markdown_table(rows: List[Dict[str, Any]], predicted: Optional[Dict[str, Dic
     """One markdown table of a report's rows (docs/benchmarks.md, scripts/gpu_check.sh)."""
     head = ["configuration", "LLM input", "sum N_j", "median ms", "speed-up"]
     head += ["predicted speed-up"] if predicted else []
-    head += ["peak MiB", "KV MiB"]
+    head += ["peak MiB", "KV MiB", "decode tok/s"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(_cells(r, predicted)) + " |" for r in rows]
     return "\n".join(out)
@@ -161,6 +165,10 @@ def format_bench(r: Dict[str, Any]) -> str:
         f"predicted with AIM's overhead added: {r['predicted_speedup_with_overhead']:.2f}x "
         f"(measured/predicted = {r['measured_speedup'] / r['predicted_speedup_with_overhead']:.2f})",
     ]
+    if "decode_speedup" in r:
+        rows = {row["name"]: row for row in r["language_model_prefill"]}
+        lines.append(f"decode after the prefill (median tokens/s): AIM {rows['aim']['decode_tokens_per_s']:.1f}, "
+                     f"stock {rows['baseline']['decode_tokens_per_s']:.1f}: {r['decode_speedup']:.2f}x")
     if "speedup_vs_official" in r:
         lines.append(f"default AIM (removal, {r['attn']}) vs the official code (mask, eager), same run: "
                      f"{r['speedup_vs_official']:.2f}x")

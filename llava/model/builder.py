@@ -1,9 +1,10 @@
 """Loading checkpoints: hub ids, local folders, and the built-in tiny models.
 
 ``load_pretrained_model`` returns (model, processor) for the checkpoints of every family in
-llava/model/families/ (LLaVA-OneVision, LLaVA(-1.5), Qwen2-VL, Qwen2.5-VL) in transformers
-format, optionally with AIM applied. The built-in names ("tiny-llava-onevision",
-"tiny-llava-1.5", "tiny-qwen2-vl", "tiny-qwen2.5-vl") are folders shipped in this package
+llava/model/families/ (LLaVA-OneVision, LLaVA(-1.5), Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+Qwen3-VL-MoE) in transformers format, optionally with AIM applied. The built-in names
+("tiny-llava-onevision", "tiny-llava-1.5", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl",
+"tiny-qwen3-vl-moe") are folders shipped in this package
 (random weights from a fixed seed; see scripts/make_tiny_models.py), loaded through the very
 same ``from_pretrained`` calls as a real checkpoint.
 """

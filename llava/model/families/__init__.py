@@ -10,11 +10,13 @@ from llava.model.families.llava15 import Llava15Adapter
 from llava.model.families.onevision import OneVisionAdapter
 from llava.model.families.onevision15 import OneVision15Adapter
 from llava.model.families.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from llava.model.families.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 
 # Families whose model classes only some releases in the tested range have: served where the
 # installed transformers has them, refused with the release they need where it does not.
 _NEEDS_NEWER = (OneVision15Adapter(),)
-FAMILIES: Tuple[FamilyAdapter, ...] = (OneVisionAdapter(), Llava15Adapter(), Qwen2VLAdapter(), Qwen2_5_VLAdapter()) + \
+FAMILIES: Tuple[FamilyAdapter, ...] = (OneVisionAdapter(), Llava15Adapter(), Qwen2VLAdapter(), Qwen2_5_VLAdapter(),
+                                       Qwen3VLAdapter(), Qwen3VLMoeAdapter()) + \
     tuple(fam for fam in _NEEDS_NEWER if fam.installed())
 # Adapters this transformers cannot serve (their checkpoints and built-in names are refused).
 UNAVAILABLE: Tuple[FamilyAdapter, ...] = tuple(fam for fam in _NEEDS_NEWER if not fam.installed())

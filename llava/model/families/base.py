@@ -13,7 +13,11 @@ another, as far as AIM is concerned:
   what merging's similarity is computed on (``merge_metrics``, ``official_merge_metric``);
 * related checkpoints it refuses, and why (``refused_model_types``);
 * for ``llava-aim visualize``, the image each merged unit is drawn over where the processor's
-  pixel values are not one image per unit (``merge_unit_images``).
+  pixel values are not one image per unit (``merge_unit_images``);
+* what the family adds to the hidden states after given decoder layers (Qwen3-VL's DeepStack
+  features on the visual rows): its adapter hands the decoder driver a :class:`LayerAdditions`
+  under the language model keyword ``aim_layer_additions`` (``LAYER_ADDITIONS_KWARG``), and the
+  driver applies it after each layer to the rows still present.
 
 The runtime, the statistics and the decoder driver (llava/model/llava_arch.py,
 language_model/) know nothing about families. Adding a family = one module here that
@@ -22,9 +26,44 @@ subclasses :class:`FamilyAdapter`, listed in ``families/__init__.py``, and a tin
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
 
 from llava.errors import UnsupportedModelError
+from llava.model.language_model.driver import LAYER_ADDITIONS_KWARG  # noqa: F401 (the contract's keyword)
+
+
+
+@dataclass
+class LayerAdditions:
+    """What the stock decoder loop adds to the hidden states after some layers, for the driver.
+
+    rows_by_layer[j] (N, C) is added, after layer j, to the N rows of ``mask`` (B, L) over the
+    prompt's original tokens, in the row-major order of ``mask``'s True entries (Qwen3-VL's
+    ``_deepstack_process``). ``stock_kwargs``: the language model keywords these stand for, handed
+    back to the stock forward when the driver runs it unchanged.
+    """
+
+    mask: torch.Tensor
+    rows_by_layer: Dict[int, torch.Tensor]
+    stock_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, layer: int, hidden: torch.Tensor, slot: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """``hidden`` (B, S, C) after ``layer``, whose slot i of sample b holds the original token
+        ``slot[b, i]``: the rows of this layer added to the live slots that hold a masked token
+        (tokens pruned earlier are simply absent; on the rest, the stock addition bit for bit).
+        Device-side only (no host sync)."""
+        rows = self.rows_by_layer.get(layer)
+        if rows is None:
+            return hidden
+        mask = self.mask.to(hidden.device)
+        row_of = (mask.reshape(-1).long().cumsum(0) - 1).clamp_min(0)  # each token's row (masked ones)
+        full = rows.to(hidden.device, hidden.dtype).index_select(0, row_of).reshape(mask.shape + (rows.shape[-1],))
+        added = full.gather(1, slot[..., None].expand(-1, -1, hidden.shape[-1]))
+        where = (mask.gather(1, slot) & alive)[..., None]
+        return torch.where(where, hidden + added, hidden)
 
 
 class FamilyAdapter:

@@ -53,16 +53,10 @@ PIXEL_ARGS = {IMAGE: "pixel_values", VIDEO: "pixel_values_videos"}
 _ROPE_CORE_ARGS = ("self", "input_ids", "mm_token_type_ids", "image_grid_thw", "video_grid_thw", "attention_mask",
                    "kwargs")
 
-QWEN3_REFUSAL = (
-    "Qwen3-VL is not supported by AIM: it adds the vision tower's deepstack features to the hidden "
-    "states at the visual positions inside the first decoder layers (merging would have to merge "
-    "every deepstack level alike, and pruning before those layers would drop their targets), and it "
-    "interleaves per-frame timestamp text with the video tokens; use Qwen2-VL or Qwen2.5-VL"
-)
 QWEN35_REFUSAL = (
     "Qwen3.5 is not supported by AIM: most of its decoder layers are linear attention (Gated DeltaNet) "
     "whose recurrent state runs over every token, so pruned tokens cannot be removed from them; use "
-    "Qwen2-VL or Qwen2.5-VL"
+    "Qwen2-VL, Qwen2.5-VL or Qwen3-VL"
 )
 
 
@@ -100,19 +94,29 @@ class MergedItem:
     sources: Optional[torch.Tensor] = None  # (t, h/2 * w/2): merged token of each patch
 
 
-def merge_item(features: torch.Tensor, grid, merge: int, runtime) -> Tuple[torch.Tensor, MergedItem]:
-    """Merge one item's patch-merger output (t * h/2 * w/2, C), each temporal group alone."""
+def merge_item(features: torch.Tensor, grid, merge: int, runtime,
+               similarity_channels: Optional[int] = None) -> Tuple[torch.Tensor, MergedItem]:
+    """Merge one item's patch-merger output (t * h/2 * w/2, C), each temporal group alone.
+
+    ``similarity_channels``: the matching sees only the first that many channels, the others are
+    merged along with the same groups and weights (Qwen3-VL's DeepStack rows stacked beside the
+    main features); None: all channels."""
     cfg = runtime.cfg
     t, h, w = (int(v) for v in grid)
     rows, cols = h // merge, w // merge
     x = features.reshape(t, rows * cols, features.shape[-1])
     target = group_tokens(rows, cols, cfg)
-    result = reduce_tokens(runtime, x, grid=(rows, cols), track_destinations=True)
+
+    def metric_of(tokens):
+        return None if similarity_channels is None else tokens[..., :similarity_channels]
+
+    result = reduce_tokens(runtime, x, metric=metric_of(x), grid=(rows, cols), track_destinations=True)
     tokens, dest, sources = result.tokens, result.dest_index, result.source_index
     if tokens.shape[1] > target:  # official grid: extra steps down to (rows // s) * (cols // s)
         # the extra steps remove exactly what is left over (as many as a step can, the last just enough)
         extra = merge_frames(tokens, target / tokens.shape[1], cfg.merge_weighting, cfg.merge_order,
-                             track_sources=sources is not None, track_destinations=True, count="exact")
+                             track_sources=sources is not None, track_destinations=True, count="exact",
+                             metric=metric_of(tokens))
         tokens, dest = extra.tokens, dest.gather(1, extra.dest_index)
         sources = None if sources is None else extra.source_index.gather(1, sources)
     if tokens.shape[1] != target:  # the processor emitted `target` placeholders per group
@@ -529,8 +533,7 @@ class Qwen2VLAdapter(_QwenVLAdapter):
     model_classes = ("Qwen2VLForConditionalGeneration", "Qwen2VLModel")
     processor_class = "Qwen2VLProcessor"
     tiny_models = ("tiny-qwen2-vl",)
-    refused_model_types = {"qwen3_vl": QWEN3_REFUSAL, "qwen3_vl_moe": QWEN3_REFUSAL,
-                           "qwen3_5": QWEN35_REFUSAL, "qwen3_5_moe": QWEN35_REFUSAL}
+    refused_model_types = {"qwen3_5": QWEN35_REFUSAL, "qwen3_5_moe": QWEN35_REFUSAL}
 
 
 class Qwen2_5_VLAdapter(_QwenVLAdapter):

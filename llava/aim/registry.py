@@ -1,0 +1,193 @@
+"""The one registry of AIM's scores and reductions: each is one entry.
+
+A **score** ranks the visual tokens at a pruning layer (pagerank, attention, last_token, random,
+none); a **reduction** shrinks each frame before the LLM (merge, pool, prumerge,
+prumerge_plus). An entry states
+
+* what it needs (``NEEDS``): the layer's post-RoPE queries and keys (``qk``: the decoder
+  driver then installs a probe in that layer's attention), the visual and text masks, or the
+  frames (reductions);
+* its function: a score's takes one :class:`ScoreInputs` and returns (B, N) float32 scores
+  (higher survives); a reduction's is the frame-level function it names;
+* its cost for the analyzer: the name of the function in ``llava.analysis.roofline`` that
+  prices it (``None``: nothing worth counting, e.g. a hash per token).
+
+Adding a score takes one :func:`register` call with its function (tests/test_registry.py
+registers a text-conditioned one and runs a model with it). An unregistered name fails loudly
+wherever it is used (AIMConfig validation, the driver, the analyzer's policy lookup): there is
+no fallback score.
+
+Pure python at import (the config module validates names here); the built-in functions import
+torch code when called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, FrozenSet, List, Optional
+
+from llava.errors import AIMConfigError
+
+KINDS = ("score", "reduction")
+NEEDS = ("qk", "visual", "text", "frames")
+SCORE_NEEDS = ("qk", "visual", "text")  # what the decoder driver can give a score
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What a score may read at one pruning layer (the driver fills what the entry needs)."""
+
+    cfg: Any  # the AIMConfig
+    layer: int
+    valid: Any  # (B, N) bool: tokens present at this layer
+    visual: Any  # (B, N) bool: present visual tokens (the candidates)
+    text: Any  # (B, N) bool: present non-visual tokens
+    visual_index: Any  # (B, N) long: each token's index among its sample's visual tokens
+    all_valid: Optional[bool] = None  # every slot present (known on the host), None: unknown
+    query: Any = None  # (B, nh, N, d) post-RoPE queries, with "qk"
+    key: Any = None  # (B, nkv, N, d) post-RoPE keys, with "qk"
+    scaling: Optional[float] = None  # the attention's scaling, with "qk"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str  # "score" | "reduction"
+    needs: FrozenSet[str]
+    fn: Callable
+    cost: Optional[str]  # llava.analysis.roofline function that prices it; None: not priced
+    summary: str
+    # a score AIMConfig.importance may name (AIM's own ranking); False for the scores that
+    # belong to one method (last_token: FastV/PDrop, random: the control, none: VTW)
+    configurable: bool = True
+
+
+REGISTRY: Dict[str, Entry] = {}
+
+
+def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] = None, summary: str = "",
+             configurable: bool = True, replace: bool = False) -> Entry:
+    """Add one entry; a name already taken, an unknown kind or an unknown need is refused."""
+    if kind not in KINDS:
+        raise AIMConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    allowed = SCORE_NEEDS if kind == "score" else NEEDS
+    unknown = sorted(set(needs) - set(allowed))
+    if unknown:
+        raise AIMConfigError(f"{kind} {name!r} needs {unknown}, which the runtime does not provide; "
+                             f"a {kind} may need {list(allowed)}")
+    if not callable(fn):
+        raise AIMConfigError(f"{kind} {name!r}: fn must be callable, got {fn!r}")
+    if name in REGISTRY and not replace:
+        raise AIMConfigError(f"{name!r} is already registered (as a {REGISTRY[name].kind})")
+    entry = Entry(name, kind, frozenset(needs), fn, cost, summary, configurable)
+    REGISTRY[name] = entry
+    return entry
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def names(kind: str, configurable_only: bool = False) -> List[str]:
+    return [e.name for e in REGISTRY.values() if e.kind == kind and (e.configurable or not configurable_only)]
+
+
+def lookup(name: str, kind: str) -> Entry:
+    """The entry of a registered ``kind``; anything else fails with the registered names."""
+    entry = REGISTRY.get(name)
+    if entry is None or entry.kind != kind:
+        raise AIMConfigError(f"unknown {kind} {name!r}: registered {kind}s are {names(kind)} "
+                             "(llava.aim.registry.register adds one)")
+    return entry
+
+
+def check_importance(name: str) -> None:
+    """AIMConfig.importance: a registered score that AIM's own methods may rank with."""
+    entry = REGISTRY.get(name)
+    if entry is None or entry.kind != "score" or not entry.configurable:
+        why = ("a score that belongs to its method (AIMConfig.for_method)" if entry is not None and entry.kind == "score"
+               else "not a registered score (llava.aim.registry.register adds one)")
+        raise AIMConfigError(f"importance must be one of {names('score', configurable_only=True)}, got {name!r}: {why}")
+
+
+# -- the built-in scores -----------------------------------------------------------------------
+def _budget(cfg) -> int:
+    return cfg.importance_memory_mb << 20
+
+
+def pagerank_score(x: ScoreInputs):
+    from llava.aim.importance import pagerank_importance
+
+    return pagerank_importance(x.query, x.key, x.valid, x.scaling, x.cfg.pagerank_tau, x.cfg.pagerank_iters,
+                               _budget(x.cfg), all_valid=x.all_valid)
+
+
+def attention_score(x: ScoreInputs):
+    from llava.aim.importance import attention_importance
+
+    return attention_importance(x.query, x.key, x.valid, x.scaling, _budget(x.cfg), all_valid=x.all_valid)
+
+
+def last_token_score(x: ScoreInputs):
+    from llava.aim.importance import last_token_attention
+
+    return last_token_attention(x.query, x.key, x.valid, x.scaling)
+
+
+def random_score(x: ScoreInputs):
+    from llava.aim.importance import random_scores
+
+    return random_scores(x.visual_index, x.cfg.seed, x.layer)
+
+
+def no_score(x: ScoreInputs):
+    import torch
+
+    return torch.zeros(x.valid.shape, dtype=torch.float32, device=x.valid.device)
+
+
+register("pagerank", "score", pagerank_score, needs=("qk",), cost="importance_overhead_ops",
+         summary="AIM's score: PageRank over the layer's causal attention (tau, iterations)")
+register("attention", "score", attention_score, needs=("qk",), cost="importance_overhead_ops",
+         summary="mean causal attention each token receives (one softmax; cheaper, not the paper's)")
+register("last_token", "score", last_token_score, needs=("qk",), cost="last_token_overhead_ops",
+         summary="attention the last prompt token pays each token (FastV, PyramidDrop)", configurable=False)
+register("random", "score", random_score, needs=(), cost=None,
+         summary="seeded hash of (seed, layer, visual index): the random control", configurable=False)
+register("none", "score", no_score, needs=(), cost=None,
+         summary="no ranking: every visual token goes (VTW)", configurable=False)
+
+
+# -- the built-in reductions -----------------------------------------------------------------------
+# Those that need only the frames take llava.aim.reduce.reduce_frames' arguments:
+# (x (F, T, C), cfg, track_sources, metric, grid, track_destinations) -> MergeResult.
+def merge_reduction(x, cfg, track_sources=False, metric=None, grid=None, track_destinations=False):
+    from llava.aim.merge import merge_frames
+
+    return merge_frames(x, cfg.retention, cfg.merge_weighting, cfg.merge_order, track_sources=track_sources,
+                        count=cfg.merge_count, metric=metric, track_destinations=track_destinations)
+
+
+def pool_reduction(x, cfg, track_sources=False, metric=None, grid=None, track_destinations=False):
+    from llava.aim.reduce import pool_frames
+
+    return pool_frames(x, cfg.retention, track_sources, cfg.merge_count, grid=grid,
+                       track_destinations=track_destinations)
+
+
+def _prumerge(*args, **kwargs):
+    # (features, keys, cls attention, plus): called from the family's vision-tower hook
+    from llava.aim.prumerge import prumerge_frames
+
+    return prumerge_frames(*args, **kwargs)
+
+
+register("merge", "reduction", merge_reduction, needs=("frames",), cost="merge_overhead_ops",
+         summary="AIM's bipartite soft matching of each frame's tokens (llava.aim.merge.merge_frames)")
+register("pool", "reduction", pool_reduction, needs=("frames",), cost="pool_overhead_ops",
+         summary="spatial average pooling to AIM's per-frame count (llava.aim.reduce.pool_frames)")
+register("prumerge", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
+         summary="LLaVA-PruMerge: CLS-attention outliers absorb their key-nearest patches "
+                 "(llava.aim.prumerge.prumerge_frames, the vision tower's last keys)")
+register("prumerge_plus", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
+         summary="PruMerge+: PruMerge plus spatially uniform samples (prumerge_frames(..., plus=True))")
