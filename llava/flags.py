@@ -54,3 +54,15 @@ def flag_errors() -> Iterator[None]:
         yield
     except AIMConfigError as exc:
         raise AIMConfigError(flag_words(exc)) from exc
+
+
+USE_KERNELS_HELP = (
+    "let transformers swap hub kernels into the layers (RMSNorm, rotary, activations; GPUs only; needs the "
+    "kernels package and, the first time, the network). Default off: the stock layers, whose numerics are the "
+    "reference, and no download"
+)
+
+
+def add_use_kernels_flag(parser) -> None:
+    """``--use-kernels`` on a command that loads checkpoints (see llava.model.builder.load_pretrained_model)."""
+    parser.add_argument("--use-kernels", action="store_true", help=USE_KERNELS_HELP)

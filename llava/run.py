@@ -67,6 +67,9 @@ def add_run_command(subparsers) -> None:
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
                    help="attention implementation: sdpa (default), eager, or flash_attention_2 (needs the "
                         "flash-attn package and a GPU)")
+    from llava.flags import add_use_kernels_flag
+
+    add_use_kernels_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     p.set_defaults(func=run_command)
 
@@ -335,7 +338,8 @@ def run_command(args) -> int:
     t0 = time.perf_counter()
     say(f"loading {args.model}")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    model, processor = load_pretrained_model(source, aim=None, torch_dtype=dtype, attn_implementation=args.attn)
+    model, processor = load_pretrained_model(source, aim=None, torch_dtype=dtype, attn_implementation=args.attn,
+                                             use_kernels=args.use_kernels)
     model.to(device)
     from llava.model.llava_arch import apply_aim
 

@@ -315,6 +315,9 @@ def add_visualize_command(subparsers) -> None:
     add_knob_flags(p, "visualize")  # --retention, --l1, --l2 as llava.aim.config declares them
     p.add_argument("--question", help="question in the prompt (pruning depends on it)")
     p.add_argument("--device", default="cpu")
+    from llava.flags import add_use_kernels_flag
+
+    add_use_kernels_flag(p)
     p.set_defaults(func=visualize_command)
 
 
@@ -414,7 +417,8 @@ def visualize_command(args) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model, processor = load_pretrained_model(model_name, aim=None, torch_dtype="auto")
+    model, processor = load_pretrained_model(model_name, aim=None, torch_dtype="auto",
+                                             use_kernels=getattr(args, "use_kernels", False))
     model.to(device)
     num_layers = num_decoder_layers(model)
     cfg = _aim_config(args, num_layers, family, model_name)

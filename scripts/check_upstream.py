@@ -58,7 +58,7 @@ def canonical(name: str) -> str:
 
 
 def split_requirement(text: str) -> Tuple[str, str]:
-    """``"transformers>=5.17,<5.25 ; extra"`` -> ("transformers", ">=5.17,<5.25")."""
+    """``"transformers>=5.17,<5.26 ; extra"`` -> ("transformers", ">=5.17,<5.26")."""
     text = text.split(";", 1)[0].strip()
     match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$", text)
     if not match:

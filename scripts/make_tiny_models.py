@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Build the bundled tiny random checkpoints in llava/model/tiny/: tiny-llava-onevision,
-tiny-llava-1.5, tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-qwen3-vl-moe.
+tiny-llava-1.5, tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-qwen3-vl-moe, tiny-llava-onevision-1.5
+(this one needs transformers >= 5.25, the first release with LLaVA-OneVision-1.5).
 
 Each folder is a complete transformers checkpoint (config, safetensors weights, tokenizer,
 image/video processor configs, chat template) written with save_pretrained, so the package
@@ -373,6 +374,36 @@ def tiny_qwen3_vl_moe(out: Path) -> None:
     _save(Qwen3VLMoeForConditionalGeneration(config), processor, out)
 
 
+def tiny_onevision15(out: Path) -> None:
+    """LLaVA-OneVision-1.5: RICE tower (a CLS token per frame, 2-D RoPE, 14 px patches, no temporal
+    patch: one grid step per frame) + 2x2 merger + Qwen3 (1-D RoPE, q/k norms), prompted as Qwen2-VL
+    (vision_start, pads, vision_end) with the Qwen2-VL image / video processors."""
+    from transformers import Exaone4_5_Processor, LlavaOnevision15Config, LlavaOnevision15ForConditionalGeneration
+
+    tokenizer = _qwen_vl_tokenizer()
+    text = _qwen_vl_text_config(tokenizer)
+    text.pop("use_sliding_window")
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0}
+    text.update(model_type="qwen3", head_dim=16)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                  out_hidden_size=text["hidden_size"])
+    config = LlavaOnevision15Config(text_config=text, vision_config=vision, **_qwen_vl_token_ids(tokenizer))
+    torch.manual_seed(SEED)
+    model = LlavaOnevision15ForConditionalGeneration(config)
+    pixels = dict(min_pixels=QWEN_VL_MIN_PIXELS, max_pixels=QWEN_VL_MAX_PIXELS)
+    processor = Exaone4_5_Processor(
+        image_processor=Qwen2VLImageProcessor(patch_size=14, temporal_patch_size=1, merge_size=2, **pixels),
+        tokenizer=tokenizer,
+        # each frame within the image limits (small test clips are not upscaled to the video default's 100k px)
+        video_processor=Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=1, merge_size=2,
+                                              size={"shortest_edge": QWEN_VL_MIN_PIXELS,
+                                                    "longest_edge": QWEN_VL_MAX_PIXELS},
+                                              cap_pixels_per_frame=False),
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
+    _save(model, processor, out)
+
+
 BUILDERS = {
     "tiny-llava-onevision": tiny_onevision,
     "tiny-llava-1.5": tiny_llava15,
@@ -380,6 +411,7 @@ BUILDERS = {
     "tiny-qwen2.5-vl": tiny_qwen2_5_vl,
     "tiny-qwen3-vl": tiny_qwen3_vl,
     "tiny-qwen3-vl-moe": tiny_qwen3_vl_moe,
+    "tiny-llava-onevision-1.5": tiny_onevision15,
 }
 
 

@@ -45,6 +45,9 @@ LOADER_DEFAULTS: Dict[str, Any] = {
     "device_map": None,
     "torch_dtype": "auto",
     "attn_implementation": "sdpa",
+    # Hub kernels swapped into the layers by transformers (5.25 on, when asked): off, so the
+    # numerics are the stock ones and an offline node loads nothing from the network.
+    "use_kernels": False,
     "max_frames_num": 32,
     # lmms-eval's LLaVA-OneVision rule (np.linspace(0, T-1, N, dtype=int)), as the paper's runs;
     # "uniform" is the project's rule (llava-aim run's default)
@@ -60,6 +63,7 @@ DEFAULT_CHECKPOINTS = {
     "llava_aim": "liuhaotian/llava-v1.5-7b",
     "qwen2_vl_aim": "Qwen/Qwen2-VL-7B-Instruct",
     "qwen2_5_vl_aim": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "llava_onevision1_5_aim": "Deep-VLM/LLaVA-OneVision-1.5-4B-Instruct-hf",  # transformers >= 5.25
 }
 # The checkpoint family (config.model_type) each plugin model serves.
 PLUGIN_MODEL_TYPES = {
@@ -67,12 +71,13 @@ PLUGIN_MODEL_TYPES = {
     "llava_aim": "llava",
     "qwen2_vl_aim": "qwen2_vl",
     "qwen2_5_vl_aim": "qwen2_5_vl",
+    "llava_onevision1_5_aim": "llava_onevision1_5",
 }
 # Pixel limits of each frame / image, model_args of the Qwen-VL plugin models only (the
 # processors resize to a multiple of 28 px with min_pixels <= h * w <= max_pixels).
 PIXEL_ARGS = ("max_pixels", "min_pixels")
 # model_args a plugin model reads itself, besides the loader and AIM settings.
-PLUGIN_EXTRA_ARGS = {"qwen2_vl_aim": PIXEL_ARGS, "qwen2_5_vl_aim": PIXEL_ARGS}
+PLUGIN_EXTRA_ARGS = {"qwen2_vl_aim": PIXEL_ARGS, "qwen2_5_vl_aim": PIXEL_ARGS, "llava_onevision1_5_aim": PIXEL_ARGS}
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class LoaderArgs:
     frame_sampling: str
     video_decode_backend: str
     batch_size: int
+    use_kernels: bool = False
 
 
 def split_model_args(kwargs: Mapping[str, Any]):
@@ -122,6 +128,7 @@ def loader_args(raw: Mapping[str, Any], default_pretrained: str) -> LoaderArgs:
         frame_sampling=_choice("frame_sampling", values["frame_sampling"], FRAME_SAMPLINGS),
         video_decode_backend=_choice("video_decode_backend", values["video_decode_backend"], VIDEO_BACKENDS),
         batch_size=batch_size,
+        use_kernels=_as_bool("use_kernels", values["use_kernels"]),
     )
 
 

@@ -138,7 +138,8 @@ class _AIMModel(lmms):
         a = self.load_args
         dtype = a.torch_dtype if a.torch_dtype == "auto" else getattr(torch, a.torch_dtype)
         model, processor = load_pretrained_model(
-            a.pretrained, aim=None, torch_dtype=dtype, device_map=a.device_map, attn_implementation=a.attn_implementation
+            a.pretrained, aim=None, torch_dtype=dtype, device_map=a.device_map, attn_implementation=a.attn_implementation,
+            use_kernels=a.use_kernels,
         )
         if model.config.model_type != self.MODEL_TYPE:
             other = [name for name, kind in PLUGIN_MODEL_TYPES.items() if kind == model.config.model_type]

@@ -1,4 +1,5 @@
-"""lmms-eval models ``qwen2_vl_aim`` (Qwen2-VL) and ``qwen2_5_vl_aim`` (Qwen2.5-VL), video and
+"""lmms-eval models ``qwen2_vl_aim`` (Qwen2-VL), ``qwen2_5_vl_aim`` (Qwen2.5-VL) and
+``llava_onevision1_5_aim`` (LLaVA-OneVision-1.5, which uses Qwen2-VL's processors), video and
 image tasks, registered through the same "lmms_eval.models" entry point as the LLaVA models.
 
 They differ from the LLaVA plugin models only in how inputs are built:
@@ -79,3 +80,12 @@ class Qwen2_5_VLAIM(_QwenVLAIM):
     MODEL_TYPE = PLUGIN_MODEL_TYPES[PLUGIN_NAME]
     DEFAULT_PRETRAINED = DEFAULT_CHECKPOINTS[PLUGIN_NAME]
     TIME_POSITIONS = True
+
+
+class LlavaOneVision15AIM(_QwenVLAIM):
+    """LLaVA-OneVision-1.5 with AIM (transformers >= 5.25): video and image tasks. Its processors are
+    Qwen2-VL's (the same pixel limits); its positions are 1-D, so no frame rate is needed."""
+
+    PLUGIN_NAME = "llava_onevision1_5_aim"
+    MODEL_TYPE = PLUGIN_MODEL_TYPES[PLUGIN_NAME]
+    DEFAULT_PRETRAINED = DEFAULT_CHECKPOINTS[PLUGIN_NAME]

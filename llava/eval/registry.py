@@ -14,6 +14,7 @@ MODELS = {
     "llava_aim": "llava.eval.lmms_model.LlavaAIM",
     "qwen2_vl_aim": "llava.eval.qwen_vl.Qwen2VLAIM",
     "qwen2_5_vl_aim": "llava.eval.qwen_vl.Qwen2_5_VLAIM",
+    "llava_onevision1_5_aim": "llava.eval.qwen_vl.LlavaOneVision15AIM",
 }
 
 

@@ -66,6 +66,7 @@ PART_NAMES = {
     "inputs": "input setting (frames, frame sampling, video decoder, pixels)",
     "dtype": "dtype",
     "attn_implementation": "attention backend",
+    "use_kernels": "hub kernels (use_kernels)",
     "checkpoint": "checkpoint content",
     "code": "code fingerprint",
     **{f"version:{name}": f"{name.replace('_', '-')} version" for name in VERSIONED},
@@ -209,6 +210,8 @@ def setting_of(model: str, model_args: Mapping[str, Any]) -> Dict[str, Any]:
         "code": code_fingerprint(),
         **{f"version:{name}": _package_version(name) for name in VERSIONED},
     }
+    if load.use_kernels:  # only when asked: the keys of stock-layer runs stay what they were
+        parts["use_kernels"] = True
     return json.loads(json.dumps(parts, sort_keys=True, default=str))  # as setting.json holds it
 
 

@@ -21,13 +21,14 @@ from typing import Optional, Tuple
 
 from llava.aim.config import AIMConfig
 from llava.errors import ModelLoadError
-from llava.model.families import FAMILIES, family_for_model_type
+from llava.model.families import FAMILIES, UNAVAILABLE, family_for_model_type
 
 logger = logging.getLogger(__name__)
 
 TINY_ROOT = Path(__file__).resolve().parent / "tiny"
 # Each family's built-in tiny models are folders of llava/model/tiny/ (families/*.py name them).
-BUILTIN_MODELS = {name: TINY_ROOT / name for fam in FAMILIES for name in fam.tiny_models}
+# Those of families the installed transformers lacks stay known names (loading them says why not).
+BUILTIN_MODELS = {name: TINY_ROOT / name for fam in FAMILIES + UNAVAILABLE for name in fam.tiny_models}
 # The paper used the original LLaVA-NeXT-format checkpoints; transformers loads their
 # llava-hf conversions (same weights, transformers layout).
 CHECKPOINT_ALIASES = {
@@ -161,6 +162,7 @@ def _read_config(source: str):
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
+        _refuse_known_model_type(source)
         hint = (
             "the folder has no usable config.json"
             if os.path.isdir(source)
@@ -171,6 +173,21 @@ def _read_config(source: str):
     return config
 
 
+def _refuse_known_model_type(source: str) -> None:
+    """When transformers cannot read a config: if its model_type is one the project knows but
+    refuses here (a family newer than the installed release), say that instead."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = os.path.join(source, "config.json") if os.path.isdir(source) else try_to_load_from_cache(source, "config.json")
+    try:
+        with open(path) as fh:
+            model_type = json.load(fh).get("model_type")
+    except (OSError, TypeError, ValueError):  # no readable config: the caller's message stands
+        return
+    if any(model_type in fam.model_types for fam in UNAVAILABLE):
+        family_for_model_type(model_type)  # raises UnsupportedModelError with the release it needs
+
+
 def load_pretrained_model(
     name_or_path: str,
     aim: Optional[AIMConfig] = None,
@@ -178,14 +195,23 @@ def load_pretrained_model(
     device_map=None,
     attn_implementation: str = "sdpa",
     track_sources: bool = False,
+    use_kernels: bool = False,
     **model_kwargs,
 ) -> Tuple[object, object]:
-    """Load (model, processor); apply AIM when ``aim`` is given (None: the stock model)."""
+    """Load (model, processor); apply AIM when ``aim`` is given (None: the stock model).
+
+    ``use_kernels``: let transformers swap hub kernels into the layers (RMSNorm, rotary,
+    activations on GPUs) where the installed release does that by default (5.25 on). Off by
+    default: the stock layers give the reference numerics and need nothing from the network.
+    """
     import transformers
     from transformers import AutoProcessor
 
+    from llava.model.language_model.compat import kernel_kwargs
+
     source, _, family = checkpoint_config(name_or_path)
     model_cls = getattr(transformers, family.load_class)
+    model_kwargs = {**kernel_kwargs(use_kernels), **model_kwargs}
     try:
         model = model_cls.from_pretrained(
             source, dtype=torch_dtype, device_map=device_map, attn_implementation=attn_implementation, **model_kwargs

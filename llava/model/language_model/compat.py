@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 from typing import Any, Dict, MutableMapping, Optional
 
 import transformers
@@ -93,3 +94,31 @@ def mask_cache_keyword() -> str:
     from transformers.masking_utils import create_causal_mask
 
     return _cache_name_of(inspect.signature(create_causal_mask).parameters, "create_causal_mask")
+
+
+@functools.lru_cache(maxsize=None)
+def _from_pretrained_takes_use_kernels() -> bool:
+    """Whether the installed ``PreTrainedModel.from_pretrained`` reads ``use_kernels``.
+
+    It pops the keyword from ``**kwargs``, so the signature does not show it; its default is
+    what matters: 5.25 turned it on (``None`` = "on when the kernels package is usable"), while
+    up to 5.24 it was an opt-in ``False`` that is best not passed at all (nothing changes).
+    """
+    from transformers import modeling_utils
+
+    try:
+        source = inspect.getsource(modeling_utils.PreTrainedModel.from_pretrained)
+    except (OSError, TypeError):  # no source shipped: leave the release's own default alone
+        return False
+    return re.search(r"""pop\(\s*["']use_kernels["']\s*,\s*None\s*\)""", source) is not None
+
+
+def kernel_kwargs(use_kernels: bool) -> Dict[str, Any]:
+    """The ``from_pretrained`` keywords that choose the stock layers (``use_kernels=False``) or
+    the hub kernels (``True``) on a release that swaps kernels in by default; ``{}`` on
+    releases that never do (passing nothing keeps their behaviour and their errors).
+
+    The project's default is False: kernelized RMSNorm / rotary change the numerics against the
+    stock path, and an offline node cannot fetch them (5.25 also refuses every load when the
+    ``kernels`` package is missing unless this is False)."""
+    return {"use_kernels": bool(use_kernels)} if _from_pretrained_takes_use_kernels() else {}

@@ -1,0 +1,146 @@
+"""LLaVA-OneVision-1.5 (RICE ViT + 2x2 patch merger + Qwen3, 1-D RoPE): merging of video frames.
+
+The model is new in transformers 5.25 (``LlavaOnevision15ForConditionalGeneration``, model type
+``llava_onevision1_5``). Its vision side is Qwen2-VL-like: the Qwen2-VL image / video processors
+cut every frame into 14 px patches in 2x2 merge order (no temporal patch: one grid step per
+frame), the RICE tower prepends one CLS token per frame and drops it again before the merger
+(LayerNorm -> 2x2 concat -> fc1 -> GELU -> fc2), and the merged tokens are scattered into the
+``<|video_pad|>`` / ``<|image_pad|>`` placeholders. The language model is a plain Qwen3Model
+with 1-D positions (``arange`` over the prompt), so the decoder driver serves it as it serves
+LLaVA-OneVision's Qwen2: pruned survivors keep their original positions, nothing else to do.
+
+Merging follows the LLaVA-OneVision rule: per video frame, on the merged (post-merger) tokens,
+each frame keeping ``merged_token_count`` of its (h/2)*(w/2) tokens; the processor emits that
+many placeholders per frame. Images go through the stock path unmerged (their visual tokens can
+be pruned). There is no newline token.
+
+Nothing here imports the model classes: the project imports on releases without them, and
+:meth:`OneVision15Adapter.check_installed` refuses such a checkpoint with the release it needs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import List, Optional, Tuple
+
+import torch
+
+from llava.aim.merge import merged_token_count
+from llava.errors import UnsupportedModelError
+from llava.model.families.base import FamilyAdapter, reduce_tokens, set_instance_attr
+
+MIN_TRANSFORMERS = "5.25"  # the first release with models/llava_onevision1_5
+
+
+class OneVision15Adapter(FamilyAdapter):
+    name = "onevision15"
+    title = "LLaVA-OneVision-1.5"
+    model_types = ("llava_onevision1_5",)
+    model_classes = ("LlavaOnevision15ForConditionalGeneration", "LlavaOnevision15Model")
+    processor_class = "Exaone4_5_Processor"  # what AutoProcessor maps llava_onevision1_5 to
+    media = ("video", "image")
+    merged_media = ("video",)
+    tiny_models = ("tiny-llava-onevision-1.5",)
+    processor_methods = ("replace_video_token",)
+
+    # -- which transformers ----------------------------------------------------------------
+    def installed(self) -> bool:
+        """Whether the installed transformers has the model classes."""
+        import transformers
+
+        return all(hasattr(transformers, name) for name in self.model_classes)
+
+    def missing_reason(self) -> str:
+        import transformers
+
+        return (f"{self.title} needs transformers >= {MIN_TRANSFORMERS} (the first release with its model classes); "
+                f"transformers {transformers.__version__} is installed: pip install 'transformers>={MIN_TRANSFORMERS}' "
+                "(within llava-aim's tested range, e.g. -c constraints/lock.txt)")
+
+    def check_installed(self) -> None:
+        if not self.installed():
+            raise UnsupportedModelError(self.missing_reason())
+
+    # -- merging -----------------------------------------------------------------------------
+    def install_merging(self, inner, runtime) -> None:
+        merge = inner.config.vision_config.spatial_merge_size
+        stock = inner.get_video_features
+
+        @functools.wraps(stock)  # keeps the signature generate() may read
+        def get_video_features(pixel_values_videos, video_grid_thw=None, *args, **kwargs):
+            want_tuple = kwargs.get("return_dict", True) is False
+            kwargs["return_dict"] = True
+            out = stock(pixel_values_videos, video_grid_thw, *args, **kwargs)
+            merged, records = [], []
+            for features, grid in zip(out.pooler_output, video_grid_thw.tolist()):
+                tokens, record = merge_video(features, grid, merge, runtime)
+                merged.append(tokens)
+                records.append(record)
+            out.pooler_output = tuple(merged)
+            _record(runtime, records)
+            return out.to_tuple() if want_tuple else out
+
+        set_instance_attr(inner, "get_video_features", get_video_features, runtime)
+
+    def merge_unit_images(self, processor, inputs, media, kind: str):
+        """The pixel values are flattened patches: each frame (one grid step, no temporal patch) is
+        drawn resized as the processor resized it (grid h x w patches of patch_size px)."""
+        import numpy as np
+        from PIL import Image
+
+        sub = processor.video_processor if kind == "video" else processor.image_processor
+        t, h, w = (int(v) for v in inputs[f"{kind}_grid_thw"][0])
+        step = getattr(sub, "temporal_patch_size", 1) or 1
+        frames = ([np.asarray(media[min(g * step, len(media) - 1)]) for g in range(t)] if kind == "video"
+                  else [np.asarray(media.convert("RGB"))])
+        size = (w * sub.patch_size, h * sub.patch_size)
+        return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames])
+
+    # -- processor ---------------------------------------------------------------------------
+    def patch_processor(self, processor, cfg, runtime) -> None:
+        stock = processor.replace_video_token
+        merge = processor.video_processor.merge_size
+
+        def replace_video_token(video_inputs, video_idx, **kwargs):
+            text = stock(video_inputs, video_idx, **kwargs)
+            frames, per_frame = frame_tokens(video_inputs["video_grid_thw"][video_idx], merge)
+            if text.count(processor.video_token) != frames * per_frame:
+                raise UnsupportedModelError(
+                    f"the stock processor emitted {text.count(processor.video_token)} video placeholders for "
+                    f"{frames} frames of {per_frame} tokens; this {type(processor).__name__} is not the one AIM knows"
+                )
+            return processor.video_token * (frames * merged_token_count(per_frame, cfg.retention, cfg.merge_count))
+
+        processor.replace_video_token = replace_video_token
+
+
+def frame_tokens(grid, merge: int) -> Tuple[int, int]:
+    """(frames, merged tokens per frame) of a video grid (t, h, w) in patches."""
+    t, h, w = (int(v) for v in grid)
+    return t, (h // merge) * (w // merge)
+
+
+def merge_video(features: torch.Tensor, grid, merge: int, runtime):
+    """One video's merged tokens (frames * kept, C), each frame merged on its own, and what to record."""
+    t, h, w = (int(v) for v in grid)
+    rows, cols = h // merge, w // merge
+    frames = features.reshape(t, rows * cols, features.shape[-1])
+    result = reduce_tokens(runtime, frames, grid=(rows, cols))
+    record = (t, rows * cols, result.tokens.shape[1], (rows, cols), result.source_index)
+    return result.tokens.reshape(-1, features.shape[-1]), record
+
+
+def _record(runtime, records: List[tuple]) -> None:
+    """The merge statistics of one call's videos; frames of different sizes are recorded as totals."""
+    frames = sum(r[0] for r in records)
+    before = sum(r[0] * r[1] for r in records)
+    after = sum(r[0] * r[2] for r in records)
+    grids = {r[3] for r in records}
+    if len(grids) == 1:
+        sources: Optional[torch.Tensor] = None
+        if all(r[4] is not None for r in records):
+            sources = torch.cat([r[4] for r in records])
+        runtime.record_merge(frames=frames, before=records[0][1], after=records[0][2], newline_tokens=0,
+                             sources=sources, grid=records[0][3])
+    else:
+        runtime.record_merge(frames=frames, before=0, after=0, newline_tokens=0, totals=(before, after))
