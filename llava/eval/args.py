@@ -55,25 +55,43 @@ LOADER_DEFAULTS: Dict[str, Any] = {
     "max_batch_size": None,  # lmms-eval passes it; unused (batch_size is the batch)
 }
 KNOWN_ARGS = tuple(LOADER_DEFAULTS) + AIM_ARGS
-# The paper's checkpoints (LLaVA-NeXT names; their llava-hf conversions are what loads).
-DEFAULT_CHECKPOINTS = {
-    "llava_onevision_aim": "lmms-lab/llava-onevision-qwen2-7b-ov",
-    "llava_aim": "liuhaotian/llava-v1.5-7b",
-    "qwen2_vl_aim": "Qwen/Qwen2-VL-7B-Instruct",
-    "qwen2_5_vl_aim": "Qwen/Qwen2.5-VL-7B-Instruct",
-}
-# The checkpoint family (config.model_type) each plugin model serves.
-PLUGIN_MODEL_TYPES = {
-    "llava_onevision_aim": "llava_onevision",
-    "llava_aim": "llava",
-    "qwen2_vl_aim": "qwen2_vl",
-    "qwen2_5_vl_aim": "qwen2_5_vl",
-}
-# Pixel limits of each frame / image, model_args of the Qwen-VL plugin models only (the
-# processors resize to a multiple of 28 px with min_pixels <= h * w <= max_pixels).
+# Pixel limits of each frame / image, model_args of the plugin models whose family declares them
+# (FamilyAdapter.plugin_model_args; the processors resize with min_pixels <= h * w <= max_pixels).
 PIXEL_ARGS = ("max_pixels", "min_pixels")
-# model_args a plugin model reads itself, besides the loader and AIM settings.
-PLUGIN_EXTRA_ARGS = {"qwen2_vl_aim": PIXEL_ARGS, "qwen2_5_vl_aim": PIXEL_ARGS}
+# Tables derived from the family adapters (llava.model.families), built on first use so that
+# importing this module stays light (the eval scripts' pre-check, lmms-eval's registry):
+#   DEFAULT_CHECKPOINTS: plugin id -> the paper's checkpoint (FamilyAdapter.default_checkpoint);
+#   PLUGIN_MODEL_TYPES: plugin id -> the config.model_type it serves;
+#   PLUGIN_EXTRA_ARGS: plugin id -> the model_args it reads itself (FamilyAdapter.plugin_model_args).
+_FAMILY_TABLES = ("DEFAULT_CHECKPOINTS", "PLUGIN_MODEL_TYPES", "PLUGIN_EXTRA_ARGS")
+
+
+def plugin_families() -> Dict[str, Any]:
+    """plugin model id -> its family adapter, in FAMILIES' order."""
+    from llava.model.families import FAMILIES
+
+    return {family.plugin_model: family for family in FAMILIES if family.plugin_model}
+
+
+def __getattr__(name: str):
+    if name not in _FAMILY_TABLES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    families = plugin_families()
+    tables = {
+        "DEFAULT_CHECKPOINTS": {p: f.default_checkpoint for p, f in families.items()},
+        "PLUGIN_MODEL_TYPES": {p: f.model_types[0] for p, f in families.items()},
+        "PLUGIN_EXTRA_ARGS": {p: f.plugin_model_args for p, f in families.items() if f.plugin_model_args},
+    }
+    globals().update(tables)  # computed once
+    return tables[name]
+
+
+def plugin_args(names: Iterable[str], raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """The validated values of a plugin model's own model_args ``names`` given in ``raw``."""
+    unknown = sorted(set(names) - set(PIXEL_ARGS))
+    if unknown:  # a family declared a model_arg this module cannot check
+        raise EvalArgumentError(f"no validation for the plugin model_args {unknown}")
+    return dict(pixel_limits({k: raw[k] for k in names if k in raw}))
 
 
 @dataclass(frozen=True)
@@ -298,15 +316,15 @@ def _same(value, kept) -> bool:
 
 def check_model_args(plugin: str, kwargs: Mapping[str, Any]) -> List[str]:
     """Every check a plugin model makes on its model_args before loading; the notes it would log."""
-    if plugin not in PLUGIN_MODEL_TYPES:
+    families = plugin_families()
+    if plugin not in families:
         raise EvalArgumentError(f"unknown plugin model {plugin!r}; the llava-aim models are "
-                                f"{', '.join(PLUGIN_MODEL_TYPES)}")
+                                f"{', '.join(families)}")
     adopted, notes = adopt_stock_args(plugin, kwargs)
-    extra = PLUGIN_EXTRA_ARGS.get(plugin, ())
-    if extra:
-        pixel_limits({k: adopted[k] for k in extra if k in adopted})
+    extra = families[plugin].plugin_model_args
+    plugin_args(extra, adopted)
     raw_loader, raw_aim = split_model_args({k: v for k, v in adopted.items() if k not in extra})
-    loader_args(raw_loader, DEFAULT_CHECKPOINTS[plugin])
+    loader_args(raw_loader, families[plugin].default_checkpoint)
     aim_config_from_model_args(raw_aim)
     return notes
 
