@@ -36,6 +36,20 @@ def is_builtin(name_or_path: str) -> bool:
     return str(name_or_path) in BUILTIN_MODELS
 
 
+def default_builtin(kind: str = "video"):
+    """(the built-in model a tool uses for ``kind`` media when none is named, its family): the
+    first tiny model of the first family in FAMILIES whose AIM merges ``kind``."""
+    family = next(fam for fam in FAMILIES if kind in fam.merged_media and fam.tiny_models)
+    return family.tiny_models[0], family
+
+
+def builtin_models_text() -> str:
+    """The built-in names for a --model help: the default first."""
+    default, _ = default_builtin()
+    rest = [name for name in BUILTIN_MODELS if name != default]
+    return f"{default}, the default; {', '.join(rest)}"
+
+
 def resolve_checkpoint(name_or_path: str) -> str:
     """Map built-in names and original LLaVA-NeXT names to something from_pretrained loads."""
     name = str(name_or_path)
