@@ -446,3 +446,10 @@ def test_check_model_refuses_a_decoder_the_driver_cannot_run(case, broken, named
     # merging alone does not run the driver: nothing to refuse
     apply_aim(case.model, case.processor, AIMConfig(l1=None, l2=None))
     assert case.model.aim_config.l1 is None
+
+
+def test_run_help_lists_every_family_builtin_model(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(tiny in text for _, tiny in FAMILY_MODELS)

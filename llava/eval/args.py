@@ -500,10 +500,31 @@ def check_eval_settings(model: str, model_args: str, tasks: str, include_paths: 
     return notes
 
 
+def script_defaults(model: str, media: str) -> List[str]:
+    """The eval script's defaults for plugin model ``model`` (one of the families whose AIM merges
+    ``media``; empty: the first of them), as shell assignments: MODEL, MODEL_PRETRAINED (the family's default
+    checkpoint) and MODEL_<NAME> for each model_arg of the paper's run (e.g. MODEL_MAX_PIXELS)."""
+    import shlex
+
+    families = {p: f for p, f in plugin_families().items() if media in f.merged_media}
+    model = model or next(iter(families), "")
+    if model not in families:
+        names = list(families)
+        raise EvalArgumentError(f"MODEL must be {', '.join(names[:-1])} or {names[-1]}, got {model!r}"
+                                if len(names) > 1 else f"MODEL must be {names[0]}, got {model!r}")
+    family = families[model]
+    lines = [f"MODEL={shlex.quote(model)}", f"MODEL_PRETRAINED={shlex.quote(family.default_checkpoint)}"]
+    lines += [f"MODEL_{name.upper()}={shlex.quote(str(value))}" for name, value in family.paper_eval_args.items()]
+    return lines
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llava.eval.args",
                                      description="Check an eval run's settings before lmms-eval starts.")
     sub = parser.add_subparsers(dest="command", required=True)
+    defaults = sub.add_parser("defaults", help="a plugin model's defaults for the eval scripts (shell assignments)")
+    defaults.add_argument("--model", default="", help="plugin model id (default: the first for --media)")
+    defaults.add_argument("--media", choices=("video", "image"), required=True, help="the benchmark's media")
     check = sub.add_parser("check", help="model, model_args, tasks and device; exit 2 with one line if wrong")
     check.add_argument("--model", required=True)
     check.add_argument("--model_args", default="")
@@ -511,6 +532,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     check.add_argument("--include_path", action="append", default=[])
     check.add_argument("--device", default=None)
     args = parser.parse_args(argv)
+    if args.command == "defaults":
+        try:
+            print("\n".join(script_defaults(args.model, args.media)))
+        except EvalArgumentError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         notes = check_eval_settings(args.model, args.model_args, args.tasks, args.include_path, args.device)
     except EvalArgumentError as exc:

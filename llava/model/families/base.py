@@ -13,7 +13,19 @@ another, as far as AIM is concerned:
   what merging's similarity is computed on (``merge_metrics``, ``official_merge_metric``);
 * related checkpoints it refuses, and why (``refused_model_types``);
 * for ``llava-aim visualize``, the image each merged unit is drawn over where the processor's
-  pixel values are not one image per unit (``merge_unit_images``).
+  pixel values are not one image per unit (``merge_unit_images``);
+* for the tools: its lmms-eval plugin model (``plugin_model``, ``plugin_class``, its own
+  model_args and processor inputs), the paper's checkpoint (``default_checkpoint``) and run
+  (``paper_eval_args``), and hub names loading as their transformers conversion
+  (``checkpoint_aliases``): llava.eval, the loader, the CLI help and the eval scripts read them
+  here and repeat none of them.
+
+The decoder driver's assumptions are part of the contract, checked by ``check_model`` (through
+:func:`check_decoder`) before anything is patched whenever pruning runs: the language model is
+``embed_tokens -> rotary_emb -> layers -> norm``; each layer's ``forward`` takes
+``position_embeddings`` and the KV cache under the keyword language_model/compat.py resolves;
+each layer's attention (``self_attn``) has a ``scaling`` and dispatches through transformers'
+attention-function table (``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``).
 
 The runtime, the statistics and the decoder driver (llava/model/llava_arch.py,
 language_model/) know nothing about families. Adding a family = one module here that
@@ -86,6 +98,9 @@ class FamilyAdapter:
     # model_args the plugin model takes besides the loader and AIM settings (validated by
     # llava.eval.args.plugin_args before loading, applied by plugin_setup after).
     plugin_model_args: Tuple[str, ...] = ()
+    # model_args of the paper's benchmark run of this family (the eval scripts' defaults; each
+    # is overridden by the environment variable of its name in capitals, e.g. MAX_PIXELS).
+    paper_eval_args: Dict[str, object] = {}
     # Whether the processor resizes every image to one size (an image's token count is then
     # the same whatever its size: images of any size share a batch).
     fixed_image_size: bool = False

@@ -567,6 +567,8 @@ class Qwen2VLAdapter(_QwenVLAdapter):
     plugin_model = "qwen2_vl_aim"
     plugin_class = "Qwen2VLAIM"
     default_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
+    # the official AIM code's run: 32 frames, max_pixels 200704, the shrunken M-RoPE grid
+    paper_eval_args = {"max_pixels": 200704, "positions": "official"}
     refused_model_types = {"qwen3_vl": QWEN3_REFUSAL, "qwen3_vl_moe": QWEN3_REFUSAL,
                            "qwen3_5": QWEN35_REFUSAL, "qwen3_5_moe": QWEN35_REFUSAL}
 
@@ -581,4 +583,5 @@ class Qwen2_5_VLAdapter(_QwenVLAdapter):
     plugin_model = "qwen2_5_vl_aim"
     plugin_class = "Qwen2_5_VLAIM"
     default_checkpoint = "Qwen/Qwen2.5-VL-7B-Instruct"
+    paper_eval_args = {"max_pixels": 200704, "positions": "original"}
     time_positions = True  # second_per_grid_ts
