@@ -37,16 +37,14 @@ for name in RETENTION L1 L2 POSITIONS; do
     if [[ -n "${!name:-}" ]]; then AIM_SETTINGS_GIVEN+="$name "; fi
 done
 
-MODEL=${MODEL:-llava_onevision_aim}
-case "$MODEL" in
-    llava_onevision_aim) PRETRAINED=${PRETRAINED:-lmms-lab/llava-onevision-qwen2-7b-ov} ;;
-    # The official AIM code's Qwen2-VL run: 32 frames, max_pixels 200704, the shrunken M-RoPE grid.
-    qwen2_vl_aim) PRETRAINED=${PRETRAINED:-Qwen/Qwen2-VL-7B-Instruct}
-                  MAX_PIXELS=${MAX_PIXELS:-200704} MODEL_POSITIONS=official ;;
-    qwen2_5_vl_aim) PRETRAINED=${PRETRAINED:-Qwen/Qwen2.5-VL-7B-Instruct}
-                    MAX_PIXELS=${MAX_PIXELS:-200704} MODEL_POSITIONS=original ;;
-    *) echo "error: MODEL must be llava_onevision_aim, qwen2_vl_aim or qwen2_5_vl_aim, got '$MODEL'" >&2; exit 2 ;;
-esac
+# The model's defaults come from its family adapter (default_checkpoint, paper_eval_args):
+# MODEL, MODEL_PRETRAINED and MODEL_<ARG> for each model_arg of the paper's run; an unknown MODEL
+# is refused there (one line, exit 2).
+source "$HERE/scripts/eval_python.sh"
+MODEL_DEFAULTS=$("$PYTHON" -m llava.eval.args defaults --media video --model "${MODEL:-}") || exit $?
+eval "$MODEL_DEFAULTS"
+PRETRAINED=${PRETRAINED:-$MODEL_PRETRAINED}
+MAX_PIXELS=${MAX_PIXELS:-${MODEL_MAX_PIXELS:-}}
 # POSITIONS spelt out as the model's default (as a table row may) asks for nothing AIM=0 would ignore.
 if [[ -n "${POSITIONS:-}" && "$POSITIONS" == "${MODEL_POSITIONS:-}" ]]; then
     AIM_SETTINGS_GIVEN=${AIM_SETTINGS_GIVEN/POSITIONS /}

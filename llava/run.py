@@ -32,12 +32,26 @@ DEFAULT_FRAMES = 32
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+class _ModelArgument(argparse._StoreAction):
+    """--model: its help lists the families' built-in names (llava.model.builder), read only when
+    the help is printed, so that the CLI starts without importing the model families."""
+
+    @property
+    def help(self):
+        from llava.model.builder import builtin_models_text
+
+        return self._help.replace("{builtin}", builtin_models_text())
+
+    @help.setter
+    def help(self, text):
+        self._help = text
+
+
 def add_run_command(subparsers) -> None:
     p = subparsers.add_parser("run", help="answer a question about a video or image with AIM",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny-llava-onevision",
-                   help="built-in name (tiny-llava-onevision, the default; tiny-llava-1.5, tiny-qwen2-vl, "
-                        "tiny-qwen2.5-vl), hub id or local folder")
+    p.add_argument("--model", default=None, action=_ModelArgument,
+                   help="built-in name ({builtin}), hub id or local folder")
     media = p.add_mutually_exclusive_group()
     media.add_argument("--video", help=f"video file (default: the shipped sample, {SAMPLE_VIDEO.name}; "
                                        f"{SAMPLE_IMAGE.name} for image-only models)")
@@ -180,6 +194,18 @@ def _media_kind(args, family) -> str:
     return "image"  # image-only family and no media given: the shipped sample image
 
 
+def _merging_model_text(kind: str) -> str:
+    """"a <family> model (e.g. --model <tiny>)": the default model whose AIM merges ``kind``."""
+    from llava.model.builder import default_builtin
+
+    tiny, family = default_builtin(kind)
+    return f"{_a(family.title)} model (e.g. --model {tiny})"
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeio" else "a ") + word
+
+
 def _check_media(args, family, kind: str) -> bool:
     """Refuse media the family cannot take; returns whether AIM merges this media."""
     if kind not in family.media:
@@ -190,7 +216,7 @@ def _check_media(args, family, kind: str) -> bool:
         raise AIMConfigError(
             f"AIM merges {family.title}'s {family.merged_media_text} only, not its {kind} tokens, so --retention {args.retention:g} "
             f"would be ignored; drop --retention (the {kind}'s tokens are still pruned), pass --{family.merged_media[0]}, "
-            "or use a LLaVA-1.5 model (e.g. --model tiny-llava-1.5) to merge an image"
+            f"or use {_merging_model_text(kind)} to merge {_a(kind)}"
         )
     return merges
 
@@ -282,7 +308,7 @@ def _too_few_frames(total: int, asked: int) -> str:
 def run_command(args) -> int:
     import torch
 
-    from llava.model.builder import checkpoint_config, is_builtin, load_pretrained_model
+    from llava.model.builder import checkpoint_config, default_builtin, is_builtin, load_pretrained_model
     from llava.resources import (
         check_video_fits,
         device_available_bytes,
@@ -292,6 +318,8 @@ def run_command(args) -> int:
     )
     from llava.video import load_image, load_video, probe_video
 
+    if args.model is None:  # the first family's first built-in model (FAMILIES' order)
+        args.model, _ = default_builtin()
     _validate_args(args)
     device = resolve_device(args.device)
     from transformers.utils import logging as hf_logging

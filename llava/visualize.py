@@ -302,10 +302,11 @@ def add_visualize_command(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     media = p.add_mutually_exclusive_group(required=True)
     media.add_argument("--video", help="video file")
-    media.add_argument("--image", help="image file (drawn through a LLaVA-1.5 model by default)")
+    media.add_argument("--image", help="image file (drawn through the first family whose AIM merges images by "
+                                       "default)")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--model", help="built-in name, hub id or local folder "
-                                   "(default: tiny-llava-onevision for --video, tiny-llava-1.5 for --image)")
+    p.add_argument("--model", help="built-in name, hub id or local folder (default: the first built-in model "
+                                   "whose family's AIM merges the given media: llava-aim run --help lists them)")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
                    help=f"frames sampled from the video, one row each (default {DEFAULT_FRAMES}, at most {MAX_FRAMES})")
     p.add_argument("--layers", type=int, nargs="+",
@@ -387,7 +388,13 @@ def caption_lines(model_name: str, media_name: str, is_video: bool, random_weigh
 
 
 def visualize_command(args) -> int:
-    from llava.model.builder import checkpoint_config, is_builtin, load_pretrained_model, num_decoder_layers
+    from llava.model.builder import (
+        checkpoint_config,
+        default_builtin,
+        is_builtin,
+        load_pretrained_model,
+        num_decoder_layers,
+    )
     from llava.run import DEFAULT_IMAGE_QUESTION, DEFAULT_QUESTION
     from llava.video import load_image, load_video
 
@@ -401,16 +408,18 @@ def visualize_command(args) -> int:
     device = resolve_device(args.device)
     is_video = args.video is not None
     media_path = Path(args.video or args.image)
-    model_name = args.model or ("tiny-llava-onevision" if is_video else "tiny-llava-1.5")
-    _, _, family = checkpoint_config(model_name)  # the media checks need no weights and no decoding
     kind = "video" if is_video else "image"
+    model_name = args.model or default_builtin(kind)[0]
+    _, _, family = checkpoint_config(model_name)  # the media checks need no weights and no decoding
     if kind not in family.media:
         raise UnsupportedUsageError(f"{model_name} is a {family.title} model, which takes {' and '.join(family.media)} "
                                     f"input, not {kind}s; pass --{family.media[0]}, or another model")
     if kind not in family.merged_media:
+        merging = default_builtin(kind)
         raise UnsupportedUsageError(
             f"AIM merges {family.title}'s {family.merged_media_text}, "
-            f"not its {kind} tokens; pass --{family.merged_media[0]}, or --model tiny-llava-1.5 (or another LLaVA-1.5 model) for an image"
+            f"not its {kind} tokens; pass --{family.merged_media[0]}, or --model {merging[0]} (or another "
+            f"{merging[1].title} model) for {'an' if kind == 'image' else 'a'} {kind}"
         )
     media = load_video(media_path, args.frames) if is_video else load_image(media_path)
 

@@ -31,8 +31,12 @@ for name in RETENTION L1 L2 POSITIONS; do
     if [[ -n "${!name:-}" ]]; then AIM_SETTINGS_GIVEN+="$name "; fi
 done
 
-MODEL=llava_aim
-PRETRAINED=${PRETRAINED:-liuhaotian/llava-v1.5-7b}
+# The model and its default checkpoint: the first family whose AIM merges images (its adapter's
+# plugin_model and default_checkpoint).
+source "$HERE/eval_python.sh"
+MODEL_DEFAULTS=$("$PYTHON" -m llava.eval.args defaults --media image) || exit $?
+eval "$MODEL_DEFAULTS"
+PRETRAINED=${PRETRAINED:-$MODEL_PRETRAINED}
 TASKS=${TASKS:-vqav2_val,gqa,mme,textvqa_val,scienceqa_img,mmbench_en_dev,pope}
 FRAMES=""
 RETENTION=${RETENTION:-0.4375}

@@ -26,15 +26,8 @@
 
 set -euo pipefail
 
-# The interpreter: $PYTHON, else the active virtualenv's, else the repository's .venv (make install).
-_REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -z "${VIRTUAL_ENV:-}" && -x "$_REPO_ROOT/.venv/bin/python" ]]; then
-        PYTHON="$_REPO_ROOT/.venv/bin/python"
-    else
-        PYTHON=python
-    fi
-fi
+# The interpreter ($PYTHON) and _REPO_ROOT.
+source "$(dirname "${BASH_SOURCE[0]}")/eval_python.sh"
 RETENTION=${RETENTION:-0.25}
 L1=${L1:-}
 L2=${L2:-}

@@ -502,3 +502,22 @@ def test_two_methods_get_two_default_output_folders(script, tmp_path):
     long_dir = _default_output_dir(script, tmp_path, RETENTION="1", EXTRA_MODEL_ARGS=long_args)
     other = _default_output_dir(script, tmp_path, RETENTION="1", EXTRA_MODEL_ARGS=long_args.replace("eager", "sdpa"))
     assert long_dir != other and "/" not in Path(long_dir).name and len(Path(long_dir).name) < 140
+
+
+# -- the eval scripts' per-model defaults come from the family adapters ---------------------------
+def test_script_defaults_are_the_family_adapters():
+    import shlex
+
+    from llava.eval.args import main, script_defaults
+    from llava.model.families import FAMILIES
+
+    for family in FAMILIES:
+        for media in family.merged_media:
+            lines = dict(line.split("=", 1) for line in script_defaults(family.plugin_model, media))
+            assert lines.pop("MODEL") == family.plugin_model
+            assert shlex.split(lines.pop("MODEL_PRETRAINED")) == [family.default_checkpoint]
+            assert lines == {f"MODEL_{k.upper()}": shlex.quote(str(v)) for k, v in family.paper_eval_args.items()}
+    first_video = next(f for f in FAMILIES if "video" in f.merged_media)
+    assert script_defaults("", "video")[0] == f"MODEL={first_video.plugin_model}"
+    image_only = next(f for f in FAMILIES if "video" not in f.media)
+    assert main(["defaults", "--media", "video", "--model", image_only.plugin_model]) == 2  # no video tasks

@@ -38,7 +38,6 @@ from llava import AIMConfig, apply_aim
 from llava.analysis.shapes import QWEN_VL_MAX_PIXELS
 from llava.bench.models import BENCH_MODELS
 from llava.cli import main
-from llava.eval.args import PLUGIN_MODEL_TYPES
 from llava.model.builder import BUILTIN_MODELS
 from llava.model.families import FAMILIES
 from llava.model.llava_arch import remove_aim
@@ -381,10 +380,8 @@ EVAL_RUNS = """
 
 
 def plugin_of(family) -> str:
-    """The family's lmms-eval plugin model id. The only route is llava.eval.args.PLUGIN_MODEL_TYPES
-    (plugin id -> model type), a table outside the adapter."""
-    [plugin] = [p for p, t in PLUGIN_MODEL_TYPES.items() if t in family.model_types]
-    return plugin
+    """The family's lmms-eval plugin model id: the adapter says it."""
+    return family.plugin_model
 
 
 def eval_task_of(family) -> str:
@@ -417,3 +414,52 @@ def test_the_family_plugin_runs_the_local_mc_task(family, tiny, eval_results):
     assert f"pretrained={tiny}" in got["model_args"]
     assert 0.0 <= got["acc"] <= 1.0
     assert got["options_scored"] == [4] * EVAL_LIMIT  # one loss per option letter
+
+
+# -- the tools' facts come from the adapter -------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_the_family_plugin_is_registered_from_its_adapter(family):
+    pytest.importorskip("lmms_eval")
+    from llava.eval import lmms_model
+    from llava.eval.args import DEFAULT_CHECKPOINTS, PLUGIN_MODEL_TYPES
+    from llava.eval.registry import model_manifests
+    from llava.model.builder import CHECKPOINT_ALIASES
+
+    [manifest] = [m for m in model_manifests() if m.model_id == family.plugin_model]
+    module, name = manifest.simple_class_path.rsplit(".", 1)
+    cls = getattr(sys.modules[module] if module in sys.modules else __import__(module, fromlist=[name]), name)
+    assert cls is lmms_model.PLUGIN_CLASSES[family.plugin_model] and cls.FAMILY is family
+    assert cls.DEFAULT_PRETRAINED == DEFAULT_CHECKPOINTS[family.plugin_model] == family.default_checkpoint
+    assert PLUGIN_MODEL_TYPES[family.plugin_model] in family.model_types
+    assert cls.VIDEO == ("video" in family.media) and cls.EXTRA_ARGS == tuple(family.plugin_model_args)
+    assert all(CHECKPOINT_ALIASES[name] == target for name, target in family.checkpoint_aliases.items())
+
+
+# -- the decoder driver's assumptions (FamilyAdapter.check_model -> base.check_decoder) -------
+def _first_attention(model, family):
+    return family.language_model(model).layers[0].self_attn
+
+
+@per_family("driver")
+@pytest.mark.parametrize("broken, named", [
+    (lambda lm, attn, mp: mp.setattr(lm, "rotary_emb", None), "rotary_emb"),
+    (lambda lm, attn, mp: mp.delattr(attn, "scaling"), "scaling"),
+])
+def test_check_model_refuses_a_decoder_the_driver_cannot_run(case, broken, named, monkeypatch):
+    from llava.errors import UnsupportedModelError
+
+    lm = case.family.language_model(case.model)
+    broken(lm, _first_attention(case.model, case.family), monkeypatch)
+    with pytest.raises(UnsupportedModelError, match=f"cannot drive .*{named}.*disable pruning"):
+        apply_aim(case.model, case.processor, AIMConfig())
+    assert not hasattr(case.model, "_aim_runtime"), "refused before anything was patched"
+    # merging alone does not run the driver: nothing to refuse
+    apply_aim(case.model, case.processor, AIMConfig(l1=None, l2=None))
+    assert case.model.aim_config.l1 is None
+
+
+def test_run_help_lists_every_family_builtin_model(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(tiny in text for _, tiny in FAMILY_MODELS)

@@ -607,7 +607,7 @@ def test_plugin_applies_the_pixel_limit_positions_and_frame_rate(synth_clips, cl
     assert stats.tokens_per_frame_after_merge == 9 and stats.layer_seq_lens[-1] < stats.layer_seq_lens[0]
     kind, media = plugin._visuals([synth_clips[0]], "t", 0)
     inputs = plugin._inputs("<|vision_start|><|video_pad|><|vision_end|>Q", kind, media)
-    if plugin.TIME_POSITIONS:  # 4 of 16 frames at 8 fps: 2 fps, 1 s per temporal patch of 2 frames
+    if plugin.FAMILY.time_positions:  # 4 of 16 frames at 8 fps: 2 fps, 1 s per temporal patch of 2 frames
         assert inputs["second_per_grid_ts"].tolist() == [1.0]
 
 

@@ -57,27 +57,43 @@ LOADER_DEFAULTS: Dict[str, Any] = {
     "max_batch_size": None,  # lmms-eval passes it; unused (batch_size is the batch)
 }
 KNOWN_ARGS = tuple(LOADER_DEFAULTS) + AIM_ARGS
-# The paper's checkpoints (LLaVA-NeXT names; their llava-hf conversions are what loads).
-DEFAULT_CHECKPOINTS = {
-    "llava_onevision_aim": "lmms-lab/llava-onevision-qwen2-7b-ov",
-    "llava_aim": "liuhaotian/llava-v1.5-7b",
-    "qwen2_vl_aim": "Qwen/Qwen2-VL-7B-Instruct",
-    "qwen2_5_vl_aim": "Qwen/Qwen2.5-VL-7B-Instruct",
-    "llava_onevision1_5_aim": "Deep-VLM/LLaVA-OneVision-1.5-4B-Instruct-hf",  # transformers >= 5.25
-}
-# The checkpoint family (config.model_type) each plugin model serves.
-PLUGIN_MODEL_TYPES = {
-    "llava_onevision_aim": "llava_onevision",
-    "llava_aim": "llava",
-    "qwen2_vl_aim": "qwen2_vl",
-    "qwen2_5_vl_aim": "qwen2_5_vl",
-    "llava_onevision1_5_aim": "llava_onevision1_5",
-}
-# Pixel limits of each frame / image, model_args of the Qwen-VL plugin models only (the
-# processors resize to a multiple of 28 px with min_pixels <= h * w <= max_pixels).
+# Pixel limits of each frame / image, model_args of the plugin models whose family declares them
+# (FamilyAdapter.plugin_model_args; the processors resize with min_pixels <= h * w <= max_pixels).
 PIXEL_ARGS = ("max_pixels", "min_pixels")
-# model_args a plugin model reads itself, besides the loader and AIM settings.
-PLUGIN_EXTRA_ARGS = {"qwen2_vl_aim": PIXEL_ARGS, "qwen2_5_vl_aim": PIXEL_ARGS, "llava_onevision1_5_aim": PIXEL_ARGS}
+# Tables derived from the family adapters (llava.model.families), built on first use so that
+# importing this module stays light (the eval scripts' pre-check, lmms-eval's registry):
+#   DEFAULT_CHECKPOINTS: plugin id -> the paper's checkpoint (FamilyAdapter.default_checkpoint);
+#   PLUGIN_MODEL_TYPES: plugin id -> the config.model_type it serves;
+#   PLUGIN_EXTRA_ARGS: plugin id -> the model_args it reads itself (FamilyAdapter.plugin_model_args).
+_FAMILY_TABLES = ("DEFAULT_CHECKPOINTS", "PLUGIN_MODEL_TYPES", "PLUGIN_EXTRA_ARGS")
+
+
+def plugin_families() -> Dict[str, Any]:
+    """plugin model id -> its family adapter, in FAMILIES' order."""
+    from llava.model.families import FAMILIES
+
+    return {family.plugin_model: family for family in FAMILIES if family.plugin_model}
+
+
+def __getattr__(name: str):
+    if name not in _FAMILY_TABLES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    families = plugin_families()
+    tables = {
+        "DEFAULT_CHECKPOINTS": {p: f.default_checkpoint for p, f in families.items()},
+        "PLUGIN_MODEL_TYPES": {p: f.model_types[0] for p, f in families.items()},
+        "PLUGIN_EXTRA_ARGS": {p: f.plugin_model_args for p, f in families.items() if f.plugin_model_args},
+    }
+    globals().update(tables)  # computed once
+    return tables[name]
+
+
+def plugin_args(names: Iterable[str], raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """The validated values of a plugin model's own model_args ``names`` given in ``raw``."""
+    unknown = sorted(set(names) - set(PIXEL_ARGS))
+    if unknown:  # a family declared a model_arg this module cannot check
+        raise EvalArgumentError(f"no validation for the plugin model_args {unknown}")
+    return dict(pixel_limits({k: raw[k] for k in names if k in raw}))
 
 
 @dataclass(frozen=True)
@@ -307,15 +323,15 @@ def _same(value, kept) -> bool:
 
 def check_model_args(plugin: str, kwargs: Mapping[str, Any]) -> List[str]:
     """Every check a plugin model makes on its model_args before loading; the notes it would log."""
-    if plugin not in PLUGIN_MODEL_TYPES:
+    families = plugin_families()
+    if plugin not in families:
         raise EvalArgumentError(f"unknown plugin model {plugin!r}; the llava-aim models are "
-                                f"{', '.join(PLUGIN_MODEL_TYPES)}")
+                                f"{', '.join(families)}")
     adopted, notes = adopt_stock_args(plugin, kwargs)
-    extra = PLUGIN_EXTRA_ARGS.get(plugin, ())
-    if extra:
-        pixel_limits({k: adopted[k] for k in extra if k in adopted})
+    extra = families[plugin].plugin_model_args
+    plugin_args(extra, adopted)
     raw_loader, raw_aim = split_model_args({k: v for k, v in adopted.items() if k not in extra})
-    loader_args(raw_loader, DEFAULT_CHECKPOINTS[plugin])
+    loader_args(raw_loader, families[plugin].default_checkpoint)
     aim_config_from_model_args(raw_aim)
     return notes
 
@@ -487,10 +503,31 @@ def check_eval_settings(model: str, model_args: str, tasks: str, include_paths: 
     return notes
 
 
+def script_defaults(model: str, media: str) -> List[str]:
+    """The eval script's defaults for plugin model ``model`` (one of the families whose AIM merges
+    ``media``; empty: the first of them), as shell assignments: MODEL, MODEL_PRETRAINED (the family's default
+    checkpoint) and MODEL_<NAME> for each model_arg of the paper's run (e.g. MODEL_MAX_PIXELS)."""
+    import shlex
+
+    families = {p: f for p, f in plugin_families().items() if media in f.merged_media}
+    model = model or next(iter(families), "")
+    if model not in families:
+        names = list(families)
+        raise EvalArgumentError(f"MODEL must be {', '.join(names[:-1])} or {names[-1]}, got {model!r}"
+                                if len(names) > 1 else f"MODEL must be {names[0]}, got {model!r}")
+    family = families[model]
+    lines = [f"MODEL={shlex.quote(model)}", f"MODEL_PRETRAINED={shlex.quote(family.default_checkpoint)}"]
+    lines += [f"MODEL_{name.upper()}={shlex.quote(str(value))}" for name, value in family.paper_eval_args.items()]
+    return lines
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llava.eval.args",
                                      description="Check an eval run's settings before lmms-eval starts.")
     sub = parser.add_subparsers(dest="command", required=True)
+    defaults = sub.add_parser("defaults", help="a plugin model's defaults for the eval scripts (shell assignments)")
+    defaults.add_argument("--model", default="", help="plugin model id (default: the first for --media)")
+    defaults.add_argument("--media", choices=("video", "image"), required=True, help="the benchmark's media")
     check = sub.add_parser("check", help="model, model_args, tasks and device; exit 2 with one line if wrong")
     check.add_argument("--model", required=True)
     check.add_argument("--model_args", default="")
@@ -498,6 +535,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     check.add_argument("--include_path", action="append", default=[])
     check.add_argument("--device", default=None)
     args = parser.parse_args(argv)
+    if args.command == "defaults":
+        try:
+            print("\n".join(script_defaults(args.model, args.media)))
+        except EvalArgumentError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         notes = check_eval_settings(args.model, args.model_args, args.tasks, args.include_path, args.device)
     except EvalArgumentError as exc:

@@ -1,5 +1,6 @@
-"""lmms-eval models ``llava_onevision_aim`` (LLaVA-OneVision, video and image) and
-``llava_aim`` (LLaVA-1.5, image), registered through the "lmms_eval.models" entry point.
+"""lmms-eval plugin models, one per model family (``FamilyAdapter.plugin_model``, e.g.
+``llava_onevision_aim``; the class named ``FamilyAdapter.plugin_class`` in this module),
+registered through the "lmms_eval.models" entry point (llava/eval/registry.py).
 
 Data parallel: lmms-eval shards the requests by RANK / WORLD_SIZE itself (and adds padding
 requests so that every rank runs as many). So these models never shard: each process loads
@@ -14,11 +15,14 @@ answer alone (tested). Whatever cannot be batched runs alone, said once in the l
 Every answer carries its efficiency figures (llava.eval.efficiency) and goes to the resume
 journal as soon as it is computed (llava.eval.resume).
 
-Subclasses (other model families) override the class attributes and, where the family needs
-it, the input building: ``_visuals`` (one request's media, called right before its inputs are
-built), ``_prompt`` (one request's chat prompt), ``_inputs`` (one request's processor call) and
-``_batch_inputs`` (several requests at once), ``_batch_key`` (which inputs may share a batch).
-A subclass that overrides ``_inputs`` but not ``_batch_inputs`` runs one request at a time.
+The classes are derived from the family adapters (:func:`plugin_class`): what differs between
+families is the adapter's (``plugin_model_args`` and ``plugin_setup``: the model's own
+model_args; ``plugin_input_kwargs``: extra processor inputs per request; ``plugin_batches``,
+``fixed_image_size``: batching). A subclass may still override the input building:
+``_visuals`` (one request's media, called right before its inputs are built), ``_prompt`` (one
+request's chat prompt), ``_inputs`` (one request's processor call) and ``_batch_inputs``
+(several requests at once), ``_batch_key`` (which inputs may share a batch). A subclass that
+overrides ``_inputs`` but not ``_batch_inputs`` runs one request at a time.
 """
 
 from __future__ import annotations
@@ -36,14 +40,7 @@ from tqdm import tqdm
 
 from llava.errors import AIMError, EvalArgumentError, UnsupportedModelError, UnsupportedUsageError
 from llava.eval import efficiency, prompts
-from llava.eval.args import (
-    DEFAULT_CHECKPOINTS,
-    PLUGIN_MODEL_TYPES,
-    adopt_stock_args,
-    aim_config_from_model_args,
-    loader_args,
-    split_model_args,
-)
+from llava.eval.args import adopt_stock_args, aim_config_from_model_args, loader_args, plugin_args, split_model_args
 from llava.eval.resume import ResumeJournal, media_identity, request_key
 
 logger = logging.getLogger(__name__)
@@ -95,19 +92,21 @@ class _Pending:
 
 
 class _AIMModel(lmms):
-    """Shared code; subclasses fix the model family and the default checkpoint."""
+    """Shared code; the subclass of each family (:func:`plugin_class`) fixes its adapter."""
 
-    MODEL_TYPE = ""
+    FAMILY = None  # the FamilyAdapter; PLUGIN_NAME, DEFAULT_PRETRAINED, VIDEO and EXTRA_ARGS follow it
     PLUGIN_NAME = ""
     DEFAULT_PRETRAINED = ""
     VIDEO = False
-    # model_args only this plugin model takes (read by its own __init__); every other name
+    # model_args only this plugin model takes (FamilyAdapter.plugin_model_args); every other name
     # must be a loader or AIM setting. All of them are part of the resume setting.
     EXTRA_ARGS: Tuple[str, ...] = ()
+    _input_kwargs: Dict[str, Any] = {}  # the family's extra processor inputs for the current request (replaced)
 
     def __init__(self, **model_args) -> None:
         super().__init__()
         _log_to_stderr()
+        self.plugin_args = plugin_args(self.EXTRA_ARGS, model_args)  # before loading: a typo fails fast
         # lmms-eval's stock models' model_args (the official AIM commands): applied, moot or refused
         adopted, notes = adopt_stock_args(self.PLUGIN_NAME, model_args)
         for note in notes:
@@ -119,6 +118,7 @@ class _AIMModel(lmms):
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
         self._device = _replica_device(self.load_args.device, self.load_args.device_map, self._world_size)
         self._model, self.processor = self._load()
+        self.FAMILY.plugin_setup(self.processor, self.plugin_args)
         self.aim_config = aim_config_from_model_args(raw_aim, _num_layers(self._model))
         if self.aim_config.enabled:
             from llava.model.llava_arch import apply_aim
@@ -141,11 +141,12 @@ class _AIMModel(lmms):
             a.pretrained, aim=None, torch_dtype=dtype, device_map=a.device_map, attn_implementation=a.attn_implementation,
             use_kernels=a.use_kernels,
         )
-        if model.config.model_type != self.MODEL_TYPE:
-            other = [name for name, kind in PLUGIN_MODEL_TYPES.items() if kind == model.config.model_type]
+        if model.config.model_type not in self.FAMILY.model_types:
+            other = [f.plugin_model for f in _families() if model.config.model_type in f.model_types]
             raise UnsupportedModelError(
                 f"{a.pretrained!r} is a {model.config.model_type!r} checkpoint but --model {self.PLUGIN_NAME} "
-                f"expects {self.MODEL_TYPE!r}; use --model {other[0] if other else 'with a matching checkpoint'}"
+                f"expects {self.FAMILY.model_types[0]!r}; use --model "
+                f"{other[0] if other else 'with a matching checkpoint'}"
             )
         if a.device_map is None:
             model.to(self._device)
@@ -242,24 +243,28 @@ class _AIMModel(lmms):
         except AIMError as exc:  # say which document the bad media belongs to
             raise type(exc)(f"{task} doc {doc_id}: {exc}") from exc
         if kind == "video" and not self.VIDEO:
+            video = next(f for f in _families() if f.plugin_video)
             raise UnsupportedUsageError(
-                f"{self.PLUGIN_NAME} is an image model (LLaVA-1.5); task {task} gives videos: "
-                "use --model llava_onevision_aim with a LLaVA-OneVision checkpoint"
+                f"{self.PLUGIN_NAME} is an image model ({self.FAMILY.title}); task {task} gives videos: "
+                f"use --model {video.plugin_model} with a {video.title} checkpoint"
             )
         return kind, media
 
     def _visuals(self, raw: Sequence[Any], task, doc_id):
-        """One request's (kind, media) from its raw visuals: the hook a subclass extends (e.g. to
-        note per-request metadata for its ``_inputs``). Called right before that request's
-        inputs are built."""
-        return self._load_visuals(raw, task, doc_id)
+        """One request's (kind, media) from its raw visuals: the hook a subclass extends. Called
+        right before that request's inputs are built; notes the family's extra processor inputs
+        for it (FamilyAdapter.plugin_input_kwargs)."""
+        kind, media = self._load_visuals(raw, task, doc_id)
+        self._input_kwargs = self.FAMILY.plugin_input_kwargs(kind, raw, media, logger.warning)
+        return kind, media
 
     # -- inputs (what a family subclass overrides) ------------------------------------------
     def _prompt(self, context: str, kind: str, media) -> str:
         return prompts.user_prompt(self.processor, context, kind, len(media))
 
     def _inputs(self, prompt: str, kind: str, media):
-        return prompts.processor_inputs(self.processor, prompt, kind, media, self._device, self._model.dtype)
+        return prompts.processor_inputs(self.processor, prompt, kind, media, self._device, self._model.dtype,
+                                        **self._input_kwargs)
 
     def _batch_inputs(self, prompt_list: List[str], kind: str, media_list: List[List[Any]]):
         return prompts.batch_processor_inputs(self.processor, prompt_list, kind, media_list, self._device,
@@ -271,6 +276,8 @@ class _AIMModel(lmms):
         follows its size (any-resolution grids)."""
         if kind == "video":
             return ("video", tuple(len(v) for v in media))
+        if kind == "image" and self.FAMILY.fixed_image_size:  # any size gives the same token count
+            return ("image", len(media))
         if kind == "image":
             return ("image", tuple(getattr(img, "size", None) for img in media))
         return ("text",)
@@ -278,7 +285,8 @@ class _AIMModel(lmms):
     # -- batching ---------------------------------------------------------------------------
     def _batchable(self, item: _Pending) -> Optional[str]:
         """None if the request may share a batch, else why not (said once in the log)."""
-        if type(self)._inputs is not _AIMModel._inputs and type(self)._batch_inputs is _AIMModel._batch_inputs:
+        overridden = type(self)._inputs is not _AIMModel._inputs and type(self)._batch_inputs is _AIMModel._batch_inputs
+        if overridden or not self.FAMILY.plugin_batches:
             return f"{type(self).__name__} builds its inputs one request at a time"
         _, kwargs = _generation_settings(item.gen_kwargs, self.tokenizer)
         if kwargs["do_sample"]:
@@ -382,28 +390,29 @@ class _AIMModel(lmms):
             logger.warning(message)
 
 
-class LlavaOneVisionAIM(_AIMModel):
-    """LLaVA-OneVision (Qwen2) with AIM: video and image tasks."""
+def plugin_class(family) -> type:
+    """The lmms-eval model class of a family adapter (named ``family.plugin_class``)."""
+    return type(family.plugin_class, (_AIMModel,), {
+        "__doc__": f"{family.title} with AIM: {' and '.join(family.media)} tasks.",
+        "__module__": __name__,
+        "FAMILY": family,
+        "PLUGIN_NAME": family.plugin_model,
+        "DEFAULT_PRETRAINED": family.default_checkpoint,
+        "VIDEO": family.plugin_video,
+        "EXTRA_ARGS": tuple(family.plugin_model_args),
+    })
 
-    PLUGIN_NAME = "llava_onevision_aim"
-    MODEL_TYPE = PLUGIN_MODEL_TYPES[PLUGIN_NAME]
-    DEFAULT_PRETRAINED = DEFAULT_CHECKPOINTS["llava_onevision_aim"]
-    VIDEO = True
+
+def _families():
+    from llava.model.families import FAMILIES
+
+    return [family for family in FAMILIES if family.plugin_model]
 
 
-class LlavaAIM(_AIMModel):
-    """LLaVA-1.5 (Llama) with AIM: image tasks."""
-
-    PLUGIN_NAME = "llava_aim"
-    MODEL_TYPE = PLUGIN_MODEL_TYPES[PLUGIN_NAME]
-    DEFAULT_PRETRAINED = DEFAULT_CHECKPOINTS["llava_aim"]
-    VIDEO = False
-
-    def _batch_key(self, kind: str, media) -> tuple:
-        # CLIP's processor resizes and crops every image to 336 x 336: 576 tokens whatever its size
-        if kind == "image":
-            return ("image", len(media))
-        return super()._batch_key(kind, media)
+# plugin model id -> class; each class is also this module's attribute of its name (the class
+# path registry.py gives lmms-eval, e.g. llava.eval.lmms_model.LlavaOneVisionAIM)
+PLUGIN_CLASSES: Dict[str, type] = {family.plugin_model: plugin_class(family) for family in _families()}
+globals().update({cls.__name__: cls for cls in PLUGIN_CLASSES.values()})
 
 
 # -- helpers ---------------------------------------------------------------------------------

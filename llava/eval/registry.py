@@ -1,27 +1,35 @@
-"""lmms-eval entry point (group "lmms_eval.models"): the models this package adds.
+"""lmms-eval entry point (group "lmms_eval.models"): the models this package adds, one per
+model family (``FamilyAdapter.plugin_model`` -> ``llava.eval.lmms_model.<plugin_class>``).
 
 lmms-eval loads every entry point of the group when it starts; one that raises hides the
 ones after it. So this module imports nothing heavy at import time and the callable never
-raises: if lmms-eval's manifest type cannot be imported it registers nothing.
+raises: if lmms-eval's manifest type or the family adapters cannot be imported it registers
+nothing.
 """
 
 from __future__ import annotations
 
-# model id -> class path; the classes live in llava.eval.lmms_model and llava.eval.qwen_vl
-# (imported only when used)
-MODELS = {
-    "llava_onevision_aim": "llava.eval.lmms_model.LlavaOneVisionAIM",
-    "llava_aim": "llava.eval.lmms_model.LlavaAIM",
-    "qwen2_vl_aim": "llava.eval.qwen_vl.Qwen2VLAIM",
-    "qwen2_5_vl_aim": "llava.eval.qwen_vl.Qwen2_5_VLAIM",
-    "llava_onevision1_5_aim": "llava.eval.qwen_vl.LlavaOneVision15AIM",
-}
+from typing import Dict
+
+
+def plugin_models() -> Dict[str, str]:
+    """lmms-eval model id -> class path, from the family adapters (imported here, on use)."""
+    from llava.model.families import FAMILIES
+
+    return {f.plugin_model: f"llava.eval.lmms_model.{f.plugin_class}" for f in FAMILIES if f.plugin_model}
+
+
+def __getattr__(name: str):
+    if name == "MODELS":  # the table under its former name (model id -> class path)
+        return plugin_models()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def model_manifests():
-    """The ModelManifest list lmms-eval registers; empty if lmms-eval's API is not there."""
+    """The ModelManifest list lmms-eval registers; empty if lmms-eval's API or the adapters are not there."""
     try:
         from lmms_eval.models.registry_v2 import ModelManifest
+
+        return [ModelManifest(model_id=name, simple_class_path=path) for name, path in plugin_models().items()]
     except Exception:  # never raise inside lmms-eval's registry loading
         return []
-    return [ModelManifest(model_id=name, simple_class_path=path) for name, path in MODELS.items()]

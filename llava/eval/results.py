@@ -39,7 +39,6 @@ IMAGE_COLUMNS: List[Tuple[str, str, str, float]] = [
     ("mmbench_en_dev", "MMBench", "gpt_eval_score", 1.0),
     ("pope", "POPE (F1)", "pope_f1_score", 100.0),
 ]
-VIDEO_MODELS = ("llava_onevision_aim", "qwen2_vl_aim", "qwen2_5_vl_aim")
 TEXT_TOKENS = 100  # the analyzer's prompt length for the FLOPs column (the paper's setting)
 # Analyzer shapes of the checkpoints the paper used (their llava-hf conversions).
 LLM_OF_CHECKPOINT = {
@@ -131,7 +130,15 @@ class Run:
 
     @property
     def is_video(self) -> bool:
-        return self.model in VIDEO_MODELS
+        return is_video_model(self.model)
+
+
+def is_video_model(plugin: str) -> bool:
+    """Whether the plugin model ``plugin`` answers video tasks (its family adapter says)."""
+    from llava.eval.args import plugin_families
+
+    family = plugin_families().get(plugin)
+    return bool(family is not None and family.plugin_video)
 
 
 def collect_runs(files: Sequence[Path]) -> List[Run]:

@@ -1,12 +1,11 @@
 """Loading checkpoints: hub ids, local folders, and the built-in tiny models.
 
 ``load_pretrained_model`` returns (model, processor) for the checkpoints of every family in
-llava/model/families/ (LLaVA-OneVision, LLaVA(-1.5), Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
-Qwen3-VL-MoE) in transformers format, optionally with AIM applied. The built-in names
-("tiny-llava-onevision", "tiny-llava-1.5", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl",
-"tiny-qwen3-vl-moe") are folders shipped in this package
-(random weights from a fixed seed; see scripts/make_tiny_models.py), loaded through the very
-same ``from_pretrained`` calls as a real checkpoint.
+llava/model/families/ (FAMILIES) in transformers format, optionally with AIM applied. The
+built-in names (each family's ``tiny_models``, :data:`BUILTIN_MODELS`) are folders shipped in
+this package (random weights from a fixed seed; see scripts/make_tiny_models.py), loaded through
+the very same ``from_pretrained`` calls as a real checkpoint. Hub names a family lists in its
+``checkpoint_aliases`` load as their transformers-format conversion.
 """
 
 from __future__ import annotations
@@ -30,19 +29,26 @@ TINY_ROOT = Path(__file__).resolve().parent / "tiny"
 # Those of families the installed transformers lacks stay known names (loading them says why not).
 BUILTIN_MODELS = {name: TINY_ROOT / name for fam in FAMILIES + UNAVAILABLE for name in fam.tiny_models}
 # The paper used the original LLaVA-NeXT-format checkpoints; transformers loads their
-# llava-hf conversions (same weights, transformers layout).
-CHECKPOINT_ALIASES = {
-    "lmms-lab/llava-onevision-qwen2-7b-ov": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-    "lmms-lab/llava-onevision-qwen2-0.5b-ov": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-    "lmms-lab/llava-onevision-qwen2-72b-ov": "llava-hf/llava-onevision-qwen2-72b-ov-hf",
-    "lmms-lab/llava-onevision-qwen2-7b-si": "llava-hf/llava-onevision-qwen2-7b-si-hf",
-    "liuhaotian/llava-v1.5-7b": "llava-hf/llava-1.5-7b-hf",
-    "liuhaotian/llava-v1.5-13b": "llava-hf/llava-1.5-13b-hf",
-}
+# llava-hf conversions (same weights, transformers layout): each family lists its own.
+CHECKPOINT_ALIASES = {name: target for fam in FAMILIES for name, target in fam.checkpoint_aliases.items()}
 
 
 def is_builtin(name_or_path: str) -> bool:
     return str(name_or_path) in BUILTIN_MODELS
+
+
+def default_builtin(kind: str = "video"):
+    """(the built-in model a tool uses for ``kind`` media when none is named, its family): the
+    first tiny model of the first family in FAMILIES whose AIM merges ``kind``."""
+    family = next(fam for fam in FAMILIES if kind in fam.merged_media and fam.tiny_models)
+    return family.tiny_models[0], family
+
+
+def builtin_models_text() -> str:
+    """The built-in names for a --model help: the default first."""
+    default, _ = default_builtin()
+    rest = [name for name in BUILTIN_MODELS if name != default]
+    return f"{default}, the default; {', '.join(rest)}"
 
 
 def resolve_checkpoint(name_or_path: str) -> str:

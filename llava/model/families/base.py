@@ -17,7 +17,19 @@ another, as far as AIM is concerned:
 * what the family adds to the hidden states after given decoder layers (Qwen3-VL's DeepStack
   features on the visual rows): its adapter hands the decoder driver a :class:`LayerAdditions`
   under the language model keyword ``aim_layer_additions`` (``LAYER_ADDITIONS_KWARG``), and the
-  driver applies it after each layer to the rows still present.
+  driver applies it after each layer to the rows still present;
+* for the tools: its lmms-eval plugin model (``plugin_model``, ``plugin_class``, its own
+  model_args and processor inputs), the paper's checkpoint (``default_checkpoint``) and run
+  (``paper_eval_args``), and hub names loading as their transformers conversion
+  (``checkpoint_aliases``): llava.eval, the loader, the CLI help and the eval scripts read them
+  here and repeat none of them.
+
+The decoder driver's assumptions are part of the contract, checked by ``check_model`` (through
+:func:`check_decoder`) before anything is patched whenever pruning runs: the language model is
+``embed_tokens -> rotary_emb -> layers -> norm``; each layer's ``forward`` takes
+``position_embeddings`` and the KV cache under the keyword language_model/compat.py resolves;
+each layer's attention (``self_attn``) has a ``scaling`` and dispatches through transformers'
+attention-function table (``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``).
 
 The runtime, the statistics and the decoder driver (llava/model/llava_arch.py,
 language_model/) know nothing about families. Adding a family = one module here that
@@ -114,10 +126,48 @@ class FamilyAdapter:
         """The official code's (l1, l2) for this family at this depth; None: the paper's scaled rule."""
         return None
 
+    # -- tools: plugin, checkpoints, CLI --------------------------------------------------
+    # What llava.eval (the lmms-eval plugin and its registry), the loader's hub aliases, the CLI
+    # help and the eval scripts read; nothing outside this module repeats them.
+    plugin_model: str = ""  # lmms-eval model id, e.g. "llava_onevision_aim"
+    plugin_class: str = ""  # its class's name in llava.eval.lmms_model, e.g. "LlavaOneVisionAIM"
+    default_checkpoint: str = ""  # the paper's checkpoint: the plugin's and the eval scripts' default
+    # Checkpoint names the loader accepts for their transformers-format conversion (e.g. a
+    # LLaVA-NeXT name -> its llava-hf repository, which holds the same weights).
+    checkpoint_aliases: Dict[str, str] = {}
+    # model_args the plugin model takes besides the loader and AIM settings (validated by
+    # llava.eval.args.plugin_args before loading, applied by plugin_setup after).
+    plugin_model_args: Tuple[str, ...] = ()
+    # model_args of the paper's benchmark run of this family (the eval scripts' defaults; each
+    # is overridden by the environment variable of its name in capitals, e.g. MAX_PIXELS).
+    paper_eval_args: Dict[str, object] = {}
+    # Whether the processor resizes every image to one size (an image's token count is then
+    # the same whatever its size: images of any size share a batch).
+    fixed_image_size: bool = False
+    # Whether the plugin may batch several requests in one generate (False: per-request inputs).
+    plugin_batches: bool = True
+
+    @property
+    def plugin_video(self) -> bool:
+        """Whether the plugin model answers video tasks."""
+        return "video" in self.media
+
+    def plugin_setup(self, processor, args: Dict[str, object]) -> None:
+        """Apply the plugin's own model_args (``plugin_model_args``, validated) to the loaded
+        processor."""
+
+    def plugin_input_kwargs(self, kind: str, raw: Sequence[object], media, say) -> Dict[str, object]:
+        """Extra keyword arguments of the processor call for one request of the plugin model
+        (``raw``: what the task gave, e.g. video paths; ``say(message)`` warns)."""
+        return {}
+
     # -- what AIM patches -----------------------------------------------------------------
     def check_model(self, model, cfg) -> None:
         """Raise UnsupportedModelError if this loaded model cannot take AIM with ``cfg`` (before
-        anything is patched)."""
+        anything is patched). Here: the decoder driver's assumptions (:func:`check_decoder`),
+        where ``cfg`` prunes; an adapter adds its own checks and calls this one."""
+        if cfg.pruning or cfg.prumerging:  # the driver runs the LM only then
+            check_decoder(self.language_model(model))
 
     def install_merging(self, inner, runtime) -> None:
         raise NotImplementedError
@@ -289,6 +339,53 @@ def text_bench_dims(adapter, scale) -> Dict[str, object]:
     dims["head_dim"] = _field(text, "head_dim", dims["hidden_size"] // dims["num_attention_heads"])
     dims["rope_parameters"] = _field(text, "rope_parameters")
     return {k: v for k, v in dims.items() if v is not None}
+
+
+def check_decoder(lm) -> None:
+    """The decoder driver's (llava/model/language_model/driver.py) assumptions about the LM it
+    runs, or UnsupportedModelError naming every one that does not hold:
+
+    * the LM is ``embed_tokens -> rotary_emb -> layers -> norm`` (the driver replaces the loop
+      over ``layers`` and calls the other three itself);
+    * each decoder layer's ``forward`` takes ``position_embeddings`` (the rotary (cos, sin)) and
+      the KV cache under the keyword llava/model/language_model/compat.py resolves;
+    * each layer's attention (``self_attn``) has a ``scaling`` and dispatches through the
+      attention-function table (transformers' ALL_ATTENTION_FUNCTIONS, keyed by
+      ``config._attn_implementation``), where AIM registers its scoring backends.
+    """
+    import inspect
+    import sys
+
+    from llava.model.language_model import compat
+
+    missing = [f"{name} (the {role})" for name, role in (
+        ("embed_tokens", "token embedding"), ("rotary_emb", "rotary embedding"), ("layers", "decoder layers"),
+        ("norm", "final norm")) if getattr(lm, name, None) is None]
+    if not hasattr(getattr(lm, "config", None), "_attn_implementation"):
+        missing.append("config._attn_implementation (the attention-function table's key)")
+    for layer in list(getattr(lm, "layers", None) or [])[:1]:  # the layers of one stack share a class
+        kind = type(layer).__name__
+        params = inspect.signature(layer.forward).parameters
+        if "position_embeddings" not in params:
+            missing.append(f"{kind}.forward(position_embeddings=...)")
+        if not any(name in params for name in compat.CACHE_NAMES):
+            missing.append(f"{kind}.forward({' or '.join(compat.CACHE_NAMES)}=...)")
+        attention = getattr(layer, "self_attn", None)
+        if attention is None:
+            missing.append(f"{kind}.self_attn (the attention module)")
+            continue
+        if not hasattr(attention, "scaling"):
+            missing.append(f"{type(attention).__name__}.scaling")
+        source = sys.modules.get(type(attention).__module__)
+        if "ALL_ATTENTION_FUNCTIONS" not in vars(source or object()):
+            missing.append(f"{type(attention).__name__} dispatching through ALL_ATTENTION_FUNCTIONS")
+    if missing:
+        raise UnsupportedModelError(
+            f"AIM's pruning cannot drive {type(lm).__name__}: it lacks {'; '.join(missing)}. The driver needs "
+            "embed_tokens -> rotary_emb -> layers -> norm, layers taking position_embeddings and the KV cache, and "
+            "attention with a `scaling` dispatched through the attention-function table; disable pruning "
+            "(l1=None, l2=None) to merge only"
+        )
 
 
 def merged_media_text(media) -> str:

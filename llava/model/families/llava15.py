@@ -52,11 +52,21 @@ class Llava15Adapter(FamilyAdapter):
     supports_prumerge = True
     merge_metrics = ("keys", "tokens")
     official_merge_metric = "keys"
+    # tools: plugin, checkpoints, CLI
+    plugin_model = "llava_aim"
+    plugin_class = "LlavaAIM"
+    default_checkpoint = "liuhaotian/llava-v1.5-7b"
+    checkpoint_aliases = {
+        "liuhaotian/llava-v1.5-7b": "llava-hf/llava-1.5-7b-hf",
+        "liuhaotian/llava-v1.5-13b": "llava-hf/llava-1.5-13b-hf",
+    }
+    fixed_image_size = True  # CLIP's processor resizes and crops every image to 336 x 336 (576 tokens)
 
     def official_layers(self, num_layers: int) -> Optional[Tuple[int, int]]:
         return LLAVA15_OFFICIAL_LAYERS.get(num_layers)
 
     def check_model(self, model, cfg) -> None:
+        super().check_model(model, cfg)
         inner = self.inner(model)
         if (cfg.merging and cfg.merge_metric == "keys") or cfg.prumerging:
             key_layer(inner)

@@ -48,8 +48,19 @@ class OneVisionAdapter(FamilyAdapter):
     processor_methods = ("replace_video_token",)
     supports_prumerge = True
     prumerge_spatial_samples = False  # the official SigLIP PruMerge+ has them commented out
+    # tools: plugin, checkpoints, CLI
+    plugin_model = "llava_onevision_aim"
+    plugin_class = "LlavaOneVisionAIM"
+    default_checkpoint = "lmms-lab/llava-onevision-qwen2-7b-ov"
+    checkpoint_aliases = {
+        "lmms-lab/llava-onevision-qwen2-7b-ov": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+        "lmms-lab/llava-onevision-qwen2-0.5b-ov": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+        "lmms-lab/llava-onevision-qwen2-72b-ov": "llava-hf/llava-onevision-qwen2-72b-ov-hf",
+        "lmms-lab/llava-onevision-qwen2-7b-si": "llava-hf/llava-onevision-qwen2-7b-si-hf",
+    }
 
     def check_model(self, model, cfg) -> None:
+        super().check_model(model, cfg)
         if cfg.prumerging:
             feature_layer(self.inner(model))
 

@@ -54,7 +54,6 @@ from llava.model.families.base import (
     set_instance_attr,
     text_bench_dims,
 )
-from llava.model.language_model import compat
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # mm_token_type_ids values of the Qwen-VL processors
 GRID_ARGS = {IMAGE: "image_grid_thw", VIDEO: "video_grid_thw"}
@@ -317,8 +316,40 @@ class _QwenVLAdapter(FamilyAdapter):
     media = ("video", "image")
     merged_media = ("video", "image")
     processor_methods = ("replace_image_token", "replace_video_token")
+    # tools: plugin, checkpoints, CLI. The processors resize each frame / image to a multiple of
+    # 28 px with min_pixels <= h * w <= max_pixels (model_args; the official Qwen2-VL run:
+    # max_pixels=200704, i.e. at most 16 x 16 merged tokens per 2 frames).
+    plugin_model_args = ("max_pixels", "min_pixels")
+    plugin_batches = False  # per-request processor inputs (video_metadata)
+    time_positions = False  # whether the temporal positions count seconds (second_per_grid_ts)
+
+    def plugin_setup(self, processor, args) -> None:
+        for sub in (processor.image_processor, processor.video_processor):
+            size = {"shortest_edge": sub.size["shortest_edge"], "longest_edge": sub.size["longest_edge"]}
+            if "min_pixels" in args:
+                size["shortest_edge"] = args["min_pixels"]
+            if "max_pixels" in args:
+                size["longest_edge"] = args["max_pixels"]
+            sub.size = size
+
+    def plugin_input_kwargs(self, kind, raw, media, say):
+        """Where the temporal positions count seconds, the processor is told the sampled frames'
+        rate from each clip's duration, instead of assuming 24 frames per second."""
+        if kind != "video" or not self.time_positions:
+            return {}
+        from llava.video import video_duration_s
+
+        metadata = []
+        for path, frames in zip(raw, media):
+            seconds = video_duration_s(path)
+            if not seconds:
+                say(f"{self.plugin_model}: a clip's duration is unknown; its frames are taken as 24 per second")
+                seconds = len(frames) / 24.0
+            metadata.append({"total_num_frames": len(frames), "fps": len(frames) / seconds})
+        return {"video_metadata": metadata}
 
     def check_model(self, model, cfg) -> None:
+        super().check_model(model, cfg)
         text = self.language_model(model).config
         sliding = [i for i, kind in enumerate(getattr(text, "layer_types", None) or []) if kind == "sliding_attention"]
         if cfg.pruning and sliding:
@@ -388,6 +419,8 @@ class _QwenVLAdapter(FamilyAdapter):
                     position_ids = _place_merged(position_ids, log, runtime, merge)
                 log.pending = False
             if pruning:
+                from llava.model.language_model import compat  # imports transformers: not at module import
+
                 position_ids = _driver_positions(position_ids, compat.peek_cache(kwargs))
             if position_ids is not None or "position_ids" in kwargs:
                 kwargs["position_ids"] = position_ids
@@ -619,6 +652,8 @@ def _check_pruned_cache_positions(module, kwargs) -> None:
     """Without position ids and attention mask the stock forward places new tokens at the
     cache length (layer 0's) + rope_deltas. The driver never prunes layer 0, so that length is
     the unpruned one; should it ever differ, the positions would be wrong: refuse."""
+    from llava.model.language_model import compat  # imports transformers: not at module import
+
     cache = compat.peek_cache(kwargs)
     state = getattr(cache, "aim_state", None)
     if state is None or kwargs.get("position_ids") is not None or kwargs.get("attention_mask") is not None:
@@ -656,6 +691,11 @@ class Qwen2VLAdapter(_QwenVLAdapter):
     processor_class = "Qwen2VLProcessor"
     tiny_models = ("tiny-qwen2-vl",)
     references = {"Qwen/Qwen2-VL-7B-Instruct": Reference(("qwen2-vl-7b",), "qwen2-vl-vit", "qwen2-vl-7b")}
+    plugin_model = "qwen2_vl_aim"
+    plugin_class = "Qwen2VLAIM"
+    default_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
+    # the official AIM code's run: 32 frames, max_pixels 200704, the shrunken M-RoPE grid
+    paper_eval_args = {"max_pixels": 200704, "positions": "official"}
     refused_model_types = {"qwen3_5": QWEN35_REFUSAL, "qwen3_5_moe": QWEN35_REFUSAL}
 
 
@@ -667,3 +707,8 @@ class Qwen2_5_VLAdapter(_QwenVLAdapter):
     processor_class = "Qwen2_5_VLProcessor"
     tiny_models = ("tiny-qwen2.5-vl",)
     references = {"Qwen/Qwen2.5-VL-7B-Instruct": Reference(("qwen2.5-vl-7b",), "qwen2.5-vl-vit", "qwen2.5-vl-7b")}
+    plugin_model = "qwen2_5_vl_aim"
+    plugin_class = "Qwen2_5_VLAIM"
+    default_checkpoint = "Qwen/Qwen2.5-VL-7B-Instruct"
+    paper_eval_args = {"max_pixels": 200704, "positions": "original"}
+    time_positions = True  # second_per_grid_ts
