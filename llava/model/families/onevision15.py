@@ -30,6 +30,7 @@ from llava.errors import UnsupportedModelError
 from llava.model.families.base import FamilyAdapter, reduce_tokens, set_instance_attr
 
 MIN_TRANSFORMERS = "5.25"  # the first release with models/llava_onevision1_5
+MODEL_PACKAGE = "llava_onevision1_5"  # transformers/models/<this>: the family's modeling code
 
 
 class OneVision15Adapter(FamilyAdapter):
@@ -45,16 +46,21 @@ class OneVision15Adapter(FamilyAdapter):
 
     # -- which transformers ----------------------------------------------------------------
     def installed(self) -> bool:
-        """Whether the installed transformers has the model classes."""
-        import transformers
+        """Whether the installed transformers has the model's package, read from the installed
+        files: importing transformers here would make every import of the families (lmms-eval's
+        entry point included) pay for it."""
+        import importlib.util
+        import os
 
-        return all(hasattr(transformers, name) for name in self.model_classes)
+        spec = importlib.util.find_spec("transformers")
+        return spec is not None and any(os.path.isdir(os.path.join(root, "models", MODEL_PACKAGE))
+                                        for root in spec.submodule_search_locations or ())
 
     def missing_reason(self) -> str:
-        import transformers
+        from importlib.metadata import version
 
         return (f"{self.title} needs transformers >= {MIN_TRANSFORMERS} (the first release with its model classes); "
-                f"transformers {transformers.__version__} is installed: pip install 'transformers>={MIN_TRANSFORMERS}' "
+                f"transformers {version('transformers')} is installed: pip install 'transformers>={MIN_TRANSFORMERS}' "
                 "(within llava-aim's tested range, e.g. -c constraints/lock.txt)")
 
     def check_installed(self) -> None:

@@ -40,7 +40,6 @@ import torch
 
 from llava.aim.policy import aim_default_layers
 from llava.model.families.base import LayerAdditions, set_instance_attr
-from llava.model.language_model.driver import LAYER_ADDITIONS_KWARG
 from llava.model.families.qwen2_vl import (
     _ROPE_CORE_ARGS,
     GRID_ARGS,
@@ -190,6 +189,8 @@ class Qwen3VLAdapter(_QwenVLAdapter):
         def deepstack_to_driver(module, args, kwargs):
             additions = deepstack_additions(kwargs)
             if additions is not None:
+                from llava.model.language_model.driver import LAYER_ADDITIONS_KWARG  # imports transformers
+
                 kwargs[LAYER_ADDITIONS_KWARG] = additions
             return args, kwargs
 
