@@ -110,11 +110,26 @@ def test_torchrun_two_processes_give_the_same_samples(one_process_run, tmp_path)
     assert _samples(tmp_path / "out") == _samples(tmp / "out")
 
 
-def test_broken_checkpoint_exits_nonzero(tmp_path):
+def test_missing_checkpoint_exits_2_in_one_line_before_anything_is_written(tmp_path):
+    """The setting key reads the checkpoint first: a folder that is not there stops the run before
+    lmms-eval starts, with one line, and leaves no output folder behind."""
     result = _run_script("video_bench_eval.sh", tmp_path, PRETRAINED=str(tmp_path / "no-such-checkpoint"),
                          TASKS="llava_aim_synthvid_gen", FRAMES="4", LIMIT="2")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint folder '{tmp_path / 'no-such-checkpoint'}' does not exist"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_checkpoint_exits_nonzero(tmp_path):
+    """A checkpoint folder that exists but cannot load fails in lmms-eval; the script says no
+    results file was written and exits non-zero."""
+    broken = tmp_path / "broken-checkpoint"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llava_onevision"')  # truncated JSON
+    result = _run_script("video_bench_eval.sh", tmp_path, PRETRAINED=str(broken),
+                         TASKS="llava_aim_synthvid_gen", FRAMES="4", LIMIT="2")
     assert result.returncode != 0
-    assert "wrote no results file" in result.stderr
     assert not list((tmp_path / "out").rglob("*_results.json"))
 
 
