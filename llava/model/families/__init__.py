@@ -12,14 +12,14 @@ from llava.model.families.onevision15 import OneVision15Adapter
 from llava.model.families.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from llava.model.families.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 
-# Families whose model classes only some releases in the tested range have: served where the
-# installed transformers has them, refused with the release they need where it does not.
-_NEEDS_NEWER = (OneVision15Adapter(),)
-FAMILIES: Tuple[FamilyAdapter, ...] = (OneVisionAdapter(), Llava15Adapter(), Qwen2VLAdapter(), Qwen2_5_VLAdapter(),
-                                       Qwen3VLAdapter(), Qwen3VLMoeAdapter()) + \
-    tuple(fam for fam in _NEEDS_NEWER if fam.installed())
+# Every family; those whose classes or tested behaviour only newer releases in the tested range
+# have (FamilyAdapter.min_transformers) are served where the installed transformers is new enough
+# and refused, naming the release they need, where it is not.
+_ALL: Tuple[FamilyAdapter, ...] = (OneVisionAdapter(), Llava15Adapter(), Qwen2VLAdapter(), Qwen2_5_VLAdapter(),
+                                   Qwen3VLAdapter(), Qwen3VLMoeAdapter(), OneVision15Adapter())
+FAMILIES: Tuple[FamilyAdapter, ...] = tuple(fam for fam in _ALL if fam.installed())
 # Adapters this transformers cannot serve (their checkpoints and built-in names are refused).
-UNAVAILABLE: Tuple[FamilyAdapter, ...] = tuple(fam for fam in _NEEDS_NEWER if not fam.installed())
+UNAVAILABLE: Tuple[FamilyAdapter, ...] = tuple(fam for fam in _ALL if not fam.installed())
 _BY_CLASS: Dict[str, FamilyAdapter] = {cls: fam for fam in FAMILIES for cls in fam.model_classes}
 _BY_MODEL_TYPE: Dict[str, FamilyAdapter] = {t: fam for fam in FAMILIES for t in fam.model_types}
 # Related checkpoints an adapter refuses, with the reason (config.model_type -> message).

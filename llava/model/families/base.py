@@ -98,6 +98,34 @@ class FamilyAdapter:
     # config.model_type of related checkpoints AIM cannot serve correctly -> why (the message)
     refused_model_types: Dict[str, str] = {}
 
+    # The oldest transformers release the family is tested on; None: the project's floor. On an
+    # older release the family is not served: its checkpoints and built-in names are refused,
+    # naming the release they need (llava.model.families.UNAVAILABLE).
+    min_transformers: Optional[str] = None
+
+    # -- which transformers ----------------------------------------------------------------
+    def installed(self) -> bool:
+        """Whether the installed transformers serves this family (read from its metadata: importing
+        transformers here would make every import of the families pay for it)."""
+        if self.min_transformers is None:
+            return True
+        from importlib.metadata import version
+
+        from packaging.version import Version
+
+        return Version(version("transformers")) >= Version(self.min_transformers)
+
+    def missing_reason(self) -> str:
+        from importlib.metadata import version
+
+        return (f"{self.title} needs transformers >= {self.min_transformers} (the oldest release it is tested on); "
+                f"transformers {version('transformers')} is installed: pip install 'transformers>={self.min_transformers}' "
+                "(within llava-aim's tested range, e.g. -c constraints/lock.txt)")
+
+    def check_installed(self) -> None:
+        if not self.installed():
+            raise UnsupportedModelError(self.missing_reason())
+
     # -- which model ----------------------------------------------------------------------
     @property
     def merged_media_text(self) -> str:

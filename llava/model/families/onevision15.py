@@ -44,6 +44,8 @@ class OneVision15Adapter(FamilyAdapter):
     tiny_models = ("tiny-llava-onevision-1.5",)
     processor_methods = ("replace_video_token",)
 
+    min_transformers = MIN_TRANSFORMERS
+
     # -- which transformers ----------------------------------------------------------------
     def installed(self) -> bool:
         """Whether the installed transformers has the model's package, read from the installed
@@ -55,17 +57,6 @@ class OneVision15Adapter(FamilyAdapter):
         spec = importlib.util.find_spec("transformers")
         return spec is not None and any(os.path.isdir(os.path.join(root, "models", MODEL_PACKAGE))
                                         for root in spec.submodule_search_locations or ())
-
-    def missing_reason(self) -> str:
-        from importlib.metadata import version
-
-        return (f"{self.title} needs transformers >= {MIN_TRANSFORMERS} (the first release with its model classes); "
-                f"transformers {version('transformers')} is installed: pip install 'transformers>={MIN_TRANSFORMERS}' "
-                "(within llava-aim's tested range, e.g. -c constraints/lock.txt)")
-
-    def check_installed(self) -> None:
-        if not self.installed():
-            raise UnsupportedModelError(self.missing_reason())
 
     # -- merging -----------------------------------------------------------------------------
     def install_merging(self, inner, runtime) -> None:

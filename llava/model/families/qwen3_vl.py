@@ -141,6 +141,9 @@ class Qwen3VLAdapter(_QwenVLAdapter):
     model_classes = ("Qwen3VLForConditionalGeneration", "Qwen3VLModel")
     processor_class = "Qwen3VLProcessor"
     tiny_models = ("tiny-qwen3-vl",)
+    # The oldest release tested: 5.17's Qwen3-VL hands its DeepStack features to the model in
+    # another form (merging them fails there), and the releases in between were never tested.
+    min_transformers = "5.24"
 
     def official_layers(self, num_layers: int) -> Optional[Tuple[int, int]]:
         """The paper's scaled (l1, l2), with pruning starting no earlier than after the DeepStack
