@@ -5,6 +5,10 @@ stock decoder layers, and compared with what each layer's cache holds after a pr
 and after every decode step. A layer that ignores the cache keyword (what an upstream rename
 does) must raise CacheIntegrityError naming the installed transformers version, both at the
 prefill and at a decode step, instead of decoding without context.
+
+Without a cache generate() re-runs the prefill on prompt + generated tokens: that re-run must
+keep the first prefill's visual tokens at every pruning layer, and only it (an unrelated
+longer prompt is scored afresh).
 """
 
 from __future__ import annotations
@@ -161,3 +165,77 @@ def test_uses_the_installed_keyword_and_no_deprecation_warning(pruned, recwarn):
     ours = [w for w in recwarn.list if issubclass(w.category, (FutureWarning, DeprecationWarning))
             and ("cache" in str(w.message) or "past_key_values" in str(w.message))]
     assert not ours, [str(w.message) for w in ours]
+
+
+# -- generate(use_cache=False): a re-run prefill makes the first prefill's decisions ----------
+EXTRA_TOKENS = 24  # text tokens appended, as generate(use_cache=False) appends its output
+
+
+def uncached_survivors(model, inputs, ids):
+    """Per pruning layer, per sample, the original positions of the visual tokens entering it,
+    for one prefill of ``ids`` (the prompt's media) without a cache."""
+    runtime = model._aim_runtime
+    prompt = inputs["input_ids"]
+    given = dict(inputs, input_ids=ids)
+    for name, value in inputs.items():  # per-token rows (the padding mask, token types) grow too
+        if name != "input_ids" and torch.is_tensor(value) and value.shape == prompt.shape:
+            fill = 1 if name == "attention_mask" else 0  # appended tokens: present, text
+            tail = value.new_full((ids.shape[0], ids.shape[1] - prompt.shape[1]), fill)
+            given[name] = torch.cat([value, tail], dim=1)
+    with torch.no_grad():
+        model(**given, use_cache=False)
+    return [[p.tolist() for p in layer] for layer in runtime.last_visual_positions]
+
+
+@pytest.fixture
+def tracked(monkeypatch):
+    """(model, inputs) of tiny Qwen3-VL (its scores are ~1e-18..1e-6: extra voters reorder them)
+    with pruning after layers 2..5, the per-layer visual positions kept; AIM removed after."""
+    from conftest import make_video, qwen_model, video_inputs
+
+    from llava.model.llava_arch import remove_aim
+
+    model, processor = qwen_model("tiny-qwen3-vl")
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=L1, l2=L2), track_sources=True)
+    runtime = model._aim_runtime
+    record_prefill = runtime.record_prefill
+
+    def keep_positions(record, cache):
+        runtime.last_visual_positions = record.visual_positions
+        record_prefill(record, cache)
+
+    monkeypatch.setattr(runtime, "record_prefill", keep_positions)
+    yield model, video_inputs(processor, [make_video()])
+    remove_aim(model, processor)
+
+
+def with_text(ids, count, first=5):
+    extra = torch.arange(first, first + count, dtype=ids.dtype).expand(ids.shape[0], -1)
+    return torch.cat([ids, extra], dim=1)
+
+
+def test_uncached_continuation_keeps_the_first_prefills_survivors(tracked):
+    model, inputs = tracked
+    prompt = inputs["input_ids"]
+    first = uncached_survivors(model, inputs, prompt)
+    longer = with_text(prompt, EXTRA_TOKENS)
+    continued = uncached_survivors(model, inputs, longer)
+    assert continued == first  # every layer, every sample: the same visual tokens
+    # and again one step later: still the first prompt that votes, not the previous prefill
+    assert uncached_survivors(model, inputs, with_text(prompt, EXTRA_TOKENS + 1)) == first
+    # the appended tokens would have changed the ranking had they voted (the test has teeth):
+    # the same longer prompt scored on its own (no earlier prefill to continue)
+    model._aim_runtime._last_uncached = None
+    assert uncached_survivors(model, inputs, longer) != first
+
+
+def test_an_unrelated_longer_prompt_is_scored_afresh(tracked):
+    model, inputs = tracked
+    prompt = inputs["input_ids"]
+    first = uncached_survivors(model, inputs, prompt)
+    other = with_text(prompt, EXTRA_TOKENS)
+    other[:, -EXTRA_TOKENS - 1] = 7  # differs inside the earlier prompt: not a continuation
+    after_prompt = uncached_survivors(model, inputs, other)
+    model._aim_runtime._last_uncached = None
+    assert after_prompt == uncached_survivors(model, inputs, other)
+    assert after_prompt != first  # its appended tokens voted (see the test above)

@@ -46,14 +46,7 @@ NEW_TOKENS = 16
 FAMILY_MODELS = [(family, tiny) for family in FAMILIES for tiny in family.tiny_models]
 
 # Known contract gaps and bugs: (contract, family name) -> why that parametrization fails today.
-_QWEN3_NO_CACHE_PRUNING = (
-    "bug: generate(use_cache=False) re-runs the pruned prefill at every step with the generated tokens among "
-    "the PageRank voters; on the tiny Qwen3-VL models the visual scores are ~1e-18..1e-6, so the extra query "
-    "row reorders the visual tokens at the pruning layers and other tokens survive than in the cached run "
-    "(last logits differ by ~1e-2; 2e-7 with pruning off). The positions of each step are right.")
 GAPS = {
-    ("cache", "qwen3_vl"): _QWEN3_NO_CACHE_PRUNING,
-    ("cache", "qwen3_vl_moe"): _QWEN3_NO_CACHE_PRUNING,
     # LLaVA-OneVision-1.5 is listed only where transformers has it (>= 5.25)
     ("geometry", "onevision15"): "contract gap: flops/plan do not ask the adapter for the family's visual tokens "
                                  "per frame (they assume 196; the tiny model's 2 frames give 256 each)",

@@ -533,3 +533,32 @@ def test_underflow_zero_scores_are_ordered_by_the_log_key():
     chosen_tied = (broken & (scores == 0) & visual)[0].nonzero().flatten().tolist()
     best = sorted(tied, key=lambda i: (-float(key[0, i]), i))[:10]
     assert sorted(chosen_tied) == sorted(best)
+
+
+@pytest.mark.parametrize("score", ["pagerank", "attention", "last_token", "log_first_step"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_prefix_of_voters_scores_as_the_prefix_alone(score, padded):
+    """Voters = the first P slots: the scores of those slots equal the scores of the first P
+    slots alone (causal attention: later tokens neither vote nor change earlier rows); the
+    later tokens get nothing but their own share. What a no-cache continuation prefill needs."""
+    from llava.aim.importance import last_token_attention
+
+    torch.manual_seed(3)
+    b, nh, nkv, n, p, d = 2, 4, 2, 40, 29, 8
+    q, k = torch.randn(b, nh, n, d), torch.randn(b, nkv, n, d)
+    valid = torch.ones(b, n, dtype=torch.bool)
+    if padded:
+        valid[1, :5] = False  # left padding
+    voters = valid & (torch.arange(n) < p)
+    fns = {
+        "pagerank": lambda q, k, v, **kw: pagerank_importance(q, k, v, 0.35, 0.1, 5, row_block=16, **kw),
+        "attention": lambda q, k, v, **kw: attention_importance(q, k, v, 0.35, **kw),
+        "last_token": lambda q, k, v, **kw: last_token_attention(q, k, v, 0.35, **kw),
+        "log_first_step": lambda q, k, v, **kw: log_first_step_attention(q, k, v, 0.35, 0.1, **kw),
+    }
+    fn = fns[score]
+    alone = fn(q[:, :, :p], k[:, :, :p], valid[:, :p])
+    with_later = fn(q, k, valid, voters=voters)
+    torch.testing.assert_close(with_later[:, :p], alone, rtol=1e-5, atol=1e-7)
+    # without the voters mask the later tokens change the prefix's scores (the test has teeth)
+    assert not torch.allclose(fn(q, k, valid)[:, :p], alone, rtol=1e-3, atol=1e-6)

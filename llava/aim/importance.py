@@ -98,6 +98,7 @@ def pagerank_importance(
     max_bytes: int = 1 << 30,
     row_block: Optional[int] = None,
     all_valid: Optional[bool] = None,
+    voters: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """PageRank-style importance of every token, shape (B, N), float32; zero where not valid.
 
@@ -105,6 +106,8 @@ def pagerank_importance(
     of nkv (grouped-query heads share their group's keys); valid: (B, N) bool, the tokens
     present at this layer. ``row_block`` overrides the query rows per block (tests, tuning).
     ``all_valid``: whether every slot is valid, when the caller knows it (no device read).
+    ``voters``: (B, N) bool, the valid tokens the walk starts from (default: all valid). Causal
+    attention means a prefix of voters scores exactly as if the later tokens were absent.
 
     The transition matrix M is never stored whole. With causal attention d_{t+1}[j] sums
     d_t[i] M[i, j] over rows i >= j only, so row blocks are taken from the last to the first
@@ -123,8 +126,9 @@ def pagerank_importance(
     group = nh // nkv
     valid = valid.to(torch.bool)
     all_valid = _all_present(valid, all_valid)
-    present = valid.sum(dim=-1, keepdim=True).clamp_min(1).to(torch.float32)
-    start = valid.to(torch.float32) / present  # uniform 1/N over the present tokens
+    voters = valid if voters is None else voters.to(torch.bool) & valid
+    present = voters.sum(dim=-1, keepdim=True).clamp_min(1).to(torch.float32)
+    start = voters.to(torch.float32) / present  # uniform 1/N over the voting tokens
     # Fold scale and temperature into q (masking after dividing by tau, as docs/method.md says);
     # group the query heads by the key/value head they share: one matmul per group and block.
     q = (query.to(torch.float32) * (scaling / tau)).reshape(b, nkv, group, n, hd)
@@ -184,12 +188,15 @@ def attention_importance(
     scaling: float,
     max_bytes: int = 1 << 30,
     all_valid: Optional[bool] = None,
+    voters: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Cheaper score, NOT the paper's: mean causal attention (tau 1) each token receives from
-    the present queries, averaged over heads. One softmax, no power iterations."""
+    the present queries (``voters``, default all valid), averaged over heads. One softmax, no
+    power iterations."""
     b, nh, n, _ = query.shape
     group = nh // key.shape[1]
     valid = valid.to(torch.bool)
+    voters = valid if voters is None else voters.to(torch.bool) & valid
     total = torch.zeros(b, n, dtype=torch.float32, device=query.device)
     chunk = heads_per_chunk(b, nh, n, _chunk_budget(query.device, max_bytes))
     for h0 in range(0, nh, chunk):
@@ -199,9 +206,9 @@ def attention_importance(
             all_valid,
         )
         for rows, probs in blocks:
-            # only present queries vote
-            total[:, : rows.stop] += (probs * valid[:, None, rows, None]).sum(dim=(1, 2))
-    present = valid.sum(dim=-1, keepdim=True).clamp_min(1).to(torch.float32)
+            # only present voting queries vote
+            total[:, : rows.stop] += (probs * voters[:, None, rows, None]).sum(dim=(1, 2))
+    present = voters.sum(dim=-1, keepdim=True).clamp_min(1).to(torch.float32)
     return total / (nh * present) * valid
 
 
@@ -273,20 +280,24 @@ def log_first_step_attention(
     tau: float = 0.1,
     max_bytes: int = 1 << 30,
     all_valid: Optional[bool] = None,
+    voters: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """log of the PageRank mass each token holds after the FIRST power step, root-mean-square
     over heads, computed in the log domain: (B, N) float32, -inf where not valid.
 
     The same transition matrix as :func:`pagerank_importance` (causal, temperature ``tau``,
     over the valid tokens), d_1[j] = sum_i M[i, j] / N; as log-sum-exp of (logit - row lse) it
-    never underflows, so it still orders tokens whose PageRank score is exactly 0. Every valid
-    token receives at least its own diagonal share, so the result is finite there.
+    never underflows, so it still orders tokens whose PageRank score is exactly 0. Every voting
+    token receives at least its own diagonal share, so the result is finite there. ``voters``:
+    the valid tokens whose rows cast shares (default: all valid).
     """
     b, nh, n, hd = query.shape
     nkv = key.shape[1]
     group = nh // nkv
     valid = valid.to(torch.bool)
     all_valid = _all_present(valid, all_valid)
+    restricted = voters is not None
+    voters = valid if voters is None else voters.to(torch.bool) & valid
     q = (query.to(torch.float32) * (scaling / tau)).reshape(b, nkv, group, n, hd)
     k = key.to(torch.float32)
     chunk, rows = pagerank_blocking(b, nkv, group, n, query.device, max_bytes)
@@ -302,10 +313,10 @@ def log_first_step_attention(
             logits = logits.view(b, c, group, m, i1)
             _mask_block(logits, valid, all_valid, i0, causal[:m, :m])
             shares = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # log M[i, j]
-            if not all_valid:  # invalid queries cast no share
-                shares.masked_fill_(~valid[:, None, None, i0:i1, None], float("-inf"))
+            if not all_valid or restricted:  # invalid (or non-voting) queries cast no share
+                shares.masked_fill_(~voters[:, None, None, i0:i1, None], float("-inf"))
             received[:, kv, :, :i1] = torch.logaddexp(received[:, kv, :, :i1], torch.logsumexp(shares, dim=-2))
-    present = valid.sum(dim=-1).clamp_min(1).to(torch.float32)
+    present = voters.sum(dim=-1).clamp_min(1).to(torch.float32)
     per_head = received.reshape(b, nh, n) - present.log()[:, None, None]
     out = 0.5 * (torch.logsumexp(2 * per_head, dim=1) - torch.log(torch.tensor(float(nh))))
     return out.masked_fill(~valid, float("-inf"))
@@ -325,8 +336,10 @@ def compact_left(keep: torch.Tensor, width: Optional[int] = None):
     return index, keep.gather(1, index)
 
 
-def last_token_attention(query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor, scaling: float) -> torch.Tensor:
+def last_token_attention(query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor, scaling: float,
+                         voters: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Attention the last present token pays every token, mean over heads: (B, N) float32.
+    With ``voters`` (B, N) bool: the last present voting token, attending its earlier keys.
 
     The score of FastV and PyramidDrop (their "last token" / "last instruction token": at
     prefill both are the prompt's last token). One query row per sample against the layer's
@@ -338,13 +351,15 @@ def last_token_attention(query: torch.Tensor, key: torch.Tensor, valid: torch.Te
     if nh % nkv:
         raise ValueError(f"query heads {nh} not a multiple of key/value heads {nkv}")
     valid = valid.to(torch.bool)
-    last = (n - 1) - valid.flip(-1).to(torch.int8).argmax(dim=-1)  # (B,) last present slot
+    caster = valid if voters is None else voters.to(torch.bool) & valid
+    last = (n - 1) - caster.flip(-1).to(torch.int8).argmax(dim=-1)  # (B,) last present (voting) slot
     rows = torch.arange(b, device=query.device)
     q = query[rows, :, last].to(torch.float32).reshape(b, nkv, nh // nkv, 1, d)
     k = key.to(torch.float32).unsqueeze(2)  # (B, nkv, 1, N, d)
     logits = torch.matmul(q, k.transpose(-1, -2)).reshape(b, nh, n) * scaling
-    logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
-    return torch.softmax(logits, dim=-1).mean(dim=1) * valid
+    seen = valid if voters is None else valid & (torch.arange(n, device=valid.device) <= last[:, None])
+    logits = logits.masked_fill(~seen[:, None, :], float("-inf"))
+    return torch.softmax(logits, dim=-1).mean(dim=1) * seen
 
 
 _HASH_MOD = (1 << 31) - 1  # a prime; every intermediate product stays far below 2**63

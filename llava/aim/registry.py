@@ -47,6 +47,10 @@ class ScoreInputs:
     query: Any = None  # (B, nh, N, d) post-RoPE queries, with "qk"
     key: Any = None  # (B, nkv, N, d) post-RoPE keys, with "qk"
     scaling: Optional[float] = None  # the attention's scaling, with "qk"
+    # (B, N) bool: the present tokens whose queries rank (None: all present). A prefill that
+    # continues an earlier one without a cache (generate(use_cache=False)) lets only the earlier
+    # prompt's tokens vote, so it makes exactly the earlier prefill's decisions.
+    voters: Any = None
 
 
 @dataclass(frozen=True)
@@ -119,19 +123,20 @@ def pagerank_score(x: ScoreInputs):
     from llava.aim.importance import pagerank_importance
 
     return pagerank_importance(x.query, x.key, x.valid, x.scaling, x.cfg.pagerank_tau, x.cfg.pagerank_iters,
-                               _budget(x.cfg), all_valid=x.all_valid)
+                               _budget(x.cfg), all_valid=x.all_valid, voters=x.voters)
 
 
 def attention_score(x: ScoreInputs):
     from llava.aim.importance import attention_importance
 
-    return attention_importance(x.query, x.key, x.valid, x.scaling, _budget(x.cfg), all_valid=x.all_valid)
+    return attention_importance(x.query, x.key, x.valid, x.scaling, _budget(x.cfg), all_valid=x.all_valid,
+                                voters=x.voters)
 
 
 def last_token_score(x: ScoreInputs):
     from llava.aim.importance import last_token_attention
 
-    return last_token_attention(x.query, x.key, x.valid, x.scaling)
+    return last_token_attention(x.query, x.key, x.valid, x.scaling, voters=x.voters)
 
 
 def random_score(x: ScoreInputs):

@@ -123,9 +123,13 @@ class AIMRuntime:
         self.handles = []
         self.restore = []
         self.family_state: dict = {}  # whatever a family adapter keeps between its own hooks
+        self._call_ids: Optional[torch.Tensor] = None  # input ids of the current call (None: embeds)
+        # (input ids, vote limit) of the last prefill run without a cache (prefill_vote_limit)
+        self._last_uncached: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     # visual-token mask: set by a pre-hook on the multimodal model, consumed by the driver
     def set_visual_mask(self, input_ids: Optional[torch.Tensor]) -> None:
+        self._call_ids = input_ids
         if input_ids is None:
             self.set_token_masks(None)
             return
@@ -146,6 +150,28 @@ class AIMRuntime:
     def take_visual_mask(self) -> Optional[torch.Tensor]:
         mask, self._visual_mask = self._visual_mask, None
         return mask
+
+    def prefill_vote_limit(self, seq_len: int, remember: bool) -> Optional[torch.Tensor]:
+        """Which slots of this prefill may vote in the importance scores: slots < the returned
+        0-dim long device tensor (None: every present token).
+
+        ``remember`` (a prefill without a cache): a prefill whose batch size matches the last
+        uncached one, which is longer and whose leading ids equal that one's is its continuation
+        (generate(use_cache=False) re-runs prompt + generated tokens; left padding stays the
+        same layout): it inherits that prefill's limit, so only the first prompt votes. Decided
+        on the device (a where, no host read); any other prompt is scored afresh.
+        """
+        ids, self._call_ids = self._call_ids, None
+        last, self._last_uncached = self._last_uncached, None
+        if not remember or ids is None or ids.dim() != 2 or ids.shape[1] != seq_len:
+            return None
+        limit = torch.full((), seq_len, dtype=torch.long, device=ids.device)
+        if last is not None and last[0].shape[0] == ids.shape[0] and last[0].shape[1] < seq_len:
+            old_ids, old_limit = last
+            same = (ids[:, : old_ids.shape[1]] == old_ids).all()
+            limit = torch.where(same, old_limit, limit)
+        self._last_uncached = (ids, limit)
+        return limit
 
     def record_arrival(self, token_id: int, real: torch.Tensor) -> None:
         """Which of ``token_id``'s placeholders (in prompt order over the batch) hold real tokens;

@@ -106,7 +106,8 @@ class ImportanceProbe:
         query, key, scaling = self._qk
         tau = self.cfg.pagerank_tau if score_of(self.cfg) == "pagerank" else 1.0
         return log_first_step_attention(query, key, self.inputs.valid, scaling, tau,
-                                        self.cfg.importance_memory_mb << 20, all_valid=self.inputs.all_valid)
+                                        self.cfg.importance_memory_mb << 20, all_valid=self.inputs.all_valid,
+                                        voters=self.inputs.voters)
 
 
 @dataclass
@@ -389,12 +390,21 @@ class DecoderDriver:
             t = t.compact(t.alive, plan.start_width)  # the fillers leave before layer 0
         stats = DeviceStats(track_positions=getattr(self.runtime, "track_sources", False))
         score = score_entry(cfg)
+        # Without a cache, generate() re-runs the prefill on prompt + generated tokens: only the
+        # first prefill's tokens (slots < vote_limit, a device scalar) vote, so the same tokens
+        # survive as there (causal: their hidden states ignore the later tokens).
+        limit_of = getattr(self.runtime, "prefill_vote_limit", None)
+        vote_limit = limit_of(seq_len, remember=not use_cache) if limit_of is not None else None
+        if vote_limit is not None:
+            vote_limit = vote_limit.to(h.device)
         layer_alive: List[torch.Tensor] = []
         for j, layer in enumerate(lm.layers):
             stats.enter(t)
             layer_alive.append(t.alive)
             inputs = ScoreInputs(cfg, j, t.alive, t.visual, t.alive & ~t.visual,
-                                 prompt.visual_index.gather(1, t.slot), plan.full[j]) if plan.ranked(j) else None
+                                 prompt.visual_index.gather(1, t.slot), plan.full[j],
+                                 voters=None if vote_limit is None else t.alive & (t.slot < vote_limit),
+                                 ) if plan.ranked(j) else None
             probe = ImportanceProbe(cfg, inputs) if inputs is not None and "qk" in score.needs else None
             t.h = layer(
                 t.h,
