@@ -14,7 +14,7 @@ from conftest import image_inputs, make_image
 from llava import AIMConfig, apply_aim
 from llava.aim.merge import merge_frames, merged_token_count
 from llava.errors import AIMConfigError
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 
 def reference_features(model, pixel_values, cfg):

@@ -30,7 +30,7 @@ from llava.aim.prumerge import (
     token_bound,
 )
 from llava.errors import AIMConfigError
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 
 # -- a slow reference of the official algorithm ---------------------------------------------

@@ -15,7 +15,7 @@ from llava.model.families import FAMILIES, family_for_model_type
 from llava.model.families.base import LayerAdditions
 from llava.model.families.qwen2_vl import IMAGE, VIDEO, merge_item
 from llava.model.families.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 QWEN3_TINY = ("tiny-qwen3-vl", "tiny-qwen3-vl-moe")
 # 4 frames of 48 x 80 px -> 2 temporal groups of 10 x 16 patches (16 px), 5 x 8 = 40 merged tokens each;

@@ -221,7 +221,7 @@ def load_pretrained_model(
         raise ModelLoadError(f"cannot load {source!r}: {_first_line(exc)}") from exc
     model.eval()
     if aim is not None:
-        from llava.model.llava_arch import apply_aim
+        from llava.model.runtime import apply_aim
 
         model, processor = apply_aim(model, processor, aim, track_sources=track_sources)
     return model, processor

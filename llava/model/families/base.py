@@ -19,7 +19,7 @@ another, as far as AIM is concerned:
   under the language model keyword ``aim_layer_additions`` (``LAYER_ADDITIONS_KWARG``), and the
   driver applies it after each layer to the rows still present.
 
-The runtime, the statistics and the decoder driver (llava/model/llava_arch.py,
+The runtime, the statistics and the decoder driver (llava/model/runtime.py,
 language_model/) know nothing about families. Adding a family = one module here that
 subclasses :class:`FamilyAdapter`, listed in ``families/__init__.py``, and a tiny model.
 """
