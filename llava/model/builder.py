@@ -229,8 +229,3 @@ def load_pretrained_model(
 
 def num_decoder_layers(model) -> int:
     return len(model.model.language_model.layers)
-
-
-def describe_builtin(name: str) -> dict:
-    with open(BUILTIN_MODELS[name] / "config.json") as fh:
-        return json.load(fh)
