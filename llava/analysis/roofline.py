@@ -61,7 +61,6 @@ from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_schedule, merged_token_count
 from llava.aim.prumerge import nominal_tokens
 from llava.aim.policy import drop_layers_for, reduction_of, score_of, spec
-from llava.aim.policy import aim_default_layers
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
@@ -577,14 +576,6 @@ def count_rule(convention: str, merge_count: str = "official") -> str:
     """The merged-count rule a convention counts with: the paper's tables used floor(T * r)
     ("exact"); the runtime convention counts what the runtime keeps (``merge_count``)."""
     return "exact" if convention == "paper" else merge_count
-
-
-def paper_default_layers(num_layers: int) -> Tuple[int, int]:
-    """The paper's (l1, l2) = (14, 22) of 28 layers, scaled to ``num_layers`` (rounded half up).
-
-    Always 0 <= l1 < num_layers and l1 < l2 (``llava.aim.policy.aim_default_layers``).
-    """
-    return aim_default_layers(num_layers)
 
 
 @dataclass
