@@ -40,7 +40,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 
 def resolve_method_settings(num_layers: int, args: argparse.Namespace, vision=None) -> Dict[str, Any]:
     """``analyze``'s method keywords (retention / l1 / l2 / method / drop_layers / drop_ratio /
-    pagerank_iterations, kept_tokens) and notes from the CLI options, through the AIMConfig they
+    pagerank_iters, kept_tokens) and notes from the CLI options, through the AIMConfig they
     resolve to (:func:`resolve_method_config`)."""
     cfg, notes = resolve_method_config(num_layers, args, vision)
     # merge_count: analysis_inputs passes the runtime convention (--merge-count) with the geometry

@@ -490,14 +490,14 @@ def paper_importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int]
 
 
 def importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], layers: Sequence[int], hardware: Hardware,
-                            options: Optional[RooflineOptions] = None, iterations: int = 5,
+                            options: Optional[RooflineOptions] = None, pagerank_iters: int = 5,
                             score_bytes: float = 4) -> List[OpCost]:
     """PageRank importance at each pruning layer j on its N_j tokens (float32 scores), as
     ``llava.aim.importance.pagerank_importance`` computes it: only the P = N(N+1)/2 causal
     (query, key) pairs, in row blocks.
 
     QK^T over all heads (2*P*d*nh; loads Q and K, stores the scores), softmax with the
-    temperature (5*nh*P; loads and stores them), ``iterations`` power steps (2*nh*P each) that
+    temperature (5*nh*P; loads and stores them), ``pagerank_iters`` power steps (2*nh*P each) that
     load the probabilities once: a block's keys before it take all steps in one matrix
     product, only its small diagonal square is re-read per step (from cache, not counted).
     Root-mean-square over heads (3*nh*N).
@@ -511,7 +511,7 @@ def importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
         ops += [
             _op(f"importance.qk[{j}]", 2 * pairs * d * nh, n * d * nh * a + n * d * llm.kv_heads * a + pairs * nh * s, hardware),
             _op(f"importance.softmax[{j}]", 5 * nh * pairs, 2 * nh * pairs * s, hardware),
-            _op(f"importance.power[{j}]", iterations * 2 * nh * pairs, nh * pairs * s + 2 * iterations * nh * n * s, hardware),
+            _op(f"importance.power[{j}]", pagerank_iters * 2 * nh * pairs, nh * pairs * s + 2 * pagerank_iters * nh * n * s, hardware),
             _op(f"importance.rms[{j}]", 3 * nh * n, nh * n * s + n * s, hardware),
         ]
     return ops
@@ -652,7 +652,7 @@ class Analysis:
 
 
 _SETTING_KEYS = ("frames", "tokens_per_frame", "text_tokens", "newline_tokens", "retention", "l1", "l2", "convention",
-                 "pagerank_iterations", "method", "drop_layers", "drop_ratio", "merge_count", "kept_tokens")
+                 "pagerank_iters", "method", "drop_layers", "drop_ratio", "merge_count", "kept_tokens")
 
 
 def _analyze_kwargs(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -667,7 +667,7 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
 # analyze's keyword for each AIMConfig field it takes: the one bridge from a config to the analyzer.
 CONFIG_ARGUMENTS = {"retention": "retention", "l1": "l1", "l2": "l2", "method": "method",
                     "drop_layers": "drop_layers", "drop_ratio": "drop_ratio",
-                    "pagerank_iters": "pagerank_iterations", "merge_count": "merge_count"}
+                    "pagerank_iters": "pagerank_iters", "merge_count": "merge_count"}
 
 
 def config_arguments(cfg: Any, without: Sequence[str] = ()) -> Dict[str, Any]:
@@ -691,7 +691,7 @@ def analyze(
     newline_tokens: int = 0,
     options: Optional[RooflineOptions] = None,
     vision: Union[str, VisionShape, None] = None,
-    pagerank_iterations: int = 5,
+    pagerank_iters: int = 5,
     method: str = "aim",
     drop_layers: Optional[Sequence[int]] = None,
     drop_ratio: Optional[float] = None,
@@ -739,7 +739,7 @@ def analyze(
     _check_count("tokens_per_frame", tokens_per_frame, 1)
     _check_count("text_tokens", text_tokens, 0)
     _check_count("newline_tokens", newline_tokens, 0)
-    _check_count("pagerank_iterations", pagerank_iterations, 1)
+    _check_count("pagerank_iters", pagerank_iters, 1)
     cfg = AIMConfig(retention=retention, l1=l1, l2=l2, method=method, merge_count=merge_count,
                     drop_layers=None if drop_layers is None else tuple(drop_layers), drop_ratio=drop_ratio)
     cfg.check_against_model(shape.layers)
@@ -776,7 +776,7 @@ def analyze(
     if l1 is not None and score in ("pagerank", "attention") and convention == "paper":
         overhead += paper_importance_overhead_ops(shape, tokens, pruning_layers(visual), hw, options)
     elif l1 is not None and score in ("pagerank", "attention"):  # AIM's count, whichever AIM score
-        overhead += importance_overhead_ops(shape, tokens, scoring_layers(visual), hw, options, pagerank_iterations)
+        overhead += importance_overhead_ops(shape, tokens, scoring_layers(visual), hw, options, pagerank_iters)
     elif score == "last_token":
         overhead += last_token_overhead_ops(shape, tokens, scoring_layers(visual), hw, options)
     # random (a hash per visual token) and none (VTW): no score work worth counting
@@ -785,7 +785,7 @@ def analyze(
         "llm": shape.name, "frames": frames, "tokens_per_frame": tokens_per_frame,
         "tokens_per_frame_kept": kept, "text_tokens": text_tokens, "newline_tokens": newline_tokens,
         "visual_tokens": v0, "retention": retention, "l1": l1, "l2": l2, "convention": convention,
-        "pagerank_iterations": pagerank_iterations, "hardware": hw.name, "vision_tower": vshape.name,
+        "pagerank_iters": pagerank_iters, "hardware": hw.name, "vision_tower": vshape.name,
         "merge_count": merge_count, "count_rule": rule, "kept_tokens": kept_tokens,
         "method": method, "drop_layers": None if drop_layers is None else list(drop_layers),
         "drop_ratio": drop_ratio, "score": score,
