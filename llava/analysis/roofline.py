@@ -413,18 +413,18 @@ def vision_encoder_cost(vision: VisionShape, llm: LLMShape, frames: int, hardwar
     return ComponentCost(f"{vision.name} + projector x {frames} frames", tuple(_scaled(op, frames) for op in per_frame))
 
 
-def merge_steps(tokens_per_frame: int, retention: float, rule: str = "official") -> List[Tuple[int, int]]:
+def merge_steps(tokens_per_frame: int, retention: float, merge_count: str = "official") -> List[Tuple[int, int]]:
     """(tokens before, tokens removed) of each bipartite merging step of one frame: the steps
-    ``llava.aim.merge.merge_frames`` runs (``merge_schedule`` under ``rule``)."""
+    ``llava.aim.merge.merge_frames`` runs (``merge_schedule`` under ``merge_count``)."""
     t, steps = tokens_per_frame, []
-    for r in merge_schedule(tokens_per_frame, retention, rule):
+    for r in merge_schedule(tokens_per_frame, retention, merge_count):
         steps.append((t, r))
         t -= r
     return steps
 
 
 def merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, frames: int, hardware: Hardware,
-                       options: Optional[RooflineOptions] = None, rule: str = "official") -> List[OpCost]:
+                       options: Optional[RooflineOptions] = None, merge_count: str = "official") -> List[OpCost]:
     """Token merging on ``frames`` frames of ``channels``-wide tokens (the projected features).
 
     Per step on t tokens (na = ceil(t/2) sources, nb = floor(t/2) destinations, r merged):
@@ -434,7 +434,7 @@ def merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, f
     o = options or RooflineOptions()
     a, C = o.act_bytes, channels
     ops: List[OpCost] = []
-    for i, (t, r) in enumerate(merge_steps(tokens_per_frame, retention, rule)):
+    for i, (t, r) in enumerate(merge_steps(tokens_per_frame, retention, merge_count)):
         na, nb = (t + 1) // 2, t // 2
         step = [
             _op(f"merge.normalize[{i}]", 3 * t * C, 2 * t * C * a, hardware),
@@ -448,7 +448,7 @@ def merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, f
 
 def paper_merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, frames: int,
                              hardware: Hardware, options: Optional[RooflineOptions] = None,
-                             rule: str = "exact") -> List[OpCost]:
+                             merge_count: str = "exact") -> List[OpCost]:
     """Merging as the paper's overhead table counts it (88.25 GFLOPs at 32 x 196, 1/4, C = 3584).
 
     The bipartite similarity is counted *jointly over all frames' tokens*: per step on
@@ -459,7 +459,7 @@ def paper_merge_overhead_ops(tokens_per_frame: int, retention: float, channels: 
     o = options or RooflineOptions()
     A, C = o.act_bytes, channels
     ops: List[OpCost] = []
-    for i, (t_frame, _) in enumerate(merge_steps(tokens_per_frame, retention, rule)):
+    for i, (t_frame, _) in enumerate(merge_steps(tokens_per_frame, retention, merge_count)):
         t = frames * t_frame
         a = t / 2
         ops += [
@@ -518,11 +518,11 @@ def importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
 
 
 def pool_overhead_ops(tokens_per_frame: int, retention: float, channels: int, frames: int, hardware: Hardware,
-                      options: Optional[RooflineOptions] = None, rule: str = "official") -> List[OpCost]:
+                      options: Optional[RooflineOptions] = None, merge_count: str = "official") -> List[OpCost]:
     """Spatial pooling (the "pool" control) of ``frames`` frames to k tokens: one add per input
     element, one division per output element; reads the frame, writes the pooled tokens."""
     o = options or RooflineOptions()
-    k, t, C = merged_token_count(tokens_per_frame, retention, rule), tokens_per_frame, channels
+    k, t, C = merged_token_count(tokens_per_frame, retention, merge_count), tokens_per_frame, channels
     return [_scaled(_op("pool", t * C + k * C, t * C * o.act_bytes + k * C * o.act_bytes, hardware), frames)]
 
 
