@@ -60,7 +60,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_schedule, merged_token_count
 from llava.aim.prumerge import nominal_tokens
-from llava.aim.policy import drop_layers_for, reduction_of, score_of, spec
+from llava.aim.policy import AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, reduction_of, score_of, spec
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
@@ -68,7 +68,7 @@ from llava.errors import AIMConfigError
 
 # The paper's main setting on Qwen2-7B (28 layers).
 PAPER_RETENTION = 0.25
-PAPER_L1, PAPER_L2, PAPER_LAYERS = 14, 22, 28
+PAPER_L1, PAPER_L2, PAPER_LAYERS = AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS  # one definition: llava.aim.policy
 
 NOTE_SILU = "SiLU-gate (mlp_act) is counted with H, not I, as the reference model (LLM-Viewer) does"
 NOTE_REFERENCE = (
