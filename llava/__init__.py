@@ -15,9 +15,9 @@ __all__ = ["AIMConfig", "AIMError", "apply_aim", "load_pretrained_model", "remov
 def __getattr__(name):
     # transformers is heavy: import the integration only when it is asked for.
     if name in ("apply_aim", "remove_aim"):
-        from llava.model import llava_arch
+        from llava.model import runtime
 
-        return getattr(llava_arch, name)
+        return getattr(runtime, name)
     if name == "load_pretrained_model":
         from llava.model.builder import load_pretrained_model
 

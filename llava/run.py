@@ -369,7 +369,7 @@ def run_command(args) -> int:
     model, processor = load_pretrained_model(source, aim=None, torch_dtype=dtype, attn_implementation=args.attn,
                                              use_kernels=args.use_kernels)
     model.to(device)
-    from llava.model.llava_arch import apply_aim
+    from llava.model.runtime import apply_aim
 
     model, processor = apply_aim(model, processor, cfg)
     cfg = model.aim_config  # "auto" layers resolved for this model: print what runs

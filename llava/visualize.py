@@ -191,7 +191,7 @@ def collect_token_views(model, processor, media, is_video: bool, cfg, layers: Se
     """
     import torch
 
-    from llava.model.llava_arch import apply_aim, remove_aim
+    from llava.model.runtime import apply_aim, remove_aim
 
     previous = getattr(model, "_aim_runtime", None)
     apply_aim(model, processor, cfg, track_sources=True)

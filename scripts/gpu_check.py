@@ -32,7 +32,7 @@ def _json_out(path: str, payload: Dict[str, Any]) -> None:
 # -- removal vs mask ----------------------------------------------------------------------------
 def _prefill_hidden(lm, cfg, ids) -> torch.Tensor:
     from llava.bench.measure import VISUAL_ID
-    from llava.model.llava_arch import AIMRuntime, install_pruning
+    from llava.model.runtime import AIMRuntime, install_pruning
 
     runtime = AIMRuntime(cfg, [VISUAL_ID])
     install_pruning(lm, runtime)

@@ -29,7 +29,8 @@ import torch
 from llava.aim.config import AIMConfig
 from llava.aim.policy import PRUMERGE_METHODS, SPECS, STEP_METHODS, describe
 from llava.analysis.matching import match_budget
-from llava.analysis.roofline import analyze, paper_default_layers
+from llava.aim.policy import aim_default_layers
+from llava.analysis.roofline import analyze
 from llava.analysis.shapes import get_llm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,7 +40,7 @@ DEFAULT_OUT = os.path.join(HERE, "..", "docs", "comparison.md")
 def rows_for(llm, frames: int, text: int, hardware: str) -> List[Dict[str, Any]]:
     """Predicted rows: baseline, AIM, controls, each baseline at its default and matched."""
     shape = get_llm(llm)
-    l1, l2 = paper_default_layers(shape.layers)
+    l1, l2 = aim_default_layers(shape.layers)
     common = dict(llm=llm, frames=frames, text_tokens=text, hardware=hardware)
     base = analyze(**common)
     aim = analyze(retention=0.25, l1=l1, l2=l2, **common)
@@ -86,7 +87,7 @@ def measure(rows: List[Dict[str, Any]], frames: int, text: int, repeats: int) ->
 
     config = small_qwen2_config()
     layers = config.num_hidden_layers
-    l1, l2 = paper_default_layers(layers)
+    l1, l2 = aim_default_layers(layers)
     common = dict(llm=config, frames=frames, text_tokens=text, newline_tokens=1, hardware="nvidia_A100")
     aim = analyze(retention=0.25, l1=l1, l2=l2, **common)
     cases = [PrefillCase("no reduction", None, frames * 196 + 1, text)]

@@ -105,7 +105,7 @@ def encode_video(path, frames, fps=8, codec=None, options=None):
 @pytest.fixture(params=["ov", "llava15"])
 def model_case(request, ov_sdpa, llava15_sdpa):
     """(model, processor, inputs builder) for each LLaVA family, AIM removed after the test."""
-    from llava.model.llava_arch import remove_aim
+    from llava.model.runtime import remove_aim
 
     if request.param == "ov":
         model, processor = ov_sdpa

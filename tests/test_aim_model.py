@@ -15,7 +15,7 @@ from llava.aim.merge import merged_token_count
 from llava.aim.schedule import visual_tokens_per_layer
 from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsageError
 from llava.model.language_model.compat import cache_kwargs, output_cache
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 NEW_TOKENS = 16
 

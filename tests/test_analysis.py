@@ -26,7 +26,8 @@ from llava.analysis import (
     prefill_cost,
 )
 from llava.analysis.cli import add_flops_command, compact_counts
-from llava.analysis.roofline import merge_steps, paper_default_layers
+from llava.aim.policy import aim_default_layers
+from llava.analysis.roofline import merge_steps
 from llava.errors import AIMConfigError
 
 # A toy model: H=8, I=16, nh=2, nkv=1 (d=4), L=2, V=10; a toy card: 100 OP/s, 10 B/s.
@@ -225,10 +226,10 @@ def test_merge_steps_match_the_paper():
     assert 196 - sum(r for _, r in merge_steps(196, 1 / 64, "exact")) == 3
 
 
-def test_paper_default_layers_scaled():
-    assert paper_default_layers(28) == (14, 22)
-    assert paper_default_layers(32) == (16, 25)
-    l1, l2 = paper_default_layers(2)
+def test_aim_default_layers_scaled():
+    assert aim_default_layers(28) == (14, 22)
+    assert aim_default_layers(32) == (16, 25)
+    l1, l2 = aim_default_layers(2)
     assert 0 <= l1 < 2 and l1 < l2
 
 
@@ -366,7 +367,7 @@ def test_cli_local_config_path(cli_main, capsys, tmp_path):
     assert cli_main(["flops", "--json", "--llm", str(d), "--frames", "2"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["tokens_per_layer"]) == 4
-    assert (data["l1"], data["l2"]) == paper_default_layers(4)
+    assert (data["l1"], data["l2"]) == aim_default_layers(4)
 
 
 @pytest.mark.parametrize("argv", [

@@ -19,7 +19,7 @@ from conftest import make_video, video_inputs
 
 @pytest.mark.parametrize("retention,l1,l2", [(0.25, 4, 6), (0.5, 2, 7), (1.0, 0, 3), (0.125, 5, 40)])
 def test_analyzer_tokens_per_layer_equal_what_the_tiny_model_ran(ov_sdpa, retention, l1, l2):
-    from llava.model.llava_arch import apply_aim, remove_aim
+    from llava.model.runtime import apply_aim, remove_aim
 
     model, processor = ov_sdpa
     frames = 3

@@ -15,7 +15,7 @@ import torch
 
 from conftest import make_video, video_inputs
 from llava import AIMConfig, apply_aim
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 
 def _visible_keys(mask, kv_len):

@@ -40,7 +40,7 @@ from llava.bench.models import BENCH_MODELS
 from llava.cli import main
 from llava.model.builder import BUILTIN_MODELS
 from llava.model.families import FAMILIES
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 NEW_TOKENS = 16
 FAMILY_MODELS = [(family, tiny) for family in FAMILIES for tiny in family.tiny_models]

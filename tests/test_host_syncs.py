@@ -24,7 +24,7 @@ import llava
 from conftest import make_video, video_inputs
 from llava import AIMConfig, apply_aim
 from llava.model.language_model.compat import cache_kwargs, output_cache
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 LLAVA_DIR = os.path.dirname(os.path.abspath(llava.__file__)) + os.sep
 TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep

@@ -110,7 +110,7 @@ def test_pagerank_tau_iters(tau, iters):
     q, k = qk(2)
     valid = torch.ones(B, N, dtype=torch.bool)
     ref = reference_pagerank(q, k, valid, SCALE, tau=tau, iters=iters)
-    close(pagerank_importance(q.float(), k.float(), valid, SCALE, tau=tau, iters=iters), ref)
+    close(pagerank_importance(q.float(), k.float(), valid, SCALE, tau=tau, pagerank_iters=iters), ref)
 
 
 def test_pagerank_left_padded_matches_reference_and_subset():

@@ -127,7 +127,7 @@ def test_analyze_takes_a_resolved_config():
     from llava.analysis.roofline import analyze, config_arguments
 
     cfg = AIMConfig(retention=0.5, l1=4, l2=8, pagerank_iters=3)
-    direct = analyze(llm="qwen2-7b", retention=0.5, l1=4, l2=8, pagerank_iterations=3)
+    direct = analyze(llm="qwen2-7b", retention=0.5, l1=4, l2=8, pagerank_iters=3)
     via = analyze(llm="qwen2-7b", **config_arguments(cfg))
     assert via.prefill_flops == direct.prefill_flops and via.settings == direct.settings
     with pytest.raises(ValueError, match="resolve_layers"):

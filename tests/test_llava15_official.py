@@ -14,7 +14,7 @@ from conftest import image_inputs, make_image
 from llava import AIMConfig, apply_aim
 from llava.aim.merge import merge_frames, merged_token_count
 from llava.errors import AIMConfigError
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 
 def reference_features(model, pixel_values, cfg):
@@ -28,7 +28,7 @@ def reference_features(model, pixel_values, cfg):
     keys = last.self_attn.k_proj(last.layer_norm1(hidden))[:, 1:]
     features = hidden[:, 1:]
     merged = merge_frames(features, cfg.retention, cfg.merge_weighting, cfg.merge_order, metric=keys,
-                          count=cfg.merge_count, track_sources=True)
+                          merge_count=cfg.merge_count, track_sources=True)
     return inner.multi_modal_projector(merged.tokens), merged.source_index
 
 

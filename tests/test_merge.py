@@ -88,7 +88,7 @@ def test_official_counts_196(retention, expected):
 @pytest.mark.parametrize("retention, expected", EXACT_196)
 def test_exact_counts_196(retention, expected):
     assert merged_token_count(196, retention, "exact") == expected
-    out = merge_frames(randn(2, 196, 4), retention, count="exact")
+    out = merge_frames(randn(2, 196, 4), retention, merge_count="exact")
     assert out.tokens.shape == (2, expected, 4)
 
 
@@ -177,7 +177,7 @@ def test_count_any_float_retention(t, retention):
 @given(t=st.integers(1, 400), k=st.integers(1, 1000), seed=st.integers(0, 2**16), rule=st.sampled_from(["official", "exact"]))
 def test_merge_frames_reaches_the_count(t, k, seed, rule):
     retention = k / 1000
-    out = merge_frames(randn(1, t, 3, seed=seed), retention, track_sources=True, count=rule)
+    out = merge_frames(randn(1, t, 3, seed=seed), retention, track_sources=True, merge_count=rule)
     expected = merged_token_count(t, retention, rule)
     assert out.tokens.shape == (1, expected, 3)
     assert out.sizes.shape == (1, expected)
@@ -205,7 +205,7 @@ def test_step_sequence_196(monkeypatch, retention, rule, steps):
         return real(x, sizes, r, *args, **kwargs)
 
     monkeypatch.setattr(merge_mod, "bipartite_merge_step", spy)
-    merge_frames(randn(1, 196, 4), retention, count=rule)
+    merge_frames(randn(1, 196, 4), retention, merge_count=rule)
     assert calls == steps
 
 
@@ -401,8 +401,8 @@ def test_mean_is_not_size_weighted_across_steps():
     x = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]]], dtype=torch.float64)
     # T=3 -> 1 token. Step 1 (t=3, r=1): A = x0, x2; B = x1. x0 -> x1 (sim .995) beats
     # x2 -> x1 (.0995): d1 = (x0 + x1) / 2 (size 2), x2 kept. Step 2 (t=2, r=1): x2 -> d1.
-    out_mean = merge_frames(x, 0.25, weighting="mean", track_sources=True, count="exact")
-    out_size = merge_frames(x, 0.25, weighting="size", track_sources=True, count="exact")
+    out_mean = merge_frames(x, 0.25, weighting="mean", track_sources=True, merge_count="exact")
+    out_size = merge_frames(x, 0.25, weighting="size", track_sources=True, merge_count="exact")
     assert out_mean.sizes.tolist() == out_size.sizes.tolist() == [[3.0]]
     d1 = (x[0, 1] + x[0, 0]) / 2
     torch.testing.assert_close(out_mean.tokens[0, 0], (d1 + x[0, 2]) / 2, rtol=1e-14, atol=1e-14)
@@ -534,7 +534,7 @@ def test_empty_frame_raises():
         merge_frames(torch.randn(2, 0, 4), 0.5)
     with pytest.raises(ValueError):
         merged_token_count(0, 0.5)
-    with pytest.raises(ValueError, match="rule"):
+    with pytest.raises(ValueError, match="merge_count"):
         merged_token_count(10, 0.5, "floor")
 
 

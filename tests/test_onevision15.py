@@ -13,7 +13,7 @@ from llava import AIMConfig, apply_aim
 from llava.aim.merge import merged_token_count
 from llava.errors import UnsupportedModelError
 from llava.model.families.onevision15 import MIN_TRANSFORMERS, OneVision15Adapter
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 TINY = "tiny-llava-onevision-1.5"
 HAS_OV15 = OneVision15Adapter().installed()

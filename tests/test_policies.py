@@ -26,7 +26,7 @@ from llava.aim.schedule import kept_count, policy_visual_tokens, stepwise_visual
 from llava.analysis.roofline import analyze
 from llava.cli import main
 from llava.errors import AIMConfigError
-from llava.model.llava_arch import AIMRuntime, install_pruning, remove_aim
+from llava.model.runtime import AIMRuntime, install_pruning, remove_aim
 
 VISUAL_ID = 5
 TEXT_HEAD, VISUAL, TEXT_TAIL = 5, 40, 7

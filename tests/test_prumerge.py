@@ -30,7 +30,7 @@ from llava.aim.prumerge import (
     token_bound,
 )
 from llava.errors import AIMConfigError
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 
 # -- a slow reference of the official algorithm ---------------------------------------------
@@ -289,7 +289,7 @@ def test_flops_and_plan_accept_prumerge(capsys):
 
 
 def test_run_cli_and_bench_case(capsys, tmp_path):
-    from llava.benchmark import method_case
+    from llava.bench.cases import method_case
     from llava.cli import main
 
     assert main(["run", "--method", "prumerge_plus", "--model", "tiny-llava-1.5", "--image",

@@ -17,7 +17,7 @@ from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsage
 from llava.model.families import family_for_model_type, family_of
 from llava.model.families.qwen2_vl import IMAGE, VIDEO
 from llava.model.language_model.compat import cache_kwargs, output_cache
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 NEW_TOKENS = 12
 CLIP = dict(frames=4, height=48, width=80)  # resized to 252 x 420 px: 18 x 30 patches, 9 x 15 merged

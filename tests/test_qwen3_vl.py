@@ -15,7 +15,7 @@ from llava.model.families import FAMILIES, family_for_model_type
 from llava.model.families.base import LayerAdditions
 from llava.model.families.qwen2_vl import IMAGE, VIDEO, merge_item
 from llava.model.families.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 
 # Qwen3-VL is served from transformers 5.24 on (Qwen3VLAdapter.min_transformers); on an older
 # release in the tested range (CI's oldest venv) it skips; tests/test_family_releases.py checks the refusal.

@@ -12,7 +12,7 @@ from llava.aim import registry
 from llava.aim.policy import METHODS, reduction_of, score_of
 from llava.analysis import roofline
 from llava.errors import AIMConfigError
-from llava.model.llava_arch import remove_aim
+from llava.model.runtime import remove_aim
 from llava.model.language_model.driver import ImportanceProbe
 
 

@@ -13,7 +13,7 @@ from llava import AIMConfig, apply_aim, remove_aim
 
 def test_remove_aim_is_exported():
     assert "remove_aim" in llava.__all__
-    from llava.model.llava_arch import remove_aim as inner
+    from llava.model.runtime import remove_aim as inner
 
     assert llava.remove_aim is inner
 

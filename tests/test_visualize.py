@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import image_inputs, make_image, make_video, video_inputs
 from llava.aim.config import AIMConfig
 from llava.errors import AIMConfigError, UnsupportedUsageError
-from llava.model.llava_arch import apply_aim, patch_grid, presence_by_frame, remove_aim
+from llava.model.runtime import apply_aim, patch_grid, presence_by_frame, remove_aim
 from llava.run import SAMPLE_VIDEO
 from llava.visualize import (
     CAPTION_LINE_PX,

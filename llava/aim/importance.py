@@ -94,7 +94,7 @@ def pagerank_importance(
     valid: torch.Tensor,
     scaling: float,
     tau: float = 0.1,
-    iters: int = 5,
+    pagerank_iters: int = 5,
     max_bytes: int = 1 << 30,
     row_block: Optional[int] = None,
     all_valid: Optional[bool] = None,
@@ -111,7 +111,7 @@ def pagerank_importance(
 
     The transition matrix M is never stored whole. With causal attention d_{t+1}[j] sums
     d_t[i] M[i, j] over rows i >= j only, so row blocks are taken from the last to the first
-    and each block does all ``iters`` power steps while it is in cache: when a block does step
+    and each block does all ``pagerank_iters`` power steps while it is in cache: when a block does step
     t, every later row has already contributed to it, so the block's own d_t entries are final
     once its diagonal square has done step t-1. Its keys before the block then take all steps
     in one matrix product. Same sums as d <- d M repeated, in another order (agrees to float32
@@ -139,7 +139,7 @@ def pagerank_importance(
     for g0 in range(0, nkv, chunk):
         kv = slice(g0, min(nkv, g0 + chunk))
         c = kv.stop - kv.start
-        d = torch.zeros(b, c, group, iters + 1, n, dtype=torch.float32, device=query.device)
+        d = torch.zeros(b, c, group, pagerank_iters + 1, n, dtype=torch.float32, device=query.device)
         d[..., 0, :] = start[:, None, None, :]
         for i0 in reversed(range(0, n, rows)):
             i1 = min(n, i0 + rows)
@@ -150,13 +150,13 @@ def pagerank_importance(
             probs = torch.softmax(logits, dim=-1)
             # The block's own square: step t needs this block's step t-1, so one step at a time.
             square = probs[..., i0:i1]
-            for t in range(iters):
+            for t in range(pagerank_iters):
                 d[..., t + 1, i0:i1] += torch.matmul(d[..., t : t + 1, i0:i1], square).squeeze(-2)
             if i0:
-                # Keys before the block: all steps at once, one (iters x m) @ (m x i0) product
+                # Keys before the block: all steps at once, one (pagerank_iters x m) @ (m x i0) product
                 # that reads these probabilities once instead of once per step.
-                d[..., 1:, :i0] += torch.matmul(d[..., :iters, i0:i1], probs[..., :i0])
-        sum_sq += d[..., iters, :].square().sum(dim=(1, 2))
+                d[..., 1:, :i0] += torch.matmul(d[..., :pagerank_iters, i0:i1], probs[..., :i0])
+        sum_sq += d[..., pagerank_iters, :].square().sum(dim=(1, 2))
     return (sum_sq / nh).sqrt()
 
 

@@ -37,17 +37,17 @@ def _floor_count(num_tokens: int, retention: float) -> int:
     return max(1, min(num_tokens, int(num_tokens * retention + 1e-9)))
 
 
-def merge_schedule(num_tokens: int, retention: float, rule: str = "official") -> List[int]:
+def merge_schedule(num_tokens: int, retention: float, merge_count: str = "official") -> List[int]:
     """Tokens removed by each bipartite step when one frame of ``num_tokens`` is merged.
 
-    rule "official" (the official code): at retention 1/2^K, step k = 1..K removes
+    merge_count "official" (the official code): at retention 1/2^K, step k = 1..K removes
     ``num_tokens // 2^k`` tokens, a share of the frame's ORIGINAL count (196: 98, 49, 24, 12,
     6, 3 removed, so 98, 49, 25, 13, 7, 4 kept at 1/2 .. 1/64); a step that would remove none
     ends the schedule (tiny frames). Any other retention targets
     ``max(1, floor(num_tokens * retention))`` with the same step sizes, the last step removing
     just enough (576 at 0.4375: 288, then 36, so 252 kept).
 
-    rule "exact": ``max(1, floor(num_tokens * retention))`` tokens kept, each step removing as
+    merge_count "exact": ``max(1, floor(num_tokens * retention))`` tokens kept, each step removing as
     many as it can (at most half), the last just enough (196 at 1/8: 98, 49, 24, 1, so 24).
 
     One step never removes more than half of its input (a bipartite matching cannot).
@@ -56,11 +56,11 @@ def merge_schedule(num_tokens: int, retention: float, rule: str = "official") ->
         raise ValueError(f"a frame needs at least one token, got {num_tokens!r}")
     if not (0.0 < retention <= 1.0):
         raise ValueError(f"retention must be in (0, 1], got {retention}")
-    if rule not in MERGE_COUNTS:
-        raise ValueError(f"rule must be one of {MERGE_COUNTS}, got {rule!r}")
+    if merge_count not in MERGE_COUNTS:
+        raise ValueError(f"merge_count must be one of {MERGE_COUNTS}, got {merge_count!r}")
     steps: List[int] = []
     t = num_tokens
-    halvings = _halvings(retention) if rule == "official" else None
+    halvings = _halvings(retention) if merge_count == "official" else None
     if halvings is not None:
         for k in range(1, halvings + 1):
             r = min(num_tokens >> k, t // 2)
@@ -72,7 +72,7 @@ def merge_schedule(num_tokens: int, retention: float, rule: str = "official") ->
     target = _floor_count(num_tokens, retention)
     k = 1
     while t > target:
-        share = max(1, num_tokens >> k) if rule == "official" else t
+        share = max(1, num_tokens >> k) if merge_count == "official" else t
         r = min(share, t // 2, t - target)
         steps.append(r)
         t -= r
@@ -80,9 +80,9 @@ def merge_schedule(num_tokens: int, retention: float, rule: str = "official") ->
     return steps
 
 
-def merged_token_count(num_tokens: int, retention: float, rule: str = "official") -> int:
-    """Tokens a frame of ``num_tokens`` keeps after merging under ``rule`` (:func:`merge_schedule`)."""
-    return num_tokens - sum(merge_schedule(num_tokens, retention, rule))
+def merged_token_count(num_tokens: int, retention: float, merge_count: str = "official") -> int:
+    """Tokens a frame of ``num_tokens`` keeps after merging under ``merge_count`` (:func:`merge_schedule`)."""
+    return num_tokens - sum(merge_schedule(num_tokens, retention, merge_count))
 
 
 @dataclass
@@ -121,11 +121,11 @@ def merge_frames(
     weighting: str = "mean",
     order: str = "paper",
     track_sources: bool = False,
-    count: str = "official",
+    merge_count: str = "official",
     metric: Optional[torch.Tensor] = None,
     track_destinations: bool = False,
 ) -> MergeResult:
-    """Merge each frame of ``x`` (F, T, C) down to ``merged_token_count(T, retention, count)`` tokens.
+    """Merge each frame of ``x`` (F, T, C) down to ``merged_token_count(T, retention, merge_count)`` tokens.
 
     ``metric`` (F, T, Cm): what the similarity is computed on instead of ``x`` (LLaVA-1.5's
     official path: the vision tower's keys); it is merged alongside ``x`` at every step, so
@@ -140,7 +140,7 @@ def merge_frames(
     if order not in MERGE_ORDERS:
         raise ValueError(f"order must be one of {MERGE_ORDERS}, got {order!r}")
     frames, t, _ = x.shape
-    steps = merge_schedule(t, retention, count)
+    steps = merge_schedule(t, retention, merge_count)
     # Sizes are counts: float32 holds them exactly (bfloat16 would not beyond 256).
     sizes = torch.ones(frames, t, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     source_index = None

@@ -47,17 +47,17 @@ def pool_slots(rows: int, cols: int, out_rows: int, out_cols: int, device=None) 
     return (r[:, None] * out_cols + c[None, :]).reshape(-1)
 
 
-def pool_frames(x: torch.Tensor, retention: float, track_sources: bool = False, count: str = "official",
+def pool_frames(x: torch.Tensor, retention: float, track_sources: bool = False, merge_count: str = "official",
                 grid: Optional[Tuple[int, int]] = None, track_destinations: bool = False) -> MergeResult:
     """Average-pool each frame of ``x`` (F, T, C) over spatial blocks to ``merged_token_count(T,
-    retention, count)`` tokens, in raster order. With T = 196 (14 x 14) and 49 tokens this is 2x2
+    retention, merge_count)`` tokens, in raster order. With T = 196 (14 x 14) and 49 tokens this is 2x2
     average pooling. ``grid`` (rows, cols) gives the frame's token grid; without it a T that is
     not a square is pooled as one row. A pooled token's destination (``dest_index``) is the
     first token of its block in raster order."""
     if x.dim() != 3:
         raise ValueError(f"expected frames of shape (F, T, C), got {tuple(x.shape)}")
     frames, t, c = x.shape
-    target = merged_token_count(t, retention, count)
+    target = merged_token_count(t, retention, merge_count)
     if grid is not None and grid[0] * grid[1] != t:
         raise ValueError(f"a {grid[0]} x {grid[1]} grid does not hold {t} tokens")
     rows, cols = token_grid(t) if grid is None else grid

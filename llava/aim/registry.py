@@ -170,7 +170,7 @@ def merge_reduction(x, cfg, track_sources=False, metric=None, grid=None, track_d
     from llava.aim.merge import merge_frames
 
     return merge_frames(x, cfg.retention, cfg.merge_weighting, cfg.merge_order, track_sources=track_sources,
-                        count=cfg.merge_count, metric=metric, track_destinations=track_destinations)
+                        merge_count=cfg.merge_count, metric=metric, track_destinations=track_destinations)
 
 
 def pool_reduction(x, cfg, track_sources=False, metric=None, grid=None, track_destinations=False):

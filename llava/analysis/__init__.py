@@ -16,7 +16,6 @@ from llava.analysis.roofline import (
     kv_cache_bytes_per_layer,
     layer_ops,
     lm_head_op,
-    paper_default_layers,
     prefill_cost,
     prompt_tokens_per_layer,
     reduction_figures,
@@ -29,6 +28,6 @@ __all__ = [
     "Analysis", "BUILTIN_LLMS", "BUILTIN_VISION", "ComponentCost", "HARDWARE", "Hardware", "LLMShape",
     "LayerCost", "OpCost", "RooflineOptions", "StepCost", "VisionShape", "analyze", "decode_step_cost",
     "get_hardware", "get_llm", "get_vision", "kv_cache_bytes_per_layer", "layer_ops", "lm_head_op",
-    "paper_default_layers", "prefill_cost", "prompt_tokens_per_layer", "reduction_figures", "roofline_time",
+    "prefill_cost", "prompt_tokens_per_layer", "reduction_figures", "roofline_time",
     "vision_encoder_cost",
 ]

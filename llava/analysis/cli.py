@@ -20,11 +20,10 @@ from llava.analysis.roofline import (
     Analysis,
     RooflineOptions,
     analyze,
-    paper_default_layers,
     reduction_figures,
 )
-from llava.aim.policy import (LLAVA15_OFFICIAL_LAYERS, PRUMERGE_METHODS, STEP_METHODS, check_typed_settings,
-                              drop_layers_for, spec)
+from llava.aim.policy import (LLAVA15_OFFICIAL_LAYERS, PRUMERGE_METHODS, STEP_METHODS, aim_default_layers,
+                              check_typed_settings, drop_layers_for, spec)
 from llava.analysis.shapes import get_llm, get_vision, model_visual_tokens, reference_names, resolve_model, tower_names
 from llava.aim.knobs import add_knob_flags
 from llava.errors import AIMConfigError
@@ -41,7 +40,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 
 def resolve_method_settings(num_layers: int, args: argparse.Namespace, vision=None) -> Dict[str, Any]:
     """``analyze``'s method keywords (retention / l1 / l2 / method / drop_layers / drop_ratio /
-    pagerank_iterations, kept_tokens) and notes from the CLI options, through the AIMConfig they
+    pagerank_iters, kept_tokens) and notes from the CLI options, through the AIMConfig they
     resolve to (:func:`resolve_method_config`)."""
     cfg, notes = resolve_method_config(num_layers, args, vision)
     # merge_count: analysis_inputs passes the runtime convention (--merge-count) with the geometry
@@ -212,7 +211,7 @@ def resolve_aim_settings(num_layers: int, retention: Optional[float], l1: Option
         notes.append(f"l1={l1}, l2={l2}: the official LLaVA-1.5 schedule on {num_layers} layers "
                      "(retain 1 - (l - 12)/8 after layer l >= 13)")
     elif l1 is None:
-        l1, l2 = paper_default_layers(num_layers)
+        l1, l2 = aim_default_layers(num_layers)
         if num_layers != PAPER_LAYERS:
             notes.append(
                 f"l1={l1}, l2={l2}: the paper's {PAPER_L1}/{PAPER_L2} of {PAPER_LAYERS} layers scaled to "

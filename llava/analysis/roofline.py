@@ -60,8 +60,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_schedule, merged_token_count
 from llava.aim.prumerge import nominal_tokens
-from llava.aim.policy import drop_layers_for, reduction_of, score_of, spec
-from llava.aim.policy import aim_default_layers
+from llava.aim.policy import AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, reduction_of, score_of, spec
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
@@ -69,7 +68,7 @@ from llava.errors import AIMConfigError
 
 # The paper's main setting on Qwen2-7B (28 layers).
 PAPER_RETENTION = 0.25
-PAPER_L1, PAPER_L2, PAPER_LAYERS = 14, 22, 28
+PAPER_L1, PAPER_L2, PAPER_LAYERS = AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS  # one definition: llava.aim.policy
 
 NOTE_SILU = "SiLU-gate (mlp_act) is counted with H, not I, as the reference model (LLM-Viewer) does"
 NOTE_REFERENCE = (
@@ -414,18 +413,18 @@ def vision_encoder_cost(vision: VisionShape, llm: LLMShape, frames: int, hardwar
     return ComponentCost(f"{vision.name} + projector x {frames} frames", tuple(_scaled(op, frames) for op in per_frame))
 
 
-def merge_steps(tokens_per_frame: int, retention: float, rule: str = "official") -> List[Tuple[int, int]]:
+def merge_steps(tokens_per_frame: int, retention: float, merge_count: str = "official") -> List[Tuple[int, int]]:
     """(tokens before, tokens removed) of each bipartite merging step of one frame: the steps
-    ``llava.aim.merge.merge_frames`` runs (``merge_schedule`` under ``rule``)."""
+    ``llava.aim.merge.merge_frames`` runs (``merge_schedule`` under ``merge_count``)."""
     t, steps = tokens_per_frame, []
-    for r in merge_schedule(tokens_per_frame, retention, rule):
+    for r in merge_schedule(tokens_per_frame, retention, merge_count):
         steps.append((t, r))
         t -= r
     return steps
 
 
 def merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, frames: int, hardware: Hardware,
-                       options: Optional[RooflineOptions] = None, rule: str = "official") -> List[OpCost]:
+                       options: Optional[RooflineOptions] = None, merge_count: str = "official") -> List[OpCost]:
     """Token merging on ``frames`` frames of ``channels``-wide tokens (the projected features).
 
     Per step on t tokens (na = ceil(t/2) sources, nb = floor(t/2) destinations, r merged):
@@ -435,7 +434,7 @@ def merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, f
     o = options or RooflineOptions()
     a, C = o.act_bytes, channels
     ops: List[OpCost] = []
-    for i, (t, r) in enumerate(merge_steps(tokens_per_frame, retention, rule)):
+    for i, (t, r) in enumerate(merge_steps(tokens_per_frame, retention, merge_count)):
         na, nb = (t + 1) // 2, t // 2
         step = [
             _op(f"merge.normalize[{i}]", 3 * t * C, 2 * t * C * a, hardware),
@@ -449,7 +448,7 @@ def merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, f
 
 def paper_merge_overhead_ops(tokens_per_frame: int, retention: float, channels: int, frames: int,
                              hardware: Hardware, options: Optional[RooflineOptions] = None,
-                             rule: str = "exact") -> List[OpCost]:
+                             merge_count: str = "exact") -> List[OpCost]:
     """Merging as the paper's overhead table counts it (88.25 GFLOPs at 32 x 196, 1/4, C = 3584).
 
     The bipartite similarity is counted *jointly over all frames' tokens*: per step on
@@ -460,7 +459,7 @@ def paper_merge_overhead_ops(tokens_per_frame: int, retention: float, channels: 
     o = options or RooflineOptions()
     A, C = o.act_bytes, channels
     ops: List[OpCost] = []
-    for i, (t_frame, _) in enumerate(merge_steps(tokens_per_frame, retention, rule)):
+    for i, (t_frame, _) in enumerate(merge_steps(tokens_per_frame, retention, merge_count)):
         t = frames * t_frame
         a = t / 2
         ops += [
@@ -491,14 +490,14 @@ def paper_importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int]
 
 
 def importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], layers: Sequence[int], hardware: Hardware,
-                            options: Optional[RooflineOptions] = None, iterations: int = 5,
+                            options: Optional[RooflineOptions] = None, pagerank_iters: int = 5,
                             score_bytes: float = 4) -> List[OpCost]:
     """PageRank importance at each pruning layer j on its N_j tokens (float32 scores), as
     ``llava.aim.importance.pagerank_importance`` computes it: only the P = N(N+1)/2 causal
     (query, key) pairs, in row blocks.
 
     QK^T over all heads (2*P*d*nh; loads Q and K, stores the scores), softmax with the
-    temperature (5*nh*P; loads and stores them), ``iterations`` power steps (2*nh*P each) that
+    temperature (5*nh*P; loads and stores them), ``pagerank_iters`` power steps (2*nh*P each) that
     load the probabilities once: a block's keys before it take all steps in one matrix
     product, only its small diagonal square is re-read per step (from cache, not counted).
     Root-mean-square over heads (3*nh*N).
@@ -512,18 +511,18 @@ def importance_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
         ops += [
             _op(f"importance.qk[{j}]", 2 * pairs * d * nh, n * d * nh * a + n * d * llm.kv_heads * a + pairs * nh * s, hardware),
             _op(f"importance.softmax[{j}]", 5 * nh * pairs, 2 * nh * pairs * s, hardware),
-            _op(f"importance.power[{j}]", iterations * 2 * nh * pairs, nh * pairs * s + 2 * iterations * nh * n * s, hardware),
+            _op(f"importance.power[{j}]", pagerank_iters * 2 * nh * pairs, nh * pairs * s + 2 * pagerank_iters * nh * n * s, hardware),
             _op(f"importance.rms[{j}]", 3 * nh * n, nh * n * s + n * s, hardware),
         ]
     return ops
 
 
 def pool_overhead_ops(tokens_per_frame: int, retention: float, channels: int, frames: int, hardware: Hardware,
-                      options: Optional[RooflineOptions] = None, rule: str = "official") -> List[OpCost]:
+                      options: Optional[RooflineOptions] = None, merge_count: str = "official") -> List[OpCost]:
     """Spatial pooling (the "pool" control) of ``frames`` frames to k tokens: one add per input
     element, one division per output element; reads the frame, writes the pooled tokens."""
     o = options or RooflineOptions()
-    k, t, C = merged_token_count(tokens_per_frame, retention, rule), tokens_per_frame, channels
+    k, t, C = merged_token_count(tokens_per_frame, retention, merge_count), tokens_per_frame, channels
     return [_scaled(_op("pool", t * C + k * C, t * C * o.act_bytes + k * C * o.act_bytes, hardware), frames)]
 
 
@@ -577,14 +576,6 @@ def count_rule(convention: str, merge_count: str = "official") -> str:
     """The merged-count rule a convention counts with: the paper's tables used floor(T * r)
     ("exact"); the runtime convention counts what the runtime keeps (``merge_count``)."""
     return "exact" if convention == "paper" else merge_count
-
-
-def paper_default_layers(num_layers: int) -> Tuple[int, int]:
-    """The paper's (l1, l2) = (14, 22) of 28 layers, scaled to ``num_layers`` (rounded half up).
-
-    Always 0 <= l1 < num_layers and l1 < l2 (``llava.aim.policy.aim_default_layers``).
-    """
-    return aim_default_layers(num_layers)
 
 
 @dataclass
@@ -661,7 +652,7 @@ class Analysis:
 
 
 _SETTING_KEYS = ("frames", "tokens_per_frame", "text_tokens", "newline_tokens", "retention", "l1", "l2", "convention",
-                 "pagerank_iterations", "method", "drop_layers", "drop_ratio", "merge_count", "kept_tokens")
+                 "pagerank_iters", "method", "drop_layers", "drop_ratio", "merge_count", "kept_tokens")
 
 
 def _analyze_kwargs(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -676,7 +667,7 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
 # analyze's keyword for each AIMConfig field it takes: the one bridge from a config to the analyzer.
 CONFIG_ARGUMENTS = {"retention": "retention", "l1": "l1", "l2": "l2", "method": "method",
                     "drop_layers": "drop_layers", "drop_ratio": "drop_ratio",
-                    "pagerank_iters": "pagerank_iterations", "merge_count": "merge_count"}
+                    "pagerank_iters": "pagerank_iters", "merge_count": "merge_count"}
 
 
 def config_arguments(cfg: Any, without: Sequence[str] = ()) -> Dict[str, Any]:
@@ -700,7 +691,7 @@ def analyze(
     newline_tokens: int = 0,
     options: Optional[RooflineOptions] = None,
     vision: Union[str, VisionShape, None] = None,
-    pagerank_iterations: int = 5,
+    pagerank_iters: int = 5,
     method: str = "aim",
     drop_layers: Optional[Sequence[int]] = None,
     drop_ratio: Optional[float] = None,
@@ -748,7 +739,7 @@ def analyze(
     _check_count("tokens_per_frame", tokens_per_frame, 1)
     _check_count("text_tokens", text_tokens, 0)
     _check_count("newline_tokens", newline_tokens, 0)
-    _check_count("pagerank_iterations", pagerank_iterations, 1)
+    _check_count("pagerank_iters", pagerank_iters, 1)
     cfg = AIMConfig(retention=retention, l1=l1, l2=l2, method=method, merge_count=merge_count,
                     drop_layers=None if drop_layers is None else tuple(drop_layers), drop_ratio=drop_ratio)
     cfg.check_against_model(shape.layers)
@@ -785,7 +776,7 @@ def analyze(
     if l1 is not None and score in ("pagerank", "attention") and convention == "paper":
         overhead += paper_importance_overhead_ops(shape, tokens, pruning_layers(visual), hw, options)
     elif l1 is not None and score in ("pagerank", "attention"):  # AIM's count, whichever AIM score
-        overhead += importance_overhead_ops(shape, tokens, scoring_layers(visual), hw, options, pagerank_iterations)
+        overhead += importance_overhead_ops(shape, tokens, scoring_layers(visual), hw, options, pagerank_iters)
     elif score == "last_token":
         overhead += last_token_overhead_ops(shape, tokens, scoring_layers(visual), hw, options)
     # random (a hash per visual token) and none (VTW): no score work worth counting
@@ -794,7 +785,7 @@ def analyze(
         "llm": shape.name, "frames": frames, "tokens_per_frame": tokens_per_frame,
         "tokens_per_frame_kept": kept, "text_tokens": text_tokens, "newline_tokens": newline_tokens,
         "visual_tokens": v0, "retention": retention, "l1": l1, "l2": l2, "convention": convention,
-        "pagerank_iterations": pagerank_iterations, "hardware": hw.name, "vision_tower": vshape.name,
+        "pagerank_iters": pagerank_iters, "hardware": hw.name, "vision_tower": vshape.name,
         "merge_count": merge_count, "count_rule": rule, "kept_tokens": kept_tokens,
         "method": method, "drop_layers": None if drop_layers is None else list(drop_layers),
         "drop_ratio": drop_ratio, "score": score,

@@ -127,7 +127,7 @@ def run_prefill_benchmark(lm, cases: List[PrefillCase], repeats: int = 5, warmup
 
     ``positions(case)``: the position ids to pass (M-RoPE models: (3, 1, S)); None: the
     decoder's own. A removal case's tokens per layer are those the runtime recorded."""
-    from llava.model.llava_arch import AIMRuntime, install_pruning
+    from llava.model.runtime import AIMRuntime, install_pruning
 
     device = next(lm.parameters()).device
     num_layers = len(lm.layers)
@@ -187,7 +187,7 @@ def measure_lm_overhead(lm, case: PrefillCase, frames: int, tokens_per_frame: in
     """AIM's own cost for one case: importance inside instrumented prefills (median total per
     prefill) and merging of frames x tokens_per_frame features of the LM's width (median;
     Qwen-VL: frames are its temporal groups, each merged alone as the adapter does)."""
-    from llava.model.llava_arch import AIMRuntime, install_pruning
+    from llava.model.runtime import AIMRuntime, install_pruning
 
     device = next(lm.parameters()).device
     dtype = next(lm.parameters()).dtype
@@ -327,7 +327,7 @@ def run_end_to_end_benchmark(model, processor, cases: List[PrefillCase], video, 
     The processor runs outside the timed region (once per case, with that case's AIM patch,
     since merging changes the number of placeholders).
     """
-    from llava.model.llava_arch import apply_aim, remove_aim
+    from llava.model.runtime import apply_aim, remove_aim
 
     device = next(model.parameters()).device
     from llava.model.families import family_of

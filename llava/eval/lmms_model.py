@@ -121,7 +121,7 @@ class _AIMModel(lmms):
         self.FAMILY.plugin_setup(self.processor, self.plugin_args)
         self.aim_config = aim_config_from_model_args(raw_aim, _num_layers(self._model))
         if self.aim_config.enabled:
-            from llava.model.llava_arch import apply_aim
+            from llava.model.runtime import apply_aim
 
             self._model, self.processor = apply_aim(self._model, self.processor, self.aim_config)
             self.aim_config = self._model.aim_config  # "auto" layers resolved for this model

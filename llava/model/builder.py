@@ -227,7 +227,7 @@ def load_pretrained_model(
         raise ModelLoadError(f"cannot load {source!r}: {_first_line(exc)}") from exc
     model.eval()
     if aim is not None:
-        from llava.model.llava_arch import apply_aim
+        from llava.model.runtime import apply_aim
 
         model, processor = apply_aim(model, processor, aim, track_sources=track_sources)
     return model, processor
@@ -235,8 +235,3 @@ def load_pretrained_model(
 
 def num_decoder_layers(model) -> int:
     return len(model.model.language_model.layers)
-
-
-def describe_builtin(name: str) -> dict:
-    with open(BUILTIN_MODELS[name] / "config.json") as fh:
-        return json.load(fh)

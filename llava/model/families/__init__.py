@@ -58,10 +58,3 @@ def family_for_model_type(model_type) -> FamilyAdapter:
             f"{list(supported_model_types())} ({', '.join(f.title for f in FAMILIES)} in transformers format)"
         )
     return _BY_MODEL_TYPE[model_type]
-
-
-def family_of_builtin(name: str) -> FamilyAdapter:
-    for fam in FAMILIES:
-        if name in fam.tiny_models:
-            return fam
-    raise KeyError(name)

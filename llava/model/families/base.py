@@ -31,7 +31,7 @@ The decoder driver's assumptions are part of the contract, checked by ``check_mo
 each layer's attention (``self_attn``) has a ``scaling`` and dispatches through transformers'
 attention-function table (``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``).
 
-The runtime, the statistics and the decoder driver (llava/model/llava_arch.py,
+The runtime, the statistics and the decoder driver (llava/model/runtime.py,
 language_model/) know nothing about families. Adding a family = one module here that
 subclasses :class:`FamilyAdapter`, listed in ``families/__init__.py``, and a tiny model.
 """

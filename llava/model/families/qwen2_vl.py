@@ -123,7 +123,7 @@ def merge_item(features: torch.Tensor, grid, merge: int, runtime,
     if tokens.shape[1] > target:  # official grid: extra steps down to (rows // s) * (cols // s)
         # the extra steps remove exactly what is left over (as many as a step can, the last just enough)
         extra = merge_frames(tokens, target / tokens.shape[1], cfg.merge_weighting, cfg.merge_order,
-                             track_sources=sources is not None, track_destinations=True, count="exact",
+                             track_sources=sources is not None, track_destinations=True, merge_count="exact",
                              metric=metric_of(tokens))
         tokens, dest = extra.tokens, dest.gather(1, extra.dest_index)
         sources = None if sources is None else extra.source_index.gather(1, sources)

@@ -89,14 +89,6 @@ def output_cache(output) -> Optional[Any]:
 
 
 @functools.lru_cache(maxsize=None)
-def mask_cache_keyword() -> str:
-    """The cache keyword of ``masking_utils.create_causal_mask``."""
-    from transformers.masking_utils import create_causal_mask
-
-    return _cache_name_of(inspect.signature(create_causal_mask).parameters, "create_causal_mask")
-
-
-@functools.lru_cache(maxsize=None)
 def _from_pretrained_takes_use_kernels() -> bool:
     """Whether the installed ``PreTrainedModel.from_pretrained`` reads ``use_kernels``.
 
