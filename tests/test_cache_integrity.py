@@ -193,7 +193,7 @@ def tracked(monkeypatch):
     with pruning after layers 2..5, the per-layer visual positions kept; AIM removed after."""
     from conftest import make_video, qwen_model, video_inputs
 
-    from llava.model.llava_arch import remove_aim
+    from llava.model.runtime import remove_aim
 
     model, processor = qwen_model("tiny-qwen3-vl")
     apply_aim(model, processor, AIMConfig(retention=0.25, l1=L1, l2=L2), track_sources=True)
