@@ -7,7 +7,9 @@
 #
 # Settings (environment variables, defaults in brackets):
 #   MODEL       [llava_onevision_aim]  or qwen2_vl_aim (Qwen2-VL: the official run, 32 frames,
-#               MAX_PIXELS=200704, POSITIONS=official) or qwen2_5_vl_aim (same, POSITIONS=original)
+#               MAX_PIXELS=200704, POSITIONS=official) or qwen2_5_vl_aim (same, POSITIONS=original);
+#               any plugin model of a family with video (python -m llava.eval.args defaults --model M
+#               --media video prints its defaults), e.g. qwen3_vl_aim (ours: MAX_PIXELS=262144)
 #   PRETRAINED  [the model's 7B checkpoint: lmms-lab/llava-onevision-qwen2-7b-ov,
 #               Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct]  hub id, local folder or a
 #               built-in tiny model (LLaVA-NeXT names load their llava-hf conversion; see docs/evaluation.md)

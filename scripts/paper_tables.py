@@ -162,6 +162,21 @@ def build_rows() -> List[Row]:
         Row("qwen2vl/aim", VIDEO, {**qwen, "RETENTION": "0.25"}, "Qwen2-VL-7B-Instruct + AIM (25%, (14, 22))",
             method="qwen2_vl_aim"),
     ]
+    # Qwen3-VL-8B (plugin model qwen3_vl_aim): OUR runs, not the paper's (it has no Qwen3-VL).
+    # 32 frames at the adapter's max_pixels 262144 (16 x 16 merged tokens per 2 frames, the
+    # token count of the Qwen2-VL run; docs/qwen3_vl.md), the default pruning schedule.
+    qwen3 = {"MODEL": "qwen3_vl_aim", "PRETRAINED": "Qwen/Qwen3-VL-8B-Instruct", "FRAMES": "32",
+             "MAX_PIXELS": "262144", "POSITIONS": "original", "TASKS": VIDEOMME}
+    rows += [
+        Row("qwen3vl/baseline", VIDEO, {**qwen3, "AIM": "0"}, "Qwen3-VL-8B-Instruct, no AIM", method="qwen3_vl_aim",
+            note="ours: not in the paper"),
+        Row("qwen3vl/aim", VIDEO, {**qwen3, "RETENTION": "0.25"}, "Qwen3-VL-8B-Instruct + AIM (25%, default schedule)",
+            method="qwen3_vl_aim", note="ours: not in the paper"),
+    ]
+    for r in (0.5, 0.125, 0.0625):
+        rows.append(Row(f"qwen3vl/r{r:g}", VIDEO, {**qwen3, "RETENTION": f"{r:g}"},
+                        f"Qwen3-VL-8B-Instruct, merge to {_pct(r)}, default schedule", method="qwen3_vl_aim",
+                        note="ours: not in the paper"))
     return rows
 
 

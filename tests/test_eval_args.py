@@ -262,6 +262,7 @@ def test_plugin_defaults_are_the_papers_checkpoints_loaded_as_llava_hf(caplog):
     expected = {"llava_onevision_aim": "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_aim": "llava-hf/llava-1.5-7b-hf",
                 # the Qwen-VL checkpoints are in transformers format already: loaded as named, no alias
                 "qwen2_vl_aim": "Qwen/Qwen2-VL-7B-Instruct", "qwen2_5_vl_aim": "Qwen/Qwen2.5-VL-7B-Instruct",
+                "qwen3_vl_aim": "Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl_moe_aim": "Qwen/Qwen3-VL-30B-A3B-Instruct",
                 "llava_onevision1_5_aim": "Deep-VLM/LLaVA-OneVision-1.5-4B-Instruct-hf"}
     with caplog.at_level("WARNING", logger="llava.model.builder"):
         for plugin, name in DEFAULT_CHECKPOINTS.items():

@@ -388,6 +388,8 @@ def eval_results(tmp_path_factory):
     interpreter (the task's clips and the datasets cache under a temporary HF_HOME):
     "plugin/tiny" -> what it gave."""
     pytest.importorskip("lmms_eval")
+    from llava.eval.args import PLUGIN_MODEL_TYPES
+
     home = tmp_path_factory.mktemp("hf_eval")
     # a family without a plugin fails its own parametrization (plugin_of), not the others' runs
     runs = [(plugin, tiny, eval_task_of(family)) for family, tiny in FAMILY_MODELS

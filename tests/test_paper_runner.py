@@ -39,7 +39,7 @@ def test_every_paper_row_is_a_named_setting_and_back():
     assert len(names) == len(set(names))
     for required in ("video/aim", "video/baseline", "video/fastv", "video/vtw", "video/pdrop", "video/prumerge_plus",
                      "sweep/r0.125", "sweep/r0.125-14-22", "ablation/7-22", "long/aim-192", "image/b1/aim",
-                     "image/b2/aim", "qwen2vl/aim"):
+                     "image/b2/aim", "qwen2vl/aim", "qwen3vl/baseline", "qwen3vl/aim", "qwen3vl/r0.0625"):
         assert required in pt.BY_NAME
     assert len([n for n in names if n.startswith("ablation/")]) == 10
     assert len([n for n in names if n.startswith("sweep/")]) == 14  # 7 retentions, with and without (14, 22)
@@ -282,7 +282,7 @@ def test_every_runs_model_args_are_accepted_by_the_plugin():
     """Each run's script, asked only to print what it would run (PRINT_MODEL_ARGS=1), gives
     model_args that the plugin's own checks accept, for the model the row names: a row that
     would fail on the cluster after queueing fails here instead."""
-    from llava.eval.args import PIXEL_ARGS, aim_config_from_model_args, loader_args, pixel_limits, split_model_args
+    from llava.eval.args import PLUGIN_EXTRA_ARGS, aim_config_from_model_args, loader_args, plugin_args, split_model_args
     from llava.eval.results import parse_model_args
 
     for row in pt.runs(pt.ROWS):
@@ -293,8 +293,8 @@ def test_every_runs_model_args_are_accepted_by_the_plugin():
         words = shlex.split(done.stdout)
         model, model_args = words[words.index("--model") + 1], words[words.index("--model_args") + 1]
         raw = parse_model_args(model_args)
-        if model.startswith("qwen"):  # the Qwen plugin models take the pixel limits first
-            pixel_limits({k: raw.pop(k) for k in PIXEL_ARGS if k in raw})
+        extra = PLUGIN_EXTRA_ARGS.get(model, ())  # the plugin model's own model_args (its family's)
+        plugin_args(extra, {k: raw.pop(k) for k in extra if k in raw})
         loader, aim = split_model_args(raw)
         loader_args(loader, "unused")
         cfg = aim_config_from_model_args(aim)

@@ -28,6 +28,7 @@ import torch
 from llava.aim.merge import merged_token_count
 from llava.errors import UnsupportedModelError
 from llava.model.families.base import FamilyAdapter, reduce_tokens, set_instance_attr
+from llava.model.families.qwen2_vl import set_pixel_limits
 
 MIN_TRANSFORMERS = "5.25"  # the first release with models/llava_onevision1_5
 MODEL_PACKAGE = "llava_onevision1_5"  # transformers/models/<this>: the family's modeling code
@@ -43,6 +44,16 @@ class OneVision15Adapter(FamilyAdapter):
     merged_media = ("video",)
     tiny_models = ("tiny-llava-onevision-1.5",)
     processor_methods = ("replace_video_token",)
+    # tools: plugin, checkpoints, CLI. Its image / video processors are Qwen2-VL's: each frame /
+    # image is resized to a multiple of 28 px (14 px patches, 2x2 merge) within
+    # min_pixels <= h * w <= max_pixels (model_args).
+    plugin_model = "llava_onevision1_5_aim"
+    plugin_class = "LlavaOneVision15AIM"
+    default_checkpoint = "Deep-VLM/LLaVA-OneVision-1.5-4B-Instruct-hf"  # transformers conversion
+    plugin_model_args = ("max_pixels", "min_pixels")
+
+    def plugin_setup(self, processor, args) -> None:
+        set_pixel_limits(processor, args)
 
     min_transformers = MIN_TRANSFORMERS
 

@@ -311,6 +311,34 @@ def _record_stats(runtime, log: MergeLog, merge: int) -> None:
         runtime.record_merge(frames=frames, before=0, after=0, newline_tokens=0, totals=(before, after))
 
 
+def set_pixel_limits(processor, args) -> None:
+    """The plugin's ``min_pixels`` / ``max_pixels`` model_args as the image and video processors'
+    size bounds (``shortest_edge`` / ``longest_edge``: pixels per image or frame)."""
+    for sub in (processor.image_processor, processor.video_processor):
+        size = {"shortest_edge": sub.size["shortest_edge"], "longest_edge": sub.size["longest_edge"]}
+        if "min_pixels" in args:
+            size["shortest_edge"] = args["min_pixels"]
+        if "max_pixels" in args:
+            size["longest_edge"] = args["max_pixels"]
+        sub.size = size
+
+
+def sampled_clip_metadata(model: str, raw, media, say) -> List[dict]:
+    """Per clip, the sampled frames as the processors' video metadata: ``len(frames)`` frames spread
+    over the clip's duration (its container header), i.e. a rate of frames / seconds; a clip
+    of unknown duration is taken as 24 frames per second (the processors' own fallback)."""
+    from llava.video import video_duration_s
+
+    metadata = []
+    for path, frames in zip(raw, media):
+        seconds = video_duration_s(path)
+        if not seconds:
+            say(f"{model}: a clip's duration is unknown; its frames are taken as 24 per second")
+            seconds = len(frames) / 24.0
+        metadata.append({"total_num_frames": len(frames), "fps": len(frames) / seconds})
+    return metadata
+
+
 # -- the adapter ----------------------------------------------------------------------------
 class _QwenVLAdapter(FamilyAdapter):
     media = ("video", "image")
@@ -324,29 +352,14 @@ class _QwenVLAdapter(FamilyAdapter):
     time_positions = False  # whether the temporal positions count seconds (second_per_grid_ts)
 
     def plugin_setup(self, processor, args) -> None:
-        for sub in (processor.image_processor, processor.video_processor):
-            size = {"shortest_edge": sub.size["shortest_edge"], "longest_edge": sub.size["longest_edge"]}
-            if "min_pixels" in args:
-                size["shortest_edge"] = args["min_pixels"]
-            if "max_pixels" in args:
-                size["longest_edge"] = args["max_pixels"]
-            sub.size = size
+        set_pixel_limits(processor, args)
 
     def plugin_input_kwargs(self, kind, raw, media, say):
         """Where the temporal positions count seconds, the processor is told the sampled frames'
         rate from each clip's duration, instead of assuming 24 frames per second."""
         if kind != "video" or not self.time_positions:
             return {}
-        from llava.video import video_duration_s
-
-        metadata = []
-        for path, frames in zip(raw, media):
-            seconds = video_duration_s(path)
-            if not seconds:
-                say(f"{self.plugin_model}: a clip's duration is unknown; its frames are taken as 24 per second")
-                seconds = len(frames) / 24.0
-            metadata.append({"total_num_frames": len(frames), "fps": len(frames) / seconds})
-        return {"video_metadata": metadata}
+        return {"video_metadata": sampled_clip_metadata(self.plugin_model, raw, media, say)}
 
     def check_model(self, model, cfg) -> None:
         super().check_model(model, cfg)

@@ -54,6 +54,7 @@ from llava.model.families.qwen2_vl import (
     item_tokens,
     merge_item,
     merged_rope_index,
+    sampled_clip_metadata,
 )
 
 # The released Qwen3-VL checkpoints add DeepStack features after decoder layers 0, 1 and 2.
@@ -144,6 +145,25 @@ class Qwen3VLAdapter(_QwenVLAdapter):
     # The oldest release tested: 5.17's Qwen3-VL hands its DeepStack features to the model in
     # another form (merging them fails there), and the releases in between were never tested.
     min_transformers = "5.24"
+    # tools: plugin, checkpoints, CLI. The processors resize each frame / image to a multiple of
+    # 32 px (16 px patches, 2x2 merge) within min_pixels <= h * w <= max_pixels (model_args).
+    plugin_model = "qwen3_vl_aim"
+    plugin_class = "Qwen3VLAIM"
+    default_checkpoint = "Qwen/Qwen3-VL-8B-Instruct"
+    # Our run (the paper has no Qwen3-VL): 32 frames (the scripts' FRAMES), at most 262144 px per
+    # frame = 16 x 16 merged tokens of 32 px per 2 frames, the visual-token count of the paper's
+    # Qwen2-VL run (200704 px = 16 x 16 of 28 px) -- docs/qwen3_vl.md says why.
+    paper_eval_args = {"max_pixels": 262144, "positions": "original"}
+
+    def plugin_input_kwargs(self, kind, raw, media, say):
+        """A video's frames reach the processor already sampled: it must not sample again, and
+        its timestamp text needs their times, from each clip's duration (Qwen2.5-VL's rule)."""
+        if kind != "video":
+            return {}
+        metadata = sampled_clip_metadata(self.plugin_model, raw, media, say)
+        for clip, frames in zip(metadata, media):
+            clip["frames_indices"] = list(range(len(frames)))  # frame i at i / fps seconds
+        return {"video_metadata": metadata, "do_sample_frames": False}
 
     def official_layers(self, num_layers: int) -> Optional[Tuple[int, int]]:
         """The paper's scaled (l1, l2), with pruning starting no earlier than after the DeepStack
@@ -244,3 +264,6 @@ class Qwen3VLMoeAdapter(Qwen3VLAdapter):
     model_types = ("qwen3_vl_moe",)
     model_classes = ("Qwen3VLMoeForConditionalGeneration", "Qwen3VLMoeModel")
     tiny_models = ("tiny-qwen3-vl-moe",)
+    plugin_model = "qwen3_vl_moe_aim"
+    plugin_class = "Qwen3VLMoeAIM"
+    default_checkpoint = "Qwen/Qwen3-VL-30B-A3B-Instruct"
