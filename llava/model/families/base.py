@@ -172,6 +172,11 @@ class FamilyAdapter:
         model before merging, as the family's processor and model produce them."""
         raise NotImplementedError
 
+    def visual_additions(self, config) -> int:
+        """Decoder layers after which the model adds rows to the visual tokens' hidden states (the
+        LayerAdditions above: Qwen3-VL's DeepStack); 0: none. One H-wide add per visual token each."""
+        return 0
+
     def input_note(self, tokens: "VisualTokens") -> Optional[str]:
         """One line describing the input geometry where units are not frames; None: nothing to say."""
         return None
