@@ -153,6 +153,9 @@ class FamilyAdapter:
     # family's tokens depend on the input's resolution (the analyzer's --max-pixels / --frame-size)
     pixel_limits: Tuple[str, ...] = ()
     newline_tokens: int = 0  # tokens the model appends after a video's frames (bench's prompt)
+    # resolution-dependent families: the square frame side (px) the tools assume when no frame size
+    # is given; None: the side of a square of max_pixels
+    default_frame_side: Optional[int] = None
 
     def reference_config(self, checkpoint: str):
         """The config of a reference checkpoint (a transformers config object, defaults filled)."""
