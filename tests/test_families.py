@@ -55,11 +55,6 @@ _QWEN3_NO_CACHE_PRUNING = (
 GAPS = {
     ("cache", "qwen3_vl"): _QWEN3_NO_CACHE_PRUNING,
     ("cache", "qwen3_vl_moe"): _QWEN3_NO_CACHE_PRUNING,
-    # LLaVA-OneVision-1.5 is listed only where transformers has it (>= 5.25)
-    ("geometry", "onevision15"): "contract gap: flops/plan do not ask the adapter for the family's visual tokens "
-                                 "per frame (they assume 196; the tiny model's 2 frames give 256 each)",
-    ("bench", "onevision15"): "contract gap: bench's --model list (llava.bench.models.BENCH_MODELS) has no "
-                              "LLaVA-OneVision-1.5 architecture",
 }
 
 

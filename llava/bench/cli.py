@@ -309,9 +309,9 @@ def _what(args, spec: BenchModel) -> str:
     return f"{model} at --frames {args.frames}"
 
 
-def _qwen_positions(inp: BenchInput, device):
+def _qwen_positions(inp: BenchInput, device, spec: Optional[BenchModel] = None):
     """The LLM-only prompt's M-RoPE ids per case (None for 1-D RoPE models)."""
-    if inp.grid is None:
+    if inp.grid is None or (spec is not None and not spec.adapter.mrope_positions):
         return None
     cols = inp.grid[1]
 
@@ -368,7 +368,7 @@ def bench_command(args) -> int:
 
     lm = build_lm(text_config, device, dtype)
     lm_cases = cases(inp.tokens_per_unit, inp.text_tokens)
-    positions = _qwen_positions(inp, device)
+    positions = _qwen_positions(inp, device, spec)
     run_prefill_benchmark(lm, lm_cases, repeats=args.repeats, progress=bar("LLM prefill", args.repeats),
                           positions=positions)
     aim_case = next(c for c in lm_cases if c.name == "aim")

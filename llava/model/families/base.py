@@ -156,6 +156,7 @@ class FamilyAdapter:
     # resolution-dependent families: the square frame side (px) the tools assume when no frame size
     # is given; None: the side of a square of max_pixels
     default_frame_side: Optional[int] = None
+    mrope_positions: bool = False  # the decoder takes (3, batch, length) M-RoPE ids (bench's LLM-only prompt)
 
     def reference_config(self, checkpoint: str):
         """The config of a reference checkpoint (a transformers config object, defaults filled)."""
