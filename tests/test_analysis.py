@@ -407,3 +407,36 @@ def test_paper_overhead_count_by_hand():
     per_frame_similarity = sum(op.ops for op in runtime.aim_overhead.ops if op.name.startswith("merge.similarity"))
     assert per_frame_similarity == 32 * 2 * C * (98 * 98 + 49 * 49)  # 2.75 GFLOPs
     assert 31 < res.aim_overhead.part("merge") / per_frame_similarity < 33
+
+
+def test_moe_layer_counts_the_router_and_the_active_experts_only():
+    from llava.analysis.hardware import get_hardware
+    from llava.analysis.roofline import layer_ops
+    from llava.analysis.shapes import LLMShape
+
+    H, E, k, Ie, n = 64, 16, 2, 24, 10
+    moe = LLMShape(hidden=H, intermediate=256, layers=2, heads=4, kv_heads=2, head_dim=16, vocab=100,
+                   experts=E, experts_per_token=k, expert_intermediate=Ie)
+    ops = {op.name: op.ops for op in layer_ops(moe, n, get_hardware("nvidia_A100"))}
+    assert "gate_proj" not in ops  # no dense MLP of `intermediate`
+    assert ops["router"] == 2 * H * E * n
+    # each of the n tokens through k experts: gate, up (H -> Ie) and down (Ie -> H)
+    assert ops["expert_gate_proj"] + ops["expert_up_proj"] + ops["expert_down_proj"] == 3 * 2 * H * Ie * k * n
+    assert ops["expert_act"] == 2 * H * k * n and ops["expert_combine"] == 2 * H * k * n
+    dense = {op.name: op.ops for op in layer_ops(LLMShape(H, 256, 2, 4, 2, 16, 100), n, get_hardware("nvidia_A100"))}
+    attention = sum(v for name, v in dense.items() if name not in ("gate_proj", "up_proj", "mlp_act", "down_proj"))
+    mlp = 2 * H * E * n + 3 * 2 * H * Ie * k * n + 2 * H * k * n + 2 * H * k * n
+    assert sum(ops.values()) == attention + mlp
+
+
+def test_moe_fields_are_read_from_any_config_with_experts():
+    from llava.analysis.shapes import LLMShape
+
+    cfg = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
+               num_experts=16, num_experts_per_tok=2, moe_intermediate_size=24)
+    shape = LLMShape.from_config(cfg)
+    assert (shape.experts, shape.experts_per_token, shape.expert_intermediate) == (16, 2, 24)
+    assert "2 of 16 experts" in shape.describe()
+    assert not LLMShape.from_config({**cfg, "num_experts": 0}).moe
+    with pytest.raises(AIMConfigError, match="experts_per_token"):
+        LLMShape.from_config({**cfg, "num_experts_per_tok": 17})

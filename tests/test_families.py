@@ -47,11 +47,6 @@ FAMILY_MODELS = [(family, tiny) for family in FAMILIES for tiny in family.tiny_m
 
 # Known contract gaps and bugs: (contract, family name) -> why that parametrization fails today.
 GAPS = {
-    # LLaVA-OneVision-1.5 is listed only where transformers has it (>= 5.25)
-    ("geometry", "onevision15"): "contract gap: flops/plan do not ask the adapter for the family's visual tokens "
-                                 "per frame (they assume 196; the tiny model's 2 frames give 256 each)",
-    ("bench", "onevision15"): "contract gap: bench's --model list (llava.bench.models.BENCH_MODELS) has no "
-                              "LLaVA-OneVision-1.5 architecture",
 }
 
 

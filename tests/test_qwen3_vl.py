@@ -416,3 +416,50 @@ def test_official_positions_use_the_shrunken_grid_per_frame(qwen3):
     expected, _ = type(inner).get_rope_index(inner, inputs["input_ids"], inputs["mm_token_type_ids"], None, shrunk)
     assert torch.equal(seen.calls[0], expected)
 
+
+# -- geometry: the analyzer's counts and figures ----------------------------------------------
+@pytest.mark.parametrize("frames,height,width", [(2, 448, 448), (4, 448, 448), (3, 300, 500), (2, 1000, 600),
+                                                 (6, 200, 200)])
+def test_adapter_counts_the_visual_tokens_the_processor_gives(frames, height, width):
+    import numpy as np
+    from transformers import AutoConfig, AutoProcessor
+
+    from llava.model.builder import resolve_checkpoint
+
+    path = resolve_checkpoint("tiny-qwen3-vl")
+    processor, config = AutoProcessor.from_pretrained(path), AutoConfig.from_pretrained(path)
+    video = np.zeros((frames, height, width, 3), dtype=np.uint8)
+    t, h, w = processor.video_processor(videos=[video], do_sample_frames=False)["video_grid_thw"][0].tolist()
+    merge = config.vision_config.spatial_merge_size
+    counted = Qwen3VLAdapter().visual_tokens(config, frames, height, width)
+    assert (counted.units, counted.grid) == (t, (h // merge, w // merge))
+    assert counted.tokens_per_unit == h * w // merge**2
+
+
+def _flops(capsys, llm):
+    import json
+
+    from llava.cli import main
+
+    assert main(["flops", "--json", "--llm", llm, "--frames", "32"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_flops_of_the_8b_and_the_30b_a3b_references(capsys):
+    dense, moe = _flops(capsys, "Qwen/Qwen3-VL-8B-Instruct"), _flops(capsys, "qwen3-vl-30b-a3b")
+    d = dense["llm"]
+    assert (d["hidden"], d["intermediate"], d["layers"], d["heads"], d["kv_heads"], d["head_dim"], d["vocab"]) == (
+        4096, 12288, 36, 32, 8, 128, 151936) and d["experts"] == 0
+    m = moe["llm"]
+    assert (m["hidden"], m["layers"], m["heads"], m["kv_heads"], m["head_dim"]) == (2048, 48, 32, 4, 128)
+    assert (m["experts"], m["experts_per_token"], m["expert_intermediate"]) == (128, 8, 768)
+    # 32 frames -> 16 temporal groups; the installed processor's default clip budget gives 4 x 4 each
+    assert (dense["frames"], dense["tokens_per_frame"]) == (moe["frames"], moe["tokens_per_frame"]) == (16, 16)
+    n = 16 * 16 + 100  # the baseline's tokens in every layer
+    H, L = 2048, 48
+    # per layer and token: q, k, v, o projections and the MoE MLP (router + 8 active experts)
+    proj = 2 * H * (32 * 128) * 2 + 2 * H * (4 * 128) * 2
+    mlp = 2 * H * 128 + 8 * (3 * 2 * H * 768 + 2 * H + 2 * H)
+    linear = L * n * (proj + mlp)
+    assert linear < moe["baseline_prefill_tflops"] * 1e12 < linear * 1.1  # the rest: attention, norms, lm_head
+    assert 0 < moe["prefill_tflops"] < moe["baseline_prefill_tflops"] < dense["baseline_prefill_tflops"]

@@ -144,7 +144,8 @@ def analysis_inputs(args: argparse.Namespace) -> Dict[str, Any]:
     tokens = visual_input(args)
     per_unit = tokens.tokens_per_unit if args.tokens_per_frame is None else args.tokens_per_frame
     if tokens.pixel_limits is not None and vision.spatial_merge > 1:  # the tower sees merge^2 patches per token
-        vision = dataclasses.replace(vision, tokens=per_unit * vision.spatial_merge ** 2)
+        # (plus its class token, where the tower prepends one per frame)
+        vision = dataclasses.replace(vision, tokens=per_unit * vision.spatial_merge ** 2 + int(vision.class_token))
     return dict(
         llm=get_llm(args.llm), frames=tokens.units, tokens_per_frame=per_unit,
         text_tokens=args.text_tokens, newline_tokens=args.newline_tokens,

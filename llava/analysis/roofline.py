@@ -178,14 +178,44 @@ def layer_ops(llm: LLMShape, n: int, hardware: Hardware, options: Optional[Roofl
         _linear("o_proj", llm.q_dim, H, n, o, hw),
         _op("attn_add", H * n, 2 * H * n * a, hw),
         _op("mlp_norm", 7 * H * n, 2 * H * n * a, hw),
-        _linear("gate_proj", H, I, n, o, hw),
-        _linear("up_proj", H, I, n, o, hw),
-        _op("mlp_act", 2 * H * n, 3 * H * n * a, hw),  # H, not I: the reference model's count
-        _linear("down_proj", I, H, n, o, hw),
+        *(mlp_ops(H, I, n, o, hw) if not llm.moe else moe_mlp_ops(llm, n, o, hw)),
     ]
     if o.include_mlp_add:
         ops.append(_op("mlp_add", H * n, 2 * H * n * a, hw))
     return ops
+
+
+def mlp_ops(H: int, I: int, n: int, o: RooflineOptions, hw: Hardware) -> List[OpCost]:
+    """A dense gated MLP on ``n`` tokens."""
+    return [
+        _linear("gate_proj", H, I, n, o, hw),
+        _linear("up_proj", H, I, n, o, hw),
+        _op("mlp_act", 2 * H * n, 3 * H * n * o.act_bytes, hw),  # H, not I: the reference model's count
+        _linear("down_proj", I, H, n, o, hw),
+    ]
+
+
+def moe_mlp_ops(llm: LLMShape, n: int, o: RooflineOptions, hw: Hardware) -> List[OpCost]:
+    """A mixture-of-experts MLP on ``n`` tokens: the router (H x experts per token), then each
+    token through its top-k experts (gated MLPs of expert_intermediate: the active experts'
+    FLOPs, on k*n token rows), and the weighted sum of the k outputs. Weights read: the experts
+    the k*n rows can reach (at most all of them)."""
+    H, Ie, E, k, a = llm.hidden, llm.expert_intermediate, llm.experts, llm.experts_per_token, o.act_bytes
+    rows = k * n
+    touched = min(E, rows)  # experts whose weights are read
+
+    def expert_linear(name: str, n_in: int, n_out: int) -> OpCost:
+        return _op(name, 2 * n_in * n_out * rows,
+                   touched * n_in * n_out * o.weight_bytes + n_in * rows * a + n_out * rows * a, hw)
+
+    return [
+        _linear("router", H, E, n, o, hw),
+        expert_linear("expert_gate_proj", H, Ie),
+        expert_linear("expert_up_proj", H, Ie),
+        _op("expert_act", 2 * H * rows, 3 * H * rows * a, hw),  # H per row, as the dense count
+        expert_linear("expert_down_proj", Ie, H),
+        _op("expert_combine", 2 * H * rows, (rows + n) * H * a, hw),  # weight each output, sum k per token
+    ]
 
 
 def lm_head_op(llm: LLMShape, hardware: Hardware, options: Optional[RooflineOptions] = None) -> OpCost:
@@ -398,12 +428,15 @@ def vision_encoder_cost(vision: VisionShape, llm: LLMShape, frames: int, hardwar
     if vision.spatial_merge > 1:  # the patch merger: an MLP over each m x m block of patches
         m2 = vision.spatial_merge ** 2
         tokens = patches // m2
-        per_frame += [
+        merger = [
             _op("merger.ln", 7 * D * patches, 2 * D * patches * a, hw),
             _linear("merger.fc1", D * m2, D * m2, tokens, o, hw),
             _op("merger.gelu", 8 * D * m2 * tokens, 2 * D * m2 * tokens * a, hw),
             _linear("merger.fc2", D * m2, H, tokens, o, hw),
         ]
+        per_frame += merger
+        if vision.extra_mergers:  # DeepStack-style mergers of intermediate layers, same shape
+            per_frame += [_scaled(op, vision.extra_mergers, "extra_") for op in merger]
     else:
         per_frame += [
             _linear("projector.fc1", D, H, patches, o, hw),

@@ -42,12 +42,30 @@ class LLMShape:
     head_dim: int
     vocab: int
     name: str = "custom"
+    # Mixture-of-experts MLP (every layer; 0 = a dense MLP of ``intermediate``): a router over
+    # ``experts`` experts, each token through ``experts_per_token`` of them, each expert a gated
+    # MLP of ``expert_intermediate`` (config num_experts / num_experts_per_tok / moe_intermediate_size).
+    experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate: int = 0
 
     def __post_init__(self) -> None:
         for field in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim", "vocab"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise AIMConfigError(f"LLM shape field {field} must be a positive integer, got {value!r}")
+        moe = (self.experts, self.experts_per_token, self.expert_intermediate)
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in moe):
+            raise AIMConfigError(f"LLM shape expert fields must be non-negative integers, got {moe}")
+        if self.experts and not (0 < self.experts_per_token <= self.experts and self.expert_intermediate > 0):
+            raise AIMConfigError(
+                f"a mixture-of-experts shape needs 1 <= experts_per_token <= experts ({self.experts}) and "
+                f"expert_intermediate > 0, got {self.experts_per_token} and {self.expert_intermediate}"
+            )
+
+    @property
+    def moe(self) -> bool:
+        return self.experts > 0
         if self.heads % self.kv_heads:
             raise AIMConfigError(
                 f"attention heads ({self.heads}) must be a multiple of key/value heads ({self.kv_heads})"
@@ -65,8 +83,10 @@ class LLMShape:
         return asdict(self)
 
     def describe(self) -> str:
+        mlp = (f"I={self.intermediate}" if not self.moe else
+               f"{self.experts_per_token} of {self.experts} experts, I={self.expert_intermediate}")
         return (
-            f"{self.name} (H={self.hidden}, I={self.intermediate}, L={self.layers}, "
+            f"{self.name} (H={self.hidden}, {mlp}, L={self.layers}, "
             f"heads {self.heads}/{self.kv_heads} kv, d={self.head_dim}, V={self.vocab})"
         )
 
@@ -102,6 +122,7 @@ class LLMShape:
             head_dim = hidden // heads
         if name is None:
             name = _get(cfg, "_name_or_path") or _get(cfg, "model_type") or "custom"
+        experts = int(_get(cfg, "num_experts") or 0)
         return cls(
             hidden=int(hidden),
             intermediate=int(fields["intermediate_size"]),
@@ -111,6 +132,9 @@ class LLMShape:
             head_dim=int(head_dim),
             vocab=int(fields["vocab_size"]),
             name=str(name),
+            experts=experts,
+            experts_per_token=int(_get(cfg, "num_experts_per_tok") or 0) if experts else 0,
+            expert_intermediate=int(_get(cfg, "moe_intermediate_size") or 0) if experts else 0,
         )
 
     @classmethod
@@ -268,6 +292,9 @@ class VisionShape:
     mlp: str = "gelu"
     window_tokens: int = 0
     full_attention_layers: int = 0
+    # patch mergers beyond the projector, each run on its own encoder layer's output (Qwen3-VL's
+    # DeepStack: one per deepstack_visual_indexes entry, same shape as the main merger)
+    extra_mergers: int = 0
 
     @property
     def head_dim(self) -> int:

@@ -185,6 +185,7 @@ class BenchInput:
     grid: Optional[Tuple[int, int]] = None  # Qwen-VL: merged-token rows x cols per group
     max_pixels: Optional[int] = None
     min_pixels: Optional[int] = None
+    resized: Optional[Tuple[int, int]] = None  # the frames' size after the processor's resize (the adapter's)
 
     def to_dict(self) -> dict:
         if self.grid is None:
@@ -193,7 +194,7 @@ class BenchInput:
         return {"frames": self.frames, "temporal_groups": self.units, "tokens_per_group": self.tokens_per_unit,
                 "grid": list(self.grid), "max_pixels": self.max_pixels, "min_pixels": self.min_pixels,
                 "frame_size": [self.frame_side, self.frame_side], "text_tokens": self.text_tokens,
-                "newline_tokens": self.newline}
+                "newline_tokens": self.newline, "resized_frame_size": None if self.resized is None else list(self.resized)}
 
 
 def bench_input(args, spec: BenchModel) -> BenchInput:
@@ -222,10 +223,12 @@ def bench_input(args, spec: BenchModel) -> BenchInput:
     # enlarge every frame past it)
     floor = adapter.video_min_pixels
     min_pixels = floor if max_pixels >= floor else min(IMAGE_MIN_PIXELS, max_pixels)
-    side = square_side(max_pixels)
+    explicit = getattr(args, "max_pixels", None) is not None
+    side = adapter.default_frame_side if adapter.default_frame_side and not explicit else square_side(max_pixels)
     count = adapter.visual_tokens(config, args.frames, side, side, max_pixels=max_pixels, min_pixels=min_pixels)
     return BenchInput(args.frames, count.units, count.tokens_per_unit, count.tokens_per_unit, 0, args.text_tokens,
-                      side, RESOLUTION_E2E_TEXT_TOKENS, grid=count.grid, max_pixels=max_pixels, min_pixels=min_pixels)
+                      side, RESOLUTION_E2E_TEXT_TOKENS, grid=count.grid, max_pixels=max_pixels, min_pixels=min_pixels,
+                      resized=count.frame_size)
 
 
 def _check_method(args, spec: BenchModel) -> None:
@@ -306,9 +309,9 @@ def _what(args, spec: BenchModel) -> str:
     return f"{model} at --frames {args.frames}"
 
 
-def _qwen_positions(inp: BenchInput, device):
+def _qwen_positions(inp: BenchInput, device, spec: Optional[BenchModel] = None):
     """The LLM-only prompt's M-RoPE ids per case (None for 1-D RoPE models)."""
-    if inp.grid is None:
+    if inp.grid is None or (spec is not None and not spec.adapter.mrope_positions):
         return None
     cols = inp.grid[1]
 
@@ -365,7 +368,7 @@ def bench_command(args) -> int:
 
     lm = build_lm(text_config, device, dtype)
     lm_cases = cases(inp.tokens_per_unit, inp.text_tokens)
-    positions = _qwen_positions(inp, device)
+    positions = _qwen_positions(inp, device, spec)
     run_prefill_benchmark(lm, lm_cases, repeats=args.repeats, progress=bar("LLM prefill", args.repeats),
                           positions=positions)
     aim_case = next(c for c in lm_cases if c.name == "aim")

@@ -135,8 +135,9 @@ def describe_input(i: Dict[str, Any]) -> str:
     if "temporal_groups" in i:
         rows, cols = i["grid"]
         groups = f"{i['temporal_groups']} temporal group{'s' if i['temporal_groups'] != 1 else ''}"
+        height, width = i.get("resized_frame_size") or (rows * 28, cols * 28)  # 28: reports written before it
         return (f"{i['frames']} frames = {groups} x {i['tokens_per_group']} tokens "
-                f"({rows} x {cols} after the 2x2 patch merger; frames resized to {rows * 28} x {cols * 28} px, "
+                f"({rows} x {cols} after the 2x2 patch merger; frames resized to {height} x {width} px, "
                 f"max_pixels {i['max_pixels']}) + {i['text_tokens']} text tokens")
     newline = f" + {i['newline_tokens']} newline" if i.get("newline_tokens", 1) else ""
     return f"{i['frames']} frames x {i['tokens_per_frame']} tokens{newline} + {i['text_tokens']} text tokens"

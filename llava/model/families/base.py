@@ -231,6 +231,10 @@ class FamilyAdapter:
     # family's tokens depend on the input's resolution (the analyzer's --max-pixels / --frame-size)
     pixel_limits: Tuple[str, ...] = ()
     newline_tokens: int = 0  # tokens the model appends after a video's frames (bench's prompt)
+    # resolution-dependent families: the square frame side (px) the tools assume when no frame size
+    # is given; None: the side of a square of max_pixels
+    default_frame_side: Optional[int] = None
+    mrope_positions: bool = False  # the decoder takes (3, batch, length) M-RoPE ids (bench's LLM-only prompt)
 
     def reference_config(self, checkpoint: str):
         """The config of a reference checkpoint (a transformers config object, defaults filled)."""
@@ -249,6 +253,11 @@ class FamilyAdapter:
         """The merged units of ``frames`` frames and the visual tokens each gives the language
         model before merging, as the family's processor and model produce them."""
         raise NotImplementedError
+
+    def visual_additions(self, config) -> int:
+        """Decoder layers after which the model adds rows to the visual tokens' hidden states (the
+        LayerAdditions above: Qwen3-VL's DeepStack); 0: none. One H-wide add per visual token each."""
+        return 0
 
     def input_note(self, tokens: "VisualTokens") -> Optional[str]:
         """One line describing the input geometry where units are not frames; None: nothing to say."""

@@ -26,8 +26,16 @@ from typing import List, Optional, Tuple
 import torch
 
 from llava.aim.merge import merged_token_count
-from llava.errors import UnsupportedModelError
-from llava.model.families.base import FamilyAdapter, reduce_tokens, set_instance_attr
+from llava.errors import AIMConfigError, UnsupportedModelError
+from llava.model.families.base import (
+    BenchScale,
+    FamilyAdapter,
+    Reference,
+    VisualTokens,
+    reduce_tokens,
+    set_instance_attr,
+    text_bench_dims,
+)
 from llava.model.families.qwen2_vl import set_pixel_limits
 
 MIN_TRANSFORMERS = "5.25"  # the first release with models/llava_onevision1_5
@@ -56,6 +64,77 @@ class OneVision15Adapter(FamilyAdapter):
         set_pixel_limits(processor, args)
 
     min_transformers = MIN_TRANSFORMERS
+
+    # The shipped config is in transformers' format (model type llava_onevision1_5), its sizes the 8B's.
+    references = {"lmms-lab/LLaVA-OneVision-1.5-8B-Instruct": Reference(("llava-onevision-1.5-8b",), "rice-vit-l",
+                                                                         "llava-onevision-1.5-8b")}
+
+    # -- geometry, for the analyzer and bench
+    frames_per_unit = 1  # no temporal patch: each frame is one grid step, merged alone
+    pixel_limits = ("max_pixels", "min_pixels")
+    # The checkpoint's video processor limits (per frame; the tiny model's processor ships them)
+    default_max_pixels = 12845056
+    video_min_pixels = 3136
+    default_frame_side = 448  # the analyzer's default square frame
+
+    def vision_shape(self, config, name: str):
+        from llava.analysis.shapes import VisionShape
+
+        v = config.vision_config
+        side = self.default_frame_side // v.patch_size  # the analyzer sets it from the input
+        return VisionShape(name, v.depth, v.hidden_size, v.intermediate_size, v.num_heads, side * side + 1,
+                           class_token=True, patch_size=v.patch_size, channels=v.in_channels,
+                           spatial_merge=v.spatial_merge_size)
+
+    def visual_tokens(self, config, frames: int, height=None, width=None, max_pixels=None,
+                      min_pixels=None) -> VisualTokens:
+        """Each frame resized as the Qwen2-VL video processor does (``smart_resize`` per frame: sides
+        multiples of patch x merge = 28 px, min_pixels <= h * w <= max_pixels, the aspect kept);
+        without a frame size, 448 x 448 px frames. Each frame is one unit of (h/28) x (w/28) tokens
+        (the tower's per-frame CLS token is dropped before the merger)."""
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        v = config.vision_config
+        factor = v.patch_size * v.spatial_merge_size
+        max_pixels = self.default_max_pixels if max_pixels is None else max_pixels
+        min_pixels = self.video_min_pixels if min_pixels is None else min_pixels
+        for what, value in (("frames", frames), ("max_pixels", max_pixels), ("min_pixels", min_pixels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AIMConfigError(f"{what} must be a positive integer, got {value!r}")
+        if max_pixels < factor ** 2 or max_pixels < min_pixels:
+            raise AIMConfigError(f"max_pixels must be at least {factor ** 2} and min_pixels ({min_pixels}), "
+                                 f"got {max_pixels}")
+        if (height is None) != (width is None):
+            raise AIMConfigError("give the frame height and width together")
+        if height is None:
+            height = width = self.default_frame_side
+        if height < 1 or width < 1:
+            raise AIMConfigError(f"frame size must be positive, got {height} x {width}")
+        try:
+            h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+        except ValueError as exc:  # an aspect ratio beyond 200:1
+            raise AIMConfigError(f"frame size {height} x {width}: {exc}") from None
+        rows, cols = h // factor, w // factor
+        return VisualTokens(frames, frames, rows * cols, (rows, cols), (h, w),
+                            {"max_pixels": max_pixels, "min_pixels": min_pixels})
+
+    def input_note(self, tokens: VisualTokens) -> Optional[str]:
+        (rows, cols), (h, w) = tokens.grid, tokens.frame_size
+        return (f"{self.title} input: {tokens.frames} frames, each {rows} x {cols} = {tokens.tokens_per_unit} tokens "
+                f"after the 2x2 patch merger (frames resized to {h} x {w} px, max_pixels "
+                f"{tokens.pixel_limits['max_pixels']} per frame)")
+
+    def bench_dims(self, config, scale):
+        text = text_bench_dims(self, scale)
+        if isinstance(scale, BenchScale):
+            text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0}
+            vision = dict(depth=scale.vision_layers, hidden_size=scale.vision_hidden,
+                          intermediate_size=scale.vision_intermediate, num_heads=scale.vision_heads)
+        else:
+            v = scale.vision_config
+            vision = {k: getattr(v, k) for k in ("depth", "hidden_size", "intermediate_size", "num_heads")}
+        vision["out_hidden_size"] = text["hidden_size"]  # the merger's output is the decoder's width
+        return text, vision
 
     # -- which transformers ----------------------------------------------------------------
     def installed(self) -> bool:

@@ -473,6 +473,7 @@ class _QwenVLAdapter(FamilyAdapter):
 
     # -- geometry, for the analyzer and bench
     frames_per_unit = 2  # a temporal patch of 2 frames (an image: 1)
+    mrope_positions = True
     pixel_limits = ("max_pixels", "min_pixels")
     default_max_pixels = 200704  # the official AIM Qwen2-VL run (448 x 448 px, 16 x 16 tokens per group)
     video_min_pixels = 128 * 28 * 28  # the video processors' default

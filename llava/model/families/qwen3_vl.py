@@ -39,7 +39,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from llava.aim.policy import aim_default_layers
-from llava.model.families.base import LayerAdditions, set_instance_attr
+from llava.errors import AIMConfigError
+from llava.model.families.base import BenchScale, LayerAdditions, Reference, VisualTokens, set_instance_attr
 from llava.model.families.qwen2_vl import (
     _ROPE_CORE_ARGS,
     GRID_ARGS,
@@ -55,6 +56,7 @@ from llava.model.families.qwen2_vl import (
     merge_item,
     merged_rope_index,
     sampled_clip_metadata,
+    mrope_section,
 )
 
 # The released Qwen3-VL checkpoints add DeepStack features after decoder layers 0, 1 and 2.
@@ -165,6 +167,98 @@ class Qwen3VLAdapter(_QwenVLAdapter):
             clip["frames_indices"] = list(range(len(frames)))  # frame i at i / fps seconds
         return {"video_metadata": metadata, "do_sample_frames": False}
 
+    references = {"Qwen/Qwen3-VL-8B-Instruct": Reference(("qwen3-vl-8b",), "qwen3-vl-vit", "qwen3-vl-8b")}
+
+    # -- geometry, for the analyzer and bench
+    # The video processor's limits bound the whole clip (frames x height x width), not one frame:
+    # its class defaults (size longest_edge / shortest_edge) are the analyzer's.
+    default_frame_side = 448  # the analyzer's default square frame (the official AIM Qwen-VL input)
+
+    @property
+    def default_max_pixels(self) -> int:
+        return _video_processor_size()["longest_edge"]
+
+    @property
+    def video_min_pixels(self) -> int:
+        return _video_processor_size()["shortest_edge"]
+
+    def vision_shape(self, config, name: str):
+        from llava.analysis.shapes import VisionShape
+
+        v = config.vision_config
+        side = self.default_frame_side // v.patch_size  # the analyzer sets it from the input
+        return VisionShape(name, v.depth, v.hidden_size, v.intermediate_size, v.num_heads, side * side,
+                           patch_size=v.patch_size, channels=v.in_channels * v.temporal_patch_size,
+                           spatial_merge=v.spatial_merge_size, extra_mergers=len(v.deepstack_visual_indexes or ()))
+
+    def visual_additions(self, config) -> int:
+        """DeepStack: the visual rows are added to the hidden states after this many decoder layers."""
+        return len(config.vision_config.deepstack_visual_indexes or ())
+
+    def visual_tokens(self, config, frames: int, height=None, width=None, max_pixels=None,
+                      min_pixels=None) -> VisualTokens:
+        """As the Qwen3-VL video processor resizes (its ``smart_resize``: sides multiples of patch x
+        merge = 32 px, min_pixels <= frames x h x w <= max_pixels over the whole clip, the aspect
+        kept); without a frame size, 448 x 448 px frames. Two frames make one temporal group; fewer
+        frames than a temporal patch count as one group (the frame repeated, as the processor
+        pads). Timestamps and the per-group vision_start/end tokens are text, not counted here."""
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+        v = config.vision_config
+        factor, temporal = v.patch_size * v.spatial_merge_size, v.temporal_patch_size
+        max_pixels = self.default_max_pixels if max_pixels is None else max_pixels
+        min_pixels = self.video_min_pixels if min_pixels is None else min_pixels
+        for what, value in (("frames", frames), ("max_pixels", max_pixels), ("min_pixels", min_pixels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AIMConfigError(f"{what} must be a positive integer, got {value!r}")
+        if max_pixels < factor ** 2 or max_pixels < min_pixels:
+            raise AIMConfigError(f"max_pixels must be at least {factor ** 2} and min_pixels ({min_pixels}), "
+                                 f"got {max_pixels}")
+        if (height is None) != (width is None):
+            raise AIMConfigError("give the frame height and width together")
+        if height is None:
+            height = width = self.default_frame_side
+        if height < 1 or width < 1:
+            raise AIMConfigError(f"frame size must be positive, got {height} x {width}")
+        try:
+            h, w = smart_resize(max(frames, temporal), height, width, temporal_factor=temporal, factor=factor,
+                                min_pixels=min_pixels, max_pixels=max_pixels)
+        except ValueError as exc:  # an aspect ratio beyond 200:1
+            raise AIMConfigError(f"frame size {height} x {width}: {exc}") from None
+        rows, cols = h // factor, w // factor
+        groups = -(-frames // temporal)
+        return VisualTokens(frames, groups, rows * cols, (rows, cols), (h, w),
+                            {"max_pixels": max_pixels, "min_pixels": min_pixels})
+
+    def input_note(self, tokens: VisualTokens) -> Optional[str]:
+        (rows, cols), (h, w) = tokens.grid, tokens.frame_size
+        return (f"{self.title} input: {tokens.frames} frames = {tokens.units} temporal groups of "
+                f"{self.frames_per_unit} frames (the 'frames' above), each {rows} x {cols} = {tokens.tokens_per_unit} "
+                f"tokens after the 2x2 patch merger (frames resized to {h} x {w} px; max_pixels "
+                f"{tokens.pixel_limits['max_pixels']} over the clip); timestamps are text")
+
+    def bench_dims(self, config, scale):
+        from llava.model.families.base import text_bench_dims
+
+        text = text_bench_dims(self, scale)
+        head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+        if isinstance(scale, BenchScale):
+            text["rope_parameters"] = {"rope_type": "default", "rope_theta": 5000000.0,
+                                       "mrope_section": list(mrope_section(head_dim)), "mrope_interleaved": True}
+            depth = max(scale.vision_layers, 2)
+            vision = dict(depth=depth, hidden_size=scale.vision_hidden, intermediate_size=scale.vision_intermediate,
+                          num_heads=scale.vision_heads, deepstack_visual_indexes=list(range(depth - 1)))
+        else:
+            v = scale.vision_config
+            vision = {k: getattr(v, k) for k in ("depth", "hidden_size", "intermediate_size", "num_heads",
+                                                   "deepstack_visual_indexes", "num_position_embeddings")}
+        text.update(self._bench_moe_dims(scale))
+        vision["out_hidden_size"] = text["hidden_size"]  # the merger's output is the decoder's width
+        return text, vision
+
+    def _bench_moe_dims(self, scale):
+        return {}
+
     def official_layers(self, num_layers: int) -> Optional[Tuple[int, int]]:
         """The paper's scaled (l1, l2), with pruning starting no earlier than after the DeepStack
         layers (the official Qwen3-VL has no AIM schedule)."""
@@ -267,3 +361,20 @@ class Qwen3VLMoeAdapter(Qwen3VLAdapter):
     plugin_model = "qwen3_vl_moe_aim"
     plugin_class = "Qwen3VLMoeAIM"
     default_checkpoint = "Qwen/Qwen3-VL-30B-A3B-Instruct"
+
+    references = {"Qwen/Qwen3-VL-30B-A3B-Instruct": Reference(("qwen3-vl-30b-a3b",), "qwen3-vl-moe-vit",
+                                                              "qwen3-vl-30b-a3b")}
+
+    def _bench_moe_dims(self, scale):
+        if isinstance(scale, BenchScale):  # 8 experts, 2 per token, each a quarter of the dense MLP
+            return dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=scale.intermediate // 4)
+        text = self.text_config(scale)
+        return {k: getattr(text, k) for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size")}
+
+
+def _video_processor_size():
+    """The installed Qwen3-VL video processor's default pixel limits (over a whole clip)."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    size = Qwen3VLVideoProcessor.size
+    return {"longest_edge": int(size["longest_edge"]), "shortest_edge": int(size["shortest_edge"])}
