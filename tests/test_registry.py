@@ -114,3 +114,27 @@ def test_every_method_part_is_registered_and_priced_by_a_named_analyzer_function
     for entry in registry.REGISTRY.values():
         assert entry.cost is None or callable(getattr(roofline, entry.cost)), entry
         assert entry.needs <= set(registry.NEEDS)
+
+
+def test_the_analyzer_prices_a_score_by_its_registry_entry():
+    """A new score's cost for flops / plan is the function its entry names, and a score registered
+    without one costs nothing: no name is special-cased in the analyzer."""
+    from llava.aim.registry import register, unregister
+    from llava.analysis.roofline import analyze
+
+    common = dict(llm="qwen2-7b", frames=8, retention=0.25, l1=14, l2=22)
+    pagerank = analyze(**common)
+    register("toy_priced", "score", lambda x: x.visual.float(), needs=("visual",), cost="last_token_overhead_ops")
+    register("toy_free", "score", lambda x: x.visual.float(), needs=("visual",), cost=None)
+    try:
+        priced = analyze(**common, importance="toy_priced")
+        free = analyze(**common, importance="toy_free")
+    finally:
+        unregister("toy_priced")
+        unregister("toy_free")
+    names = lambda a: {op.name.split("[")[0] for op in a.aim_overhead.ops}  # noqa: E731
+    assert "importance.qk" in names(pagerank) and "score.qk" not in names(pagerank)
+    assert "score.qk" in names(priced) and "importance.qk" not in names(priced)
+    assert not {n for n in names(free) if n.startswith(("score.", "importance."))}
+    assert priced.prefill_tflops == free.prefill_tflops == pagerank.prefill_tflops  # the LLM itself is unchanged
+    assert free.settings["importance"] == "toy_free"

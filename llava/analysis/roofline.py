@@ -53,6 +53,7 @@ AIM's own overhead (merging and importance) and the KV cache.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -580,6 +581,26 @@ def last_token_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
 # --- the analysis --------------------------------------------------------------------------
 
 
+def score_overhead_ops(score: str, llm: LLMShape, tokens_per_layer: Sequence[int], visual: Sequence[int],
+                       hardware: Hardware, options: Optional[RooflineOptions] = None, convention: str = "runtime",
+                       pagerank_iters: int = 5) -> List[OpCost]:
+    """The work of the registered score ``score`` at the layers that rank, priced by the function
+    its registry entry names (``llava.aim.registry``: ``cost``, a function of this module); a score
+    registered without one (random: a hash per token; none: VTW) costs nothing here. Under the
+    paper convention AIM's importance is counted as the paper's overhead table counts it."""
+    from llava.aim.registry import lookup
+
+    entry = lookup(score, "score")
+    if entry.cost is None:
+        return []
+    if convention == "paper" and entry.cost == "importance_overhead_ops":
+        return paper_importance_overhead_ops(llm, tokens_per_layer, pruning_layers(visual), hardware, options)
+    price = globals().get(entry.cost)
+    if price is None:
+        raise AIMConfigError(f"score {score!r} is priced by {entry.cost!r}, which llava.analysis.roofline does not define")
+    extra = {"pagerank_iters": pagerank_iters} if "pagerank_iters" in inspect.signature(price).parameters else {}
+    return price(llm, tokens_per_layer, scoring_layers(visual), hardware, options, **extra)
+
 def prumerge_tokens_per_frame(method: str, vision: VisionShape, kept_tokens: Optional[int] = None) -> int:
     """PruMerge's tokens per frame for the analyzer: the measured ``kept_tokens``, or the nominal
     count at the official ratio 1/8 (spatial samples only with a CLS token: LLaVA-1.5's CLIP)."""
@@ -685,7 +706,7 @@ class Analysis:
 
 
 _SETTING_KEYS = ("frames", "tokens_per_frame", "text_tokens", "newline_tokens", "retention", "l1", "l2", "convention",
-                 "pagerank_iters", "method", "drop_layers", "drop_ratio", "merge_count", "kept_tokens")
+                 "pagerank_iters", "method", "drop_layers", "drop_ratio", "merge_count", "kept_tokens", "importance")
 
 
 def _analyze_kwargs(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -700,7 +721,7 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
 # analyze's keyword for each AIMConfig field it takes: the one bridge from a config to the analyzer.
 CONFIG_ARGUMENTS = {"retention": "retention", "l1": "l1", "l2": "l2", "method": "method",
                     "drop_layers": "drop_layers", "drop_ratio": "drop_ratio",
-                    "pagerank_iters": "pagerank_iters", "merge_count": "merge_count"}
+                    "pagerank_iters": "pagerank_iters", "merge_count": "merge_count", "importance": "importance"}
 
 
 def config_arguments(cfg: Any, without: Sequence[str] = ()) -> Dict[str, Any]:
@@ -730,6 +751,7 @@ def analyze(
     drop_ratio: Optional[float] = None,
     merge_count: str = "official",
     kept_tokens: Optional[int] = None,
+    importance: str = "pagerank",
     **option_kwargs: Any,
 ) -> Analysis:
     """Roofline prefill cost of the language model on one video (or image) prompt.
@@ -753,6 +775,9 @@ def analyze(
     of the vision tower's patches (llava.aim.prumerge.nominal_tokens: 73 / 145 of CLIP's 576,
     92 of SigLIP's 729, where the official code adds no spatial samples).
 
+    ``importance`` is AIM's score (a registered one, llava.aim.registry); its own work is priced by
+    the function its registry entry names (:func:`score_overhead_ops`).
+
     ``method`` (with ``drop_layers`` / ``drop_ratio`` for fastv, vtw, pdrop) selects a policy of
     llava.aim.policy; its per-layer counts come from ``llava.aim.schedule.policy_visual_tokens``,
     the function the runtime uses. Baselines are counted as executed (runtime convention).
@@ -773,7 +798,7 @@ def analyze(
     _check_count("text_tokens", text_tokens, 0)
     _check_count("newline_tokens", newline_tokens, 0)
     _check_count("pagerank_iters", pagerank_iters, 1)
-    cfg = AIMConfig(retention=retention, l1=l1, l2=l2, method=method, merge_count=merge_count,
+    cfg = AIMConfig(retention=retention, l1=l1, l2=l2, method=method, merge_count=merge_count, importance=importance,
                     drop_layers=None if drop_layers is None else tuple(drop_layers), drop_ratio=drop_ratio)
     cfg.check_against_model(shape.layers)
     if convention != "runtime" and spec(method).schedule != "linear":
@@ -806,13 +831,8 @@ def analyze(
     if cfg.prumerging:
         overhead += prumerge_overhead_ops(vshape, kept, frames, hw, options)
     score = score_of(cfg)
-    if l1 is not None and score in ("pagerank", "attention") and convention == "paper":
-        overhead += paper_importance_overhead_ops(shape, tokens, pruning_layers(visual), hw, options)
-    elif l1 is not None and score in ("pagerank", "attention"):  # AIM's count, whichever AIM score
-        overhead += importance_overhead_ops(shape, tokens, scoring_layers(visual), hw, options, pagerank_iters)
-    elif score == "last_token":
-        overhead += last_token_overhead_ops(shape, tokens, scoring_layers(visual), hw, options)
-    # random (a hash per visual token) and none (VTW): no score work worth counting
+    if cfg.pruning:
+        overhead += score_overhead_ops(score, shape, tokens, visual, hw, options, convention, pagerank_iters)
 
     settings = {
         "llm": shape.name, "frames": frames, "tokens_per_frame": tokens_per_frame,
@@ -821,7 +841,7 @@ def analyze(
         "pagerank_iters": pagerank_iters, "hardware": hw.name, "vision_tower": vshape.name,
         "merge_count": merge_count, "count_rule": rule, "kept_tokens": kept_tokens,
         "method": method, "drop_layers": None if drop_layers is None else list(drop_layers),
-        "drop_ratio": drop_ratio, "score": score,
+        "drop_ratio": drop_ratio, "score": score, "importance": importance,
         "resolved_drop_layers": (list(drop_layers_for(method, cfg.drop_layers, shape.layers))
                                  if spec(method).schedule == "steps" else None),
     }
