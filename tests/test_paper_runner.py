@@ -165,6 +165,20 @@ def test_slurm_array_one_task_per_run_with_its_logs_folder_made(tmp_path):
     assert f"#SBATCH --chdir={ROOT}" in text
 
 
+def _two_document_task(tmp_path):
+    """A copy of the shipped task folder whose questions are its first 2 documents (same task
+    names): a whole, unlimited run of it takes seconds, not the 64 requests of the real one."""
+    import shutil
+
+    from llava.eval.synthetic import TASK_DIR
+
+    folder = tmp_path / "tasks" / TASK_DIR.name
+    shutil.copytree(TASK_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    questions = folder / "questions.json"
+    questions.write_text(json.dumps(json.loads(questions.read_text())[:2]))
+    return folder.parent
+
+
 def _offline_env(tmp_path, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(PYTHON=sys.executable, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
@@ -309,7 +323,9 @@ def test_run_skips_a_row_only_after_an_unlimited_run_of_exactly_its_setting(tmp_
     row); a run of the whole task does, for that setting only."""
     root = tmp_path / "paper"
     row = pt.BY_NAME["video/aim"]
-    tiny = _offline_env(tmp_path, PRETRAINED="tiny-llava-onevision", TASKS="llava_aim_synthvid_mc", FRAMES="4")
+    # the row's whole task, made small: the shipped multiple-choice task cut to its first 2 documents
+    tiny = _offline_env(tmp_path, PRETRAINED="tiny-llava-onevision", TASKS="llava_aim_synthvid_mc", FRAMES="4",
+                        INCLUDE_PATH=str(_two_document_task(tmp_path)))
     tiny.pop("LIMIT", None)
     runner = [sys.executable, str(ROOT / "scripts" / "paper_tables.py"), "--run", "video/aim", "--output-root", str(root)]
     limited = subprocess.run(runner, env={**tiny, "LIMIT": "2"}, capture_output=True, text=True, timeout=900)
