@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from llava.aim.knobs import flag_of, flag_values
 from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors, typed_knobs
+
+logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_VIDEO = ASSETS / "sample_video.mp4"
@@ -381,7 +384,10 @@ def run_command(args) -> int:
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     media_kw = {"videos": [media]} if is_video else {"images": [media]}
     say(f"preprocessing {fed} frames (resizing, normalising)")
-    inputs = processor(text=prompt, return_tensors="pt", **media_kw).to(device)
+    # what the family's processor needs beside pre-sampled frames (Qwen-VL: the clip's metadata,
+    # so that it neither samples again nor guesses the frames' times), as the eval plugin passes it
+    extra = family.plugin_input_kwargs(kind, [media_path], [media], logger.warning) if is_video else {}
+    inputs = processor(text=prompt, return_tensors="pt", **media_kw, **extra).to(device)
     if model.dtype != torch.float32:
         for key in ("pixel_values", "pixel_values_videos"):
             if key in inputs:

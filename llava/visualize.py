@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import logging
 import math
 import os
 import tempfile
@@ -28,6 +29,8 @@ import numpy as np
 
 from llava.analysis.cli import compact_counts
 from llava.errors import AIMConfigError, UnsupportedUsageError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_FRAMES = 4
 MAX_FRAMES = 64  # one row per frame: beyond this the picture is too tall to read
@@ -184,8 +187,10 @@ def _resize_frames(frames: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in frames])
 
 
-def collect_token_views(model, processor, media, is_video: bool, cfg, layers: Sequence[int], question: str) -> TokenViews:
-    """Run one prefill with AIM (``cfg``) and source tracking; return the views to draw.
+def collect_token_views(model, processor, media, is_video: bool, cfg, layers: Sequence[int], question: str,
+                        media_path=None) -> TokenViews:
+    """Run one prefill with AIM (``cfg``) and source tracking; return the views to draw
+    (``media_path``: the clip the frames came from, for families whose processor reads its metadata).
 
     AIM is applied for the call and the model's previous AIM setting restored afterwards.
     """
@@ -199,7 +204,9 @@ def collect_token_views(model, processor, media, is_video: bool, cfg, layers: Se
         kind = "video" if is_video else "image"
         conversation = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]
         prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-        inputs = processor(text=prompt, return_tensors="pt", **{f"{kind}s": [media]}).to(model.device)
+        extra = (model._aim_family.plugin_input_kwargs(kind, [str(media_path)], [media], logger.warning)
+                 if is_video and media_path is not None else {})
+        inputs = processor(text=prompt, return_tensors="pt", **{f"{kind}s": [media]}, **extra).to(model.device)
         for key in ("pixel_values", "pixel_values_videos"):
             if key in inputs:
                 inputs[key] = inputs[key].to(model.dtype)
@@ -434,7 +441,7 @@ def visualize_command(args) -> int:
     layers = check_layers(args.layers, num_layers, model_name) if args.layers else default_layers(num_layers, cfg.l1, cfg.l2)
     question = args.question or (DEFAULT_QUESTION if is_video else DEFAULT_IMAGE_QUESTION)
 
-    views = collect_token_views(model, processor, media, is_video, cfg, layers, question)
+    views = collect_token_views(model, processor, media, is_video, cfg, layers, question, media_path)
     rows = views.groups.shape[0]
     views.frame_labels = frame_labels(rows, len(media) if is_video else 0, media_path.name)
     views.caption = caption_lines(model_name, media_path.name, is_video, is_builtin(model_name), cfg, num_layers, views)

@@ -463,3 +463,23 @@ def test_flops_of_the_8b_and_the_30b_a3b_references(capsys):
     linear = L * n * (proj + mlp)
     assert linear < moe["baseline_prefill_tflops"] * 1e12 < linear * 1.1  # the rest: attention, norms, lm_head
     assert 0 < moe["prefill_tflops"] < moe["baseline_prefill_tflops"] < dense["baseline_prefill_tflops"]
+
+
+def test_run_hands_the_processor_the_clips_frames_as_sampled(tmp_path):
+    """llava-aim run decodes the frames itself: Qwen3-VL's processor must neither sample them again
+    (it fell back to 24 fps and kept fewer frames) nor guess their times; it gets the clip's
+    metadata from the adapter, as the eval plugin does."""
+    import json
+    import subprocess
+    import sys
+
+    def run(frames):
+        out = subprocess.run([sys.executable, "-m", "llava", "run", "--model", "tiny-qwen3-vl", "--frames", str(frames),
+                              "--max-new-tokens", "1", "--json"], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "Defaulting to `fps=24`" not in out.stderr
+        return json.loads(out.stdout)["visual_tokens_before_merge"]
+
+    # every decoded frame reaches the model: 16 frames are 8 temporal patches of 2, each as large
+    # as the one patch of 2 frames (the stock resampling kept 4 of the 16 frames here)
+    assert run(16) == 8 * run(2)

@@ -104,7 +104,7 @@ def add_bench_command(subparsers) -> None:
     p.add_argument("--model", choices=["auto", *BENCH_MODELS], default="auto",
                    help="random-weight architecture, a family at the small size or its reference checkpoint's: "
                         + ", ".join(f"{name} ({m.title})" for name, m in BENCH_MODELS.items())
-                        + "; auto: the first on CPU, its reference size on CUDA")
+                        + "; default auto: the first on CPU, its reference size on CUDA")
     p.add_argument("--frames", type=int, default=32, help="video frames (default 32; Qwen-VL: 2 per temporal group)")
     p.add_argument("--tokens-per-frame", type=int, default=None,
                    help="LLM-only measurement: visual tokens per frame before merging (default and end to end: what "
