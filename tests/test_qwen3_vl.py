@@ -480,6 +480,16 @@ def test_run_hands_the_processor_the_clips_frames_as_sampled(tmp_path):
         assert "Defaulting to `fps=24`" not in out.stderr
         return json.loads(out.stdout)["visual_tokens_before_merge"]
 
-    # every decoded frame reaches the model: 16 frames are 8 temporal patches of 2, each as large
-    # as the one patch of 2 frames (the stock resampling kept 4 of the 16 frames here)
-    assert run(16) == 8 * run(2)
+    # every decoded frame reaches the model: 16 frames are the 8 temporal patches the adapter counts
+    # for this clip (the stock resampling kept 4 of the 16 frames here: 128 tokens)
+    from transformers import AutoConfig
+
+    from llava.model.builder import resolve_checkpoint
+    from llava.run import SAMPLE_VIDEO
+    from llava.video import probe_video
+
+    _, width, height = probe_video(str(SAMPLE_VIDEO))
+    config = AutoConfig.from_pretrained(resolve_checkpoint("tiny-qwen3-vl"))
+    counted = Qwen3VLAdapter().visual_tokens(config, 16, height, width)
+    assert counted.units == 8
+    assert run(16) == counted.units * counted.tokens_per_unit
