@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import make_video, qwen_model, video_inputs
+from conftest import make_video, video_inputs
 
 from llava import AIMConfig, apply_aim
 from llava.aim.merge import merged_token_count
