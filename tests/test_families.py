@@ -436,16 +436,21 @@ def _first_attention(model, family):
     (lambda lm, attn, mp: mp.delattr(attn, "scaling"), "scaling"),
 ])
 def test_check_model_refuses_a_decoder_the_driver_cannot_run(case, broken, named, monkeypatch):
+    import copy
+
     from llava.errors import UnsupportedModelError
 
-    lm = case.family.language_model(case.model)
-    broken(lm, _first_attention(case.model, case.family), monkeypatch)
+    # copies: the session's shared models must come out of this test whole (AIM applied to a broken
+    # decoder and then the decoder mended underneath it left them unusable for later tests)
+    model, processor = copy.deepcopy(case.model), copy.deepcopy(case.processor)
+    lm = case.family.language_model(model)
+    broken(lm, _first_attention(model, case.family), monkeypatch)
     with pytest.raises(UnsupportedModelError, match=f"cannot drive .*{named}.*disable pruning"):
-        apply_aim(case.model, case.processor, AIMConfig())
-    assert not hasattr(case.model, "_aim_runtime"), "refused before anything was patched"
+        apply_aim(model, processor, AIMConfig())
+    assert not hasattr(model, "_aim_runtime"), "refused before anything was patched"
     # merging alone does not run the driver: nothing to refuse
-    apply_aim(case.model, case.processor, AIMConfig(l1=None, l2=None))
-    assert case.model.aim_config.l1 is None
+    apply_aim(model, processor, AIMConfig(l1=None, l2=None))
+    assert model.aim_config.l1 is None
 
 
 def test_run_help_lists_every_family_builtin_model(capsys):
