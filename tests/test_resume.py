@@ -211,8 +211,9 @@ def test_rerun_after_a_code_change_is_recomputed_and_equals_a_fresh_run(tmp_path
     shutil.copytree(Path(llava.__file__).parent, code / "llava", ignore=shutil.ignore_patterns("__pycache__"))
     config = code / "llava" / "aim" / "config.py"
     text = config.read_text()
-    assert '    merge_weighting: str = "mean"' in text
-    config.write_text(text.replace('    merge_weighting: str = "mean"', '    merge_weighting: str = "size"'))
+    default = '    merge_weighting: str = field(default="mean"'
+    assert default in text
+    config.write_text(text.replace(default, '    merge_weighting: str = field(default="size"'))
 
     rerun = _run(tmp_path, code, tmp_path / "rerun")
     assert _served(rerun.stderr) == (0, 8)  # not one answer from the old journal
