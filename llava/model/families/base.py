@@ -45,7 +45,7 @@ from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from llava.errors import UnsupportedModelError
+from llava.errors import AIMConfigError, UnsupportedModelError
 
 
 
@@ -258,6 +258,27 @@ class FamilyAdapter:
         """Decoder layers after which the model adds rows to the visual tokens' hidden states (the
         LayerAdditions above: Qwen3-VL's DeepStack); 0: none. One H-wide add per visual token each."""
         return 0
+
+    def checked_frame_input(self, frames, height, width, max_pixels, min_pixels, factor: int):
+        """(height, width, max_pixels, min_pixels) of a resolution-dependent family's input: the
+        family's defaults where not given (``default_frame_side``, ``default_max_pixels``,
+        ``video_min_pixels``), each value checked (AIMConfigError naming it) before the processor's
+        resize rule is applied with the side multiple ``factor``."""
+        max_pixels = self.default_max_pixels if max_pixels is None else max_pixels
+        min_pixels = self.video_min_pixels if min_pixels is None else min_pixels
+        for what, value in (("frames", frames), ("max_pixels", max_pixels), ("min_pixels", min_pixels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AIMConfigError(f"{what} must be a positive integer, got {value!r}")
+        if max_pixels < factor ** 2 or max_pixels < min_pixels:
+            raise AIMConfigError(f"max_pixels must be at least {factor ** 2} and min_pixels ({min_pixels}), "
+                                 f"got {max_pixels}")
+        if (height is None) != (width is None):
+            raise AIMConfigError("give the frame height and width together")
+        if height is None:
+            height = width = self.default_frame_side
+        if height < 1 or width < 1:
+            raise AIMConfigError(f"frame size must be positive, got {height} x {width}")
+        return height, width, max_pixels, min_pixels
 
     def input_note(self, tokens: "VisualTokens") -> Optional[str]:
         """One line describing the input geometry where units are not frames; None: nothing to say."""

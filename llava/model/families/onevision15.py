@@ -96,20 +96,8 @@ class OneVision15Adapter(FamilyAdapter):
 
         v = config.vision_config
         factor = v.patch_size * v.spatial_merge_size
-        max_pixels = self.default_max_pixels if max_pixels is None else max_pixels
-        min_pixels = self.video_min_pixels if min_pixels is None else min_pixels
-        for what, value in (("frames", frames), ("max_pixels", max_pixels), ("min_pixels", min_pixels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise AIMConfigError(f"{what} must be a positive integer, got {value!r}")
-        if max_pixels < factor ** 2 or max_pixels < min_pixels:
-            raise AIMConfigError(f"max_pixels must be at least {factor ** 2} and min_pixels ({min_pixels}), "
-                                 f"got {max_pixels}")
-        if (height is None) != (width is None):
-            raise AIMConfigError("give the frame height and width together")
-        if height is None:
-            height = width = self.default_frame_side
-        if height < 1 or width < 1:
-            raise AIMConfigError(f"frame size must be positive, got {height} x {width}")
+        height, width, max_pixels, min_pixels = self.checked_frame_input(frames, height, width, max_pixels, min_pixels,
+                                                                         factor)
         try:
             h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
         except ValueError as exc:  # an aspect ratio beyond 200:1
