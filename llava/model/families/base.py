@@ -189,6 +189,17 @@ class FamilyAdapter:
         (``raw``: what the task gave, e.g. video paths; ``say(message)`` warns)."""
         return {}
 
+    # model_args of lmms-eval's own model of this family (the official AIM commands pass them)
+    # that the plugin takes: (name, values that change nothing here or None for every value, what
+    # it means here, the llava.eval.args conversion it "becomes" or None), read by
+    # llava.eval.args.STOCK_ARGS.
+    stock_model_args: Tuple[Tuple[object, ...], ...] = ()
+
+    def bench_tower_widths(self, vision_dims: Dict[str, object]) -> Tuple[int, int, bool, bool]:
+        """bench's memory estimate of a patch-merger vision tower (the families whose tokens follow
+        the resolution): (block width, MLP width, LayerNorm (else RMSNorm), gated MLP)."""
+        raise NotImplementedError
+
     # -- what AIM patches -----------------------------------------------------------------
     def check_model(self, model, cfg) -> None:
         """Raise UnsupportedModelError if this loaded model cannot take AIM with ``cfg`` (before
