@@ -237,17 +237,19 @@ def _dtype_bytes(args, config) -> int:
 def _llm_video_tokens(config, cfg: AIMConfig, family, merges: bool) -> tuple:
     """(visual tokens per frame entering the language model, a frame's visual tokens summed
     over the decoder layers that hold them in the KV cache): LOWER bounds for the memory
-    pre-check. Counted for LLaVA-OneVision-family frames (the vision tower's patches pooled
-    2x2, then merged); (0, 0) where the count depends on more than the config (Qwen-VL's
-    resolution) or on the content (PruMerge's selection)."""
+    pre-check. Counted for the video families whose frame tokens follow from the config (the
+    adapter's ``visual_tokens`` of one frame, then merged); (0, 0) where the count depends on
+    more than the config (the resolution: families with pixel limits), on the content
+    (PruMerge's selection), or where the family takes no video."""
     from llava.aim.merge import merged_token_count
     from llava.aim.schedule import visual_tokens_per_layer
 
     vision = getattr(config, "vision_config", None)
     side, patch = getattr(vision, "image_size", 0) or 0, getattr(vision, "patch_size", 0) or 0
-    if family.name != "onevision" or not (side and patch) or cfg.method in PRUMERGE_METHODS:
+    fixed = "video" in family.media and not family.pixel_limits
+    if not fixed or not (side and patch) or cfg.method in PRUMERGE_METHODS:
         return 0, 0
-    tokens = (-(-(side // patch) // 2)) ** 2  # 27 x 27 patches pooled to 14 x 14 = 196
+    tokens = family.visual_tokens(config, 1).tokens_per_unit  # e.g. 27 x 27 patches pooled to 14 x 14 = 196
     if merges and cfg.retention < 1:
         tokens = merged_token_count(tokens, cfg.retention, cfg.merge_count)
     depth = _decoder_depth(config)

@@ -65,7 +65,8 @@ PIXEL_ARGS = ("max_pixels", "min_pixels")
 #   DEFAULT_CHECKPOINTS: plugin id -> the paper's checkpoint (FamilyAdapter.default_checkpoint);
 #   PLUGIN_MODEL_TYPES: plugin id -> the config.model_type it serves;
 #   PLUGIN_EXTRA_ARGS: plugin id -> the model_args it reads itself (FamilyAdapter.plugin_model_args).
-_FAMILY_TABLES = ("DEFAULT_CHECKPOINTS", "PLUGIN_MODEL_TYPES", "PLUGIN_EXTRA_ARGS")
+#   STOCK_ARGS: every plugin's StockArg entries (FamilyAdapter.stock_model_args).
+_FAMILY_TABLES = ("DEFAULT_CHECKPOINTS", "PLUGIN_MODEL_TYPES", "PLUGIN_EXTRA_ARGS", "STOCK_ARGS")
 
 
 def plugin_families() -> Dict[str, Any]:
@@ -83,6 +84,7 @@ def __getattr__(name: str):
         "DEFAULT_CHECKPOINTS": {p: f.default_checkpoint for p, f in families.items()},
         "PLUGIN_MODEL_TYPES": {p: f.model_types[0] for p, f in families.items()},
         "PLUGIN_EXTRA_ARGS": {p: f.plugin_model_args for p, f in families.items() if f.plugin_model_args},
+        "STOCK_ARGS": tuple(arg for f in families.values() for arg in stock_args_of(f)),
     }
     globals().update(tables)  # computed once
     return tables[name]
@@ -221,12 +223,11 @@ def pixel_limits(raw: Mapping[str, Any]) -> Dict[str, int]:
 
 
 # -- model_args of lmms-eval's stock models and of the official AIM scripts -------------------------
-# The official AIM commands run lmms-eval's own llava_onevision / llava / qwen2_vl models; swapping
-# in a plugin model must not turn their model_args into errors. Each such name is applied (it
-# becomes the plugin's own model_arg), moot (changes nothing here: accepted, logged), or refused
-# for the values that would ask for something this plugin does not reproduce.
-_OV, _LLAVA = ("llava_onevision_aim",), ("llava_aim",)
-_QWEN = ("qwen2_vl_aim", "qwen2_5_vl_aim")
+# The official AIM commands run lmms-eval's own models of each family; swapping in a plugin model
+# must not turn their model_args into errors. Each such name is applied (it becomes the plugin's
+# own model_arg), moot (changes nothing here: accepted, logged), or refused for the values that
+# would ask for something this plugin does not reproduce. Each family adapter lists its own
+# (FamilyAdapter.stock_model_args); STOCK_ARGS gathers them, built on first use.
 
 
 @dataclass(frozen=True)
@@ -240,35 +241,38 @@ class StockArg:
     becomes: Optional[Callable[[Any], Dict[str, Any]]] = None  # applied: the plugin's model_args it sets
 
 
-STOCK_ARGS: Tuple[StockArg, ...] = (
-    StockArg("model_name", _OV + _LLAVA, None,
-             "the model family is read from the checkpoint's config.json (LLaVA-NeXT's model_name is moot)"),
-    StockArg("conv_template", _OV, ("qwen_1_5",),
-             "the prompt is built with the checkpoint's own chat template (Qwen2's, as LLaVA-NeXT's qwen_1_5)"),
-    StockArg("conv_template", _LLAVA, ("vicuna_v1", "llava_v1"),
-             "the prompt is built with the checkpoint's own chat template (LLaVA-1.5's USER/ASSISTANT turns)"),
-    StockArg("truncation", _OV + _LLAVA, None, "unused by lmms-eval's LLaVA models as well"),
-    StockArg("tie_weights", _LLAVA, None, "the transformers checkpoint ties its weights itself"),
-    StockArg("use_cache", _OV + _LLAVA + _QWEN, (True,), "generation always decodes with the KV cache"),
-    StockArg("truncate_context", _OV + _LLAVA, (False,), "the prompt is never truncated"),
-    StockArg("customized_config", _OV + _LLAVA, (None,), "the checkpoint's own config.json is used"),
-    StockArg("mm_spatial_pool_stride", _OV, (2,),
-             "transformers' LLaVA-OneVision pools each video frame's grid by 2 (27x27 -> 14x14), always"),
-    StockArg("mm_spatial_pool_mode", _OV, ("bilinear",),
-             "transformers' LLaVA-OneVision pools video frames bilinearly, always"),
-    StockArg("token_strategy", _OV, ("single",), "one video placeholder per video"),
-    StockArg("max_num_frames", _QWEN, None, "frames per video (max_frames_num)",
-             becomes=lambda v: {"max_frames_num": v}),
-    StockArg("use_flash_attention_2", ("qwen2_vl_aim",), None, "attn_implementation=flash_attention_2 when true",
-             becomes=lambda v: {"attn_implementation": "flash_attention_2"} if _as_bool("use_flash_attention_2", v)
-             else {}),
-    StockArg("max_length", _QWEN, None, "unused by lmms-eval's Qwen-VL generation as well"),
-    StockArg("system_prompt", _QWEN, ("You are a helpful assistant.",),
-             "the checkpoint's chat template adds its default system prompt, 'You are a helpful assistant.'"),
-    StockArg("interleave_visuals", _QWEN, (False,), "the visuals come first, then the task's text"),
-    StockArg("reasoning_prompt", _QWEN, (None,), "the task's text is sent unchanged"),
-    StockArg("fps", ("qwen2_5_vl_aim",), (None,), "frames are sampled by count (max_num_frames), not by rate"),
-)
+# What an applied stock model_arg becomes, by the name a family's stock_model_args entry gives.
+_BECOMES: Dict[str, Callable[[Any], Dict[str, Any]]] = {
+    "max_frames_num": lambda v: {"max_frames_num": v},
+    "flash_attention_2": lambda v: ({"attn_implementation": "flash_attention_2"}
+                                    if _as_bool("use_flash_attention_2", v) else {}),
+}
+# The stock model_args of the families whose adapter cannot list them yet (their adapter module
+# is being changed elsewhere): family name -> entries in FamilyAdapter.stock_model_args' form.
+_PENDING_STOCK_ARGS: Dict[str, Tuple[Tuple[object, ...], ...]] = {
+    "onevision": (
+        ("conv_template", ("qwen_1_5",),
+         "the prompt is built with the checkpoint's own chat template (Qwen2's, as LLaVA-NeXT's qwen_1_5)", None),
+        ("mm_spatial_pool_stride", (2,),
+         "transformers' LLaVA-OneVision pools each video frame's grid by 2 (27x27 -> 14x14), always", None),
+        ("mm_spatial_pool_mode", ("bilinear",),
+         "transformers' LLaVA-OneVision pools video frames bilinearly, always", None),
+        ("token_strategy", ("single",), "one video placeholder per video", None),
+    ),
+}
+
+
+def stock_args_of(family) -> Tuple[StockArg, ...]:
+    """The family plugin's stock model_args, from its adapter's ``stock_model_args``."""
+    entries = family.stock_model_args
+    if family.name in _PENDING_STOCK_ARGS:
+        from llava.model.families.llava15 import LLAVA_NEXT_STOCK_ARGS
+
+        entries = LLAVA_NEXT_STOCK_ARGS + _PENDING_STOCK_ARGS[family.name]
+    return tuple(StockArg(name, (family.plugin_model,), keeps, meaning, _BECOMES[becomes] if becomes else None)
+                 for name, keeps, meaning, becomes in entries)
+
+
 # Notes for the plugin's own model_args when given the official scripts' values.
 _EAGER_NOTE = ("attn_implementation=eager (applied): AIM's pruning here does not need eager attention, it computes "
                "its scores itself (llava/model/language_model/attention.py); sdpa, the default, is faster")
@@ -276,7 +280,8 @@ _EAGER_NOTE = ("attn_implementation=eager (applied): AIM's pruning here does not
 
 def stock_arg(plugin: str, name: str) -> Optional[StockArg]:
     """The stock model_arg ``name`` as ``plugin`` takes it, or None."""
-    return next((a for a in STOCK_ARGS if a.name == name and plugin in a.models), None)
+    family = plugin_families().get(plugin)
+    return next((a for a in (stock_args_of(family) if family else ()) if a.name == name), None)
 
 
 def adopt_stock_args(plugin: str, kwargs: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:

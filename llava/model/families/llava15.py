@@ -39,6 +39,18 @@ from llava.model.families.base import (
 )
 
 
+# model_args that lmms-eval's LLaVA models (llava, llava_onevision: the LLaVA-NeXT code) share,
+# as the plugin models of those families take them (FamilyAdapter.stock_model_args)
+LLAVA_NEXT_STOCK_ARGS = (
+    ("model_name", None,
+     "the model family is read from the checkpoint's config.json (LLaVA-NeXT's model_name is moot)", None),
+    ("truncation", None, "unused by lmms-eval's LLaVA models as well", None),
+    ("use_cache", (True,), "generation always decodes with the KV cache", None),
+    ("truncate_context", (False,), "the prompt is never truncated", None),
+    ("customized_config", (None,), "the checkpoint's own config.json is used", None),
+)
+
+
 class Llava15Adapter(FamilyAdapter):
     name = "llava15"
     title = "LLaVA-1.5"
@@ -61,6 +73,11 @@ class Llava15Adapter(FamilyAdapter):
         "liuhaotian/llava-v1.5-13b": "llava-hf/llava-1.5-13b-hf",
     }
     fixed_image_size = True  # CLIP's processor resizes and crops every image to 336 x 336 (576 tokens)
+    stock_model_args = LLAVA_NEXT_STOCK_ARGS + (
+        ("conv_template", ("vicuna_v1", "llava_v1"),
+         "the prompt is built with the checkpoint's own chat template (LLaVA-1.5's USER/ASSISTANT turns)", None),
+        ("tie_weights", None, "the transformers checkpoint ties its weights itself", None),
+    )
 
     def official_layers(self, num_layers: int) -> Optional[Tuple[int, int]]:
         return LLAVA15_OFFICIAL_LAYERS.get(num_layers)

@@ -340,6 +340,19 @@ def sampled_clip_metadata(model: str, raw, media, say) -> List[dict]:
 
 
 # -- the adapter ----------------------------------------------------------------------------
+# model_args of lmms-eval's qwen2_vl / qwen2_5_vl models, as their plugin models take them
+# (FamilyAdapter.stock_model_args)
+QWEN_VL_STOCK_ARGS = (
+    ("use_cache", (True,), "generation always decodes with the KV cache", None),
+    ("max_num_frames", None, "frames per video (max_frames_num)", "max_frames_num"),
+    ("max_length", None, "unused by lmms-eval's Qwen-VL generation as well", None),
+    ("system_prompt", ("You are a helpful assistant.",),
+     "the checkpoint's chat template adds its default system prompt, 'You are a helpful assistant.'", None),
+    ("interleave_visuals", (False,), "the visuals come first, then the task's text", None),
+    ("reasoning_prompt", (None,), "the task's text is sent unchanged", None),
+)
+
+
 class _QwenVLAdapter(FamilyAdapter):
     media = ("video", "image")
     merged_media = ("video", "image")
@@ -710,6 +723,9 @@ class Qwen2VLAdapter(_QwenVLAdapter):
     default_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
     # the official AIM code's run: 32 frames, max_pixels 200704, the shrunken M-RoPE grid
     paper_eval_args = {"max_pixels": 200704, "positions": "official"}
+    stock_model_args = QWEN_VL_STOCK_ARGS + (
+        ("use_flash_attention_2", None, "attn_implementation=flash_attention_2 when true", "flash_attention_2"),
+    )
     refused_model_types = {"qwen3_5": QWEN35_REFUSAL, "qwen3_5_moe": QWEN35_REFUSAL}
 
 
@@ -725,4 +741,7 @@ class Qwen2_5_VLAdapter(_QwenVLAdapter):
     plugin_class = "Qwen2_5_VLAIM"
     default_checkpoint = "Qwen/Qwen2.5-VL-7B-Instruct"
     paper_eval_args = {"max_pixels": 200704, "positions": "original"}
+    stock_model_args = QWEN_VL_STOCK_ARGS + (
+        ("fps", (None,), "frames are sampled by count (max_num_frames), not by rate", None),
+    )
     time_positions = True  # second_per_grid_ts
