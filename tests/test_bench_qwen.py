@@ -193,14 +193,15 @@ def test_lm_only_prefill_hands_the_qwen_text_model_3d_positions():
 # -- models and memory --------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["small-qwen2-vl", "qwen2-vl-7b", "small-qwen2.5-vl", "qwen2.5-vl-7b"])
 def test_parameter_counts_equal_the_built_model(name):
-    from llava.bench.memory import decoder_params, qwen_vl_vision_params
+    from llava.bench.memory import decoder_params, merger_tower_params
     from llava.bench.models import BENCH_MODELS, build_qwen_vl
 
     spec = BENCH_MODELS[name]
     text = spec.text_config()
     model, _ = build_qwen_vl(spec.family, text, spec.vision_dims(), device="meta")
     inner = model.model
-    assert qwen_vl_vision_params(spec.family, spec.vision_dims(), text.hidden_size) == sum(
+    widths = spec.adapter.bench_tower_widths(spec.vision_dims())
+    assert merger_tower_params(widths, spec.vision_dims(), text.hidden_size) == sum(
         p.numel() for p in inner.visual.parameters())
     layers = sum(p.numel() for p in inner.language_model.parameters())
     embed = model.config.text_config.vocab_size * text.hidden_size

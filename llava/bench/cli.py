@@ -69,9 +69,9 @@ from llava.bench.memory import (
     available_bytes,
     decoder_params,
     describe_bytes,
+    merger_tower_bytes,
+    merger_tower_params,
     prefill_bytes,
-    qwen_vl_vision_bytes,
-    qwen_vl_vision_params,
     vision_bytes,
     vision_params,
 )
@@ -248,7 +248,7 @@ def estimate_bench_memory(args, text_config, vision_dims, dtype_bytes: int, spec
     """Bytes the run needs at its peak, by phase: the LLM-only phase (weights, then one prefill
     at a time), and the end-to-end phase (the whole multimodal model, the video and its pixels,
     the vision tower over every frame, one prefill). The phases run one after the other.
-    Without ``spec`` / ``inp``: LLaVA-OneVision at the flags' sizes."""
+    Without ``spec`` / ``inp``: the first family's small model at the flags' sizes."""
     spec = spec or BENCH_MODELS["small"]
     inp = inp or bench_input(args, spec)
     eager = args.attn == "eager"
@@ -268,9 +268,10 @@ def estimate_bench_memory(args, text_config, vision_dims, dtype_bytes: int, spec
         per = inp.e2e_tokens_per_unit
         head = text_config.vocab_size * text_config.hidden_size  # lm_head
         if spec.resolution:
-            tower = qwen_vl_vision_params(spec.family, vision_dims, text_config.hidden_size)
+            widths = spec.adapter.bench_tower_widths(vision_dims)
+            tower = merger_tower_params(widths, vision_dims, text_config.hidden_size)
             video = 2 * inp.units * inp.frame_side ** 2 * 3  # uint8, an odd frame repeated
-            inputs = qwen_vl_vision_bytes(spec.family, vision_dims, inp.units * per * 4, video, dtype_bytes)
+            inputs = merger_tower_bytes(widths, inp.units * per * 4, video, dtype_bytes)
         else:
             tower = vision_params(vision_dims, text_config.hidden_size)
             inputs = vision_bytes(vision_dims, args.frames, dtype_bytes=dtype_bytes)

@@ -107,7 +107,7 @@ class PrefillShape:
 
 
 def decoder_params(config) -> int:
-    """Parameters of a Qwen2/Llama decoder stack from its config (embeddings included)."""
+    """Parameters of a Llama-style decoder stack from its config (embeddings included)."""
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
@@ -144,7 +144,7 @@ def prefill_bytes(config, shape: PrefillShape, dtype_bytes: int, layers: Optiona
 def vision_bytes(vision_dims: Dict[str, int], frames: int, size: int = 384, patch: int = 14,
                  dtype_bytes: int = 4) -> int:
     """The end-to-end input and one vision-tower layer over all frames at once: the uint8
-    video, its float32 pixels and the model-dtype copy, and a SigLIP layer's activations."""
+    video, its float32 pixels and the model-dtype copy, and a ViT encoder layer's activations."""
     patches = (size // patch) ** 2
     pixels = frames * 3 * size * size
     video = pixels  # uint8
@@ -153,7 +153,7 @@ def vision_bytes(vision_dims: Dict[str, int], frames: int, size: int = 384, patc
 
 
 def vision_params(vision_dims: Dict[str, int], text_hidden: int, patch: int = 14, size: int = 384) -> int:
-    """SigLIP encoder + LLaVA-OneVision's two-layer projector, from their widths."""
+    """A ViT encoder (no class token) + a two-layer projector, from their widths."""
     hv, iv, layers = vision_dims["hidden_size"], vision_dims["intermediate_size"], vision_dims["num_hidden_layers"]
     embeddings = 3 * patch * patch * hv + (size // patch) ** 2 * hv
     encoder = layers * (4 * hv * hv + 2 * hv * iv + 6 * hv)
@@ -161,38 +161,31 @@ def vision_params(vision_dims: Dict[str, int], text_hidden: int, patch: int = 14
     return embeddings + encoder + projector
 
 
-QWEN_VL_PATCH_VALUES = 3 * 2 * 14 * 14  # one patch's pixel values: 3 colours x 2 frames x 14 x 14
+PATCH_VALUES = 3 * 2 * 14 * 14  # one temporal patch's pixel values: 3 colours x 2 frames x 14 x 14
 
 
-def _qwen_vl_widths(kind: str, vision_dims: Dict[str, Any]):
-    """(block width, MLP width) of a Qwen2-VL / Qwen2.5-VL tower from its config fields."""
-    if kind == "qwen2_vl":
-        return vision_dims["embed_dim"], vision_dims["embed_dim"] * vision_dims["mlp_ratio"]
-    return vision_dims["hidden_size"], vision_dims["intermediate_size"]
-
-
-def qwen_vl_vision_params(kind: str, vision_dims: Dict[str, Any], out_hidden: int, merge: int = 2) -> int:
-    """Parameters of a Qwen2-VL (LayerNorm, fc1/fc2 MLP) or Qwen2.5-VL (RMSNorm, SwiGLU) tower
-    and its patch merger (norm, then (4E -> 4E -> out_hidden) over each 2x2 block), from the
-    config fields; the patch embedding is a bias-free Conv3d over (2, 14, 14) patches."""
-    e, m = _qwen_vl_widths(kind, vision_dims)
-    norms = 4 * e if kind == "qwen2_vl" else 2 * e  # two per block, LayerNorm has a bias
-    mlp = 2 * e * m + m + e if kind == "qwen2_vl" else 3 * e * m + 2 * m + e
+def merger_tower_params(widths, vision_dims: Dict[str, Any], out_hidden: int, merge: int = 2) -> int:
+    """Parameters of a patch-merger vision tower and its merger (norm, then (4E -> 4E ->
+    out_hidden) over each 2x2 block), from ``widths`` (the adapter's ``bench_tower_widths``:
+    block width E, MLP width, LayerNorm with a bias (else RMSNorm), a gated MLP (else fc1/fc2))
+    and the config's depth; the patch embedding is a bias-free Conv3d over (2, 14, 14) patches."""
+    e, m, layer_norm, gated = widths
+    norms = 4 * e if layer_norm else 2 * e  # two per block, LayerNorm has a bias
+    mlp = 3 * e * m + 2 * m + e if gated else 2 * e * m + m + e
     block = norms + (3 * e * e + 3 * e) + (e * e + e) + mlp
     wide = merge * merge * e
     merger = norms // 2 + wide * wide + wide + wide * out_hidden + out_hidden
-    return QWEN_VL_PATCH_VALUES * e + vision_dims["depth"] * block + merger
+    return PATCH_VALUES * e + vision_dims["depth"] * block + merger
 
 
-def qwen_vl_vision_bytes(kind: str, vision_dims: Dict[str, Any], patches: int, video_bytes: int,
-                         dtype_bytes: int = 4) -> int:
+def merger_tower_bytes(widths, patches: int, video_bytes: int, dtype_bytes: int = 4) -> int:
     """The end-to-end input and one tower block over every patch at once (the tower runs the
     whole clip as one sequence, attention split per temporal group): the uint8 video, the
     processor's float32 frames and patch values, the model-dtype copy, and a block's
-    activations (about seven width-sized and two MLP-sized tensors per patch; SwiGLU three)."""
-    e, m = _qwen_vl_widths(kind, vision_dims)
-    values = patches * QWEN_VL_PATCH_VALUES
-    block = patches * (7 * e + (2 if kind == "qwen2_vl" else 3) * m) * dtype_bytes
+    activations (about seven width-sized and two MLP-sized tensors per patch; gated three)."""
+    e, m, _, gated = widths
+    values = patches * PATCH_VALUES
+    block = patches * (7 * e + (3 if gated else 2) * m) * dtype_bytes
     return video_bytes + 4 * video_bytes + values * 4 + values * dtype_bytes + block
 
 

@@ -112,6 +112,11 @@ class OneVision15Adapter(FamilyAdapter):
                 f"after the 2x2 patch merger (frames resized to {h} x {w} px, max_pixels "
                 f"{tokens.pixel_limits['max_pixels']} per frame)")
 
+    def bench_tower_widths(self, vision_dims):
+        """bench's memory estimate counts the RICE tower's blocks at its config widths, RMSNorm and
+        a gated MLP assumed (the larger of the two MLP forms)."""
+        return vision_dims["hidden_size"], vision_dims["intermediate_size"], False, True
+
     def bench_dims(self, config, scale):
         text = text_bench_dims(self, scale)
         if isinstance(scale, BenchScale):

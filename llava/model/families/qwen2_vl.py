@@ -545,6 +545,10 @@ class _QwenVLAdapter(FamilyAdapter):
                 f"tokens after the 2x2 patch merger (frames resized to {h} x {w} px, max_pixels "
                 f"{tokens.pixel_limits['max_pixels']})")
 
+    def bench_tower_widths(self, vision_dims):
+        """Qwen2.5-VL's tower: RMSNorm, a SwiGLU MLP (gate, up, down)."""
+        return vision_dims["hidden_size"], vision_dims["intermediate_size"], False, True
+
     def bench_dims(self, config, scale):
         text = text_bench_dims(self, scale)
         head_dim = text["hidden_size"] // text["num_attention_heads"]
@@ -726,6 +730,10 @@ class Qwen2VLAdapter(_QwenVLAdapter):
     stock_model_args = QWEN_VL_STOCK_ARGS + (
         ("use_flash_attention_2", None, "attn_implementation=flash_attention_2 when true", "flash_attention_2"),
     )
+
+    def bench_tower_widths(self, vision_dims):
+        """Qwen2-VL's tower: LayerNorm, an fc1/fc2 MLP of mlp_ratio times the width."""
+        return vision_dims["embed_dim"], vision_dims["embed_dim"] * vision_dims["mlp_ratio"], True, False
     refused_model_types = {"qwen3_5": QWEN35_REFUSAL, "qwen3_5_moe": QWEN35_REFUSAL}
 
 
