@@ -142,3 +142,26 @@ def test_image_rows_predict_the_prefill_ms_as_the_image_table_counts_it(tmp_path
     cells, _ = _paper_row(tmp_path, capsys, "image/baseline", table="image")
     assert cells[TFLOPS].startswith("8.18 / 8.18")
     assert cells[PREFILL].startswith("29.3 / 29.30") or cells[PREFILL].startswith("29.30 / 29.30"), cells[PREFILL]
+
+
+def test_flops_column_follows_the_family_adapter_for_every_reference_checkpoint():
+    """The FLOPs column reads the analyzer's shape of any reference checkpoint an adapter declares
+    (not a table of four paper checkpoints) and the visual tokens from the family's adapter: a
+    Qwen3-VL run gets a figure, equal to the analyzer's at the adapter's token count."""
+    from llava.analysis.roofline import analyze
+    from llava.eval.results import Run, TEXT_TOKENS, prefill_tflops, run_setting, visual_geometry
+    from llava.model.families import family_for_model_type
+
+    run = Run("qwen3_vl_aim", "pretrained=Qwen/Qwen3-VL-8B-Instruct,max_pixels=200704,aim=0")
+    setting = run_setting(run)
+    family = family_for_model_type("qwen3_vl")
+    tokens = family.visual_tokens(family.reference_config("Qwen/Qwen3-VL-8B-Instruct"), 32, max_pixels=200704)
+    assert setting["llm"] is not None and visual_geometry(setting, True) == (tokens.units, tokens.tokens_per_unit)
+    expected = analyze(setting["llm"], frames=tokens.units, tokens_per_frame=tokens.tokens_per_unit,
+                       text_tokens=TEXT_TOKENS).prefill_tflops
+    assert prefill_tflops(setting, True) == pytest.approx(expected)
+    # an image whose tokens follow its size (any-resolution tiling) has no count: no figure, not a guess
+    image = run_setting(Run("llava_onevision_aim", f"pretrained={OV_7B}"))
+    assert visual_geometry(image, False) is None and prefill_tflops(image, False) is None
+    # a fixed-size family's image: one unit of the adapter's tokens (576 for LLaVA-1.5)
+    assert visual_geometry(run_setting(Run("llava_aim", "pretrained=liuhaotian/llava-v1.5-7b")), False) == (1, 576)

@@ -40,13 +40,6 @@ IMAGE_COLUMNS: List[Tuple[str, str, str, float]] = [
     ("pope", "POPE (F1)", "pope_f1_score", 100.0),
 ]
 TEXT_TOKENS = 100  # the analyzer's prompt length for the FLOPs column (the paper's setting)
-# Analyzer shapes of the checkpoints the paper used (their llava-hf conversions).
-LLM_OF_CHECKPOINT = {
-    "llava-hf/llava-onevision-qwen2-7b-ov-hf": "qwen2-7b",
-    "llava-hf/llava-1.5-7b-hf": "llama-7b",
-    "Qwen/Qwen2-VL-7B-Instruct": "qwen2-vl-7b",
-    "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2.5-vl-7b",
-}
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -215,49 +208,53 @@ def run_setting(run: Run) -> dict:
     from llava.model.families import family_for_model_type
 
     raw = parse_model_args(run.model_args)
-    pixels = pixel_limits({k: raw.pop(k) for k in PIXEL_ARGS if k in raw})  # Qwen-VL models only
+    pixels = pixel_limits({k: raw.pop(k) for k in PIXEL_ARGS if k in raw})  # families with pixel limits only
     loader, aim_raw = split_model_args({k: v for k, v in raw.items() if k not in ("batch_size", "device")})
     pretrained = str(loader.get("pretrained") or DEFAULT_CHECKPOINTS.get(run.model, "?"))
     frames = int(loader.get("max_frames_num") or LOADER_DEFAULTS["max_frames_num"]) if run.is_video else 1
     llm = _llm_shape(pretrained)
+    family = family_for_model_type(PLUGIN_MODEL_TYPES[run.model]) if run.model in PLUGIN_MODEL_TYPES else None
     cfg = aim_config_from_model_args(aim_raw, llm.layers if llm is not None else None)
-    if llm is not None and cfg.layers_auto and run.model in PLUGIN_MODEL_TYPES:
+    if llm is not None and cfg.layers_auto and family is not None:
         # as apply_aim resolved it in the run: the family's official schedule, else the scaled rule
-        family = family_for_model_type(PLUGIN_MODEL_TYPES[run.model])
         cfg = cfg.resolve_layers(llm.layers, family.official_layers(llm.layers))
-    from llava.analysis.shapes import QWEN_VL_MODEL_TYPES
 
     return {"pretrained": pretrained, "checkpoint": CHECKPOINT_ALIASES.get(pretrained, pretrained), "frames": frames,
-            "aim": cfg, "llm": llm, "max_pixels": pixels.get("max_pixels"),
-            "qwen_vl": PLUGIN_MODEL_TYPES.get(run.model) in QWEN_VL_MODEL_TYPES}
+            "aim": cfg, "llm": llm, "max_pixels": pixels.get("max_pixels"), "family": family}
 
 
 def _llm_shape(pretrained: str):
-    from llava.analysis.shapes import get_llm
+    """The analyzer's shape of the run's language model: a reference checkpoint a family adapter
+    declares (its config ships with the package), or a local folder; None for another hub id."""
+    from llava.analysis.shapes import get_llm, reference_names
     from llava.model.builder import resolve_checkpoint
 
     source = resolve_checkpoint(pretrained)
-    if source in LLM_OF_CHECKPOINT:
-        return get_llm(LLM_OF_CHECKPOINT[source])
-    if os.path.exists(source):
+    references = {checkpoint for _, checkpoint, _ in reference_names().values()}
+    if source in references or os.path.exists(source):
         return get_llm(source)
     return None  # a hub id the analyzer has no shape for: FLOPs column left empty
 
 
 def visual_geometry(setting: dict, is_video: bool) -> Optional[Tuple[int, int]]:
-    """(units, tokens per unit) the LLM receives for a run's setting (before merging): frames x
-    196 (LLaVA-OneVision video), 1 x 576 (LLaVA-1.5 image), or Qwen-VL's temporal groups of 2
-    frames x the tokens of a square frame at max_pixels; None where the frame size is unknown
-    (a Qwen-VL run on the processor's default pixel range)."""
-    frames = setting["frames"]
-    if not setting.get("qwen_vl"):
+    """(units, tokens per unit) the LLM receives for a run's setting (before merging), as the
+    run's family counts them at its reference geometry (the adapter's ``visual_tokens``): a
+    video's frames (or temporal groups) x the tokens of each; an image of a fixed-size family
+    as one unit. For a family with pixel limits, the tokens of a square frame at the run's
+    max_pixels. None where the count is unknown: the processor's default pixel range, or an
+    image whose tokens follow its size. A run of no plugin model gets the paper's two
+    geometries: frames x 196 for a video, 1 x 576 for an image."""
+    frames, family = setting["frames"], setting.get("family")
+    if family is None:
         return frames, 196 if is_video else 576
-    if setting.get("max_pixels") is None:
+    if family.pixel_limits and setting.get("max_pixels") is None:
         return None
-    from llava.analysis.shapes import qwen_vl_visual_tokens
-
-    groups, tokens, _ = qwen_vl_visual_tokens(frames, max_pixels=setting["max_pixels"])  # square frames
-    return groups, tokens
+    if not (is_video or family.fixed_image_size or family.pixel_limits):
+        return None
+    config = family.reference_config(next(iter(family.references)))
+    limits = {"max_pixels": setting["max_pixels"]} if family.pixel_limits else {}
+    tokens = family.visual_tokens(config, frames, **limits)  # square frames
+    return tokens.units, tokens.tokens_per_unit
 
 
 def prefill_tflops(setting: dict, is_video: bool) -> Optional[float]:
