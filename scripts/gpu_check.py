@@ -61,9 +61,9 @@ def tolerance(device: str, big: bool, frames: int) -> Dict[str, Any]:
     from llava.aim.merge import merged_token_count
     from llava.aim.policy import aim_default_layers
     from llava.bench.measure import VISUAL_ID, prompt_ids
-    from llava.bench.models import build_lm, qwen2_7b_config, small_qwen2_config
+    from llava.bench.models import build_lm, reference_decoder_config, small_decoder_config
 
-    config = qwen2_7b_config("sdpa") if big else small_qwen2_config(attn="sdpa")
+    config = reference_decoder_config("sdpa") if big else small_decoder_config(attn="sdpa")
     l1, l2 = aim_default_layers(config.num_hidden_layers)
     visual = frames * merged_token_count(196, 0.25) + 1
     lm = build_lm(config, device, torch.float32)
@@ -90,11 +90,11 @@ def flops(device: str) -> Dict[str, Any]:
     runtime's newline token) on this device's roofline, bf16, fused attention: the bench's own
     prediction (llava.bench.predict) for its baseline, merge-only and AIM cases."""
     from llava.bench.cases import default_cases
-    from llava.bench.models import qwen2_7b_config
+    from llava.bench.models import reference_decoder_config
     from llava.bench.predict import cuda_hardware, predict
 
     hardware = cuda_hardware(torch.device(device)) if torch.device(device).type == "cuda" else "nvidia_H200"
-    predicted = predict(qwen2_7b_config(), default_cases(32, 196, 100, 28), 32, 196, hardware, 2, True)
+    predicted = predict(reference_decoder_config(), default_cases(32, 196, 100, 28), 32, 196, hardware, 2, True)
     out = {"hardware": hardware if isinstance(hardware, str) else hardware.to_dict()}
     for name in ("baseline", "merge-only", "aim"):
         out[name] = {key: predicted[name][key] for key in ("prefill_tflops", "prefill_ms", "overhead_ms")}

@@ -83,9 +83,9 @@ def measure(rows: List[Dict[str, Any]], frames: int, text: int, repeats: int) ->
     baselines' knobs re-matched to AIM's FLOPs on that model (same analyzer)."""
     from llava.bench import PrefillCase
     from llava.bench.measure import run_prefill_benchmark
-    from llava.bench.models import build_lm, small_qwen2_config
+    from llava.bench.models import build_lm, small_decoder_config
 
-    config = small_qwen2_config()
+    config = small_decoder_config()
     layers = config.num_hidden_layers
     l1, l2 = aim_default_layers(layers)
     common = dict(llm=config, frames=frames, text_tokens=text, newline_tokens=1, hardware="nvidia_A100")

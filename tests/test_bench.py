@@ -11,7 +11,7 @@ from llava.aim.config import AIMConfig
 from llava.analysis import analyze
 from llava.bench.cases import default_cases
 from llava.bench.memory import PeakMemory
-from llava.bench.models import small_qwen2_config
+from llava.bench.models import small_decoder_config
 from llava.bench.predict import predict
 from llava.cli import main
 from conftest import make_video, video_inputs
@@ -101,7 +101,7 @@ def test_bench_bad_input_exit_2_one_line(argv, capsys):
 
 
 def test_predict_uses_the_measured_shapes():
-    cfg = small_qwen2_config()
+    cfg = small_decoder_config()
     cases = default_cases(4, 196, 100, 8)
     for c in cases:
         c.tokens_per_layer = []
@@ -158,9 +158,9 @@ def test_decoder_params_equal_the_built_model():
     from transformers import AutoModel
 
     from llava.bench.memory import decoder_params
-    from llava.bench.models import qwen2_7b_config
+    from llava.bench.models import reference_decoder_config
 
-    for cfg in (small_qwen2_config(), qwen2_7b_config()):
+    for cfg in (small_decoder_config(), reference_decoder_config()):
         with torch.device("meta"):
             model = AutoModel.from_config(cfg)
         assert decoder_params(cfg) == sum(p.numel() for p in model.parameters())
@@ -171,7 +171,7 @@ def test_prefill_estimate_covers_the_measured_peak():
     from llava.bench.memory import PrefillShape, prefill_bytes
     from llava.bench.models import build_lm
 
-    cfg = small_qwen2_config()
+    cfg = small_decoder_config()
     lm = build_lm(cfg)
     ids = prompt_ids(16 * 196 + 1, 100, "cpu")
     with torch.inference_mode():
@@ -217,13 +217,13 @@ def test_bench_memory_estimate_lets_the_default_run_through():
     import argparse
 
     from llava.bench.cli import estimate_bench_memory
-    from llava.bench.models import qwen2_7b_config, siglip_so400m_config, small_siglip_config
+    from llava.bench.models import bench_vision_dims, default_family, reference_decoder_config
 
     args = argparse.Namespace(frames=32, tokens_per_frame=196, text_tokens=100, retention=0.25, attn="sdpa",
                               lm_only=False)
-    small = estimate_bench_memory(args, small_qwen2_config(), small_siglip_config(), 4)
+    small = estimate_bench_memory(args, small_decoder_config(), bench_vision_dims(default_family(), False), 4)
     assert max(small.values()) < 3 << 30  # the CPU default fits a laptop
-    big = estimate_bench_memory(args, qwen2_7b_config(), siglip_so400m_config(), 2)
+    big = estimate_bench_memory(args, reference_decoder_config(), bench_vision_dims(default_family(), True), 2)
     assert 15 << 30 < max(big.values()) < 40 << 30  # bf16 7B: weights ~16 GB, fits an 80 GB GPU
 
 
@@ -235,9 +235,9 @@ from hypothesis import strategies as st  # noqa: E402
 @given(n=st.integers(1, 200_000), extra=st.integers(1, 50_000))
 def test_prefill_estimate_grows_with_tokens_and_eager_costs_more(n, extra):
     from llava.bench.memory import PrefillShape, prefill_bytes
-    from llava.bench.models import qwen2_7b_config
+    from llava.bench.models import reference_decoder_config
 
-    for cfg in (small_qwen2_config(), qwen2_7b_config()):
+    for cfg in (small_decoder_config(), reference_decoder_config()):
         assert prefill_bytes(cfg, PrefillShape(n + extra), 2) > prefill_bytes(cfg, PrefillShape(n), 2)
         assert (prefill_bytes(cfg, PrefillShape(n, eager=True), 2)
                 > prefill_bytes(cfg, PrefillShape(n, explicit_mask=True), 2)

@@ -127,12 +127,12 @@ def test_bench_input_counts_what_the_processor_emits(frames, max_pixels, kind):
     import argparse
 
     from llava.bench.cli import bench_input
-    from llava.bench.models import BENCH_MODELS, qwen_vl_processor, synthetic_video
+    from llava.bench.models import BENCH_MODELS, bench_processor, synthetic_video
 
     spec = next(m for m in BENCH_MODELS.values() if m.family == kind and not m.big)
     inp = bench_input(argparse.Namespace(frames=frames, max_pixels=max_pixels, tokens_per_frame=None,
                                          text_tokens=100), spec)
-    processor = qwen_vl_processor(kind, inp.max_pixels, inp.min_pixels)
+    processor = bench_processor(kind, inp.max_pixels, inp.min_pixels)
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}],
         add_generation_prompt=True)
@@ -175,9 +175,9 @@ def test_lm_only_prefill_hands_the_qwen_text_model_3d_positions():
     embedding from (3, 1, S) ids."""
     from llava.bench.cases import DECODE_STEPS, default_cases
     from llava.bench.measure import mrope_prompt_positions, run_prefill_benchmark
-    from llava.bench.models import build_lm, small_qwen_vl_text_config
+    from llava.bench.models import build_lm, small_decoder_config
 
-    lm = build_lm(small_qwen_vl_text_config("qwen2_vl"))
+    lm = build_lm(small_decoder_config(family="qwen2_vl"))
     seen = []
     lm.rotary_emb.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[1].shape)))
     cases = default_cases(2, 16, 10, 8, newline=0)
@@ -194,11 +194,11 @@ def test_lm_only_prefill_hands_the_qwen_text_model_3d_positions():
 @pytest.mark.parametrize("name", ["small-qwen2-vl", "qwen2-vl-7b", "small-qwen2.5-vl", "qwen2.5-vl-7b"])
 def test_parameter_counts_equal_the_built_model(name):
     from llava.bench.memory import decoder_params, merger_tower_params
-    from llava.bench.models import BENCH_MODELS, build_qwen_vl
+    from llava.bench.models import BENCH_MODELS, build_model
 
     spec = BENCH_MODELS[name]
     text = spec.text_config()
-    model, _ = build_qwen_vl(spec.family, text, spec.vision_dims(), device="meta")
+    model, _ = build_model(spec.family, text, spec.vision_dims(), device="meta")
     inner = model.model
     widths = spec.adapter.bench_tower_widths(spec.vision_dims())
     assert merger_tower_params(widths, spec.vision_dims(), text.hidden_size) == sum(
@@ -213,7 +213,7 @@ def test_parameter_counts_equal_the_built_model(name):
 
 
 def test_mrope_section_scales_the_7b_split():
-    from llava.bench.models import mrope_section
+    from llava.model.families.qwen2_vl import mrope_section
 
     assert mrope_section(128) == (16, 24, 24)
     assert mrope_section(32) == (4, 6, 6)

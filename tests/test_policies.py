@@ -471,11 +471,11 @@ def test_lmms_eval_model_args_accept_every_method():
 def test_benchmark_case_for_each_method():
     from llava.bench.cases import method_case
     from llava.bench.measure import run_prefill_benchmark
-    from llava.bench.models import build_lm, small_qwen2_config
+    from llava.bench.models import build_lm, small_decoder_config
 
     cases = [method_case(m, 2, 16, 10, 4, l1=1, l2=3) for m in ("fastv", "vtw", "pdrop", "random", "pool")]
     assert cases[0].cfg.drop_layers is None and cases[0].visual_tokens == 33 and cases[3].visual_tokens == 9
-    lm = build_lm(small_qwen2_config(num_layers=4))
+    lm = build_lm(small_decoder_config(num_layers=4))
     run_prefill_benchmark(lm, cases, repeats=1, warmup=0, measure_memory=False)
     for case in cases:
         assert case.tokens_per_layer == [10 + v for v in policy_visual_tokens(case.cfg, case.visual_tokens, 4)]

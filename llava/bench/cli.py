@@ -1,13 +1,13 @@
 """``llava-aim bench``: measured prefill of AIM next to the analyzer's prediction.
 
 Two measurements on the same input (a video prompt: frames x tokens-per-frame visual tokens,
-one newline token, text tokens around them; Qwen2-VL / Qwen2.5-VL: temporal groups of 2 frames
-x tokens per group, no newline), each configuration timed in interleaved rounds (round-robin,
-so machine noise hits all alike) after a warm-up; medians are reported:
+the family's newline tokens, text tokens around them; a family that merges temporal groups of
+2 frames: groups x tokens per group), each configuration timed in interleaved rounds
+(round-robin, so machine noise hits all alike) after a warm-up; medians are reported:
 
 * language model alone: the decoder gets the token sequence the LLM would receive (merged
-  length for the merging configurations) with the visual positions marked (Qwen-VL: with
-  (3, 1, S) M-RoPE position ids in the stock layout);
+  length for the merging configurations) with the visual positions marked (an M-RoPE family:
+  with (3, 1, S) position ids in the stock layout);
 * end to end: the multimodal model (vision tower, projector or patch merger, merging, LLM),
   from the preprocessed pixels to the prefill's last-token logits.
 
@@ -20,23 +20,22 @@ separately in instrumented runs, so it never perturbs the timed ones.
 
 Models (--model), random weights from a fixed seed: every family of llava.model.families at
 two scales, built from its tiny model's config (token ids, processor, geometry) with the sizes
-replaced (``llava.bench.models``):
+replaced (``llava.bench.models``; --model's help lists them):
   small-<tiny name>  a small decoder (8 layers, hidden 256, 8/2 heads) and a 2-layer, 128-wide
-                     tower at the family's geometry; "small" is the first family's (LLaVA-OneVision,
-                     the CPU default); e.g. small-llava-1.5, small-qwen2-vl, small-qwen2.5-vl
-  <reference>        the family's reference checkpoint's architecture, bf16 on CUDA:
-                     onevision-7b (the CUDA default), llava-1.5-7b, qwen2-vl-7b, qwen2.5-vl-7b
+                     tower at the family's geometry; "small" is the first family's (the CPU default)
+  <reference>        the family's reference checkpoint's architecture, bf16 on CUDA (the first
+                     family's is the CUDA default)
 The visual tokens are counted by the family's adapter. Families whose tokens follow the frames'
-resolution (Qwen2-VL, Qwen2.5-VL) take --frames and --max-pixels (default 200704, the official
-run: square frames resized to 448 x 448 px, 16 x 16 tokens per temporal group of 2 frames; 32
-frames -> 16 groups x 256 tokens), merged per temporal group. The end-to-end measurement feeds a
-video: an image-only family (LLaVA-1.5) runs with --lm-only. The memory a run needs is
-estimated before anything is built; a run that cannot fit exits 2.
+resolution (pixel limits) take --frames and --max-pixels (default 200704, the official run:
+square frames resized to 448 x 448 px, 16 x 16 tokens per temporal group of 2 frames; 32 frames
+-> 16 groups x 256 tokens), merged per temporal group. The end-to-end measurement feeds a
+video: an image-only family runs with --lm-only. The memory a run needs is estimated before
+anything is built; a run that cannot fit exits 2.
 
 ``--layerwise`` instead measures AIM's overhead at the 7B decoder shape where the whole model
 does not fit (float32 on CPU): one decoder layer timed at every token count of the schedule,
-importance and merging at that shape, summed (``measure_layerwise``); ``--model qwen2-vl-7b``
-times the Qwen2-VL decoder layer at its token counts (16 groups x 64 tokens at 1/4). AIM's
+importance and merging at that shape, summed (``measure_layerwise``); ``--model <reference>``
+times that family's decoder layer at its token counts (e.g. 16 groups x 64 tokens at 1/4). AIM's
 relative overhead depends on the shape (importance ~ N^2 x hidden per scoring layer, a decoder
 layer ~ N x hidden^2), so the small model overstates it about 20-fold.
 """
@@ -105,13 +104,15 @@ def add_bench_command(subparsers) -> None:
                    help="random-weight architecture, a family at the small size or its reference checkpoint's: "
                         + ", ".join(f"{name} ({m.title})" for name, m in BENCH_MODELS.items())
                         + "; default auto: the first on CPU, its reference size on CUDA")
-    p.add_argument("--frames", type=int, default=32, help="video frames (default 32; Qwen-VL: 2 per temporal group)")
+    p.add_argument("--frames", type=int, default=32,
+                   help="video frames (default 32; families with pixel limits: 2 per temporal group)")
     p.add_argument("--tokens-per-frame", type=int, default=None,
                    help="LLM-only measurement: visual tokens per frame before merging (default and end to end: what "
                         "the family gives a frame, e.g. 196); models whose tokens follow the resolution take "
                         "--max-pixels instead")
     p.add_argument("--max-pixels", type=int, default=None,
-                   help="Qwen-VL models: pixels per frame (default 200704: 448 x 448 px, 16 x 16 tokens per temporal "
+                   help="models whose tokens follow the resolution: pixels per frame (default 200704: 448 x 448 px, "
+                        "16 x 16 tokens per temporal "
                         "group); the minimum is the video processors' 100352, below it 3136 (56 x 56 px)")
     p.add_argument("--text-tokens", type=int, default=100, help="LLM-only measurement: text tokens (default 100)")
     p.add_argument("--repeats", type=int, default=None,
@@ -121,8 +122,8 @@ def add_bench_command(subparsers) -> None:
     p.add_argument("--lm-only", action="store_true", help="skip the end-to-end measurement")
     p.add_argument("--pruning-only", action="store_true", help="also time pruning without merging")
     p.add_argument("--layerwise", action="store_true",
-                   help="instead: AIM's overhead measured layer by layer at the 7B decoder shape (Qwen2-7B, the "
-                        "LLaVA-OneVision-7B LLM; --model qwen2-vl-7b: Qwen2-VL-7B's), which does not fit whole in CPU "
+                   help="instead: AIM's overhead measured layer by layer at a reference decoder shape (the first "
+                        "family's 7B LLM; --model <reference>: that checkpoint's), which does not fit whole in CPU "
                         "memory; about 80 s on 2 CPU cores, ~2 GB")
     from llava.aim.knobs import add_knob_flags
     from llava.analysis.cli import add_method_options
@@ -169,10 +170,10 @@ def _check_args(args) -> torch.device:
 @dataclass(frozen=True)
 class BenchInput:
     """The video prompt, as the language model receives it: ``units`` x ``tokens_per_unit``
-    visual tokens + ``newline`` + text. LLaVA-OneVision: units are frames (196 tokens each end
-    to end, ``tokens_per_frame`` in the LLM-only measurement) and one newline token; Qwen-VL:
-    units are temporal groups of 2 frames, their tokens follow from the pixel limits, no
-    newline."""
+    visual tokens + ``newline`` + text, as the family's adapter counts them: units are frames
+    (e.g. 196 tokens each end to end, ``tokens_per_frame`` in the LLM-only measurement) and the
+    family's newline tokens; for a family with pixel limits, units are temporal groups of 2
+    frames, their tokens follow from the pixel limits."""
 
     frames: int
     units: int
@@ -182,7 +183,7 @@ class BenchInput:
     text_tokens: int
     frame_side: int  # the synthetic video's square frames, in pixels
     e2e_text_tokens: int  # an upper bound of the end-to-end prompt's text
-    grid: Optional[Tuple[int, int]] = None  # Qwen-VL: merged-token rows x cols per group
+    grid: Optional[Tuple[int, int]] = None  # families with pixel limits: merged-token rows x cols per group
     max_pixels: Optional[int] = None
     min_pixels: Optional[int] = None
     resized: Optional[Tuple[int, int]] = None  # the frames' size after the processor's resize (the adapter's)
@@ -310,7 +311,7 @@ def _what(args, spec: BenchModel) -> str:
     return f"{model} at --frames {args.frames}"
 
 
-def _qwen_positions(inp: BenchInput, device, spec: Optional[BenchModel] = None):
+def _mrope_positions(inp: BenchInput, device, spec: Optional[BenchModel] = None):
     """The LLM-only prompt's M-RoPE ids per case (None for 1-D RoPE models)."""
     if inp.grid is None or (spec is not None and not spec.adapter.mrope_positions):
         return None
@@ -369,7 +370,7 @@ def bench_command(args) -> int:
 
     lm = build_lm(text_config, device, dtype)
     lm_cases = cases(inp.tokens_per_unit, inp.text_tokens)
-    positions = _qwen_positions(inp, device, spec)
+    positions = _mrope_positions(inp, device, spec)
     run_prefill_benchmark(lm, lm_cases, repeats=args.repeats, progress=bar("LLM prefill", args.repeats),
                           positions=positions)
     aim_case = next(c for c in lm_cases if c.name == "aim")
@@ -406,7 +407,7 @@ def layerwise_command(args, device: torch.device, dtype: torch.dtype, text_confi
     import transformers
 
     before = before or sample()
-    spec = spec or BENCH_MODELS["onevision-7b"]
+    spec = spec or bench_model("auto", torch.device("cpu"), layerwise=True)  # the first family's reference
     inp = inp or bench_input(args, spec)
     num_layers = text_config.num_hidden_layers
     if args.l1 is None:

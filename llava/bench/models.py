@@ -1,7 +1,7 @@
 """Random-weight models of the measured architectures (timings do not depend on the values).
 
-``BENCH_MODELS`` names what ``llava-aim bench --model`` builds: LLaVA-OneVision (a small one for
-CPU, the 7B architecture for CUDA) and Qwen2-VL / Qwen2.5-VL (likewise). Every model is built
+``BENCH_MODELS`` names what ``llava-aim bench --model`` builds: every family of
+llava.model.families, a small one for CPU and its reference architecture for CUDA. Every model is built
 from a config with ``torch.manual_seed(0)``; the multimodal ones start from the built-in tiny
 model's config (its token ids and processor), with the sizes replaced.
 """
@@ -62,27 +62,20 @@ def bench_text_config(family: str, big: bool, attn: str = "sdpa", num_layers: Op
     return tc
 
 
-def small_qwen2_config(num_layers: int = 8, attn: str = "sdpa", vocab_size: int = SMALL_VOCAB):
-    """The default small bench decoder (the first family's, at the generic small sizes)."""
-    config = bench_text_config(default_family(), False, attn, num_layers)
+def small_decoder_config(num_layers: int = 8, attn: str = "sdpa", vocab_size: int = SMALL_VOCAB,
+                         family: Optional[str] = None):
+    """A small bench decoder (the first family's unless ``family``, at the generic small sizes)."""
+    config = bench_text_config(family or default_family(), False, attn, num_layers)
     config.vocab_size = vocab_size
     return config
 
 
-def qwen2_7b_config(attn: str = "sdpa", vocab_size: Optional[int] = None):
+def reference_decoder_config(attn: str = "sdpa", vocab_size: Optional[int] = None):
     """The default family's reference decoder (the 7B shape)."""
     config = bench_text_config(default_family(), True, attn)
     if vocab_size is not None:
         config.vocab_size = vocab_size
     return config
-
-
-def small_siglip_config() -> Dict[str, Any]:
-    return bench_vision_dims(default_family(), False)
-
-
-def siglip_so400m_config() -> Dict[str, Any]:
-    return bench_vision_dims(default_family(), True)
 
 
 def bench_vision_dims(family: str, big: bool) -> Dict[str, Any]:
@@ -153,27 +146,6 @@ def bench_processor(family: str, max_pixels: Optional[int] = None, min_pixels: O
             size["longest_edge"] = max_pixels
         sub.size = size
     return processor
-
-
-def build_onevision(text_config, vision_dims: Dict[str, Any], device="cpu", dtype=torch.float32):
-    """The default family's random model (earlier name)."""
-    return build_model(default_family(), text_config, vision_dims, device, dtype)
-
-
-def build_qwen_vl(kind: str, text_config, vision_dims: Dict[str, Any], device="cpu", dtype=torch.float32,
-                  max_pixels: Optional[int] = None, min_pixels: Optional[int] = None):
-    """A random model of family ``kind`` with the processor's pixel limits (earlier name)."""
-    return build_model(kind, text_config, vision_dims, device, dtype, max_pixels=max_pixels, min_pixels=min_pixels)
-
-
-def qwen_vl_processor(kind: str, max_pixels: Optional[int] = None, min_pixels: Optional[int] = None):
-    return bench_processor(kind, max_pixels, min_pixels)
-
-
-def small_qwen_vl_text_config(kind: str = "qwen2_vl", attn: str = "sdpa", vocab_size: int = SMALL_VOCAB):
-    config = bench_text_config(kind, False, attn)
-    config.vocab_size = vocab_size
-    return config
 
 
 # -- what `llava-aim bench --model` builds ---------------------------------------------------------
@@ -252,11 +224,8 @@ def attention_backend(lm, name: str):
         lm.config._attn_implementation = previous
 
 
-from llava.model.families.qwen2_vl import mrope_section  # noqa: E402,F401  (earlier home)
-
-
 def square_side(max_pixels: int) -> int:
-    """The side of the square synthetic frames for a Qwen-VL run capped at ``max_pixels``."""
+    """The side of the square synthetic frames for a run capped at ``max_pixels`` (pixel-limit families)."""
     return math.isqrt(max_pixels)
 
 
