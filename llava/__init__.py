@@ -1,4 +1,4 @@
-"""llava-aim: AIM token merging and progressive pruning for LLaVA-OneVision, LLaVA-1.5, Qwen2-VL and Qwen2.5-VL on transformers.
+"""llava-aim: AIM token merging and progressive pruning for multimodal LLMs (llava.model.families) on transformers.
 
 Public API::
 

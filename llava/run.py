@@ -386,8 +386,8 @@ def run_command(args) -> int:
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     media_kw = {"videos": [media]} if is_video else {"images": [media]}
     say(f"preprocessing {fed} frames (resizing, normalising)")
-    # what the family's processor needs beside pre-sampled frames (Qwen-VL: the clip's metadata,
-    # so that it neither samples again nor guesses the frames' times), as the eval plugin passes it
+    # what the family's processor needs beside pre-sampled frames (e.g. the clip's metadata, so
+    # that it neither samples again nor guesses the frames' times), as the eval plugin passes it
     extra = family.plugin_input_kwargs(kind, [media_path], [media], logger.warning) if is_video else {}
     inputs = processor(text=prompt, return_tensors="pt", **media_kw, **extra).to(device)
     if model.dtype != torch.float32:

@@ -1,6 +1,6 @@
 """``llava-aim visualize``: one picture of what AIM did to a video (or an image).
 
-One row per frame (per merge unit: Qwen2-VL merges each temporal group of 2 frames, drawn
+One row per frame (per merge unit: a family may merge each temporal group of 2 frames, drawn
 over its first frame): the frame as the model sees it (after the processor's resize and
 crop; grids of any aspect ratio are drawn at that ratio), the merge groups drawn over it (each merged token one colour, group boundaries in
 black), then the surviving tokens entering a few decoder layers (cells whose merged token was
@@ -362,7 +362,7 @@ def _aim_config(args, num_layers: int, family, model_name: str):
 
 def frame_labels(rows: int, frames: int, image_name: str) -> List[str]:
     """A title per row: "frame i/N", or "frames a-b/N" where one row is a temporal group of
-    several frames (Qwen2-VL merges 2 frames at once); the image's name for an image."""
+    several frames (the adapter's frames_per_unit); the image's name for an image."""
     if not frames:
         return [image_name] * rows
     per = math.ceil(frames / rows)

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from llava.aim.config import AIMConfig
 from llava.analysis import analyze
-from llava.analysis.shapes import qwen_vl_visual_tokens
 from llava.cli import main
 
 # 112 x 112 px frames: 8 x 8 patches, 4 x 4 = 16 tokens per temporal group after the merger;
@@ -35,7 +34,12 @@ def test_small_qwen2_vl_bench_end_to_end(capsys):
     i = r["input"]
     assert (i["frames"], i["temporal_groups"], i["tokens_per_group"], i["grid"], i["newline_tokens"]) == (4, 2, 16,
                                                                                                           [4, 4], 0)
-    assert qwen_vl_visual_tokens(4, 112, 112, max_pixels=12544, min_pixels=12544) == (2, 16, (4, 4))
+    from llava.model.families import family_for_model_type
+
+    adapter = family_for_model_type("qwen2_vl")
+    tokens = adapter.visual_tokens(adapter.reference_config(next(iter(adapter.references))), 4, 112, 112,
+                                   max_pixels=12544, min_pixels=12544)
+    assert (tokens.units, tokens.tokens_per_unit, tokens.grid) == (2, 16, (4, 4))
     lm = {c["name"]: c for c in r["language_model_prefill"]}
     e2e = {c["name"]: c for c in r["end_to_end_prefill"]}
     assert list(lm) == list(e2e) == NAMES

@@ -35,7 +35,6 @@ from conftest import image_inputs, make_image, make_video, qwen_model, video_inp
 from test_hub_loading import ROOT, hub_env, put_in_hub_cache, python
 
 from llava import AIMConfig, apply_aim
-from llava.analysis.shapes import QWEN_VL_MAX_PIXELS
 from llava.bench.models import BENCH_MODELS
 from llava.cli import main
 from llava.model.builder import BUILTIN_MODELS
@@ -311,9 +310,9 @@ def test_plan_chooses_a_setting_the_family_model_can_run(case, capsys):
 @per_family("geometry")
 @pytest.mark.parametrize("tool", ["flops", "plan"])
 def test_flops_and_plan_count_the_visual_tokens_the_family_model_gives(case, tool, capsys):
-    # The analyzer's default frame: square, at the Qwen-VL pixel cap; the LLaVA processors resize
-    # any frame to their tower's size.
-    side = math.isqrt(QWEN_VL_MAX_PIXELS)
+    # The analyzer's default frame: square, at the pixel-limit families' cap; the fixed-size
+    # processors resize any frame to their tower's size.
+    side = math.isqrt(next(fam for fam in FAMILIES if fam.pixel_limits).default_max_pixels)
     apply_aim(case.model, case.processor, AIMConfig(retention=0.25, l1=None, l2=None))
     logits_of(case.model, case.inputs(size=side))
     given = case.model.aim_stats.tokens_per_frame_before_merge  # per frame, image or temporal group

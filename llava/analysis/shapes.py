@@ -4,8 +4,8 @@
 heads, head_dim, vocabulary). It comes from a transformers config object (a text config, or a
 multimodal config with ``.text_config``), from a local ``config.json`` or model directory, or
 from a built-in name: the language model of a reference checkpoint that a family adapter
-declares (llava.model.families: "qwen2-7b", "llama-7b", "vicuna-7b", "qwen2-vl-7b",
-"qwen2.5-vl-7b"), read from the checkpoint's config shipped with the package. The formulas
+declares (``Reference.llm_names`` in llava.model.families; ``llava-aim flops --help`` lists
+them), read from the checkpoint's config shipped with the package. The formulas
 never hard-code a model: they read these fields.
 
 :class:`VisionShape` is a ViT vision tower plus its projector, used only for the separately
@@ -94,7 +94,7 @@ class LLMShape:
     def from_config(cls, cfg: Any, name: Optional[str] = None) -> "LLMShape":
         """From a transformers config (or a plain dict such as a parsed config.json).
 
-        A multimodal config (LLaVA, LLaVA-OneVision) is read through its ``text_config``.
+        A multimodal config is read through its ``text_config``.
         """
         text = _get(cfg, "text_config")
         if text is not None:
@@ -209,14 +209,6 @@ def __getattr__(attr: str):
         return {name: get_llm(name) for name in reference_names()}
     if attr == "BUILTIN_VISION":
         return {name: get_vision(name) for name in tower_names()}
-    if attr == "QWEN_VL_MAX_PIXELS":  # the resolution-dependent families' default pixel cap
-        return _resolution_family().default_max_pixels
-    if attr == "QWEN_VL_VIDEO_MIN_PIXELS":
-        return _resolution_family().video_min_pixels
-    if attr == "QWEN_VL_MODEL_TYPES":
-        from llava.model.families import FAMILIES
-
-        return tuple(t for fam in FAMILIES if fam.pixel_limits for t in fam.model_types)
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
@@ -268,15 +260,15 @@ class VisionShape:
     """A ViT vision tower and its 2-layer MLP projector (in -> H -> H), per frame/image.
 
     ``tokens`` is the encoder's sequence length per frame, class token included when
-    ``class_token``; the projector maps the patch tokens only (LLaVA-1.5 drops CLIP's class
-    token: 577 -> 576). ``patch_size`` and ``channels`` give the patch embedding (Qwen-VL: 3
-    colours x 2 frames per temporal patch).
+    ``class_token``; the projector maps the patch tokens only (a class token is dropped: 577 ->
+    576). ``patch_size`` and ``channels`` give the patch embedding (a tower over temporal
+    patches: 3 colours x 2 frames).
 
-    Qwen-VL towers: ``spatial_merge`` 2 = the projector is the patch merger, an MLP over each
-    2x2 block of patches concatenated (4D -> 4D -> H on tokens / 4); ``mlp`` "swiglu" (Qwen2.5-VL:
-    gate, up, down) instead of "gelu" (fc1, fc2); ``window_tokens`` > 0 = all but
-    ``full_attention_layers`` layers attend within windows of that many patches (Qwen2.5-VL:
-    112 px = 8 x 8 patches).
+    Patch-merger towers: ``spatial_merge`` 2 = the projector is the patch merger, an MLP over
+    each 2x2 block of patches concatenated (4D -> 4D -> H on tokens / 4); ``mlp`` "swiglu" (gate,
+    up, down) instead of "gelu" (fc1, fc2); ``window_tokens`` > 0 = all but
+    ``full_attention_layers`` layers attend within windows of that many patches (e.g. 112 px =
+    8 x 8 patches). Each family adapter's ``vision_shape`` says which of these its tower has.
     """
 
     name: str
@@ -292,8 +284,8 @@ class VisionShape:
     mlp: str = "gelu"
     window_tokens: int = 0
     full_attention_layers: int = 0
-    # patch mergers beyond the projector, each run on its own encoder layer's output (Qwen3-VL's
-    # DeepStack: one per deepstack_visual_indexes entry, same shape as the main merger)
+    # patch mergers beyond the projector, each run on its own encoder layer's output (DeepStack:
+    # one per deepstack_visual_indexes entry, same shape as the main merger)
     extra_mergers: int = 0
 
     @property
@@ -344,22 +336,3 @@ def model_visual_tokens(llm_spec: Any, frames: int, height: Optional[int] = None
         fam, checkpoint, _ = next(iter(tower_names().values()))
         return None, fam.visual_tokens(fam.reference_config(checkpoint), frames)
     return model.family, model.family.visual_tokens(model.config, frames, height, width, **pixel_limits)
-
-
-# --- resolution-dependent families (the names earlier versions exported) --------------------
-def _resolution_family():
-    """The first family whose visual tokens depend on the frames' resolution (pixel limits)."""
-    from llava.model.families import FAMILIES
-
-    return next(fam for fam in FAMILIES if fam.pixel_limits)
-
-
-def qwen_vl_visual_tokens(frames: int, height: Optional[int] = None, width: Optional[int] = None,
-                          max_pixels: Optional[int] = None,
-                          min_pixels: Optional[int] = None) -> Tuple[int, int, Tuple[int, int]]:
-    """(temporal groups, tokens per group, (rows, cols) of merged tokens) of a clip at the
-    reference geometry of the resolution-dependent families (their adapter's ``visual_tokens``)."""
-    fam = _resolution_family()
-    tokens = fam.visual_tokens(fam.reference_config(next(iter(fam.references))), frames, height, width,
-                               max_pixels=max_pixels, min_pixels=min_pixels)
-    return tokens.units, tokens.tokens_per_unit, tokens.grid

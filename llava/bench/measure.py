@@ -86,11 +86,11 @@ def mrope_prompt_positions(text: int, groups: int, per_group: int, cols: int, de
     """(3, 1, S) M-RoPE position ids (temporal, row, column) for :func:`prompt_ids`' layout with
     a video of ``groups`` temporal groups of ``per_group`` tokens on a grid ``cols`` wide.
 
-    As the stock Qwen2-VL ``get_rope_index`` places an unmerged video: text before it counts
+    As the stock M-RoPE ``get_rope_index`` places an unmerged video: text before it counts
     0, 1, ... in all three rows; the token at cell i of group g sits at start + (g, i // cols,
     i % cols); the text after it continues past the largest visual position. A merged group of
-    k tokens takes its grid's first k cells (the placement the Qwen-VL adapter uses before it
-    knows the merge destinations). Rotary embeddings cost the same whatever the values, so
+    k tokens takes its grid's first k cells (the placement the M-RoPE adapters use before they
+    know the merge destinations). Rotary embeddings cost the same whatever the values, so
     these stand in for the destination positions a real run computes.
     """
     head = text // 2
@@ -186,7 +186,7 @@ def measure_lm_overhead(lm, case: PrefillCase, frames: int, tokens_per_frame: in
                         positions: Optional[PositionsFn] = None) -> Dict[str, float]:
     """AIM's own cost for one case: importance inside instrumented prefills (median total per
     prefill) and merging of frames x tokens_per_frame features of the LM's width (median;
-    Qwen-VL: frames are its temporal groups, each merged alone as the adapter does)."""
+    for a family merging temporal groups, frames are those groups, each merged alone as the adapter does)."""
     from llava.model.runtime import AIMRuntime, install_pruning
 
     device = next(lm.parameters()).device
@@ -223,11 +223,11 @@ def merging_ms(cfg: AIMConfig, frames: int, tokens_per_frame: int, width: int, d
 
 def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame: int, text_tokens: int,
                       device, dtype, repeats: int = 3, newline: int = 1, progress=None) -> Dict[str, Any]:
-    """AIM's overhead at a model shape too large to run whole here (Qwen2-7B in float32 needs
+    """AIM's overhead at a model shape too large to run whole here (a 7B decoder in float32 needs
     ~30 GB), measured part by part.
 
-    One decoder layer of ``text_config`` (random weights; Qwen2-VL / Qwen2.5-VL: their own layer
-    and M-RoPE embedding, ``frames`` their temporal groups) is timed at every distinct token
+    One decoder layer of ``text_config`` (random weights; an M-RoPE family: its own layer and
+    M-RoPE embedding, ``frames`` its temporal groups) is timed at every distinct token
     count N_j of the AIM schedule; PageRank importance (the function the driver calls) on
     random post-RoPE queries and keys of that layer's shape at every scoring layer's N_j;
     merging on frames x tokens_per_frame features of the model's width. Every part is the

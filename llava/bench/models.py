@@ -214,7 +214,7 @@ def bench_model(name: str, device: torch.device, layerwise: bool = False) -> Ben
 
 @contextlib.contextmanager
 def attention_backend(lm, name: str):
-    """Run a bare decoder (Qwen2Model / LlamaModel) with another stock attention backend for
+    """Run a bare decoder (a transformers decoder model) with another stock attention backend for
     the duration of the block (its layers read the shared config at every call)."""
     previous = lm.config._attn_implementation
     lm.config._attn_implementation = name

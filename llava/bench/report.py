@@ -37,7 +37,7 @@ def _by_name(cases: List[PrefillCase], name: str) -> Optional[PrefillCase]:
 def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
                  transformers_version, model: Optional[str] = None,
                  inputs: Optional[Dict[str, Any]] = None, load: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The JSON report. ``inputs``: the prompt's description (default: LLaVA-OneVision's, from
+    """The JSON report. ``inputs``: the prompt's description (default: the first family's, from
     the flags); ``model``: the --model that ran; ``load``: llava.bench.load.assess around the
     measurements (goals are not judged, None, when it says the machine was busy)."""
     load = load or {"busy": None}
@@ -131,7 +131,7 @@ def markdown_table(rows: List[Dict[str, Any]], predicted: Optional[Dict[str, Dic
 
 
 def describe_input(i: Dict[str, Any]) -> str:
-    """One line for a report's "input": frames x tokens (+ newline), or Qwen-VL's temporal groups."""
+    """One line for a report's "input": frames x tokens (+ newline), or temporal groups x tokens."""
     if "temporal_groups" in i:
         rows, cols = i["grid"]
         groups = f"{i['temporal_groups']} temporal group{'s' if i['temporal_groups'] != 1 else ''}"
