@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from llava.aim.config import AIMConfig
-from llava.aim.knobs import flag_of, flag_values
+from llava.aim.knobs import flag_of, flag_values, refuse_settings_with_aim_off
 from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors, typed_knobs
@@ -121,10 +121,7 @@ def _validate_args(args) -> None:
     if args.max_new_tokens < 1:
         raise AIMConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.no_aim:
-        given = _aim_flags_given(args)
-        if given:
-            raise AIMConfigError(f"--no-aim runs the stock model, so {' and '.join(given)} would be ignored; "
-                                 f"drop {'it' if len(given) == 1 else 'them'}, or drop --no-aim")
+        refuse_settings_with_aim_off(_aim_flags_given(args), "flag")
         return
     method = _method(args)
     if args.pruning_mode is not None and args.no_prune:

@@ -145,3 +145,30 @@ def test_front_ends_agree_on_prumerge_with_retention_one(capsys):
     with pytest.raises(AIMConfigError, match=r"--method prumerge reduces tokens before the LLM by itself; "
                                              r"--retention does not apply"):
         _validate_args(_parser("run").parse_args(["--method", "prumerge", "--retention", "0.5"]))
+
+
+
+def test_aim_off_refuses_aim_settings_in_one_rule_worded_for_each_vocabulary(monkeypatch):
+    """"AIM off takes no AIM settings" is one function (knobs.refuse_settings_with_aim_off) that
+    run's --no-aim and the plugin's aim=0 both call; each message names what the user typed."""
+    import llava.eval.args as eval_args
+    import llava.run as run_module
+    from llava.aim.knobs import refuse_settings_with_aim_off
+
+    with pytest.raises(AIMConfigError) as flag:
+        refuse_settings_with_aim_off(["--retention", "--l1"], "flag")
+    assert str(flag.value) == ("--no-aim runs the stock model, so --retention and --l1 would be ignored; "
+                               "drop them, or drop --no-aim")
+    with pytest.raises(EvalArgumentError, match=r"^aim=0 \(AIM off\) cannot be combined with AIM settings "
+                                                r"\['retention'\]; drop them or set aim=1$"):
+        aim_config_from_model_args({"aim": 0, "retention": 0.5})
+    refuse_settings_with_aim_off([], "flag")  # nothing typed: nothing to refuse
+
+    seen = []
+    for module in (eval_args, run_module):
+        monkeypatch.setattr(module, "refuse_settings_with_aim_off", lambda given, how: seen.append((given, how)))
+    aim_config_from_model_args({"aim": 0, "retention": 0.5})
+    args = _parser("run").parse_args(["--model", "tiny-llava-onevision", "--video", "v.mp4", "--no-aim",
+                                      "--retention", "0.5"])
+    run_module._validate_args(args)
+    assert seen == [(["retention"], "model_arg"), (["--retention"], "flag")]

@@ -193,3 +193,19 @@ def fields_named(template: str) -> Tuple[str, ...]:
     declared = knobs()
     seen = [f for m in _TOKEN.finditer(template) if m.group(2) for f in m.group(2).split("/") if f in declared]
     return tuple(dict.fromkeys(seen))
+
+
+def refuse_settings_with_aim_off(given, vocabulary: str) -> None:
+    """THE rule "AIM off takes no AIM settings", for every place AIM can be switched off:
+    ``given`` are the AIM settings the user typed, in ``vocabulary`` ("flag": ``--no-aim`` with
+    flags such as ``--retention``; "model_arg": ``aim=0`` with names such as ``retention``).
+    Raises AIMConfigError worded for that vocabulary; nothing given, nothing to refuse."""
+    from llava.errors import AIMConfigError
+
+    given = list(given)
+    if not given:
+        return
+    if vocabulary == "flag":
+        raise AIMConfigError(f"--no-aim runs the stock model, so {' and '.join(given)} would be ignored; "
+                             f"drop {'it' if len(given) == 1 else 'them'}, or drop --no-aim")
+    raise AIMConfigError(f"aim=0 (AIM off) cannot be combined with AIM settings {given}; drop them or set aim=1")

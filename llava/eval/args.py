@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from llava.aim.config import AIMConfig
-from llava.aim.knobs import knobs, model_arg_fields, worded
+from llava.aim.knobs import knobs, model_arg_fields, refuse_settings_with_aim_off, worded
 from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
 from llava.errors import AIMConfigError, EvalArgumentError
 
@@ -168,8 +168,10 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
         raise EvalArgumentError(f"method must be one of {list(METHODS)}, got {raw.get('method')!r}")
     if not _as_bool("aim", raw.get("aim", True)):
         tuned = sorted(k for k in raw if k not in ("method", "aim")) + ([f"method={method}"] if method != "aim" else [])
-        if tuned:
-            raise EvalArgumentError(f"aim=0 (AIM off) cannot be combined with AIM settings {tuned}; drop them or set aim=1")
+        try:
+            refuse_settings_with_aim_off(tuned, "model_arg")
+        except AIMConfigError as exc:
+            raise EvalArgumentError(str(exc)) from exc
         return AIMConfig.disabled()
     fields = _knob_values(raw)
     layers = _layers(raw)
