@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -307,25 +308,28 @@ def _too_few_frames(total: int, asked: int) -> str:
             "(repeats frames, as lmms-eval does)")
 
 
-def run_command(args) -> int:
-    import torch
+@dataclasses.dataclass
+class _Media:
+    """The prompt's media as run read it: the file, the decoded frames (or image), the frames
+    asked for and the frames fed to the model (1 for an image)."""
 
-    from llava.model.builder import checkpoint_config, default_builtin, is_builtin, load_pretrained_model
-    from llava.resources import (
-        check_video_fits,
-        device_available_bytes,
-        host_available_bytes,
-        resolve_device,
-        video_memory_estimate,
-    )
-    from llava.video import load_image, load_video, probe_video
+    path: str
+    data: object
+    is_video: bool
+    frames: int
+    fed: int
+
+
+def run_command(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from llava.model.builder import checkpoint_config, default_builtin
+    from llava.resources import resolve_device
 
     if args.model is None:  # the first family's first built-in model (FAMILIES' order)
         args.model, _ = default_builtin()
     _validate_args(args)
     device = resolve_device(args.device)
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # keep stderr to one line on errors; loading is quick
     timings, notes = {}, []
     t0 = time.perf_counter()
@@ -336,20 +340,36 @@ def run_command(args) -> int:
     if not merges and not args.no_aim:
         notes.append(f"AIM merges {family.title}'s {family.merged_media_text} only: this {kind}'s "
                      "tokens are pruned inside the LLM, not merged")
+    media, say = _read_media(args, config, family, cfg, merges, kind, device, notes)
+    timings["decode_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model, processor, cfg = _load_model(args, source, cfg, device, say)
+    timings["load_s"] = time.perf_counter() - t0
+    question = args.question or (DEFAULT_QUESTION if media.is_video else DEFAULT_IMAGE_QUESTION)
+    t0 = time.perf_counter()
+    inputs = _prepare_inputs(model, processor, family, kind, media, question, device, say)
+    timings["preprocess_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    say(f"vision tower on {media.fed} frames, then the prefill of {int(inputs['input_ids'].shape[1])} tokens")
+    output = _generate(args, model, inputs)
+    timings["generate_s"] = time.perf_counter() - t0
+    result = _run_result(args, model, processor, family, cfg, merges, media, question, inputs, output, timings, notes)
+    for note in notes:  # stderr: stdout stays the answer (or the one JSON object)
+        sys.stderr.write(f"llava-aim run: note: {note}\n")
+    print(json.dumps(result) if args.json else format_summary(result))
+    return 0
+
+
+def _read_media(args, config, family, cfg: AIMConfig, merges: bool, kind: str, device, notes: list):
+    """(the _Media, the stage-notes writer): the video's memory checked before it is decoded
+    (exit 2 with what fits), then the frames (or the image) read; a note where a clip is short."""
+    from llava.video import load_image, load_video
+
     is_video = kind == "video"
     media_path = (args.video or str(SAMPLE_VIDEO)) if is_video else (args.image or str(SAMPLE_IMAGE))
     frames = args.frames or DEFAULT_FRAMES
     sampling = getattr(args, "frame_sampling", "uniform")
-    if is_video:
-        total, width, height = probe_video(media_path)
-        if args.frames is not None and total < args.frames and sampling == "uniform":
-            raise AIMConfigError(_too_few_frames(total, args.frames))
-        take = frames if sampling == "official" else min(frames, total)  # official repeats frames up to N
-        llm_tokens, kv_tokens = _llm_video_tokens(config, cfg, family, merges)
-        estimate = video_memory_estimate(config, width, height, _dtype_bytes(args, config), llm_tokens, kv_tokens,
-                                         eager_attention=args.attn == "eager")
-        check_video_fits(estimate, take, device, host_available_bytes(),
-                         device_available_bytes(device) if device.type != "cpu" else None)
+    take = _check_video_memory(args, config, family, cfg, merges, media_path, device) if is_video else 1
     # tqdm bar for long clips (see llava.video); never with --json, which prints one object only
     progress = False if args.json else None
     # a short clip is asked for the frames it has (the note below says so; the library would warn again)
@@ -363,52 +383,88 @@ def run_command(args) -> int:
             raise AIMConfigError(_too_few_frames(media.shape[0], args.frames))
         notes.append(f"the clip has {media.shape[0]} frames, fewer than the default {frames}: using each of its "
                      f"{media.shape[0]} frames once")
-    timings["decode_s"] = time.perf_counter() - t0
+    return _Media(str(media_path), media, is_video, frames, fed), say
 
-    t0 = time.perf_counter()
+
+def _check_video_memory(args, config, family, cfg: AIMConfig, merges: bool, media_path: str, device) -> int:
+    """The frames the run will decode (refusing --frames beyond a uniform clip's count), after
+    checking that they fit in memory, from the container header only."""
+    from llava.resources import check_video_fits, device_available_bytes, host_available_bytes, video_memory_estimate
+    from llava.video import probe_video
+
+    frames = args.frames or DEFAULT_FRAMES
+    sampling = getattr(args, "frame_sampling", "uniform")
+    total, width, height = probe_video(media_path)
+    if args.frames is not None and total < args.frames and sampling == "uniform":
+        raise AIMConfigError(_too_few_frames(total, args.frames))
+    take = frames if sampling == "official" else min(frames, total)  # official repeats frames up to N
+    llm_tokens, kv_tokens = _llm_video_tokens(config, cfg, family, merges)
+    estimate = video_memory_estimate(config, width, height, _dtype_bytes(args, config), llm_tokens, kv_tokens,
+                                     eager_attention=args.attn == "eager")
+    check_video_fits(estimate, take, device, host_available_bytes(),
+                     device_available_bytes(device) if device.type != "cpu" else None)
+    return take
+
+
+def _load_model(args, source, cfg: AIMConfig, device, say):
+    """(model, processor, the AIMConfig that runs: "auto" layers resolved for this model)."""
+    import torch
+
+    from llava.model.builder import load_pretrained_model
+    from llava.model.runtime import apply_aim
+
     say(f"loading {args.model}")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model, processor = load_pretrained_model(source, aim=None, torch_dtype=dtype, attn_implementation=args.attn,
                                              use_kernels=args.use_kernels)
     model.to(device)
-    from llava.model.runtime import apply_aim
-
     model, processor = apply_aim(model, processor, cfg)
-    cfg = model.aim_config  # "auto" layers resolved for this model: print what runs
-    timings["load_s"] = time.perf_counter() - t0
+    return model, processor, model.aim_config
 
-    question = args.question or (DEFAULT_QUESTION if is_video else DEFAULT_IMAGE_QUESTION)
-    t0 = time.perf_counter()
+
+def _prepare_inputs(model, processor, family, kind: str, media: _Media, question: str, device, say):
+    """The processor's inputs for the chat prompt with the media, in the model's dtype."""
+    import torch
+
     conversation = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    media_kw = {"videos": [media]} if is_video else {"images": [media]}
-    say(f"preprocessing {fed} frames (resizing, normalising)")
+    media_kw = {"videos": [media.data]} if media.is_video else {"images": [media.data]}
+    say(f"preprocessing {media.fed} frames (resizing, normalising)")
     # what the family's processor needs beside pre-sampled frames (e.g. the clip's metadata, so
     # that it neither samples again nor guesses the frames' times), as the eval plugin passes it
-    extra = family.plugin_input_kwargs(kind, [media_path], [media], logger.warning) if is_video else {}
+    extra = (family.plugin_input_kwargs(kind, [media.path], [media.data], logger.warning) if media.is_video
+             else {})
     inputs = processor(text=prompt, return_tensors="pt", **media_kw, **extra).to(device)
     if model.dtype != torch.float32:
         for key in ("pixel_values", "pixel_values_videos"):
             if key in inputs:
                 inputs[key] = inputs[key].to(model.dtype)
-    timings["preprocess_s"] = time.perf_counter() - t0
+    return inputs
 
-    t0 = time.perf_counter()
-    say(f"vision tower on {fed} frames, then the prefill of {int(inputs['input_ids'].shape[1])} tokens")
+
+def _generate(args, model, inputs):
+    import torch
+
     with torch.inference_mode(), prefill_progress(model, show=not args.json):
-        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-    timings["generate_s"] = time.perf_counter() - t0
+        return model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+
+
+def _run_result(args, model, processor, family, cfg: AIMConfig, merges: bool, media: _Media, question: str,
+                inputs, output, timings: dict, notes: list) -> dict:
+    """The run's report: the answer, the AIM setting that ran, the token counts and timings, and
+    the analyzer's prediction for them."""
+    from llava.model.builder import is_builtin
+
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
-    answer = processor.decode(new_tokens, skip_special_tokens=True).strip()
     stats = model.aim_stats
     result = {
         "model": args.model,
         "random_weights": is_builtin(args.model),
-        "media": str(media_path),
-        "frames": int(media.shape[0]) if is_video else 1,
-        "frames_requested": frames if is_video else 1,
+        "media": media.path,
+        "frames": int(media.data.shape[0]) if media.is_video else 1,
+        "frames_requested": media.frames if media.is_video else 1,
         "question": question,
-        "answer": answer,
+        "answer": processor.decode(new_tokens, skip_special_tokens=True).strip(),
         "aim": cfg.to_dict(),
         "merged": merges,
         "merged_media": list(family.merged_media),
@@ -430,13 +486,7 @@ def run_command(args) -> int:
     result["text_tokens"] = result["prompt_tokens"] - placeholders
     result["computed_tokens_per_layer"] = computed_tokens_per_layer(cfg, result, _decoder_depth(model.config))
     result["predicted"] = predicted_prefill(model.config, result)
-    for note in notes:  # stderr: stdout stays the answer (or the one JSON object)
-        sys.stderr.write(f"llava-aim run: note: {note}\n")
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(format_summary(result))
-    return 0
+    return result
 
 
 def computed_tokens_per_layer(cfg: AIMConfig, r: dict, num_layers: int) -> list:
