@@ -16,20 +16,9 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-# --help: this header and the shared settings; nothing else runs.
-for arg in "$@"; do
-    if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
-        sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
-        echo; echo "Shared settings (scripts/lmms_eval_common.sh):"
-        sed -n '/^#   RETENTION=/,/^$/{/^#/s/^#//p}' "$HERE/lmms_eval_common.sh"
-        exit 0
-    fi
-done
-# The AIM settings given by the caller (before the defaults below): refused with AIM=0.
-AIM_SETTINGS_GIVEN=""
-for name in RETENTION L1 L2 POSITIONS; do
-    if [[ -n "${!name:-}" ]]; then AIM_SETTINGS_GIVEN+="$name "; fi
-done
+# --help (the header above and the shared settings), and the AIM settings the caller gave
+# (refused with AIM=0): scripts/eval_start.sh.
+source "$HERE/eval_start.sh" "${BASH_SOURCE[0]}" "$@"
 
 # The model and its default checkpoint: the first family whose AIM merges images (its adapter's
 # plugin_model and default_checkpoint).
