@@ -248,12 +248,11 @@ def test_generate_places_merged_tokens_and_decodes_at_the_stock_positions(qwen):
     assert [c[0][1:].tolist() for c in seen.calls[1:]] == [c[0][1:].tolist() for c in stock_calls[1:]]
 
 
-@BOTH
-def test_every_step_without_the_cache_places_merged_tokens_as_the_first_prefill(qwen):
+def check_uncached_steps_keep_the_first_positions(model, processor, build):
     """generate(use_cache=False) re-runs the prefill at every step on the features it encoded
     once (no pixels after the first): each re-run puts the merged tokens where the first one did
-    (the old code placed them on the first step only, the later ones got each group's first patches)."""
-    model, processor = qwen
+    (the old code placed them on the first step only, the later ones got each group's first
+    patches). Shared with tests/test_qwen3_vl.py (``build``: each file's prompt builder)."""
     apply_aim(model, processor, AIMConfig(retention=0.25, l1=None, l2=None))
     inputs = build(processor, "video")
     seen = PositionsSeen(model)
@@ -263,10 +262,31 @@ def test_every_step_without_the_cache_places_merged_tokens_as_the_first_prefill(
     finally:
         seen.close()
     prompt = inputs["input_ids"].shape[1]
-    first = seen.calls[0][0][1:]
+    first = seen.calls[0][0][-3:]  # the M-RoPE rows (t, h, w)
     assert [length for _, length in seen.calls] == [prompt, prompt + 1, prompt + 2]
     for pos, _ in seen.calls[1:]:
-        assert torch.equal(pos[1:, :, :prompt], first)
+        assert torch.equal(pos[-3:, :, :prompt], first)
+
+
+def check_batch_matches_single(model, processor, build, mode: str, new_tokens: int):
+    """Two clips of different grids in one left-padded batch give each the logits and tokens it
+    gets alone. Shared with tests/test_qwen3_vl.py."""
+    media = [clip(seed=3), clip(seed=4, height=64, width=64)]  # different grids in one batch
+    questions = ["What happens?", "Which objects move from the left to the right in this short clip?"]
+    apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6, pruning_mode=mode))
+    batch = build(processor, "video", media, questions)
+    assert (batch["attention_mask"] == 0).any(), "the test needs left padding"
+    batch_logits = logits_of(model, batch)[:, -1]
+    batch_tokens = greedy(model, batch, new_tokens)
+    for i in range(2):
+        single = build(processor, "video", [media[i]], [questions[i]])
+        assert torch.allclose(logits_of(model, single)[0, -1], batch_logits[i], atol=1e-4, rtol=0)
+        assert torch.equal(greedy(model, single, new_tokens)[0], batch_tokens[i])
+
+
+@BOTH
+def test_every_step_without_the_cache_places_merged_tokens_as_the_first_prefill(qwen):
+    check_uncached_steps_keep_the_first_positions(*qwen, build)
 
 
 @BOTH
@@ -350,18 +370,7 @@ def test_removal_matches_mask_reference(qwen, kind):
 @BOTH
 @pytest.mark.parametrize("mode", ["remove", "mask"])
 def test_batch_matches_single(qwen, mode):
-    model, processor = qwen
-    media = [clip(seed=3), clip(seed=4, height=64, width=64)]  # different grids in one batch
-    questions = ["What happens?", "Which objects move from the left to the right in this short clip?"]
-    apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6, pruning_mode=mode))
-    batch = build(processor, "video", media, questions)
-    assert (batch["attention_mask"] == 0).any(), "the test needs left padding"
-    batch_logits = logits_of(model, batch)[:, -1]
-    batch_tokens = greedy(model, batch, 8)
-    for i in range(2):
-        single = build(processor, "video", [media[i]], [questions[i]])
-        assert torch.allclose(logits_of(model, single)[0, -1], batch_logits[i], atol=1e-4, rtol=0)
-        assert torch.equal(greedy(model, single, 8)[0], batch_tokens[i])
+    check_batch_matches_single(*qwen, build, mode, 8)
 
 
 @BOTH

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import make_clip, make_image, qwen_model
+from test_qwen2_vl import check_batch_matches_single, check_uncached_steps_keep_the_first_positions
 from llava import AIMConfig, apply_aim
 from llava.aim.merge import merge_frames, merged_token_count
 from llava.model.families import FAMILIES, family_for_model_type
@@ -258,22 +259,7 @@ def test_decode_positions_equal_stock_generate_at_every_step(qwen3, pruning):
 
 @DENSE
 def test_every_step_without_the_cache_places_merged_tokens_as_the_first_prefill(qwen3):
-    """generate(use_cache=False) re-runs the prefill on the features it encoded once: each step
-    keeps the first prefill's positions (the old code gave the merged tokens, from the second
-    step on, each frame's first patches)."""
-    model, processor = qwen3
-    apply_aim(model, processor, AIMConfig(retention=0.25, l1=None, l2=None))
-    inputs = build(processor, "video")
-    seen = PositionsSeen(model)
-    try:
-        with torch.no_grad():
-            model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, use_cache=False)
-    finally:
-        seen.close()
-    prompt = inputs["input_ids"].shape[1]
-    assert [c.shape[-1] for c in seen.calls] == [prompt, prompt + 1, prompt + 2]
-    for pos in seen.calls[1:]:
-        assert torch.equal(pos[-3:, :, :prompt], seen.calls[0][-3:])
+    check_uncached_steps_keep_the_first_positions(*qwen3, build)
 
 # -- pruning ----------------------------------------------------------------------------------
 @BOTH
@@ -295,18 +281,7 @@ def test_removal_matches_mask_reference(qwen3, kind, l1):
 @BOTH
 @pytest.mark.parametrize("mode", ["remove", "mask"])
 def test_batch_matches_single(qwen3, mode):
-    model, processor = qwen3
-    media = [clip(seed=3), clip(seed=4, height=64, width=64)]  # different grids in one batch
-    questions = ["What happens?", "Which objects move from the left to the right in this short clip?"]
-    apply_aim(model, processor, AIMConfig(retention=0.25, l1=2, l2=6, pruning_mode=mode))
-    batch = build(processor, "video", media, questions)
-    assert (batch["attention_mask"] == 0).any(), "the test needs left padding"
-    batch_logits = logits_of(model, batch)[:, -1]
-    batch_tokens = greedy(model, batch)
-    for i in range(2):
-        single = build(processor, "video", [media[i]], [questions[i]])
-        assert torch.allclose(logits_of(model, single)[0, -1], batch_logits[i], atol=1e-4, rtol=0)
-        assert torch.equal(greedy(model, single)[0], batch_tokens[i])
+    check_batch_matches_single(*qwen3, build, mode, NEW_TOKENS)
 
 
 # -- the importance probe ---------------------------------------------------------------------

@@ -326,12 +326,13 @@ def set_pixel_limits(processor, args) -> None:
 def sampled_clip_metadata(model: str, raw, media, say) -> List[dict]:
     """Per clip, the sampled frames as the processors' video metadata: ``len(frames)`` frames spread
     over the clip's duration (its container header), i.e. a rate of frames / seconds; a clip
-    of unknown duration is taken as 24 frames per second (the processors' own fallback)."""
+    of unknown duration (or no file: ``None``, e.g. bench's synthetic clip) is taken as 24
+    frames per second (the processors' own fallback)."""
     from llava.video import video_duration_s
 
     metadata = []
     for path, frames in zip(raw, media):
-        seconds = video_duration_s(path)
+        seconds = video_duration_s(path) if path is not None else None
         if not seconds:
             say(f"{model}: a clip's duration is unknown; its frames are taken as 24 per second")
             seconds = len(frames) / 24.0
@@ -340,6 +341,38 @@ def sampled_clip_metadata(model: str, raw, media, say) -> List[dict]:
 
 
 # -- the adapter ----------------------------------------------------------------------------
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def install_merged_rope_index(inner, runtime, log: "MergeLog", merge: int, video_grids=None) -> None:
+    """Wrap the model's ``get_rope_index`` so that it places a merged prompt (merged_rope_index):
+    the stock function on the prompt, each merged token at its destination's (t, h, w).
+    ``video_grids``: how the stock rule itemizes the videos' grids (default: as given; Qwen3-VL
+    numbers each frame as an item, qwen3_vl.per_frame_grids)."""
+    stock_rope = inner.get_rope_index
+    rope_signature = inspect.signature(stock_rope)  # read once: this runs at every prefill
+    log.call["rope_extra_names"] = [p for p in rope_signature.parameters if p not in _ROPE_CORE_ARGS]
+    itemized = video_grids or (lambda grids: grids)
+
+    @functools.wraps(stock_rope)
+    def get_rope_index(input_ids, *args, **kwargs):
+        bound = rope_signature.bind(input_ids, *args, **kwargs).arguments
+        passthrough = {k: v for k, v in bound.items() if k not in _ROPE_CORE_ARGS}
+        passthrough.update(bound.get("kwargs", {}))
+        result = merged_rope_index(
+            stock_rope, input_ids, bound.get("mm_token_type_ids"), bound.get("image_grid_thw"),
+            itemized(bound.get("video_grid_thw")), bound.get("attention_mask"), runtime.cfg, merge,
+            dest_of=log.dest_of, **passthrough,
+        )
+        if log.pending:  # merged tokens were placed at their destinations in these ids
+            log.placed = True
+        return result
+
+    set_instance_attr(inner, "get_rope_index", get_rope_index, runtime)
+    runtime.family_state["qwen_stock_rope"] = stock_rope
+
+
 # model_args of lmms-eval's qwen2_vl / qwen2_5_vl models, as their plugin models take them
 # (FamilyAdapter.stock_model_args)
 QWEN_VL_STOCK_ARGS = (
@@ -392,26 +425,7 @@ class _QwenVLAdapter(FamilyAdapter):
         for key in (IMAGE, VIDEO):
             name = f"get_{'image' if key == IMAGE else 'video'}_features"
             set_instance_attr(inner, name, _merging_features(getattr(inner, name), key, merge, runtime, log), runtime)
-        stock_rope = inner.get_rope_index
-        rope_signature = inspect.signature(stock_rope)  # read once: this runs at every prefill
-        log.call["rope_extra_names"] = [p for p in rope_signature.parameters if p not in _ROPE_CORE_ARGS]
-
-        @functools.wraps(stock_rope)
-        def get_rope_index(input_ids, *args, **kwargs):
-            bound = rope_signature.bind(input_ids, *args, **kwargs).arguments
-            passthrough = {k: v for k, v in bound.items() if k not in _ROPE_CORE_ARGS}
-            passthrough.update(bound.get("kwargs", {}))
-            result = merged_rope_index(
-                stock_rope, input_ids, bound.get("mm_token_type_ids"), bound.get("image_grid_thw"),
-                bound.get("video_grid_thw"), bound.get("attention_mask"), runtime.cfg, merge,
-                dest_of=log.dest_of, **passthrough,
-            )
-            if log.pending:  # merged tokens were placed at their destinations in these ids
-                log.placed = True
-            return result
-
-        set_instance_attr(inner, "get_rope_index", get_rope_index, runtime)
-        runtime.family_state["qwen_stock_rope"] = stock_rope
+        install_merged_rope_index(inner, runtime, log, merge)
 
     # positions ------------------------------------------------------------------------
     def install_positions(self, inner, runtime) -> None:
@@ -515,20 +529,11 @@ class _QwenVLAdapter(FamilyAdapter):
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
         factor = config.vision_config.patch_size * config.vision_config.spatial_merge_size
-        max_pixels = self.default_max_pixels if max_pixels is None else max_pixels
-        min_pixels = self.video_min_pixels if min_pixels is None else min_pixels
-        for what, value in (("frames", frames), ("max_pixels", max_pixels), ("min_pixels", min_pixels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise AIMConfigError(f"{what} must be a positive integer, got {value!r}")
-        if max_pixels < factor ** 2 or max_pixels < min_pixels:
-            raise AIMConfigError(f"max_pixels must be at least {factor ** 2} and min_pixels ({min_pixels}), "
-                                 f"got {max_pixels}")
-        if (height is None) != (width is None):
-            raise AIMConfigError("give the frame height and width together")
-        if height is None:
-            height = width = math.isqrt(max_pixels)
-        if height < 1 or width < 1:
-            raise AIMConfigError(f"frame size must be positive, got {height} x {width}")
+        cap = self.default_max_pixels if max_pixels is None else max_pixels
+        if height is None and width is None and self.default_frame_side is None and _positive_int(cap):
+            height = width = math.isqrt(cap)  # no frame size: a square frame of max_pixels
+        height, width, max_pixels, min_pixels = self.checked_frame_input(frames, height, width, max_pixels, min_pixels,
+                                                                         factor)
         try:
             h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
         except ValueError as exc:  # an aspect ratio beyond 200:1

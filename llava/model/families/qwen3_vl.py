@@ -32,7 +32,6 @@ is left to slice.
 from __future__ import annotations
 
 import functools
-import inspect
 import re
 from typing import List, Optional, Sequence, Tuple
 
@@ -42,7 +41,6 @@ from llava.aim.policy import aim_default_layers
 from llava.errors import AIMConfigError
 from llava.model.families.base import BenchScale, LayerAdditions, Reference, VisualTokens, set_instance_attr
 from llava.model.families.qwen2_vl import (
-    _ROPE_CORE_ARGS,
     GRID_ARGS,
     IMAGE,
     PIXEL_ARGS,
@@ -52,9 +50,9 @@ from llava.model.families.qwen2_vl import (
     _log,
     _QwenVLAdapter,
     _record_stats,
+    install_merged_rope_index,
     item_tokens,
     merge_item,
-    merged_rope_index,
     sampled_clip_metadata,
     mrope_section,
 )
@@ -263,27 +261,8 @@ class Qwen3VLAdapter(_QwenVLAdapter):
             name = f"get_{'image' if key == IMAGE else 'video'}_features"
             features = _merging_features(getattr(inner, name), stock_image, key, merge, runtime, log)
             set_instance_attr(inner, name, features, runtime)
-        stock_rope = inner.get_rope_index
-        rope_signature = inspect.signature(stock_rope)  # read once: this runs at every prefill
-        log.call["rope_extra_names"] = [p for p in rope_signature.parameters if p not in _ROPE_CORE_ARGS]
-
-        @functools.wraps(stock_rope)
-        def get_rope_index(input_ids, *args, **kwargs):
-            bound = rope_signature.bind(input_ids, *args, **kwargs).arguments
-            passthrough = {k: v for k, v in bound.items() if k not in _ROPE_CORE_ARGS}
-            passthrough.update(bound.get("kwargs", {}))
-            # One item per video frame run, as the stock rule (and the merge log) count them.
-            result = merged_rope_index(
-                stock_rope, input_ids, bound.get("mm_token_type_ids"), bound.get("image_grid_thw"),
-                per_frame_grids(bound.get("video_grid_thw")), bound.get("attention_mask"), runtime.cfg, merge,
-                dest_of=log.dest_of, **passthrough,
-            )
-            if log.pending:
-                log.placed = True
-            return result
-
-        set_instance_attr(inner, "get_rope_index", get_rope_index, runtime)
-        runtime.family_state["qwen_stock_rope"] = stock_rope
+        # one item per video frame run, as the stock rule (and the merge log) count them
+        install_merged_rope_index(inner, runtime, log, merge, video_grids=per_frame_grids)
 
     # positions and DeepStack ----------------------------------------------------------
     def install_positions(self, inner, runtime) -> None:
