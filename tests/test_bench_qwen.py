@@ -280,3 +280,35 @@ def test_qwen_bench_bad_input_exit_2_one_line(argv, capsys):
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["small-qwen3-vl", "small-qwen2.5-vl", "small"])
+def test_end_to_end_input_keeps_every_frame_the_input_counts(name):
+    """bench feeds its synthetic video with what the family's adapter says the processor needs
+    beside pre-sampled frames (as run and the plugin do): Qwen3-VL's processor then keeps all 8
+    frames (4 temporal groups of the counted grid) instead of resampling them by rate (it gave 2
+    groups of another size before); families that need nothing are fed as before."""
+    import argparse
+
+    from llava.bench.cases import PrefillCase
+    from llava.bench.cli import add_bench_command, bench_input, e2e_processor_kwargs
+    from llava.bench.measure import end_to_end_inputs
+    from llava.bench.models import BENCH_MODELS, build_model, synthetic_video
+
+    spec = BENCH_MODELS[name]
+    if not spec.adapter.installed():
+        pytest.skip(spec.adapter.missing_reason())
+    parser = argparse.ArgumentParser()
+    add_bench_command(parser.add_subparsers())
+    inp = bench_input(parser.parse_args(["bench", "--model", name, "--frames", "8"]), spec)
+    limits = dict(max_pixels=inp.max_pixels, min_pixels=inp.min_pixels) if spec.resolution else {}
+    model, processor = build_model(spec.family, spec.text_config(), spec.vision_dims(), **limits)
+    video = synthetic_video(8, inp.frame_side)
+    case = PrefillCase("baseline", None, inp.units * inp.e2e_tokens_per_unit + inp.newline, 0)
+    batch = end_to_end_inputs(model, processor, [case], video, "What happens?",
+                              e2e_processor_kwargs(spec, video))["baseline"]
+    video_token = model.config.video_token_id
+    assert int((batch["input_ids"] == video_token).sum()) == inp.units * inp.e2e_tokens_per_unit + inp.newline
+    if spec.resolution:
+        merge = model.config.vision_config.spatial_merge_size
+        assert batch["video_grid_thw"].tolist() == [[inp.units, inp.grid[0] * merge, inp.grid[1] * merge]]

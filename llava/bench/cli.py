@@ -306,6 +306,15 @@ def check_fits(phases: dict, device: torch.device, what: str, smaller: str = "sm
         )
 
 
+def e2e_processor_kwargs(spec: BenchModel, video) -> dict:
+    """What the family's processor needs beside the synthetic video's frames, from its adapter as
+    run and the plugin get it (e.g. the clip's metadata, so that a processor which samples frames
+    by rate keeps every frame the input counts). The synthetic clip has no container: its
+    duration is unknown, so its frames are taken at 24 per second (the processors' own fallback;
+    the note saying so is left out, as a rate changes no token count here)."""
+    return spec.adapter.plugin_input_kwargs("video", [None], [video], lambda note: None)
+
+
 def _what(args, spec: BenchModel) -> str:
     model = f"--model {spec.name}" if spec.big else f"the {spec.title} model"
     return f"{model} at --frames {args.frames}"
@@ -389,7 +398,8 @@ def bench_command(args) -> int:
         e2e_cases = cases(inp.e2e_tokens_per_unit, 0)
         video = synthetic_video(args.frames, inp.frame_side)
         run_end_to_end_benchmark(model, processor, e2e_cases, video, "What happens in this video?",
-                                 repeats=args.repeats, progress=bar("end to end", args.repeats))
+                                 repeats=args.repeats, progress=bar("end to end", args.repeats),
+                                 processor_kwargs=e2e_processor_kwargs(spec, video))
         del model
 
     load = assess(before, sample(), _bench_threads(device))

@@ -320,19 +320,15 @@ def decoder_layer_classes(text_config):
     return getattr(module, layer_name), rotary, "mrope_section" in rope
 
 
-def run_end_to_end_benchmark(model, processor, cases: List[PrefillCase], video, text: str, repeats: int = 5,
-                             warmup: int = 1, progress=None, measure_memory: bool = True) -> List[PrefillCase]:
-    """Whole model from preprocessed pixels to the prefill's last-token logits, per case.
-
-    The processor runs outside the timed region (once per case, with that case's AIM patch,
-    since merging changes the number of placeholders).
-    """
+def end_to_end_inputs(model, processor, cases: List[PrefillCase], video, text: str,
+                      processor_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """{case name: the processor's batch} for the video prompt, each made with that case's AIM
+    patch (merging changes the number of placeholders); ``processor_kwargs``: what the family's
+    processor needs beside the pre-sampled frames (the adapter's ``plugin_input_kwargs``, as run
+    and the plugin pass it). Sets each case's ``text_tokens``."""
     from llava.model.runtime import apply_aim, remove_aim
 
     device = next(model.parameters()).device
-    from llava.model.families import family_of
-
-    lm = family_of(model).inner(model).language_model
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     inputs: Dict[str, Any] = {}
@@ -340,13 +336,29 @@ def run_end_to_end_benchmark(model, processor, cases: List[PrefillCase], video, 
         if case.cfg is not None:
             apply_aim(model, processor, case.cfg)
         try:
-            batch = processor(text=prompt, videos=[video], return_tensors="pt").to(device)
+            batch = processor(text=prompt, videos=[video], return_tensors="pt", **(processor_kwargs or {})).to(device)
         finally:
             if case.cfg is not None:
                 remove_aim(model, processor)
         batch["pixel_values_videos"] = batch["pixel_values_videos"].to(model.dtype)
         inputs[case.name] = batch
         case.text_tokens = int(batch["input_ids"].shape[1]) - case.visual_tokens
+    return inputs
+
+
+def run_end_to_end_benchmark(model, processor, cases: List[PrefillCase], video, text: str, repeats: int = 5,
+                             warmup: int = 1, progress=None, measure_memory: bool = True,
+                             processor_kwargs: Optional[Dict[str, Any]] = None) -> List[PrefillCase]:
+    """Whole model from preprocessed pixels to the prefill's last-token logits, per case.
+
+    The processor runs outside the timed region (:func:`end_to_end_inputs`).
+    """
+    from llava.model.families import family_of
+    from llava.model.runtime import apply_aim, remove_aim
+
+    device = next(model.parameters()).device
+    lm = family_of(model).inner(model).language_model
+    inputs = end_to_end_inputs(model, processor, cases, video, text, processor_kwargs)
 
     def once(case: PrefillCase, memory: Optional[PeakMemory] = None) -> float:
         outputs = []
