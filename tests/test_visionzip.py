@@ -244,3 +244,32 @@ def test_the_analyzer_prices_the_attention_read_and_the_merge():
     assert ops["visionzip.merge"].ops == 3 * r * d + 2 * (r - c) * c * d + (r - c) * c + (r - c) * D + c * D
     eight = visionzip_overhead_ops(clip, 64, 8, hw)
     assert [op.ops for op in eight] == pytest.approx([8 * op.ops for op in ops.values()])
+
+
+def test_front_ends_take_the_budget(capsys, tmp_path):
+    """run, the eval model_args and flops take visionzip with its budget (retention) and refuse
+    AIM's layers."""
+    import json
+
+    from llava.cli import main
+    from llava.errors import EvalArgumentError
+    from llava.eval.args import aim_config_from_model_args
+
+    path = tmp_path / "image.png"
+    make_image().save(path)
+    assert main(["run", "--method", "visionzip", "--retention", "0.25", "--model", "tiny-llava-1.5", "--image",
+                 str(path), "--max-new-tokens", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["aim"]["method"] == "visionzip" and report["visual_tokens_after_merge"] == 144
+    assert report["layer_seq_lens"][0] == report["prompt_tokens"]  # 144 placeholders, all real
+    assert main(["run", "--method", "visionzip", "--l1", "2", "--l2", "4"]) == 2
+    assert "--l1, --l2 do not apply" in capsys.readouterr().err
+    assert aim_config_from_model_args({"method": "visionzip"}, 32) == AIMConfig.for_method("visionzip")
+    assert aim_config_from_model_args({"method": "visionzip", "retention": "0.25"}, 32).retention == 0.25
+    with pytest.raises(EvalArgumentError, match="do not apply"):
+        aim_config_from_model_args({"method": "visionzip", "l1": 3, "l2": 5}, 32)
+    assert main(["flops", "--method", "visionzip", "--llm", "vicuna-7b", "--vision", "clip-vit-l-336", "--frames", "1",
+                 "--tokens-per-frame", "576", "--text-tokens", "60", "--json"]) == 0
+    flops = json.loads(capsys.readouterr().out)
+    assert flops["tokens_per_frame_kept"] == 64 and flops["tokens_per_layer"] == [124] * 32
+    assert flops["aim_overhead_tflops"] > 0
