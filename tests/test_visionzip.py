@@ -273,3 +273,24 @@ def test_front_ends_take_the_budget(capsys, tmp_path):
     flops = json.loads(capsys.readouterr().out)
     assert flops["tokens_per_frame_kept"] == 64 and flops["tokens_per_layer"] == [124] * 32
     assert flops["aim_overhead_tflops"] > 0
+
+
+def test_llava15_cache_and_mask_mode_agree(llava15_sdpa):
+    """generate with the cache equals generate without it (the image re-encoded each step), and the
+    mask reference equals removal (nothing is pruned in the LLM; the count fills every placeholder)."""
+    model, processor = llava15_sdpa
+    image = make_image(seed=8)
+    run = lambda **kw: model.generate(**image_inputs(processor, [image]), max_new_tokens=4, min_new_tokens=4,  # noqa: E731
+                                      do_sample=False, **kw)
+    try:
+        outs = {}
+        for mode in ("remove", "mask"):
+            apply_aim(model, processor, AIMConfig.for_method("visionzip", pruning_mode=mode))
+            with torch.no_grad():
+                outs[mode] = run(use_cache=True)
+                if mode == "remove":
+                    assert torch.equal(outs[mode], run(use_cache=False))
+                    assert int((outs[mode] == model.config.image_token_id).sum()) == 64  # k placeholders
+        assert torch.equal(outs["remove"], outs["mask"])
+    finally:
+        remove_aim(model, processor)
