@@ -294,3 +294,33 @@ def test_llava15_cache_and_mask_mode_agree(llava15_sdpa):
         assert torch.equal(outs["remove"], outs["mask"])
     finally:
         remove_aim(model, processor)
+
+
+def test_lmms_eval_plugin_batch_equals_single():
+    """Through the lmms-eval plugin on the tiny LLaVA-1.5: a batch of two image requests gives
+    each one's answer alone, with its efficiency figures."""
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+
+    from llava.eval.lmms_model import LlavaAIM
+
+    gen = {"max_new_tokens": 5, "temperature": 0, "until": ["\n\n"]}
+    docs = [{"image": make_image(seed=21)}, {"image": make_image(seed=22)}]
+
+    def request(doc_id, context):
+        return Instance("generate_until", (context, dict(gen), lambda doc: [doc["image"]], doc_id, "t", "test"),
+                        idx=0, metadata={"task": "t", "doc_id": doc_id, "repeats": 1})
+
+    def plugin(**args):
+        model = LlavaAIM(pretrained="tiny-llava-1.5", device="cpu", torch_dtype="float32", method="visionzip", **args)
+        model.task_dict = {"t": {"test": docs}}
+        return model
+
+    requests = [request(0, "What is shown?"), request(1, "Describe the colors of this picture in detail, please.")]
+    alone = plugin().generate_until(requests)
+    together = plugin(batch_size=2).generate_until(requests)
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert [r.token_counts.batch_size for r in together] == [2, 2]
+    for a, t in zip(alone, together):
+        assert t.token_counts.visual_tokens_after_merge == a.token_counts.visual_tokens_after_merge == 64
+        assert t.token_counts.sum_tokens_over_layers == a.token_counts.sum_tokens_over_layers
