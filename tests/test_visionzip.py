@@ -324,3 +324,25 @@ def test_lmms_eval_plugin_batch_equals_single():
     for a, t in zip(alone, together):
         assert t.token_counts.visual_tokens_after_merge == a.token_counts.visual_tokens_after_merge == 64
         assert t.token_counts.sum_tokens_over_layers == a.token_counts.sum_tokens_over_layers
+
+
+def test_plan_finds_the_largest_budget_and_refuses_other_families(capsys):
+    import json
+
+    from llava.analysis.roofline import analyze
+    from llava.cli import main
+
+    assert main(["plan", "--method", "visionzip", "--speedup", "2"]) == 2  # the default LLaVA-OneVision
+    assert "runs only where its official code ran: llava15" in capsys.readouterr().err
+    args = ["--llm", "vicuna-7b", "--frames", "1", "--text-tokens", "60"]
+    assert main(["plan", "--method", "visionzip", "--speedup", "3", "--json"] + args) == 0
+    report = json.loads(capsys.readouterr().out)
+    n = report["tokens_per_frame_kept"]
+    assert report["retention"] == n / 576 and report["speedup"] >= 3
+
+    def speedup(kept):
+        r = analyze("vicuna-7b", frames=1, tokens_per_frame=576, text_tokens=60, vision="clip-vit-l-336",
+                    method="visionzip", retention=kept / 576)
+        return r.without_aim().prefill_time_s / r.prefill_time_s
+
+    assert speedup(n) == pytest.approx(report["speedup"]) and speedup(n + 1) < 3
