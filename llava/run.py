@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llava.aim.config import AIMConfig
 from llava.aim.knobs import flag_of, flag_values, refuse_settings_with_aim_off
-from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
+from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings, video_reduction
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors, typed_knobs
 
@@ -130,7 +130,7 @@ def _validate_args(args) -> None:
                              "pick one")
     with flag_errors():
         check_typed_settings(method, typed_knobs(args))
-    if method in STEP_METHODS:
+    if method in STEP_METHODS or video_reduction(method) is not None:
         check_aim_flags(args.retention, None, None)
     elif method not in PRUMERGE_METHODS:
         check_aim_flags(args.retention, args.l1, args.l2, args.no_prune)
@@ -149,6 +149,9 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
     options = _fidelity_options(args)
     if method in PRUMERGE_METHODS:
         cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **options)
+    elif video_reduction(method) is not None:  # its own budget before the LLM: --retention, else its default
+        budget = {} if args.retention is None else {"retention": args.retention}
+        cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **budget, **options)
     elif method in STEP_METHODS:
         from llava.aim.policy import drop_layers_for, spec
 
