@@ -206,6 +206,12 @@ def test_family_rule_refuses_with_the_reason(ov_sdpa, llava15_sdpa, monkeypatch)
         with pytest.raises(UnsupportedModelError, match="'projected' stage, which LLaVA-1.5 does not offer"):
             apply_aim(model, processor, AIMConfig.for_method("test_even"))
         assert not hasattr(model, "aim_stats")
+        registry.register("test_even_frames", "reduction", even_frames_above_mean, needs=("video", "vision_attention"),
+                          stage="projected", bound=half_of_the_frames, nominal=nominal_half, replace=True)
+        model, processor = ov_sdpa
+        with pytest.raises(UnsupportedModelError, match="attention at the 'projected' stage.*at \\['vision'\\] only"):
+            apply_aim(model, processor, AIMConfig.for_method("test_even"))
+        assert not hasattr(model, "aim_stats")
         # a video reduction's retention is its budget, typed or not
         policy.check_typed_settings("test_even", {"retention": 0.25})
     finally:
