@@ -133,7 +133,7 @@ def test_one_video_equals_the_spliced_reference(ov_sdpa, method):
 
 def test_batch_equals_single(ov_sdpa, method):
     model, processor = ov_sdpa
-    videos = [make_video(4, seed=3), make_video(4, seed=11)]
+    videos = [make_video(2, seed=3), make_video(2, seed=11)]
     questions = ["What happens?", "Describe the colors of the moving square in this clip in detail."]
     try:
         apply_aim(model, processor, AIMConfig.for_method("test_even"))
@@ -149,7 +149,7 @@ def test_batch_equals_single(ov_sdpa, method):
             torch.testing.assert_close(both[i:i + 1], single[i], rtol=1e-4, atol=1e-4)
         stats = model.aim_stats
         assert stats.tokens_kept_per_frame == counts[0] + counts[1]
-        assert stats.frames == 8 and stats.visual_tokens_after_merge == sum(counts[0]) + sum(counts[1]) + 2
+        assert stats.frames == 4 and stats.visual_tokens_after_merge == sum(counts[0]) + sum(counts[1]) + 2
     finally:
         remove_aim(model, processor)
 
@@ -204,6 +204,12 @@ def test_family_rule_refuses_with_the_reason(ov_sdpa, llava15_sdpa, monkeypatch)
                           stage="projected", bound=half_of_the_frames, nominal=nominal_half, replace=True)
         model, processor = llava15_sdpa
         with pytest.raises(UnsupportedModelError, match="'projected' stage, which LLaVA-1.5 does not offer"):
+            apply_aim(model, processor, AIMConfig.for_method("test_even"))
+        assert not hasattr(model, "aim_stats")
+        registry.register("test_even_frames", "reduction", even_frames_above_mean, needs=("video", "vision_attention"),
+                          stage="projected", bound=half_of_the_frames, nominal=nominal_half, replace=True)
+        model, processor = ov_sdpa
+        with pytest.raises(UnsupportedModelError, match="attention at the 'projected' stage.*at \\['vision'\\] only"):
             apply_aim(model, processor, AIMConfig.for_method("test_even"))
         assert not hasattr(model, "aim_stats")
         # a video reduction's retention is its budget, typed or not

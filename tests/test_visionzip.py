@@ -184,14 +184,9 @@ def test_llava15_batch_equals_single(llava15_sdpa):
         apply_aim(model, processor, AIMConfig.for_method("visionzip"))
         batch = image_inputs(processor, images, questions)
         assert (batch["attention_mask"] == 0).any(), "the test needs left padding"
-        with torch.no_grad():
-            both = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-            assert model.aim_stats.tokens_kept_per_frame == [64, 64]
-            for i in range(2):
-                one = model.generate(**image_inputs(processor, [images[i]], [questions[i]]), max_new_tokens=4,
-                                     min_new_tokens=4, do_sample=False)
-                assert both[i, -4:].tolist() == one[0, -4:].tolist()
+        with torch.no_grad():  # (generate: the lmms-eval plugin test below)
             logits_both = model(**batch).logits[:, -1]
+            assert model.aim_stats.tokens_kept_per_frame == [64, 64]
             for i in range(2):
                 one = model(**image_inputs(processor, [images[i]], [questions[i]])).logits[:, -1]
                 torch.testing.assert_close(logits_both[i:i + 1], one, rtol=1e-4, atol=1e-4)
@@ -280,7 +275,7 @@ def test_llava15_cache_and_mask_mode_agree(llava15_sdpa):
     mask reference equals removal (nothing is pruned in the LLM; the count fills every placeholder)."""
     model, processor = llava15_sdpa
     image = make_image(seed=8)
-    run = lambda **kw: model.generate(**image_inputs(processor, [image]), max_new_tokens=4, min_new_tokens=4,  # noqa: E731
+    run = lambda **kw: model.generate(**image_inputs(processor, [image]), max_new_tokens=3, min_new_tokens=3,  # noqa: E731
                                       do_sample=False, **kw)
     try:
         outs = {}
