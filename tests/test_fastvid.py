@@ -1,0 +1,278 @@
+"""FastVID (llava.aim.fastvid): the fast version against a slow float64 reference written from
+the official code (LunarShen/FastVID a40a109, fastvid_llavaonevision/LLaVA-NeXT/llava/model/
+language_model/modeling_qwen2.py, the FastVID block of Qwen2Model.forward), loop by loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llava.aim.fastvid import (
+    FastVIDParams,
+    anchor_counts,
+    density_scores,
+    fastvid_video,
+    frame_budget,
+    frame_similarities,
+    merge_into_anchors,
+    nominal_tokens,
+    pool_salience,
+    segment_sizes,
+    token_bound,
+)
+
+
+# -- a slow reference of the official algorithm ---------------------------------------------
+def reference_fastvid(x, s, g, p: FastVIDParams):
+    """One video as the official OneVision port computes it, in float64 python loops. Where the
+    official code is random (density noise) or undefined (top-k order among ties) or raises
+    (counts above what exists), the documented choices of llava.aim.fastvid are used: no noise,
+    ties to the lower index, counts capped."""
+    x = x.to(torch.float64)
+    frames, per_frame, channels = x.shape
+    # DySeg: cosine of consecutive frames' global features
+    gn = [g[f].double() / g[f].double().norm() for f in range(frames)]
+    sim = [float(gn[i] @ gn[i + 1]) for i in range(frames - 1)]
+    lowest = sorted(range(frames - 1), key=lambda i: (sim[i], i))[: min(p.segments - 1, frames - 1)]
+    cuts = sorted(set(lowest) | {i for i in range(frames - 1) if sim[i] < p.tau})
+    bounds = [-1] + cuts + [frames - 1]
+    sizes = [bounds[i + 1] - bounds[i] for i in range(len(bounds) - 1)]
+    # STPrune budget
+    retain = int(per_frame * p.retention)
+    salient_n = retain - int(retain * p.context_share)
+    context_n = retain - salient_n
+    # anchor distribution
+    counts = [0] * frames
+    offset = 0
+    for length in sizes:
+        per = context_n * length // ((length + p.anchor_stride - 1) // p.anchor_stride)
+        for j in range(length):
+            if (length - 1 - j) % p.anchor_stride == 0:
+                counts[offset + j] = per
+        offset += length
+    out = {}
+    rest, score = [], []
+    for f in range(frames):
+        sal = sorted(range(per_frame), key=lambda t: (-float(s[f, t]), t))[:salient_n]
+        for t in sal:
+            out[f * per_frame + t] = x[f, t]
+        rest.append([t for t in range(per_frame) if t not in sal])
+        score.append(reference_density(x[f, rest[f]]))
+
+    def merge(anchor_frame, k, pool):
+        n_rest = len(rest[anchor_frame])
+        ranked = sorted(range(n_rest), key=lambda i: (-score[anchor_frame][i], i))[: min(k, n_rest)]
+        anchors = [(anchor_frame * per_frame + rest[anchor_frame][i], x[anchor_frame, rest[anchor_frame][i]]) for i in ranked]
+        members = [[] for _ in anchors]
+        for v in pool:
+            cos = [float(v @ a) / float(v.norm() * a.norm()) for _, a in anchors]
+            members[max(range(len(cos)), key=lambda i: (cos[i], -i))].append(v)
+        for (origin, a), m in zip(anchors, members):
+            w = max(1.0 / (len(m) + 1), p.anchor_weight)
+            mean = sum(m) / max(len(m), 1) if m else torch.zeros(channels, dtype=torch.float64)
+            out[origin] = w * a + (1 - w) * mean
+
+    # single-frame DTM: frames whose count equals the per-frame context share
+    for f in range(frames):
+        if counts[f] == context_n and context_n > 0 and rest[f]:
+            merge(f, context_n, [x[f, t] for t in rest[f]])
+    # multi-frame DTM: anchor frames with more, each over the whole segment's non-salient tokens
+    start = 0
+    for length in sizes:
+        seg = range(start, start + length)
+        pool = [x[f, t] for f in seg for t in rest[f]]
+        for f in seg:
+            if counts[f] > context_n and rest[f]:
+                merge(f, counts[start + length - 1], pool)
+        start += length
+    order = sorted(out)
+    return torch.stack([out[o] for o in order]) if order else x.new_zeros(0, channels), order, sizes
+
+
+def reference_density(xs):
+    n, channels = xs.shape
+    if n == 0:
+        return []
+    dist = [[math.sqrt(float(((xs[i] - xs[j]) ** 2).sum())) / math.sqrt(channels) for j in range(n)] for i in range(n)]
+    dist_max = max(max(row) for row in dist)
+    rho = [math.exp(-sum(d * d for d in sorted(row)[: min(4, n)]) / min(4, n)) for row in dist]
+    delta = [min([dist[i][j] for j in range(n) if rho[j] > rho[i]], default=dist_max) for i in range(n)]
+    return [d * r for d, r in zip(delta, rho)]
+
+
+def random_video(frames, per_frame, channels, seed, dtype=torch.float64, repeat_every=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(frames, per_frame, channels, generator=gen, dtype=dtype)
+    g = torch.randn(frames, 6, generator=gen, dtype=dtype)
+    if repeat_every:  # runs of similar frames, so segments longer than one frame occur
+        for f in range(frames):
+            if f % repeat_every:
+                g[f] = g[f - 1] + 0.05 * torch.randn(6, generator=gen, dtype=dtype)
+    s = torch.rand(frames, per_frame, generator=gen, dtype=dtype)
+    return x, s, g
+
+
+def assert_matches_reference(x, s, g, params, atol=1e-9):
+    got = fastvid_video(x, s, g, params)
+    want, origin, sizes = reference_fastvid(x, s, g, params)
+    assert got.segments == sizes
+    assert got.origin.tolist() == origin
+    torch.testing.assert_close(got.tokens.to(torch.float64), want, atol=atol, rtol=atol)
+    return got
+
+
+# -- the official defaults -------------------------------------------------------------------
+def test_defaults_are_the_official_script():
+    # fastvid_llavaonevision/scripts/eval.sh lines 6-11 (LunarShen/FastVID a40a109)
+    p = FastVIDParams()
+    assert (p.retention, p.segments, p.tau, p.context_share, p.anchor_stride, p.anchor_weight) == (0.10, 8, 0.9, 0.4, 4, 0.6)
+
+
+def test_frame_budget_on_onevision_7b():
+    # 196 tokens per frame after OneVision's bilinear pooling: int(19.6) = 19, int(19 * 0.4) = 7
+    assert frame_budget(196, 0.10, 0.4) == (12, 7)
+    assert frame_budget(196, 0.25, 0.4) == (30, 19)
+
+
+# -- DySeg -----------------------------------------------------------------------------------
+def test_segmentation_cuts_at_the_lowest_similarities_and_below_tau():
+    sim = [0.95, 0.5, 0.99, 0.97, 0.96, 0.98]
+    assert segment_sizes(sim, 3, 0.9) == [1, 1, 5]  # lowest two: gap 1 (0.5) and gap 0 (0.95)
+    assert segment_sizes(sim, 3, 0.5) == [1, 1, 5]  # below tau adds none here
+    assert segment_sizes(sim, 3, 0.97) == [1, 1, 3, 2]  # 0.96 < tau adds gap 4
+    assert segment_sizes(sim, 1, 0.9) == [2, 5]  # no forced cut; only 0.5 < tau
+    assert segment_sizes(sim, 1, 0.0) == [7]
+
+
+def test_short_video_is_one_segment_per_frame():
+    # the official topk(k=c-1) raises on fewer than c frames; capped, every gap is a cut
+    assert segment_sizes([0.99, 0.99, 0.99], 8, 0.9) == [1, 1, 1, 1]
+    assert segment_sizes([], 8, 0.9) == [1]
+
+
+def test_segmentation_ties_cut_the_earlier_gap():
+    assert segment_sizes([0.95, 0.95, 0.95], 2, 0.9) == [1, 3]
+
+
+def test_frame_similarities_are_cosines():
+    g = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    torch.testing.assert_close(frame_similarities(g), torch.tensor([2**-0.5, 2**-0.5]))
+
+
+# -- anchor distribution ---------------------------------------------------------------------
+def test_anchor_frames_are_counted_back_from_the_segment_end():
+    assert anchor_counts([1, 4, 6], 7, 4) == [7, 0, 0, 0, 28, 0, 21, 0, 0, 0, 21]
+
+
+def test_anchor_count_equal_to_the_share_merges_within_the_frame():
+    # official quirk kept: context 1, stride 2, a 3-frame segment: 1 * 3 // 2 = 1 anchor per
+    # anchor frame, the same as a one-frame segment, so those frames merge their own tokens only
+    assert anchor_counts([3], 1, 2) == [1, 0, 1]
+    x, s, g = random_video(3, 10, 4, seed=3)
+    params = FastVIDParams(retention=0.3, segments=1, tau=-1.0, context_share=0.34, anchor_stride=2)
+    assert frame_budget(10, 0.3, 0.34) == (2, 1)
+    got = assert_matches_reference(x, s, g, params)
+    merged_frame1 = got.sources.view(3, 10)[1]
+    assert (merged_frame1 == -1).sum() == 8  # frame 1 has no anchor and no segment-wide merge
+
+
+# -- density peaks and merging ---------------------------------------------------------------
+def test_density_scores_equal_the_reference():
+    x = torch.randn(3, 9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for f in range(3):
+        torch.testing.assert_close(density_scores(x[f : f + 1])[0], torch.tensor(reference_density(x[f]), dtype=torch.float64))
+
+
+def test_density_of_a_unique_peak_uses_the_frame_largest_distance():
+    x = torch.tensor([[[0.0], [0.1], [0.2], [5.0], [5.3]]], dtype=torch.float64)
+    score = density_scores(x)[0]
+    assert int(score.argmax()) in (0, 1, 2)  # the dense cluster's peak outranks the far pair
+
+
+def test_merge_weight_is_at_least_beta():
+    pool = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]], dtype=torch.float64)
+    anchors = pool[:, :1]
+    merged, assign = merge_into_anchors(pool, anchors, 0.6)
+    assert assign.tolist() == [[0, 0, 0]]
+    # 3 members: 1/(3+1) < 0.6, so 0.6 * anchor + 0.4 * mean(members)
+    torch.testing.assert_close(merged[0, 0], 0.6 * pool[0, 0] + 0.4 * pool[0].mean(0))
+
+
+# -- the whole method against the reference --------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    frames=st.integers(1, 9),
+    per_frame=st.integers(4, 16),
+    channels=st.integers(2, 6),
+    retention=st.floats(0.05, 1.0),
+    segments=st.integers(1, 9),
+    tau=st.floats(-1.0, 1.0),
+    context_share=st.floats(0.0, 1.0),
+    stride=st.integers(1, 5),
+    beta=st.floats(0.0, 1.0),
+    repeat=st.integers(0, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_equals_reference_on_random_videos(frames, per_frame, channels, retention, segments, tau,
+                                                context_share, stride, beta, repeat, seed):
+    x, s, g = random_video(frames, per_frame, channels, seed, repeat_every=repeat)
+    params = FastVIDParams(retention, segments, tau, context_share, stride, beta)
+    got = assert_matches_reference(x, s, g, params)
+    assert got.tokens.shape[0] <= token_bound(frames, per_frame, retention)
+
+
+def test_fast_equals_reference_at_the_official_defaults():
+    x, s, g = random_video(16, 49, 8, seed=7, repeat_every=5)
+    got = assert_matches_reference(x, s, g, FastVIDParams())
+    assert len(got.segments) >= 8
+    salient, _ = frame_budget(49, 0.10, 0.4)
+    assert got.tokens.shape[0] <= token_bound(16, 49, 0.10)
+
+
+def test_float32_input_selects_as_float64_and_keeps_its_dtype():
+    x, s, g = random_video(8, 36, 16, seed=11, dtype=torch.float32, repeat_every=3)
+    params = FastVIDParams(retention=0.3)
+    got = fastvid_video(x, s, g, params)
+    assert got.tokens.dtype == torch.float32
+    _, origin, _ = reference_fastvid(x, s, g, params)
+    assert got.origin.tolist() == origin
+
+
+def test_deterministic_without_density_noise():
+    x, s, g = random_video(8, 25, 8, seed=2, repeat_every=4)
+    a, b = fastvid_video(x, s, g), fastvid_video(x, s, g)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.origin, b.origin)
+
+
+def test_sources_point_at_kept_tokens_of_the_same_segment():
+    x, s, g = random_video(10, 25, 8, seed=5, repeat_every=5)
+    params = FastVIDParams(retention=0.4, segments=2, tau=-1.0)
+    got = fastvid_video(x, s, g, params)
+    seg_of_frame = torch.repeat_interleave(torch.arange(len(got.segments)), torch.tensor(got.segments))
+    merged = got.sources >= 0
+    assert merged.all()  # every token lands in some output (none dropped outright)
+    frame_in = torch.arange(10 * 25) // 25
+    frame_out = got.origin[got.sources] // 25
+    assert torch.equal(seg_of_frame[frame_in], seg_of_frame[frame_out])
+    assert torch.equal(got.sources[got.origin], torch.arange(got.origin.numel()))
+
+
+def test_nominal_is_within_the_bound():
+    for frames in (1, 8, 32, 64):
+        for retention in (0.1, 0.25):
+            n = nominal_tokens(frames, 196, FastVIDParams(retention=retention))
+            assert 0 < n <= token_bound(frames, 196, retention)
+    # 32 frames in 8 segments of 4: one anchor frame each with 4 * 7 anchors, 12 salient per frame
+    assert nominal_tokens(32, 196) == 32 * 12 + 8 * 28 == token_bound(32, 196, 0.10)
+
+
+def test_pool_salience_is_the_official_bilinear_resize():
+    attn = torch.rand(2, 27 * 27, generator=torch.Generator().manual_seed(0))
+    pooled = pool_salience(attn, (27, 27), (14, 14))
+    want = torch.nn.functional.interpolate(attn.view(2, 1, 27, 27).float(), size=(14, 14), mode="bilinear")
+    torch.testing.assert_close(pooled, want.view(2, -1))
