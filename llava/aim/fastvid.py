@@ -36,8 +36,9 @@ g (F, D):
 Deliberate differences from the official code (each documented and tested):
 - Ties are broken by index (lowest first) in every top-k, and no noise is added to the density
   (the official adds uniform noise of 1e-6 to break ties at random, so it is not reproducible).
-- Distances use the direct kernel (exact zeros for equal tokens); scores and merges run in
-  float32 (float64 for float64 input), the result is cast back to the input's dtype.
+- A token's distance to itself is exactly 0 (the matrix-product cdist leaves a rounding
+  residue there); scores and merges run in float32 (float64 for float64 input; the official
+  merges in the model's dtype), the result is cast back to the input's dtype.
 - Counts the official code cannot run are capped instead of raising: the ``segments - 1``
   lowest similarities at F - 1 (videos shorter than ``segments`` frames get one segment per
   frame), the 4 nearest at N, and a frame's anchors at N.
@@ -127,7 +128,8 @@ def density_scores(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-2]
     if n == 0:
         return x.new_zeros(x.shape[:-1])
-    dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") / x.shape[-1] ** 0.5
+    dist = torch.cdist(x, x) / x.shape[-1] ** 0.5  # the matrix-product form, as the official
+    dist = dist * (1 - torch.eye(n, dtype=dist.dtype, device=dist.device))  # exact 0 to itself
     nearest = torch.sort(dist, dim=-1).values[..., : min(DENSITY_NEIGHBOURS, n)]
     density = torch.exp(-(nearest**2).mean(dim=-1))
     denser = density[..., None, :] > density[..., :, None]  # [b, i, j]: rho_j > rho_i
