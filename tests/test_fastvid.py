@@ -276,3 +276,25 @@ def test_pool_salience_is_the_official_bilinear_resize():
     pooled = pool_salience(attn, (27, 27), (14, 14))
     want = torch.nn.functional.interpolate(attn.view(2, 1, 27, 27).float(), size=(14, 14), mode="bilinear")
     torch.testing.assert_close(pooled, want.view(2, -1))
+
+
+# -- the analyzer's cost ---------------------------------------------------------------------
+def test_cost_counts_the_per_frame_work_and_the_segment_pools():
+    from llava.analysis.hardware import get_hardware
+    from llava.analysis.roofline import fastvid_overhead_ops
+    from llava.analysis.shapes import VisionShape
+
+    vision = VisionShape("v", layers=2, hidden=8, intermediate=16, heads=2, tokens=16)
+    ops = {o.name: o.ops for o in fastvid_overhead_ops(vision, 10, 0.5, 4, 6, get_hardware("nvidia_A100"))}
+    # T = 10, retention 0.5: R = 5, S = 3, Cn = 2, N = 7 non-salient tokens per frame
+    assert frame_budget(10, 0.5, 0.4) == (3, 2)
+    assert ops["fastvid.distances"] == 6 * (2 * 7 * 7 * 4 + 3 * 7 * 7)
+    assert ops["fastvid.salience"] == 6 * (2 * 16 * 16 * 8 + 6 * 2 * 16 * 16 + 8 * 10)
+    # 6 frames in 6 one-frame segments (segments=8 > frames): each frame merges its 7 into 2 anchors
+    per_merge = 3 * (7 + 2) * 4 + 2 * 7 * 2 * 4 + 7 * 2 + 2 * (7 + 2) * 4
+    assert ops["fastvid.merge"] == 6 * per_merge
+    # 2 segments of 3 frames, stride 4: the last frame of each holds 2 * 3 anchors over 21 tokens
+    two = {o.name: o.ops for o in fastvid_overhead_ops(vision, 10, 0.5, 4, 6, get_hardware("nvidia_A100"),
+                                                      params=FastVIDParams(retention=0.5, segments=2))}
+    assert anchor_counts([3, 3], 2, 4) == [0, 0, 6, 0, 0, 6]
+    assert two["fastvid.merge"] == 2 * (3 * (21 + 6) * 4 + 2 * 21 * 6 * 4 + 21 * 6 + 2 * (21 + 6) * 4)

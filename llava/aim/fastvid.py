@@ -256,11 +256,17 @@ def nominal_tokens(frames: int, tokens_per_frame: int, params: FastVIDParams = F
     """Tokens into the LLM for a video split into the least number of segments DySeg makes
     (``segments`` segments as equal as possible): the analyzer's planning figure."""
     salient_n, context_n = frame_budget(tokens_per_frame, params.retention, params.context_share)
-    n_seg = max(1, min(params.segments, frames))
-    sizes = [frames // n_seg + (1 if i < frames % n_seg else 0) for i in range(n_seg)]
+    sizes = nominal_segment_sizes(frames, params.segments)
     rest_n = tokens_per_frame - salient_n
     counts = anchor_counts(sizes, context_n, params.anchor_stride)
     return frames * salient_n + sum(min(c, rest_n) for c in counts)
+
+
+def nominal_segment_sizes(frames: int, segments: int) -> List[int]:
+    """The least segmentation DySeg makes: ``segments`` segments (at most one per frame), as
+    equal as possible, the longer first."""
+    n_seg = max(1, min(segments, frames))
+    return [frames // n_seg + (1 if i < frames % n_seg else 0) for i in range(n_seg)]
 
 
 def pool_salience(attention: torch.Tensor, grid: Tuple[int, int], out_grid: Tuple[int, int]) -> torch.Tensor:

@@ -626,6 +626,57 @@ def prumerge_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware:
     return [_scaled(op, frames) for op in ops]
 
 
+def fastvid_overhead_ops(vision: VisionShape, tokens_per_frame: int, retention: float, channels: int, frames: int,
+                         hardware: Hardware, options: Optional[RooflineOptions] = None,
+                         params=None) -> List[OpCost]:
+    """FastVID (``llava.aim.fastvid``) on one video of ``frames`` frames of ``tokens_per_frame``
+    ``channels``-wide tokens, segmented the nominal way (``segments`` segments as equal as
+    possible, ``llava.aim.fastvid.nominal_tokens``).
+
+    Salience: the attention each of the M patches receives at the vision tower's feature layer,
+    recomputed from its q/k (2*M*M*W QK^T + 5*h*M*M softmax + h*M*M means), resized to the
+    pooled grid (8 OPs per output). Frame features: the mean of each frame's tokens and
+    consecutive cosines (T*C + 5*C per frame). Per frame on N = T - S non-salient tokens: the
+    distance matrix (2*N*N*C as a matrix product + 3*N*N), the row sort for the 4 nearest
+    (N*N*log2 N), density and delta (3*N*N). Merging a pool of P tokens into K anchors:
+    normalise (3*(P + K)*C), similarities (2*P*K*C), best anchor (P*K), combine (2*(P + K)*C).
+    """
+    from llava.aim.fastvid import FastVIDParams, anchor_counts, frame_budget, nominal_segment_sizes
+
+    o = options or RooflineOptions()
+    p = params or FastVIDParams(retention=retention)
+    a, C, T, F = o.act_bytes, channels, tokens_per_frame, frames
+    m, w, h = vision.patches, vision.hidden, vision.heads
+    salient, context = frame_budget(T, p.retention, p.context_share)
+    n = T - salient
+    ops = [
+        _scaled(_op("fastvid.salience", 2 * m * m * w + 6 * h * m * m + 8 * T, 2 * m * w * a + h * m * m * 4, hardware), F),
+        _scaled(_op("fastvid.frame_features", T * C + 5 * C, T * C * a, hardware), F),
+        _scaled(_op("fastvid.salient_sort", T * max(1.0, math.log2(T)), T * 4, hardware), F),
+    ]
+    if context == 0 or n == 0:
+        return ops
+    ops += [
+        _scaled(_op("fastvid.distances", 2 * n * n * C + 3 * n * n, n * C * a + n * n * 4, hardware), F),
+        _scaled(_op("fastvid.density", n * n * max(1.0, math.log2(n)) + 3 * n * n, 2 * n * n * 4, hardware), F),
+    ]
+    sizes = nominal_segment_sizes(F, p.segments)
+    merge_ops = merge_bytes = 0.0
+    for size, count in zip(_per_frame_segment_length(sizes), anchor_counts(sizes, context, p.anchor_stride)):
+        if count == 0:
+            continue
+        k = min(count, n)
+        pool = n if count == context else n * size
+        merge_ops += 3 * (pool + k) * C + 2 * pool * k * C + pool * k + 2 * (pool + k) * C
+        merge_bytes += 2 * pool * C * a + 2 * k * C * a + pool * k * 4
+    ops.append(_op("fastvid.merge", merge_ops, merge_bytes, hardware))
+    return ops
+
+
+def _per_frame_segment_length(sizes: Sequence[int]) -> List[int]:
+    return [length for length in sizes for _ in range(length)]
+
+
 def count_rule(convention: str, merge_count: str = "official") -> str:
     """The merged-count rule a convention counts with: the paper's tables used floor(T * r)
     ("exact"); the runtime convention counts what the runtime keeps (``merge_count``)."""
