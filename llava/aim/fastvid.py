@@ -275,3 +275,44 @@ def pool_salience(attention: torch.Tensor, grid: Tuple[int, int], out_grid: Tupl
     f = attention.shape[0]
     maps = attention.to(_work_dtype(attention.dtype)).reshape(f, 1, *grid)
     return torch.nn.functional.interpolate(maps, size=tuple(out_grid), mode="bilinear").reshape(f, -1)
+
+
+# -- the registry entry's side (llava.aim.frames): cfg -> params, FramesIn -> FramesOut ----------
+PARAM_FIELDS = {  # AIMConfig field -> FastVIDParams field (None in the config: the official default)
+    "fastvid_segments": "segments",
+    "fastvid_tau": "tau",
+    "fastvid_context_share": "context_share",
+    "fastvid_anchor_stride": "anchor_stride",
+    "fastvid_anchor_weight": "anchor_weight",
+}
+
+
+def params_of(cfg) -> FastVIDParams:
+    """The FastVIDParams of an AIMConfig: its retention, and each fastvid_* knob or the official default."""
+    chosen = {ours: getattr(cfg, field) for field, ours in PARAM_FIELDS.items() if getattr(cfg, field, None) is not None}
+    return FastVIDParams(retention=cfg.retention, **chosen)
+
+
+def frame_features_of(tokens: torch.Tensor) -> torch.Tensor:
+    """Each frame's global feature for DySeg: the mean of its tokens as the LLM receives them
+    (the official Qwen2.5-VL port's choice; the OneVision port's SigLIP head is not available)."""
+    return tokens.to(_work_dtype(tokens.dtype)).mean(dim=1)
+
+
+def fastvid_frames(x):
+    """The registry entry's function: one video's FramesIn (projected tokens, the vision tower's
+    received attention on the same grid) -> FramesOut."""
+    from llava.aim.frames import FramesOut
+
+    if x.attention is None:
+        raise ValueError("FastVID needs the vision tower's attention (the entry's need 'vision_attention')")
+    result = fastvid_video(x.tokens, x.attention, frame_features_of(x.tokens), params_of(x.cfg))
+    return FramesOut(tokens=result.tokens, origin=result.origin, sources=result.sources)
+
+
+def fastvid_bound(frames: int, tokens_per_frame: int, cfg) -> int:
+    return token_bound(frames, tokens_per_frame, cfg.retention)
+
+
+def fastvid_nominal(frames: int, tokens_per_frame: int, cfg) -> int:
+    return nominal_tokens(frames, tokens_per_frame, params_of(cfg))
