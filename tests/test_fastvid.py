@@ -284,6 +284,8 @@ def test_cost_counts_the_per_frame_work_and_the_segment_pools():
     from llava.analysis.roofline import fastvid_overhead_ops
     from llava.analysis.shapes import VisionShape
 
+    from llava import AIMConfig
+
     vision = VisionShape("v", layers=2, hidden=8, intermediate=16, heads=2, tokens=16)
     ops = {o.name: o.ops for o in fastvid_overhead_ops(vision, 10, 0.5, 4, 6, get_hardware("nvidia_A100"))}
     # T = 10, retention 0.5: R = 5, S = 3, Cn = 2, N = 7 non-salient tokens per frame
@@ -295,6 +297,149 @@ def test_cost_counts_the_per_frame_work_and_the_segment_pools():
     assert ops["fastvid.merge"] == 6 * per_merge
     # 2 segments of 3 frames, stride 4: the last frame of each holds 2 * 3 anchors over 21 tokens
     two = {o.name: o.ops for o in fastvid_overhead_ops(vision, 10, 0.5, 4, 6, get_hardware("nvidia_A100"),
-                                                      params=FastVIDParams(retention=0.5, segments=2))}
+                                                      cfg=AIMConfig.for_method("fastvid", retention=0.5,
+                                                                               fastvid_segments=2))}
     assert anchor_counts([3, 3], 2, 4) == [0, 0, 6, 0, 0, 6]
     assert two["fastvid.merge"] == 2 * (3 * (21 + 6) * 4 + 2 * 21 * 6 * 4 + 21 * 6 + 2 * (21 + 6) * 4)
+
+
+# -- the registry entry on tiny LLaVA-OneVision ----------------------------------------------
+def _ov_pooled_and_attention(inner, pixels):
+    """The tokens the LLM receives per frame (projector, then the stock 2x2 bilinear pooling)
+    and the attention each patch receives in the feature layer (mean over heads and queries,
+    from its q/k), resized to the pooled grid as the official get_attn_2dPool does."""
+    tower = inner.vision_tower
+    layers = getattr(tower, "vision_model", tower).encoder.layers
+    hs = tower(pixels, output_hidden_states=True).hidden_states
+    layer = layers[-1]  # hidden_states[-1] is its output (vision_feature_layer -1)
+    normed = layer.layer_norm1(hs[-2])
+    q, k = layer.self_attn.q_proj(normed), layer.self_attn.k_proj(normed)
+    heads = layer.self_attn.num_heads
+    f, m, width = q.shape
+    d = width // heads
+    qh, kh = q.view(f, m, heads, d).transpose(1, 2).float(), k.view(f, m, heads, d).transpose(1, 2).float()
+    received = torch.softmax(qh @ kh.transpose(-1, -2) * d**-0.5, dim=-1).mean(dim=2).mean(dim=1)  # (F, M)
+    pooled = inner.apply_pooling(inner.multi_modal_projector(hs[-1]))
+    side = math.isqrt(m)
+    return pooled, pool_salience(received, (side, side), (math.ceil(side / 2), math.ceil(side / 2)))
+
+
+def _spliced_logits(model, inputs, merged, token_id):
+    """Stock model on the prompt with exactly ``merged`` spliced in for the video (no filler)."""
+    ids = inputs["input_ids"][0]
+    where = (ids == token_id).nonzero().flatten()
+    start, end = int(where[0]), int(where[-1]) + 1
+    spliced = torch.cat([ids[:start], torch.full((merged.shape[0],), token_id), ids[end:]])[None]
+    embeds = model.get_input_embeddings()(spliced)
+    embeds[0, start:start + merged.shape[0]] = merged
+    with torch.no_grad():
+        out = model.model.language_model(inputs_embeds=embeds)
+        return model.lm_head(out.last_hidden_state[:, -1])
+
+
+FRAMES = 10  # enough for DySeg's 8 segments to include a longer one (a segment-wide merge)
+
+
+def test_onevision_equals_the_reference_on_the_models_features(ov_sdpa):
+    """The harness's FastVID on tiny LLaVA-OneVision: the LLM receives exactly the official
+    algorithm's tokens (then the newline), computed from the model's own features; the fast
+    function equals the float64 reference on those features."""
+    from conftest import make_video, video_inputs
+
+    from llava import AIMConfig, apply_aim
+    from llava.model.runtime import remove_aim
+
+    model, processor = ov_sdpa
+    params = FastVIDParams()
+    try:
+        stock = video_inputs(processor, [make_video(FRAMES)])
+        with torch.no_grad():
+            pooled, attention = _ov_pooled_and_attention(model.model, stock["pixel_values_videos"].flatten(0, 1))
+        want, origin, sizes = reference_fastvid(pooled, attention, pooled.double().mean(1), params)
+        exact = fastvid_video(pooled.double(), attention, pooled.double().mean(1), params)
+        assert exact.origin.tolist() == origin and exact.segments == sizes
+        torch.testing.assert_close(exact.tokens, want)
+        assert any(n > 1 for n in sizes), "the clip should give a segment-wide merge"
+        fast = fastvid_video(pooled, attention, pooled.mean(1), params)  # the model's float32
+        merged = torch.cat([fast.tokens, model.model.image_newline[None]])
+        expected = _spliced_logits(model, stock, merged, model.config.video_token_id)
+
+        apply_aim(model, processor, AIMConfig.for_method("fastvid"))
+        inputs = video_inputs(processor, [make_video(FRAMES)])
+        reserved = int((inputs["input_ids"] == model.config.video_token_id).sum())
+        assert reserved == token_bound(FRAMES, 196, 0.10) + 1
+        with torch.no_grad():
+            got = model(**inputs).logits[:, -1]
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        kept = model.aim_stats.tokens_kept_per_frame
+        assert sum(kept) == fast.tokens.shape[0]
+    finally:
+        remove_aim(model, processor)
+
+
+def test_onevision_batch_equals_single(ov_sdpa):
+    """Each video of a batch gets its own data-dependent count; fillers go before layer 0 and
+    positions close up, so greedy decoding equals each sample run alone."""
+    from conftest import make_video, video_inputs
+
+    from llava import AIMConfig, apply_aim
+    from llava.model.runtime import remove_aim
+
+    model, processor = ov_sdpa
+    media = [make_video(FRAMES, seed=3), make_video(FRAMES, seed=4)]
+    questions = ["What is shown?", "Describe the colors of the objects in this video in detail please."]
+    greedy = lambda inputs: model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # noqa: E731
+    try:
+        apply_aim(model, processor, AIMConfig.for_method("fastvid", retention=0.25))
+        batch = video_inputs(processor, media, questions)
+        assert (batch["attention_mask"] == 0).any(), "the test needs left padding"
+        with torch.no_grad():
+            both = greedy(batch)
+            for i in range(2):
+                one = greedy(video_inputs(processor, [media[i]], [questions[i]]))
+                assert both[i, -4:].tolist() == one[0, -4:].tolist()
+    finally:
+        remove_aim(model, processor)
+
+
+def test_families_the_official_code_never_ran_are_refused():
+    from conftest import qwen_model
+
+    from llava import AIMConfig, apply_aim
+    from llava.errors import UnsupportedModelError
+
+    model, processor = qwen_model("tiny-qwen2.5-vl")
+    with pytest.raises(UnsupportedModelError, match="FastVID.*onevision"):
+        apply_aim(model, processor, AIMConfig.for_method("fastvid"))
+    assert getattr(model, "aim_config", None) is None  # nothing patched
+
+
+def test_config_defaults_and_knob_rules():
+    from llava import AIMConfig
+    from llava.aim.fastvid import params_of
+    from llava.errors import AIMConfigError
+
+    cfg = AIMConfig.for_method("fastvid")
+    assert (cfg.retention, cfg.l1, cfg.l2) == (0.10, None, None)
+    assert params_of(cfg) == FastVIDParams()
+    tuned = AIMConfig.for_method("fastvid", retention=0.25, fastvid_tau=0.84, fastvid_segments=4)
+    assert params_of(tuned) == FastVIDParams(retention=0.25, segments=4, tau=0.84)
+    with pytest.raises(AIMConfigError, match="fastvid_tau"):
+        AIMConfig.for_method("fastvid", fastvid_tau=1.5)
+    with pytest.raises(AIMConfigError, match="fastvid_anchor_stride"):
+        AIMConfig.for_method("fastvid", fastvid_anchor_stride=0)
+    with pytest.raises(AIMConfigError, match="method"):
+        AIMConfig(fastvid_segments=4)  # a FastVID knob on AIM
+
+
+def test_the_registry_entry():
+    from llava.aim.registry import lookup
+
+    entry = lookup("fastvid", "reduction")
+    assert entry.stage == "projected" and {"video", "vision_attention"} <= set(entry.needs)
+    assert entry.cost == "fastvid_overhead_ops"
+    from llava import AIMConfig
+
+    cfg = AIMConfig.for_method("fastvid")
+    assert entry.bound(32, 196, cfg) == 32 * 19
+    assert entry.nominal(32, 196, cfg) == nominal_tokens(32, 196)

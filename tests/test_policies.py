@@ -20,7 +20,7 @@ from conftest import image_inputs, make_image, make_video, video_inputs
 from llava import AIMConfig, apply_aim
 from llava.aim.importance import last_token_attention, random_scores
 from llava.aim.merge import merged_token_count
-from llava.aim.policy import METHODS, STEP_METHODS, drop_layers_for, scaled_layer
+from llava.aim.policy import METHODS, STEP_METHODS, drop_layers_for, scaled_layer, video_reduction
 from llava.aim.reduce import pool_frames, pooled_grid
 from llava.aim.schedule import kept_count, policy_visual_tokens, stepwise_visual_tokens, visual_tokens_per_layer
 from llava.analysis.roofline import analyze
@@ -313,7 +313,8 @@ def test_config_round_trip_and_defaults():
     for method in METHODS:
         cfg = AIMConfig.for_method(method)
         assert AIMConfig(**cfg.to_dict()) == cfg
-        assert cfg.pruning or cfg.prumerging  # PruMerge reduces before the LLM only
+        # PruMerge and the video reductions (FastVID, ...) reduce before the LLM only
+        assert cfg.pruning or cfg.prumerging or cfg.video_reducing
         assert cfg.enabled
     assert AIMConfig().method == "aim" and AIMConfig.for_method("aim") == AIMConfig()
     assert AIMConfig.for_method("pdrop", drop_layers=[2, 4]).drop_layers == (2, 4)
@@ -395,6 +396,8 @@ def test_analyzer_counts_each_policy_with_the_shared_schedule():
         result = analyze("qwen2-7b", retention=cfg.retention, l1=cfg.l1, l2=cfg.l2, method=method)
         # PruMerge: the official ratio's count of SigLIP's 729 unpooled patches (no spatial samples)
         v0 = 32 * (92 if cfg.prumerging else 49 if cfg.retention < 1 else 196)
+        if video_reduction(method) is not None:  # a video reduction: its registry entry's nominal count
+            v0 = video_reduction(method).nominal(32, 196, cfg)
         assert result.visual_tokens_per_layer == policy_visual_tokens(cfg, v0, 28)
         assert result.prefill_flops < base.prefill_flops
         assert result.without_aim().prefill_flops == base.prefill_flops

@@ -51,7 +51,7 @@ from typing import Any, Mapping, Optional, Tuple
 from llava.aim.registry import lookup
 from llava.errors import AIMConfigError
 
-METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus")
+METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "fastvid")
 STEP_METHODS = ("fastv", "vtw", "pdrop")  # in-LLM schedule = drop steps, not (l1, l2)
 PRUMERGE_METHODS = ("prumerge", "prumerge_plus")  # reduction before the LLM only, adaptive count
 SCORES = ("pagerank", "attention", "last_token", "random", "none")
@@ -105,6 +105,13 @@ SPECS = {
                            "prumerge", "none", "none"),
     "prumerge_plus": MethodSpec("prumerge_plus", "PruMerge+", "Shang et al., arXiv 2403.15388, adaptive + spatial samples",
                                 "prumerge_plus", "none", "none"),
+    "fastvid": MethodSpec(
+        "fastvid", "FastVID", "Shen et al., arXiv 2503.11187 (NeurIPS 2025), official LLaVA-OneVision script",
+        "fastvid", "none", "none", families=("onevision",), default_retention=0.10,
+        families_reason="the official code ran LLaVA-OneVision and LLaVA-Video (this family) and Qwen2.5-VL with a "
+                        "different variant (sub-segments at DySeg_ignore, per-segment budgets, a last-block salience) "
+                        "that is not implemented here; docs/methods/fastvid.md",
+    ),
 }
 
 

@@ -229,3 +229,28 @@ register("prumerge", "reduction", _prumerge, needs=("frames", "qk"), cost="prume
                  "(llava.aim.prumerge.prumerge_frames, the vision tower's last keys)")
 register("prumerge_plus", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
          summary="PruMerge+: PruMerge plus spatially uniform samples (prumerge_frames(..., plus=True))")
+
+
+# -- FastVID (llava.aim.fastvid): a "video" reduction on the projected frames ----------------------
+def _fastvid(x):
+    from llava.aim.fastvid import fastvid_frames
+
+    return fastvid_frames(x)
+
+
+def _fastvid_bound(frames, tokens_per_frame, cfg):
+    from llava.aim.fastvid import fastvid_bound
+
+    return fastvid_bound(frames, tokens_per_frame, cfg)
+
+
+def _fastvid_nominal(frames, tokens_per_frame, cfg):
+    from llava.aim.fastvid import fastvid_nominal
+
+    return fastvid_nominal(frames, tokens_per_frame, cfg)
+
+
+register("fastvid", "reduction", _fastvid, needs=("video", "vision_attention"), cost="fastvid_overhead_ops",
+         stage="projected", bound=_fastvid_bound, nominal=_fastvid_nominal,
+         summary="FastVID: segments by frame similarity, keeps each frame's most attended tokens and merges the "
+                 "rest into density-peak anchors per segment (llava.aim.fastvid.fastvid_video)")

@@ -628,10 +628,11 @@ def prumerge_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware:
 
 def fastvid_overhead_ops(vision: VisionShape, tokens_per_frame: int, retention: float, channels: int, frames: int,
                          hardware: Hardware, options: Optional[RooflineOptions] = None,
-                         params=None) -> List[OpCost]:
+                         cfg: Optional[AIMConfig] = None) -> List[OpCost]:
     """FastVID (``llava.aim.fastvid``) on one video of ``frames`` frames of ``tokens_per_frame``
     ``channels``-wide tokens, segmented the nominal way (``segments`` segments as equal as
-    possible, ``llava.aim.fastvid.nominal_tokens``).
+    possible, ``llava.aim.fastvid.nominal_tokens``), with ``cfg``'s FastVID knobs (None: the
+    official defaults at ``retention``).
 
     Salience: the attention each of the M patches receives at the vision tower's feature layer,
     recomputed from its q/k (2*M*M*W QK^T + 5*h*M*M softmax + h*M*M means), resized to the
@@ -641,10 +642,10 @@ def fastvid_overhead_ops(vision: VisionShape, tokens_per_frame: int, retention: 
     (N*N*log2 N), density and delta (3*N*N). Merging a pool of P tokens into K anchors:
     normalise (3*(P + K)*C), similarities (2*P*K*C), best anchor (P*K), combine (2*(P + K)*C).
     """
-    from llava.aim.fastvid import FastVIDParams, anchor_counts, frame_budget, nominal_segment_sizes
+    from llava.aim.fastvid import FastVIDParams, anchor_counts, frame_budget, nominal_segment_sizes, params_of
 
     o = options or RooflineOptions()
-    p = params or FastVIDParams(retention=retention)
+    p = params_of(cfg) if cfg is not None else FastVIDParams(retention=retention)
     a, C, T, F = o.act_bytes, channels, tokens_per_frame, frames
     m, w, h = vision.patches, vision.hidden, vision.heads
     salient, context = frame_budget(T, p.retention, p.context_share)
