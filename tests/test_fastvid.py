@@ -443,3 +443,29 @@ def test_the_registry_entry():
     cfg = AIMConfig.for_method("fastvid")
     assert entry.bound(32, 196, cfg) == 32 * 19
     assert entry.nominal(32, 196, cfg) == nominal_tokens(32, 196)
+
+
+def test_lmms_eval_batch_of_two_equals_each_alone(tmp_path):
+    """Through the lmms-eval plugin (model_args method=fastvid, a knob set): a batch of two
+    videos answers as each alone, with the same token counts."""
+    pytest.importorskip("lmms_eval")
+    from test_eval_plugin import _gen_request, _plugin, _texts
+
+    from llava.eval import synthetic
+    from llava.eval.lmms_model import LlavaOneVisionAIM
+
+    clips = [str(synthetic.ensure_video(synthetic.clip_name(i), tmp_path)) for i in range(2)]
+    args = dict(method="fastvid", retention=0.25, fastvid_segments=2)
+    single = _plugin(LlavaOneVisionAIM, clips, **args)
+    double = _plugin(LlavaOneVisionAIM, clips, batch_size=2, **args)
+    assert double.model.aim_config.fastvid_segments == 2
+    requests = [_gen_request(0), _gen_request(1), _gen_request(1, context="Which way does it move?")]
+    alone = single.generate_until(requests)
+    together = double.generate_until(requests)
+    assert _texts(together) == _texts(alone)
+    assert [r.token_counts.batch_size for r in together] == [2, 2, 1]
+    for a, t in zip(alone, together):
+        assert t.token_counts.visual_tokens_after_merge == a.token_counts.visual_tokens_after_merge
+        assert t.token_counts.input_tokens == a.token_counts.input_tokens
+        # FastVID's count (plus the newline), within its bound at 4 frames of 196
+        assert 0 < a.token_counts.visual_tokens_after_merge <= token_bound(4, 196, 0.25) + 1
