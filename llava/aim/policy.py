@@ -38,6 +38,10 @@ prumerge LLaVA-PruMerge (Shang et al., arXiv 2403.15388): before the LLM,   adap
          key-nearest patches, plus one token for the rest; no pruning        no merging
 prumerge PruMerge+: PruMerge plus spatially uniform samples (LLaVA-1.5; the  as prumerge
 _plus    official OneVision code leaves the samples out)
+fastvid  FastVID (Shen et al., NeurIPS 2025, arXiv 2503.11187): before the   retention 0.10,
+         LLM, segments by frame similarity, keeps each frame's most          c=8, tau=0.9,
+         attended tokens, merges the rest into density-peak anchors per      d=0.4, p=4,
+         segment (llava.aim.fastvid); LLaVA-OneVision only                   beta=0.6
 =======  ==================================================================  =================
 
 Pure python; the config module imports this one, so nothing here imports the config.
