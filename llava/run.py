@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llava.aim.config import AIMConfig
 from llava.aim.knobs import flag_of, flag_values
-from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
+from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings, video_reduction
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors, typed_knobs
 
@@ -162,6 +162,10 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
         cfg = AIMConfig.for_method(method, retention=1.0 if args.retention is None else args.retention,
                                    pruning_mode=pruning_mode, drop_layers=drop_layers, drop_ratio=drop_ratio,
                                    **options)
+    elif video_reduction(method) is not None:  # its retention is its budget; its own knobs, prefixed by its name
+        own = {name: value for name, value in typed_knobs(args).items() if name.startswith(f"{method}_")}
+        budget = {} if args.retention is None else {"retention": args.retention}
+        cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **budget, **own, **options)
     else:
         retention = 0.25 if args.retention is None else args.retention
         if not merges_media:

@@ -469,3 +469,22 @@ def test_lmms_eval_batch_of_two_equals_each_alone(tmp_path):
         assert t.token_counts.input_tokens == a.token_counts.input_tokens
         # FastVID's count (plus the newline), within its bound at 4 frames of 196
         assert 0 < a.token_counts.visual_tokens_after_merge <= token_bound(4, 196, 0.25) + 1
+
+
+def test_run_cli_takes_the_method_and_its_knobs(capsys):
+    import json
+
+    from llava.cli import main
+
+    code = main(["run", "--frames", "4", "--max-new-tokens", "1", "--json", "--method", "fastvid",
+                 "--retention", "0.25", "--fastvid-segments", "2", "--fastvid-tau", "0.5"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["aim"]["method"], r["aim"]["retention"], r["aim"]["fastvid_segments"], r["aim"]["fastvid_tau"]) == (
+        "fastvid", 0.25, 2, 0.5)
+    assert r["aim"]["fastvid_anchor_stride"] is None  # the official default
+    assert 0 < r["visual_tokens_after_merge"] <= token_bound(4, 196, 0.25) + 1  # plus the newline
+    # a FastVID knob typed for another method is refused, not ignored
+    assert main(["run", "--frames", "4", "--method", "aim", "--fastvid-tau", "0.5"]) == 2
+    assert "--fastvid-tau is a knob of --method fastvid" in capsys.readouterr().err

@@ -212,6 +212,11 @@ def check_typed_settings(method: str, typed: Mapping[str, Any]) -> None:
     if len(layers) == 1:
         raise AIMConfigError("give both {l1} and {l2} (or neither for the paper's schedule scaled to the model)")
     s = spec(method)
+    # a method's own knobs are named after it (fastvid_tau, ...): typed for another method they would do nothing
+    foreign = [(n, m) for n in typed for m in SPECS if m != method and n.startswith(f"{m}_")]
+    if foreign:
+        name, owner = foreign[0]
+        raise AIMConfigError(f"{{{name}}} is a knob of {{method={owner}}}; it does nothing with {{method={method}}}")
     if s.schedule == "none":  # PruMerge: retention 1 (no merging) is what the eval scripts pass every baseline
         budget = video_reduction(method) is not None  # a video reduction's retention is its budget
         extra = [n for n in ("retention", "l1", "l2", "drop_layers", "drop_ratio")
