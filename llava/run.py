@@ -132,7 +132,7 @@ def _validate_args(args) -> None:
                              "pick one")
     with flag_errors():
         check_typed_settings(method, typed_knobs(args))
-    if method in STEP_METHODS:
+    if method in STEP_METHODS or video_reduction(method) is not None:
         check_aim_flags(args.retention, None, None)
     elif method not in PRUMERGE_METHODS:
         check_aim_flags(args.retention, args.l1, args.l2, args.no_prune)
@@ -151,6 +151,10 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
     options = _fidelity_options(args)
     if method in PRUMERGE_METHODS:
         cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **options)
+    elif video_reduction(method) is not None:  # its own budget before the LLM: --retention, else its default
+        budget = {} if args.retention is None else {"retention": args.retention}
+        own = {name: value for name, value in typed_knobs(args).items() if name.startswith(f"{method}_")}  # its knobs
+        cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **budget, **own, **options)
     elif method in STEP_METHODS:
         from llava.aim.policy import drop_layers_for, spec
 
@@ -162,10 +166,6 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
         cfg = AIMConfig.for_method(method, retention=1.0 if args.retention is None else args.retention,
                                    pruning_mode=pruning_mode, drop_layers=drop_layers, drop_ratio=drop_ratio,
                                    **options)
-    elif video_reduction(method) is not None:  # its retention is its budget; its own knobs, prefixed by its name
-        own = {name: value for name, value in typed_knobs(args).items() if name.startswith(f"{method}_")}
-        budget = {} if args.retention is None else {"retention": args.retention}
-        cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **budget, **own, **options)
     else:
         retention = 0.25 if args.retention is None else args.retention
         if not merges_media:

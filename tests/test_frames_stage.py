@@ -200,10 +200,15 @@ def test_family_rule_refuses_with_the_reason(ov_sdpa, llava15_sdpa, monkeypatch)
         assert not hasattr(model, "aim_stats")
         monkeypatch.setitem(policy.SPECS, "test_even", policy.MethodSpec(
             "test_even", "even frames (test)", "test", "test_even_frames", "none", "none"))
+        registry.register("test_even_frames", "reduction", even_frames_above_mean, needs=("video",),
+                          stage="projected", bound=half_of_the_frames, nominal=nominal_half, replace=True)
         model, processor = llava15_sdpa
-        with pytest.raises(UnsupportedModelError, match="'vision' stage, which LLaVA-1.5 does not offer"):
+        with pytest.raises(UnsupportedModelError, match="'projected' stage, which LLaVA-1.5 does not offer"):
             apply_aim(model, processor, AIMConfig.for_method("test_even"))
+        assert not hasattr(model, "aim_stats")
         # a video reduction's retention is its budget, typed or not
         policy.check_typed_settings("test_even", {"retention": 0.25})
     finally:
         registry.unregister("test_even_frames")
+        for model, processor in (ov_sdpa, llava15_sdpa):
+            remove_aim(model, processor)

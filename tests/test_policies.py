@@ -313,8 +313,7 @@ def test_config_round_trip_and_defaults():
     for method in METHODS:
         cfg = AIMConfig.for_method(method)
         assert AIMConfig(**cfg.to_dict()) == cfg
-        # PruMerge and the video reductions (FastVID, ...) reduce before the LLM only
-        assert cfg.pruning or cfg.prumerging or cfg.video_reducing
+        assert cfg.pruning or cfg.prumerging or cfg.video_reducing  # these reduce before the LLM only
         assert cfg.enabled
     assert AIMConfig().method == "aim" and AIMConfig.for_method("aim") == AIMConfig()
     assert AIMConfig.for_method("pdrop", drop_layers=[2, 4]).drop_layers == (2, 4)
@@ -395,9 +394,10 @@ def test_analyzer_counts_each_policy_with_the_shared_schedule():
         cfg = AIMConfig.for_method(method)
         result = analyze("qwen2-7b", retention=cfg.retention, l1=cfg.l1, l2=cfg.l2, method=method)
         # PruMerge: the official ratio's count of SigLIP's 729 unpooled patches (no spatial samples)
-        v0 = 32 * (92 if cfg.prumerging else 49 if cfg.retention < 1 else 196)
-        if video_reduction(method) is not None:  # a video reduction: its registry entry's nominal count
-            v0 = video_reduction(method).nominal(32, 196, cfg)
+        v0 = 32 * (92 if cfg.prumerging else 49 if cfg.merging else 196)
+        if cfg.video_reducing:  # its registry entry's nominal count at its stage (SigLIP's 729 unpooled)
+            entry = video_reduction(method)
+            v0 = entry.nominal(32, 729 if entry.stage == "vision" else 196, cfg)
         assert result.visual_tokens_per_layer == policy_visual_tokens(cfg, v0, 28)
         assert result.prefill_flops < base.prefill_flops
         assert result.without_aim().prefill_flops == base.prefill_flops

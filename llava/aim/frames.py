@@ -47,6 +47,9 @@ class FramesIn:
     # over all queries for SigLIP), and (F, T, d) that layer's keys, mean over heads
     attention: Optional[Tensor] = None
     keys: Optional[Tensor] = None
+    # need "vision_attention", a tower with a CLS token whose features leave it out (LLaVA-1.5's
+    # "default" selection): (F, C) the CLS token's feature at the stage; None elsewhere
+    cls: Optional[Tensor] = None
 
     @property
     def frames(self) -> int:
@@ -104,10 +107,11 @@ def kept_per_frame(origin: Tensor, frames: int, tokens_per_frame: int) -> List[i
 
 
 def reduce_videos(entry, cfg, features: Tensor, frames: int, grid: Tuple[int, int],
-                  attention: Optional[Tensor] = None, keys: Optional[Tensor] = None) -> ReducedVideos:
+                  attention: Optional[Tensor] = None, keys: Optional[Tensor] = None,
+                  cls: Optional[Tensor] = None) -> ReducedVideos:
     """Run ``entry`` on each video of ``features`` (V*F, T, C), frames grouped by video, and pad
     each output to ``entry.bound(F, T, cfg)``. ``attention`` (V*F, T) / ``keys`` (V*F, T, d):
-    what "vision_attention" gives, where the entry needs it."""
+    what "vision_attention" gives, where the entry needs it (``cls`` (V*F, C) too on a CLS tower)."""
     total, t, _ = features.shape
     if total % frames:
         raise UnsupportedUsageError(f"{total} frames do not split into videos of {frames}")
@@ -118,8 +122,7 @@ def reduce_videos(entry, cfg, features: Tensor, frames: int, grid: Tuple[int, in
     real = torch.zeros(videos, bound, dtype=torch.bool, device=features.device)
     for v in range(videos):
         part = slice(v * frames, (v + 1) * frames)
-        x = FramesIn(cfg, features[part], grid,
-                     None if attention is None else attention[part], None if keys is None else keys[part])
+        x = FramesIn(cfg, features[part], grid, *(None if a is None else a[part] for a in (attention, keys, cls)))
         out = entry.fn(x)
         check_output(out, frames, t, bound, entry.name)
         u = out.tokens.shape[0]

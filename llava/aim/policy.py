@@ -38,6 +38,9 @@ prumerge LLaVA-PruMerge (Shang et al., arXiv 2403.15388): before the LLM,   adap
          key-nearest patches, plus one token for the rest; no pruning        no merging
 prumerge PruMerge+: PruMerge plus spatially uniform samples (LLaVA-1.5; the  as prumerge
 _plus    official OneVision code leaves the samples out)
+visionz  VisionZip (Yang et al., arXiv 2412.04467): per frame at the vision  retention 64/576
+ip       tower, the CLS-attention dominant tokens plus contextual tokens     (54 + 10); CLIP
+         merged by key similarity (llava.aim.visionzip); no pruning          (LLaVA-1.5) only
 fastvid  FastVID (Shen et al., NeurIPS 2025, arXiv 2503.11187): before the   retention 0.10,
          LLM, segments by frame similarity, keeps each frame's most          c=8, tau=0.9,
          attended tokens, merges the rest into density-peak anchors per      d=0.4, p=4,
@@ -55,7 +58,7 @@ from typing import Any, Mapping, Optional, Tuple
 from llava.aim.registry import lookup
 from llava.errors import AIMConfigError
 
-METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "fastvid")
+METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "visionzip", "fastvid")
 STEP_METHODS = ("fastv", "vtw", "pdrop")  # in-LLM schedule = drop steps, not (l1, l2)
 PRUMERGE_METHODS = ("prumerge", "prumerge_plus")  # reduction before the LLM only, adaptive count
 SCORES = ("pagerank", "attention", "last_token", "random", "none")
@@ -109,6 +112,13 @@ SPECS = {
                            "prumerge", "none", "none"),
     "prumerge_plus": MethodSpec("prumerge_plus", "PruMerge+", "Shang et al., arXiv 2403.15388, adaptive + spatial samples",
                                 "prumerge_plus", "none", "none"),
+    "visionzip": MethodSpec(
+        "visionzip", "VisionZip", "Yang et al., arXiv 2412.04467 (CVPR 2025), 54 dominant + 10 contextual of 576",
+        "visionzip", "none", "none", families=("llava15",),
+        families_reason="the official code (dvlab-research/VisionZip at 3151f6d) patches the CLIP tower of "
+                        "LLaVA-1.5 / LLaVA-NeXT only: it has no SigLIP (LLaVA-OneVision) and no Qwen2-VL / "
+                        "Qwen2.5-VL version, and reads CLIP's CLS attention",
+        default_retention=64 / 576),
     "fastvid": MethodSpec(
         "fastvid", "FastVID", "Shen et al., arXiv 2503.11187 (NeurIPS 2025), official LLaVA-OneVision script",
         "fastvid", "none", "none", families=("onevision",), default_retention=0.10,

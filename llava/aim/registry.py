@@ -231,6 +231,25 @@ register("prumerge_plus", "reduction", _prumerge, needs=("frames", "qk"), cost="
          summary="PruMerge+: PruMerge plus spatially uniform samples (prumerge_frames(..., plus=True))")
 
 
+# -- the built-in video reductions (llava.aim.frames: fn(FramesIn) -> FramesOut) ------------------
+def _visionzip(x):
+    from llava.aim.visionzip import visionzip
+
+    return visionzip(x)
+
+
+def _visionzip_count(frames, tokens_per_frame, cfg):
+    from llava.aim.visionzip import token_bound
+
+    return token_bound(frames, tokens_per_frame, cfg)
+
+
+register("visionzip", "reduction", _visionzip, needs=("video", "vision_attention"), stage="vision",
+         bound=_visionzip_count, nominal=_visionzip_count, cost="visionzip_overhead_ops",
+         summary="VisionZip: per frame, the CLS-attention dominant tokens and contextual tokens merged by key "
+                 "similarity, on the vision tower's selected features (llava.aim.visionzip)")
+
+
 # -- FastVID (llava.aim.fastvid): a "video" reduction on the projected frames ----------------------
 def _fastvid(x):
     from llava.aim.fastvid import fastvid_frames

@@ -23,7 +23,7 @@ from llava.analysis.roofline import (
     reduction_figures,
 )
 from llava.aim.policy import (LLAVA15_OFFICIAL_LAYERS, PRUMERGE_METHODS, STEP_METHODS, aim_default_layers,
-                              check_typed_settings, drop_layers_for, spec)
+                              check_typed_settings, drop_layers_for, family_refusal, spec, video_reduction)
 from llava.analysis.shapes import get_llm, get_vision, model_visual_tokens, reference_names, resolve_model, tower_names
 from llava.aim.knobs import add_knob_flags
 from llava.errors import AIMConfigError
@@ -64,6 +64,9 @@ def resolve_method_config(num_layers: int, args: argparse.Namespace, vision=None
         return _method_config(AIMConfig.for_method, method), notes
     if kept_tokens is not None:
         raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}, not of {method}")
+    if video_reduction(method) is not None:  # its own budget (--retention) before the LLM, no pruning
+        budget = {} if args.retention is None else {"retention": args.retention}
+        return _method_config(AIMConfig.for_method, method, **budget), []
     if method in STEP_METHODS:
         notes = []
         if drop_layers is None:
@@ -417,6 +420,8 @@ def run_plan(args: argparse.Namespace) -> int:
         return run_baseline_plan(args)
     if getattr(args, "method", "aim") in PRUMERGE_METHODS:
         return run_prumerge_plan(args)
+    if video_reduction(getattr(args, "method", "aim")) is not None:
+        return run_budget_plan(args)
     if getattr(args, "kept_tokens", None) is not None:
         raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}")
     if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
@@ -469,6 +474,63 @@ def run_prumerge_plan(args: argparse.Namespace) -> int:
                          f"{result.prefill_tflops:.3f} TFLOPs, {speedup:.2f}x faster) does not meet {target}; "
                          "it has no knob to tune: try another method\n")
     return 0 if meets else 2
+
+
+def run_budget_plan(args: argparse.Namespace) -> int:
+    """``plan --method M`` for a registered "video" reduction: its one knob is its budget
+    (retention), so the answer is the largest budget (whole tokens per frame at the entry's
+    stage, counted by the entry's ``nominal``) that meets the target; refused where the method
+    may not run on the planned model's family (its official code never ran there)."""
+    from llava.analysis.shapes import resolve_model
+
+    method = args.method
+    if args.drop_layers is not None or args.drop_ratio is not None or args.kept_tokens is not None:
+        raise AIMConfigError(f"--drop-layers/--drop-ratio/--kept-tokens do not apply to {method}; its knob is --retention")
+    if (args.budget_tflops is not None and args.budget_tflops <= 0) or (args.speedup is not None and args.speedup <= 0):
+        raise AIMConfigError("--budget-tflops and --speedup must be positive")
+    try:
+        family = resolve_model(args.llm).family
+    except AIMConfigError:
+        family = None
+    refusal = None if family is None else family_refusal(method, family.name, family.model_types[0])
+    if refusal is not None:
+        sys.stderr.write(f"llava-aim plan: {refusal}\n")
+        return 2
+    inputs = analysis_inputs(args)
+    entry = video_reduction(method)
+    stage_tokens = inputs["vision"].patches if entry.stage == "vision" else inputs["tokens_per_frame"]
+    target = f"<= {args.budget_tflops:g} TFLOPs" if args.budget_tflops is not None else f">= {args.speedup:g}x faster"
+
+    def at(n):
+        result = analyze(method=method, retention=n / stage_tokens, **inputs)
+        speedup = result.without_aim().prefill_time_s / result.prefill_time_s
+        meets = result.prefill_tflops <= args.budget_tflops if args.budget_tflops is not None else speedup >= args.speedup
+        return meets, result, speedup
+
+    low, high = 0, stage_tokens  # the most tokens per frame that meet the target (cost grows with n)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if at(mid)[0]:
+            low = mid
+        else:
+            high = mid - 1
+    if low == 0:
+        sys.stderr.write(f"llava-aim plan: {method} does not meet {target} even at one token per frame\n")
+        return 2
+    _, result, speedup = at(low)
+    retention = low / stage_tokens
+    report = {"method": method, "meets": True, "target": target, "retention": retention,
+              "tokens_per_frame_kept": result.settings["tokens_per_frame_kept"],
+              "prefill_tflops": result.prefill_tflops, "prefill_ms": result.prefill_ms, "speedup": speedup}
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return 0
+    sys.stdout.write(
+        f"llava-aim plan --method {method}: retention {retention:.6g} ({low} of {stage_tokens} tokens per frame at "
+        f"its {entry.stage!r} stage) costs {result.prefill_tflops:.3f} TFLOPs, {speedup:.2f}x faster: the largest "
+        f"budget that meets {target}\n"
+        f"use    : {run_command_prefix(args)} --retention {retention:.6g}\n")
+    return 0
 
 
 def planned_checkpoint(llm: str) -> Tuple[Optional[str], Tuple[str, ...]]:

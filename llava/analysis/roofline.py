@@ -61,7 +61,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_schedule, merged_token_count
 from llava.aim.prumerge import nominal_tokens
-from llava.aim.policy import AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, reduction_of, score_of, spec
+from llava.aim.policy import (AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, reduction_of, score_of, spec,
+                              video_reduction)
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
@@ -678,6 +679,57 @@ def _per_frame_segment_length(sizes: Sequence[int]) -> List[int]:
     return [length for length in sizes for _ in range(length)]
 
 
+def visionzip_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware: Hardware,
+                           options: Optional[RooflineOptions] = None) -> List[OpCost]:
+    """VisionZip (llava.aim.visionzip) on ``frames`` frames of N patches (D-wide features and
+    keys, h heads of d = D / h), keeping ``kept`` tokens (dominant + contextual, split 54:10):
+
+    * the attention read: the CLS query against the N + 1 keys over all heads (2*(N+1)*D), the
+      softmax (5*h*(N+1)), the mean over heads (h*N) and the keys' mean over heads ((N+1)*D);
+      loads the keys;
+    * the ranking of the N attentions (N*log2 N comparisons);
+    * the merge: normalising the R non-dominant keys (3*R*d), their similarity to the c
+      targets (2*(R-c)*c*d) and its argmax ((R-c)*c), the sums and the division ((R-c)*D + c*D),
+      reading the R features and writing the c tokens.
+    """
+    from llava.aim.visionzip import split
+
+    o = options or RooflineOptions()
+    n, D, h, a = vision.patches, vision.hidden, vision.heads, o.act_bytes
+    d = D // h
+    dominant, c = split(kept)
+    r = n - (dominant - int(vision.class_token))
+    ops = [
+        _op("visionzip.attention", 2 * (n + 1) * D + 5 * h * (n + 1) + h * n + (n + 1) * D,
+            2 * (n + 1) * D * a, hardware),
+        _op("visionzip.rank", n * max(1.0, math.log2(n)), n * 4, hardware),
+        _op("visionzip.merge", 3 * r * d + 2 * (r - c) * c * d + (r - c) * c + (r - c) * D + c * D,
+            r * d * a + r * D * a + c * D * a, hardware),
+    ]
+    return [_scaled(op, frames) for op in ops]
+
+
+def video_reduction_overhead_ops(entry, vision: VisionShape, kept: int, frames: int, hardware: Hardware,
+                                 options: Optional[RooflineOptions] = None, **more) -> List[OpCost]:
+    """A registered "video" reduction's own work, priced by the function its entry names in
+    ``cost``, called with the arguments its parameters name among ``vision``, ``kept`` (tokens
+    per frame), ``frames``, ``hardware``, ``options`` and ``more`` (``tokens_per_frame`` at the
+    entry's stage, ``channels`` the LLM's width, ``retention``, ``cfg``); ``cost=None``: not priced."""
+    if entry.cost is None:
+        return []
+    price = globals().get(entry.cost)
+    if price is None:
+        raise AIMConfigError(f"reduction {entry.name!r} is priced by {entry.cost!r}, which llava.analysis.roofline "
+                             "does not define")
+    available = dict(vision=vision, kept=kept, frames=frames, hardware=hardware, options=options, **more)
+    params = inspect.signature(price).parameters
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in available]
+    if missing:
+        raise AIMConfigError(f"reduction {entry.name!r}: its cost {entry.cost!r} takes {missing}, which the analyzer "
+                             f"does not give (it gives {sorted(available)})")
+    return price(**{n: available[n] for n in params if n in available})
+
+
 def count_rule(convention: str, merge_count: str = "official") -> str:
     """The merged-count rule a convention counts with: the paper's tables used floor(T * r)
     ("exact"); the runtime convention counts what the runtime keeps (``merge_count``)."""
@@ -859,13 +911,18 @@ def analyze(
     vshape = get_vision(vision, llm)
 
     rule = count_rule(convention, merge_count)
+    reduction = video_reduction(method)  # a registered "video" reduction: its entry's nominal count
     if cfg.prumerging:
         kept = prumerge_tokens_per_frame(cfg.method, vshape, kept_tokens)
     elif kept_tokens is not None:
         raise AIMConfigError("kept_tokens (--kept-tokens) is the measured count of prumerge / prumerge_plus")
+    elif reduction is not None:
+        stage_tokens = vshape.patches if reduction.stage == "vision" else tokens_per_frame
+        video_total = int(reduction.nominal(frames, stage_tokens, cfg))
+        kept = -(-video_total // frames)
     else:
         kept = merged_token_count(tokens_per_frame, retention, rule)
-    v0 = frames * kept + newline_tokens
+    v0 = (video_total if reduction is not None else frames * kept) + newline_tokens
     visual = policy_visual_tokens(cfg, v0, shape.layers, convention)
     tokens = prompt_tokens_per_layer(text_tokens, visual)
 
@@ -874,7 +931,11 @@ def analyze(
     kv = kv_cache_bytes_per_layer(shape, tokens, options.kv_bytes)
     encoder = vision_encoder_cost(vshape, shape, frames, hw, options)
     overhead: List[OpCost] = []
-    if retention < 1.0 and reduction_of(cfg) == "pool":
+    if reduction is not None:
+        overhead += video_reduction_overhead_ops(reduction, vshape, kept, frames, hw, options,
+                                                 tokens_per_frame=stage_tokens, channels=shape.hidden,
+                                                 retention=retention, cfg=cfg)
+    elif retention < 1.0 and reduction_of(cfg) == "pool":
         overhead += pool_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)
     elif retention < 1.0 and convention == "paper":
         overhead += paper_merge_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)

@@ -177,10 +177,10 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
         raise EvalArgumentError(worded(exc, "model_arg")) from exc
     if method in PRUMERGE_METHODS:  # LLaVA-PruMerge: its own adaptive reduction, nothing else
         fields = {**fields, "retention": 1.0, "l1": None, "l2": None}
+    elif video_reduction(method) is not None:  # its own budget (retention) before the LLM, no pruning
+        fields = {**AIMConfig.for_method(method).to_dict(), **fields, "l1": None, "l2": None}
     elif method in STEP_METHODS:  # FastV / VTW / PDrop: their own layers, no merging unless asked
         fields = {"retention": 1.0, **fields, "l1": None, "l2": None}
-    elif video_reduction(method) is not None:  # a video reduction: its retention is its budget, no schedule
-        fields = {"retention": AIMConfig.for_method(method).retention, **fields, "l1": None, "l2": None}
     else:
         fields.update(layers)
     fields["method"] = method

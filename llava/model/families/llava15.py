@@ -19,14 +19,21 @@ softmax) selects, the keys (CLS dropped) match, and the selected features are me
 the projector (llava.aim.prumerge). The count is data-dependent: the processor reserves
 :func:`llava.aim.prumerge.token_bound` placeholders per image and the unused ones are dropped
 before the LLM's first layer.
+
+A registered "video" reduction (llava.aim.frames; VisionZip) runs on each image as a one-frame
+video, on the selected features before the projector, from its registry entry alone, with the
+attention, keys and CLS feature of the CLIP layer that produced the features where it needs
+"vision_attention"; the count is reserved and spliced as PruMerge's.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
+from llava.aim.frames import head_mean_keys, received_attention, reduce_videos
 from llava.aim.merge import merged_token_count
-from llava.aim.policy import LLAVA15_OFFICIAL_LAYERS
+from llava.aim.policy import LLAVA15_OFFICIAL_LAYERS, video_reduction
 from llava.aim.prumerge import cls_attention, prumerge_frames, token_bound
 from llava.errors import UnsupportedModelError
 from llava.model.families.base import Reference, VisualTokens, text_bench_dims, vit_bench_dims, vit_shape
@@ -50,6 +57,10 @@ class Llava15Adapter(FamilyAdapter):
     tiny_models = ("tiny-llava-1.5",)
     processor_methods = ("replace_image_token",)
     supports_prumerge = True
+    # registered video reductions (llava.aim.frames), each image a one-frame video: on the 576
+    # selected CLIP features before the projector, with the feature layer's CLS attention
+    reduction_stages = ("vision",)
+    vision_attention_stages = ("vision",)
     merge_metrics = ("keys", "tokens")
     official_merge_metric = "keys"
     # tools: plugin, checkpoints, CLI
@@ -70,15 +81,21 @@ class Llava15Adapter(FamilyAdapter):
         inner = self.inner(model)
         if (cfg.merging and cfg.merge_metric == "keys") or cfg.prumerging:
             key_layer(inner)
-        if cfg.prumerging and getattr(inner.config, "vision_feature_select_strategy", "default") != "default":
+        if (cfg.prumerging or cfg.video_reducing) and \
+                getattr(inner.config, "vision_feature_select_strategy", "default") != "default":
             raise UnsupportedModelError(
                 f"{cfg.method} needs CLIP's CLS token out of the features (vision_feature_select_strategy "
                 f"'default'), got {inner.config.vision_feature_select_strategy!r}"
             )
+        if cfg.video_reducing:
+            feature_layer(inner, cfg.method)
 
     def install_merging(self, inner, runtime) -> None:
         if runtime.cfg.prumerging:
             self._install_prumerge(inner, runtime)
+            return
+        if runtime.cfg.video_reducing:
+            self._install_video_reduction(inner, runtime)
             return
         if runtime.cfg.merging and runtime.cfg.merge_metric == "keys":
             self._install_key_merging(inner, runtime)
@@ -137,15 +154,55 @@ class Llava15Adapter(FamilyAdapter):
 
         runtime.handles.append(inner.multi_modal_projector.register_forward_pre_hook(prumerge_features))
 
+    def _install_video_reduction(self, inner, runtime) -> None:
+        """The method's registered reduction (llava.aim.frames) on each image as a one-frame video,
+        on the selected features before the projector (a projector pre-hook), with the attention
+        and keys of the CLIP layer that produced them and that layer's CLS feature; each output
+        padded to the entry's bound, the filler dropped before the LLM's first layer."""
+        cfg = runtime.cfg
+        entry = video_reduction(cfg.method)
+        layer = feature_layer(inner, cfg.method)
+        needs_attention = "vision_attention" in entry.needs
+        projections = CapturedProjections(layer.self_attn, runtime) if needs_attention else None
+        image_token = inner.config.image_token_id
+        captured = {}
+
+        def keep_cls(module, args, output):
+            captured["cls"] = (output[0] if isinstance(output, tuple) else output)[:, 0]
+
+        def reduce_features(module, args):
+            features = args[0]  # (images, 576, D), CLS dropped
+            side = math.isqrt(features.shape[1])
+            attention = keys = cls = None
+            if projections is not None:
+                q, k = projections.take(features.shape[0])  # (images, 577, D), CLS first
+                heads = layer.self_attn.num_heads
+                attention = received_attention(q, k, heads, cls_index=0)[:, 1:]  # softmax over all 577
+                keys = head_mean_keys(k, heads)[:, 1:]
+                cls = captured.pop("cls")
+            reduced = reduce_videos(entry, cfg, features, 1, (side, side), attention, keys, cls)
+            runtime.record_arrival(image_token, reduced.real)
+            runtime.record_merge(frames=features.shape[0], before=features.shape[1], after=0, newline_tokens=0,
+                                 kept_per_frame=reduced.kept_per_frame,
+                                 totals=(features.shape[0] * features.shape[1], int(reduced.real.sum())))
+            return (reduced.tokens,) + tuple(args[1:])
+
+        if needs_attention:
+            runtime.handles.append(layer.register_forward_hook(keep_cls))
+        runtime.handles.append(inner.multi_modal_projector.register_forward_pre_hook(reduce_features))
+
     def patch_processor(self, processor, cfg, runtime) -> None:
         stock = processor.replace_image_token
         plus = prumerge_plus_samples(self, cfg)
+        entry = video_reduction(cfg.method)
 
         def replace_image_token(image_inputs, image_idx, **kwargs):
             text = stock(image_inputs, image_idx, **kwargs)
             patches = text.count(processor.image_token)
             if cfg.prumerging:  # the most PruMerge can give; unused ones are dropped before layer 0
                 return processor.image_token * token_bound(patches, plus)
+            if entry is not None:  # the most the method can give an image (one frame)
+                return processor.image_token * int(entry.bound(1, patches, cfg))
             return processor.image_token * merged_token_count(patches, cfg.retention, cfg.merge_count)
 
         processor.replace_image_token = replace_image_token
@@ -164,6 +221,16 @@ class Llava15Adapter(FamilyAdapter):
 
     def bench_dims(self, config, scale):
         return text_bench_dims(self, scale), vit_bench_dims(scale)
+
+
+def feature_layer(inner, who: str):
+    """The CLIP encoder layer that produces the features LLaVA selects (hidden_states[s] is the
+    output of layers[s - 1]: layer 22 of 24 for vision_feature_layer = -2), whose attention and
+    keys a video reduction with "vision_attention" reads (VisionZip's attentions[-2])."""
+    layers, state = vision_encoder_layers(inner, -2, who, "CLIP")
+    if state < 1:
+        raise UnsupportedModelError(f"{who} needs features from an encoder layer, not the patch embeddings")
+    return layers[state - 1]
 
 
 def key_layer(inner):

@@ -1,0 +1,151 @@
+"""VisionZip (Yang et al., arXiv 2412.04467, CVPR 2025): dominant and contextual tokens, per frame
+at the vision tower, before the projector. Pure torch; a "video" reduction (llava.aim.frames).
+
+Read from the official code, github.com/dvlab-research/VisionZip at commit
+3151f6df4fca36a4cd1c985e5956e725b1f9ad02: ``visionzip/clip_encoder.py``
+(``CLIPVisionTower_VisionZip.forward``), ``visionzip/utils.py`` (the keys kept by the patched
+CLIP attention, ``apply_info``'s layer schedule) and ``visionzip/main.py`` (``visionzip(model,
+dominant, contextual)``).
+
+The algorithm, per frame (image) of T patch features x (T, C) selected from a CLIP layer (LLaVA's
+penultimate layer), with that same layer's attention and keys:
+
+1. Dominant tokens: the ``dominant - 1`` patches receiving the most attention from the CLS
+   query (the CLS row of the layer's softmax over all T + 1 tokens, summed over heads; its CLS
+   column left out), plus the CLS token itself. They are emitted CLS first, then the patches
+   in their original order.
+2. Contextual tokens: the other R patches, in their original order, with their keys (the
+   layer's key projections, mean over heads) L2-normalised. ``contextual`` of them are targets,
+   every ``max(1, R // contextual)``-th one from the first; each remaining patch goes to the
+   target whose key has the largest dot product with its own (the first on a tie), and each
+   target becomes its own feature plus the plain mean of the features assigned to it (the
+   target itself is not in the mean; a target with nothing assigned stays as it is).
+3. The frame gives ``dominant + contextual`` tokens: the dominant ones, then the contextual ones
+   in target order.
+
+The official setting is 54 dominant + 10 contextual = 64 tokens of CLIP's 576 (README, "Quick
+Start" and "Evaluation": ``visionzip(model, dominant=54, contextual=10)``). Here the budget is
+``retention`` (the fraction of each frame's T tokens kept, 64/576 = 1/9 by default): the frame
+keeps k = max(1, round(T * retention)) tokens, of which ``contextual = round(k * 10 / 64)`` (at
+least 1 when k > 1) and the rest dominant; 64 -> 54 + 10, and the paper's larger budgets of 128
+and 192 tokens -> 108 + 20 and 162 + 30.
+
+Deliberate differences:
+
+* Ties: the dominant patches are the first by (attention descending, index ascending) (the
+  official ``topk`` leaves the order among equal values to the implementation); the contextual
+  assignment takes the first best target, as ``argmax`` does.
+* Precision: the attention is computed in float32 from the captured query / key projections
+  (the official code switches the tower to eager attention and reads the fp16 weights); the
+  similarity and the means are computed in float32 and cast back to the features' dtype.
+* Without a CLS token (a SigLIP tower) the dominant tokens would all be patches, ranked by the
+  mean attention they receive; the official code has no such path and apply_aim refuses those
+  families (VisionZip's MethodSpec.families), so this branch is tested but never run on a model.
+* A frame of k = 1 keeps only the CLS token (no contextual token: the official code would
+  divide by zero).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from llava.aim.frames import FramesIn, FramesOut
+
+OFFICIAL_DOMINANT, OFFICIAL_CONTEXTUAL = 54, 10  # README: visionzip(model, dominant=54, contextual=10)
+DEFAULT_RETENTION = (OFFICIAL_DOMINANT + OFFICIAL_CONTEXTUAL) / 576  # 64 of CLIP-L/336's 576 patches
+
+
+def kept_tokens(tokens_per_frame: int, retention: float) -> int:
+    """Tokens a frame of T gives at ``retention``: max(1, round(T * retention)), at most T."""
+    return min(tokens_per_frame, max(1, round(tokens_per_frame * retention)))
+
+
+def split(kept: int) -> Tuple[int, int]:
+    """(dominant, contextual) of ``kept`` tokens in the official 54:10 proportion (CLS among the
+    dominant ones where the tower has one)."""
+    if kept <= 1:
+        return kept, 0
+    contextual = max(1, round(kept * OFFICIAL_CONTEXTUAL / (OFFICIAL_DOMINANT + OFFICIAL_CONTEXTUAL)))
+    return kept - contextual, contextual
+
+
+def visionzip_frames(x: Tensor, attention: Tensor, keys: Tensor, dominant: int, contextual: int,
+                     cls: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """VisionZip on F frames at once: x (F, T, C) patch features, attention (F, T) the attention
+    each patch receives (the CLS row where ``cls`` (F, C) is given), keys (F, T, d).
+
+    Returns (tokens (F, k, C), origin (F, k) patch index each output stands in for (the CLS
+    token: 0), sources (F, T) the output each patch went into, weights (F, T)), k = dominant +
+    contextual; ``dominant`` counts the CLS token when ``cls`` is given.
+    """
+    frames, t, c = x.shape
+    patches = dominant - (1 if cls is not None else 0)
+    if patches < 0 or patches + contextual > t:
+        raise ValueError(f"VisionZip cannot keep {dominant} dominant + {contextual} contextual of {t} patches")
+    device = x.device
+    order = torch.sort(attention.float(), dim=1, descending=True, stable=True).indices
+    top = torch.zeros(frames, t, dtype=torch.bool, device=device)
+    top.scatter_(1, order[:, :patches], True)
+    index = torch.arange(t, device=device).expand(frames, t)
+    dominant_index = index[top].view(frames, patches)  # original order
+    rest_index = index[~top].view(frames, t - patches)
+    parts = [x.gather(1, dominant_index[..., None].expand(-1, -1, c))]
+    origins = [dominant_index]
+    sources = torch.full((frames, t), -1, dtype=torch.long, device=device)
+    weights = torch.zeros(frames, t, dtype=torch.float32, device=device)
+    offset = 1 if cls is not None else 0
+    sources.scatter_(1, dominant_index, offset + torch.arange(patches, device=device).expand(frames, -1))
+    weights.scatter_(1, dominant_index, 1.0)
+    if cls is not None:
+        parts.insert(0, cls[:, None, :].to(x.dtype))
+        origins.insert(0, torch.zeros(frames, 1, dtype=torch.long, device=device))
+    if contextual:
+        rest = t - patches
+        step = max(1, rest // contextual)
+        is_target = torch.zeros(rest, dtype=torch.bool, device=device)
+        is_target[torch.arange(0, rest, step, device=device)[:contextual]] = True
+        target_index = rest_index[:, is_target]  # (F, contextual)
+        other_index = rest_index[:, ~is_target]  # (F, rest - contextual)
+        k = keys.float()
+        k = k / k.norm(dim=-1, keepdim=True)
+        pick = lambda idx: idx[..., None].expand(-1, -1, k.shape[-1])  # noqa: E731
+        similarity = k.gather(1, pick(other_index)) @ k.gather(1, pick(target_index)).transpose(1, 2)
+        assign = similarity.argmax(dim=2)  # (F, others): the first best target
+        xf = x.float()
+        others = xf.gather(1, other_index[..., None].expand(-1, -1, c))
+        sums = torch.zeros(frames, contextual, c, dtype=torch.float32, device=device)
+        sums.scatter_add_(1, assign[..., None].expand(-1, -1, c), others)
+        counts = torch.zeros(frames, contextual, dtype=torch.float32, device=device)
+        counts.scatter_add_(1, assign, torch.ones_like(assign, dtype=torch.float32))
+        targets = xf.gather(1, target_index[..., None].expand(-1, -1, c))
+        parts.append((targets + sums / counts.clamp(min=1)[..., None]).to(x.dtype))
+        origins.append(target_index)
+        first = offset + patches
+        sources.scatter_(1, target_index, first + torch.arange(contextual, device=device).expand(frames, -1))
+        weights.scatter_(1, target_index, 1.0)
+        sources.scatter_(1, other_index, first + assign)
+        weights.scatter_(1, other_index, 1.0 / counts.clamp(min=1).gather(1, assign))
+    return torch.cat(parts, dim=1), torch.cat(origins, dim=1), sources, weights
+
+
+def visionzip(x: FramesIn) -> FramesOut:
+    """The registry entry's function: each frame of the video to its dominant and contextual
+    tokens at the config's retention (the registry entry "visionzip")."""
+    frames, t, _ = x.tokens.shape
+    if x.attention is None or x.keys is None:
+        raise ValueError("VisionZip needs the vision tower's attention and keys (need 'vision_attention')")
+    dominant, contextual = split(kept_tokens(t, x.cfg.retention))
+    tokens, origin, sources, weights = visionzip_frames(x.tokens, x.attention, x.keys, dominant, contextual, x.cls)
+    k = tokens.shape[1]
+    base = torch.arange(frames, device=origin.device)[:, None]
+    flat_sources = torch.where(sources >= 0, sources + base * k, sources)
+    return FramesOut(tokens.reshape(frames * k, -1), (origin + base * t).reshape(-1),
+                     flat_sources.reshape(-1), weights.reshape(-1))
+
+
+def token_bound(frames: int, tokens_per_frame: int, cfg) -> int:
+    """VisionZip's count is fixed by the budget: k per frame (bound = nominal)."""
+    return frames * kept_tokens(tokens_per_frame, cfg.retention)
