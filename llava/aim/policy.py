@@ -122,9 +122,10 @@ SPECS = {
     "fastvid": MethodSpec(
         "fastvid", "FastVID", "Shen et al., arXiv 2503.11187 (NeurIPS 2025), official LLaVA-OneVision script",
         "fastvid", "none", "none", families=("onevision",), default_retention=0.10,
-        families_reason="the official code ran LLaVA-OneVision and LLaVA-Video (this family) and Qwen2.5-VL with a "
-                        "different variant (sub-segments at DySeg_ignore, per-segment budgets, a last-block salience) "
-                        "that is not implemented here; docs/methods/fastvid.md",
+        families_reason="the official code (LunarShen/FastVID at a40a109) ran LLaVA-OneVision, whose port this is, "
+                        "LLaVA-Video, and Qwen2.5-VL with a different variant (sub-segments at DySeg_ignore, "
+                        "per-segment budgets, a last-block salience) that is not implemented here; Qwen2-VL never; "
+                        "docs/methods/fastvid.md",
     ),
 }
 
