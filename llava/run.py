@@ -151,7 +151,8 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
         cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **options)
     elif video_reduction(method) is not None:  # its own budget before the LLM: --retention, else its default
         budget = {} if args.retention is None else {"retention": args.retention}
-        cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **budget, **options)
+        own = {name: value for name, value in typed_knobs(args).items() if name.startswith(f"{method}_")}  # its knobs
+        cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **budget, **own, **options)
     elif method in STEP_METHODS:
         from llava.aim.policy import drop_layers_for, spec
 

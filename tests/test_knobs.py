@@ -19,6 +19,8 @@ SAMPLES = {
     "tie_break": ("log_attention", "log_attention"), "pruning_mode": ("mask", "mask"),
     "importance_memory_mb": ("64", 64), "positions": ("official", "official"), "method": ("pool", "pool"),
     "drop_layers": ("2/4", (2, 4)), "drop_ratio": ("0.25", 0.25), "seed": ("3", 3),
+    "fastvid_segments": ("4", 4), "fastvid_tau": ("0.84", 0.84), "fastvid_context_share": ("0.3", 0.3),
+    "fastvid_anchor_stride": ("2", 2), "fastvid_anchor_weight": ("0.5", 0.5),
 }
 
 
@@ -73,6 +75,8 @@ def test_every_model_arg_parses_to_its_field():
             raw["retention"] = "0.25"
         if name == "merge_weighting":
             raw["positions"] = "original"
+        if name.startswith("fastvid_"):
+            raw["method"] = "fastvid"
         assert model_arg_of(name) in AIM_ARGS
         assert getattr(aim_config_from_model_args(raw), name) == value, name
 

@@ -155,6 +155,21 @@ class AIMConfig:
         commands=("run", "flops", "plan", "bench")))
     seed: int = field(default=0, metadata=knob(
         "int", "seed of the random control (--method random; default 0)", minimum=0, commands=("run",)))
+    # FastVID (llava.aim.fastvid; None = the official default, fastvid_llavaonevision/scripts/eval.sh)
+    fastvid_segments: Optional[int] = field(default=None, metadata=knob(
+        "int", "fastvid: the least number of segments of a video (DySeg c; default 8)", minimum=1, commands=("run",)))
+    fastvid_tau: Optional[float] = field(default=None, metadata=knob(
+        "float", "fastvid: cut between frames whose cosine is below this (DySeg tau, in [-1, 1]; default 0.9)",
+        commands=("run",)))
+    fastvid_context_share: Optional[float] = field(default=None, metadata=knob(
+        "float", "fastvid: share of each frame's budget given to merged anchors (STPrune d, in [0, 1]; default 0.4)",
+        commands=("run",)))
+    fastvid_anchor_stride: Optional[int] = field(default=None, metadata=knob(
+        "int", "fastvid: one anchor frame every this many frames of a segment (DTM p; default 4)", minimum=1,
+        commands=("run",)))
+    fastvid_anchor_weight: Optional[float] = field(default=None, metadata=knob(
+        "float", "fastvid: least weight of an anchor in its merge (DTM beta, in [0, 1]; default 0.6)",
+        commands=("run",)))
 
     def __post_init__(self) -> None:
         _check_retention(self.retention)
@@ -167,6 +182,7 @@ class AIMConfig:
                 f"{self.method} replaces AIM's merging: {{retention}} must be 1.0, got {self.retention!r} "
                 f"(AIMConfig.for_method({self.method!r}) sets it)"
             )
+        _check_fastvid_knobs(self)
         check_importance(self.importance)  # a registered score (llava.aim.registry), no fallback
         _check_choice("merge_weighting", self.merge_weighting, MERGE_WEIGHTINGS)
         _check_choice("merge_order", self.merge_order, MERGE_ORDERS)
@@ -305,6 +321,29 @@ def _is_int(x) -> bool:
 
 def _is_real(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+FASTVID_KNOBS = {  # field -> (integer?, lowest, highest)
+    "fastvid_segments": (True, 1, None),
+    "fastvid_tau": (False, -1.0, 1.0),
+    "fastvid_context_share": (False, 0.0, 1.0),
+    "fastvid_anchor_stride": (True, 1, None),
+    "fastvid_anchor_weight": (False, 0.0, 1.0),
+}
+
+
+def _check_fastvid_knobs(cfg) -> None:
+    """FastVID's knobs: only with method "fastvid", each None (the official default) or in range."""
+    for name, (integer, low, high) in FASTVID_KNOBS.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if cfg.method != "fastvid":
+            raise AIMConfigError(f"{{{name}}} is a FastVID knob; it needs {{method}}=fastvid, got {cfg.method!r}")
+        ok = _is_int(value) if integer else _is_real(value)
+        if not ok or value < low or (high is not None and value > high):
+            span = f"an integer >= {low}" if integer else f"a number in [{low}, {high}]"
+            raise AIMConfigError(f"{{{name}}} must be {span}, got {value!r}")
 
 
 def _check_retention(r) -> None:

@@ -41,6 +41,10 @@ _plus    official OneVision code leaves the samples out)
 visionz  VisionZip (Yang et al., arXiv 2412.04467): per frame at the vision  retention 64/576
 ip       tower, the CLS-attention dominant tokens plus contextual tokens     (54 + 10); CLIP
          merged by key similarity (llava.aim.visionzip); no pruning          (LLaVA-1.5) only
+fastvid  FastVID (Shen et al., NeurIPS 2025, arXiv 2503.11187): before the   retention 0.10,
+         LLM, segments by frame similarity, keeps each frame's most          c=8, tau=0.9,
+         attended tokens, merges the rest into density-peak anchors per      d=0.4, p=4,
+         segment (llava.aim.fastvid); LLaVA-OneVision only                   beta=0.6
 =======  ==================================================================  =================
 
 Pure python; the config module imports this one, so nothing here imports the config.
@@ -54,7 +58,7 @@ from typing import Any, Mapping, Optional, Tuple
 from llava.aim.registry import lookup
 from llava.errors import AIMConfigError
 
-METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "visionzip")
+METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "visionzip", "fastvid")
 STEP_METHODS = ("fastv", "vtw", "pdrop")  # in-LLM schedule = drop steps, not (l1, l2)
 PRUMERGE_METHODS = ("prumerge", "prumerge_plus")  # reduction before the LLM only, adaptive count
 SCORES = ("pagerank", "attention", "last_token", "random", "none")
@@ -115,6 +119,14 @@ SPECS = {
                         "LLaVA-1.5 / LLaVA-NeXT only: it has no SigLIP (LLaVA-OneVision) and no Qwen2-VL / "
                         "Qwen2.5-VL version, and reads CLIP's CLS attention",
         default_retention=64 / 576),
+    "fastvid": MethodSpec(
+        "fastvid", "FastVID", "Shen et al., arXiv 2503.11187 (NeurIPS 2025), official LLaVA-OneVision script",
+        "fastvid", "none", "none", families=("onevision",), default_retention=0.10,
+        families_reason="the official code (LunarShen/FastVID at a40a109) ran LLaVA-OneVision, whose port this is, "
+                        "LLaVA-Video, and Qwen2.5-VL with a different variant (sub-segments at DySeg_ignore, "
+                        "per-segment budgets, a last-block salience) that is not implemented here; Qwen2-VL never; "
+                        "docs/methods/fastvid.md",
+    ),
 }
 
 
@@ -211,6 +223,11 @@ def check_typed_settings(method: str, typed: Mapping[str, Any]) -> None:
     if len(layers) == 1:
         raise AIMConfigError("give both {l1} and {l2} (or neither for the paper's schedule scaled to the model)")
     s = spec(method)
+    # a method's own knobs are named after it (fastvid_tau, ...): typed for another method they would do nothing
+    foreign = [(n, m) for n in typed for m in SPECS if m != method and n.startswith(f"{m}_")]
+    if foreign:
+        name, owner = foreign[0]
+        raise AIMConfigError(f"{{{name}}} is a knob of {{method={owner}}}; it does nothing with {{method={method}}}")
     if s.schedule == "none":  # PruMerge: retention 1 (no merging) is what the eval scripts pass every baseline
         budget = video_reduction(method) is not None  # a video reduction's retention is its budget
         extra = [n for n in ("retention", "l1", "l2", "drop_layers", "drop_ratio")

@@ -248,3 +248,28 @@ register("visionzip", "reduction", _visionzip, needs=("video", "vision_attention
          bound=_visionzip_count, nominal=_visionzip_count, cost="visionzip_overhead_ops",
          summary="VisionZip: per frame, the CLS-attention dominant tokens and contextual tokens merged by key "
                  "similarity, on the vision tower's selected features (llava.aim.visionzip)")
+
+
+# -- FastVID (llava.aim.fastvid): a "video" reduction on the projected frames ----------------------
+def _fastvid(x):
+    from llava.aim.fastvid import fastvid_frames
+
+    return fastvid_frames(x)
+
+
+def _fastvid_bound(frames, tokens_per_frame, cfg):
+    from llava.aim.fastvid import fastvid_bound
+
+    return fastvid_bound(frames, tokens_per_frame, cfg)
+
+
+def _fastvid_nominal(frames, tokens_per_frame, cfg):
+    from llava.aim.fastvid import fastvid_nominal
+
+    return fastvid_nominal(frames, tokens_per_frame, cfg)
+
+
+register("fastvid", "reduction", _fastvid, needs=("video", "vision_attention"), cost="fastvid_overhead_ops",
+         stage="projected", bound=_fastvid_bound, nominal=_fastvid_nominal,
+         summary="FastVID: segments by frame similarity, keeps each frame's most attended tokens and merges the "
+                 "rest into density-peak anchors per segment (llava.aim.fastvid.fastvid_video)")

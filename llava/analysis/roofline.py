@@ -627,6 +627,58 @@ def prumerge_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware:
     return [_scaled(op, frames) for op in ops]
 
 
+def fastvid_overhead_ops(vision: VisionShape, tokens_per_frame: int, retention: float, channels: int, frames: int,
+                         hardware: Hardware, options: Optional[RooflineOptions] = None,
+                         cfg: Optional[AIMConfig] = None) -> List[OpCost]:
+    """FastVID (``llava.aim.fastvid``) on one video of ``frames`` frames of ``tokens_per_frame``
+    ``channels``-wide tokens, segmented the nominal way (``segments`` segments as equal as
+    possible, ``llava.aim.fastvid.nominal_tokens``), with ``cfg``'s FastVID knobs (None: the
+    official defaults at ``retention``).
+
+    Salience: the attention each of the M patches receives at the vision tower's feature layer,
+    recomputed from its q/k (2*M*M*W QK^T + 5*h*M*M softmax + h*M*M means), resized to the
+    pooled grid (8 OPs per output). Frame features: the mean of each frame's tokens and
+    consecutive cosines (T*C + 5*C per frame). Per frame on N = T - S non-salient tokens: the
+    distance matrix (2*N*N*C as a matrix product + 3*N*N), the row sort for the 4 nearest
+    (N*N*log2 N), density and delta (3*N*N). Merging a pool of P tokens into K anchors:
+    normalise (3*(P + K)*C), similarities (2*P*K*C), best anchor (P*K), combine (2*(P + K)*C).
+    """
+    from llava.aim.fastvid import FastVIDParams, anchor_counts, frame_budget, nominal_segment_sizes, params_of
+
+    o = options or RooflineOptions()
+    p = params_of(cfg) if cfg is not None else FastVIDParams(retention=retention)
+    a, C, T, F = o.act_bytes, channels, tokens_per_frame, frames
+    m, w, h = vision.patches, vision.hidden, vision.heads
+    salient, context = frame_budget(T, p.retention, p.context_share)
+    n = T - salient
+    ops = [
+        _scaled(_op("fastvid.salience", 2 * m * m * w + 6 * h * m * m + 8 * T, 2 * m * w * a + h * m * m * 4, hardware), F),
+        _scaled(_op("fastvid.frame_features", T * C + 5 * C, T * C * a, hardware), F),
+        _scaled(_op("fastvid.salient_sort", T * max(1.0, math.log2(T)), T * 4, hardware), F),
+    ]
+    if context == 0 or n == 0:
+        return ops
+    ops += [
+        _scaled(_op("fastvid.distances", 2 * n * n * C + 3 * n * n, n * C * a + n * n * 4, hardware), F),
+        _scaled(_op("fastvid.density", n * n * max(1.0, math.log2(n)) + 3 * n * n, 2 * n * n * 4, hardware), F),
+    ]
+    sizes = nominal_segment_sizes(F, p.segments)
+    merge_ops = merge_bytes = 0.0
+    for size, count in zip(_per_frame_segment_length(sizes), anchor_counts(sizes, context, p.anchor_stride)):
+        if count == 0:
+            continue
+        k = min(count, n)
+        pool = n if count == context else n * size
+        merge_ops += 3 * (pool + k) * C + 2 * pool * k * C + pool * k + 2 * (pool + k) * C
+        merge_bytes += 2 * pool * C * a + 2 * k * C * a + pool * k * 4
+    ops.append(_op("fastvid.merge", merge_ops, merge_bytes, hardware))
+    return ops
+
+
+def _per_frame_segment_length(sizes: Sequence[int]) -> List[int]:
+    return [length for length in sizes for _ in range(length)]
+
+
 def visionzip_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware: Hardware,
                            options: Optional[RooflineOptions] = None) -> List[OpCost]:
     """VisionZip (llava.aim.visionzip) on ``frames`` frames of N patches (D-wide features and
@@ -658,17 +710,24 @@ def visionzip_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware
 
 
 def video_reduction_overhead_ops(entry, vision: VisionShape, kept: int, frames: int, hardware: Hardware,
-                                 options: Optional[RooflineOptions] = None) -> List[OpCost]:
+                                 options: Optional[RooflineOptions] = None, **more) -> List[OpCost]:
     """A registered "video" reduction's own work, priced by the function its entry names in
-    ``cost`` (called as ``cost(vision, kept tokens per frame, frames, hardware, options)``);
-    ``cost=None``: not priced."""
+    ``cost``, called with the arguments its parameters name among ``vision``, ``kept`` (tokens
+    per frame), ``frames``, ``hardware``, ``options`` and ``more`` (``tokens_per_frame`` at the
+    entry's stage, ``channels`` the LLM's width, ``retention``, ``cfg``); ``cost=None``: not priced."""
     if entry.cost is None:
         return []
     price = globals().get(entry.cost)
     if price is None:
         raise AIMConfigError(f"reduction {entry.name!r} is priced by {entry.cost!r}, which llava.analysis.roofline "
                              "does not define")
-    return price(vision, kept, frames, hardware, options)
+    available = dict(vision=vision, kept=kept, frames=frames, hardware=hardware, options=options, **more)
+    params = inspect.signature(price).parameters
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in available]
+    if missing:
+        raise AIMConfigError(f"reduction {entry.name!r}: its cost {entry.cost!r} takes {missing}, which the analyzer "
+                             f"does not give (it gives {sorted(available)})")
+    return price(**{n: available[n] for n in params if n in available})
 
 
 def count_rule(convention: str, merge_count: str = "official") -> str:
@@ -873,7 +932,9 @@ def analyze(
     encoder = vision_encoder_cost(vshape, shape, frames, hw, options)
     overhead: List[OpCost] = []
     if reduction is not None:
-        overhead += video_reduction_overhead_ops(reduction, vshape, kept, frames, hw, options)
+        overhead += video_reduction_overhead_ops(reduction, vshape, kept, frames, hw, options,
+                                                 tokens_per_frame=stage_tokens, channels=shape.hidden,
+                                                 retention=retention, cfg=cfg)
     elif retention < 1.0 and reduction_of(cfg) == "pool":
         overhead += pool_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)
     elif retention < 1.0 and convention == "paper":
