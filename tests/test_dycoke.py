@@ -1,0 +1,167 @@
+"""DyCoke (llava/aim/dycoke.py) against slow references written from the official code
+(KD-TAO/DyCoke at dd7463498203479d0ff6f2d29c4e72928c0af244): python loops, float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llava.aim import dycoke
+
+
+# -- slow references ------------------------------------------------------------------------------
+def reference_ttm(x, k):
+    """llava_arch.py dycole_ttm, one frame and one token at a time, in float64. Returns the list
+    of (frame, token) of the output, in order. Differences kept from the module docstring: an
+    unpaired last frame is kept whole; ties go to the lower index."""
+    frames, t, _ = x.shape
+    x = x.double()
+    keep = int((1 - k) * t)
+
+    def cos(a, b):
+        return float((a @ b) / (max(a.norm(), 1e-12) * max(b.norm(), 1e-12)))
+
+    def least_similar(f, ref):
+        sims = [(cos(x[f, i], x[ref, i]), i) for i in range(t)]
+        return [i for _, i in sorted(sims)[:keep]]
+
+    out = {}
+    for i in range(0, frames - 1, 2):  # first pass: pairs (i, i + 1)
+        out[i] = list(range(t))
+        out[i + 1] = least_similar(i + 1, i)
+    if frames % 2 == 1:
+        out[frames - 1] = list(range(t))  # deliberate: the official code drops this frame
+    for i in range(0, frames - 4, 4):  # second pass: frame i + 2 against frame i
+        out[i + 2] = least_similar(i + 2, i)
+    return [(f, tok) for f in range(frames) for tok in out[f]]
+
+
+def reference_decode(attentions, visual, p, when_similar="keep_selection"):
+    """PrunableDynamicCache.dycoke_pruning / update_cache over a sequence of decode steps, one
+    sample: per step, the set of visual key indices layers >= L attend (None: all of them)."""
+    positions = [i for i, v in enumerate(visual) if v]
+    keep = int(len(positions) * (1 - p))
+    previous, selection, out = None, None, []
+    for attention in attentions:
+        image = [float(attention[i]) for i in positions]
+        if previous is None:
+            similarity = 0.0
+        else:
+            dot = sum(a * b for a, b in zip(image, previous))
+            norm = math.sqrt(sum(a * a for a in image)) * math.sqrt(sum(b * b for b in previous))
+            similarity = dot / max(norm, 1e-8)
+        previous = image
+        if similarity < 0.9:
+            ranked = sorted(range(len(positions)), key=lambda j: (-image[j], j))[:keep]
+            selection = sorted(positions[j] for j in ranked)
+            out.append(selection)
+        else:
+            out.append(selection if when_similar == "keep_selection" else None)
+    return out
+
+
+# -- TTM --------------------------------------------------------------------------------------------
+def test_official_defaults_and_the_32_frame_count():
+    assert (dycoke.OFFICIAL_K, dycoke.OFFICIAL_L, dycoke.OFFICIAL_P) == (0.7, 3, 0.8)
+    assert dycoke.ttm_kept_per_frame(196, 0.7) == 58  # (1 - 0.7) * 196 = 58.800000000000004
+    # 32 frames: 9 whole (0, 4, ..., 28 and 30, the official second pass stops before 28), 23 pruned
+    refs = dycoke.ttm_references(32)
+    assert [f for f, r in enumerate(refs) if r is None] == [0, 4, 8, 12, 16, 20, 24, 28, 30]
+    assert dycoke.ttm_count(32, 196, 0.7) == 9 * 196 + 23 * 58 == 3098
+
+
+@settings(max_examples=40, deadline=None)
+@given(frames=st.integers(1, 11), t=st.integers(1, 12), k=st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.9, 1.0]),
+       seed=st.integers(0, 2**16), ties=st.booleans())
+def test_ttm_equals_the_reference(frames, t, k, seed, ties):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(frames, t, 5, generator=g)
+    if ties:  # one-hot tokens, repeated across frames with power-of-two scales: every similarity
+        # is exactly 1 (also in float32), so the index decides
+        x = torch.eye(5)[torch.arange(t) % 5].expand(frames, t, 5) * 2.0 ** torch.randint(-3, 4, (frames, t, 1), generator=g)
+    out = dycoke.token_temporal_merge(x, k)
+    expected = reference_ttm(x, k)
+    assert out.origin.tolist() == [f * t + tok for f, tok in expected]
+    assert torch.equal(out.tokens, x.reshape(frames * t, -1)[out.origin])
+    assert out.tokens.shape[0] == dycoke.ttm_count(frames, t, k)
+    back = out.sources[out.origin]
+    assert torch.equal(back, torch.arange(out.origin.numel()))
+    assert int((out.sources >= 0).sum()) == out.origin.numel()
+
+
+def test_ttm_keeps_what_changed():
+    """A static background with one moving token: pruned frames keep the changed position first."""
+    x = torch.randn(1, 9, 8).expand(4, 9, 8).clone()
+    x[1, 4] = torch.randn(8)
+    out = dycoke.token_temporal_merge(x, 2 / 3)  # keep int(1/3 * 9) = 3 of frames 1, 2, 3
+    frame1 = [o % 9 for o in out.origin.tolist() if o // 9 == 1]
+    assert frame1[0] == 4 and len(frame1) == 3
+    assert [o // 9 for o in out.origin.tolist()].count(0) == 9
+
+
+# -- decode-time selection ------------------------------------------------------------------------
+def _steps(seed, batch, width, steps, similar):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(batch, width, generator=g)
+    out = []
+    for _ in range(steps):
+        noise = torch.rand(batch, width, generator=g)
+        a = base + (0.01 if similar else 2.0) * noise
+        out.append(a / a.sum(-1, keepdim=True))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), width=st.integers(2, 16), steps=st.integers(1, 5),
+       p=st.sampled_from([0.0, 0.5, 0.8, 0.95]), similar=st.booleans(),
+       when=st.sampled_from(dycoke.WHEN_SIMILAR))
+def test_decode_selection_equals_the_reference(seed, batch, width, steps, p, similar, when):
+    g = torch.Generator().manual_seed(seed + 1)
+    visual = torch.rand(batch, width, generator=g) < 0.7
+    visual[:, 0] = True
+    kept = torch.tensor([dycoke.decode_kept(int(v.sum()), p) for v in visual])
+    attentions = _steps(seed, batch, width, steps, similar)
+    state, got = None, []
+    for a in attentions:
+        allowed, state = dycoke.decode_select(a, visual, kept, state, when)
+        got.append(allowed)
+    for b in range(batch):
+        expected = reference_decode([a[b].double() for a in attentions], visual[b].tolist(), p, when)
+        for step, (allowed, want) in enumerate(zip(got, expected)):
+            want = [i for i, v in enumerate(visual[b].tolist()) if v] if want is None else want
+            assert allowed[b].nonzero().flatten().tolist() == want, (b, step)
+
+
+def test_a_stable_step_keeps_the_selection_or_attends_all():
+    visual = torch.ones(1, 6, dtype=torch.bool)
+    kept = torch.tensor([2])
+    a = torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.03, 0.02]])
+    first, state = dycoke.decode_select(a, visual, kept, None)
+    assert first.tolist() == [[True, True, False, False, False, False]]
+    again, _ = dycoke.decode_select(a * 1.01, visual, kept, state, "keep_selection")
+    assert torch.equal(again, first)
+    official, _ = dycoke.decode_select(a, visual, kept, state, "attend_all")
+    assert official.all()
+    changed, _ = dycoke.decode_select(a.flip(-1), visual, kept, state)
+    assert changed.tolist() == [[False, False, False, False, True, True]]
+
+
+def test_step_attention_is_the_head_mean_of_the_masked_softmax():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 4, 1, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g)
+    alive = torch.tensor([[True] * 5, [False, True, True, True, True]])
+    got = dycoke.step_attention(q, k, alive, 8 ** -0.5)
+    for b in range(2):
+        rows = []
+        for h in range(4):
+            logits = [float(q[b, h, 0].double() @ k[b, h // 2, i].double()) * 8 ** -0.5 if alive[b, i] else -math.inf
+                      for i in range(5)]
+            m = max(logits)
+            e = [math.exp(v - m) for v in logits]
+            rows.append([v / sum(e) for v in e])
+        want = [sum(r[i] for r in rows) / 4 for i in range(5)]
+        assert got[b].tolist() == pytest.approx(want, abs=1e-6)
