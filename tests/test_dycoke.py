@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llava.aim import dycoke
+from llava.aim.importance import step_token_attention
 
 
 # -- slow references ------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def test_step_attention_is_the_head_mean_of_the_masked_softmax():
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 4, 1, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g)
     alive = torch.tensor([[True] * 5, [False, True, True, True, True]])
-    got = dycoke.step_attention(q, k, alive, 8 ** -0.5)
+    got = step_token_attention(q, k, alive, 8 ** -0.5)
     for b in range(2):
         rows = []
         for h in range(4):
@@ -165,3 +166,160 @@ def test_step_attention_is_the_head_mean_of_the_masked_softmax():
             rows.append([v / sum(e) for v in e])
         want = [sum(r[i] for r in rows) / 4 for i in range(5)]
         assert got[b].tolist() == pytest.approx(want, abs=1e-6)
+
+
+# -- the decode-time hook on tiny-llava-onevision ---------------------------------------------------
+from conftest import make_video, video_inputs  # noqa: E402
+from llava import AIMConfig, apply_aim  # noqa: E402
+from llava.aim import policy  # noqa: E402
+from llava.model.runtime import remove_aim  # noqa: E402
+
+STEPS = 6
+
+
+@pytest.fixture
+def decode_only(monkeypatch):
+    """A method with DyCoke's decode stage alone (no reduction before the LLM): isolates the
+    driver's decode hook from the frames."""
+    monkeypatch.setitem(policy.SPECS, "decode_only", policy.MethodSpec(
+        "decode_only", "DyCoke decode stage", "test", "merge", "none", "none", decode="dycoke_kv"))
+    return lambda **kw: AIMConfig(method="decode_only", retention=1.0, l1=None, l2=None, **kw)
+
+
+def _greedy(model, inputs):
+    return model.generate(**inputs, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False)
+
+
+def _greedy_logits(model, inputs):
+    """(tokens (B, STEPS), raw logits (B, STEPS, V)) of a greedy generate."""
+    out = model.generate(**inputs, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False,
+                         output_logits=True, return_dict_in_generate=True)
+    return out.sequences[:, -STEPS:], torch.stack(out.logits, dim=1)
+
+
+def reference_generate(model, inputs, layer, p, when_similar):
+    """Greedy decoding of the stock model, one layer at a time, with DyCoke's decode stage done
+    by hand: layer ``layer - 1``'s attention of the step token from its own q and the cache's
+    keys (float64), the official selection loop (reference_decode), and an explicit additive
+    mask on layers >= ``layer``. Batch 1."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    from llava.model.language_model.compat import cache_kwargs
+
+    lm = model.model.language_model
+    ids = inputs["input_ids"]
+    visual = torch.isin(ids[0], torch.tensor([model.config.video_token_id, model.config.image_token_id]))
+    out = model(**inputs, use_cache=True)
+    cache = out.past_key_values
+    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    generated, attentions, logits = [token], [], [out.logits[:, -1]]
+    seq = ids.shape[1]
+    for step in range(STEPS - 1):
+        h = lm.embed_tokens(token)
+        position = torch.tensor([[seq + step]])
+        cos, sin = lm.rotary_emb(h, position)
+        allowed_keys = None
+        for j, block in enumerate(lm.layers):
+            width = cache.layers[j].get_seq_length() + 1 if j < len(cache.layers) else seq + step + 1
+            mask = torch.zeros(1, 1, 1, width)
+            if j >= layer and allowed_keys is not None:
+                for i in range(seq):
+                    if visual[i] and i not in allowed_keys:
+                        mask[..., i] = float("-inf")
+            if j == layer - 1:
+                attn = block.self_attn
+                x = block.input_layernorm(h)
+                q = attn.q_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2)
+                k_new = attn.k_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2)
+                q, k_new = apply_rotary_pos_emb(q, k_new, cos, sin)
+                keys = torch.cat([cache.layers[j].keys, k_new], dim=2).double()
+                groups = q.shape[1] // keys.shape[1]
+                rows = []
+                for head in range(q.shape[1]):
+                    scores = keys[0, head // groups] @ q[0, head, 0].double() * attn.scaling
+                    rows.append(torch.softmax(scores, dim=0))
+                attentions.append(torch.stack(rows).mean(0)[:seq])
+                chosen = reference_decode(attentions, visual.tolist(), p, when_similar)[-1]
+                allowed_keys = set(range(seq)) if chosen is None else set(chosen)
+            h = block(h, attention_mask=mask, position_embeddings=(cos, sin), use_cache=True, **cache_kwargs(block, cache))
+            h = h[0] if isinstance(h, tuple) else h
+        logits.append(model.lm_head(lm.norm(h))[:, -1])
+        token = logits[-1].argmax(-1, keepdim=True)
+        generated.append(token)
+    return torch.cat(generated, dim=1), torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("when", dycoke.WHEN_SIMILAR)
+def test_decode_stage_equals_the_explicit_mask_reference(ov_sdpa, decode_only, when):
+    model, processor = ov_sdpa
+    inputs = video_inputs(processor, [make_video(4, seed=7)])
+    try:
+        with torch.no_grad():
+            want, want_logits = reference_generate(model, inputs, dycoke.OFFICIAL_L, dycoke.OFFICIAL_P, when)
+            stock, stock_logits = _greedy_logits(model, inputs)
+            apply_aim(model, processor, decode_only(dycoke_when_similar=when))
+            got, got_logits = _greedy_logits(model, inputs)
+        assert got.tolist() == want.tolist()
+        assert torch.allclose(got_logits, want_logits, atol=1e-4, rtol=1e-4)
+        # the first token comes from the prefill; later steps see the restriction
+        assert torch.allclose(got_logits[:, 0], stock_logits[:, 0], atol=1e-4, rtol=1e-4)
+        assert (got_logits[:, 1:] - stock_logits[:, 1:]).abs().max() > 1e-3
+    finally:
+        remove_aim(model, processor)
+
+
+def test_decode_stage_batch_equals_single(ov_sdpa, decode_only):
+    model, processor = ov_sdpa
+    media = [make_video(4, seed=3), make_video(4, seed=4)]
+    questions = ["What is shown?", "Describe the colors of the objects in this picture in detail please."]
+    try:
+        with torch.no_grad():
+            stock = [_greedy_logits(model, video_inputs(processor, [m], [q]))[1] for m, q in zip(media, questions)]
+            apply_aim(model, processor, decode_only(dycoke_p=0.95))
+            batch = video_inputs(processor, media, questions)
+            assert (batch["attention_mask"] == 0).any(), "the test needs left padding"
+            both, both_logits = _greedy_logits(model, batch)
+            single = [_greedy_logits(model, video_inputs(processor, [m], [q])) for m, q in zip(media, questions)]
+        for i in range(2):
+            assert both[i].tolist() == single[i][0][0].tolist()
+            assert torch.allclose(both_logits[i], single[i][1][0], atol=1e-4, rtol=1e-4)
+            # p = 0.95 leaves 5% of the visual KV: later steps depart from the stock logits
+            assert (single[i][1][0, 1:] - stock[i][0, 1:]).abs().max() > 1e-3
+    finally:
+        remove_aim(model, processor)
+
+
+def test_decode_steps_read_nothing_from_the_device(ov_sdpa, decode_only):
+    from test_host_syncs import HostSyncCounter
+
+    from llava.model.language_model.compat import cache_kwargs, output_cache
+
+    model, processor = ov_sdpa
+    apply_aim(model, processor, decode_only())
+    try:
+        inputs = video_inputs(processor, [make_video(4)])
+        mask = inputs["attention_mask"]
+        with torch.no_grad():
+            out = model(**inputs, use_cache=True)
+            cache = output_cache(out)
+            token = out.logits[:, -1:].argmax(-1)
+            with HostSyncCounter() as counter:
+                for _ in range(3):
+                    mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], dim=1)
+                    out = model(input_ids=token, attention_mask=mask, **cache_kwargs(model, cache), use_cache=True)
+                    token = out.logits[:, -1:].argmax(-1)
+        assert counter.total == 0, counter.where
+        assert cache.aim_state.decode.allowed.sum() < cache.aim_state.decode.visual.sum()
+    finally:
+        remove_aim(model, processor)
+
+
+def test_decode_selection_refuses_a_layer_beyond_the_model(ov_sdpa, decode_only):
+    from llava.errors import AIMConfigError
+
+    model, processor = ov_sdpa
+    layers = len(model.model.language_model.layers)
+    with pytest.raises(AIMConfigError, match="dycoke_l"):
+        apply_aim(model, processor, decode_only(dycoke_l=layers))
+    with pytest.raises(AIMConfigError, match="DyCoke"):
+        AIMConfig(dycoke_p=0.5)

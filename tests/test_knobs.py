@@ -19,6 +19,8 @@ SAMPLES = {
     "tie_break": ("log_attention", "log_attention"), "pruning_mode": ("mask", "mask"),
     "importance_memory_mb": ("64", 64), "positions": ("official", "official"), "method": ("pool", "pool"),
     "drop_layers": ("2/4", (2, 4)), "drop_ratio": ("0.25", 0.25), "seed": ("3", 3),
+    "dycoke_k": ("0.6", 0.6), "dycoke_l": ("2", 2), "dycoke_p": ("0.7", 0.7),
+    "dycoke_when_similar": ("attend_all", "attend_all"),
 }
 
 
@@ -69,6 +71,8 @@ def test_every_model_arg_parses_to_its_field():
             raw["method"] = "pdrop"
         if name == "seed":
             raw["method"] = "random"
+        if name.startswith("dycoke_"):
+            raw["method"] = "dycoke"
         if name == "positions":
             raw["retention"] = "0.25"
         if name == "merge_weighting":

@@ -313,7 +313,8 @@ def test_config_round_trip_and_defaults():
     for method in METHODS:
         cfg = AIMConfig.for_method(method)
         assert AIMConfig(**cfg.to_dict()) == cfg
-        assert cfg.pruning or cfg.prumerging  # PruMerge reduces before the LLM only
+        # PruMerge reduces before the LLM only; DyCoke before it and in the decode steps
+        assert cfg.pruning or cfg.prumerging or cfg.decode_selecting
         assert cfg.enabled
     assert AIMConfig().method == "aim" and AIMConfig.for_method("aim") == AIMConfig()
     assert AIMConfig.for_method("pdrop", drop_layers=[2, 4]).drop_layers == (2, 4)

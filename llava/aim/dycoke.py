@@ -127,18 +127,6 @@ def decode_kept(visual_count: int, p: float) -> int:
     return int(visual_count * (1 - p))
 
 
-def step_attention(query: torch.Tensor, key: torch.Tensor, alive: torch.Tensor, scaling: float) -> torch.Tensor:
-    """The step token's attention over a layer's keys, mean over heads, float32: (B, K).
-
-    query (B, nh, 1, d) post-RoPE; key (B, nkv, K, d) the whole cache (GQA groups repeated);
-    alive (B, K) the keys the layer may attend (dead padding slots get 0)."""
-    q = query[:, :, -1].float()
-    kk = key.float().repeat_interleave(q.shape[1] // key.shape[1], dim=1)
-    logits = torch.einsum("bhd,bhkd->bhk", q, kk) * scaling
-    logits = logits.masked_fill(~alive[:, None, :], float("-inf"))
-    return torch.softmax(logits, dim=-1).mean(dim=1)
-
-
 @dataclass
 class DecodeSelection:
     """What one step leaves for the next: the visual attention and the selection in force."""
@@ -178,3 +166,30 @@ def decode_select(attention: torch.Tensor, visual: torch.Tensor, kept: torch.Ten
     selected = torch.where(renew, fresh, previous.selected)
     allowed = torch.where(renew, fresh, stable)
     return allowed, DecodeSelection(a, selected)
+
+
+class DecodeSelector:
+    """DyCoke's decode selection in the registry's protocol (llava.aim.registry, kind "decode")."""
+
+    def __init__(self, layer: int, p: float, when_similar: str):
+        self.layer, self.p, self.when_similar = layer, p, when_similar
+
+    @classmethod
+    def of(cls, cfg, num_layers: int) -> "DecodeSelector":
+        return cls(*settings(cfg)[1:])
+
+    def budget(self, visual_count: int) -> int:
+        return decode_kept(visual_count, self.p)
+
+    def select(self, attention, visual, kept, state):
+        return decode_select(attention, visual, kept, state, self.when_similar)
+
+
+def settings(cfg) -> Tuple[float, int, float, str]:
+    """(k, L, p, when_similar) of an AIMConfig: its dycoke_* fields, None = the official default."""
+    def pick(value, default):
+        return default if value is None else value
+
+    return (pick(getattr(cfg, "dycoke_k", None), OFFICIAL_K), pick(getattr(cfg, "dycoke_l", None), OFFICIAL_L),
+            pick(getattr(cfg, "dycoke_p", None), OFFICIAL_P),
+            pick(getattr(cfg, "dycoke_when_similar", None), WHEN_SIMILAR[0]))

@@ -51,7 +51,7 @@ from typing import Any, Mapping, Optional, Tuple
 from llava.aim.registry import lookup
 from llava.errors import AIMConfigError
 
-METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus")
+METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "dycoke")
 STEP_METHODS = ("fastv", "vtw", "pdrop")  # in-LLM schedule = drop steps, not (l1, l2)
 PRUMERGE_METHODS = ("prumerge", "prumerge_plus")  # reduction before the LLM only, adaptive count
 SCORES = ("pagerank", "attention", "last_token", "random", "none")
@@ -71,6 +71,9 @@ class MethodSpec:
     reference_layers: int = 0
     scale_layers: bool = True
     default_ratio: Optional[float] = None  # fraction dropped at each step
+    # a registry entry of kind "decode": which visual KV entries each decode step attends
+    # (None: all of them)
+    decode: Optional[str] = None
 
 
 SPECS = {
@@ -96,6 +99,10 @@ SPECS = {
                            "prumerge", "none", "none"),
     "prumerge_plus": MethodSpec("prumerge_plus", "PruMerge+", "Shang et al., arXiv 2403.15388, adaptive + spatial samples",
                                 "prumerge_plus", "none", "none"),
+    # DyCoke: token temporal merging before the LLM, then dynamic KV pruning in every decode step
+    # (llava.aim.dycoke; official k=0.7, L=3, p=0.8: KD-TAO/DyCoke lmms_eval/models/llava_onevision.py)
+    "dycoke": MethodSpec("dycoke", "DyCoke", "Tao et al., arXiv 2411.15024 (CVPR 2025), k=0.7, L=3, p=0.8",
+                         "dycoke", "none", "none", decode="dycoke_kv"),
 }
 
 
@@ -140,6 +147,8 @@ def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> Non
     if s.score != "config":
         lookup(s.score, "score")  # the method's parts are registered (llava.aim.registry)
     lookup(s.reduction, "reduction")
+    if s.decode is not None:
+        lookup(s.decode, "decode")
     if not _is_int(seed) or seed < 0:
         raise AIMConfigError(f"{{seed}} must be a non-negative integer, got {seed!r}")
     if s.schedule == "none":

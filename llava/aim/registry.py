@@ -2,13 +2,21 @@
 
 A **score** ranks the visual tokens at a pruning layer (pagerank, attention, last_token, random,
 none); a **reduction** shrinks each frame before the LLM (merge, pool, prumerge,
-prumerge_plus). An entry states
+prumerge_plus); a **decode** selection restricts, in each decode step, which visual KV entries
+the later layers attend (dycoke_kv: DyCoke's dynamic KV pruning). An entry states
 
 * what it needs (``NEEDS``): the layer's post-RoPE queries and keys (``qk``: the decoder
   driver then installs a probe in that layer's attention), the visual and text masks, or the
   frames (reductions);
 * its function: a score's takes one :class:`ScoreInputs` and returns (B, N) float32 scores
   (higher survives); a reduction's is the frame-level function it names;
+* a decode selection's function is a factory ``fn(cfg, num_layers) -> selector``; the selector
+  has ``layer`` (int >= 1: layers >= it are restricted, ranked by the step token's attention in
+  layer ``layer - 1``), ``budget(visual_count) -> int`` (host, once per prefill: the visual keys
+  each sample keeps) and ``select(attention, visual, kept, state) -> (allowed, state)`` (device,
+  each decode step, no host read: attention (B, W) float32 the step token's attention over the
+  prefill's W keys, mean over heads; visual (B, W) bool; kept (B,) long; ``state`` what the
+  previous step returned, None at the first; allowed (B, W) bool: the visual keys attended);
 * its cost for the analyzer: the name of the function in ``llava.analysis.roofline`` that
   prices it (``None``: nothing worth counting, e.g. a hash per token).
 
@@ -28,9 +36,10 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional
 
 from llava.errors import AIMConfigError
 
-KINDS = ("score", "reduction")
+KINDS = ("score", "reduction", "decode")
 NEEDS = ("qk", "visual", "text", "frames")
 SCORE_NEEDS = ("qk", "visual", "text")  # what the decoder driver can give a score
+DECODE_NEEDS = ("qk",)  # a decode selection reads the step token's attention (from its q/k)
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] =
     """Add one entry; a name already taken, an unknown kind or an unknown need is refused."""
     if kind not in KINDS:
         raise AIMConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-    allowed = SCORE_NEEDS if kind == "score" else NEEDS
+    allowed = SCORE_NEEDS if kind == "score" else DECODE_NEEDS if kind == "decode" else NEEDS
     unknown = sorted(set(needs) - set(allowed))
     if unknown:
         raise AIMConfigError(f"{kind} {name!r} needs {unknown}, which the runtime does not provide; "
@@ -196,3 +205,27 @@ register("prumerge", "reduction", _prumerge, needs=("frames", "qk"), cost="prume
                  "(llava.aim.prumerge.prumerge_frames, the vision tower's last keys)")
 register("prumerge_plus", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
          summary="PruMerge+: PruMerge plus spatially uniform samples (prumerge_frames(..., plus=True))")
+
+
+def _dycoke_ttm(frames):
+    # DyCoke's token temporal merging of one video (frames.tokens (F, T, C), frames.cfg)
+    from llava.aim.dycoke import settings, token_temporal_merge
+
+    return token_temporal_merge(frames.tokens, settings(frames.cfg)[0])
+
+
+register("dycoke", "reduction", _dycoke_ttm, needs=("frames",), cost=None,
+         summary="DyCoke's token temporal merging: in windows of 4 frames, tokens like the same position of "
+                 "the window's reference frame go (llava.aim.dycoke.token_temporal_merge)")
+
+
+# -- the built-in decode selections ------------------------------------------------------------
+def _dycoke_kv(cfg, num_layers):
+    from llava.aim.dycoke import DecodeSelector
+
+    return DecodeSelector.of(cfg, num_layers)
+
+
+register("dycoke_kv", "decode", _dycoke_kv, needs=("qk",), cost=None,
+         summary="DyCoke's dynamic KV pruning: each decode step attends the visual keys its token's "
+                 "attention in layer L-1 weighs most (llava.aim.dycoke.decode_select)")

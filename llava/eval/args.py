@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, 
 
 from llava.aim.config import AIMConfig
 from llava.aim.knobs import knobs, model_arg_fields, worded
-from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
+from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS, check_typed_settings, spec
 from llava.errors import AIMConfigError, EvalArgumentError
 
 VIDEO_BACKENDS = ("auto", "pyav", "decord")
@@ -175,7 +175,7 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
         check_typed_settings(method, {**fields, **layers})
     except AIMConfigError as exc:
         raise EvalArgumentError(worded(exc, "model_arg")) from exc
-    if method in PRUMERGE_METHODS:  # LLaVA-PruMerge: its own adaptive reduction, nothing else
+    if spec(method).schedule == "none":  # PruMerge, DyCoke: their own reduction, nothing else
         fields = {**fields, "retention": 1.0, "l1": None, "l2": None}
     elif method in STEP_METHODS:  # FastV / VTW / PDrop: their own layers, no merging unless asked
         fields = {"retention": 1.0, **fields, "l1": None, "l2": None}

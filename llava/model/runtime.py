@@ -282,7 +282,8 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
     if cfg.merging or track_sources or cfg.prumerging:
         family.install_merging(inner, runtime)
     family.install_positions(inner, runtime)
-    if cfg.pruning or cfg.prumerging:  # PruMerge's filler placeholders are dropped by the driver
+    # PruMerge's filler placeholders are dropped by the driver; a decode selection runs in it
+    if cfg.pruning or cfg.prumerging or cfg.decode_selecting:
         _install_pruning(inner, lm, runtime)
     if processor is not None and (cfg.merging or cfg.prumerging):
         family.patch_processor(processor, cfg, runtime)
