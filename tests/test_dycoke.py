@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -323,3 +324,77 @@ def test_decode_selection_refuses_a_layer_beyond_the_model(ov_sdpa, decode_only)
         apply_aim(model, processor, decode_only(dycoke_l=layers))
     with pytest.raises(AIMConfigError, match="DyCoke"):
         AIMConfig(dycoke_p=0.5)
+
+
+# -- the whole method on tiny-llava-onevision -------------------------------------------------------
+def test_ttm_on_the_models_real_features_equals_the_reference(ov_sdpa, monkeypatch):
+    """The frames the LLaVA-OneVision family hands DyCoke are its pooled features (stage
+    "projected"), and what the LLM receives is the reference TTM of them."""
+    from llava.aim import registry
+
+    model, processor = ov_sdpa
+    inputs = video_inputs(processor, [make_video(6, seed=2)])
+    entry = registry.REGISTRY["dycoke"]
+    seen = []
+
+    def spy(frames):
+        out = entry.fn(frames)
+        seen.append((frames, out))
+        return out
+
+    monkeypatch.setitem(registry.REGISTRY, "dycoke", dataclasses.replace(entry, fn=spy))
+    with torch.no_grad():
+        stock = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"])
+        stock = getattr(stock, "pooler_output", stock)
+        stock = stock[0] if isinstance(stock, (list, tuple)) else stock
+        apply_aim(model, processor, AIMConfig.for_method("dycoke", dycoke_k=0.5))
+        try:
+            model(**video_inputs(processor, [make_video(6, seed=2)]))
+            stats = model.aim_stats
+        finally:
+            remove_aim(model, processor)
+    (frames, out), = seen
+    f, t, c = frames.tokens.shape
+    assert f == 6 and torch.allclose(frames.tokens.reshape(-1, c), stock.reshape(-1, c)[: f * t], atol=1e-5)
+    expected = reference_ttm(frames.tokens, 0.5)
+    assert out.origin.tolist() == [fr * t + tok for fr, tok in expected]
+    assert out.tokens.shape[0] == dycoke.ttm_count(6, t, 0.5) == registry.REGISTRY["dycoke"].bound(6, t, AIMConfig.for_method("dycoke", dycoke_k=0.5))
+    assert sum(stats.tokens_kept_per_frame) == out.tokens.shape[0]
+
+
+def test_dycoke_batch_equals_single_and_qwen_is_refused(ov_sdpa):
+    from conftest import qwen_model
+
+    from llava.errors import UnsupportedModelError
+
+    model, processor = ov_sdpa
+    media = [make_video(5, seed=8), make_video(5, seed=9)]
+    questions = ["What is shown?", "Describe the colors of the objects in this picture in detail please."]
+    cfg = AIMConfig.for_method("dycoke", dycoke_p=0.9)
+    apply_aim(model, processor, cfg)
+    try:
+        with torch.no_grad():
+            batch = video_inputs(processor, media, questions)
+            assert (batch["attention_mask"] == 0).any(), "the test needs left padding"
+            both, both_logits = _greedy_logits(model, batch)
+            for i in range(2):
+                one, one_logits = _greedy_logits(model, video_inputs(processor, [media[i]], [questions[i]]))
+                assert both[i].tolist() == one[0].tolist()
+                assert torch.allclose(both_logits[i], one_logits[0], atol=1e-4, rtol=1e-4)
+    finally:
+        remove_aim(model, processor)
+    qwen, qwen_processor = qwen_model("tiny-qwen2.5-vl")
+    with pytest.raises(UnsupportedModelError, match="LLaVA-OneVision only"):
+        apply_aim(qwen, qwen_processor, cfg)
+
+
+def test_dycoke_config_defaults_and_budget():
+    from llava.errors import AIMConfigError
+
+    cfg = AIMConfig.for_method("dycoke")
+    assert (cfg.retention, cfg.l1, cfg.l2) == (1.0, None, None) and cfg.video_reducing and cfg.decode_selecting
+    assert dycoke.settings(cfg) == (0.7, 3, 0.8, "keep_selection")
+    with pytest.raises(AIMConfigError, match="dycoke_k"):
+        AIMConfig.for_method("dycoke", retention=0.25)  # no retention maps onto DyCoke's k
+    with pytest.raises(AIMConfigError, match="dycoke_k"):
+        AIMConfig.for_method("dycoke", dycoke_k=1.5)

@@ -22,6 +22,7 @@ from llava.aim.policy import (
     check_method_against_model,
     spec,
     validate_method_fields,
+    video_reduction,
 )
 from llava.aim.registry import check_importance
 from llava.errors import AIMConfigError
@@ -206,8 +207,15 @@ class AIMConfig:
     # -- convenience -------------------------------------------------------------------
     @property
     def merging(self) -> bool:
-        """True when token merging changes anything (retention < 1)."""
-        return self.retention < 1.0
+        """True when AIM's token merging (or its pooling control) changes anything (retention < 1);
+        False for a "video" reduction, whose retention is its own budget."""
+        return self.retention < 1.0 and not self.video_reducing
+
+    @property
+    def video_reducing(self) -> bool:
+        """True when the method's reduction is a registered "video" reduction (llava.aim.frames),
+        which the family runs per video before the LLM."""
+        return video_reduction(self.method) is not None
 
     @property
     def grid_shrink(self) -> int:
@@ -261,7 +269,7 @@ class AIMConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.merging or self.pruning or self.prumerging or self.decode_selecting
+        return self.merging or self.pruning or self.prumerging or self.video_reducing or self.decode_selecting
 
     @classmethod
     def disabled(cls) -> "AIMConfig":
@@ -285,8 +293,12 @@ class AIMConfig:
         pool: AIM's defaults (retention 0.25, l1/l2 "auto").
         """
         base = {"method": method}
-        if spec(method).schedule != "linear":  # the baselines: their own reduction / layers, no AIM merging
+        if method in STEP_METHODS or method in PRUMERGE_METHODS:
             base.update(retention=1.0, l1=None, l2=None)
+        elif video_reduction(method) is not None:  # its own budget before the LLM, no AIM schedule
+            base.update(l1=None, l2=None)
+            if spec(method).default_retention is not None:
+                base.update(retention=spec(method).default_retention)
         base.update(overrides)
         return cls(**base)
 
@@ -402,6 +414,11 @@ def _check_dycoke(cfg: "AIMConfig") -> None:
     if given and s.decode != "dycoke_kv" and s.reduction != "dycoke":
         raise AIMConfigError(f"{', '.join('{%s}' % n for n in given)} belong to DyCoke ({{method=dycoke}}), "
                              f"not {{method={cfg.method}}}")
+    if s.reduction == "dycoke" and cfg.retention != 1.0:
+        raise AIMConfigError(
+            f"{{method={cfg.method}}}: DyCoke's token count is set by {{dycoke_k}} (each pruned frame keeps "
+            f"int((1 - k) * T); whole frames stay), which no {{retention}} maps onto; {{retention}} must be 1.0, "
+            f"got {cfg.retention!r}")
     k, layer, p = cfg.dycoke_k, cfg.dycoke_l, cfg.dycoke_p
     if k is not None and not (_is_real(k) and 0.0 <= k <= 1.0):
         raise AIMConfigError(f"{{dycoke_k}} (fraction of a pruned frame's tokens dropped) must be in [0, 1], got {k!r}")

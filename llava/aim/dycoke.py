@@ -121,6 +121,15 @@ def token_temporal_merge(x: torch.Tensor, k: float) -> TTMResult:
     return TTMResult(x.reshape(frames * t, -1)[origin], origin, sources)
 
 
+def ttm_frames(frames):
+    """The registry's "video" reduction (llava.aim.frames): FramesIn -> FramesOut of one video."""
+    from llava.aim.frames import FramesOut
+
+    out = token_temporal_merge(frames.tokens, settings(frames.cfg)[0])
+    weights = (out.sources >= 0).to(frames.tokens.dtype)  # each output is its one kept input
+    return FramesOut(out.tokens, out.origin, out.sources, weights)
+
+
 # -- stage 2: decode-time selection of the visual KV ------------------------------------------------
 def decode_kept(visual_count: int, p: float) -> int:
     """Visual keys a decode step attends to: int(N * (1 - p)), as the official update_cache."""

@@ -175,8 +175,8 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
         check_typed_settings(method, {**fields, **layers})
     except AIMConfigError as exc:
         raise EvalArgumentError(worded(exc, "model_arg")) from exc
-    if spec(method).schedule == "none":  # PruMerge, DyCoke: their own reduction, nothing else
-        fields = {**fields, "retention": 1.0, "l1": None, "l2": None}
+    if spec(method).schedule == "none":  # PruMerge, the video reductions: their own budget, no AIM schedule
+        fields = {"retention": AIMConfig.for_method(method).retention, **fields, "l1": None, "l2": None}
     elif method in STEP_METHODS:  # FastV / VTW / PDrop: their own layers, no merging unless asked
         fields = {"retention": 1.0, **fields, "l1": None, "l2": None}
     else:
