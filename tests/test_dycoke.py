@@ -257,7 +257,7 @@ def test_decode_stage_equals_the_explicit_mask_reference(ov_sdpa, decode_only, w
     try:
         with torch.no_grad():
             want, want_logits = reference_generate(model, inputs, dycoke.OFFICIAL_L, dycoke.OFFICIAL_P, when)
-            stock, stock_logits = _greedy_logits(model, inputs)
+            _, stock_logits = _greedy_logits(model, inputs)
             apply_aim(model, processor, decode_only(dycoke_when_similar=when))
             got, got_logits = _greedy_logits(model, inputs)
         assert got.tolist() == want.tolist()
@@ -398,3 +398,19 @@ def test_dycoke_config_defaults_and_budget():
         AIMConfig.for_method("dycoke", retention=0.25)  # no retention maps onto DyCoke's k
     with pytest.raises(AIMConfigError, match="dycoke_k"):
         AIMConfig.for_method("dycoke", dycoke_k=1.5)
+
+
+def test_the_analyzer_prices_ttm_by_its_pruned_frames():
+    from llava.aim import registry
+    from llava.analysis.hardware import get_hardware
+    from llava.analysis.roofline import dycoke_overhead_ops
+
+    hw = get_hardware("nvidia_A100")
+    cfg = AIMConfig.for_method("dycoke")
+    ops32 = dycoke_overhead_ops(32, 196, 3584, hw, cfg=cfg)
+    ops8 = dycoke_overhead_ops(8, 196, 3584, hw, cfg=cfg)
+    flops = lambda ops: sum(op.ops for op in ops)  # noqa: E731
+    # 23 pruned frames of 32, 5 of 8 (frames 1, 2, 3, 5, 7)
+    assert flops(ops32) * 5 == pytest.approx(flops(ops8) * 23)
+    assert registry.REGISTRY["dycoke"].nominal(32, 196, cfg) == 3098
+    assert registry.REGISTRY["dycoke"].cost == "dycoke_overhead_ops"
