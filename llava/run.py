@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llava.aim.config import AIMConfig
 from llava.aim.knobs import flag_of, flag_values
-from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
+from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings, spec
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors, typed_knobs
 
@@ -134,7 +134,7 @@ def _validate_args(args) -> None:
         check_typed_settings(method, typed_knobs(args))
     if method in STEP_METHODS:
         check_aim_flags(args.retention, None, None)
-    elif method not in PRUMERGE_METHODS:
+    elif method not in PRUMERGE_METHODS and spec(method).schedule != "none":
         check_aim_flags(args.retention, args.l1, args.l2, args.no_prune)
     with flag_errors():
         _config(args, num_layers=None, merges_media=True)  # every other field, before loading anything
@@ -151,8 +151,11 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
     options = _fidelity_options(args)
     if method in PRUMERGE_METHODS:
         cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **options)
+    elif spec(method).schedule == "none":  # a video reduction (DyCoke, ...): its defaults, then its typed knobs
+        typed = {n: v for n, v in typed_knobs(args).items() if n not in ("l1", "l2")}
+        cfg = AIMConfig.for_method(method, **{**typed, "pruning_mode": pruning_mode, **options})
     elif method in STEP_METHODS:
-        from llava.aim.policy import drop_layers_for, spec
+        from llava.aim.policy import drop_layers_for
 
         drop_layers, drop_ratio = args.drop_layers, args.drop_ratio
         if num_layers is not None:

@@ -414,3 +414,19 @@ def test_the_analyzer_prices_ttm_by_its_pruned_frames():
     assert flops(ops32) * 5 == pytest.approx(flops(ops8) * 23)
     assert registry.REGISTRY["dycoke"].nominal(32, 196, cfg) == 3098
     assert registry.REGISTRY["dycoke"].cost == "dycoke_overhead_ops"
+
+
+def test_run_cli_takes_dycoke_and_its_knobs(capsys):
+    import json
+
+    from llava.cli import main
+
+    code = main(["run", "--method", "dycoke", "--dycoke-k", "0.5", "--dycoke-p", "0.9", "--frames", "4",
+                 "--max-new-tokens", "3", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    t = result["visual_tokens_before_merge"] // 4  # per frame, the newline aside (196 at 384 px)
+    assert result["visual_tokens_after_merge"] == dycoke.ttm_count(4, t, 0.5) + 1
+    assert main(["run", "--method", "dycoke", "--retention", "0.25", "--frames", "4"]) == 2
+    assert "--retention" in capsys.readouterr().err
