@@ -430,3 +430,10 @@ def test_run_cli_takes_dycoke_and_its_knobs(capsys):
     assert result["visual_tokens_after_merge"] == dycoke.ttm_count(4, t, 0.5) + 1
     assert main(["run", "--method", "dycoke", "--retention", "0.25", "--frames", "4"]) == 2
     assert "--retention" in capsys.readouterr().err
+
+
+def test_describe_names_both_stages():
+    from llava.aim.policy import describe
+
+    line = describe(AIMConfig.for_method("dycoke"), 28)
+    assert "dycoke before the LLM" in line and "dycoke_kv" in line

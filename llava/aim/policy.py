@@ -316,9 +316,13 @@ def describe(cfg, num_layers: Optional[int] = None) -> str:
         parts.append("adaptive selection + merging before the LLM; no pruning")
     elif s.schedule == "linear":
         parts.append("no pruning" if cfg.l1 is None else f"prune after layers {cfg.l1}..{cfg.l2 - 1}")
+    elif s.schedule == "none":  # a video reduction's own budget
+        parts.append(f"{s.reduction} before the LLM; no pruning in the prefill")
     elif num_layers is not None:
         steps = drop_steps(cfg.method, cfg.drop_layers, cfg.drop_ratio, num_layers)
         parts.append(", ".join(f"keep {keep:g} from layer {k}" for k, keep in steps))
     if s.score not in ("none",) and (s.schedule == "steps" or cfg.l1 is not None):
         parts.append(f"score {score_of(cfg)}")
+    if s.decode is not None:
+        parts.append(f"decode steps attend the visual KV {s.decode} selects")
     return "; ".join(parts)
