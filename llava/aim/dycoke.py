@@ -112,10 +112,8 @@ def token_temporal_merge(x: torch.Tensor, k: float) -> TTMResult:
         b = torch.nn.functional.normalize(x[ref].float(), dim=-1)
         similarity = (a * b).sum(-1)  # (P, T)
         order[idx] = torch.sort(similarity, dim=-1, stable=True).indices
-    lengths = torch.tensor([t if r is None else kept for r in refs], device=x.device)
-    position = torch.arange(t, device=x.device)[None, :]
-    take = position < lengths[:, None]  # (F, T) which slots of `order` survive
-    origin = (order + torch.arange(frames, device=x.device)[:, None] * t)[take]
+    # the count of each frame is known on the host: slices, no data-dependent shape
+    origin = torch.cat([order[f, : t if r is None else kept] + f * t for f, r in enumerate(refs)])
     sources = torch.full((frames * t,), -1, dtype=torch.long, device=x.device)
     sources[origin] = torch.arange(origin.numel(), device=x.device)
     return TTMResult(x.reshape(frames * t, -1)[origin], origin, sources)
