@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llava.aim.config import AIMConfig
 from llava.aim.knobs import flag_of, flag_values, refuse_settings_with_aim_off
-from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings, video_reduction
+from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings, spec, video_reduction
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors, typed_knobs
 
@@ -132,7 +132,7 @@ def _validate_args(args) -> None:
         check_typed_settings(method, typed_knobs(args))
     if method in STEP_METHODS or video_reduction(method) is not None:
         check_aim_flags(args.retention, None, None)
-    elif method not in PRUMERGE_METHODS:
+    elif method not in PRUMERGE_METHODS and spec(method).schedule != "none":
         check_aim_flags(args.retention, args.l1, args.l2, args.no_prune)
     with flag_errors():
         _config(args, num_layers=None, merges_media=True)  # every other field, before loading anything
@@ -154,7 +154,7 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
         own = {name: value for name, value in typed_knobs(args).items() if name.startswith(f"{method}_")}  # its knobs
         cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **budget, **own, **options)
     elif method in STEP_METHODS:
-        from llava.aim.policy import drop_layers_for, spec
+        from llava.aim.policy import drop_layers_for
 
         drop_layers, drop_ratio = args.drop_layers, args.drop_ratio
         if num_layers is not None:

@@ -21,6 +21,8 @@ SAMPLES = {
     "drop_layers": ("2/4", (2, 4)), "drop_ratio": ("0.25", 0.25), "seed": ("3", 3),
     "fastvid_segments": ("4", 4), "fastvid_tau": ("0.84", 0.84), "fastvid_context_share": ("0.3", 0.3),
     "fastvid_anchor_stride": ("2", 2), "fastvid_anchor_weight": ("0.5", 0.5),
+    "dycoke_k": ("0.6", 0.6), "dycoke_l": ("2", 2), "dycoke_p": ("0.7", 0.7),
+    "dycoke_when_similar": ("attend_all", "attend_all"),
 }
 
 
@@ -71,6 +73,8 @@ def test_every_model_arg_parses_to_its_field():
             raw["method"] = "pdrop"
         if name == "seed":
             raw["method"] = "random"
+        if name.startswith("dycoke_"):
+            raw["method"] = "dycoke"
         if name == "positions":
             raw["retention"] = "0.25"
         if name == "merge_weighting":

@@ -313,7 +313,7 @@ def test_config_round_trip_and_defaults():
     for method in METHODS:
         cfg = AIMConfig.for_method(method)
         assert AIMConfig(**cfg.to_dict()) == cfg
-        assert cfg.pruning or cfg.prumerging or cfg.video_reducing  # these reduce before the LLM only
+        assert cfg.pruning or cfg.prumerging or cfg.video_reducing  # PruMerge, the video reductions (DyCoke also in decode)
         assert cfg.enabled
     assert AIMConfig().method == "aim" and AIMConfig.for_method("aim") == AIMConfig()
     assert AIMConfig.for_method("pdrop", drop_layers=[2, 4]).drop_layers == (2, 4)

@@ -170,6 +170,20 @@ class AIMConfig:
     fastvid_anchor_weight: Optional[float] = field(default=None, metadata=knob(
         "float", "fastvid: least weight of an anchor in its merge (DTM beta, in [0, 1]; default 0.6)",
         commands=("run",)))
+    # DyCoke (llava.aim.dycoke; the official lmms-eval model_args, same names): None = the official default
+    dycoke_k: Optional[float] = field(default=None, metadata=knob(
+        "float", "dycoke: fraction of each pruned frame's tokens that temporal merging drops, in [0, 1] "
+        "(default 0.7, the official)", commands=("run", "flops", "plan", "bench")))
+    dycoke_l: Optional[int] = field(default=None, metadata=knob(
+        "int", "dycoke: first decoder layer whose decode steps attend only the selected visual KV "
+        "(ranked in layer L-1; default 3, the official, on every depth)", minimum=1, commands=("run",)))
+    dycoke_p: Optional[float] = field(default=None, metadata=knob(
+        "float", "dycoke: fraction of the visual KV each decode step leaves out, in [0, 1) (default 0.8, the official)",
+        commands=("run",)))
+    dycoke_when_similar: Optional[str] = field(default=None, metadata=knob(
+        "choice", "dycoke: a decode step whose attention is similar to the previous one's keeps the selection "
+        "(keep_selection, the default) or attends every visual key (attend_all, the official code)",
+        choices=("keep_selection", "attend_all"), commands=("run",)))
 
     def __post_init__(self) -> None:
         _check_retention(self.retention)
@@ -183,6 +197,7 @@ class AIMConfig:
                 f"(AIMConfig.for_method({self.method!r}) sets it)"
             )
         _check_fastvid_knobs(self)
+        _check_dycoke(self)
         check_importance(self.importance)  # a registered score (llava.aim.registry), no fallback
         _check_choice("merge_weighting", self.merge_weighting, MERGE_WEIGHTINGS)
         _check_choice("merge_order", self.merge_order, MERGE_ORDERS)
@@ -234,6 +249,11 @@ class AIMConfig:
         return self.method in PRUMERGE_METHODS
 
     @property
+    def decode_selecting(self) -> bool:
+        """True when the method restricts each decode step's visual KV (a "decode" registry entry)."""
+        return spec(self.method).decode is not None
+
+    @property
     def layers_auto(self) -> bool:
         """True while l1/l2 are "auto" (not yet resolved against a model)."""
         return self.l1 == AUTO
@@ -265,7 +285,7 @@ class AIMConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.merging or self.pruning or self.prumerging or self.video_reducing
+        return self.merging or self.pruning or self.prumerging or self.video_reducing or self.decode_selecting
 
     @classmethod
     def disabled(cls) -> "AIMConfig":
@@ -310,6 +330,15 @@ class AIMConfig:
                 "or {l1:off} to disable pruning"
             )
         check_method_against_model(self.method, self.drop_layers, num_layers)
+        if self.decode_selecting:
+            from llava.aim.registry import lookup
+
+            layer = lookup(spec(self.method).decode, "decode").fn(self, num_layers).layer
+            if not 1 <= layer < num_layers:
+                raise AIMConfigError(
+                    f"{self.method} restricts decode steps from layer {layer} (ranked in layer {layer - 1}): "
+                    f"the language model has {num_layers} layers (valid {{dycoke_l}}: 1..{num_layers - 1})"
+                )
 
     def to_dict(self) -> Dict[str, object]:
         return dataclasses.asdict(self)
@@ -412,6 +441,32 @@ def _check_official_grid(retention, method: str, weighting: str) -> None:
             "positions='official' reproduces the official code's merging, which takes plain means "
             f"(merge_weighting='mean'), got merge_weighting={weighting!r}: use positions='original'"
         )
+
+
+DYCOKE_FIELDS = ("dycoke_k", "dycoke_l", "dycoke_p", "dycoke_when_similar")
+
+
+def _check_dycoke(cfg: "AIMConfig") -> None:
+    """DyCoke's knobs: set only for a method that uses DyCoke's stages, each in its range."""
+    given = [n for n in DYCOKE_FIELDS if getattr(cfg, n) is not None]
+    s = spec(cfg.method)
+    if given and s.decode != "dycoke_kv" and s.reduction != "dycoke":
+        raise AIMConfigError(f"{', '.join('{%s}' % n for n in given)} belong to DyCoke ({{method=dycoke}}), "
+                             f"not {{method={cfg.method}}}")
+    if s.reduction == "dycoke" and cfg.retention != 1.0:
+        raise AIMConfigError(
+            f"{{method={cfg.method}}}: DyCoke's token count is set by {{dycoke_k}} (each pruned frame keeps "
+            f"int((1 - k) * T); whole frames stay), which no {{retention}} maps onto; {{retention}} must be 1.0, "
+            f"got {cfg.retention!r}")
+    k, layer, p = cfg.dycoke_k, cfg.dycoke_l, cfg.dycoke_p
+    if k is not None and not (_is_real(k) and 0.0 <= k <= 1.0):
+        raise AIMConfigError(f"{{dycoke_k}} (fraction of a pruned frame's tokens dropped) must be in [0, 1], got {k!r}")
+    if layer is not None and not (_is_int(layer) and layer >= 1):
+        raise AIMConfigError(f"{{dycoke_l}} must be an integer >= 1 (ranked in layer L-1), got {layer!r}")
+    if p is not None and not (_is_real(p) and 0.0 <= p < 1.0):
+        raise AIMConfigError(f"{{dycoke_p}} (fraction of the visual KV left out) must be in [0, 1), got {p!r}")
+    if cfg.dycoke_when_similar is not None:
+        _check_choice("dycoke_when_similar", cfg.dycoke_when_similar, ("keep_selection", "attend_all"))
 
 
 def _check_choice(field: str, value, choices) -> None:

@@ -377,3 +377,17 @@ def random_scores(visual_index: torch.Tensor, seed: int, layer: int) -> torch.Te
         x = (x * 48_271) % _HASH_MOD  # Park-Miller step: a permutation of 1..M-1
         x = x ^ (x >> 13)
     return x.to(torch.float64).div(_HASH_MOD).to(torch.float32)
+
+
+def step_token_attention(query: torch.Tensor, key: torch.Tensor, alive: torch.Tensor, scaling: float) -> torch.Tensor:
+    """A decode step's token's attention over a layer's keys, mean over heads, float32: (B, K).
+    (DyCoke's decode-time ranking, llava.aim.dycoke; the driver computes it for any decode
+    selection of llava.aim.registry.)
+
+    query (B, nh, 1, d) post-RoPE; key (B, nkv, K, d) the whole cache (GQA groups repeated);
+    alive (B, K) the keys the layer may attend (dead padding slots get 0)."""
+    q = query[:, :, -1].float()
+    kk = key.float().repeat_interleave(q.shape[1] // key.shape[1], dim=1)
+    logits = torch.einsum("bhd,bhkd->bhk", q, kk) * scaling
+    logits = logits.masked_fill(~alive[:, None, :], float("-inf"))
+    return torch.softmax(logits, dim=-1).mean(dim=1)

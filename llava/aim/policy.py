@@ -58,7 +58,7 @@ from typing import Any, Mapping, Optional, Tuple
 from llava.aim.registry import lookup
 from llava.errors import AIMConfigError
 
-METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "visionzip", "fastvid")
+METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "visionzip", "fastvid", "dycoke")
 STEP_METHODS = ("fastv", "vtw", "pdrop")  # in-LLM schedule = drop steps, not (l1, l2)
 PRUMERGE_METHODS = ("prumerge", "prumerge_plus")  # reduction before the LLM only, adaptive count
 SCORES = ("pagerank", "attention", "last_token", "random", "none")
@@ -87,6 +87,9 @@ class MethodSpec:
     # the budget AIMConfig.for_method sets for a "video" reduction (the fraction of each video's
     # visual tokens entering the LLM); None: AIMConfig's default retention
     default_retention: Optional[float] = None
+    # a registry entry of kind "decode": which visual KV entries each decode step attends
+    # (None: all of them)
+    decode: Optional[str] = None
 
 
 SPECS = {
@@ -127,6 +130,13 @@ SPECS = {
                         "per-segment budgets, a last-block salience) that is not implemented here; Qwen2-VL never; "
                         "docs/methods/fastvid.md",
     ),
+    # DyCoke: token temporal merging before the LLM, then dynamic KV pruning in every decode step
+    # (llava.aim.dycoke; official k=0.7, L=3, p=0.8: KD-TAO/DyCoke lmms_eval/models/llava_onevision.py)
+    "dycoke": MethodSpec(
+        "dycoke", "DyCoke", "Tao et al., arXiv 2411.15024 (CVPR 2025), k=0.7, L=3, p=0.8", "dycoke", "none", "none",
+        families=("onevision",), default_retention=1.0, decode="dycoke_kv",
+        families_reason="the official code (KD-TAO/DyCoke) runs LLaVA-OneVision only (its lmms_eval "
+                        "llava_onevision model; Qwen2.5-VL exists only in a third-party port)"),
 }
 
 
@@ -171,6 +181,8 @@ def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> Non
     if s.score != "config":
         lookup(s.score, "score")  # the method's parts are registered (llava.aim.registry)
     lookup(s.reduction, "reduction")
+    if s.decode is not None:
+        lookup(s.decode, "decode")
     if not _is_int(seed) or seed < 0:
         raise AIMConfigError(f"{{seed}} must be a non-negative integer, got {seed!r}")
     if s.schedule == "none":
@@ -331,9 +343,13 @@ def describe(cfg, num_layers: Optional[int] = None) -> str:
         parts.append("adaptive selection + merging before the LLM; no pruning")
     elif s.schedule == "linear":
         parts.append("no pruning" if cfg.l1 is None else f"prune after layers {cfg.l1}..{cfg.l2 - 1}")
+    elif s.schedule == "none":  # a video reduction's own budget
+        parts.append(f"{s.reduction} before the LLM; no pruning in the prefill")
     elif num_layers is not None:
         steps = drop_steps(cfg.method, cfg.drop_layers, cfg.drop_ratio, num_layers)
         parts.append(", ".join(f"keep {keep:g} from layer {k}" for k, keep in steps))
     if s.score not in ("none",) and (s.schedule == "steps" or cfg.l1 is not None):
         parts.append(f"score {score_of(cfg)}")
+    if s.decode is not None:
+        parts.append(f"decode steps attend the visual KV {s.decode} selects")
     return "; ".join(parts)

@@ -2,7 +2,8 @@
 
 A **score** ranks the visual tokens at a pruning layer (pagerank, attention, last_token, random,
 none); a **reduction** shrinks each frame before the LLM (merge, pool, prumerge,
-prumerge_plus). An entry states
+prumerge_plus); a **decode** selection restricts, in each decode step, which visual KV entries
+the later layers attend (dycoke_kv: DyCoke's dynamic KV pruning). An entry states
 
 * what it needs (``NEEDS``): the layer's post-RoPE queries and keys (``qk``: the decoder
   driver then installs a probe in that layer's attention), the visual and text masks, or the
@@ -13,6 +14,13 @@ prumerge_plus). An entry states
   and that layer's keys);
 * its function: a score's takes one :class:`ScoreInputs` and returns (B, N) float32 scores
   (higher survives); a reduction's is the frame-level function it names;
+* a decode selection's function is a factory ``fn(cfg, num_layers) -> selector``; the selector
+  has ``layer`` (int >= 1: layers >= it are restricted, ranked by the step token's attention in
+  layer ``layer - 1``), ``budget(visual_count) -> int`` (host, once per prefill: the visual keys
+  each sample keeps) and ``select(attention, visual, kept, state) -> (allowed, state)`` (device,
+  each decode step, no host read: attention (B, W) float32 the step token's attention over the
+  prefill's W keys, mean over heads; visual (B, W) bool; kept (B,) long; ``state`` what the
+  previous step returned, None at the first; allowed (B, W) bool: the visual keys attended);
 * its cost for the analyzer: the name of the function in ``llava.analysis.roofline`` that
   prices it (``None``: nothing worth counting, e.g. a hash per token).
 
@@ -32,9 +40,10 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional
 
 from llava.errors import AIMConfigError
 
-KINDS = ("score", "reduction")
+KINDS = ("score", "reduction", "decode")
 NEEDS = ("qk", "visual", "text", "frames", "video", "vision_attention")
 SCORE_NEEDS = ("qk", "visual", "text")  # what the decoder driver can give a score
+DECODE_NEEDS = ("qk",)  # a decode selection reads the step token's attention (from its q/k)
 # Where a "video" reduction reads each frame: "projected" = the tokens the LLM would receive per
 # frame (after the family's own pooling / merger); "vision" = the vision tower's selected
 # features before the projector, unpooled (the family then skips its pooling, as PruMerge runs).
@@ -91,7 +100,7 @@ def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] =
     "video" reduction without a stage of STAGES or without callable bound and nominal."""
     if kind not in KINDS:
         raise AIMConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-    allowed = SCORE_NEEDS if kind == "score" else NEEDS
+    allowed = SCORE_NEEDS if kind == "score" else DECODE_NEEDS if kind == "decode" else NEEDS
     unknown = sorted(set(needs) - set(allowed))
     if unknown:
         raise AIMConfigError(f"{kind} {name!r} needs {unknown}, which the runtime does not provide; "
@@ -273,3 +282,32 @@ register("fastvid", "reduction", _fastvid, needs=("video", "vision_attention"), 
          stage="projected", bound=_fastvid_bound, nominal=_fastvid_nominal,
          summary="FastVID: segments by frame similarity, keeps each frame's most attended tokens and merges the "
                  "rest into density-peak anchors per segment (llava.aim.fastvid.fastvid_video)")
+def _dycoke_ttm(frames):
+    from llava.aim.dycoke import ttm_frames
+
+    return ttm_frames(frames)
+
+
+def _dycoke_count(frames, tokens_per_frame, cfg):
+    # a fixed count (F, T and k decide it): the bound is exactly what every video gives
+    from llava.aim.dycoke import settings, ttm_count
+
+    return ttm_count(frames, tokens_per_frame, settings(cfg)[0])
+
+
+register("dycoke", "reduction", _dycoke_ttm, needs=("video",), cost="dycoke_overhead_ops", stage="projected",
+         bound=_dycoke_count, nominal=_dycoke_count,
+         summary="DyCoke's token temporal merging: in windows of 4 frames, a frame's tokens similar to the same "
+                 "position of its reference frame go (llava.aim.dycoke.token_temporal_merge)")
+
+
+# -- the built-in decode selections ------------------------------------------------------------
+def _dycoke_kv(cfg, num_layers):
+    from llava.aim.dycoke import DecodeSelector
+
+    return DecodeSelector.of(cfg, num_layers)
+
+
+register("dycoke_kv", "decode", _dycoke_kv, needs=("qk",), cost=None,
+         summary="DyCoke's dynamic KV pruning: each decode step attends the visual keys its token's "
+                 "attention in layer L-1 weighs most (llava.aim.dycoke.decode_select)")

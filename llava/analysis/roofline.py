@@ -612,6 +612,27 @@ def prumerge_tokens_per_frame(method: str, vision: VisionShape, kept_tokens: Opt
     return nominal_tokens(vision.patches, method == "prumerge_plus" and vision.class_token)
 
 
+def dycoke_overhead_ops(frames: int, tokens_per_frame: int, channels: int, hardware: Hardware,
+                        options: Optional[RooflineOptions] = None, cfg=None) -> List[OpCost]:
+    """DyCoke's token temporal merging (llava.aim.dycoke) of one video: for each pruned frame, the
+    normalisation of it and its reference frame (2 * 3*T*C), the per-position similarities
+    (2*T*C), a sort of the T similarities (T * ceil(log2 T) comparisons) and the gather of the
+    K kept tokens (reads); whole frames cost nothing. Reads both frames, writes the kept tokens."""
+    from llava.aim.dycoke import OFFICIAL_K, settings, ttm_kept_per_frame, ttm_references
+
+    o = options or RooflineOptions()
+    t, c, a = tokens_per_frame, channels, o.act_bytes
+    pruned = sum(r is not None for r in ttm_references(frames))
+    kept = ttm_kept_per_frame(t, settings(cfg)[0] if cfg is not None else OFFICIAL_K)
+    ops = [
+        _op("dycoke.normalize", 6 * t * c, 2 * t * c * a, hardware),
+        _op("dycoke.similarity", 2 * t * c, 2 * t * c * a + t * a, hardware),
+        _op("dycoke.sort", t * max(1, math.ceil(math.log2(max(t, 2)))), 2 * t * a, hardware),
+        _op("dycoke.gather", kept * c, 2 * kept * c * a, hardware),
+    ]
+    return [_scaled(op, pruned) for op in ops]
+
+
 def prumerge_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware: Hardware,
                           options: Optional[RooflineOptions] = None) -> List[OpCost]:
     """PruMerge on ``frames`` frames of N patches (D-wide keys and features): CLS attention

@@ -290,7 +290,8 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
     if cfg.merging or track_sources or adaptive:
         family.install_merging(inner, runtime)
     family.install_positions(inner, runtime)
-    if cfg.pruning or adaptive:
+    # the driver drops the filler placeholders and runs a decode selection
+    if cfg.pruning or adaptive or cfg.decode_selecting:
         _install_pruning(inner, lm, runtime)
     if processor is not None and (cfg.merging or adaptive):
         family.patch_processor(processor, cfg, runtime)

@@ -19,6 +19,11 @@ The score is the config's entry of llava.aim.registry (a probe in the attention 
 q/k). The host reads the device once before the layer loop (the prompt's counts: with the
 schedule they give every shape and decision, :class:`PrefillPlan`) and once after it (the
 statistics, :class:`DeviceStats`); never inside the loop nor in a decode step.
+
+A method with a decode selection (a registry entry of kind "decode", e.g. DyCoke's dynamic KV
+pruning) keeps the whole cache; in each decode step the selector ranks the prefill's visual keys
+by the step token's attention in layer ``layer - 1`` and layers ``>= layer`` attend only the
+visual keys it allows (a per-step key mask, :class:`DecodeRun`), decided on the device.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ from llava.aim.importance import (
     has_nan,
     log_first_step_attention,
     select_survivors,
+    step_token_attention,
     tie_count_tensors,
 )
-from llava.aim.policy import score_of
+from llava.aim.policy import score_of, spec
 from llava.aim.registry import Entry, ScoreInputs, lookup
 from llava.aim.schedule import policy_visual_tokens
 from llava.errors import CacheIntegrityError, UnsupportedUsageError
@@ -49,6 +55,37 @@ _UNSUPPORTED_KWARGS = ("output_attentions", "output_hidden_states")
 # What a family adds to the hidden states after some layers (families/base.py LayerAdditions:
 # ``.apply(layer, h, slot, alive)`` and the ``.stock_kwargs`` it stands for).
 LAYER_ADDITIONS_KWARG = "aim_layer_additions"
+
+
+class StepProbe:
+    """Receives (query, key) of one decode step's layer: the step token's attention."""
+
+    def __init__(self):
+        self.seen = None
+
+    def observe(self, module, query: torch.Tensor, key: torch.Tensor) -> None:
+        self.seen = (query, key, module.scaling)
+
+
+@dataclass
+class DecodeRun:
+    """A decode selection over a prefill's keys (llava.aim.registry kind "decode")."""
+
+    selector: object  # the entry's selector: .layer, .budget(n), .select(attention, visual, kept, state)
+    visual: torch.Tensor  # (B, W) bool: the prefill's visual keys (layers >= layer - 1 share them)
+    kept: torch.Tensor  # (B,) long: visual keys each sample attends in a decode step
+    state: object = None  # what the previous step's select returned
+    allowed: Optional[torch.Tensor] = None  # (B, W) bool: this step's attended visual keys
+
+    def key_mask(self, alive: torch.Tensor) -> torch.Tensor:
+        """``alive`` (B, K >= W) less the visual keys this step leaves out."""
+        width = self.visual.shape[1]
+        return torch.cat([alive[:, :width] & (~self.visual | self.allowed), alive[:, width:]], dim=1)
+
+    def observe(self, probe: StepProbe, alive: torch.Tensor) -> None:
+        query, key, scaling = probe.seen
+        attention = step_token_attention(query, key, alive, scaling)[:, : self.visual.shape[1]]
+        self.allowed, self.state = self.selector.select(attention, self.visual, self.kept, self.state)
 
 
 @dataclass
@@ -63,6 +100,7 @@ class PrunedCacheState:
     # per layer, whether every key of the prefill is alive (known on the host: decode steps
     # build their masks without reading the device). None: read from ``alive``.
     full: Optional[List[bool]] = None
+    decode: Optional[DecodeRun] = None  # the method's decode selection, None without one
 
 
 @dataclass
@@ -398,9 +436,13 @@ class DecoderDriver:
         if vote_limit is not None:
             vote_limit = vote_limit.to(h.device)
         layer_alive: List[torch.Tensor] = []
+        decode = self._decode_selector(plan, len(lm.layers))
+        decode_visual = None
         for j, layer in enumerate(lm.layers):
             stats.enter(t)
             layer_alive.append(t.alive)
+            if decode is not None and j == decode.layer - 1:
+                decode_visual = t.visual  # the keys the decode steps rank (no pruning from here on)
             inputs = ScoreInputs(cfg, j, t.alive, t.visual, t.alive & ~t.visual,
                                  prompt.visual_index.gather(1, t.slot), plan.full[j],
                                  voters=None if vote_limit is None else t.alive & (t.slot < vote_limit),
@@ -431,9 +473,27 @@ class DecoderDriver:
         out.scatter_(1, target[..., None].expand(-1, -1, h.shape[-1]), lm.norm(t.h))
         offset = prompt.fillers.sum(dim=1) if prompt.fillers is not None else None
         if use_cache:
-            cache.aim_state = PrunedCacheState(layer_alive, seq_len, offset, full=list(plan.full))
+            run = None
+            if decode is not None:
+                kept = [decode.budget(c[decode.layer - 1]) for c in plan.counts]
+                run = DecodeRun(decode, decode_visual, torch.tensor(kept, dtype=torch.long, device=h.device))
+            cache.aim_state = PrunedCacheState(layer_alive, seq_len, offset, full=list(plan.full), decode=run)
         self.runtime.record_prefill(record, cache if use_cache else None)
         return compat.model_output(out[:, :seq_len], cache if use_cache else None)
+
+    def _decode_selector(self, plan: PrefillPlan, num_layers: int):
+        """The method's decode selector (None without one); the prefill must leave the keys of
+        layers >= its layer - 1 alike (no in-LLM pruning there), a host-side check."""
+        name = spec(self.cfg.method).decode
+        if name is None:
+            return None
+        selector = lookup(name, "decode").fn(self.cfg, num_layers)
+        if any(plan.prunes(j) for j in range(selector.layer - 1, num_layers)):
+            raise UnsupportedUsageError(
+                f"the decode selection {name!r} ranks layer {selector.layer - 1}'s keys for every later layer; "
+                "in-LLM pruning at or after that layer would give those layers other keys"
+            )
+        return selector
 
     @staticmethod
     def _scores(t: Tokens, j: int, score: Entry, inputs: Optional[ScoreInputs], probe) -> torch.Tensor:
@@ -481,19 +541,27 @@ class DecoderDriver:
             position_ids = position_ids - state.position_offset.to(position_ids.device)[:, None]
         cos, sin = lm.rotary_emb(h, position_ids)
         new = torch.ones(bsz, q_len, dtype=torch.bool, device=h.device)
+        run = state.decode
         for j, layer in enumerate(lm.layers):
             before = state.alive[j].shape[1]
             state.alive[j] = torch.cat([state.alive[j], new], dim=1)
+            keys, all_alive = state.alive[j], full[j]
+            if run is not None and j >= run.selector.layer:
+                keys, all_alive = run.key_mask(keys), False  # this step's visual keys only
+            probe = StepProbe() if run is not None and j == run.selector.layer - 1 else None
             h = layer(
                 h,
-                attention_mask=layer_attention_mask(backend, state.alive[j], q_len, h.dtype, full[j]),
+                attention_mask=layer_attention_mask(backend, keys, q_len, h.dtype, all_alive),
                 position_embeddings=(cos, sin),
                 position_ids=None,
                 use_cache=True,
                 **compat.cache_kwargs(layer, cache),
                 **kwargs,
+                **({"aim_probe": probe} if probe is not None else {}),
             )
             check_kv_length(cache, j, before + q_len, "decode step")
+            if probe is not None:
+                run.observe(probe, state.alive[j])
         state.seen_tokens += q_len
         self.runtime.record_decode(cache)
         return compat.model_output(lm.norm(h), cache)
