@@ -123,7 +123,7 @@ def ref_attention_density(feat, attn, pos, ratio, share, beta, k):
 
 
 def ref_holitom(x, attn, retention, tau, beta, share, k, max_window):
-    """prepare_inputs_labels_for_multimodal's video branch (lines 369-407), get_static_dynamic_features
+    """prepare_inputs_labels_for_multimodal's video branch (lines 365-407), get_static_dynamic_features
     (278-311) and holitom (234-275, mm_newline_position other than "grid"), float64."""
     frames, tokens, _ = x.shape
     xn = torch.nn.functional.normalize(x, p=2, dim=-1)
@@ -294,3 +294,144 @@ def test_defaults_are_the_official_scripts():
     assert (H.DEFAULT_LAYER, H.DEFAULT_LAYER_REFERENCE, H.DEFAULT_INNER_RATIO, H.DEFAULT_TAU) == (18, 28, 0.5, 0.80)
     # holitom/llava_arch.py lines 352-355: BETA 0.6, D 0, K 7, MAX_WINDOW_SIZE 1024
     assert (H.DEFAULT_BETA, H.DEFAULT_DOMINANT_SHARE_OFF, H.DEFAULT_KNN, H.DEFAULT_MAX_WINDOW) == (0.6, 0.0, 7, 1024)
+
+
+# -- the fold in the decoder driver, on the tiny LLaVA-OneVision ------------------------------------
+import dataclasses  # noqa: E402
+
+from conftest import make_video, video_inputs  # noqa: E402
+from llava import AIMConfig, apply_aim  # noqa: E402
+from llava.aim import policy  # noqa: E402
+from llava.aim.schedule import kept_count  # noqa: E402
+from llava.model.runtime import remove_aim  # noqa: E402
+
+
+_FASTV = policy.SPECS["fastv"]
+
+
+@pytest.fixture
+def fastv_with_fold(monkeypatch):
+    """FastV's drop with HoliTom's fold: the driver's fold on its own, before the method exists."""
+    monkeypatch.setitem(policy.SPECS, "fastv", dataclasses.replace(policy.SPECS["fastv"], fold="holitom"))
+    return AIMConfig.for_method("fastv")  # K = 2, r = 0.5
+
+
+def _lm_inputs(model, inputs):
+    """The stock model's embeddings entering the language model (AIM off)."""
+    seen = {}
+    lm = model.model.language_model
+    handle = lm.register_forward_pre_hook(lambda mod, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        handle.remove()
+    return seen["inputs_embeds"]
+
+
+def _last_token_attention(layer, h, cos, sin):
+    """Layer's attention of the last token over all tokens, mean over heads (from its q/k)."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    attn = layer.self_attn
+    x = layer.input_layernorm(h)
+    n, d = x.shape[1], attn.head_dim
+    q = attn.q_proj(x).view(1, n, -1, d).transpose(1, 2)
+    k = attn.k_proj(x).view(1, n, -1, d).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    probs = torch.softmax((q[:, :, -1:] @ k.transpose(-1, -2)) * attn.scaling, dim=-1)
+    return probs.mean(dim=1)[0, 0]
+
+
+def ref_holitom_in_llm(model, embeds, visual, layer_k, ratio):
+    """modeling_qwen2.py's forward on one sample: stock layers up to K-1, the fold (the loop of
+    ref_inner_merge) on layer K-1's last-token attention, the rest on the survivors at their
+    original positions. Returns the last token's logits."""
+    lm = model.model.language_model
+    n = embeds.shape[1]
+    positions = torch.arange(n)[None]
+    h = embeds
+    cos, sin = lm.rotary_emb(h, positions)
+    span = visual.nonzero()[:, 0]
+    start, length = int(span[0]), int(span.numel())
+    assert span.tolist() == list(range(start, start + length))  # one contiguous span, as the official reads
+    for j, layer in enumerate(lm.layers):
+        if j == layer_k:
+            count = kept_count(length, 1 - ratio)  # the project's count (floor); the official rounds
+            merged, keep = ref_inner_merge(h[0].double(), start, length, scores[start:start + length], count)
+            h = merged.to(h.dtype)[keep][None]
+            cos, sin = lm.rotary_emb(h, torch.tensor(keep)[None])
+        if j == layer_k - 1:
+            scores = _last_token_attention(layer, h, cos, sin)
+        h = layer(h, attention_mask=None, position_embeddings=(cos, sin), position_ids=None)
+        h = h[0] if isinstance(h, tuple) else h
+    return model.lm_head(lm.norm(h))[0, -1]
+
+
+def test_fold_in_the_driver_equals_the_official_forward(ov_sdpa, fastv_with_fold, monkeypatch):
+    model, processor = ov_sdpa
+    inputs = video_inputs(processor, [make_video(frames=2, seed=5)])
+    visual = inputs["input_ids"][0] == model.config.video_token_id
+    embeds = _lm_inputs(model, inputs)
+    with torch.no_grad():
+        expected = ref_holitom_in_llm(model, embeds, visual, 2, 0.5)
+    try:
+        out = {}
+        for mode in ("remove", "mask"):
+            apply_aim(model, processor, fastv_with_fold.replace(pruning_mode=mode))
+            with torch.no_grad():
+                out[mode] = model(**inputs).logits[0, -1]
+        monkeypatch.setitem(policy.SPECS, "fastv", _FASTV)  # the same drop without the fold
+        apply_aim(model, processor, fastv_with_fold)
+        with torch.no_grad():
+            plain = model(**inputs).logits[0, -1]
+    finally:
+        remove_aim(model, processor)
+    torch.testing.assert_close(out["remove"], expected, atol=2e-6, rtol=0)  # float32 rounding only
+    torch.testing.assert_close(out["mask"], out["remove"], atol=1e-5, rtol=0)
+    # the fold moves the answer far beyond that tolerance (the tiny model's logits move ~1e-4)
+    assert (plain - out["remove"]).abs().max() > 1e-4
+
+
+def test_fold_in_a_batch_equals_one_at_a_time(ov_sdpa, fastv_with_fold):
+    model, processor = ov_sdpa
+    videos = [make_video(frames=2, seed=3), make_video(frames=2, seed=4)]
+    questions = ["What happens?", "Which objects move from the left to the right in this short clip?"]
+    try:
+        apply_aim(model, processor, fastv_with_fold)
+        batch = video_inputs(processor, videos, questions)
+        assert (batch["attention_mask"] == 0).any()
+        with torch.no_grad():
+            together = model(**batch).logits[:, -1]
+            for i, video in enumerate(videos):
+                alone = model(**video_inputs(processor, [video], [questions[i]])).logits[0, -1]
+                torch.testing.assert_close(together[i], alone, atol=1e-4, rtol=0)
+    finally:
+        remove_aim(model, processor)
+
+
+def test_fold_adds_no_host_sync(ov_sdpa, fastv_with_fold, monkeypatch):
+    """The fold sizes its tensors from the host-side schedule: a prefill with it reads the device
+    exactly as often as the same drop without it, and a decode step not at all."""
+    from test_host_syncs import _prefill_and_step
+
+    model, processor = ov_sdpa
+    with_fold = _prefill_and_step(model, processor, fastv_with_fold)
+    monkeypatch.setitem(policy.SPECS, "fastv", _FASTV)
+    without = _prefill_and_step(model, processor, fastv_with_fold)
+    assert with_fold[0].where == without[0].where and with_fold[0].total <= 3
+    assert with_fold[1].total == 0
+
+
+def test_the_analyzer_prices_the_fold_from_its_registry_entry(fastv_with_fold, monkeypatch):
+    from llava.analysis.roofline import analyze
+
+    folded = analyze("qwen2-7b", frames=8, method="fastv", retention=1.0, l1=None, l2=None)
+    monkeypatch.setitem(policy.SPECS, "fastv", _FASTV)
+    plain = analyze("qwen2-7b", frames=8, method="fastv", retention=1.0, l1=None, l2=None)
+    names = [op.name for op in folded.aim_overhead.ops]
+    assert any(n.startswith("fold.similarity[1]") for n in names)  # the drop after layer K-1 = 1
+    assert not any(op.name.startswith("fold.") for op in plain.aim_overhead.ops)
+    assert folded.aim_overhead.flops > plain.aim_overhead.flops
+    assert folded.prefill_flops == plain.prefill_flops  # the fold changes no token count

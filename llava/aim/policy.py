@@ -71,6 +71,9 @@ class MethodSpec:
     reference_layers: int = 0
     scale_layers: bool = True
     default_ratio: Optional[float] = None  # fraction dropped at each step
+    # The registered fold (llava.aim.registry, kind "fold") that merges each dropped visual
+    # token's hidden state into the kept ones at a drop; None: dropped tokens just leave.
+    fold: Optional[str] = None
 
 
 SPECS = {
@@ -140,6 +143,8 @@ def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> Non
     if s.score != "config":
         lookup(s.score, "score")  # the method's parts are registered (llava.aim.registry)
     lookup(s.reduction, "reduction")
+    if s.fold is not None:
+        lookup(s.fold, "fold")
     if not _is_int(seed) or seed < 0:
         raise AIMConfigError(f"{{seed}} must be a non-negative integer, got {seed!r}")
     if s.schedule == "none":
@@ -255,6 +260,11 @@ def score_of(cfg) -> str:
     """The score that ranks visual tokens for ``cfg`` (an AIMConfig)."""
     s = spec(cfg.method)
     return cfg.importance if s.score == "config" else s.score
+
+
+def fold_of(cfg) -> Optional[str]:
+    """The registered fold of ``cfg``'s method (merges dropped tokens at a drop), or None."""
+    return spec(cfg.method).fold
 
 
 def reduction_of(cfg) -> str:

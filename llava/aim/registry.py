@@ -2,13 +2,16 @@
 
 A **score** ranks the visual tokens at a pruning layer (pagerank, attention, last_token, random,
 none); a **reduction** shrinks each frame before the LLM (merge, pool, prumerge,
-prumerge_plus). An entry states
+prumerge_plus); a **fold** merges, at a pruning layer, each dropped visual token's hidden state
+into the kept tokens before they are gathered (holitom; a method without one just drops them,
+``MethodSpec.fold``). An entry states
 
 * what it needs (``NEEDS``): the layer's post-RoPE queries and keys (``qk``: the decoder
   driver then installs a probe in that layer's attention), the visual and text masks, or the
   frames (reductions);
 * its function: a score's takes one :class:`ScoreInputs` and returns (B, N) float32 scores
-  (higher survives); a reduction's is the frame-level function it names;
+  (higher survives); a reduction's is the frame-level function it names; a fold's takes one
+  :class:`FoldInputs` and returns the (B, N, C) hidden states, on the device (no host read);
 * its cost for the analyzer: the name of the function in ``llava.analysis.roofline`` that
   prices it (``None``: nothing worth counting, e.g. a hash per token).
 
@@ -28,7 +31,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional
 
 from llava.errors import AIMConfigError
 
-KINDS = ("score", "reduction")
+KINDS = ("score", "reduction", "fold")
 NEEDS = ("qk", "visual", "text", "frames")
 SCORE_NEEDS = ("qk", "visual", "text")  # what the decoder driver can give a score
 
@@ -54,9 +57,25 @@ class ScoreInputs:
 
 
 @dataclass(frozen=True)
+class FoldInputs:
+    """What a fold reads at one pruning layer, after the survivors are chosen (remove and mask
+    modes alike). The widths come from the host-side schedule, so a fold needs no device read
+    to size its tensors."""
+
+    cfg: Any  # the AIMConfig
+    layer: int  # the layer whose output is folded (the next layer sees the survivors)
+    hidden: Any  # (B, N, C) the layer's output hidden states
+    candidates: Any  # (B, N) bool: present visual tokens entering the selection
+    keep: Any  # (B, N) bool: the survivors (every present text token and the kept visual ones)
+    scores: Any  # (B, N) float32: the scores that chose them
+    kept_width: int  # the most visual tokens any row keeps
+    dropped_width: int  # the most visual tokens any row drops
+
+
+@dataclass(frozen=True)
 class Entry:
     name: str
-    kind: str  # "score" | "reduction"
+    kind: str  # "score" | "reduction" | "fold"
     needs: FrozenSet[str]
     fn: Callable
     cost: Optional[str]  # llava.analysis.roofline function that prices it; None: not priced
@@ -74,7 +93,7 @@ def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] =
     """Add one entry; a name already taken, an unknown kind or an unknown need is refused."""
     if kind not in KINDS:
         raise AIMConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-    allowed = SCORE_NEEDS if kind == "score" else NEEDS
+    allowed = SCORE_NEEDS if kind == "score" else () if kind == "fold" else NEEDS
     unknown = sorted(set(needs) - set(allowed))
     if unknown:
         raise AIMConfigError(f"{kind} {name!r} needs {unknown}, which the runtime does not provide; "
@@ -161,6 +180,18 @@ register("random", "score", random_score, needs=(), cost=None,
          summary="seeded hash of (seed, layer, visual index): the random control", configurable=False)
 register("none", "score", no_score, needs=(), cost=None,
          summary="no ranking: every visual token goes (VTW)", configurable=False)
+
+
+# -- the built-in folds -------------------------------------------------------------------------
+def holitom_fold(x: FoldInputs):
+    from llava.aim.holitom import fold_dropped_into_kept
+
+    return fold_dropped_into_kept(x.hidden, x.candidates, x.keep, x.kept_width, x.dropped_width)
+
+
+register("holitom", "fold", holitom_fold, cost="holitom_fold_overhead_ops",
+         summary="HoliTom's inner merge: each dropped visual token averaged into its most cosine-similar "
+                 "kept one, in index order (llava.aim.holitom.fold_dropped_into_kept)")
 
 
 # -- the built-in reductions -----------------------------------------------------------------------

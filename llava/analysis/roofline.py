@@ -61,7 +61,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_schedule, merged_token_count
 from llava.aim.prumerge import nominal_tokens
-from llava.aim.policy import AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, reduction_of, score_of, spec
+from llava.aim.policy import (AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, fold_of, reduction_of,
+                              score_of, spec)
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
@@ -578,6 +579,43 @@ def last_token_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
     return ops
 
 
+def holitom_fold_overhead_ops(llm: LLMShape, visual: Sequence[int], layers: Sequence[int], hardware: Hardware,
+                              options: Optional[RooflineOptions] = None, score_bytes: float = 4) -> List[OpCost]:
+    """HoliTom's inner merge at each drop after layer j (``llava.aim.holitom.fold_dropped_into_kept``):
+    of V = visual[j] tokens K = visual[j+1] stay and D = V - K fold. Normalise both sides
+    (3*V*C), cosine similarity (2*D*K*C), best match (D*K), the closed-form weights (a one-hot
+    and its reverse running sum, 3*D*K) and the weighted sums ((D + K)*C multiply-adds, 2 OPs each)."""
+    o = options or RooflineOptions()
+    a, s, C = o.act_bytes, score_bytes, llm.hidden
+    ops: List[OpCost] = []
+    for j in layers:
+        v, k = int(visual[j]), int(visual[j + 1])
+        d = v - k
+        ops += [
+            _op(f"fold.normalize[{j}]", 3 * v * C, 2 * v * C * a, hardware),
+            _op(f"fold.similarity[{j}]", 2 * d * k * C, v * C * a + d * k * s, hardware),
+            _op(f"fold.match[{j}]", d * k, d * k * s, hardware),
+            _op(f"fold.weights[{j}]", 3 * d * k, 2 * d * k * s, hardware),
+            _op(f"fold.combine[{j}]", 2 * (d + k) * C, v * C * a + k * C * a, hardware),
+        ]
+    return ops
+
+
+def fold_overhead_ops(fold: str, llm: LLMShape, visual: Sequence[int], hardware: Hardware,
+                      options: Optional[RooflineOptions] = None) -> List[OpCost]:
+    """The work of the registered fold ``fold`` at every drop that keeps some visual token,
+    priced by the function its registry entry names (as :func:`score_overhead_ops`)."""
+    from llava.aim.registry import lookup
+
+    entry = lookup(fold, "fold")
+    if entry.cost is None:
+        return []
+    price = globals().get(entry.cost)
+    if price is None:
+        raise AIMConfigError(f"fold {fold!r} is priced by {entry.cost!r}, which llava.analysis.roofline does not define")
+    return price(llm, visual, scoring_layers(visual), hardware, options)
+
+
 # --- the analysis --------------------------------------------------------------------------
 
 
@@ -833,6 +871,8 @@ def analyze(
     score = score_of(cfg)
     if cfg.pruning:
         overhead += score_overhead_ops(score, shape, tokens, visual, hw, options, convention, pagerank_iters)
+    if cfg.pruning and fold_of(cfg) is not None:
+        overhead += fold_overhead_ops(fold_of(cfg), shape, visual, hw, options)
 
     settings = {
         "llm": shape.name, "frames": frames, "tokens_per_frame": tokens_per_frame,

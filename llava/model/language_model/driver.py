@@ -16,9 +16,11 @@ survivor counts are left-padded with dead slots; each layer's "alive" key mask i
 KV cache so decoding sees exactly the tokens each layer kept.
 
 The score is the config's entry of llava.aim.registry (a probe in the attention when it needs
-q/k). The host reads the device once before the layer loop (the prompt's counts: with the
-schedule they give every shape and decision, :class:`PrefillPlan`) and once after it (the
-statistics, :class:`DeviceStats`); never inside the loop nor in a decode step.
+q/k). A method with a registered fold (HoliTom) merges each dropped visual token's hidden state
+into the kept ones after the selection, before the gather (both modes). The host reads the
+device once before the layer loop (the prompt's counts: with the schedule they give every
+shape and decision, :class:`PrefillPlan`) and once after it (the statistics,
+:class:`DeviceStats`); never inside the loop nor in a decode step.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from llava.aim.importance import (
     select_survivors,
     tie_count_tensors,
 )
-from llava.aim.policy import score_of
-from llava.aim.registry import Entry, ScoreInputs, lookup
+from llava.aim.policy import fold_of, score_of
+from llava.aim.registry import Entry, FoldInputs, ScoreInputs, lookup
 from llava.aim.schedule import policy_visual_tokens
 from llava.errors import CacheIntegrityError, UnsupportedUsageError
 from llava.model.language_model import compat
@@ -177,6 +179,10 @@ class PrefillPlan:
 
     def prunes(self, j: int) -> bool:
         return any(j + 1 < len(c) and c[j + 1] < c[j] for c in self.counts)
+
+    def fold_widths(self, j: int):
+        """(most visual tokens any row keeps, most any row drops) at the drop after layer j."""
+        return (max(c[j + 1] for c in self.counts), max(c[j] - c[j + 1] for c in self.counts))
 
     def ranked(self, j: int) -> bool:
         """Pruning that keeps some visual token needs a ranking (dropping them all needs none)."""
@@ -459,6 +465,11 @@ class DecoderDriver:
             stats.selection(j, t, scores, keep, tie_scores, tie_scores is not None)
             if tie_scores is not None:
                 keep = select_survivors(scores, t.visual, t.alive, kept, tie_scores, check_nan=False)
+        fold = fold_of(cfg)
+        if fold is not None:  # the method merges the dropped tokens into the kept ones (device side)
+            kept_width, dropped_width = plan.fold_widths(j)
+            t.h = lookup(fold, "fold").fn(FoldInputs(cfg, j, t.h, t.visual & t.alive, keep, scores,
+                                                     kept_width, dropped_width))
         if cfg.pruning_mode == "mask":
             return dataclasses.replace(t, alive=keep, visual=t.visual & keep)
         return t.compact(keep, plan.widths[j + 1])
