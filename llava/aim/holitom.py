@@ -77,6 +77,12 @@ DEFAULT_LAYER_REFERENCE = 28
 DEFAULT_INNER_RATIO = 0.5  # HOLITOM_r: fraction of the visual tokens folded away at layer K
 
 
+def default_tau(retention: float) -> float:
+    """The official scripts' similarity threshold at a budget: 0.65 at 10% of the tokens (and
+    below), 0.80 from 15% on (scripts/eval_ov-7b_holitom.sh lines 2, 12, 22, 32)."""
+    return 0.65 if retention <= 0.10 + 1e-9 else DEFAULT_TAU
+
+
 # -- stage 1: global temporal segmentation ---------------------------------------------------
 def frame_similarity(x: torch.Tensor) -> torch.Tensor:
     """(F-1, T) cosine similarity of each token with the same position in the next frame."""
@@ -278,6 +284,17 @@ def holitom_bound(frames: int, per_frame: int, retention: float) -> int:
 def holitom_nominal(frames: int, per_frame: int, retention: float) -> int:
     """The analyzer's count: the budget, ``retention`` of the video's tokens (rounded up)."""
     return min(frames * per_frame, math.ceil(retention * frames * per_frame - 1e-9))
+
+
+def holitom_video(x):
+    """The registry entry's function (llava.aim.frames): FramesIn -> FramesOut, HoliTom on one
+    video at the budget ``cfg.retention`` with ``cfg.holitom_tau`` (None: :func:`default_tau`)."""
+    from llava.aim.frames import FramesOut
+
+    cfg = x.cfg
+    tau = cfg.holitom_tau if cfg.holitom_tau is not None else default_tau(cfg.retention)
+    out = holitom_frames(x.tokens, x.attention, cfg.retention, tau=tau)
+    return FramesOut(out.tokens, out.origin, out.sources, out.weights)
 
 
 # -- inside the LLM: the fold at layer K --------------------------------------------------------

@@ -579,6 +579,39 @@ def last_token_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
     return ops
 
 
+def holitom_overhead_ops(frames: int, tokens_per_frame: int, channels: int, hardware: Hardware,
+                         options: Optional[RooflineOptions] = None, score_bytes: float = 4) -> List[OpCost]:
+    """HoliTom before the LLM on one video of F frames of T projected C-wide tokens
+    (``llava.aim.holitom.holitom_frames``). Its DPC-KNN work depends on the content (how many
+    tokens are static); priced here at its most: every pair of frames a window whose T tokens are
+    all static.
+
+    Frame similarity: normalise (3*F*T*C) and the (F-1)*T cosines (2*C each). The window table:
+    F*F*T comparisons and sums. The temporal mean (F*T*C adds). DPC-KNN per window of S = T
+    tokens, floor(F/2) windows: the distance matrix (3*S*S*C: difference, square, sum), the k
+    nearest and the density (S*S, a partial sort), the separations (3*S*S), the assignment to the
+    centres (S*S) and the weighted sums (2*S*C). The attention ranking of the dynamic tokens
+    (a sort of F*T scores) is not worth counting."""
+    o = options or RooflineOptions()
+    a, s, C = o.act_bytes, score_bytes, channels
+    f, t = frames, tokens_per_frame
+    windows = f // 2
+    ops = [
+        _op("holitom.normalize", 3 * f * t * C, 2 * f * t * C * a, hardware),
+        _op("holitom.similarity", 2 * max(f - 1, 0) * t * C, f * t * C * a + max(f - 1, 0) * t * s, hardware),
+        _op("holitom.windows", 2 * f * f * t, f * t * s + f * f * s, hardware),
+        _op("holitom.temporal_mean", f * t * C, f * t * C * a + t * C * a, hardware),
+    ]
+    if windows:
+        ops += [_scaled(op, windows) for op in (
+            _op("holitom.dpc_distances", 3 * t * t * C, t * C * a + t * t * s, hardware),
+            _op("holitom.dpc_density", 5 * t * t, 2 * t * t * s, hardware),
+            _op("holitom.dpc_assign", t * t, t * t * s, hardware),
+            _op("holitom.dpc_merge", 2 * t * C, 2 * t * C * a, hardware),
+        )]
+    return ops
+
+
 def holitom_fold_overhead_ops(llm: LLMShape, visual: Sequence[int], layers: Sequence[int], hardware: Hardware,
                               options: Optional[RooflineOptions] = None, score_bytes: float = 4) -> List[OpCost]:
     """HoliTom's inner merge at each drop after layer j (``llava.aim.holitom.fold_dropped_into_kept``):
