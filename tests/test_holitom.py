@@ -312,7 +312,7 @@ _FASTV = policy.SPECS["fastv"]
 @pytest.fixture
 def fastv_with_fold(monkeypatch):
     """FastV's drop with HoliTom's fold: the driver's fold on its own, before the method exists."""
-    monkeypatch.setitem(policy.SPECS, "fastv", dataclasses.replace(policy.SPECS["fastv"], fold="holitom"))
+    monkeypatch.setitem(policy.SPECS, "fastv", dataclasses.replace(policy.SPECS["fastv"], fold="holitom_fold"))
     return AIMConfig.for_method("fastv")  # K = 2, r = 0.5
 
 

@@ -3,7 +3,7 @@
 A **score** ranks the visual tokens at a pruning layer (pagerank, attention, last_token, random,
 none); a **reduction** shrinks each frame before the LLM (merge, pool, prumerge,
 prumerge_plus); a **fold** merges, at a pruning layer, each dropped visual token's hidden state
-into the kept tokens before they are gathered (holitom; a method without one just drops them,
+into the kept tokens before they are gathered (holitom_fold; a method without one just drops them,
 ``MethodSpec.fold``). An entry states
 
 * what it needs (``NEEDS``): the layer's post-RoPE queries and keys (``qk``: the decoder
@@ -189,7 +189,7 @@ def holitom_fold(x: FoldInputs):
     return fold_dropped_into_kept(x.hidden, x.candidates, x.keep, x.kept_width, x.dropped_width)
 
 
-register("holitom", "fold", holitom_fold, cost="holitom_fold_overhead_ops",
+register("holitom_fold", "fold", holitom_fold, cost="holitom_fold_overhead_ops",
          summary="HoliTom's inner merge: each dropped visual token averaged into its most cosine-similar "
                  "kept one, in index order (llava.aim.holitom.fold_dropped_into_kept)")
 
