@@ -22,6 +22,7 @@ from llava.aim.policy import (
     check_method_against_model,
     spec,
     validate_method_fields,
+    video_reduction,
 )
 from llava.aim.registry import check_importance
 from llava.errors import AIMConfigError
@@ -191,8 +192,15 @@ class AIMConfig:
     # -- convenience -------------------------------------------------------------------
     @property
     def merging(self) -> bool:
-        """True when token merging changes anything (retention < 1)."""
-        return self.retention < 1.0
+        """True when AIM's token merging (or its pooling control) changes anything (retention < 1);
+        False for a "video" reduction, whose retention is its own budget."""
+        return self.retention < 1.0 and not self.video_reducing
+
+    @property
+    def video_reducing(self) -> bool:
+        """True when the method's reduction is a registered "video" reduction (llava.aim.frames),
+        which the family runs per video before the LLM."""
+        return video_reduction(self.method) is not None
 
     @property
     def grid_shrink(self) -> int:
@@ -241,7 +249,7 @@ class AIMConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.merging or self.pruning or self.prumerging
+        return self.merging or self.pruning or self.prumerging or self.video_reducing
 
     @classmethod
     def disabled(cls) -> "AIMConfig":
@@ -267,6 +275,10 @@ class AIMConfig:
         base = {"method": method}
         if method in STEP_METHODS or method in PRUMERGE_METHODS:
             base.update(retention=1.0, l1=None, l2=None)
+        elif video_reduction(method) is not None:  # its own budget before the LLM, no AIM schedule
+            base.update(l1=None, l2=None)
+            if spec(method).default_retention is not None:
+                base.update(retention=spec(method).default_retention)
         base.update(overrides)
         return cls(**base)
 

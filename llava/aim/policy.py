@@ -74,6 +74,15 @@ class MethodSpec:
     # The registered fold (llava.aim.registry, kind "fold") that merges each dropped visual
     # token's hidden state into the kept ones at a drop; None: dropped tokens just leave.
     fold: Optional[str] = None
+    # The family adapters (FamilyAdapter.name) whose official code ran the method, and where the
+    # official code ran only some of a family's checkpoints, their config.model_type; apply_aim
+    # refuses any other with ``families_reason``. Empty: every family that supports the reduction.
+    families: Tuple[str, ...] = ()
+    model_types: Tuple[str, ...] = ()
+    families_reason: str = ""
+    # the budget AIMConfig.for_method sets for a "video" reduction (the fraction of each video's
+    # visual tokens entering the LLM); None: AIMConfig's default retention
+    default_retention: Optional[float] = None
 
 
 SPECS = {
@@ -198,8 +207,9 @@ def check_typed_settings(method: str, typed: Mapping[str, Any]) -> None:
         raise AIMConfigError("give both {l1} and {l2} (or neither for the paper's schedule scaled to the model)")
     s = spec(method)
     if s.schedule == "none":  # PruMerge: retention 1 (no merging) is what the eval scripts pass every baseline
+        budget = video_reduction(method) is not None  # a video reduction's retention is its budget
         extra = [n for n in ("retention", "l1", "l2", "drop_layers", "drop_ratio")
-                 if n in typed and not (n == "retention" and typed[n] == 1.0)]
+                 if n in typed and not (n == "retention" and (typed[n] == 1.0 or budget))]
         if extra:
             words = _typed_words(extra, typed)
             raise AIMConfigError(f"{{method={method}}} reduces tokens before the LLM by itself; "
@@ -265,6 +275,27 @@ def score_of(cfg) -> str:
 def fold_of(cfg) -> Optional[str]:
     """The registered fold of ``cfg``'s method (merges dropped tokens at a drop), or None."""
     return spec(cfg.method).fold
+
+
+def video_reduction(method: str):
+    """The registry entry of ``method``'s reduction when it is a "video" reduction (run by the
+    family at the entry's stage, llava.aim.frames), else None."""
+    entry = lookup(spec(method).reduction, "reduction")
+    return entry if "video" in entry.needs else None
+
+
+def family_refusal(method: str, family_name: str, model_type: str) -> Optional[str]:
+    """Why ``method`` may not run on this family / checkpoint (its official code never ran
+    there), or None where it may."""
+    s = spec(method)
+    if not s.families:
+        return None
+    if family_name in s.families and (not s.model_types or model_type in s.model_types):
+        return None
+    where = ", ".join(s.families) + (f" (model_type {', '.join(s.model_types)})" if s.model_types else "")
+    return (f"method {method!r} ({s.title}) runs only where its official code ran: {where}; "
+            f"not on this {family_name} model (model_type {model_type})"
+            + (f": {s.families_reason}" if s.families_reason else ""))
 
 
 def reduction_of(cfg) -> str:

@@ -8,7 +8,11 @@ into the kept tokens before they are gathered (holitom_fold; a method without on
 
 * what it needs (``NEEDS``): the layer's post-RoPE queries and keys (``qk``: the decoder
   driver then installs a probe in that layer's attention), the visual and text masks, or the
-  frames (reductions);
+  frames (reductions); ``video``: a pre-LLM reduction of a whole video (or image: one frame)
+  run by the family from the entry alone (llava.aim.frames: ``fn(FramesIn) -> FramesOut``, at
+  the entry's ``stage``, the processor reserving ``bound`` placeholders), optionally with
+  ``vision_attention`` (the attention each token receives in the vision tower's feature layer,
+  and that layer's keys);
 * its function: a score's takes one :class:`ScoreInputs` and returns (B, N) float32 scores
   (higher survives); a reduction's is the frame-level function it names; a fold's takes one
   :class:`FoldInputs` and returns the (B, N, C) hidden states, on the device (no host read);
@@ -32,8 +36,12 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional
 from llava.errors import AIMConfigError
 
 KINDS = ("score", "reduction", "fold")
-NEEDS = ("qk", "visual", "text", "frames")
+NEEDS = ("qk", "visual", "text", "frames", "video", "vision_attention")
 SCORE_NEEDS = ("qk", "visual", "text")  # what the decoder driver can give a score
+# Where a "video" reduction reads each frame: "projected" = the tokens the LLM would receive per
+# frame (after the family's own pooling / merger); "vision" = the vision tower's selected
+# features before the projector, unpooled (the family then skips its pooling, as PruMerge runs).
+STAGES = ("projected", "vision")
 
 
 @dataclass(frozen=True)
@@ -83,14 +91,23 @@ class Entry:
     # a score AIMConfig.importance may name (AIM's own ranking); False for the scores that
     # belong to one method (last_token: FastV/PDrop, random: the control, none: VTW)
     configurable: bool = True
+    # "video" reductions (llava.aim.frames): where they read the frames (one of STAGES), and
+    # bound(frames, T, cfg) / nominal(frames, T, cfg) -> int: the most tokens a video of
+    # ``frames`` frames of T tokens each (at ``stage``) can give the LLM (the processor reserves
+    # that many placeholders), and the count the analyzer assumes.
+    stage: Optional[str] = None
+    bound: Optional[Callable] = None
+    nominal: Optional[Callable] = None
 
 
 REGISTRY: Dict[str, Entry] = {}
 
 
 def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] = None, summary: str = "",
-             configurable: bool = True, replace: bool = False) -> Entry:
-    """Add one entry; a name already taken, an unknown kind or an unknown need is refused."""
+             configurable: bool = True, replace: bool = False, stage: Optional[str] = None,
+             bound: Optional[Callable] = None, nominal: Optional[Callable] = None) -> Entry:
+    """Add one entry; a name already taken, an unknown kind or an unknown need is refused, and a
+    "video" reduction without a stage of STAGES or without callable bound and nominal."""
     if kind not in KINDS:
         raise AIMConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     allowed = SCORE_NEEDS if kind == "score" else () if kind == "fold" else NEEDS
@@ -102,9 +119,25 @@ def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] =
         raise AIMConfigError(f"{kind} {name!r}: fn must be callable, got {fn!r}")
     if name in REGISTRY and not replace:
         raise AIMConfigError(f"{name!r} is already registered (as a {REGISTRY[name].kind})")
-    entry = Entry(name, kind, frozenset(needs), fn, cost, summary, configurable)
+    _check_video_fields(name, kind, set(needs), stage, bound, nominal)
+    entry = Entry(name, kind, frozenset(needs), fn, cost, summary, configurable, stage, bound, nominal)
     REGISTRY[name] = entry
     return entry
+
+
+def _check_video_fields(name, kind, needs, stage, bound, nominal) -> None:
+    if "video" not in needs:
+        if "vision_attention" in needs:
+            raise AIMConfigError(f"{kind} {name!r}: vision_attention is read by video reductions; add the need 'video'")
+        if stage is not None or bound is not None or nominal is not None:
+            raise AIMConfigError(f"{kind} {name!r}: stage/bound/nominal belong to video reductions (need 'video')")
+        return
+    if stage not in STAGES:
+        raise AIMConfigError(f"video reduction {name!r}: stage must be one of {list(STAGES)}, got {stage!r}")
+    for what, fn in (("bound", bound), ("nominal", nominal)):
+        if not callable(fn):
+            raise AIMConfigError(f"video reduction {name!r}: {what} must be a function (frames, T, cfg) -> int, "
+                                 f"got {fn!r}")
 
 
 def unregister(name: str) -> None:

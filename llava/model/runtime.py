@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from llava.aim.config import AIMConfig
+from llava.aim.policy import family_refusal, video_reduction
 from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsageError
 from llava.model.families import FAMILIES, family_of
 from llava.model.language_model.attention import aim_backend_name, stock_backend_name
@@ -271,6 +272,10 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
             f"{' and '.join(f.title for f in FAMILIES if f.supports_prumerge)}, not {family.title}; "
             "use another method"
         )
+    refusal = family_refusal(cfg.method, family.name, getattr(model.config, "model_type", ""))
+    if refusal is not None:
+        raise UnsupportedModelError(refusal)
+    _check_video_reduction(cfg, family)
     family.check_model(model, cfg)
     if processor is not None:
         family.check_processor(processor)  # before touching anything: no half-patched model
@@ -279,12 +284,15 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
     runtime = AIMRuntime(cfg, family.visual_token_ids(model.config), track_sources=track_sources)
     runtime.stats.l1, runtime.stats.l2 = (cfg.l1, cfg.l2) if isinstance(cfg.l1, int) else (None, None)
 
-    if cfg.merging or track_sources or cfg.prumerging:
+    # a data-dependent count before the LLM (PruMerge, video reductions): its filler placeholders
+    # are dropped by the driver
+    adaptive = cfg.prumerging or cfg.video_reducing
+    if cfg.merging or track_sources or adaptive:
         family.install_merging(inner, runtime)
     family.install_positions(inner, runtime)
-    if cfg.pruning or cfg.prumerging:  # PruMerge's filler placeholders are dropped by the driver
+    if cfg.pruning or adaptive:
         _install_pruning(inner, lm, runtime)
-    if processor is not None and (cfg.merging or cfg.prumerging):
+    if processor is not None and (cfg.merging or adaptive):
         family.patch_processor(processor, cfg, runtime)
 
     model.aim_config = cfg
@@ -292,6 +300,28 @@ def apply_aim(model, processor=None, cfg: Optional[AIMConfig] = None, track_sour
     model._aim_runtime = runtime
     model._aim_family = family
     return model, processor
+
+
+def _check_video_reduction(cfg: AIMConfig, family) -> None:
+    """A "video" reduction runs where the family offers its stage (FamilyAdapter.reduction_stages)."""
+    entry = video_reduction(cfg.method)
+    if entry is None:
+        return
+    if entry.stage not in family.reduction_stages:
+        offered = (f"it offers the stages {list(family.reduction_stages)}" if family.reduction_stages
+                   else "it runs no video reduction")
+        raise UnsupportedModelError(
+            f"method {cfg.method!r} reduces at the {entry.stage!r} stage, which {family.title} does not offer "
+            f"({offered}); use another method"
+        )
+    if "vision_attention" in entry.needs and not family.vision_attention_stages:
+        raise UnsupportedModelError(f"method {cfg.method!r} needs the vision tower's attention, which {family.title} "
+                                    "does not capture; use another method")
+    if "vision_attention" in entry.needs and entry.stage not in family.vision_attention_stages:
+        raise UnsupportedModelError(
+            f"method {cfg.method!r} needs the vision tower's attention at the {entry.stage!r} stage; {family.title} "
+            f"gives it at {list(family.vision_attention_stages)} only (the attention is per vision-tower patch)"
+        )
 
 
 def remove_aim(model, processor=None):

@@ -95,6 +95,10 @@ class FamilyAdapter:
     # adds its spatial samples here, as the official code runs it.
     supports_prumerge: bool = False
     prumerge_spatial_samples: bool = True
+    # The stages (llava.aim.registry.STAGES) at which the family runs a registered "video"
+    # reduction (llava.aim.frames), and those at which it gives it the vision tower's attention.
+    reduction_stages: Tuple[str, ...] = ()
+    vision_attention_stages: Tuple[str, ...] = ()
     # config.model_type of related checkpoints AIM cannot serve correctly -> why (the message)
     refused_model_types: Dict[str, str] = {}
 
@@ -194,7 +198,7 @@ class FamilyAdapter:
         """Raise UnsupportedModelError if this loaded model cannot take AIM with ``cfg`` (before
         anything is patched). Here: the decoder driver's assumptions (:func:`check_decoder`),
         where ``cfg`` prunes; an adapter adds its own checks and calls this one."""
-        if cfg.pruning or cfg.prumerging:  # the driver runs the LM only then
+        if cfg.pruning or cfg.prumerging or cfg.video_reducing:  # the driver runs the LM only then
             check_decoder(self.language_model(model))
 
     def install_merging(self, inner, runtime) -> None:

@@ -14,6 +14,12 @@ samples out (commented out there: they "introduce way many tokens"), so here bot
 the adaptive selection + merging. The processor reserves
 :func:`llava.aim.prumerge.token_bound` placeholders per frame (183 of 729) and the unused
 ones are dropped before the LLM's first layer.
+
+A registered "video" reduction (llava.aim.frames: VisionZip, DyCoke, ...) runs per video from
+its registry entry alone: at stage "projected" on the pooled frames, at stage "vision" on the
+unpooled features before the projector (pooling made the identity, as for PruMerge), with the
+feature layer's attention and keys where the entry needs "vision_attention"; the processor
+reserves the entry's bound per video (+ the newline), the filler dropped as PruMerge's.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import math
 
 import torch
 
+from llava.aim.frames import head_mean_keys, received_attention, reduce_videos
 from llava.aim.merge import merged_token_count
+from llava.aim.policy import video_reduction
 from llava.aim.prumerge import cls_attention, prumerge_frames, token_bound
 from llava.errors import UnsupportedModelError
 from llava.model.families.base import Reference, VisualTokens, text_bench_dims, vit_bench_dims, vit_shape
@@ -48,6 +56,11 @@ class OneVisionAdapter(FamilyAdapter):
     processor_methods = ("replace_video_token",)
     supports_prumerge = True
     prumerge_spatial_samples = False  # the official SigLIP PruMerge+ has them commented out
+    # registered video reductions (llava.aim.frames): after the 2x2 pooling (196 tokens per frame
+    # at 384 px) or on the 729 unpooled SigLIP features before the projector, with the feature
+    # layer's attention there
+    reduction_stages = ("projected", "vision")
+    vision_attention_stages = ("vision",)
     # tools: plugin, checkpoints, CLI
     plugin_model = "llava_onevision_aim"
     plugin_class = "LlavaOneVisionAIM"
@@ -63,10 +76,16 @@ class OneVisionAdapter(FamilyAdapter):
         super().check_model(model, cfg)
         if cfg.prumerging:
             feature_layer(self.inner(model))
+        entry = video_reduction(cfg.method)
+        if entry is not None and "vision_attention" in entry.needs:
+            feature_layer(self.inner(model), cfg.method)
 
     def install_merging(self, inner, runtime) -> None:
         if runtime.cfg.prumerging:
             self._install_prumerge(inner, runtime)
+            return
+        if runtime.cfg.video_reducing:
+            self._install_video_reduction(inner, runtime)
             return
         stock_pooling = inner.apply_pooling
         stock_video_features = inner.get_video_features
@@ -127,10 +146,78 @@ class OneVisionAdapter(FamilyAdapter):
         set_instance_attr(inner, "get_video_features", get_video_features, runtime)
         set_instance_attr(inner, "apply_pooling", apply_pooling, runtime)
 
+    def _install_video_reduction(self, inner, runtime) -> None:
+        """The method's registered video reduction (llava.aim.frames) on each video: at stage
+        "projected" on the pooled frames (wrapping ``apply_pooling``), at stage "vision" on the
+        unpooled features before the projector (a projector pre-hook; the pooling is then the
+        identity). Each video's output is padded to the entry's bound, laid out as the stock code
+        expects (frames rows of ceil(bound / frames) tokens), and cut back to the bound after."""
+        cfg = runtime.cfg
+        entry = video_reduction(cfg.method)
+        attention_layer = feature_layer(inner, cfg.method) if "vision_attention" in entry.needs else None
+        projections = None if attention_layer is None else CapturedProjections(attention_layer.self_attn, runtime)
+        stock_pooling = inner.apply_pooling
+        stock_video_features = inner.get_video_features
+        video_token = inner.config.video_token_id
+        call = {"videos": 0, "frames": 0, "reduced": None}
+
+        def reduce(features, before: int):
+            videos, frames = call["videos"], call["frames"]
+            side = math.isqrt(features.shape[1])
+            attention = keys = None
+            if projections is not None:
+                q, k = projections.take(features.shape[0])
+                heads = attention_layer.self_attn.num_heads
+                attention, keys = received_attention(q, k, heads), head_mean_keys(k, heads)
+            reduced = reduce_videos(entry, cfg, features, frames, (side, side), attention, keys)
+            call["reduced"] = reduced
+            runtime.record_merge(frames=videos * frames, before=before, after=0, newline_tokens=videos,
+                                 kept_per_frame=reduced.kept_per_frame,
+                                 totals=(videos * (frames * before + 1), int(reduced.real.sum()) + videos))
+            rows = -(-reduced.tokens.shape[1] // frames)  # the stock code reshapes frames rows per video
+            laid = reduced.tokens.new_zeros(videos, frames * rows, reduced.tokens.shape[-1])
+            laid[:, : reduced.tokens.shape[1]] = reduced.tokens
+            return laid.reshape(videos * frames, rows, -1)
+
+        def get_video_features(pixel_values_videos, *args, **kwargs):
+            call["videos"], call["frames"] = pixel_values_videos.shape[:2]
+            try:
+                out = stock_video_features(pixel_values_videos, *args, **kwargs)
+                reduced = call["reduced"]
+            finally:
+                call.update(videos=0, frames=0, reduced=None)
+            features = out.pooler_output  # (videos, frames * rows + 1): the padded outputs, then the newline
+            bound = reduced.tokens.shape[1]
+            out.pooler_output = torch.cat([features[:, :bound], features[:, -1:]], dim=1)
+            newline = torch.ones(reduced.real.shape[0], 1, dtype=torch.bool, device=reduced.real.device)
+            runtime.record_arrival(video_token, torch.cat([reduced.real, newline], dim=1))
+            return out
+
+        def apply_pooling(image_features):
+            if not call["videos"]:
+                return stock_pooling(image_features)
+            if entry.stage == "vision":
+                return image_features  # reduced before the projector: no pooling, as PruMerge runs
+            pooled = stock_pooling(image_features)  # (videos * frames, T, C), T = 196 at 384 px
+            return reduce(pooled, pooled.shape[1])
+
+        def reduce_before_projector(module, args):
+            if not call["videos"]:
+                return None  # an image: the stock path
+            features = args[0]  # (videos * frames, 729, D), unpooled
+            side = math.isqrt(features.shape[1])
+            return (reduce(features, ((side + 1) // 2) ** 2),) + tuple(args[1:])  # before: the stock pooled count
+
+        if entry.stage == "vision":
+            runtime.handles.append(inner.multi_modal_projector.register_forward_pre_hook(reduce_before_projector))
+        set_instance_attr(inner, "get_video_features", get_video_features, runtime)
+        set_instance_attr(inner, "apply_pooling", apply_pooling, runtime)
+
     def patch_processor(self, processor, cfg, runtime) -> None:
         stock = processor.replace_video_token
         plus = prumerge_plus_samples(self, cfg)
         bound = token_bound(unpooled_patches(processor), plus) if cfg.prumerging else None
+        entry = video_reduction(cfg.method)
 
         def replace_video_token(video_inputs, video_idx, **kwargs):
             text = stock(video_inputs, video_idx, **kwargs)
@@ -139,6 +226,9 @@ class OneVisionAdapter(FamilyAdapter):
             per_frame = (total - 1) // frames  # stock: frames * T + 1 newline
             if cfg.prumerging:  # unpooled patches; the most PruMerge can give each frame
                 return processor.video_token * (frames * bound + 1)
+            if entry is not None:  # the most the method can give this video, then the newline
+                t = unpooled_patches(processor, cfg.method) if entry.stage == "vision" else per_frame
+                return processor.video_token * (int(entry.bound(frames, t, cfg)) + 1)
             kept = merged_token_count(per_frame, cfg.retention, cfg.merge_count)
             return processor.video_token * (frames * kept + 1)
 
@@ -160,22 +250,23 @@ class OneVisionAdapter(FamilyAdapter):
         return text_bench_dims(self, scale), vit_bench_dims(scale)
 
 
-def unpooled_patches(processor) -> int:
+def unpooled_patches(processor, who: str = "PruMerge") -> int:
     """Patches per frame before the 2x2 pooling (729 at 384 px), as the processor counts them."""
     patches = getattr(processor, "num_image_tokens", None)
     if not patches:
         raise UnsupportedModelError(
-            f"PruMerge needs the processor's per-frame patch count (num_image_tokens); {type(processor).__name__} has none"
+            f"{who} needs the processor's per-frame patch count (num_image_tokens); {type(processor).__name__} has none"
         )
     return int(patches) - (1 if getattr(processor, "vision_feature_select_strategy", "full") == "default" else 0)
 
 
-def feature_layer(inner):
+def feature_layer(inner, who: str = "PruMerge"):
     """The SigLIP layer that produces the features LLaVA-OneVision selects (its output is
     hidden_states[vision_feature_layer]): PruMerge reads its query and key projections, as
-    the official code hooks the last layer of its truncated tower."""
-    layers, state = vision_encoder_layers(inner, -1, "PruMerge", "SigLIP/CLIP-style")
+    the official code hooks the last layer of its truncated tower; so do video reductions that
+    need "vision_attention"."""
+    layers, state = vision_encoder_layers(inner, -1, who, "SigLIP/CLIP-style")
     index = state - 1  # hidden_states[s] is the output of layers[s - 1]
     if index < 0:
-        raise UnsupportedModelError("PruMerge needs features from an encoder layer, not the patch embeddings")
+        raise UnsupportedModelError(f"{who} needs features from an encoder layer, not the patch embeddings")
     return layers[index]
