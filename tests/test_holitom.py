@@ -435,3 +435,125 @@ def test_the_analyzer_prices_the_fold_from_its_registry_entry(fastv_with_fold, m
     assert not any(op.name.startswith("fold.") for op in plain.aim_overhead.ops)
     assert folded.aim_overhead.flops > plain.aim_overhead.flops
     assert folded.prefill_flops == plain.prefill_flops  # the fold changes no token count
+
+
+# -- the method end to end on the tiny LLaVA-OneVision ---------------------------------------------
+from llava.aim import registry  # noqa: E402
+from llava.errors import AIMConfigError, UnsupportedModelError  # noqa: E402
+
+
+def _official_attention(inner, pix):
+    """SigLIP's attention each patch receives at the feature layer, mean over heads and queries
+    (siglip_encoder.py lines 618-622, float64 head by head), pooled like the features
+    (llava_arch.py lines 370-373: get_2dPool on the attention)."""
+    tower = inner.vision_tower
+    layers = getattr(tower, "vision_model", tower).encoder.layers
+    hs = tower(pix, output_hidden_states=True).hidden_states
+    attn = layers[-1].self_attn
+    normed = layers[-1].layer_norm1(hs[-2])
+    q, k = attn.q_proj(normed).double(), attn.k_proj(normed).double()
+    d = attn.head_dim
+    received = torch.zeros(q.shape[:2], dtype=torch.float64)
+    for h in range(attn.num_heads):
+        qh, kh = q[..., h * d:(h + 1) * d], k[..., h * d:(h + 1) * d]
+        received += torch.softmax(qh @ kh.transpose(1, 2) * d ** -0.5, -1).mean(dim=1) / attn.num_heads
+    return inner.apply_pooling(received.float()[..., None])[..., 0]
+
+
+def _official_logits(model, inputs, cfg):
+    """HoliTom as the official code runs it, from the stock parts: pooled projected frames and
+    pooled attention, the loop reference of the stage before the LLM, the newline, then the
+    official in-LLM forward (ref_holitom_in_llm)."""
+    inner = model.model
+    pix = inputs["pixel_values_videos"]
+    frames = pix.shape[1]
+    with torch.no_grad():
+        pooled = inner.get_video_features(pix, vision_feature_layer=-1,
+                                          vision_feature_select_strategy="full").pooler_output
+        x = pooled[0, :-1].reshape(frames, -1, pooled.shape[-1])
+        attention = _official_attention(inner, pix.flatten(0, 1))
+        tau = H.default_tau(cfg.retention)
+        tokens, _, _, _ = ref_holitom(x.double(), attention.double(), cfg.retention, tau, 0.6, 0.0, 7, 1024)
+        merged = torch.cat([tokens.float(), inner.image_newline[None]])
+        ids = inputs["input_ids"][0]
+        where = (ids == model.config.video_token_id).nonzero().flatten()
+        start, end = int(where[0]), int(where[-1]) + 1
+        spliced = torch.cat([ids[:start], torch.full((merged.shape[0],), model.config.video_token_id), ids[end:]])
+        embeds = model.get_input_embeddings()(spliced[None])
+        embeds[0, start:start + merged.shape[0]] = merged
+        layer = policy.scaled_layer(H.DEFAULT_LAYER, H.DEFAULT_LAYER_REFERENCE, len(inner.language_model.layers))
+        return ref_holitom_in_llm(model, embeds, spliced == model.config.video_token_id, layer, H.DEFAULT_INNER_RATIO)
+
+
+@pytest.mark.parametrize("retention", [0.10, 0.25])
+def test_holitom_in_the_model_equals_the_official_pipeline(ov_sdpa, retention):
+    model, processor = ov_sdpa
+    stock = video_inputs(processor, [make_video(frames=4, seed=5)])
+    want = _official_logits(model, stock, AIMConfig.for_method("holitom", retention=retention))
+    try:
+        got = {}
+        for mode in ("remove", "mask"):
+            apply_aim(model, processor, AIMConfig.for_method("holitom", retention=retention, pruning_mode=mode))
+            inputs = video_inputs(processor, [make_video(frames=4, seed=5)])
+            with torch.no_grad():
+                got[mode] = model(**inputs).logits[0, -1]
+        stats = model.aim_stats
+    finally:
+        remove_aim(model, processor)
+    torch.testing.assert_close(got["remove"], want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["mask"], got["remove"], atol=1e-5, rtol=0)
+    # the inner merge halves the visual tokens at K = round(18 * 8 / 28) = 5
+    visual = stats.visual_tokens_after_merge
+    assert [n - stats.layer_seq_lens[-1] for n in stats.layer_seq_lens[:5]] == [visual - visual // 2] * 5
+
+
+def test_holitom_batch_equals_one_at_a_time(ov_sdpa):
+    model, processor = ov_sdpa
+    videos = [make_video(frames=4, seed=3), make_video(frames=4, seed=11)]
+    questions = ["What happens?", "Describe the colors of the moving square in this clip in detail."]
+    try:
+        apply_aim(model, processor, AIMConfig.for_method("holitom", retention=0.25))
+        counts = []
+        singles = []
+        with torch.no_grad():
+            for video, question in zip(videos, questions):
+                singles.append(model(**video_inputs(processor, [video], [question])).logits[0, -1])
+                counts.append(model.aim_stats.visual_tokens_after_merge)
+            batch = model(**video_inputs(processor, videos, questions)).logits[:, -1]
+    finally:
+        remove_aim(model, processor)
+    assert counts[0] != counts[1]  # content-dependent counts: the reserve-and-splice path
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(batch[i], single, atol=1e-4, rtol=0)
+
+
+def test_holitom_is_refused_where_its_official_code_never_ran():
+    from conftest import qwen_model
+
+    model, processor = qwen_model("tiny-qwen2.5-vl")
+    with pytest.raises(UnsupportedModelError, match="HoliTom.*onevision.*ran nothing else"):
+        apply_aim(model, processor, AIMConfig.for_method("holitom"))
+    assert getattr(model, "_aim_runtime", None) is None
+
+
+def test_holitom_defaults_and_knobs():
+    cfg = AIMConfig.for_method("holitom")
+    # RETAIN_RATIO default 0.1 (llava_arch.py line 348) with T = 0.65 (eval_ov-7b_holitom.sh line 2)
+    assert (cfg.retention, cfg.l1, cfg.l2, cfg.video_reducing, cfg.pruning) == (0.10, None, None, True, True)
+    assert H.default_tau(0.10) == 0.65 and H.default_tau(0.15) == H.default_tau(0.25) == 0.80
+    from llava.aim.schedule import policy_visual_tokens
+
+    assert policy_visual_tokens(cfg, 627, 28) == [627] * 18 + [313] * 10  # K = 18, r = 0.5
+    assert policy_visual_tokens(cfg.replace(holitom_layer=3, holitom_ratio=0.25), 100, 8) == [100] * 3 + [75] * 5
+    assert policy_visual_tokens(cfg.replace(holitom_ratio=0.0), 100, 8) == [100] * 8  # HoliTom (w/o M)
+    entry = registry.lookup("holitom", "reduction")
+    assert entry.stage == "projected" and {"video", "vision_attention"} <= entry.needs
+    assert entry.nominal(32, 196, cfg) == 628 and entry.bound(32, 196, cfg) == 628 + 32 + 16
+    for bad, words in [(dict(holitom_ratio=1.0), "holitom_ratio"), (dict(holitom_layer=0), "holitom_layer"),
+                       (dict(holitom_tau=1.5), "holitom_tau"), (dict(drop_layers=(3,)), "holitom_layer")]:
+        with pytest.raises(AIMConfigError, match=words):
+            AIMConfig.for_method("holitom", **bad)
+    with pytest.raises(AIMConfigError, match="belong to"):
+        AIMConfig.for_method("fastv", holitom_tau=0.5)
+    with pytest.raises(AIMConfigError, match="beyond"):
+        cfg.replace(holitom_layer=8).check_against_model(8)

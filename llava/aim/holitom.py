@@ -145,12 +145,14 @@ def dpc_knn_centers(x: torch.Tensor, centers: int, knn: int) -> Tuple[torch.Tens
     the (N, N) distance matrix).
 
     Distance: Euclidean / sqrt(C). Density: exp(-mean squared distance to the ``knn`` nearest
-    rows, the row itself included). Each row's separation: its distance to the nearest denser
+    rows, the row itself included), in float64. Each row's separation: its distance to the nearest denser
     row (exact density ties: the lower index counts as denser; the densest row: the largest
     distance of the matrix). Centres: the ``centers`` largest density * separation, ties by index.
     """
     n, c = x.shape
-    xf = x.float()
+    # float64: close tokens have densities exp(-m) with m ~ 1e-6 (e.g. a small model's
+    # projected features), which float32 rounds into ties the official random noise would break
+    xf = x.double()
     dist = torch.cdist(xf[None], xf[None])[0] / (c ** 0.5)
     nearest = torch.topk(dist, knn, dim=-1, largest=False).values
     density = (-(nearest ** 2).mean(dim=-1)).exp()
@@ -178,11 +180,11 @@ def merge_into_centers(x: torch.Tensor, center_index: torch.Tensor, owner: torch
     m = center_index.shape[0]
     is_center = torch.zeros(n, dtype=torch.bool, device=x.device)
     is_center[center_index] = True
-    members = torch.zeros(m, dtype=torch.float32, device=x.device).index_add_(0, owner, (~is_center).float())
+    members = torch.zeros(m, dtype=torch.float64, device=x.device).index_add_(0, owner, (~is_center).double())
     member_weight = (1.0 - beta) / members.clamp(min=1)
     center_weight = torch.where(members > 0, torch.full_like(members, beta), torch.ones_like(members))
     weights = torch.where(is_center, center_weight[owner], member_weight[owner])
-    merged = torch.zeros(m, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, owner, x.float() * weights[:, None])
+    merged = torch.zeros(m, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, owner, x.double() * weights[:, None])
     return merged.to(x.dtype), weights
 
 
@@ -228,10 +230,10 @@ def holitom_frames(x: torch.Tensor, attention: torch.Tensor, retention: float, t
 
     def emit(tokens, origin_flat, member_flat, member_owner, member_weight):
         nonlocal emitted
-        pieces.append(tokens)
+        pieces.append(tokens.to(x.dtype))
         origins.append(origin_flat)
         sources[member_flat] = member_owner + emitted
-        weights[member_flat] = member_weight
+        weights[member_flat] = member_weight.to(weights.dtype)
         emitted += tokens.shape[0]
 
     def spatial(tokens, flat, count):
@@ -250,7 +252,7 @@ def holitom_frames(x: torch.Tensor, attention: torch.Tensor, retention: float, t
             static = static_mask(sim, start, end, tau)
             static_pos = positions[static]
             flat = (torch.arange(start, end + 1, device=device)[None, :] * per_frame + static_pos[:, None])  # (S, W)
-            static_tokens = x[start:end + 1, static].float().mean(dim=0).to(x.dtype)
+            static_tokens = x[start:end + 1, static].double().mean(dim=0)  # merged in float64, handed back in x's dtype
             spatial(static_tokens, flat, round(static_tokens.shape[0] * ratio))
         else:
             static = torch.zeros(per_frame, dtype=torch.bool, device=device)

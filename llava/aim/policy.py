@@ -51,7 +51,7 @@ from typing import Any, Mapping, Optional, Tuple
 from llava.aim.registry import lookup
 from llava.errors import AIMConfigError
 
-METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus")
+METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "holitom")
 STEP_METHODS = ("fastv", "vtw", "pdrop")  # in-LLM schedule = drop steps, not (l1, l2)
 PRUMERGE_METHODS = ("prumerge", "prumerge_plus")  # reduction before the LLM only, adaptive count
 SCORES = ("pagerank", "attention", "last_token", "random", "none")
@@ -83,6 +83,9 @@ class MethodSpec:
     # the budget AIMConfig.for_method sets for a "video" reduction (the fraction of each video's
     # visual tokens entering the LLM); None: AIMConfig's default retention
     default_retention: Optional[float] = None
+    # A "steps" method whose one drop step is set by its own AIMConfig fields (layer K, fraction
+    # dropped) rather than drop_layers / drop_ratio: (layer field, ratio field). HoliTom.
+    step_knobs: Tuple[str, ...] = ()
 
 
 SPECS = {
@@ -108,6 +111,18 @@ SPECS = {
                            "prumerge", "none", "none"),
     "prumerge_plus": MethodSpec("prumerge_plus", "PruMerge+", "Shang et al., arXiv 2403.15388, adaptive + spatial samples",
                                 "prumerge_plus", "none", "none"),
+    # HoliTom (docs/methods/holitom.md): before the LLM the registered video reduction "holitom"
+    # at the budget ``retention`` (official default RETAIN_RATIO 0.1, holitom/llava_arch.py line
+    # 348); inside, one drop at K = 18 of 28 keeping 1 - 0.5 by the last token's attention, the
+    # dropped tokens folded into the kept ones (scripts/eval_ov-7b_holitom.sh line 2).
+    "holitom": MethodSpec(
+        "holitom", "HoliTom", "Shao et al., arXiv 2505.21334 (NeurIPS 2025), cokeshao/HoliTom @ e9b2972",
+        "holitom", "steps", "last_token", default_layers=(18,), reference_layers=28, default_ratio=0.5,
+        fold="holitom_fold", families=("onevision",), default_retention=0.10,
+        families_reason="the official code (cokeshao/HoliTom) patches LLaVA-NeXT's LLaVA-OneVision / LLaVA-Video "
+                        "(SigLIP + 2x2 pooling + Qwen2) and ran nothing else",
+        step_knobs=("holitom_layer", "holitom_ratio"),
+    ),
 }
 
 
@@ -163,6 +178,9 @@ def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> Non
                 f"(AIMConfig.for_method({method!r}) sets them)"
             )
         return
+    if s.step_knobs and (drop_layers is not None or drop_ratio is not None):
+        raise AIMConfigError(f"{method} sets its drop with {{{s.step_knobs[0]}}} / {{{s.step_knobs[1]}}}, not "
+                             "{drop_layers} / {drop_ratio} ({drop_layers/drop_ratio:unset})")
     if s.schedule == "linear":
         if drop_layers is not None or drop_ratio is not None:
             raise AIMConfigError(
@@ -241,6 +259,16 @@ def drop_layers_for(method: str, drop_layers: Optional[Tuple[int, ...]], num_lay
         return s.default_layers
     scaled = tuple(scaled_layer(k, s.reference_layers, num_layers) for k in s.default_layers)
     return tuple(sorted(set(max(1, k) for k in scaled)))
+
+
+def method_drop_settings(cfg) -> Tuple[Optional[Tuple[int, ...]], Optional[float]]:
+    """(drop_layers, drop_ratio) of ``cfg`` (an AIMConfig): its own fields, or for a method with
+    ``step_knobs`` (HoliTom) the layer and ratio those fields hold (None: the method's defaults)."""
+    s = spec(cfg.method)
+    if not s.step_knobs:
+        return cfg.drop_layers, cfg.drop_ratio
+    layer, ratio = (getattr(cfg, name) for name in s.step_knobs)
+    return (None if layer is None else (layer,)), ratio
 
 
 def drop_steps(method: str, drop_layers, drop_ratio, num_layers: int) -> Tuple[Tuple[int, float], ...]:

@@ -258,5 +258,27 @@ register("pool", "reduction", pool_reduction, needs=("frames",), cost="pool_over
 register("prumerge", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
          summary="LLaVA-PruMerge: CLS-attention outliers absorb their key-nearest patches "
                  "(llava.aim.prumerge.prumerge_frames, the vision tower's last keys)")
+def _holitom(x):
+    from llava.aim.holitom import holitom_video
+
+    return holitom_video(x)
+
+
+def _holitom_bound(frames, t, cfg):
+    from llava.aim.holitom import holitom_bound
+
+    return holitom_bound(frames, t, cfg.retention)
+
+
+def _holitom_nominal(frames, t, cfg):
+    from llava.aim.holitom import holitom_nominal
+
+    return holitom_nominal(frames, t, cfg.retention)
+
+
+register("holitom", "reduction", _holitom, needs=("video", "vision_attention"), cost="holitom_overhead_ops",
+         stage="projected", bound=_holitom_bound, nominal=_holitom_nominal,
+         summary="HoliTom before the LLM: temporal segmentation (dynamic programme), temporal merge of static "
+                 "tokens, DPC-KNN / attention spatial merge (llava.aim.holitom.holitom_frames)")
 register("prumerge_plus", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
          summary="PruMerge+: PruMerge plus spatially uniform samples (prumerge_frames(..., plus=True))")

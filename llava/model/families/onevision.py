@@ -58,9 +58,9 @@ class OneVisionAdapter(FamilyAdapter):
     prumerge_spatial_samples = False  # the official SigLIP PruMerge+ has them commented out
     # registered video reductions (llava.aim.frames): after the 2x2 pooling (196 tokens per frame
     # at 384 px) or on the 729 unpooled SigLIP features before the projector, with the feature
-    # layer's attention there
+    # layer's attention there (at "projected" pooled 2x2 as the features are)
     reduction_stages = ("projected", "vision")
-    vision_attention_stages = ("vision",)
+    vision_attention_stages = ("vision", "projected")
     # tools: plugin, checkpoints, CLI
     plugin_model = "llava_onevision_aim"
     plugin_class = "LlavaOneVisionAIM"
@@ -169,6 +169,9 @@ class OneVisionAdapter(FamilyAdapter):
                 q, k = projections.take(features.shape[0])
                 heads = attention_layer.self_attn.num_heads
                 attention, keys = received_attention(q, k, heads), head_mean_keys(k, heads)
+                if entry.stage == "projected":  # per pooled token: pooled as the features are (HoliTom's get_2dPool)
+                    attention = stock_pooling(attention[..., None])[..., 0]
+                    keys = stock_pooling(keys)
             reduced = reduce_videos(entry, cfg, features, frames, (side, side), attention, keys)
             call["reduced"] = reduced
             runtime.record_merge(frames=videos * frames, before=before, after=0, newline_tokens=videos,
