@@ -19,6 +19,7 @@ SAMPLES = {
     "tie_break": ("log_attention", "log_attention"), "pruning_mode": ("mask", "mask"),
     "importance_memory_mb": ("64", 64), "positions": ("official", "official"), "method": ("pool", "pool"),
     "drop_layers": ("2/4", (2, 4)), "drop_ratio": ("0.25", 0.25), "seed": ("3", 3),
+    "holitom_tau": ("0.7", 0.7), "holitom_layer": ("4", 4), "holitom_ratio": ("0.25", 0.25),
 }
 
 
@@ -69,6 +70,8 @@ def test_every_model_arg_parses_to_its_field():
             raw["method"] = "pdrop"
         if name == "seed":
             raw["method"] = "random"
+        if name.startswith("holitom_"):
+            raw["method"] = "holitom"
         if name == "positions":
             raw["retention"] = "0.25"
         if name == "merge_weighting":

@@ -20,7 +20,7 @@ from conftest import image_inputs, make_image, make_video, video_inputs
 from llava import AIMConfig, apply_aim
 from llava.aim.importance import last_token_attention, random_scores
 from llava.aim.merge import merged_token_count
-from llava.aim.policy import METHODS, STEP_METHODS, drop_layers_for, scaled_layer
+from llava.aim.policy import METHODS, STEP_METHODS, drop_layers_for, scaled_layer, video_reduction
 from llava.aim.reduce import pool_frames, pooled_grid
 from llava.aim.schedule import kept_count, policy_visual_tokens, stepwise_visual_tokens, visual_tokens_per_layer
 from llava.analysis.roofline import analyze
@@ -395,6 +395,8 @@ def test_analyzer_counts_each_policy_with_the_shared_schedule():
         result = analyze("qwen2-7b", retention=cfg.retention, l1=cfg.l1, l2=cfg.l2, method=method)
         # PruMerge: the official ratio's count of SigLIP's 729 unpooled patches (no spatial samples)
         v0 = 32 * (92 if cfg.prumerging else 49 if cfg.retention < 1 else 196)
+        if cfg.video_reducing:  # a video reduction's own nominal count (its registry entry)
+            v0 = video_reduction(method).nominal(32, 196, cfg)
         assert result.visual_tokens_per_layer == policy_visual_tokens(cfg, v0, 28)
         assert result.prefill_flops < base.prefill_flops
         assert result.without_aim().prefill_flops == base.prefill_flops

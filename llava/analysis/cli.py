@@ -23,7 +23,7 @@ from llava.analysis.roofline import (
     reduction_figures,
 )
 from llava.aim.policy import (LLAVA15_OFFICIAL_LAYERS, PRUMERGE_METHODS, STEP_METHODS, aim_default_layers,
-                              check_typed_settings, drop_layers_for, spec)
+                              check_typed_settings, drop_layers_for, spec, video_reduction)
 from llava.analysis.shapes import get_llm, get_vision, model_visual_tokens, reference_names, resolve_model, tower_names
 from llava.aim.knobs import add_knob_flags
 from llava.errors import AIMConfigError
@@ -64,6 +64,11 @@ def resolve_method_config(num_layers: int, args: argparse.Namespace, vision=None
         return _method_config(AIMConfig.for_method, method), notes
     if kept_tokens is not None:
         raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}, not of {method}")
+    if video_reduction(method) is not None:  # its own budget (retention) and schedule
+        fields = {} if args.retention is None else {"retention": args.retention}
+        notes = [f"{method}: its count depends on the content; counted at its nominal budget "
+                 f"(source: {spec(method).source})"]
+        return _method_config(AIMConfig.for_method, method, **fields), notes
     if method in STEP_METHODS:
         notes = []
         if drop_layers is None:

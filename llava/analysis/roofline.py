@@ -62,7 +62,7 @@ from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_schedule, merged_token_count
 from llava.aim.prumerge import nominal_tokens
 from llava.aim.policy import (AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, fold_of, reduction_of,
-                              score_of, spec)
+                              score_of, spec, video_reduction)
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
@@ -882,9 +882,11 @@ def analyze(
         kept = prumerge_tokens_per_frame(cfg.method, vshape, kept_tokens)
     elif kept_tokens is not None:
         raise AIMConfigError("kept_tokens (--kept-tokens) is the measured count of prumerge / prumerge_plus")
+    elif cfg.video_reducing:  # a registered video reduction: its entry's nominal count (llava.aim.frames)
+        kept = video_reduction(method).nominal(frames, tokens_per_frame, cfg) / frames
     else:
         kept = merged_token_count(tokens_per_frame, retention, rule)
-    v0 = frames * kept + newline_tokens
+    v0 = round(frames * kept) + newline_tokens
     visual = policy_visual_tokens(cfg, v0, shape.layers, convention)
     tokens = prompt_tokens_per_layer(text_tokens, visual)
 
@@ -893,7 +895,11 @@ def analyze(
     kv = kv_cache_bytes_per_layer(shape, tokens, options.kv_bytes)
     encoder = vision_encoder_cost(vshape, shape, frames, hw, options)
     overhead: List[OpCost] = []
-    if retention < 1.0 and reduction_of(cfg) == "pool":
+    if cfg.video_reducing:  # priced by the function its entry names, on one video of the projected tokens
+        entry = video_reduction(method)
+        if entry.cost is not None:
+            overhead += globals()[entry.cost](frames, tokens_per_frame, shape.hidden, hw, options)
+    elif retention < 1.0 and reduction_of(cfg) == "pool":
         overhead += pool_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)
     elif retention < 1.0 and convention == "paper":
         overhead += paper_merge_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, 
 
 from llava.aim.config import AIMConfig
 from llava.aim.knobs import knobs, model_arg_fields, worded
-from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS, check_typed_settings
+from llava.aim.policy import METHODS, PRUMERGE_METHODS, STEP_METHODS, check_typed_settings, video_reduction
 from llava.errors import AIMConfigError, EvalArgumentError
 
 VIDEO_BACKENDS = ("auto", "pyav", "decord")
@@ -179,6 +179,8 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
         fields = {**fields, "retention": 1.0, "l1": None, "l2": None}
     elif method in STEP_METHODS:  # FastV / VTW / PDrop: their own layers, no merging unless asked
         fields = {"retention": 1.0, **fields, "l1": None, "l2": None}
+    elif video_reduction(method) is not None:  # its own budget (retention) and schedule, no l1/l2
+        fields = {"retention": AIMConfig.for_method(method).retention, **fields, "l1": None, "l2": None}
     else:
         fields.update(layers)
     fields["method"] = method
