@@ -56,7 +56,7 @@ def ref_dpc_knn(x, cluster_num, k):
     """llava_arch.py cluster_dpc_knn (lines 29-51), loops, float64; the density noise replaced by
     an index tie-break (a lower index counts as denser), centre ties by index."""
     n, c = x.shape
-    dist = [[math.sqrt(sum((x[i, d] - x[j, d]) ** 2 for d in range(c))) / math.sqrt(c) for j in range(n)] for i in range(n)]
+    dist = [[float((x[i] - x[j]).pow(2).sum().sqrt()) / math.sqrt(c) for j in range(n)] for i in range(n)]
     density = []
     for i in range(n):
         nearest = sorted(dist[i])[:k]
@@ -555,5 +555,8 @@ def test_holitom_defaults_and_knobs():
             AIMConfig.for_method("holitom", **bad)
     with pytest.raises(AIMConfigError, match="belong to"):
         AIMConfig.for_method("fastv", holitom_tau=0.5)
+    with pytest.raises(AIMConfigError, match="belongs to"):  # every front end: a knob of another method
+        policy.check_typed_settings("fastv", {"holitom_tau": 0.5})
+    policy.check_typed_settings("holitom", {"holitom_tau": 0.5, "retention": 0.25})
     with pytest.raises(AIMConfigError, match="beyond"):
         cfg.replace(holitom_layer=8).check_against_model(8)

@@ -239,6 +239,11 @@ def check_typed_settings(method: str, typed: Mapping[str, Any]) -> None:
     elif "drop_layers" in typed or "drop_ratio" in typed:
         raise AIMConfigError(f"{{drop_layers}}/{{drop_ratio}} apply to {', '.join(STEP_METHODS)} ({{method}}), "
                              f"not {{method={method}}}")
+    foreign = [n for n in typed if typed[n] is not None and any(n.startswith(m + "_") for m in METHODS if m != method)]
+    if foreign:  # a method's own knobs (holitom_tau, ...) belong to that method
+        owner = next(m for m in METHODS if foreign[0].startswith(m + "_"))
+        raise AIMConfigError(f"{_typed_words(foreign, typed)} belong{'' if ', ' in _typed_words(foreign, typed) else 's'} "
+                             f"to {{method={owner}}}, not {{method={method}}}")
     if typed.get("seed") is not None and method != "random":
         raise AIMConfigError(f"{{seed}} sets the random control's survivors ({{method=random}}), "
                              f"not {{method={method}}}")
