@@ -560,3 +560,24 @@ def test_holitom_defaults_and_knobs():
     policy.check_typed_settings("holitom", {"holitom_tau": 0.5, "retention": 0.25})
     with pytest.raises(AIMConfigError, match="beyond"):
         cfg.replace(holitom_layer=8).check_against_model(8)
+
+
+def test_holitom_through_lmms_eval_batch_equals_single(tmp_path):
+    """The plugin (model_args method=holitom) answers a batch of two as each alone."""
+    pytest.importorskip("lmms_eval")
+    from test_eval_plugin import _gen_request, _plugin, _texts
+
+    from llava.eval import synthetic
+    from llava.eval.lmms_model import LlavaOneVisionAIM
+
+    clips = [str(synthetic.ensure_video(synthetic.clip_name(i), tmp_path)) for i in range(2)]
+    single = _plugin(LlavaOneVisionAIM, clips, method="holitom", retention=0.25)
+    double = _plugin(LlavaOneVisionAIM, clips, method="holitom", retention=0.25, batch_size=2)
+    requests = [_gen_request(0), _gen_request(1), _gen_request(1, context="Which way does it move?")]
+    alone = single.generate_until(requests)
+    together = double.generate_until(requests)
+    assert _texts(together) == _texts(alone)
+    assert [r.token_counts.batch_size for r in together] == [2, 2, 1]
+    for a, t in zip(alone, together):
+        assert t.token_counts.visual_tokens_after_merge == a.token_counts.visual_tokens_after_merge
+        assert t.token_counts.sum_tokens_over_layers == a.token_counts.sum_tokens_over_layers
