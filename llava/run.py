@@ -164,6 +164,18 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
         cfg = AIMConfig.for_method(method, retention=1.0 if args.retention is None else args.retention,
                                    pruning_mode=pruning_mode, drop_layers=drop_layers, drop_ratio=drop_ratio,
                                    **options)
+    elif video_reduction(method) is not None:  # its own budget (retention), schedule and knobs
+        from llava.aim.knobs import dest_of, knobs
+        from llava.aim.policy import drop_layers_for, spec
+
+        own = {name: getattr(args, dest_of(name)) for name in knobs()
+               if name.startswith(method + "_") and getattr(args, dest_of(name), None) is not None}
+        budget = {} if args.retention is None else {"retention": args.retention}
+        steps = spec(method).step_knobs
+        if steps and num_layers is not None:  # its drop resolved for this depth: what is printed is what runs
+            own.setdefault(steps[0], drop_layers_for(method, None, num_layers)[0])
+            own.setdefault(steps[1], spec(method).default_ratio)
+        cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **budget, **own, **options)
     else:
         retention = 0.25 if args.retention is None else args.retention
         if not merges_media:
@@ -544,6 +556,10 @@ def describe_setting(aim: dict) -> str:
         ratio = "all" if method == "vtw" else f"{aim['drop_ratio']:g}"
         return (f"method={method}, drop_layers={layers}, drop_ratio={ratio}, retention={aim['retention']:g}, "
                 f"pruning={aim['pruning_mode']}")
+    own = {k: v for k, v in aim.items() if k.startswith(method + "_") and v is not None}
+    if own:  # a method with its own knobs (e.g. holitom_layer): those that were set, then the pruning mode
+        pruning = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in own.items())
+        pruning += f", pruning={aim['pruning_mode']}"
     head = f"method={method}, " if method != "aim" else ""
     return head + f"retention={aim['retention']:g}, {pruning}" + (f", seed={aim['seed']}" if method == "random" else "")
 

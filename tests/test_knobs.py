@@ -23,6 +23,7 @@ SAMPLES = {
     "fastvid_anchor_stride": ("2", 2), "fastvid_anchor_weight": ("0.5", 0.5),
     "dycoke_k": ("0.6", 0.6), "dycoke_l": ("2", 2), "dycoke_p": ("0.7", 0.7),
     "dycoke_when_similar": ("attend_all", "attend_all"),
+    "holitom_tau": ("0.7", 0.7), "holitom_layer": ("4", 4), "holitom_ratio": ("0.25", 0.25),
 }
 
 
@@ -75,6 +76,8 @@ def test_every_model_arg_parses_to_its_field():
             raw["method"] = "random"
         if name.startswith("dycoke_"):
             raw["method"] = "dycoke"
+        if name.startswith("holitom_"):
+            raw["method"] = "holitom"
         if name == "positions":
             raw["retention"] = "0.25"
         if name == "merge_weighting":

@@ -20,6 +20,7 @@ from llava.aim.policy import (
     STEP_METHODS,
     aim_default_layers,
     check_method_against_model,
+    method_drop_settings,
     spec,
     validate_method_fields,
     video_reduction,
@@ -102,6 +103,11 @@ class AIMConfig:
     drop_ratio: fastv/pdrop only: fraction of the (remaining) visual tokens dropped at each
         step, None = the paper's 0.5.
     seed: the "random" control's seed (its choice is a deterministic hash, no global RNG).
+    holitom_tau, holitom_layer, holitom_ratio: HoliTom only (llava.aim.holitom): the similarity
+        above which a token is static between frames (None: the official scripts' 0.65 at a
+        budget of 10% and below, else 0.80), the layer K that sees the inner merge's survivors
+        (None: 18 of 28 scaled to the model) and the fraction of the visual tokens folded away
+        there (None: 0.5; 0 = "HoliTom (w/o M)", no inner merge). ``retention`` is its budget.
     """
 
     # Each field declares, once, how users set it (llava.aim.knobs): flags, model_args, errors.
@@ -184,6 +190,15 @@ class AIMConfig:
         "choice", "dycoke: a decode step whose attention is similar to the previous one's keeps the selection "
         "(keep_selection, the default) or attends every visual key (attend_all, the official code)",
         choices=("keep_selection", "attend_all"), commands=("run",)))
+    holitom_tau: Optional[float] = field(default=None, metadata=knob(
+        "float", "holitom: similarity above which a token is static between frames, in [-1, 1] (default: "
+        "the official 0.65 at retention <= 0.10, else 0.80)", commands=("run",)))
+    holitom_layer: Optional[int] = field(default=None, metadata=knob(
+        "int", "holitom: layer K that sees the inner merge's survivors (default 18 of 28, scaled)", minimum=1,
+        commands=("run",)))
+    holitom_ratio: Optional[float] = field(default=None, metadata=knob(
+        "float", "holitom: fraction of the visual tokens merged away at layer K, in [0, 1) (default 0.5; 0: "
+        "no inner merge)", commands=("run",)))
 
     def __post_init__(self) -> None:
         _check_retention(self.retention)
@@ -191,6 +206,7 @@ class AIMConfig:
         if isinstance(self.drop_layers, list):  # lists from JSON / CLI: store the hashable tuple
             object.__setattr__(self, "drop_layers", tuple(self.drop_layers))
         validate_method_fields(self.method, self.drop_layers, self.drop_ratio, self.seed, self.l1, self.l2)
+        _check_holitom(self.method, self.holitom_tau, self.holitom_layer, self.holitom_ratio)
         if self.method in PRUMERGE_METHODS and self.retention != 1.0:
             raise AIMConfigError(
                 f"{self.method} replaces AIM's merging: {{retention}} must be 1.0, got {self.retention!r} "
@@ -241,7 +257,7 @@ class AIMConfig:
     @property
     def pruning(self) -> bool:
         """True when in-LLM pruning is configured."""
-        return self.l1 is not None or self.method in STEP_METHODS
+        return self.l1 is not None or spec(self.method).schedule == "steps"
 
     @property
     def prumerging(self) -> bool:
@@ -329,7 +345,7 @@ class AIMConfig:
                 f"(valid l1: 0..{num_layers}, where {num_layers} prunes nothing); pass a smaller l1, "
                 "or {l1:off} to disable pruning"
             )
-        check_method_against_model(self.method, self.drop_layers, num_layers)
+        check_method_against_model(self.method, method_drop_settings(self)[0], num_layers)
         if self.decode_selecting:
             from llava.aim.registry import lookup
 
@@ -342,6 +358,21 @@ class AIMConfig:
 
     def to_dict(self) -> Dict[str, object]:
         return dataclasses.asdict(self)
+
+
+def _check_holitom(method, tau, layer, ratio) -> None:
+    typed = [n for n, v in (("holitom_tau", tau), ("holitom_layer", layer), ("holitom_ratio", ratio)) if v is not None]
+    if typed and method != "holitom":
+        words = ", ".join("{%s}" % n for n in typed)
+        raise AIMConfigError(f"{words} belong to {{method=holitom}}, not {{method={method}}}")
+    if tau is not None and (not _is_real(tau) or not -1.0 <= tau <= 1.0):
+        raise AIMConfigError(f"{{holitom_tau}} (a cosine similarity) must be in [-1, 1], got {tau!r}")
+    if layer is not None and (not _is_int(layer) or layer < 1):
+        raise AIMConfigError(f"{{holitom_layer}} must be an integer >= 1 (layer K sees the survivors of layer K-1's "
+                             f"score), got {layer!r}")
+    if ratio is not None and (not _is_real(ratio) or not 0.0 <= ratio < 1.0):
+        raise AIMConfigError(f"{{holitom_ratio}} (fraction of the visual tokens merged away at layer K) must be in "
+                             f"[0, 1), got {ratio!r}")
 
 
 def _is_int(x) -> bool:

@@ -58,7 +58,8 @@ from typing import Any, Mapping, Optional, Tuple
 from llava.aim.registry import lookup
 from llava.errors import AIMConfigError
 
-METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "visionzip", "fastvid", "dycoke")
+METHODS = ("aim", "fastv", "vtw", "pdrop", "random", "pool", "prumerge", "prumerge_plus", "visionzip", "fastvid", "dycoke",
+           "holitom")
 STEP_METHODS = ("fastv", "vtw", "pdrop")  # in-LLM schedule = drop steps, not (l1, l2)
 PRUMERGE_METHODS = ("prumerge", "prumerge_plus")  # reduction before the LLM only, adaptive count
 SCORES = ("pagerank", "attention", "last_token", "random", "none")
@@ -78,6 +79,9 @@ class MethodSpec:
     reference_layers: int = 0
     scale_layers: bool = True
     default_ratio: Optional[float] = None  # fraction dropped at each step
+    # The registered fold (llava.aim.registry, kind "fold") that merges each dropped visual
+    # token's hidden state into the kept ones at a drop; None: dropped tokens just leave.
+    fold: Optional[str] = None
     # The family adapters (FamilyAdapter.name) whose official code ran the method, and where the
     # official code ran only some of a family's checkpoints, their config.model_type; apply_aim
     # refuses any other with ``families_reason``. Empty: every family that supports the reduction.
@@ -90,6 +94,9 @@ class MethodSpec:
     # a registry entry of kind "decode": which visual KV entries each decode step attends
     # (None: all of them)
     decode: Optional[str] = None
+    # A "steps" method whose one drop step is set by its own AIMConfig fields (layer K, fraction
+    # dropped) rather than drop_layers / drop_ratio: (layer field, ratio field). HoliTom.
+    step_knobs: Tuple[str, ...] = ()
 
 
 SPECS = {
@@ -137,6 +144,18 @@ SPECS = {
         families=("onevision",), default_retention=1.0, decode="dycoke_kv",
         families_reason="the official code (KD-TAO/DyCoke) runs LLaVA-OneVision only (its lmms_eval "
                         "llava_onevision model; Qwen2.5-VL exists only in a third-party port)"),
+    # HoliTom (docs/methods/holitom.md): before the LLM the registered video reduction "holitom"
+    # at the budget ``retention`` (official default RETAIN_RATIO 0.1, holitom/llava_arch.py line
+    # 348); inside, one drop at K = 18 of 28 keeping 1 - 0.5 by the last token's attention, the
+    # dropped tokens folded into the kept ones (scripts/eval_ov-7b_holitom.sh line 2).
+    "holitom": MethodSpec(
+        "holitom", "HoliTom", "Shao et al., arXiv 2505.21334 (NeurIPS 2025), cokeshao/HoliTom @ e9b2972",
+        "holitom", "steps", "last_token", default_layers=(18,), reference_layers=28, default_ratio=0.5,
+        fold="holitom_fold", families=("onevision",), default_retention=0.10,
+        families_reason="the official code (cokeshao/HoliTom) patches LLaVA-NeXT's LLaVA-OneVision / LLaVA-Video "
+                        "(SigLIP + 2x2 pooling + Qwen2) and ran nothing else",
+        step_knobs=("holitom_layer", "holitom_ratio"),
+    ),
 }
 
 
@@ -183,6 +202,8 @@ def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> Non
     lookup(s.reduction, "reduction")
     if s.decode is not None:
         lookup(s.decode, "decode")
+    if s.fold is not None:
+        lookup(s.fold, "fold")
     if not _is_int(seed) or seed < 0:
         raise AIMConfigError(f"{{seed}} must be a non-negative integer, got {seed!r}")
     if s.schedule == "none":
@@ -192,6 +213,9 @@ def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> Non
                 f"(AIMConfig.for_method({method!r}) sets them)"
             )
         return
+    if s.step_knobs and (drop_layers is not None or drop_ratio is not None):
+        raise AIMConfigError(f"{method} sets its drop with {{{s.step_knobs[0]}}} / {{{s.step_knobs[1]}}}, not "
+                             "{drop_layers} / {drop_ratio} ({drop_layers/drop_ratio:unset})")
     if s.schedule == "linear":
         if drop_layers is not None or drop_ratio is not None:
             raise AIMConfigError(
@@ -255,6 +279,11 @@ def check_typed_settings(method: str, typed: Mapping[str, Any]) -> None:
     elif "drop_layers" in typed or "drop_ratio" in typed:
         raise AIMConfigError(f"{{drop_layers}}/{{drop_ratio}} apply to {', '.join(STEP_METHODS)} ({{method}}), "
                              f"not {{method={method}}}")
+    foreign = [n for n in typed if typed[n] is not None and any(n.startswith(m + "_") for m in METHODS if m != method)]
+    if foreign:  # a method's own knobs (holitom_tau, ...) belong to that method
+        owner = next(m for m in METHODS if foreign[0].startswith(m + "_"))
+        raise AIMConfigError(f"{_typed_words(foreign, typed)} belong{'' if ', ' in _typed_words(foreign, typed) else 's'} "
+                             f"to {{method={owner}}}, not {{method={method}}}")
     if typed.get("seed") is not None and method != "random":
         raise AIMConfigError(f"{{seed}} sets the random control's survivors ({{method=random}}), "
                              f"not {{method={method}}}")
@@ -275,6 +304,16 @@ def drop_layers_for(method: str, drop_layers: Optional[Tuple[int, ...]], num_lay
         return s.default_layers
     scaled = tuple(scaled_layer(k, s.reference_layers, num_layers) for k in s.default_layers)
     return tuple(sorted(set(max(1, k) for k in scaled)))
+
+
+def method_drop_settings(cfg) -> Tuple[Optional[Tuple[int, ...]], Optional[float]]:
+    """(drop_layers, drop_ratio) of ``cfg`` (an AIMConfig): its own fields, or for a method with
+    ``step_knobs`` (HoliTom) the layer and ratio those fields hold (None: the method's defaults)."""
+    s = spec(cfg.method)
+    if not s.step_knobs:
+        return cfg.drop_layers, cfg.drop_ratio
+    layer, ratio = (getattr(cfg, name) for name in s.step_knobs)
+    return (None if layer is None else (layer,)), ratio
 
 
 def drop_steps(method: str, drop_layers, drop_ratio, num_layers: int) -> Tuple[Tuple[int, float], ...]:
@@ -304,6 +343,11 @@ def score_of(cfg) -> str:
     """The score that ranks visual tokens for ``cfg`` (an AIMConfig)."""
     s = spec(cfg.method)
     return cfg.importance if s.score == "config" else s.score
+
+
+def fold_of(cfg) -> Optional[str]:
+    """The registered fold of ``cfg``'s method (merges dropped tokens at a drop), or None."""
+    return spec(cfg.method).fold
 
 
 def video_reduction(method: str):

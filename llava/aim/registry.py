@@ -3,7 +3,9 @@
 A **score** ranks the visual tokens at a pruning layer (pagerank, attention, last_token, random,
 none); a **reduction** shrinks each frame before the LLM (merge, pool, prumerge,
 prumerge_plus); a **decode** selection restricts, in each decode step, which visual KV entries
-the later layers attend (dycoke_kv: DyCoke's dynamic KV pruning). An entry states
+the later layers attend (dycoke_kv: DyCoke's dynamic KV pruning); a **fold** merges, at a
+pruning layer, each dropped visual token's hidden state into the kept tokens before they are
+gathered (holitom_fold; a method without one just drops them, ``MethodSpec.fold``). An entry states
 
 * what it needs (``NEEDS``): the layer's post-RoPE queries and keys (``qk``: the decoder
   driver then installs a probe in that layer's attention), the visual and text masks, or the
@@ -21,6 +23,8 @@ the later layers attend (dycoke_kv: DyCoke's dynamic KV pruning). An entry state
   each decode step, no host read: attention (B, W) float32 the step token's attention over the
   prefill's W keys, mean over heads; visual (B, W) bool; kept (B,) long; ``state`` what the
   previous step returned, None at the first; allowed (B, W) bool: the visual keys attended);
+* a fold's function takes one :class:`FoldInputs` and returns the (B, N, C) hidden states, on
+  the device (no host read);
 * its cost for the analyzer: the name of the function in ``llava.analysis.roofline`` that
   prices it (``None``: nothing worth counting, e.g. a hash per token).
 
@@ -40,7 +44,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional
 
 from llava.errors import AIMConfigError
 
-KINDS = ("score", "reduction", "decode")
+KINDS = ("score", "reduction", "decode", "fold")
 NEEDS = ("qk", "visual", "text", "frames", "video", "vision_attention")
 SCORE_NEEDS = ("qk", "visual", "text")  # what the decoder driver can give a score
 DECODE_NEEDS = ("qk",)  # a decode selection reads the step token's attention (from its q/k)
@@ -71,9 +75,25 @@ class ScoreInputs:
 
 
 @dataclass(frozen=True)
+class FoldInputs:
+    """What a fold reads at one pruning layer, after the survivors are chosen (remove and mask
+    modes alike). The widths come from the host-side schedule, so a fold needs no device read
+    to size its tensors."""
+
+    cfg: Any  # the AIMConfig
+    layer: int  # the layer whose output is folded (the next layer sees the survivors)
+    hidden: Any  # (B, N, C) the layer's output hidden states
+    candidates: Any  # (B, N) bool: present visual tokens entering the selection
+    keep: Any  # (B, N) bool: the survivors (every present text token and the kept visual ones)
+    scores: Any  # (B, N) float32: the scores that chose them
+    kept_width: int  # the most visual tokens any row keeps
+    dropped_width: int  # the most visual tokens any row drops
+
+
+@dataclass(frozen=True)
 class Entry:
     name: str
-    kind: str  # "score" | "reduction"
+    kind: str  # "score" | "reduction" | "fold"
     needs: FrozenSet[str]
     fn: Callable
     cost: Optional[str]  # llava.analysis.roofline function that prices it; None: not priced
@@ -100,7 +120,8 @@ def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] =
     "video" reduction without a stage of STAGES or without callable bound and nominal."""
     if kind not in KINDS:
         raise AIMConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-    allowed = SCORE_NEEDS if kind == "score" else DECODE_NEEDS if kind == "decode" else NEEDS
+    allowed = (SCORE_NEEDS if kind == "score" else DECODE_NEEDS if kind == "decode" else () if kind == "fold"
+               else NEEDS)
     unknown = sorted(set(needs) - set(allowed))
     if unknown:
         raise AIMConfigError(f"{kind} {name!r} needs {unknown}, which the runtime does not provide; "
@@ -205,6 +226,18 @@ register("none", "score", no_score, needs=(), cost=None,
          summary="no ranking: every visual token goes (VTW)", configurable=False)
 
 
+# -- the built-in folds -------------------------------------------------------------------------
+def holitom_fold(x: FoldInputs):
+    from llava.aim.holitom import fold_dropped_into_kept
+
+    return fold_dropped_into_kept(x.hidden, x.candidates, x.keep, x.kept_width, x.dropped_width)
+
+
+register("holitom_fold", "fold", holitom_fold, cost="holitom_fold_overhead_ops",
+         summary="HoliTom's inner merge: each dropped visual token averaged into its most cosine-similar "
+                 "kept one, in index order (llava.aim.holitom.fold_dropped_into_kept)")
+
+
 # -- the built-in reductions -----------------------------------------------------------------------
 # Those that need only the frames take llava.aim.reduce.reduce_frames' arguments:
 # (x (F, T, C), cfg, track_sources, metric, grid, track_destinations) -> MergeResult.
@@ -236,6 +269,28 @@ register("pool", "reduction", pool_reduction, needs=("frames",), cost="pool_over
 register("prumerge", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
          summary="LLaVA-PruMerge: CLS-attention outliers absorb their key-nearest patches "
                  "(llava.aim.prumerge.prumerge_frames, the vision tower's last keys)")
+def _holitom(x):
+    from llava.aim.holitom import holitom_video
+
+    return holitom_video(x)
+
+
+def _holitom_bound(frames, t, cfg):
+    from llava.aim.holitom import holitom_bound
+
+    return holitom_bound(frames, t, cfg.retention)
+
+
+def _holitom_nominal(frames, t, cfg):
+    from llava.aim.holitom import holitom_nominal
+
+    return holitom_nominal(frames, t, cfg.retention)
+
+
+register("holitom", "reduction", _holitom, needs=("video", "vision_attention"), cost="holitom_overhead_ops",
+         stage="projected", bound=_holitom_bound, nominal=_holitom_nominal,
+         summary="HoliTom before the LLM: temporal segmentation (dynamic programme), temporal merge of static "
+                 "tokens, DPC-KNN / attention spatial merge (llava.aim.holitom.holitom_frames)")
 register("prumerge_plus", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
          summary="PruMerge+: PruMerge plus spatially uniform samples (prumerge_frames(..., plus=True))")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from llava.aim.policy import drop_steps, spec
+from llava.aim.policy import drop_steps, method_drop_settings, spec
 
 CONVENTIONS = ("runtime", "paper")
 
@@ -121,4 +121,4 @@ def policy_visual_tokens(cfg, v0: int, num_layers: int, convention: str = "runti
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if convention != "runtime":
         raise ValueError(f"the paper convention is AIM's FLOPs script; {cfg.method} is counted as executed (runtime)")
-    return stepwise_visual_tokens(v0, num_layers, drop_steps(cfg.method, cfg.drop_layers, cfg.drop_ratio, num_layers))
+    return stepwise_visual_tokens(v0, num_layers, drop_steps(cfg.method, *method_drop_settings(cfg), num_layers))

@@ -64,9 +64,11 @@ def resolve_method_config(num_layers: int, args: argparse.Namespace, vision=None
         return _method_config(AIMConfig.for_method, method), notes
     if kept_tokens is not None:
         raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}, not of {method}")
-    if video_reduction(method) is not None:  # its own budget (--retention) before the LLM, no pruning
-        budget = {} if args.retention is None else {"retention": args.retention}
-        return _method_config(AIMConfig.for_method, method, **budget), []
+    if video_reduction(method) is not None:  # its own budget (retention) and schedule
+        fields = {} if args.retention is None else {"retention": args.retention}
+        notes = [f"{method}: its count depends on the content; counted at its nominal budget "
+                 f"(source: {spec(method).source})"]
+        return _method_config(AIMConfig.for_method, method, **fields), notes
     if method in STEP_METHODS:
         notes = []
         if drop_layers is None:

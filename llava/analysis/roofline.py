@@ -61,8 +61,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_schedule, merged_token_count
 from llava.aim.prumerge import nominal_tokens
-from llava.aim.policy import (AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, reduction_of, score_of, spec,
-                              video_reduction)
+from llava.aim.policy import (AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, fold_of, reduction_of,
+                              score_of, spec, video_reduction)
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
@@ -579,6 +579,76 @@ def last_token_overhead_ops(llm: LLMShape, tokens_per_layer: Sequence[int], laye
     return ops
 
 
+def holitom_overhead_ops(frames: int, tokens_per_frame: int, channels: int, hardware: Hardware,
+                         options: Optional[RooflineOptions] = None, score_bytes: float = 4) -> List[OpCost]:
+    """HoliTom before the LLM on one video of F frames of T projected C-wide tokens
+    (``llava.aim.holitom.holitom_frames``). Its DPC-KNN work depends on the content (how many
+    tokens are static); priced here at its most: every pair of frames a window whose T tokens are
+    all static.
+
+    Frame similarity: normalise (3*F*T*C) and the (F-1)*T cosines (2*C each). The window table:
+    F*F*T comparisons and sums. The temporal mean (F*T*C adds). DPC-KNN per window of S = T
+    tokens, floor(F/2) windows: the distance matrix (3*S*S*C: difference, square, sum), the k
+    nearest and the density (S*S, a partial sort), the separations (3*S*S), the assignment to the
+    centres (S*S) and the weighted sums (2*S*C). The attention ranking of the dynamic tokens
+    (a sort of F*T scores) is not worth counting."""
+    o = options or RooflineOptions()
+    a, s, C = o.act_bytes, score_bytes, channels
+    f, t = frames, tokens_per_frame
+    windows = f // 2
+    ops = [
+        _op("holitom.normalize", 3 * f * t * C, 2 * f * t * C * a, hardware),
+        _op("holitom.similarity", 2 * max(f - 1, 0) * t * C, f * t * C * a + max(f - 1, 0) * t * s, hardware),
+        _op("holitom.windows", 2 * f * f * t, f * t * s + f * f * s, hardware),
+        _op("holitom.temporal_mean", f * t * C, f * t * C * a + t * C * a, hardware),
+    ]
+    if windows:
+        ops += [_scaled(op, windows) for op in (
+            _op("holitom.dpc_distances", 3 * t * t * C, t * C * a + t * t * s, hardware),
+            _op("holitom.dpc_density", 5 * t * t, 2 * t * t * s, hardware),
+            _op("holitom.dpc_assign", t * t, t * t * s, hardware),
+            _op("holitom.dpc_merge", 2 * t * C, 2 * t * C * a, hardware),
+        )]
+    return ops
+
+
+def holitom_fold_overhead_ops(llm: LLMShape, visual: Sequence[int], layers: Sequence[int], hardware: Hardware,
+                              options: Optional[RooflineOptions] = None, score_bytes: float = 4) -> List[OpCost]:
+    """HoliTom's inner merge at each drop after layer j (``llava.aim.holitom.fold_dropped_into_kept``):
+    of V = visual[j] tokens K = visual[j+1] stay and D = V - K fold. Normalise both sides
+    (3*V*C), cosine similarity (2*D*K*C), best match (D*K), the closed-form weights (a one-hot
+    and its reverse running sum, 3*D*K) and the weighted sums ((D + K)*C multiply-adds, 2 OPs each)."""
+    o = options or RooflineOptions()
+    a, s, C = o.act_bytes, score_bytes, llm.hidden
+    ops: List[OpCost] = []
+    for j in layers:
+        v, k = int(visual[j]), int(visual[j + 1])
+        d = v - k
+        ops += [
+            _op(f"fold.normalize[{j}]", 3 * v * C, 2 * v * C * a, hardware),
+            _op(f"fold.similarity[{j}]", 2 * d * k * C, v * C * a + d * k * s, hardware),
+            _op(f"fold.match[{j}]", d * k, d * k * s, hardware),
+            _op(f"fold.weights[{j}]", 3 * d * k, 2 * d * k * s, hardware),
+            _op(f"fold.combine[{j}]", 2 * (d + k) * C, v * C * a + k * C * a, hardware),
+        ]
+    return ops
+
+
+def fold_overhead_ops(fold: str, llm: LLMShape, visual: Sequence[int], hardware: Hardware,
+                      options: Optional[RooflineOptions] = None) -> List[OpCost]:
+    """The work of the registered fold ``fold`` at every drop that keeps some visual token,
+    priced by the function its registry entry names (as :func:`score_overhead_ops`)."""
+    from llava.aim.registry import lookup
+
+    entry = lookup(fold, "fold")
+    if entry.cost is None:
+        return []
+    price = globals().get(entry.cost)
+    if price is None:
+        raise AIMConfigError(f"fold {fold!r} is priced by {entry.cost!r}, which llava.analysis.roofline does not define")
+    return price(llm, visual, scoring_layers(visual), hardware, options)
+
+
 # --- the analysis --------------------------------------------------------------------------
 
 
@@ -967,6 +1037,8 @@ def analyze(
     score = score_of(cfg)
     if cfg.pruning:
         overhead += score_overhead_ops(score, shape, tokens, visual, hw, options, convention, pagerank_iters)
+    if cfg.pruning and fold_of(cfg) is not None:
+        overhead += fold_overhead_ops(fold_of(cfg), shape, visual, hw, options)
 
     settings = {
         "llm": shape.name, "frames": frames, "tokens_per_frame": tokens_per_frame,

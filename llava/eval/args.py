@@ -185,6 +185,8 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
         fields = {**AIMConfig.for_method(method).to_dict(), **fields, "l1": None, "l2": None}
     elif method in STEP_METHODS:  # FastV / VTW / PDrop: their own layers, no merging unless asked
         fields = {"retention": 1.0, **fields, "l1": None, "l2": None}
+    elif video_reduction(method) is not None:  # its own budget (retention) and schedule, no l1/l2
+        fields = {"retention": AIMConfig.for_method(method).retention, **fields, "l1": None, "l2": None}
     else:
         fields.update(layers)
     fields["method"] = method

@@ -23,7 +23,9 @@ statistics, :class:`DeviceStats`); never inside the loop nor in a decode step.
 A method with a decode selection (a registry entry of kind "decode", e.g. DyCoke's dynamic KV
 pruning) keeps the whole cache; in each decode step the selector ranks the prefill's visual keys
 by the step token's attention in layer ``layer - 1`` and layers ``>= layer`` attend only the
-visual keys it allows (a per-step key mask, :class:`DecodeRun`), decided on the device.
+visual keys it allows (a per-step key mask, :class:`DecodeRun`), decided on the device. A method
+with a registered fold (HoliTom) merges each dropped visual token's hidden state into the kept
+ones after the selection, before the gather (both modes).
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from llava.aim.importance import (
     step_token_attention,
     tie_count_tensors,
 )
-from llava.aim.policy import score_of, spec
-from llava.aim.registry import Entry, ScoreInputs, lookup
+from llava.aim.policy import fold_of, score_of, spec
+from llava.aim.registry import Entry, FoldInputs, ScoreInputs, lookup
 from llava.aim.schedule import policy_visual_tokens
 from llava.errors import CacheIntegrityError, UnsupportedUsageError
 from llava.model.language_model import compat
@@ -215,6 +217,10 @@ class PrefillPlan:
 
     def prunes(self, j: int) -> bool:
         return any(j + 1 < len(c) and c[j + 1] < c[j] for c in self.counts)
+
+    def fold_widths(self, j: int):
+        """(most visual tokens any row keeps, most any row drops) at the drop after layer j."""
+        return (max(c[j + 1] for c in self.counts), max(c[j] - c[j + 1] for c in self.counts))
 
     def ranked(self, j: int) -> bool:
         """Pruning that keeps some visual token needs a ranking (dropping them all needs none)."""
@@ -519,6 +525,11 @@ class DecoderDriver:
             stats.selection(j, t, scores, keep, tie_scores, tie_scores is not None)
             if tie_scores is not None:
                 keep = select_survivors(scores, t.visual, t.alive, kept, tie_scores, check_nan=False)
+        fold = fold_of(cfg)
+        if fold is not None:  # the method merges the dropped tokens into the kept ones (device side)
+            kept_width, dropped_width = plan.fold_widths(j)
+            t.h = lookup(fold, "fold").fn(FoldInputs(cfg, j, t.h, t.visual & t.alive, keep, scores,
+                                                     kept_width, dropped_width))
         if cfg.pruning_mode == "mask":
             return dataclasses.replace(t, alive=keep, visual=t.visual & keep)
         return t.compact(keep, plan.widths[j + 1])
