@@ -253,28 +253,11 @@ _BECOMES: Dict[str, Callable[[Any], Dict[str, Any]]] = {
     "flash_attention_2": lambda v: ({"attn_implementation": "flash_attention_2"}
                                     if _as_bool("use_flash_attention_2", v) else {}),
 }
-# The stock model_args of the families whose adapter cannot list them yet (their adapter module
-# is being changed elsewhere): family name -> entries in FamilyAdapter.stock_model_args' form.
-_PENDING_STOCK_ARGS: Dict[str, Tuple[Tuple[object, ...], ...]] = {
-    "onevision": (
-        ("conv_template", ("qwen_1_5",),
-         "the prompt is built with the checkpoint's own chat template (Qwen2's, as LLaVA-NeXT's qwen_1_5)", None),
-        ("mm_spatial_pool_stride", (2,),
-         "transformers' LLaVA-OneVision pools each video frame's grid by 2 (27x27 -> 14x14), always", None),
-        ("mm_spatial_pool_mode", ("bilinear",),
-         "transformers' LLaVA-OneVision pools video frames bilinearly, always", None),
-        ("token_strategy", ("single",), "one video placeholder per video", None),
-    ),
-}
 
 
 def stock_args_of(family) -> Tuple[StockArg, ...]:
     """The family plugin's stock model_args, from its adapter's ``stock_model_args``."""
     entries = family.stock_model_args
-    if family.name in _PENDING_STOCK_ARGS:
-        from llava.model.families.llava15 import LLAVA_NEXT_STOCK_ARGS
-
-        entries = LLAVA_NEXT_STOCK_ARGS + _PENDING_STOCK_ARGS[family.name]
     return tuple(StockArg(name, (family.plugin_model,), keeps, meaning, _BECOMES[becomes] if becomes else None)
                  for name, keeps, meaning, becomes in entries)
 

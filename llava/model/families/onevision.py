@@ -33,6 +33,7 @@ from llava.aim.merge import merged_token_count
 from llava.aim.policy import video_reduction
 from llava.aim.prumerge import cls_attention, prumerge_frames, token_bound
 from llava.errors import UnsupportedModelError
+from llava.model.families.llava15 import LLAVA_NEXT_STOCK_ARGS
 from llava.model.families.base import Reference, VisualTokens, text_bench_dims, vit_bench_dims, vit_shape
 from llava.model.families.base import (
     CapturedProjections,
@@ -65,6 +66,16 @@ class OneVisionAdapter(FamilyAdapter):
     plugin_model = "llava_onevision_aim"
     plugin_class = "LlavaOneVisionAIM"
     default_checkpoint = "lmms-lab/llava-onevision-qwen2-7b-ov"
+    # lmms-eval's own llava_onevision model_args the plugin takes (llava.eval.args.STOCK_ARGS)
+    stock_model_args = LLAVA_NEXT_STOCK_ARGS + (
+        ("conv_template", ("qwen_1_5",),
+         "the prompt is built with the checkpoint's own chat template (Qwen2's, as LLaVA-NeXT's qwen_1_5)", None),
+        ("mm_spatial_pool_stride", (2,),
+         "transformers' LLaVA-OneVision pools each video frame's grid by 2 (27x27 -> 14x14), always", None),
+        ("mm_spatial_pool_mode", ("bilinear",),
+         "transformers' LLaVA-OneVision pools video frames bilinearly, always", None),
+        ("token_strategy", ("single",), "one video placeholder per video", None),
+    )
     checkpoint_aliases = {
         "lmms-lab/llava-onevision-qwen2-7b-ov": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
         "lmms-lab/llava-onevision-qwen2-0.5b-ov": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
