@@ -209,6 +209,10 @@ def test_family_rule_refuses_with_the_reason(ov_sdpa, llava15_sdpa, monkeypatch)
         registry.register("test_even_frames", "reduction", even_frames_above_mean, needs=("video", "vision_attention"),
                           stage="projected", bound=half_of_the_frames, nominal=nominal_half, replace=True)
         model, processor = ov_sdpa
+        from llava.model.families.onevision import OneVisionAdapter
+
+        # a family offering the tower's attention at "vision" only (OneVision offers it at both)
+        monkeypatch.setattr(OneVisionAdapter, "vision_attention_stages", ("vision",))
         with pytest.raises(UnsupportedModelError, match="attention at the 'projected' stage.*at \\['vision'\\] only"):
             apply_aim(model, processor, AIMConfig.for_method("test_even"))
         assert not hasattr(model, "aim_stats")
