@@ -322,7 +322,7 @@ def test_decode_selection_refuses_a_layer_beyond_the_model(ov_sdpa, decode_only)
     layers = len(model.model.language_model.layers)
     with pytest.raises(AIMConfigError, match="dycoke_l"):
         apply_aim(model, processor, decode_only(dycoke_l=layers))
-    with pytest.raises(AIMConfigError, match="DyCoke"):
+    with pytest.raises(AIMConfigError, match="belongs to method=dycoke, not method=aim"):
         AIMConfig(dycoke_p=0.5)
 
 

@@ -490,4 +490,4 @@ def test_run_cli_takes_the_method_and_its_knobs(capsys):
     assert 0 < r["visual_tokens_after_merge"] <= token_bound(4, 196, 0.25) + 1  # plus the newline
     # a FastVID knob typed for another method is refused, not ignored
     assert main(["run", "--frames", "4", "--method", "aim", "--fastvid-tau", "0.5"]) == 2
-    assert "--fastvid-tau is a knob of --method fastvid" in capsys.readouterr().err
+    assert "--fastvid-tau belongs to --method fastvid, not --method aim" in capsys.readouterr().err

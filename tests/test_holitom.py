@@ -553,7 +553,7 @@ def test_holitom_defaults_and_knobs():
                        (dict(holitom_tau=1.5), "holitom_tau"), (dict(drop_layers=(3,)), "holitom_layer")]:
         with pytest.raises(AIMConfigError, match=words):
             AIMConfig.for_method("holitom", **bad)
-    with pytest.raises(AIMConfigError, match="belong to"):
+    with pytest.raises(AIMConfigError, match="belongs to"):
         AIMConfig.for_method("fastv", holitom_tau=0.5)
     with pytest.raises(AIMConfigError, match="belongs to"):  # every front end: a knob of another method
         policy.check_typed_settings("fastv", {"holitom_tau": 0.5})

@@ -21,6 +21,8 @@ from llava.aim.policy import (
     aim_default_layers,
     check_method_against_model,
     method_drop_settings,
+    owner_of_knob,
+    takes_knob,
     spec,
     validate_method_fields,
     video_reduction,
@@ -206,6 +208,7 @@ class AIMConfig:
         if isinstance(self.drop_layers, list):  # lists from JSON / CLI: store the hashable tuple
             object.__setattr__(self, "drop_layers", tuple(self.drop_layers))
         validate_method_fields(self.method, self.drop_layers, self.drop_ratio, self.seed, self.l1, self.l2)
+        _check_method_knobs(self)  # a method's own knobs (named after it) only with that method
         _check_holitom(self.method, self.holitom_tau, self.holitom_layer, self.holitom_ratio)
         if self.method in PRUMERGE_METHODS and self.retention != 1.0:
             raise AIMConfigError(
@@ -360,11 +363,19 @@ class AIMConfig:
         return dataclasses.asdict(self)
 
 
+def _check_method_knobs(cfg) -> None:
+    """A method's own knobs are the fields named after it (``fastvid_tau``, ``holitom_layer``,
+    ...): set for another method they would do nothing, so they are refused (the front ends word
+    the same rule for what was typed: llava.aim.policy.check_typed_settings)."""
+    given = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is not None
+             and not takes_knob(cfg.method, f.name)]
+    if given:
+        words = ", ".join("{%s}" % n for n in given)
+        raise AIMConfigError(f"{words} belong{'' if len(given) > 1 else 's'} to {{method={owner_of_knob(given[0])}}}, "
+                             f"not {{method={cfg.method}}}")
+
+
 def _check_holitom(method, tau, layer, ratio) -> None:
-    typed = [n for n, v in (("holitom_tau", tau), ("holitom_layer", layer), ("holitom_ratio", ratio)) if v is not None]
-    if typed and method != "holitom":
-        words = ", ".join("{%s}" % n for n in typed)
-        raise AIMConfigError(f"{words} belong to {{method=holitom}}, not {{method={method}}}")
     if tau is not None and (not _is_real(tau) or not -1.0 <= tau <= 1.0):
         raise AIMConfigError(f"{{holitom_tau}} (a cosine similarity) must be in [-1, 1], got {tau!r}")
     if layer is not None and (not _is_int(layer) or layer < 1):
@@ -398,8 +409,6 @@ def _check_fastvid_knobs(cfg) -> None:
         value = getattr(cfg, name)
         if value is None:
             continue
-        if cfg.method != "fastvid":
-            raise AIMConfigError(f"{{{name}}} is a FastVID knob; it needs {{method}}=fastvid, got {cfg.method!r}")
         ok = _is_int(value) if integer else _is_real(value)
         if not ok or value < low or (high is not None and value > high):
             span = f"an integer >= {low}" if integer else f"a number in [{low}, {high}]"
@@ -479,11 +488,7 @@ DYCOKE_FIELDS = ("dycoke_k", "dycoke_l", "dycoke_p", "dycoke_when_similar")
 
 def _check_dycoke(cfg: "AIMConfig") -> None:
     """DyCoke's knobs: set only for a method that uses DyCoke's stages, each in its range."""
-    given = [n for n in DYCOKE_FIELDS if getattr(cfg, n) is not None]
     s = spec(cfg.method)
-    if given and s.decode != "dycoke_kv" and s.reduction != "dycoke":
-        raise AIMConfigError(f"{', '.join('{%s}' % n for n in given)} belong to DyCoke ({{method=dycoke}}), "
-                             f"not {{method={cfg.method}}}")
     if s.reduction == "dycoke" and cfg.retention != 1.0:
         raise AIMConfigError(
             f"{{method={cfg.method}}}: DyCoke's token count is set by {{dycoke_k}} (each pruned frame keeps "

@@ -259,11 +259,6 @@ def check_typed_settings(method: str, typed: Mapping[str, Any]) -> None:
     if len(layers) == 1:
         raise AIMConfigError("give both {l1} and {l2} (or neither for the paper's schedule scaled to the model)")
     s = spec(method)
-    # a method's own knobs are named after it (fastvid_tau, ...): typed for another method they would do nothing
-    foreign = [(n, m) for n in typed for m in SPECS if m != method and n.startswith(f"{m}_")]
-    if foreign:
-        name, owner = foreign[0]
-        raise AIMConfigError(f"{{{name}}} is a knob of {{method={owner}}}; it does nothing with {{method={method}}}")
     if s.schedule == "none":  # PruMerge: retention 1 (no merging) is what the eval scripts pass every baseline
         budget = video_reduction(method) is not None  # a video reduction's retention is its budget
         extra = [n for n in ("retention", "l1", "l2", "drop_layers", "drop_ratio")
@@ -279,14 +274,31 @@ def check_typed_settings(method: str, typed: Mapping[str, Any]) -> None:
     elif "drop_layers" in typed or "drop_ratio" in typed:
         raise AIMConfigError(f"{{drop_layers}}/{{drop_ratio}} apply to {', '.join(STEP_METHODS)} ({{method}}), "
                              f"not {{method={method}}}")
-    foreign = [n for n in typed if typed[n] is not None and any(n.startswith(m + "_") for m in METHODS if m != method)]
-    if foreign:  # a method's own knobs (holitom_tau, ...) belong to that method
-        owner = next(m for m in METHODS if foreign[0].startswith(m + "_"))
-        raise AIMConfigError(f"{_typed_words(foreign, typed)} belong{'' if ', ' in _typed_words(foreign, typed) else 's'} "
-                             f"to {{method={owner}}}, not {{method={method}}}")
+    foreign = [n for n in typed if typed[n] is not None and not takes_knob(method, n)]
+    if foreign:  # a method's own knobs (holitom_tau, ...) belong to that method: elsewhere they would do nothing
+        words = _typed_words(foreign, typed)
+        raise AIMConfigError(f"{words} belong{'' if ', ' in words else 's'} to {{method={owner_of_knob(foreign[0])}}}, "
+                             f"not {{method={method}}}")
     if typed.get("seed") is not None and method != "random":
         raise AIMConfigError(f"{{seed}} sets the random control's survivors ({{method=random}}), "
                              f"not {{method={method}}}")
+
+
+def owner_of_knob(name: str) -> Optional[str]:
+    """The method whose own knob the field ``name`` is (it is named after it: ``dycoke_k``), or None."""
+    return next((m for m in SPECS if name.startswith(m + "_")), None)
+
+
+def takes_knob(method: str, name: str) -> bool:
+    """Whether ``method`` reads the field ``name``: any field that is no method's own knob, and a
+    method's own knobs where ``method`` is that method or runs one of its registered parts (its
+    reduction, decode selection or fold is named after it, e.g. ``dycoke_kv``)."""
+    owner = owner_of_knob(name)
+    if owner is None:
+        return True
+    s = spec(method)
+    parts = (method, s.reduction, s.decode, s.fold)
+    return any(p is not None and (p == owner or p.startswith(owner + "_")) for p in parts)
 
 
 def _typed_words(names, typed: Mapping[str, Any]) -> str:
