@@ -149,9 +149,15 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
     options = _fidelity_options(args)
     if method in PRUMERGE_METHODS:
         cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **options)
-    elif video_reduction(method) is not None:  # its own budget before the LLM: --retention, else its default
+    elif video_reduction(method) is not None:  # its own budget (--retention, else its default) and knobs
+        from llava.aim.policy import drop_layers_for
+
         budget = {} if args.retention is None else {"retention": args.retention}
-        own = {name: value for name, value in typed_knobs(args).items() if name.startswith(f"{method}_")}  # its knobs
+        own = {name: value for name, value in typed_knobs(args).items() if name.startswith(f"{method}_")}
+        steps = spec(method).step_knobs
+        if steps and num_layers is not None:  # its drop resolved for this depth: what is printed is what runs
+            own.setdefault(steps[0], drop_layers_for(method, None, num_layers)[0])
+            own.setdefault(steps[1], spec(method).default_ratio)
         cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **budget, **own, **options)
     elif method in STEP_METHODS:
         from llava.aim.policy import drop_layers_for
@@ -164,18 +170,6 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
         cfg = AIMConfig.for_method(method, retention=1.0 if args.retention is None else args.retention,
                                    pruning_mode=pruning_mode, drop_layers=drop_layers, drop_ratio=drop_ratio,
                                    **options)
-    elif video_reduction(method) is not None:  # its own budget (retention), schedule and knobs
-        from llava.aim.knobs import dest_of, knobs
-        from llava.aim.policy import drop_layers_for, spec
-
-        own = {name: getattr(args, dest_of(name)) for name in knobs()
-               if name.startswith(method + "_") and getattr(args, dest_of(name), None) is not None}
-        budget = {} if args.retention is None else {"retention": args.retention}
-        steps = spec(method).step_knobs
-        if steps and num_layers is not None:  # its drop resolved for this depth: what is printed is what runs
-            own.setdefault(steps[0], drop_layers_for(method, None, num_layers)[0])
-            own.setdefault(steps[1], spec(method).default_ratio)
-        cfg = AIMConfig.for_method(method, pruning_mode=pruning_mode, **budget, **own, **options)
     else:
         retention = 0.25 if args.retention is None else args.retention
         if not merges_media:
