@@ -56,6 +56,9 @@ from llava.aim.frames import FramesIn, FramesOut
 
 OFFICIAL_DOMINANT, OFFICIAL_CONTEXTUAL = 54, 10  # README: visionzip(model, dominant=54, contextual=10)
 DEFAULT_RETENTION = (OFFICIAL_DOMINANT + OFFICIAL_CONTEXTUAL) / 576  # 64 of CLIP-L/336's 576 patches
+# HoliTom's LLaVA-OneVision-7B script (scripts/eval_ov-7b_visionzip.sh): SPATIAL_TOKENS per frame of
+# the 196 pooled tokens at its budgets 0.10 / 0.15 / 0.20 / 0.25; retention = S / 196 gives them exactly
+OV_SPATIAL_TOKENS = (20, 30, 40, 50)
 
 
 def kept_tokens(tokens_per_frame: int, retention: float) -> int:
@@ -63,13 +66,15 @@ def kept_tokens(tokens_per_frame: int, retention: float) -> int:
     return min(tokens_per_frame, max(1, round(tokens_per_frame * retention)))
 
 
-def split(kept: int) -> Tuple[int, int]:
-    """(dominant, contextual) of ``kept`` tokens in the official 54:10 proportion (CLS among the
-    dominant ones where the tower has one)."""
-    if kept <= 1:
-        return kept, 0
-    contextual = max(1, round(kept * OFFICIAL_CONTEXTUAL / (OFFICIAL_DOMINANT + OFFICIAL_CONTEXTUAL)))
-    return kept - contextual, contextual
+def split(kept: int, has_cls: bool = False) -> Tuple[int, int]:
+    """(dominant, contextual) of ``kept`` tokens: dominant = floor(kept * 54 / 64), the rest
+    contextual (HoliTom's port, visionzip/llava_arch.py: ``int(SPATIAL_TOKENS * 54/64)``; it gives
+    the official 54 + 10 of 64, 108 + 20 and 162 + 30 too). With a CLS token (counted among the
+    dominant ones) at least the CLS token is dominant."""
+    dominant = kept * OFFICIAL_DOMINANT // (OFFICIAL_DOMINANT + OFFICIAL_CONTEXTUAL)
+    if has_cls and kept >= 1 and dominant == 0:
+        dominant = 1
+    return dominant, kept - dominant
 
 
 def visionzip_frames(x: Tensor, attention: Tensor, keys: Tensor, dominant: int, contextual: int,
@@ -137,7 +142,7 @@ def visionzip(x: FramesIn) -> FramesOut:
     frames, t, _ = x.tokens.shape
     if x.attention is None or x.keys is None:
         raise ValueError("VisionZip needs the vision tower's attention and keys (need 'vision_attention')")
-    dominant, contextual = split(kept_tokens(t, x.cfg.retention))
+    dominant, contextual = split(kept_tokens(t, x.cfg.retention), has_cls=x.cls is not None)
     tokens, origin, sources, weights = visionzip_frames(x.tokens, x.attention, x.keys, dominant, contextual, x.cls)
     k = tokens.shape[1]
     base = torch.arange(frames, device=origin.device)[:, None]
