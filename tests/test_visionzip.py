@@ -526,3 +526,22 @@ def test_lmms_eval_onevision_batch_of_two_equals_each_alone(tmp_path):
     for a, t in zip(alone, together):
         assert t.token_counts.visual_tokens_after_merge == a.token_counts.visual_tokens_after_merge
         assert t.token_counts.input_tokens == a.token_counts.input_tokens
+
+
+def test_stage_preference_is_the_first_the_family_offers():
+    """A video reduction may list stages in order of preference; VisionZip's runs on the pooled
+    frames where the family pools (OneVision) and on the vision features on LLaVA-1.5."""
+    from llava.aim import registry
+    from llava.errors import AIMConfigError
+    from llava.model.families.llava15 import Llava15Adapter
+    from llava.model.families.onevision import OneVisionAdapter
+
+    entry = lookup("visionzip", "reduction")
+    assert registry.run_stage(entry, Llava15Adapter.reduction_stages) == "vision"
+    assert registry.run_stage(entry, OneVisionAdapter.reduction_stages) == "projected"
+    assert registry.run_stage(entry, ()) is None
+    for bad in ((), ("projected", "pooled")):
+        with pytest.raises(AIMConfigError, match="stage must be one of"):
+            registry.register("bad_stage", "reduction", entry.fn, needs=("video",), stage=bad, bound=entry.bound,
+                              nominal=entry.nominal)
+    assert "bad_stage" not in registry.REGISTRY
