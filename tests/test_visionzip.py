@@ -545,3 +545,22 @@ def test_stage_preference_is_the_first_the_family_offers():
             registry.register("bad_stage", "reduction", entry.fn, needs=("video",), stage=bad, bound=entry.bound,
                               nominal=entry.nominal)
     assert "bad_stage" not in registry.REGISTRY
+
+
+def test_the_analyzer_prices_the_siglip_port():
+    """Without CLS: the attention every query pays (N x N per head), the pooling of attention and
+    keys, then ranking and merging the T pooled tokens of the LLM's width."""
+    from llava.analysis.hardware import Hardware
+    from llava.analysis.roofline import analyze, visionzip_overhead_ops
+    from llava.analysis.shapes import VisionShape
+
+    siglip = VisionShape("siglip", 26, 1152, 4304, 16, 729, class_token=False)
+    hw = Hardware("h", 1e12, 1e11)
+    n, D, h, d, t, C = 729, 1152, 16, 72, 196, 3584
+    ops = {op.name: op.ops for op in visionzip_overhead_ops(siglip, 50, 1, hw, tokens_per_frame=t, channels=C)}
+    assert ops["visionzip.attention"] == 2 * n * n * D + 5 * h * n * n + h * n * n + n * D + 4 * t * (1 + d)
+    r, c = t - 42, 8  # 50 = 42 dominant + 8 contextual
+    assert ops["visionzip.merge"] == 3 * r * d + 2 * (r - c) * c * d + (r - c) * c + (r - c) * C + c * C
+    report = analyze("qwen2-7b", frames=32, tokens_per_frame=196, text_tokens=100, vision="siglip-so400m",
+                     method="visionzip", retention=50 / 196)
+    assert report.tokens_per_layer[0] == 100 + 32 * 50
