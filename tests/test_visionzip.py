@@ -1,6 +1,8 @@
-"""VisionZip (llava.aim.visionzip) against a slow float64 reference written from the official code
-(dvlab-research/VisionZip @ 3151f6d, visionzip/clip_encoder.py), on random inputs and end to end on
-the tiny LLaVA-1.5; batch equals single; the families its official code never ran are refused."""
+"""VisionZip (llava.aim.visionzip) against slow float64 references written from the official code:
+the CLIP path from dvlab-research/VisionZip @ 3151f6d (visionzip/clip_encoder.py), the SigLIP /
+LLaVA-OneVision path from HoliTom's port, cokeshao/HoliTom @ e9b2972 (visionzip/llava_arch.py,
+LLaVA-NeXT/llava/model/multimodal_encoder/siglip_encoder.py); on random inputs and end to end on
+the tiny LLaVA-1.5 and LLaVA-OneVision; batch equals single; the families neither ran are refused."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from conftest import image_inputs, make_image, make_video, video_inputs
 from llava import AIMConfig, apply_aim
 from llava.aim.policy import check_typed_settings
 from llava.aim.registry import lookup
-from llava.aim.visionzip import DEFAULT_RETENTION, kept_tokens, split, visionzip_frames
+from llava.aim.visionzip import DEFAULT_RETENTION, OV_SPATIAL_TOKENS, kept_tokens, split, visionzip, visionzip_frames
 from llava.errors import UnsupportedModelError
 from llava.model.runtime import remove_aim
 
@@ -67,7 +69,7 @@ def _random_frame(seed, t, c=6, d=4, heads=2):
 @given(seed=st.integers(0, 10**6), t=st.integers(2, 40), data=st.data())
 def test_fast_equals_the_reference_with_cls(seed, t, data):
     kept = data.draw(st.integers(1, t))
-    dominant, contextual = split(kept)
+    dominant, contextual = split(kept, has_cls=True)
     hidden, attention, keys = _random_frame(seed, t)
     want = reference_visionzip(hidden, attention, keys, dominant, contextual)
     got, origin, sources, weights = visionzip_frames(hidden[None, 1:], attention.mean(0)[None, 1:], keys[None, 1:],
@@ -110,11 +112,16 @@ def test_official_splits_and_budget():
     assert DEFAULT_RETENTION == 64 / 576
     assert kept_tokens(576, DEFAULT_RETENTION) == 64 and split(64) == (54, 10)  # README: dominant=54, contextual=10
     assert split(kept_tokens(576, 128 / 576)) == (108, 20) and split(kept_tokens(576, 192 / 576)) == (162, 30)
-    assert split(1) == (1, 0) and split(2) == (1, 1)
+    assert split(1, has_cls=True) == (1, 0) and split(1) == (0, 1) and split(2) == (1, 1)
+    # HoliTom's LLaVA-OneVision script (scripts/eval_ov-7b_visionzip.sh): SPATIAL_TOKENS 20/30/40/50 of
+    # 196 per frame for its budgets 0.10/0.15/0.20/0.25, split int(S * 54/64) dominant + the rest
+    for s, official in zip(OV_SPATIAL_TOKENS, [(16, 4), (25, 5), (33, 7), (42, 8)]):
+        assert kept_tokens(196, s / 196) == s and split(s) == official
+    assert OV_SPATIAL_TOKENS == (20, 30, 40, 50)
     cfg = AIMConfig.for_method("visionzip")
     assert (cfg.retention, cfg.l1, cfg.l2, cfg.merging, cfg.video_reducing) == (64 / 576, None, None, False, True)
     entry = lookup("visionzip", "reduction")
-    assert entry.stage == "vision" and entry.bound(3, 576, cfg) == entry.nominal(3, 576, cfg) == 192
+    assert entry.stage == ("projected", "vision") and entry.bound(3, 576, cfg) == entry.nominal(3, 576, cfg) == 192
     check_typed_settings("visionzip", {"retention": 0.25})  # the budget knob
 
 
@@ -138,7 +145,7 @@ def _official_tokens(model, pixel_values, retention):
                                 for h in range(heads)])
             keys = k[i].reshape(-1, heads, d).mean(1)
             hidden = hs[-2][i]
-            dominant, contextual = split(kept_tokens(hidden.shape[0] - 1, retention))
+            dominant, contextual = split(kept_tokens(hidden.shape[0] - 1, retention), has_cls=True)
             kept = reference_visionzip(hidden, rows, keys, dominant, contextual).to(hidden.dtype)
             outs.append(inner.multi_modal_projector(kept))
         return outs
@@ -194,14 +201,14 @@ def test_llava15_batch_equals_single(llava15_sdpa):
         remove_aim(model, processor)
 
 
-def test_families_the_official_code_never_ran_are_refused(ov_sdpa):
+def test_families_the_official_code_never_ran_are_refused():
     from conftest import qwen_model
 
-    for model, processor in (ov_sdpa, qwen_model("tiny-qwen2.5-vl")):
-        with pytest.raises(UnsupportedModelError, match="VisionZip.*runs only where its official code ran: llava15.*"
-                                                        "no SigLIP \\(LLaVA-OneVision\\) and no Qwen2-VL / Qwen2.5-VL"):
-            apply_aim(model, processor, AIMConfig.for_method("visionzip"))
-        assert not hasattr(model, "aim_stats")
+    model, processor = qwen_model("tiny-qwen2.5-vl")
+    with pytest.raises(UnsupportedModelError, match="VisionZip.*runs only where its official code ran: llava15, "
+                                                    "onevision.*neither has a Qwen2-VL / Qwen2.5-VL / Qwen3-VL version"):
+        apply_aim(model, processor, AIMConfig.for_method("visionzip"))
+    assert not hasattr(model, "aim_stats")
 
 
 def test_llava15_tower_attention_equals_the_hand_softmax(llava15_sdpa):
@@ -327,8 +334,13 @@ def test_plan_finds_the_largest_budget_and_refuses_other_families(capsys):
     from llava.analysis.roofline import analyze
     from llava.cli import main
 
-    assert main(["plan", "--method", "visionzip", "--speedup", "2"]) == 2  # the default LLaVA-OneVision
-    assert "runs only where its official code ran: llava15" in capsys.readouterr().err
+    assert main(["plan", "--method", "visionzip", "--speedup", "2", "--llm", "qwen2.5-vl-7b"]) == 2
+    assert "runs only where its official code ran: llava15, onevision" in capsys.readouterr().err
+    assert main(["plan", "--method", "visionzip", "--speedup", "3"]) == 0  # LLaVA-OneVision-7B, 32 frames
+    assert "of 196 tokens per frame at its 'projected' stage" in capsys.readouterr().out
+    assert main(["plan", "--method", "visionzip", "--speedup", "3", "--vision", "clip-vit-l-336"] + ["--llm", "vicuna-7b",
+                "--frames", "1", "--text-tokens", "60"]) == 0
+    assert "of 576 tokens per frame at its 'vision' stage" in capsys.readouterr().out
     args = ["--llm", "vicuna-7b", "--frames", "1", "--text-tokens", "60"]
     assert main(["plan", "--method", "visionzip", "--speedup", "3", "--json"] + args) == 0
     report = json.loads(capsys.readouterr().out)
@@ -341,3 +353,219 @@ def test_plan_finds_the_largest_budget_and_refuses_other_families(capsys):
         return r.without_aim().prefill_time_s / r.prefill_time_s
 
     assert speedup(n) == pytest.approx(report["speedup"]) and speedup(n + 1) < 3
+
+
+# -- SigLIP / LLaVA-OneVision: HoliTom's port (cokeshao/HoliTom @ e9b2972) -------------------------
+def reference_bilinear_half(grid):
+    """(rows, cols, ...) float64 -> (ceil(rows/2), ceil(cols/2), ...): the 2x2 bilinear resize the
+    port's get_2dPool applies (half-pixel centres, edges clamped), one axis after the other."""
+    def axis(values, size):
+        out_size = -(-size // 2)
+        scale = size / out_size
+        out = []
+        for o in range(out_size):
+            src = max((o + 0.5) * scale - 0.5, 0.0)
+            i0 = min(int(math.floor(src)), size - 1)
+            i1 = min(i0 + 1, size - 1)
+            w = src - i0
+            out.append(values[i0] * (1 - w) + values[i1] * w)
+        return torch.stack(out)
+
+    rows = axis(grid, grid.shape[0])
+    return axis(rows.transpose(0, 1), grid.shape[1]).transpose(0, 1)
+
+
+def reference_visionzip_siglip(features, query, key, heads, spatial_tokens):
+    """One frame, float64 loops, as the port: ``features`` (N, C) the projected SigLIP features of
+    a side x side grid, ``query`` / ``key`` (N, heads*d) the feature layer's projections. The
+    attention each token receives is the mean over heads and over all queries of the softmax
+    (siglip_encoder.py: attentions[-1].mean(1).mean(1)), the keys are the mean over heads
+    (raw_key_states.mean(1)); features, attention and keys are pooled 2x2 (get_2dPool); then
+    int(S*54/64) dominant by attention and the rest contextual (llava_arch.py)."""
+    n = features.shape[0]
+    side = math.isqrt(n)
+    d = query.shape[1] // heads
+    q, k = query.double(), key.double()
+    received = torch.zeros(n, dtype=torch.float64)
+    for h in range(heads):
+        for i in range(n):  # query i's softmax row, added to what each key receives
+            received += torch.softmax(q[i, h * d:(h + 1) * d] @ k[:, h * d:(h + 1) * d].T * d ** -0.5, -1) / (heads * n)
+    keys = sum(k[:, h * d:(h + 1) * d] for h in range(heads)) / heads
+    pool = lambda x: reference_bilinear_half(x.reshape(side, side, -1)).reshape(-1, x.shape[-1])  # noqa: E731
+    hidden = pool(features.double())
+    attention = pool(received[:, None])[:, 0]
+    metric = pool(keys)
+    t = hidden.shape[0]
+    dominant = int(spatial_tokens * 54 / 64)
+    contextual = spatial_tokens - dominant
+    ranked = sorted(range(t), key=lambda j: (-float(attention[j]), j))
+    chosen = set(ranked[:dominant])
+    out = [hidden[j] for j in range(t) if j in chosen]
+    rest = [j for j in range(t) if j not in chosen]
+    normed = [metric[j] / metric[j].norm() for j in rest]
+    step = max(1, len(rest) // contextual)
+    targets = list(range(0, len(rest), step))[:contextual]
+    groups = {tt: [] for tt in targets}
+    for pos, j in enumerate(rest):
+        if pos in targets:
+            continue
+        sims = [float(normed[pos] @ normed[tt]) for tt in targets]
+        groups[targets[max(range(len(targets)), key=lambda i: (sims[i], -i))]].append(hidden[j])
+    for tt in targets:
+        g = groups[tt]
+        out.append(hidden[rest[tt]] + (sum(g) / len(g) if g else 0))
+    return torch.stack(out)
+
+
+def _siglip_pipeline(features, query, key, heads, retention):
+    """The harness's path for one video: the family's attention and keys (llava.aim.frames), its
+    2x2 bilinear pooling of features, attention and keys, then the registry function."""
+    from llava.aim.frames import FramesIn, head_mean_keys, received_attention
+
+    f, n, _ = features.shape
+    side = math.isqrt(n)
+    half = -(-side // 2)
+
+    def pool(x):
+        grid = x.reshape(f, side, side, -1).permute(0, 3, 1, 2)
+        return torch.nn.functional.interpolate(grid, size=(half, half), mode="bilinear").permute(0, 2, 3, 1).reshape(f, half * half, -1)
+
+    attention = pool(received_attention(query, key, heads)[..., None])[..., 0]
+    frames = FramesIn(AIMConfig.for_method("visionzip", retention=retention), pool(features), (half, half),
+                      attention, pool(head_mean_keys(key, heads)))
+    return visionzip(frames)
+
+
+def test_reference_pooling_is_the_bilinear_resize():
+    grid = torch.randn(7, 7, 3, dtype=torch.float64)
+    want = torch.nn.functional.interpolate(grid.permute(2, 0, 1)[None], size=(4, 4), mode="bilinear")[0].permute(1, 2, 0)
+    torch.testing.assert_close(reference_bilinear_half(grid), want)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), side=st.integers(3, 9), data=st.data())
+def test_siglip_path_equals_the_port_reference(seed, side, data):
+    g = torch.Generator().manual_seed(seed)
+    n, heads, d, c = side * side, 2, 4, 5
+    t = (-(-side // 2)) ** 2
+    kept = data.draw(st.integers(1, t))
+    features = torch.randn(2, n, c, generator=g)
+    query, key = torch.randn(2, n, heads * d, generator=g), torch.randn(2, n, heads * d, generator=g)
+    out = _siglip_pipeline(features, query, key, heads, kept / t)
+    assert out.tokens.shape[0] == 2 * kept
+    for f in range(2):
+        want = reference_visionzip_siglip(features[f], query[f], key[f], heads, kept)
+        torch.testing.assert_close(out.tokens[f * kept:(f + 1) * kept].double(), want, rtol=1e-5, atol=1e-5)
+        assert (out.origin[f * kept:(f + 1) * kept] // t == f).all()
+
+
+def _ov_official_tokens(inner, pixels, spatial_tokens):
+    """The port's tokens for one video on the model's own tower: the feature layer's q/k by hand,
+    the projected features, then the float64 reference (pooling included)."""
+    tower = inner.vision_tower
+    layers = getattr(tower, "vision_model", tower).encoder.layers
+    hs = tower(pixels, output_hidden_states=True).hidden_states
+    layer = layers[-1]  # hidden_states[-1] is its output (vision_feature_layer -1), as the port's last layer
+    normed = layer.layer_norm1(hs[-2])
+    q, k = layer.self_attn.q_proj(normed), layer.self_attn.k_proj(normed)
+    projected = inner.multi_modal_projector(hs[-1])
+    return torch.cat([reference_visionzip_siglip(projected[f], q[f], k[f], layer.self_attn.num_heads, spatial_tokens)
+                      for f in range(pixels.shape[0])])
+
+
+def test_onevision_matches_the_port_reference(ov_sdpa):
+    """Tiny LLaVA-OneVision: the LLM receives the port's tokens (then the newline), 20 per frame
+    at retention 20/196 (the script's budget 0.10)."""
+    model, processor = ov_sdpa
+    frames, s = 2, OV_SPATIAL_TOKENS[0]
+    stock = video_inputs(processor, [make_video(frames, seed=7)])
+    with torch.no_grad():
+        merged = _ov_official_tokens(model.model, stock["pixel_values_videos"].flatten(0, 1), s)
+    merged = torch.cat([merged.to(model.model.image_newline.dtype), model.model.image_newline[None]])
+    want = _spliced_logits(model, stock, merged, model.config.video_token_id)
+    try:
+        apply_aim(model, processor, AIMConfig.for_method("visionzip", retention=s / 196))
+        inputs = video_inputs(processor, [make_video(frames, seed=7)])
+        assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == frames * s + 1
+        with torch.no_grad():
+            got = model(**inputs).logits[:, -1]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        assert model.aim_stats.tokens_kept_per_frame == [s] * frames
+    finally:
+        remove_aim(model, processor)
+
+
+def test_onevision_batch_equals_single(ov_sdpa):
+    model, processor = ov_sdpa
+    media = [make_video(2, seed=3), make_video(2, seed=4)]
+    questions = ["What is shown?", "Describe the colors of the objects in this video in detail please."]
+    try:
+        apply_aim(model, processor, AIMConfig.for_method("visionzip", retention=0.25))
+        batch = video_inputs(processor, media, questions)
+        assert (batch["attention_mask"] == 0).any(), "the test needs left padding"
+        with torch.no_grad():
+            both = model(**batch).logits[:, -1]
+            for i in range(2):
+                one = model(**video_inputs(processor, [media[i]], [questions[i]])).logits[:, -1]
+                torch.testing.assert_close(both[i:i + 1], one, rtol=1e-4, atol=1e-4)
+    finally:
+        remove_aim(model, processor)
+
+
+def test_lmms_eval_onevision_batch_of_two_equals_each_alone(tmp_path):
+    """Through the lmms-eval plugin (model_args method=visionzip): two videos in one batch answer
+    as each alone, with the same token counts."""
+    pytest.importorskip("lmms_eval")
+    from test_eval_plugin import _gen_request, _plugin, _texts
+
+    from llava.eval import synthetic
+    from llava.eval.lmms_model import LlavaOneVisionAIM
+
+    clips = [str(synthetic.ensure_video(synthetic.clip_name(i), tmp_path)) for i in range(2)]
+    single = _plugin(LlavaOneVisionAIM, clips, method="visionzip", retention=0.25)
+    double = _plugin(LlavaOneVisionAIM, clips, batch_size=2, method="visionzip", retention=0.25)
+    requests = [_gen_request(0), _gen_request(1, context="Which way does it move?")]
+    alone, together = single.generate_until(requests), double.generate_until(requests)
+    assert _texts(together) == _texts(alone)
+    assert [r.token_counts.batch_size for r in together] == [2, 2]
+    for a, t in zip(alone, together):
+        assert t.token_counts.visual_tokens_after_merge == a.token_counts.visual_tokens_after_merge
+        assert t.token_counts.input_tokens == a.token_counts.input_tokens
+
+
+def test_stage_preference_is_the_first_the_family_offers():
+    """A video reduction may list stages in order of preference; VisionZip's runs on the pooled
+    frames where the family pools (OneVision) and on the vision features on LLaVA-1.5."""
+    from llava.aim import registry
+    from llava.errors import AIMConfigError
+    from llava.model.families.llava15 import Llava15Adapter
+    from llava.model.families.onevision import OneVisionAdapter
+
+    entry = lookup("visionzip", "reduction")
+    assert registry.run_stage(entry, Llava15Adapter.reduction_stages) == "vision"
+    assert registry.run_stage(entry, OneVisionAdapter.reduction_stages) == "projected"
+    assert registry.run_stage(entry, ()) is None
+    for bad in ((), ("projected", "pooled")):
+        with pytest.raises(AIMConfigError, match="stage must be one of"):
+            registry.register("bad_stage", "reduction", entry.fn, needs=("video",), stage=bad, bound=entry.bound,
+                              nominal=entry.nominal)
+    assert "bad_stage" not in registry.REGISTRY
+
+
+def test_the_analyzer_prices_the_siglip_port():
+    """Without CLS: the attention every query pays (N x N per head), the pooling of attention and
+    keys, then ranking and merging the T pooled tokens of the LLM's width."""
+    from llava.analysis.hardware import Hardware
+    from llava.analysis.roofline import analyze, visionzip_overhead_ops
+    from llava.analysis.shapes import VisionShape
+
+    siglip = VisionShape("siglip", 26, 1152, 4304, 16, 729, class_token=False)
+    hw = Hardware("h", 1e12, 1e11)
+    n, D, h, d, t, C = 729, 1152, 16, 72, 196, 3584
+    ops = {op.name: op.ops for op in visionzip_overhead_ops(siglip, 50, 1, hw, tokens_per_frame=t, channels=C)}
+    assert ops["visionzip.attention"] == 2 * n * n * D + 5 * h * n * n + h * n * n + n * D + 4 * t * (1 + d)
+    r, c = t - 42, 8  # 50 = 42 dominant + 8 contextual
+    assert ops["visionzip.merge"] == 3 * r * d + 2 * (r - c) * c * d + (r - c) * c + (r - c) * C + c * C
+    report = analyze("qwen2-7b", frames=32, tokens_per_frame=196, text_tokens=100, vision="siglip-so400m",
+                     method="visionzip", retention=50 / 196)
+    assert report.tokens_per_layer[0] == 100 + 32 * 50

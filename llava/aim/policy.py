@@ -38,9 +38,10 @@ prumerge LLaVA-PruMerge (Shang et al., arXiv 2403.15388): before the LLM,   adap
          key-nearest patches, plus one token for the rest; no pruning        no merging
 prumerge PruMerge+: PruMerge plus spatially uniform samples (LLaVA-1.5; the  as prumerge
 _plus    official OneVision code leaves the samples out)
-visionz  VisionZip (Yang et al., arXiv 2412.04467): per frame at the vision  retention 64/576
-ip       tower, the CLS-attention dominant tokens plus contextual tokens     (54 + 10); CLIP
-         merged by key similarity (llava.aim.visionzip); no pruning          (LLaVA-1.5) only
+visionz  VisionZip (Yang et al., arXiv 2412.04467): per frame, the most      retention 64/576
+ip       attended tokens (CLS attention; SigLIP: mean received, after the    (54 + 10);
+         2x2 pooling) plus contextual tokens merged by key similarity        LLaVA-1.5 and
+         (llava.aim.visionzip); no pruning                                   LLaVA-OneVision
 fastvid  FastVID (Shen et al., NeurIPS 2025, arXiv 2503.11187): before the   retention 0.10,
          LLM, segments by frame similarity, keeps each frame's most          c=8, tau=0.9,
          attended tokens, merges the rest into density-peak anchors per      d=0.4, p=4,
@@ -124,10 +125,11 @@ SPECS = {
                                 "prumerge_plus", "none", "none"),
     "visionzip": MethodSpec(
         "visionzip", "VisionZip", "Yang et al., arXiv 2412.04467 (CVPR 2025), 54 dominant + 10 contextual of 576",
-        "visionzip", "none", "none", families=("llava15",),
+        "visionzip", "none", "none", families=("llava15", "onevision"),
         families_reason="the official code (dvlab-research/VisionZip at 3151f6d) patches the CLIP tower of "
-                        "LLaVA-1.5 / LLaVA-NeXT only: it has no SigLIP (LLaVA-OneVision) and no Qwen2-VL / "
-                        "Qwen2.5-VL version, and reads CLIP's CLS attention",
+                        "LLaVA-1.5 / LLaVA-NeXT; its SigLIP port (HoliTom's official repo, cokeshao/HoliTom at "
+                        "e9b2972, visionzip/llava_arch.py) runs LLaVA-OneVision and LLaVA-Video; neither has a "
+                        "Qwen2-VL / Qwen2.5-VL / Qwen3-VL version",
         default_retention=64 / 576),
     "fastvid": MethodSpec(
         "fastvid", "FastVID", "Shen et al., arXiv 2503.11187 (NeurIPS 2025), official LLaVA-OneVision script",

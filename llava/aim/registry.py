@@ -40,7 +40,7 @@ torch code when called.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 from llava.errors import AIMConfigError
 
@@ -101,11 +101,12 @@ class Entry:
     # a score AIMConfig.importance may name (AIM's own ranking); False for the scores that
     # belong to one method (last_token: FastV/PDrop, random: the control, none: VTW)
     configurable: bool = True
-    # "video" reductions (llava.aim.frames): where they read the frames (one of STAGES), and
+    # "video" reductions (llava.aim.frames): where they read the frames (one of STAGES, or a
+    # tuple of them in order of preference: the first the family offers, :func:`run_stage`), and
     # bound(frames, T, cfg) / nominal(frames, T, cfg) -> int: the most tokens a video of
     # ``frames`` frames of T tokens each (at ``stage``) can give the LLM (the processor reserves
     # that many placeholders), and the count the analyzer assumes.
-    stage: Optional[str] = None
+    stage: Union[str, Tuple[str, ...], None] = None
     bound: Optional[Callable] = None
     nominal: Optional[Callable] = None
 
@@ -143,12 +144,24 @@ def _check_video_fields(name, kind, needs, stage, bound, nominal) -> None:
         if stage is not None or bound is not None or nominal is not None:
             raise AIMConfigError(f"{kind} {name!r}: stage/bound/nominal belong to video reductions (need 'video')")
         return
-    if stage not in STAGES:
+    stages = stage if isinstance(stage, tuple) else (stage,)
+    if not stages or any(one not in STAGES for one in stages):
         raise AIMConfigError(f"video reduction {name!r}: stage must be one of {list(STAGES)}, got {stage!r}")
     for what, fn in (("bound", bound), ("nominal", nominal)):
         if not callable(fn):
             raise AIMConfigError(f"video reduction {name!r}: {what} must be a function (frames, T, cfg) -> int, "
                                  f"got {fn!r}")
+
+
+def entry_stages(entry: Entry) -> Tuple[str, ...]:
+    """A video reduction's stages, in order of preference."""
+    return entry.stage if isinstance(entry.stage, tuple) else (entry.stage,)
+
+
+def run_stage(entry: Entry, offered) -> Optional[str]:
+    """The stage a family offering ``offered`` runs ``entry`` at: the first of the entry's
+    stages it offers (None: none)."""
+    return next((stage for stage in entry_stages(entry) if stage in offered), None)
 
 
 def unregister(name: str) -> None:
@@ -308,10 +321,14 @@ def _visionzip_count(frames, tokens_per_frame, cfg):
     return token_bound(frames, tokens_per_frame, cfg)
 
 
-register("visionzip", "reduction", _visionzip, needs=("video", "vision_attention"), stage="vision",
+# VisionZip reads the frames after the family's pooling where it pools (HoliTom's LLaVA-OneVision
+# port pools the projected features, the attention and the keys 2x2 first), else the vision
+# tower's features before the projector (the official CLIP code on LLaVA-1.5)
+register("visionzip", "reduction", _visionzip, needs=("video", "vision_attention"), stage=("projected", "vision"),
          bound=_visionzip_count, nominal=_visionzip_count, cost="visionzip_overhead_ops",
          summary="VisionZip: per frame, the CLS-attention dominant tokens and contextual tokens merged by key "
-                 "similarity, on the vision tower's selected features (llava.aim.visionzip)")
+                 "similarity: on CLIP's selected features, or on SigLIP's pooled frames ranked by the mean attention "
+                 "received (llava.aim.visionzip)")
 
 
 # -- FastVID (llava.aim.fastvid): a "video" reduction on the projected frames ----------------------

@@ -1,48 +1,53 @@
-"""VisionZip (Yang et al., arXiv 2412.04467, CVPR 2025): dominant and contextual tokens, per frame
-at the vision tower, before the projector. Pure torch; a "video" reduction (llava.aim.frames).
+"""VisionZip (Yang et al., arXiv 2412.04467, CVPR 2025): dominant and contextual tokens, per frame,
+before the LLM. Pure torch; a "video" reduction (llava.aim.frames).
 
-Read from the official code, github.com/dvlab-research/VisionZip at commit
-3151f6df4fca36a4cd1c985e5956e725b1f9ad02: ``visionzip/clip_encoder.py``
-(``CLIPVisionTower_VisionZip.forward``), ``visionzip/utils.py`` (the keys kept by the patched
-CLIP attention, ``apply_info``'s layer schedule) and ``visionzip/main.py`` (``visionzip(model,
-dominant, contextual)``).
+Read from two official codes:
 
-The algorithm, per frame (image) of T patch features x (T, C) selected from a CLIP layer (LLaVA's
-penultimate layer), with that same layer's attention and keys:
+* CLIP (LLaVA-1.5): github.com/dvlab-research/VisionZip at commit
+  3151f6df4fca36a4cd1c985e5956e725b1f9ad02: ``visionzip/clip_encoder.py``
+  (``CLIPVisionTower_VisionZip.forward``), ``visionzip/utils.py`` (the keys kept by the patched
+  CLIP attention, ``apply_info``'s layer schedule) and ``visionzip/main.py``.
+* SigLIP (LLaVA-OneVision video): the port in HoliTom's official repository,
+  github.com/cokeshao/HoliTom at commit e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0:
+  ``LLaVA-NeXT/llava/model/multimodal_encoder/siglip_encoder.py`` (the ``visionzip`` wrapper: the
+  last layer's attention, mean over heads then over queries, and its keys, mean over heads),
+  ``visionzip/llava_arch.py`` (features projected, then features, attention and keys pooled 2x2
+  by ``get_2dPool``, then the selection; ``int(SPATIAL_TOKENS * 54/64)`` dominant) and
+  ``scripts/eval_ov-7b_visionzip.sh`` (``SPATIAL_TOKENS`` 20 / 30 / 40 / 50 of 196 per frame).
 
-1. Dominant tokens: the ``dominant - 1`` patches receiving the most attention from the CLS
-   query (the CLS row of the layer's softmax over all T + 1 tokens, summed over heads; its CLS
-   column left out), plus the CLS token itself. They are emitted CLS first, then the patches
-   in their original order.
-2. Contextual tokens: the other R patches, in their original order, with their keys (the
-   layer's key projections, mean over heads) L2-normalised. ``contextual`` of them are targets,
-   every ``max(1, R // contextual)``-th one from the first; each remaining patch goes to the
-   target whose key has the largest dot product with its own (the first on a tie), and each
-   target becomes its own feature plus the plain mean of the features assigned to it (the
-   target itself is not in the mean; a target with nothing assigned stays as it is).
+The algorithm, per frame of T tokens x (T, C) with the attention each receives and the keys of
+the vision layer that produced the features (on CLIP the selected features before the
+projector, plus the CLS token; on SigLIP, which has no CLS, the projected and pooled frame, with
+attention and keys pooled the same way; the family gives both through FramesIn and its stage):
+
+1. Dominant tokens: the ``dominant`` tokens receiving the most attention (CLIP: the CLS query's
+   row, the CLS token itself counted among them and emitted first), in their original order.
+2. Contextual tokens: the other R tokens, in their original order, with their keys (mean over
+   heads) L2-normalised. ``contextual`` of them are targets, every ``max(1, R // contextual)``-th
+   one from the first; each remaining token goes to the target whose key has the largest dot
+   product with its own (the first on a tie), and each target becomes its own feature plus the
+   plain mean of the features assigned to it (the target is not in the mean; a target with
+   nothing assigned stays as it is).
 3. The frame gives ``dominant + contextual`` tokens: the dominant ones, then the contextual ones
    in target order.
 
-The official setting is 54 dominant + 10 contextual = 64 tokens of CLIP's 576 (README, "Quick
-Start" and "Evaluation": ``visionzip(model, dominant=54, contextual=10)``). Here the budget is
-``retention`` (the fraction of each frame's T tokens kept, 64/576 = 1/9 by default): the frame
-keeps k = max(1, round(T * retention)) tokens, of which ``contextual = round(k * 10 / 64)`` (at
-least 1 when k > 1) and the rest dominant; 64 -> 54 + 10, and the paper's larger budgets of 128
-and 192 tokens -> 108 + 20 and 162 + 30.
+Budget: ``retention``, the fraction of each frame's T tokens kept: k = max(1, round(T *
+retention)), of which ``dominant = floor(k * 54 / 64)`` (the port's rule; on CLIP at least the
+CLS token) and the rest contextual. That gives the CLIP README's 54 + 10 of 576 (``visionzip(model,
+dominant=54, contextual=10)``, the default retention 64/576), the paper's 108 + 20 and 162 + 30,
+and on LLaVA-OneVision the script's 20 / 30 / 40 / 50 of 196 at retention S / 196
+(:data:`OV_SPATIAL_TOKENS`; its labels 0.10 / 0.15 / 0.20 / 0.25 are those fractions rounded).
 
 Deliberate differences:
 
-* Ties: the dominant patches are the first by (attention descending, index ascending) (the
+* Ties: the dominant tokens are the first by (attention descending, index ascending) (the
   official ``topk`` leaves the order among equal values to the implementation); the contextual
   assignment takes the first best target, as ``argmax`` does.
 * Precision: the attention is computed in float32 from the captured query / key projections
-  (the official code switches the tower to eager attention and reads the fp16 weights); the
+  (the official codes switch the tower to eager attention and read the model-dtype weights); the
   similarity and the means are computed in float32 and cast back to the features' dtype.
-* Without a CLS token (a SigLIP tower) the dominant tokens would all be patches, ranked by the
-  mean attention they receive; the official code has no such path and apply_aim refuses those
-  families (VisionZip's MethodSpec.families), so this branch is tested but never run on a model.
-* A frame of k = 1 keeps only the CLS token (no contextual token: the official code would
-  divide by zero).
+* A CLIP frame of k = 1 keeps only the CLS token (no contextual token: the official code would
+  divide by zero); a SigLIP frame of k = 1 is one contextual token.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ from llava.aim.frames import FramesIn, FramesOut
 
 OFFICIAL_DOMINANT, OFFICIAL_CONTEXTUAL = 54, 10  # README: visionzip(model, dominant=54, contextual=10)
 DEFAULT_RETENTION = (OFFICIAL_DOMINANT + OFFICIAL_CONTEXTUAL) / 576  # 64 of CLIP-L/336's 576 patches
+# HoliTom's LLaVA-OneVision-7B script (scripts/eval_ov-7b_visionzip.sh): SPATIAL_TOKENS per frame of
+# the 196 pooled tokens at its budgets 0.10 / 0.15 / 0.20 / 0.25; retention = S / 196 gives them exactly
+OV_SPATIAL_TOKENS = (20, 30, 40, 50)
 
 
 def kept_tokens(tokens_per_frame: int, retention: float) -> int:
@@ -63,13 +71,15 @@ def kept_tokens(tokens_per_frame: int, retention: float) -> int:
     return min(tokens_per_frame, max(1, round(tokens_per_frame * retention)))
 
 
-def split(kept: int) -> Tuple[int, int]:
-    """(dominant, contextual) of ``kept`` tokens in the official 54:10 proportion (CLS among the
-    dominant ones where the tower has one)."""
-    if kept <= 1:
-        return kept, 0
-    contextual = max(1, round(kept * OFFICIAL_CONTEXTUAL / (OFFICIAL_DOMINANT + OFFICIAL_CONTEXTUAL)))
-    return kept - contextual, contextual
+def split(kept: int, has_cls: bool = False) -> Tuple[int, int]:
+    """(dominant, contextual) of ``kept`` tokens: dominant = floor(kept * 54 / 64), the rest
+    contextual (HoliTom's port, visionzip/llava_arch.py: ``int(SPATIAL_TOKENS * 54/64)``; it gives
+    the official 54 + 10 of 64, 108 + 20 and 162 + 30 too). With a CLS token (counted among the
+    dominant ones) at least the CLS token is dominant."""
+    dominant = kept * OFFICIAL_DOMINANT // (OFFICIAL_DOMINANT + OFFICIAL_CONTEXTUAL)
+    if has_cls and kept >= 1 and dominant == 0:
+        dominant = 1
+    return dominant, kept - dominant
 
 
 def visionzip_frames(x: Tensor, attention: Tensor, keys: Tensor, dominant: int, contextual: int,
@@ -137,7 +147,7 @@ def visionzip(x: FramesIn) -> FramesOut:
     frames, t, _ = x.tokens.shape
     if x.attention is None or x.keys is None:
         raise ValueError("VisionZip needs the vision tower's attention and keys (need 'vision_attention')")
-    dominant, contextual = split(kept_tokens(t, x.cfg.retention))
+    dominant, contextual = split(kept_tokens(t, x.cfg.retention), has_cls=x.cls is not None)
     tokens, origin, sources, weights = visionzip_frames(x.tokens, x.attention, x.keys, dominant, contextual, x.cls)
     k = tokens.shape[1]
     base = torch.arange(frames, device=origin.device)[:, None]

@@ -22,6 +22,7 @@ from llava.analysis.roofline import (
     analyze,
     reduction_figures,
 )
+from llava.aim.registry import entry_stages, run_stage
 from llava.aim.policy import (LLAVA15_OFFICIAL_LAYERS, PRUMERGE_METHODS, STEP_METHODS, aim_default_layers,
                               check_typed_settings, drop_layers_for, family_refusal, spec, video_reduction)
 from llava.analysis.shapes import get_llm, get_vision, model_visual_tokens, reference_names, resolve_model, tower_names
@@ -500,7 +501,9 @@ def run_budget_plan(args: argparse.Namespace) -> int:
         return 2
     inputs = analysis_inputs(args)
     entry = video_reduction(method)
-    stage_tokens = inputs["vision"].patches if entry.stage == "vision" else inputs["tokens_per_frame"]
+    stage_tokens = inputs["vision"].patches if entry_stages(entry)[0] == "vision" else inputs["tokens_per_frame"]
+    shown_stage = run_stage(entry, family.reduction_stages) if family is not None else None
+    shown_stage = shown_stage or entry_stages(entry)[0]  # (LLaVA-1.5's 576 CLIP features are its 576 tokens)
     target = f"<= {args.budget_tflops:g} TFLOPs" if args.budget_tflops is not None else f">= {args.speedup:g}x faster"
 
     def at(n):
@@ -529,7 +532,7 @@ def run_budget_plan(args: argparse.Namespace) -> int:
         return 0
     sys.stdout.write(
         f"llava-aim plan --method {method}: retention {retention:.6g} ({low} of {stage_tokens} tokens per frame at "
-        f"its {entry.stage!r} stage) costs {result.prefill_tflops:.3f} TFLOPs, {speedup:.2f}x faster: the largest "
+        f"its {shown_stage!r} stage) costs {result.prefill_tflops:.3f} TFLOPs, {speedup:.2f}x faster: the largest "
         f"budget that meets {target}\n"
         f"use    : {run_command_prefix(args)} --retention {retention:.6g}\n")
     return 0

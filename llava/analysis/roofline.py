@@ -61,6 +61,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_schedule, merged_token_count
 from llava.aim.prumerge import nominal_tokens
+from llava.aim.registry import entry_stages
 from llava.aim.policy import (AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, fold_of, reduction_of,
                               score_of, spec, video_reduction)
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
@@ -771,9 +772,12 @@ def _per_frame_segment_length(sizes: Sequence[int]) -> List[int]:
 
 
 def visionzip_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware: Hardware,
-                           options: Optional[RooflineOptions] = None) -> List[OpCost]:
+                           options: Optional[RooflineOptions] = None, tokens_per_frame: Optional[int] = None,
+                           channels: Optional[int] = None) -> List[OpCost]:
     """VisionZip (llava.aim.visionzip) on ``frames`` frames of N patches (D-wide features and
-    keys, h heads of d = D / h), keeping ``kept`` tokens (dominant + contextual, split 54:10):
+    keys, h heads of d = D / h), keeping ``kept`` tokens (dominant + contextual, split 54:10).
+
+    A CLS tower (CLIP, the official code), on the N unpooled features:
 
     * the attention read: the CLS query against the N + 1 keys over all heads (2*(N+1)*D), the
       softmax (5*h*(N+1)), the mean over heads (h*N) and the keys' mean over heads ((N+1)*D);
@@ -782,20 +786,36 @@ def visionzip_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware
     * the merge: normalising the R non-dominant keys (3*R*d), their similarity to the c
       targets (2*(R-c)*c*d) and its argmax ((R-c)*c), the sums and the division ((R-c)*D + c*D),
       reading the R features and writing the c tokens.
+
+    A tower without CLS (SigLIP, HoliTom's LLaVA-OneVision port), on the T = ``tokens_per_frame``
+    pooled, projected tokens (``channels`` wide): the attention every query pays each key
+    (2*N*N*D, softmax 5*h*N*N, mean over heads and queries h*N*N; loads the queries and keys),
+    the keys' mean over heads (N*D), the 2x2 bilinear pooling of the attention and the keys
+    (4*T*(1+d)), then the ranking and the merge as above over T tokens of ``channels``.
     """
     from llava.aim.visionzip import split
 
     o = options or RooflineOptions()
     n, D, h, a = vision.patches, vision.hidden, vision.heads, o.act_bytes
     d = D // h
-    dominant, c = split(kept)
-    r = n - (dominant - int(vision.class_token))
+    if vision.class_token:
+        dominant, c = split(kept, has_cls=True)
+        r = n - (dominant - 1)
+        read = _op("visionzip.attention", 2 * (n + 1) * D + 5 * h * (n + 1) + h * n + (n + 1) * D,
+                   2 * (n + 1) * D * a, hardware)
+        t, width = n, D
+    else:
+        t = tokens_per_frame or n
+        width = channels or D
+        dominant, c = split(kept)
+        r = t - dominant
+        read = _op("visionzip.attention", 2 * n * n * D + 5 * h * n * n + h * n * n + n * D + 4 * t * (1 + d),
+                   2 * n * D * a, hardware)
     ops = [
-        _op("visionzip.attention", 2 * (n + 1) * D + 5 * h * (n + 1) + h * n + (n + 1) * D,
-            2 * (n + 1) * D * a, hardware),
-        _op("visionzip.rank", n * max(1.0, math.log2(n)), n * 4, hardware),
-        _op("visionzip.merge", 3 * r * d + 2 * (r - c) * c * d + (r - c) * c + (r - c) * D + c * D,
-            r * d * a + r * D * a + c * D * a, hardware),
+        read,
+        _op("visionzip.rank", t * max(1.0, math.log2(t)), t * 4, hardware),
+        _op("visionzip.merge", 3 * r * d + 2 * (r - c) * c * d + (r - c) * c + (r - c) * width + c * width,
+            r * d * a + r * width * a + c * width * a, hardware),
     ]
     return [_scaled(op, frames) for op in ops]
 
@@ -1008,7 +1028,7 @@ def analyze(
     elif kept_tokens is not None:
         raise AIMConfigError("kept_tokens (--kept-tokens) is the measured count of prumerge / prumerge_plus")
     elif reduction is not None:
-        stage_tokens = vshape.patches if reduction.stage == "vision" else tokens_per_frame
+        stage_tokens = vshape.patches if entry_stages(reduction)[0] == "vision" else tokens_per_frame
         video_total = int(reduction.nominal(frames, stage_tokens, cfg))
         kept = -(-video_total // frames)
     else:

@@ -20,6 +20,7 @@ import torch
 
 from llava.aim.config import AIMConfig
 from llava.aim.policy import family_refusal, video_reduction
+from llava.aim.registry import entry_stages, run_stage
 from llava.errors import AIMConfigError, UnsupportedModelError, UnsupportedUsageError
 from llava.model.families import FAMILIES, family_of
 from llava.model.language_model.attention import aim_backend_name, stock_backend_name
@@ -308,19 +309,20 @@ def _check_video_reduction(cfg: AIMConfig, family) -> None:
     entry = video_reduction(cfg.method)
     if entry is None:
         return
-    if entry.stage not in family.reduction_stages:
+    stage = run_stage(entry, family.reduction_stages)
+    if stage is None:
         offered = (f"it offers the stages {list(family.reduction_stages)}" if family.reduction_stages
                    else "it runs no video reduction")
         raise UnsupportedModelError(
-            f"method {cfg.method!r} reduces at the {entry.stage!r} stage, which {family.title} does not offer "
-            f"({offered}); use another method"
+            f"method {cfg.method!r} reduces at the {' or '.join(map(repr, entry_stages(entry)))} stage, which "
+            f"{family.title} does not offer ({offered}); use another method"
         )
     if "vision_attention" in entry.needs and not family.vision_attention_stages:
         raise UnsupportedModelError(f"method {cfg.method!r} needs the vision tower's attention, which {family.title} "
                                     "does not capture; use another method")
-    if "vision_attention" in entry.needs and entry.stage not in family.vision_attention_stages:
+    if "vision_attention" in entry.needs and stage not in family.vision_attention_stages:
         raise UnsupportedModelError(
-            f"method {cfg.method!r} needs the vision tower's attention at the {entry.stage!r} stage; {family.title} "
+            f"method {cfg.method!r} needs the vision tower's attention at the {stage!r} stage; {family.title} "
             f"gives it at {list(family.vision_attention_stages)} only (the attention is per vision-tower patch)"
         )
 

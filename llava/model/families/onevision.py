@@ -32,6 +32,7 @@ from llava.aim.frames import head_mean_keys, received_attention, reduce_videos
 from llava.aim.merge import merged_token_count
 from llava.aim.policy import video_reduction
 from llava.aim.prumerge import cls_attention, prumerge_frames, token_bound
+from llava.aim.registry import run_stage
 from llava.errors import UnsupportedModelError
 from llava.model.families.llava15 import LLAVA_NEXT_STOCK_ARGS
 from llava.model.families.base import Reference, VisualTokens, text_bench_dims, vit_bench_dims, vit_shape
@@ -165,6 +166,7 @@ class OneVisionAdapter(FamilyAdapter):
         expects (frames rows of ceil(bound / frames) tokens), and cut back to the bound after."""
         cfg = runtime.cfg
         entry = video_reduction(cfg.method)
+        stage = run_stage(entry, self.reduction_stages)
         attention_layer = feature_layer(inner, cfg.method) if "vision_attention" in entry.needs else None
         projections = None if attention_layer is None else CapturedProjections(attention_layer.self_attn, runtime)
         stock_pooling = inner.apply_pooling
@@ -180,7 +182,7 @@ class OneVisionAdapter(FamilyAdapter):
                 q, k = projections.take(features.shape[0])
                 heads = attention_layer.self_attn.num_heads
                 attention, keys = received_attention(q, k, heads), head_mean_keys(k, heads)
-                if entry.stage == "projected":  # per pooled token: pooled as the features (bilinear 2x2)
+                if stage == "projected":  # per pooled token: pooled as the features (bilinear 2x2)
                     attention = stock_pooling(attention[..., None])[..., 0]
                     keys = stock_pooling(keys)
             reduced = reduce_videos(entry, cfg, features, frames, (side, side), attention, keys)
@@ -210,7 +212,7 @@ class OneVisionAdapter(FamilyAdapter):
         def apply_pooling(image_features):
             if not call["videos"]:
                 return stock_pooling(image_features)
-            if entry.stage == "vision":
+            if stage == "vision":
                 return image_features  # reduced before the projector: no pooling, as PruMerge runs
             pooled = stock_pooling(image_features)  # (videos * frames, T, C), T = 196 at 384 px
             return reduce(pooled, pooled.shape[1])
@@ -222,7 +224,7 @@ class OneVisionAdapter(FamilyAdapter):
             side = math.isqrt(features.shape[1])
             return (reduce(features, ((side + 1) // 2) ** 2),) + tuple(args[1:])  # before: the stock pooled count
 
-        if entry.stage == "vision":
+        if stage == "vision":
             runtime.handles.append(inner.multi_modal_projector.register_forward_pre_hook(reduce_before_projector))
         set_instance_attr(inner, "get_video_features", get_video_features, runtime)
         set_instance_attr(inner, "apply_pooling", apply_pooling, runtime)
@@ -241,7 +243,8 @@ class OneVisionAdapter(FamilyAdapter):
             if cfg.prumerging:  # unpooled patches; the most PruMerge can give each frame
                 return processor.video_token * (frames * bound + 1)
             if entry is not None:  # the most the method can give this video, then the newline
-                t = unpooled_patches(processor, cfg.method) if entry.stage == "vision" else per_frame
+                vision = run_stage(entry, self.reduction_stages) == "vision"
+                t = unpooled_patches(processor, cfg.method) if vision else per_frame
                 return processor.video_token * (int(entry.bound(frames, t, cfg)) + 1)
             kept = merged_token_count(per_frame, cfg.retention, cfg.merge_count)
             return processor.video_token * (frames * kept + 1)
