@@ -101,6 +101,8 @@ def _row_setting(name: str) -> Optional[Dict[str, Any]]:
     for the baselines' rows, whose knobs were matched to the paper's TFLOPs, not given by it."""
     if name in ("video/baseline", "sweep/r1"):
         return dict(_VIDEO, retention=1.0, layers=None)
+    if name == "video/longva":  # LongVA-7B: Qwen2-7B's shape, 128 frames x 144 tokens (CLIP-L/336 pooled 2 x 2)
+        return dict(_VIDEO, frames=128, tokens_per_frame=144, retention=1.0, layers=None)
     if name == "video/aim":
         return dict(_VIDEO, retention=0.25, layers=(14, 22))
     if name == "long/aim-192":
