@@ -10,7 +10,14 @@ prumerge_plus). An entry states
 * its function: a score's takes one :class:`ScoreInputs` and returns (B, N) float32 scores
   (higher survives); a reduction's is the frame-level function it names;
 * its cost for the analyzer: the name of the function in ``llava.analysis.roofline`` that
-  prices it (``None``: nothing worth counting, e.g. a hash per token).
+  prices it (``None``: nothing worth counting, e.g. a hash per token). The analyzer calls it with
+  the arguments its parameters name (``llava.analysis.roofline.REDUCTION_COST_ARGUMENTS`` for a
+  reduction; a score's take (llm, tokens_per_layer, layers, hardware, options));
+* a reduction's token flow: ``stage`` (what it reads: "projected", the tokens the LLM would
+  receive per frame; "vision", the vision tower's unpooled features), ``nominal(frames, T, cfg)``
+  (the tokens a video of ``frames`` frames of T tokens at that stage gives the LLM, as the
+  analyzer counts it; it may also take ``vision``, the VisionShape) and, for a count that
+  depends on the content, ``bound(frames, T, cfg)`` (the most it can give).
 
 Adding a score takes one :func:`register` call with its function (tests/test_registry.py
 registers a text-conditioned one and runs a model with it). An unregistered name fails loudly
@@ -64,13 +71,21 @@ class Entry:
     # a score AIMConfig.importance may name (AIM's own ranking); False for the scores that
     # belong to one method (last_token: FastV/PDrop, random: the control, none: VTW)
     configurable: bool = True
+    # reductions: what they read, and their token flow (the module docstring)
+    stage: str = "projected"
+    bound: Optional[Callable] = None
+    nominal: Optional[Callable] = None
 
 
 REGISTRY: Dict[str, Entry] = {}
 
 
+STAGES = ("projected", "vision")
+
+
 def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] = None, summary: str = "",
-             configurable: bool = True, replace: bool = False) -> Entry:
+             configurable: bool = True, replace: bool = False, stage: str = "projected",
+             bound: Optional[Callable] = None, nominal: Optional[Callable] = None) -> Entry:
     """Add one entry; a name already taken, an unknown kind or an unknown need is refused."""
     if kind not in KINDS:
         raise AIMConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
@@ -83,7 +98,12 @@ def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] =
         raise AIMConfigError(f"{kind} {name!r}: fn must be callable, got {fn!r}")
     if name in REGISTRY and not replace:
         raise AIMConfigError(f"{name!r} is already registered (as a {REGISTRY[name].kind})")
-    entry = Entry(name, kind, frozenset(needs), fn, cost, summary, configurable)
+    if stage not in STAGES:
+        raise AIMConfigError(f"{kind} {name!r}: stage must be one of {list(STAGES)}, got {stage!r}")
+    if kind == "reduction" and not callable(nominal):
+        raise AIMConfigError(f"reduction {name!r} needs nominal(frames, T, cfg), the tokens it gives the LLM "
+                             "(the analyzer's token flow)")
+    entry = Entry(name, kind, frozenset(needs), fn, cost, summary, configurable, stage, bound, nominal)
     REGISTRY[name] = entry
     return entry
 
@@ -187,12 +207,36 @@ def _prumerge(*args, **kwargs):
     return prumerge_frames(*args, **kwargs)
 
 
-register("merge", "reduction", merge_reduction, needs=("frames",), cost="merge_overhead_ops",
+def merged_tokens(frames: int, tokens: int, cfg) -> int:
+    """merge / pool: each frame to merged_token_count(T, retention, merge_count) tokens."""
+    from llava.aim.merge import merged_token_count
+
+    return frames * merged_token_count(tokens, cfg.retention, cfg.merge_count)
+
+
+def prumerge_nominal(frames: int, tokens: int, cfg, vision=None) -> int:
+    """PruMerge at the official ratio 1/8 of the T unpooled patches (+ as many spatial samples for
+    PruMerge+ on a tower with a CLS token; the official OneVision code adds none on SigLIP)."""
+    from llava.aim.prumerge import nominal_tokens
+
+    plus = cfg.method == "prumerge_plus" and (vision is None or vision.class_token)
+    return frames * nominal_tokens(tokens, plus)
+
+
+def prumerge_bound(frames: int, tokens: int, cfg) -> int:
+    from llava.aim.prumerge import token_bound
+
+    return frames * token_bound(tokens, cfg.method == "prumerge_plus")
+
+
+register("merge", "reduction", merge_reduction, needs=("frames",), cost="merge_overhead_ops", nominal=merged_tokens,
          summary="AIM's bipartite soft matching of each frame's tokens (llava.aim.merge.merge_frames)")
-register("pool", "reduction", pool_reduction, needs=("frames",), cost="pool_overhead_ops",
+register("pool", "reduction", pool_reduction, needs=("frames",), cost="pool_overhead_ops", nominal=merged_tokens,
          summary="spatial average pooling to AIM's per-frame count (llava.aim.reduce.pool_frames)")
-register("prumerge", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
+register("prumerge", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops", stage="vision",
+         nominal=prumerge_nominal, bound=prumerge_bound,
          summary="LLaVA-PruMerge: CLS-attention outliers absorb their key-nearest patches "
                  "(llava.aim.prumerge.prumerge_frames, the vision tower's last keys)")
 register("prumerge_plus", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
+         stage="vision", nominal=prumerge_nominal, bound=prumerge_bound,
          summary="PruMerge+: PruMerge plus spatially uniform samples (prumerge_frames(..., plus=True))")
