@@ -53,6 +53,11 @@ QWEN_TASKS = "videomme,videomme_w_subtitle"
 # 100 text tokens give the printed 381.09 TFLOPs / 2186.04 ms), LongVA's own lmms-eval settings
 # (github.com/EvolvingLMMs-Lab/LongVA README at 1021cad: conv_template qwen_1_5, model_name llava_qwen, decord)
 LONGVA_TASKS = "videomme,videomme_w_subtitle,mlvu_dev"
+# The 2025 comparison (issue 21): the benchmarks the 2025 token-reduction papers report on
+# LLaVA-OneVision-7B; its anchor rows share the video table's runs (a superset of these tasks).
+COMPARISON_TASKS = "videomme,mvbench,mlvu_dev,egoschema_subset"
+COMPARISON_METHODS = ("visionzip", "dycoke", "fastvid", "holitom")
+COMPARISON_BUDGETS = (0.25, 0.1)  # the fraction of the visual tokens entering the LLM (retention)
 LONGVA_ARGS = ("pretrained=lmms-lab/LongVA-7B,conv_template=qwen_1_5,model_name=llava_qwen,"
                "video_decode_backend=decord,max_frames_num=128")
 # Variables of the evaluation scripts a user may set for every row (they win over the row's).
@@ -187,6 +192,31 @@ def build_rows() -> List[Row]:
         rows.append(Row(f"qwen3vl/r{r:g}", VIDEO, {**qwen3, "RETENTION": f"{r:g}"},
                         f"Qwen3-VL-8B-Instruct, merge to {_pct(r)}, default schedule", method="qwen3_vl_aim",
                         note="ours: not in the paper"))
+    return rows + comparison_rows()
+
+
+def comparison_rows() -> List[Row]:
+    """The 2025 comparison on LLaVA-OV-7B at 32 frames (ours, not in the paper): the baseline, AIM,
+    VisionZip / DyCoke / FastVID / HoliTom at about 25% and 10% of the visual tokens (each
+    method's budget knob, retention), and FastV / PDrop as anchors (the video table's runs)."""
+    rows = [
+        Row("comparison/baseline", VIDEO, {"AIM": "0", "TASKS": VIDEO_TASKS}, "LLaVA-OV-7B, no reduction",
+            same_as="video/baseline"),
+        Row("comparison/aim", VIDEO, _aim(0.25, AUTO, None, VIDEO_TASKS), "AIM: merge to 25%, prune (14, 22)",
+            same_as="video/aim"),
+    ]
+    for method in COMPARISON_METHODS:
+        for budget in COMPARISON_BUDGETS:
+            env = {"RETENTION": f"{budget:g}", "TASKS": COMPARISON_TASKS, "EXTRA_MODEL_ARGS": f"method={method}"}
+            rows.append(Row(f"comparison/{method}/r{budget:g}", VIDEO, env,
+                            f"{method}, {_pct(budget)} of the visual tokens (its official defaults otherwise)",
+                            method=method, note="ours: not in the paper"))
+    rows += [
+        Row("comparison/fastv", VIDEO, _baseline("fastv", VIDEO_TASKS, drop_layers=2, drop_ratio=0.836),
+            "FastV (anchor), K=2, R=83.6%", same_as="video/fastv", method="fastv"),
+        Row("comparison/pdrop", VIDEO, _baseline("pdrop", VIDEO_TASKS, drop_layers="2/5/11", drop_ratio=0.5),
+            "PyramidDrop (anchor), lambda 0.5 at layers 2/5/11", same_as="video/pdrop", method="pdrop"),
+    ]
     return rows
 
 
@@ -196,20 +226,22 @@ BY_NAME = {row.name: row for row in ROWS}
 
 # -- what can run here ----------------------------------------------------------------------------
 def unavailable(row: Row) -> Optional[str]:
-    """Why this install cannot run the row (a method or plugin model it lacks), else None."""
-    from llava.aim.policy import METHODS
+    """Why this install cannot run the row (a method or plugin model it lacks), else None. Methods
+    are looked up when asked (llava.aim.policy.SPECS): a row of a method registered later runs."""
+    from llava.aim.policy import SPECS
     from llava.eval.registry import MODELS
 
     if row.script == STOCK:
         from llava.eval.stock import missing
 
         return missing(row.env["MODEL"])
-    if row.method in METHODS:  # "aim" included
+    if row.method in SPECS:  # "aim" included
         return None
     if row.method in MODELS:
         return None
-    kind = "plugin model" if row.method.endswith("_aim") else "method"
-    return f"{kind} {row.method!r} is not in this install"
+    if row.method.endswith("_aim"):
+        return f"plugin model {row.method!r} is not in this install"
+    return f"needs method {row.method} (not registered in this install: llava.aim.policy.SPECS)"
 
 
 def select(names: Sequence[str]) -> List[Row]:

@@ -257,3 +257,73 @@ def test_longva_dry_run_prints_a_runnable_command(capsys, monkeypatch, tmp_path)
         ran = subprocess.run(line[0], shell=True, cwd=pt.ROOT, capture_output=True, text=True, timeout=120)
         assert ran.returncode == 2 and ran.stderr.strip() == f"error: {why}"
         assert not (tmp_path / "video" / "longva").exists()
+
+
+# -- the 2025 comparison table ----------------------------------------------------------------------
+COMPARED = ("visionzip", "dycoke", "fastvid", "holitom")
+
+
+def _comparison_names():
+    return (["comparison/baseline", "comparison/aim"]
+            + [f"comparison/{m}/r{b}" for m in COMPARED for b in ("0.25", "0.1")]
+            + ["comparison/fastv", "comparison/pdrop"])
+
+
+def test_comparison_rows_are_listed_and_unregistered_methods_say_what_they_need(capsys, monkeypatch):
+    from llava.aim import policy
+
+    for method in COMPARED:  # as on a branch without the methods (they land before the merge)
+        monkeypatch.delitem(policy.SPECS, method, raising=False)
+    pt = _paper_tables()
+    assert [r.name for r in pt.select(["comparison/"])] == _comparison_names()
+    assert pt.main(["--list", "comparison/"]) == 0
+    out = capsys.readouterr().out
+    for name in _comparison_names():
+        assert name in out
+    for method in COMPARED:
+        assert out.count(f"needs method {method} (not registered in this install") == 2
+    assert "same run as video/aim" in out and "same run as video/fastv" in out and "same run as video/pdrop" in out
+    rows = {r.name: r for r in pt.ROWS}
+    for method in COMPARED:
+        for budget in ("0.25", "0.1"):
+            env = rows[f"comparison/{method}/r{budget}"].env
+            assert env["RETENTION"] == budget and env["EXTRA_MODEL_ARGS"] == f"method={method}"
+
+
+def test_comparison_rows_run_once_their_method_registers(monkeypatch):
+    """No edit to the runner: a method's rows become runnable when llava.aim.policy knows it."""
+    from llava.aim import policy
+
+    pt = _paper_tables()
+    row = pt.BY_NAME["comparison/visionzip/r0.1"]
+    monkeypatch.delitem(policy.SPECS, "visionzip", raising=False)
+    assert pt.unavailable(row).startswith("needs method visionzip")
+    monkeypatch.setitem(policy.SPECS, "visionzip", policy.MethodSpec("visionzip", "VisionZip", "test", "merge",
+                                                                     "none", "none"))
+    assert pt.unavailable(row) is None
+
+
+def test_comparison_dry_run_prints_runnable_commands(capsys, monkeypatch, tmp_path):
+    import shlex
+    import subprocess
+
+    from llava.aim import policy
+
+    for key in ("PRETRAINED", "TASKS", "FRAMES", "LIMIT", "EXTRA_MODEL_ARGS", "RETENTION"):
+        monkeypatch.delenv(key, raising=False)
+    for method in COMPARED:
+        monkeypatch.delitem(policy.SPECS, method, raising=False)
+    pt = _paper_tables()
+    assert pt.main(["--dry-run", "comparison/", "--output-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    commands = [x for x in out if not x.startswith("#")]
+    headers = [x for x in out if x.startswith("#")]
+    # 8 method runs + the 4 anchors' runs, which are the video table's
+    assert len(commands) == 12 and sum("(not runnable here: needs method" in h for h in headers) == 8
+    assert any(h.startswith("# video/aim:") and "also serves comparison/aim" in h for h in headers)
+    fastvid = next(c for c in commands if "comparison/fastvid/r0.1" in c)
+    printed = subprocess.run(f"PRINT_MODEL_ARGS=1 {fastvid}", shell=True, cwd=pt.ROOT, capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    words = shlex.split(printed.stdout)
+    assert words[1] == "llava_onevision_aim" and "retention=0.1" in words[3] and words[3].endswith(",method=fastvid")
+    assert words[5] == "videomme,mvbench,mlvu_dev,egoschema_subset"
