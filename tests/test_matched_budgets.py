@@ -139,3 +139,42 @@ def test_flops_takes_any_registered_method(toy_method, capsys):
     assert main(["flops", "--method", METHOD, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["method"] == METHOD and report["tokens_per_layer"][0] == 100 + round(6272 * 0.25)
+
+
+def test_bench_methods_times_any_registered_method_with_its_own_work(toy_method, capsys, monkeypatch):
+    """``llava-aim bench --methods``: each method a case in the same interleaved rounds, its tokens
+    entering the LLM from its entry, its prediction from the analyzer, its own work measured apart."""
+    from llava.cli import main
+
+    calls = []
+
+    def stride(x, cfg, **kwargs):  # reduce_frames' convention: (frames, cfg, ...) -> the reduced frames
+        calls.append(x.shape)
+        keep = max(1, round(x.shape[1] * cfg.retention))
+        return x[:, :keep]
+
+    registry.register(METHOD, "reduction", stride, needs=("frames",), cost="stride_cost_ops", nominal=stride_nominal,
+                      replace=True)
+    code = main(["bench", "--frames", "2", "--tokens-per-frame", "16", "--text-tokens", "10", "--repeats", "1",
+                 "--lm-only", "--json", "--methods", f"fastv,{METHOD}"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    rows = {r["name"]: r for r in report["language_model_prefill"]}
+    assert {"baseline", "aim", "fastv", METHOD} <= set(rows)
+    assert rows[METHOD]["llm_input_tokens"] == round(2 * 16 * 0.25) + 1 + 10  # its nominal count, newline, text
+    assert set(report["method_overheads"]) == {"fastv", METHOD}
+    assert report["method_overheads"][METHOD]["reduction_ms"] > 0 and calls  # its function ran, apart
+    assert report["method_overheads"]["fastv"]["reduction_ms"] == 0.0  # keeps every token before the LLM
+    assert report["predicted"][METHOD]["tokens_per_layer"][0] == rows[METHOD]["llm_input_tokens"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--methods", "nosuch"], "--methods: nosuch is not registered"),
+    (["--methods", "fastv", "--method", "vtw"], "--methods times each method at its defaults"),
+])
+def test_bench_methods_bad_input_is_one_line(argv, needle, capsys):
+    from llava.cli import main
+
+    assert main(["bench", "--frames", "1", "--repeats", "1", "--lm-only", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert needle in err and out == "" and len(err.strip().splitlines()) == 1
