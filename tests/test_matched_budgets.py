@@ -178,3 +178,22 @@ def test_bench_methods_bad_input_is_one_line(argv, needle, capsys):
     assert main(["bench", "--frames", "1", "--repeats", "1", "--lm-only", *argv]) == 2
     out, err = capsys.readouterr()
     assert needle in err and out == "" and len(err.strip().splitlines()) == 1
+
+
+def test_comparison_doc_lists_every_registered_method_and_links_only_existing_pages(toy_method, tmp_path):
+    """docs/comparison.md's generator takes the registry as it is: a method registered later gets its
+    rows at both budgets (its budget knob), a method without one its own count, and a link to
+    docs/methods/<method>.md only where that page exists."""
+    from llava.bench import comparison
+
+    rows = comparison.predicted_rows([METHOD, "prumerge", "fastv"])
+    toy = [r for r in rows if r["method"] == METHOD]
+    assert [r["visual_tokens"] for r in toy] == [round(6272 * 0.25), round(6272 * 0.1)]
+    assert [r["how"] for r in rows if r["method"] == "prumerge"] == ["its own count"]  # once: no budget knob
+    fastv = [r for r in rows if r["method"] == "fastv"]
+    assert all(r["how"] == "matched TFLOPs" for r in fastv) and fastv[1]["tflops"] < fastv[0]["tflops"]
+    assert comparison.method_doc(METHOD) == "–"
+    out = tmp_path / "comparison.md"
+    assert comparison.main(["--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"| {METHOD} | 25% |" in text and f"| {METHOD} | 10% |" in text and "Not measured in this generation" in text

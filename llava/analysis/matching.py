@@ -1,5 +1,5 @@
 """Matched budgets for the baselines: the parameter of FastV / VTW / PyramidDrop that spends at
-most a given LLM prefill FLOPs (``llava-aim plan --method``, scripts/make_comparison_table.py);
+most a given LLM prefill FLOPs (``llava-aim plan --method``, llava.bench.comparison);
 and the paper's efficiency-table rows a ``llava-aim flops`` setting corresponds to, with the
 flags that reproduce the row's printed figures (:func:`paper_row_match`).
 
