@@ -170,7 +170,9 @@ def measured_section(r: Dict[str, Any]) -> List[str]:
         "| configuration | setting | LLM input | sum N_j | median ms | speed-up | predicted speed-up |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    settings = {name: o["setting"] for name, o in r.get("method_overheads", {}).items()}
+    from llava.bench.cases import CASE_LABELS
+
+    settings = {**CASE_LABELS, **{name: o["setting"] for name, o in r.get("method_overheads", {}).items()}}
     for row in r["language_model_prefill"]:
         lines.append(f"| {row['name']} | {settings.get(row['name'], '')} | {row['llm_input_tokens']} | "
                      f"{row['sum_tokens']} | {row['median_ms']:.1f} | {row['speedup']:.2f}x | "
