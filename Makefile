@@ -17,7 +17,7 @@ CONSTRAINT := $(if $(LOCK_DEP),-c $(LOCK_DEP),)
 # warning and error still shows.
 EDITABLE_QUIET = PYTHONWARNINGS="$${PYTHONWARNINGS:+$$PYTHONWARNINGS,}ignore:Editable installation"
 
-.PHONY: demo test install tables clean lock test-oldest test-newest check-upstream
+.PHONY: demo test install tables comparison clean lock test-oldest test-newest check-upstream
 
 $(STAMP): pyproject.toml $(LOCK_DEP)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ check-upstream:
 
 tables: $(STAMP)
 	$(PY) scripts/make_efficiency_tables.py
+
+# docs/comparison.md: every registered method, predicted, and one CPU bench run of all of them
+comparison: $(STAMP)
+	$(PY) -m llava.bench.comparison --measure
 
 clean:
 	rm -rf $(VENV) .venv-oldest .venv-newest .pytest_cache .hypothesis

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 VIDEO = "video_bench_eval.sh"
 IMAGE = "scripts/image_bench_eval.sh"
+STOCK = "scripts/stock_model_eval.sh"  # a stock lmms-eval model, not the AIM plugin (llava/eval/stock.py)
 # egoschema_subset and vqav2_val score locally; the paper's full EgoSchema and VQAv2 test-dev
 # are scored on the benchmarks' servers (collect_results --paper marks the substitutes).
 VIDEO_TASKS = "videomme,videomme_w_subtitle,mvbench,mlvu_dev,egoschema_subset,nextqa_mc_test,perceptiontest_val_mc"
@@ -48,6 +49,17 @@ LONG_TASKS = "videomme,videomme_w_subtitle,mlvu_dev,egoschema_subset"
 VIDEOMME = "videomme"
 IMAGE_TASKS = "vqav2_val,gqa,mme,textvqa_val,scienceqa_img,mmbench_en_dev,pope"
 QWEN_TASKS = "videomme,videomme_w_subtitle"
+# LongVA-7B as the paper's video table reports it: 128 frames (the count whose 128 x 144 tokens +
+# 100 text tokens give the printed 381.09 TFLOPs / 2186.04 ms), LongVA's own lmms-eval settings
+# (github.com/EvolvingLMMs-Lab/LongVA README at 1021cad: conv_template qwen_1_5, model_name llava_qwen, decord)
+LONGVA_TASKS = "videomme,videomme_w_subtitle,mlvu_dev"
+# The 2025 comparison (issue 21): the benchmarks the 2025 token-reduction papers report on
+# LLaVA-OneVision-7B; its anchor rows share the video table's runs (a superset of these tasks).
+COMPARISON_TASKS = "videomme,mvbench,mlvu_dev,egoschema_subset"
+COMPARISON_METHODS = ("visionzip", "dycoke", "fastvid", "holitom")
+COMPARISON_BUDGETS = (0.25, 0.1)  # the fraction of the visual tokens entering the LLM (retention)
+LONGVA_ARGS = ("pretrained=lmms-lab/LongVA-7B,conv_template=qwen_1_5,model_name=llava_qwen,"
+               "video_decode_backend=decord,max_frames_num=128")
 # Variables of the evaluation scripts a user may set for every row (they win over the row's).
 PASS_THROUGH = ("PRETRAINED", "TASKS", "FRAMES", "LIMIT", "DEVICE", "NUM_PROCESSES", "LAUNCHER", "BATCH_SIZE",
                 "CACHE", "CACHE_DIR", "INCLUDE_PATH", "PYTHON", "HF_HOME", "MASTER_PORT", "NNODES", "NODE_RANK",
@@ -97,7 +109,10 @@ def _pct(r: float) -> str:
 
 def build_rows() -> List[Row]:
     rows = [
-        # the video table (LLaVA-OneVision-7B, 32 frames)
+        # the video table (LLaVA-OneVision-7B, 32 frames), after its first row: LongVA-7B at 128 frames
+        Row("video/longva", STOCK, {"MODEL": "longva", "MODEL_ARGS": LONGVA_ARGS, "TASKS": LONGVA_TASKS},
+            "LongVA-7B as published (lmms-eval's longva model), 128 frames", method="longva",
+            note="another model: 128 x 144 tokens give the paper's 381.09 TFLOPs / 2186.04 ms"),
         Row("video/baseline", VIDEO, {"AIM": "0", "TASKS": VIDEO_TASKS}, "LLaVA-OV-7B, no AIM"),
         Row("video/aim", VIDEO, _aim(0.25, AUTO, None, VIDEO_TASKS), "AIM: merge to 25%, prune (14, 22)"),
         Row("video/vtw", VIDEO, _baseline("vtw", VIDEO_TASKS, drop_layers=6), "VTW, visual tokens out from layer 6",
@@ -177,6 +192,31 @@ def build_rows() -> List[Row]:
         rows.append(Row(f"qwen3vl/r{r:g}", VIDEO, {**qwen3, "RETENTION": f"{r:g}"},
                         f"Qwen3-VL-8B-Instruct, merge to {_pct(r)}, default schedule", method="qwen3_vl_aim",
                         note="ours: not in the paper"))
+    return rows + comparison_rows()
+
+
+def comparison_rows() -> List[Row]:
+    """The 2025 comparison on LLaVA-OV-7B at 32 frames (ours, not in the paper): the baseline, AIM,
+    VisionZip / DyCoke / FastVID / HoliTom at about 25% and 10% of the visual tokens (each
+    method's budget knob, retention), and FastV / PDrop as anchors (the video table's runs)."""
+    rows = [
+        Row("comparison/baseline", VIDEO, {"AIM": "0", "TASKS": VIDEO_TASKS}, "LLaVA-OV-7B, no reduction",
+            same_as="video/baseline"),
+        Row("comparison/aim", VIDEO, _aim(0.25, AUTO, None, VIDEO_TASKS), "AIM: merge to 25%, prune (14, 22)",
+            same_as="video/aim"),
+    ]
+    for method in COMPARISON_METHODS:
+        for budget in COMPARISON_BUDGETS:
+            env = {"RETENTION": f"{budget:g}", "TASKS": COMPARISON_TASKS, "EXTRA_MODEL_ARGS": f"method={method}"}
+            rows.append(Row(f"comparison/{method}/r{budget:g}", VIDEO, env,
+                            f"{method}, {_pct(budget)} of the visual tokens (its official defaults otherwise)",
+                            method=method, note="ours: not in the paper"))
+    rows += [
+        Row("comparison/fastv", VIDEO, _baseline("fastv", VIDEO_TASKS, drop_layers=2, drop_ratio=0.836),
+            "FastV (anchor), K=2, R=83.6%", same_as="video/fastv", method="fastv"),
+        Row("comparison/pdrop", VIDEO, _baseline("pdrop", VIDEO_TASKS, drop_layers="2/5/11", drop_ratio=0.5),
+            "PyramidDrop (anchor), lambda 0.5 at layers 2/5/11", same_as="video/pdrop", method="pdrop"),
+    ]
     return rows
 
 
@@ -186,16 +226,22 @@ BY_NAME = {row.name: row for row in ROWS}
 
 # -- what can run here ----------------------------------------------------------------------------
 def unavailable(row: Row) -> Optional[str]:
-    """Why this install cannot run the row (a method or plugin model it lacks), else None."""
-    from llava.aim.policy import METHODS
+    """Why this install cannot run the row (a method or plugin model it lacks), else None. Methods
+    are looked up when asked (llava.aim.policy.SPECS): a row of a method registered later runs."""
+    from llava.aim.policy import SPECS
     from llava.eval.registry import MODELS
 
-    if row.method in METHODS:  # "aim" included
+    if row.script == STOCK:
+        from llava.eval.stock import missing
+
+        return missing(row.env["MODEL"])
+    if row.method in SPECS:  # "aim" included
         return None
     if row.method in MODELS:
         return None
-    kind = "plugin model" if row.method.endswith("_aim") else "method"
-    return f"{kind} {row.method!r} is not in this install"
+    if row.method.endswith("_aim"):
+        return f"plugin model {row.method!r} is not in this install"
+    return f"needs method {row.method} (not registered in this install: llava.aim.policy.SPECS)"
 
 
 def select(names: Sequence[str]) -> List[Row]:
@@ -277,11 +323,17 @@ def is_complete(row: Row, output_root: str, environ: Optional[Dict[str, str]] = 
     printed = subprocess.run(["bash", row.script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     if printed.returncode != 0:
         return False
-    check = subprocess.run([_python(env), "-m", "llava.eval.resume", "is-complete", "--cache-dir",
+    check = subprocess.run([_python(env), "-m", checker(row), "is-complete", "--cache-dir",
                             str(cache_dir(row, output_root, environ)), *shlex.split(printed.stdout)],
                            cwd=ROOT, env={k: v for k, v in env.items() if k != "PRINT_MODEL_ARGS"},
                            capture_output=True, text=True, timeout=600)
     return check.returncode == 0
+
+
+def checker(row: Row) -> str:
+    """The module that knows whether a run of the row's setting is complete: the plugin's resume
+    key, or a stock model's folder (llava/eval/stock.py)."""
+    return "llava.eval.stock" if row.script == STOCK else "llava.eval.resume"
 
 
 # -- SLURM ---------------------------------------------------------------------------------------
@@ -315,6 +367,9 @@ def sbatch_script(rows: Sequence[Row], output_root: str, partition: Optional[str
     lines.append("COMMANDS=(")
     lines += [f"  {shlex.quote(command(r, output_root, environ))}" for r in todo]
     lines.append(")")
+    lines.append("CHECKERS=(")
+    lines += [f"  {checker(r)}" for r in todo]
+    lines.append(")")
     lines.append("CACHE_DIRS=(")
     lines += [f"  {shlex.quote(str(cache_dir(r, output_root, environ)))}" for r in todo]
     lines.append(")")
@@ -325,7 +380,7 @@ def sbatch_script(rows: Sequence[Row], output_root: str, partition: Optional[str
         '# a row is skipped when a run of exactly its setting (the same key, no LIMIT) is complete;',
         '# a row cut short resumes from its setting folder',
         'read -r -a printed <<< "$(eval "PRINT_MODEL_ARGS=1 ${COMMANDS[$i]}")"  # --model M --model_args A --tasks T',
-        'if [[ "${FORCE:-0}" != "1" ]] && "$python_bin" -m llava.eval.resume is-complete '
+        'if [[ "${FORCE:-0}" != "1" ]] && "$python_bin" -m "${CHECKERS[$i]}" is-complete '
         '--cache-dir "${CACHE_DIRS[$i]}" "${printed[@]}" >/dev/null 2>&1; then',
         '    echo "$row: complete in ${CACHE_DIRS[$i]} (FORCE=1 to run it again)"',
         '    exit 0',

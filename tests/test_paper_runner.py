@@ -60,7 +60,7 @@ def _paper_entry(row):
     return None, None
 
 
-@pytest.mark.parametrize("row", [r.name for r in pt.ROWS if r.method in ("vtw", "fastv", "pdrop")])
+@pytest.mark.parametrize("row", [r.name for r in pt.ROWS if r.method in ("vtw", "fastv", "pdrop") and not r.same_as])
 def test_baseline_knobs_reproduce_the_papers_tflops(row):
     """The paper gives the baselines' TFLOPs, not their knobs: each knob reproduces them."""
     r = pt.BY_NAME[row]
@@ -298,9 +298,12 @@ def test_every_runs_model_args_are_accepted_by_the_plugin():
     would fail on the cluster after queueing fails here instead."""
     from llava.eval.args import (PLUGIN_EXTRA_ARGS, PLUGIN_MODEL_TYPES, aim_config_from_model_args, loader_args,
                                  plugin_args, split_model_args)
+    from llava.aim.policy import SPECS
     from llava.eval.results import parse_model_args
 
     for row in pt.runs(pt.ROWS):
+        if pt.unavailable(row):  # a method not registered here (2025 comparison) or LongVA's package: the
+            continue  # runner skips it, and it is checked here once it is there
         env = {**{k: v for k, v in os.environ.items() if k not in ("PRETRAINED", "MODEL")},
                **pt.row_env(row, "/tmp/unused", environ={}), "PRINT_MODEL_ARGS": "1"}
         done = subprocess.run(["bash", row.script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
@@ -316,7 +319,7 @@ def test_every_runs_model_args_are_accepted_by_the_plugin():
         loader_args(loader, "unused")
         cfg = aim_config_from_model_args(aim)
         assert model == row.env.get("MODEL", model), row.name
-        if row.method in ("prumerge", "prumerge_plus", "fastv", "vtw", "pdrop"):
+        if row.method in SPECS and row.method != "aim":
             assert cfg.method == row.method, row.name
 
 

@@ -185,8 +185,145 @@ def test_every_aim_row_is_reproduced_or_a_known_exception():
     from llava.analysis.matching import paper_rows
 
     rows = paper_rows()
-    assert len(rows) == 28
+    assert len(rows) == 29  # 28 AIM / no-AIM rows and LongVA-7B
     for row in rows:
         counted = row.analyze()
         same = round(counted.prefill_tflops, 2) == row.tflops and round(counted.prefill_ms, 2) == row.prefill_ms
         assert same == (row.name not in NOT_REPRODUCED), row.name
+
+
+# -- LongVA-7B, the first row of the paper's video table -----------------------------------------
+LONGVA_FLAGS = ["--frames", "128", "--tokens-per-frame", "144", "--retention", "1", "--no-prune"]
+
+
+def test_longva_row_is_reproduced_from_its_geometry(cli_main, capsys):
+    """128 frames x 144 tokens (CLIP-L/336 pooled 2 x 2) + 100 text tokens on Qwen2-7B's shape:
+    the paper's 381.09 TFLOPs and 2186.04 ms, to the printed digits and within the tolerance of
+    the other rows; flops names the row."""
+    from llava.analysis.matching import paper_rows
+
+    row = next(r for r in paper_rows() if r.name == "video/longva")
+    assert (row.frames, row.tokens_per_frame, row.layers) == (128, 144, None)
+    counted = row.analyze()
+    assert round(counted.prefill_tflops, 2) == 381.09 and round(counted.prefill_ms, 2) == 2186.04
+    report = _flops(cli_main, capsys, LONGVA_FLAGS)
+    assert report["prefill_tflops"] == pytest.approx(381.09, rel=TOLERANCE)
+    assert report["prefill_ms"] == pytest.approx(2186.04, rel=TOLERANCE)
+    assert report["paper_row"]["row"] == "video/longva" and report["paper_row"]["reproduced"]
+    for frames in (127, 129):  # the frame count is pinned: a frame more or less misses the printed figure
+        other = _flops(cli_main, capsys, ["--frames", str(frames), *LONGVA_FLAGS[2:]])
+        assert abs(other["prefill_tflops"] - 381.09) > 3
+
+
+def _paper_tables():
+    from conftest import load_script
+
+    return load_script("paper_tables")
+
+
+def test_longva_row_is_listed_with_the_paper_numbers_and_what_it_needs(capsys, monkeypatch):
+    pt = _paper_tables()
+    assert pt.main(["--list", "video/longva"]) == 0
+    out = capsys.readouterr().out
+    assert "video/longva" in out and "tflops 381.09, prefill_ms 2186.04, videomme 52.6, videomme_subs 54.3, mlvu 56.3" in out
+    from llava.eval import stock
+
+    monkeypatch.setattr(stock.importlib.util, "find_spec", lambda name: None if name == "longva" else object())
+    why = pt.unavailable(pt.BY_NAME["video/longva"])
+    assert why.startswith("lmms-eval's longva model needs longva:") and "github.com/EvolvingLMMs-Lab/LongVA" in why
+
+
+def test_longva_dry_run_prints_a_runnable_command(capsys, monkeypatch, tmp_path):
+    """The printed command runs the stock-model script: it says what it would run, and without
+    LongVA's package it stops with one line naming what is missing (exit 2, nothing written)."""
+    import shlex
+    import subprocess
+
+    for key in ("PRETRAINED", "TASKS", "FRAMES", "LIMIT", "EXTRA_MODEL_ARGS", "PYTHON"):
+        monkeypatch.delenv(key, raising=False)
+    pt = _paper_tables()
+    assert pt.main(["--dry-run", "video/longva", "--output-root", str(tmp_path)]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if not x.startswith("#")]
+    assert len(line) == 1 and line[0].endswith("bash scripts/stock_model_eval.sh")
+    printed = subprocess.run(f"PRINT_MODEL_ARGS=1 {line[0]}", shell=True, cwd=pt.ROOT, capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    words = shlex.split(printed.stdout)
+    assert words[:2] == ["--model", "longva"] and "max_frames_num=128" in words[3]
+    assert words[5] == "videomme,videomme_w_subtitle,mlvu_dev"
+    from llava.eval.stock import missing
+
+    why = missing("longva")
+    if why is not None:  # this install lacks LongVA's package: the command says so, one line
+        ran = subprocess.run(line[0], shell=True, cwd=pt.ROOT, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 2 and ran.stderr.strip() == f"error: {why}"
+        assert not (tmp_path / "video" / "longva").exists()
+
+
+# -- the 2025 comparison table ----------------------------------------------------------------------
+COMPARED = ("visionzip", "dycoke", "fastvid", "holitom")
+
+
+def _comparison_names():
+    return (["comparison/baseline", "comparison/aim"]
+            + [f"comparison/{m}/r{b}" for m in COMPARED for b in ("0.25", "0.1")]
+            + ["comparison/fastv", "comparison/pdrop"])
+
+
+def test_comparison_rows_are_listed_and_unregistered_methods_say_what_they_need(capsys, monkeypatch):
+    from llava.aim import policy
+
+    for method in COMPARED:  # as on a branch without the methods (they land before the merge)
+        monkeypatch.delitem(policy.SPECS, method, raising=False)
+    pt = _paper_tables()
+    assert [r.name for r in pt.select(["comparison/"])] == _comparison_names()
+    assert pt.main(["--list", "comparison/"]) == 0
+    out = capsys.readouterr().out
+    for name in _comparison_names():
+        assert name in out
+    for method in COMPARED:
+        assert out.count(f"needs method {method} (not registered in this install") == 2
+    assert "same run as video/aim" in out and "same run as video/fastv" in out and "same run as video/pdrop" in out
+    rows = {r.name: r for r in pt.ROWS}
+    for method in COMPARED:
+        for budget in ("0.25", "0.1"):
+            env = rows[f"comparison/{method}/r{budget}"].env
+            assert env["RETENTION"] == budget and env["EXTRA_MODEL_ARGS"] == f"method={method}"
+
+
+def test_comparison_rows_run_once_their_method_registers(monkeypatch):
+    """No edit to the runner: a method's rows become runnable when llava.aim.policy knows it."""
+    from llava.aim import policy
+
+    pt = _paper_tables()
+    row = pt.BY_NAME["comparison/visionzip/r0.1"]
+    monkeypatch.delitem(policy.SPECS, "visionzip", raising=False)
+    assert pt.unavailable(row).startswith("needs method visionzip")
+    monkeypatch.setitem(policy.SPECS, "visionzip", policy.MethodSpec("visionzip", "VisionZip", "test", "merge",
+                                                                     "none", "none"))
+    assert pt.unavailable(row) is None
+
+
+def test_comparison_dry_run_prints_runnable_commands(capsys, monkeypatch, tmp_path):
+    import shlex
+    import subprocess
+
+    from llava.aim import policy
+
+    for key in ("PRETRAINED", "TASKS", "FRAMES", "LIMIT", "EXTRA_MODEL_ARGS", "RETENTION"):
+        monkeypatch.delenv(key, raising=False)
+    for method in COMPARED:
+        monkeypatch.delitem(policy.SPECS, method, raising=False)
+    pt = _paper_tables()
+    assert pt.main(["--dry-run", "comparison/", "--output-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    commands = [x for x in out if not x.startswith("#")]
+    headers = [x for x in out if x.startswith("#")]
+    # 8 method runs + the 4 anchors' runs, which are the video table's
+    assert len(commands) == 12 and sum("(not runnable here: needs method" in h for h in headers) == 8
+    assert any(h.startswith("# video/aim:") and "also serves comparison/aim" in h for h in headers)
+    fastvid = next(c for c in commands if "comparison/fastvid/r0.1" in c)
+    printed = subprocess.run(f"PRINT_MODEL_ARGS=1 {fastvid}", shell=True, cwd=pt.ROOT, capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    words = shlex.split(printed.stdout)
+    assert words[1] == "llava_onevision_aim" and "retention=0.1" in words[3] and words[3].endswith(",method=fastvid")
+    assert words[5] == "videomme,mvbench,mlvu_dev,egoschema_subset"

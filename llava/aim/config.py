@@ -115,7 +115,7 @@ class AIMConfig:
     # Each field declares, once, how users set it (llava.aim.knobs): flags, model_args, errors.
     retention: float = field(default=0.25, metadata=knob(
         "float", "fraction of each frame's tokens kept by merging, in (0, 1] (default 0.25; 1 = no merging)",
-        commands=("run", "visualize", "flops", "bench")))
+        commands=("run", "visualize", "flops", "bench"), budget=True))
     l1: Layer = field(default=AUTO, metadata=knob(
         "layer", "first pruning layer, 0-based (default: the family's official schedule, else the paper's "
         "(14, 22) of 28 layers scaled to the model)", commands=("run", "visualize", "flops", "bench"),

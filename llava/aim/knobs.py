@@ -40,6 +40,9 @@ class Knob:
     # Phrases of the user's way to turn the field off, per vocabulary (e.g. l1: "--no-prune").
     off: Optional[Mapping[str, str]] = None
     flag_default: Any = None  # argparse default (None: "not typed", the config's default applies)
+    # The knob that sets a method's budget (the fraction of the visual tokens that enter the LLM):
+    # what ``llava-aim plan --match-tokens / --match-tflops`` tunes, for any method that takes it.
+    budget: bool = False
 
 
 def knob(kind: str, help: str, **declared) -> Dict[str, Knob]:
@@ -54,6 +57,12 @@ def knobs() -> Dict[str, Knob]:
     from llava.aim.config import AIMConfig
 
     return {f.name: f.metadata["knob"] for f in dataclasses.fields(AIMConfig) if "knob" in f.metadata}
+
+
+def budget_knob() -> str:
+    """The field declared ``budget=True``: every method's budget, the knob matched budgets tune."""
+    [name] = [n for n, k in knobs().items() if k.budget]
+    return name
 
 
 def flag_of(name: str) -> str:
@@ -108,7 +117,11 @@ def add_knob_flags(parser: argparse.ArgumentParser, command: str, only: Optional
         k = declared[name]
         options: Dict[str, Any] = {"help": k.help, "default": defaults.get(name, k.flag_default),
                                    "dest": dest_of(name)}
-        if k.kind in ("choice", "method"):
+        if k.kind == "method":  # every method registered when the parser is made (llava.aim.policy.SPECS)
+            from llava.aim.policy import SPECS
+
+            options["choices"] = list(dict.fromkeys((*k.choices, *SPECS)))
+        elif k.kind == "choice":
             options["choices"] = list(k.choices)
         else:
             options["type"] = _ARGPARSE_TYPES[k.kind]

@@ -399,6 +399,8 @@ def describe(cfg, num_layers: Optional[int] = None) -> str:
         parts.append(f"{s.reduction} to {cfg.retention:g} per frame")
     if s.reduction in PRUMERGE_METHODS:
         parts.append("adaptive selection + merging before the LLM; no pruning")
+    elif s.schedule == "none":  # any other reduction before the LLM only
+        parts.append("before the LLM only; no pruning")
     elif s.schedule == "linear":
         parts.append("no pruning" if cfg.l1 is None else f"prune after layers {cfg.l1}..{cfg.l2 - 1}")
     elif s.schedule == "none":  # a video reduction's own budget

@@ -26,7 +26,14 @@ gathered (holitom_fold; a method without one just drops them, ``MethodSpec.fold`
 * a fold's function takes one :class:`FoldInputs` and returns the (B, N, C) hidden states, on
   the device (no host read);
 * its cost for the analyzer: the name of the function in ``llava.analysis.roofline`` that
-  prices it (``None``: nothing worth counting, e.g. a hash per token).
+  prices it (``None``: nothing worth counting, e.g. a hash per token). The analyzer calls it with
+  the arguments its parameters name (``llava.analysis.roofline.REDUCTION_COST_ARGUMENTS`` for a
+  reduction; a score's take (llm, tokens_per_layer, layers, hardware, options));
+* a reduction's token flow: ``stage`` (what it reads: "projected", the tokens the LLM would
+  receive per frame; "vision", the vision tower's unpooled features), ``nominal(frames, T, cfg)``
+  (the tokens a video of ``frames`` frames of T tokens at that stage gives the LLM, as the
+  analyzer counts it; it may also take ``vision``, the VisionShape) and, for a count that
+  depends on the content, ``bound(frames, T, cfg)`` (the most it can give).
 
 Adding a score takes one :func:`register` call with its function (tests/test_registry.py
 registers a text-conditioned one and runs a model with it). An unregistered name fails loudly
@@ -114,11 +121,15 @@ class Entry:
 REGISTRY: Dict[str, Entry] = {}
 
 
+STAGES = ("projected", "vision")
+
+
 def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] = None, summary: str = "",
-             configurable: bool = True, replace: bool = False, stage: Optional[str] = None,
+             configurable: bool = True, replace: bool = False, stage: Union[str, Tuple[str, ...], None] = None,
              bound: Optional[Callable] = None, nominal: Optional[Callable] = None) -> Entry:
     """Add one entry; a name already taken, an unknown kind or an unknown need is refused, and a
-    "video" reduction without a stage of STAGES or without callable bound and nominal."""
+    reduction without its token flow (a stage of STAGES, "projected" when not given; a callable
+    nominal; a callable bound where it needs "video")."""
     if kind not in KINDS:
         raise AIMConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     allowed = (SCORE_NEEDS if kind == "score" else DECODE_NEEDS if kind == "decode" else () if kind == "fold"
@@ -131,26 +142,33 @@ def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] =
         raise AIMConfigError(f"{kind} {name!r}: fn must be callable, got {fn!r}")
     if name in REGISTRY and not replace:
         raise AIMConfigError(f"{name!r} is already registered (as a {REGISTRY[name].kind})")
-    _check_video_fields(name, kind, set(needs), stage, bound, nominal)
+    if kind == "reduction" and stage is None:
+        stage = "projected"
+    _check_token_flow(name, kind, set(needs), stage, bound, nominal)
     entry = Entry(name, kind, frozenset(needs), fn, cost, summary, configurable, stage, bound, nominal)
     REGISTRY[name] = entry
     return entry
 
 
-def _check_video_fields(name, kind, needs, stage, bound, nominal) -> None:
-    if "video" not in needs:
-        if "vision_attention" in needs:
-            raise AIMConfigError(f"{kind} {name!r}: vision_attention is read by video reductions; add the need 'video'")
+def _check_token_flow(name, kind, needs, stage, bound, nominal) -> None:
+    """Every reduction states its token flow: where it reads (``stage``, default "projected"), its
+    ``nominal`` count (the analyzer's) and, where its count depends on the content, its ``bound``
+    (the placeholders reserved); a "video" reduction needs both. No other kind has them."""
+    if kind != "reduction":
         if stage is not None or bound is not None or nominal is not None:
-            raise AIMConfigError(f"{kind} {name!r}: stage/bound/nominal belong to video reductions (need 'video')")
+            raise AIMConfigError(f"{kind} {name!r}: stage/bound/nominal belong to reductions")
         return
+    if "vision_attention" in needs and "video" not in needs:
+        raise AIMConfigError(f"{kind} {name!r}: vision_attention is read by video reductions; add the need 'video'")
     stages = stage if isinstance(stage, tuple) else (stage,)
     if not stages or any(one not in STAGES for one in stages):
-        raise AIMConfigError(f"video reduction {name!r}: stage must be one of {list(STAGES)}, got {stage!r}")
-    for what, fn in (("bound", bound), ("nominal", nominal)):
-        if not callable(fn):
-            raise AIMConfigError(f"video reduction {name!r}: {what} must be a function (frames, T, cfg) -> int, "
-                                 f"got {fn!r}")
+        raise AIMConfigError(f"reduction {name!r}: stage must be one of {list(STAGES)}, got {stage!r}")
+    if not callable(nominal):
+        raise AIMConfigError(f"reduction {name!r} needs nominal(frames, T, cfg), the tokens it gives the LLM "
+                             "(the analyzer's token flow)")
+    if "video" in needs and not callable(bound):
+        raise AIMConfigError(f"video reduction {name!r}: bound must be a function (frames, T, cfg) -> int, "
+                             f"got {bound!r}")
 
 
 def entry_stages(entry: Entry) -> Tuple[str, ...]:
@@ -275,11 +293,34 @@ def _prumerge(*args, **kwargs):
     return prumerge_frames(*args, **kwargs)
 
 
-register("merge", "reduction", merge_reduction, needs=("frames",), cost="merge_overhead_ops",
+def merged_tokens(frames: int, tokens: int, cfg) -> int:
+    """merge / pool: each frame to merged_token_count(T, retention, merge_count) tokens."""
+    from llava.aim.merge import merged_token_count
+
+    return frames * merged_token_count(tokens, cfg.retention, cfg.merge_count)
+
+
+def prumerge_nominal(frames: int, tokens: int, cfg, vision=None) -> int:
+    """PruMerge at the official ratio 1/8 of the T unpooled patches (+ as many spatial samples for
+    PruMerge+ on a tower with a CLS token; the official OneVision code adds none on SigLIP)."""
+    from llava.aim.prumerge import nominal_tokens
+
+    plus = cfg.method == "prumerge_plus" and (vision is None or vision.class_token)
+    return frames * nominal_tokens(tokens, plus)
+
+
+def prumerge_bound(frames: int, tokens: int, cfg) -> int:
+    from llava.aim.prumerge import token_bound
+
+    return frames * token_bound(tokens, cfg.method == "prumerge_plus")
+
+
+register("merge", "reduction", merge_reduction, needs=("frames",), cost="merge_overhead_ops", nominal=merged_tokens,
          summary="AIM's bipartite soft matching of each frame's tokens (llava.aim.merge.merge_frames)")
-register("pool", "reduction", pool_reduction, needs=("frames",), cost="pool_overhead_ops",
+register("pool", "reduction", pool_reduction, needs=("frames",), cost="pool_overhead_ops", nominal=merged_tokens,
          summary="spatial average pooling to AIM's per-frame count (llava.aim.reduce.pool_frames)")
-register("prumerge", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
+register("prumerge", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops", stage="vision",
+         nominal=prumerge_nominal, bound=prumerge_bound,
          summary="LLaVA-PruMerge: CLS-attention outliers absorb their key-nearest patches "
                  "(llava.aim.prumerge.prumerge_frames, the vision tower's last keys)")
 def _holitom(x):
@@ -305,6 +346,7 @@ register("holitom", "reduction", _holitom, needs=("video", "vision_attention"), 
          summary="HoliTom before the LLM: temporal segmentation (dynamic programme), temporal merge of static "
                  "tokens, DPC-KNN / attention spatial merge (llava.aim.holitom.holitom_frames)")
 register("prumerge_plus", "reduction", _prumerge, needs=("frames", "qk"), cost="prumerge_overhead_ops",
+         stage="vision", nominal=prumerge_nominal, bound=prumerge_bound,
          summary="PruMerge+: PruMerge plus spatially uniform samples (prumerge_frames(..., plus=True))")
 
 

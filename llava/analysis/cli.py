@@ -22,11 +22,10 @@ from llava.analysis.roofline import (
     analyze,
     reduction_figures,
 )
-from llava.aim.registry import entry_stages, run_stage
-from llava.aim.policy import (LLAVA15_OFFICIAL_LAYERS, PRUMERGE_METHODS, STEP_METHODS, aim_default_layers,
-                              check_typed_settings, drop_layers_for, family_refusal, spec, video_reduction)
+from llava.aim.policy import (LLAVA15_OFFICIAL_LAYERS, SPECS, STEP_METHODS, aim_default_layers, check_typed_settings,
+                              drop_layers_for, family_refusal, owner_of_knob, spec, video_reduction)
 from llava.analysis.shapes import get_llm, get_vision, model_visual_tokens, reference_names, resolve_model, tower_names
-from llava.aim.knobs import add_knob_flags
+from llava.aim.knobs import add_knob_flags, budget_knob, flag_of, model_arg_of
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors, typed_knobs
 
@@ -58,18 +57,18 @@ def resolve_method_config(num_layers: int, args: argparse.Namespace, vision=None
     kept_tokens = getattr(args, "kept_tokens", None)
     with flag_errors():
         check_typed_settings(method, typed_knobs(args))
-    if method in PRUMERGE_METHODS:
-        notes = [] if kept_tokens is not None else [
-            f"{method}: its count is adaptive (data-dependent); counted at the official ratio 1/8 "
+    if spec(method).schedule == "none":  # a reduction before the LLM only (PruMerge, ...): its registry entry
+        notes = [] if kept_tokens is not None or not content_dependent(method) else [
+            f"{method}: its count depends on the content; counted at its nominal count "
             "(pass --kept-tokens N with a run's tokens_kept_per_frame)"]
-        return _method_config(AIMConfig.for_method, method), notes
+        budget = {} if args.retention is None else {"retention": args.retention}
+        return _method_config(AIMConfig.for_method, method, l1=None, l2=None, **budget, **own_knobs(args)), notes
     if kept_tokens is not None:
-        raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}, not of {method}")
-    if video_reduction(method) is not None:  # its own budget (retention) and schedule
-        fields = {} if args.retention is None else {"retention": args.retention}
-        notes = [f"{method}: its count depends on the content; counted at its nominal budget "
-                 f"(source: {spec(method).source})"]
-        return _method_config(AIMConfig.for_method, method, **fields), notes
+        raise AIMConfigError(f"--kept-tokens is the measured count of a reduction whose count depends on the "
+                             f"content ({', '.join(m for m in SPECS if content_dependent(m))}), not of {method}")
+    if video_reduction(method) is not None:  # before the LLM and a drop inside it (HoliTom): its budget and knobs
+        budget = {} if args.retention is None else {"retention": args.retention}
+        return _method_config(AIMConfig.for_method, method, **budget, **own_knobs(args)), []
     if method in STEP_METHODS:
         notes = []
         if drop_layers is None:
@@ -80,9 +79,23 @@ def resolve_method_config(num_layers: int, args: argparse.Namespace, vision=None
         return _method_config(AIMConfig.for_method, method, retention=retention, drop_layers=drop_layers,
                               drop_ratio=drop_ratio), notes
     official = LLAVA15_OFFICIAL_LAYERS.get(num_layers) if vision is not None and vision.class_token else None
-    retention, l1, l2, notes = resolve_aim_settings(num_layers, args.retention, args.l1, args.l2, args.no_prune,
+    retention, l1, l2, notes = resolve_aim_settings(num_layers, args.retention, getattr(args, "l1", None),
+                                                    getattr(args, "l2", None), getattr(args, "no_prune", False),
                                                     official)
     return _method_config(AIMConfig, method=method, retention=retention, l1=l1, l2=l2), notes
+
+
+def own_knobs(args: argparse.Namespace) -> Dict[str, Any]:
+    """The method's own knobs typed (``dycoke_k``, ...; check_typed_settings has refused another
+    method's)."""
+    return {name: value for name, value in typed_knobs(args).items() if owner_of_knob(name) is not None}
+
+
+def content_dependent(method: str) -> bool:
+    """The method's reduction gives a count that depends on the content (its entry has a bound)."""
+    from llava.aim.registry import lookup
+
+    return lookup(spec(method).reduction, "reduction").bound is not None
 
 
 def _method_config(build, *args, **fields) -> AIMConfig:
@@ -348,9 +361,10 @@ def format_report(result: Analysis, baseline: Analysis) -> str:
     name = "AIM" if s["method"] == "aim" else spec(s["method"]).title.split(" ")[0]
     verb = "pooling" if s["method"] == "pool" else "retention"
     merge = "no merging" if s["retention"] >= 1.0 else f"{verb} {s['retention']:g} ({s['tokens_per_frame_kept']} tokens/frame)"
-    if s["method"] in PRUMERGE_METHODS:
+    if spec(s["method"]).schedule == "none":  # a reduction before the LLM only (its registry entry)
         prune = "no pruning"
-        merge = f"adaptive selection + merging before the LLM ({s['tokens_per_frame_kept']} tokens/frame)"
+        adaptive = ", depends on the content" if content_dependent(s["method"]) else ""
+        merge = f"{s['reduction']} before the LLM ({s['tokens_per_frame_kept']:g} tokens/frame{adaptive})"
     mib = 2.0 ** 20
     figures = reduction_figures(result.prefill, baseline.prefill)
     rows = [
@@ -408,6 +422,13 @@ def add_plan_command(subparsers: Any) -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--budget-tflops", type=float, help="largest acceptable LLM prefill cost, TFLOPs")
     target.add_argument("--speedup", type=float, help="smallest acceptable predicted prefill speed-up vs no AIM")
+    knob = flag_of(budget_knob())
+    target.add_argument("--match-tokens", type=int, metavar="N",
+                        help=f"matched budget: the method's {knob} (its budget knob) at which at most N visual tokens "
+                             "enter the LLM, the most that fit (any method with that knob)")
+    target.add_argument("--match-tflops", type=float, metavar="X",
+                        help=f"matched budget: the method's {knob} at which its LLM prefill costs at most X TFLOPs, "
+                             "the most tokens that fit")
     add_model_options(p)
     add_knob_flags(p, "plan")  # --method, --drop-layers, --drop-ratio
     add_method_options(p)
@@ -419,14 +440,15 @@ def add_plan_command(subparsers: Any) -> argparse.ArgumentParser:
 def run_plan(args: argparse.Namespace) -> int:
     from llava.analysis.plan import Target, plan
 
-    if getattr(args, "method", "aim") in STEP_METHODS:
+    method = getattr(args, "method", "aim")
+    if method in STEP_METHODS:
         return run_baseline_plan(args)
-    if getattr(args, "method", "aim") in PRUMERGE_METHODS:
-        return run_prumerge_plan(args)
-    if video_reduction(getattr(args, "method", "aim")) is not None:
-        return run_budget_plan(args)
+    if (args.match_tokens is not None or args.match_tflops is not None or spec(method).schedule == "none"
+            or video_reduction(method) is not None):
+        return run_matched_plan(args)
     if getattr(args, "kept_tokens", None) is not None:
-        raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}")
+        raise AIMConfigError(f"--kept-tokens is the measured count of a reduction whose count depends on the "
+                             f"content ({', '.join(m for m in SPECS if content_dependent(m))}), not of {method}")
     if getattr(args, "drop_layers", None) is not None or getattr(args, "drop_ratio", None) is not None:
         raise AIMConfigError(f"--drop-layers/--drop-ratio apply to {', '.join(STEP_METHODS)}; {args.method} is planned as AIM")
     target = Target(budget_tflops=args.budget_tflops, speedup=args.speedup)
@@ -449,93 +471,70 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_prumerge_plan(args: argparse.Namespace) -> int:
-    """``plan --method prumerge|prumerge_plus``: PruMerge has no knob (its count is adaptive), so
-    the answer is whether its count (``--kept-tokens`` or the official ratio's) meets the target."""
+def run_matched_plan(args: argparse.Namespace) -> int:
+    """``plan --match-tokens N`` / ``--match-tflops X`` (and any target for a method that reduces
+    before the LLM only): the method's budget knob at which it meets the target, from its registry
+    entry's token flow and cost (llava.analysis.matching.match_retention); a method with a fixed
+    count (PruMerge) is answered with whether that count meets it."""
+    from llava.analysis.matching import MatchTarget, match_retention
+
     if args.drop_layers is not None or args.drop_ratio is not None:
         raise AIMConfigError(f"--drop-layers/--drop-ratio do not apply to {args.method}")
-    if (args.budget_tflops is not None and args.budget_tflops <= 0) or (args.speedup is not None and args.speedup <= 0):
-        raise AIMConfigError("--budget-tflops and --speedup must be positive")
-    inputs = analysis_inputs(args)
-    result = analyze(method=args.method, kept_tokens=args.kept_tokens, **inputs)
-    base = result.without_aim()
-    speedup = base.prefill_time_s / result.prefill_time_s
-    meets = (result.prefill_tflops <= args.budget_tflops if args.budget_tflops is not None else speedup >= args.speedup)
-    target = f"<= {args.budget_tflops:g} TFLOPs" if args.budget_tflops is not None else f">= {args.speedup:g}x faster"
-    report = {"method": args.method, "meets": meets, "target": target,
-              "tokens_per_frame_kept": result.settings["tokens_per_frame_kept"],
-              "prefill_tflops": result.prefill_tflops, "prefill_ms": result.prefill_ms, "speedup": speedup}
-    if args.json:
-        sys.stdout.write(json.dumps(report) + "\n")
-    elif meets:
-        sys.stdout.write(
-            f"llava-aim plan --method {args.method}: {result.settings['tokens_per_frame_kept']} tokens/frame "
-            f"(adaptive; no knob to tune) cost {result.prefill_tflops:.3f} TFLOPs, {speedup:.2f}x faster: meets {target}\n"
-            f"use    : llava-aim run --method {args.method}\n")
-    else:
-        sys.stderr.write(f"llava-aim plan: {args.method} ({result.settings['tokens_per_frame_kept']} tokens/frame, "
-                         f"{result.prefill_tflops:.3f} TFLOPs, {speedup:.2f}x faster) does not meet {target}; "
-                         "it has no knob to tune: try another method\n")
-    return 0 if meets else 2
-
-
-def run_budget_plan(args: argparse.Namespace) -> int:
-    """``plan --method M`` for a registered "video" reduction: its one knob is its budget
-    (retention), so the answer is the largest budget (whole tokens per frame at the entry's
-    stage, counted by the entry's ``nominal``) that meets the target; refused where the method
-    may not run on the planned model's family (its official code never ran there)."""
-    from llava.analysis.shapes import resolve_model
-
-    method = args.method
-    if args.drop_layers is not None or args.drop_ratio is not None or args.kept_tokens is not None:
-        raise AIMConfigError(f"--drop-layers/--drop-ratio/--kept-tokens do not apply to {method}; its knob is --retention")
-    if (args.budget_tflops is not None and args.budget_tflops <= 0) or (args.speedup is not None and args.speedup <= 0):
-        raise AIMConfigError("--budget-tflops and --speedup must be positive")
-    try:
-        family = resolve_model(args.llm).family
-    except AIMConfigError:
-        family = None
-    refusal = None if family is None else family_refusal(method, family.name, family.model_types[0])
-    if refusal is not None:
+    target = MatchTarget(tokens=args.match_tokens, tflops=args.match_tflops if args.match_tflops is not None
+                         else args.budget_tflops, speedup=args.speedup)
+    refusal = planned_family_refusal(args)
+    if refusal is not None:  # the method's official code never ran on the planned model's family
         sys.stderr.write(f"llava-aim plan: {refusal}\n")
         return 2
     inputs = analysis_inputs(args)
-    entry = video_reduction(method)
-    stage_tokens = inputs["vision"].patches if entry_stages(entry)[0] == "vision" else inputs["tokens_per_frame"]
-    shown_stage = run_stage(entry, family.reduction_stages) if family is not None else None
-    shown_stage = shown_stage or entry_stages(entry)[0]  # (LLaVA-1.5's 576 CLIP features are its 576 tokens)
-    target = f"<= {args.budget_tflops:g} TFLOPs" if args.budget_tflops is not None else f">= {args.speedup:g}x faster"
-
-    def at(n):
-        result = analyze(method=method, retention=n / stage_tokens, **inputs)
-        speedup = result.without_aim().prefill_time_s / result.prefill_time_s
-        meets = result.prefill_tflops <= args.budget_tflops if args.budget_tflops is not None else speedup >= args.speedup
-        return meets, result, speedup
-
-    low, high = 0, stage_tokens  # the most tokens per frame that meet the target (cost grows with n)
-    while low < high:
-        mid = (low + high + 1) // 2
-        if at(mid)[0]:
-            low = mid
-        else:
-            high = mid - 1
-    if low == 0:
-        sys.stderr.write(f"llava-aim plan: {method} does not meet {target} even at one token per frame\n")
-        return 2
-    _, result, speedup = at(low)
-    retention = low / stage_tokens
-    report = {"method": method, "meets": True, "target": target, "retention": retention,
-              "tokens_per_frame_kept": result.settings["tokens_per_frame_kept"],
-              "prefill_tflops": result.prefill_tflops, "prefill_ms": result.prefill_ms, "speedup": speedup}
+    args.retention = None  # the budget is what plan chooses
+    with flag_errors():
+        settings = resolve_method_settings(inputs["llm"].layers, args, inputs["vision"])
+        notes = settings.pop("notes")
+        found = match_retention(args.method, target, settings, **inputs)
     if args.json:
-        sys.stdout.write(json.dumps(report) + "\n")
-        return 0
-    sys.stdout.write(
-        f"llava-aim plan --method {method}: retention {retention:.6g} ({low} of {stage_tokens} tokens per frame at "
-        f"its {shown_stage!r} stage) costs {result.prefill_tflops:.3f} TFLOPs, {speedup:.2f}x faster: the largest "
-        f"budget that meets {target}\n"
-        f"use    : {run_command_prefix(args)} --retention {retention:.6g}\n")
+        sys.stdout.write(json.dumps(dict(found.to_dict(), notes=notes)) + "\n")
+        return 0 if found.choice is not None else 2
+    if found.choice is None:
+        c = found.cheapest
+        fixed = "it has no budget knob to tune" if found.accepted == 1 else f"its cheapest {flag_of(found.knob)} {c.settings['retention']:g}"
+        sys.stderr.write(f"llava-aim plan: {args.method} does not meet {target.describe()} ({fixed}: "
+                         f"{c.settings['visual_tokens']} visual tokens, {c.prefill_tflops:.3f} TFLOPs); "
+                         "try another target or method\n")
+        return 2
+    sys.stdout.write(format_matched_plan(found, args, notes) + "\n")
     return 0
+
+
+def planned_family_refusal(args: argparse.Namespace) -> Optional[str]:
+    """Why ``args.method`` may not run on the family of plan's ``--llm`` (None: it may, or the
+    --llm names no family)."""
+    from llava.analysis.shapes import resolve_model
+
+    try:
+        family = resolve_model(args.llm).family
+    except AIMConfigError:
+        return None
+    return None if family is None else family_refusal(args.method, family.name, family.model_types[0])
+
+
+def format_matched_plan(found, args: argparse.Namespace, notes: List[str]) -> str:
+    c, base, s = found.choice, found.baseline, found.choice.settings
+    value = s["retention"]
+    flag = f" {flag_of(found.knob)} {value:g}" if found.accepted > 1 else ""
+    lines = [
+        f"llava-aim plan --method {args.method}: {c.llm.name} on {c.hardware.name}; {s['frames']} frames x "
+        f"{s['tokens_per_frame']} tokens + {s['text_tokens']} text tokens; target {found.target.describe()}",
+        f"without reduction: {base.settings['visual_tokens']} visual tokens, {base.prefill_tflops:.3f} TFLOPs, "
+        f"{base.prefill_ms:.2f} ms",
+        "choice : " + (f"{found.knob} {value:g}" if flag else "its own count (no budget knob to tune)")
+        + f"; {s['visual_tokens']} visual tokens enter the LLM ({s['tokens_per_frame_kept']:g} per frame)",
+        f"         {c.prefill_tflops:.3f} TFLOPs ({base.prefill_flops / c.prefill_flops:.2f}x fewer), "
+        f"{c.prefill_ms:.2f} ms ({base.prefill_time_s / c.prefill_time_s:.2f}x faster)",
+        f"use    : {run_command_prefix(args)}{flag}",
+        f"eval   : model_args method={args.method}" + (f",{model_arg_of(found.knob)}={value:g}" if flag else ""),
+    ]
+    return "\n".join(lines + _checkpoint_note(args) + [f"note: {n}" for n in notes])
 
 
 def planned_checkpoint(llm: str) -> Tuple[Optional[str], Tuple[str, ...]]:
@@ -574,7 +573,13 @@ def run_baseline_plan(args: argparse.Namespace) -> int:
     if args.drop_ratio is not None:
         raise AIMConfigError("plan chooses --drop-ratio itself; give --drop-layers at most")
     if args.kept_tokens is not None:
-        raise AIMConfigError(f"--kept-tokens is the count of {', '.join(PRUMERGE_METHODS)}")
+        raise AIMConfigError(f"--kept-tokens is the measured count of a reduction whose count depends on the "
+                             f"content, not of {args.method}")
+    if args.match_tokens is not None:
+        raise AIMConfigError(f"{args.method} lets every visual token enter the LLM and drops them inside it: match it "
+                             "with --match-tflops (or --budget-tflops / --speedup)")
+    if args.match_tflops is not None:
+        args.budget_tflops = args.match_tflops
     inputs = analysis_inputs(args)
     base = analyze(**inputs)
     budget = None if args.budget_tflops is None else args.budget_tflops * 1e12

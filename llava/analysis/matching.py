@@ -1,5 +1,5 @@
 """Matched budgets for the baselines: the parameter of FastV / VTW / PyramidDrop that spends at
-most a given LLM prefill FLOPs (``llava-aim plan --method``, scripts/make_comparison_table.py);
+most a given LLM prefill FLOPs (``llava-aim plan --method``, llava.bench.comparison);
 and the paper's efficiency-table rows a ``llava-aim flops`` setting corresponds to, with the
 flags that reproduce the row's printed figures (:func:`paper_row_match`).
 
@@ -13,6 +13,7 @@ pool) use the AIM planner: their FLOPs are AIM's for the same schedule.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -101,6 +102,8 @@ def _row_setting(name: str) -> Optional[Dict[str, Any]]:
     for the baselines' rows, whose knobs were matched to the paper's TFLOPs, not given by it."""
     if name in ("video/baseline", "sweep/r1"):
         return dict(_VIDEO, retention=1.0, layers=None)
+    if name == "video/longva":  # LongVA-7B: Qwen2-7B's shape, 128 frames x 144 tokens (CLIP-L/336 pooled 2 x 2)
+        return dict(_VIDEO, frames=128, tokens_per_frame=144, retention=1.0, layers=None)
     if name == "video/aim":
         return dict(_VIDEO, retention=0.25, layers=(14, 22))
     if name == "long/aim-192":
@@ -188,3 +191,110 @@ def _flags_for(result: Analysis, row: PaperRow) -> List[str]:
     if result.hardware.name != PAPER_HARDWARE:
         flags.append(f"--hardware {PAPER_HARDWARE}")
     return flags
+
+
+# --- matched budgets for any method: its budget knob (retention) at equal tokens or TFLOPs ------------
+
+
+@dataclass(frozen=True)
+class MatchTarget:
+    """What a matched budget holds the method to: at most ``tokens`` visual tokens entering the LLM,
+    at most ``tflops`` of LLM prefill, or at least ``speedup`` times faster than without reduction."""
+
+    tokens: Optional[int] = None
+    tflops: Optional[float] = None
+    speedup: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        given = [(n, v) for n, v in (("--match-tokens", self.tokens), ("--match-tflops", self.tflops),
+                                     ("--speedup", self.speedup)) if v is not None]
+        if len(given) != 1:
+            raise AIMConfigError("give exactly one target: --match-tokens, --match-tflops (--budget-tflops) or --speedup")
+        name, value = given[0]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+            raise AIMConfigError(f"{name} must be a positive number, got {value!r}")
+
+    def met_by(self, result: Analysis, baseline: Analysis) -> bool:
+        if self.tokens is not None:
+            return result.settings["visual_tokens"] <= self.tokens
+        if self.tflops is not None:
+            return result.prefill_flops <= self.tflops * 1e12 * (1 + 1e-12)
+        return baseline.prefill_time_s / result.prefill_time_s >= self.speedup * (1 - 1e-12)
+
+    def describe(self) -> str:
+        if self.tokens is not None:
+            return f"<= {self.tokens} visual tokens entering the LLM"
+        if self.tflops is not None:
+            return f"LLM prefill <= {self.tflops:g} TFLOPs"
+        return f">= {self.speedup:g}x faster than without reduction (roofline time)"
+
+
+@dataclass
+class BudgetMatch:
+    """The answer of :func:`match_retention`: the chosen setting (None: none meets the target)."""
+
+    method: str
+    knob: str  # the budget knob's field (llava.aim.knobs.budget_knob)
+    target: MatchTarget
+    choice: Optional[Analysis]
+    baseline: Analysis  # the same input without any reduction
+    cheapest: Analysis  # the cheapest setting the method accepts
+    accepted: int  # budget values the method accepts (1: a fixed count, no knob to tune)
+
+    def to_dict(self) -> Dict[str, Any]:
+        def figures(a: Analysis) -> Dict[str, Any]:
+            return {self.knob: a.settings["retention"], "visual_tokens": a.settings["visual_tokens"],
+                    "tokens_per_frame_kept": a.settings["tokens_per_frame_kept"],
+                    "prefill_tflops": a.prefill_tflops, "prefill_ms": a.prefill_ms,
+                    "speedup": self.baseline.prefill_time_s / a.prefill_time_s,
+                    "visual_tokens_per_layer": list(a.visual_tokens_per_layer)}
+
+        return {"method": self.method, "knob": self.knob, "target": self.target.describe(),
+                "feasible": self.choice is not None, "tunable": self.accepted > 1,
+                "choice": figures(self.choice) if self.choice is not None else None,
+                "cheapest": figures(self.cheapest), "baseline": figures(self.baseline)}
+
+
+def budget_grid(tokens_per_frame: int) -> List[float]:
+    """The budget values tried, highest first: 1, then one per per-frame count k = T-1 .. 1, each
+    k / T rounded up to 4 decimals (a value that reads back as k tokens: floor(T * r) = k)."""
+    values = [math.ceil(k / tokens_per_frame * 1e4) / 1e4 for k in range(tokens_per_frame - 1, 0, -1)]
+    return list(dict.fromkeys([1.0] + values))
+
+
+def match_retention(method: str, target: MatchTarget, settings: Dict[str, Any], **inputs: Any) -> BudgetMatch:
+    """The largest budget (retention: the fraction of the visual tokens entering the LLM) at which
+    ``method`` meets ``target``. The method's token flow and cost are its registry entry's (the
+    analyzer's generic path), so any registered method is matched the same way; ``settings`` are
+    analyze()'s method arguments (its other knobs stay as given). The count grows with the budget,
+    so the grid (:func:`budget_grid`) is bisected. A method that refuses budgets below 1 (its own
+    fixed count, as PruMerge) is answered at its own setting."""
+    from llava.aim.knobs import budget_knob
+    from llava.analysis.roofline import CONFIG_ARGUMENTS
+
+    knob = budget_knob()
+    keyword = CONFIG_ARGUMENTS[knob]
+    grid = budget_grid(inputs["tokens_per_frame"])
+    counted: Dict[float, Analysis] = {}
+
+    def at(value: float) -> Analysis:
+        if value not in counted:
+            counted[value] = analyze(**dict(settings, method=method, **{keyword: value}), **inputs)
+        return counted[value]
+
+    baseline = analyze(**inputs)
+    try:
+        cheapest = at(grid[-1])
+    except AIMConfigError:  # no budget knob: the method's own count is the only candidate
+        own = at(settings.get(keyword, 1.0))
+        return BudgetMatch(method, knob, target, own if target.met_by(own, baseline) else None, baseline, own, 1)
+    if not target.met_by(cheapest, baseline):
+        return BudgetMatch(method, knob, target, None, baseline, cheapest, len(grid))
+    low, high = 0, len(grid) - 1  # grid[high] meets; find the first (largest budget) that does
+    while low < high:
+        mid = (low + high) // 2
+        if target.met_by(at(grid[mid]), baseline):
+            high = mid
+        else:
+            low = mid + 1
+    return BudgetMatch(method, knob, target, at(grid[high]), baseline, cheapest, len(grid))

@@ -60,10 +60,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merge_schedule, merged_token_count
-from llava.aim.prumerge import nominal_tokens
 from llava.aim.registry import entry_stages
 from llava.aim.policy import (AIM_PAPER_L1, AIM_PAPER_L2, AIM_PAPER_LAYERS, drop_layers_for, fold_of, reduction_of,
-                              score_of, spec, video_reduction)
+                              score_of, spec)
 from llava.aim.schedule import CONVENTIONS, policy_visual_tokens, pruning_layers, scoring_layers
 from llava.analysis.hardware import Hardware, get_hardware
 from llava.analysis.shapes import LLMShape, VisionShape, get_llm, get_vision
@@ -673,14 +672,104 @@ def score_overhead_ops(score: str, llm: LLMShape, tokens_per_layer: Sequence[int
     extra = {"pagerank_iters": pagerank_iters} if "pagerank_iters" in inspect.signature(price).parameters else {}
     return price(llm, tokens_per_layer, scoring_layers(visual), hardware, options, **extra)
 
-def prumerge_tokens_per_frame(method: str, vision: VisionShape, kept_tokens: Optional[int] = None) -> int:
-    """PruMerge's tokens per frame for the analyzer: the measured ``kept_tokens``, or the nominal
-    count at the official ratio 1/8 (spatial samples only with a CLS token: LLaVA-1.5's CLIP)."""
+# --- a reduction's token flow and cost, from its registry entry -------------------------------
+
+
+@dataclass(frozen=True)
+class TokenFlow:
+    """What a config's pre-LLM reduction (its registry entry) hands the LLM for one video."""
+
+    reduction: str  # the registry entry
+    stage: str  # what it reads: "projected" or "vision" (llava.aim.registry)
+    frames: int
+    stage_tokens: int  # T: tokens per frame at that stage
+    visual: int  # tokens the LLM receives for the video (newline tokens not included)
+    measured: bool  # from a run's measured count (kept_tokens), not the entry's nominal count
+
+    @property
+    def reduces(self) -> bool:
+        """The reduction removes tokens (so it runs, and its cost counts)."""
+        return self.visual < self.frames * self.stage_tokens
+
+    @property
+    def per_frame(self) -> Union[int, float]:
+        """Tokens per frame (a mean where the reduction spreads them unevenly over frames)."""
+        whole, rest = divmod(self.visual, self.frames)
+        return whole if rest == 0 else self.visual / self.frames
+
+
+def _check_kept_tokens(entry: Any, kept_tokens: Any) -> None:
+    from llava.aim.registry import REGISTRY
+
+    if entry.bound is None:
+        adaptive = sorted(e.name for e in REGISTRY.values() if e.kind == "reduction" and e.bound is not None)
+        raise AIMConfigError("kept_tokens (--kept-tokens) is the measured count of a reduction whose count depends "
+                             f"on the content ({', '.join(adaptive)}); {entry.name} keeps a fixed count")
+    if isinstance(kept_tokens, bool) or not isinstance(kept_tokens, int) or kept_tokens < 1:
+        raise AIMConfigError(f"kept_tokens must be a positive integer (tokens per frame), got {kept_tokens!r}")
+
+
+def _with_arguments(fn: Any, available: Dict[str, Any], what: str) -> Dict[str, Any]:
+    """The arguments of ``available`` that ``fn``'s parameters name; a required one the analyzer
+    does not provide fails loudly, naming what it provides."""
+    params = inspect.signature(fn).parameters
+    required = [n for n, p in params.items() if p.default is p.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in available]
+    if required:
+        raise AIMConfigError(f"{what}: {getattr(fn, '__name__', fn)} takes {required}, which the analyzer does not "
+                             f"provide (it provides {sorted(available)})")
+    return {n: available[n] for n in params if n in available}
+
+
+def token_flow(cfg: AIMConfig, frames: int, tokens_per_frame: int, vision: VisionShape,
+               kept_tokens: Optional[int] = None) -> TokenFlow:
+    """The tokens ``cfg``'s reduction gives the LLM for ``frames`` frames: its registry entry's
+    ``nominal(frames, T, cfg)`` with T at the entry's stage (the projected ``tokens_per_frame``, or
+    the vision tower's unpooled patches), or ``frames * kept_tokens`` measured on a run of a
+    reduction whose count depends on the content. ``cfg.merge_count`` is the count rule."""
+    from llava.aim.registry import lookup
+
+    entry = lookup(reduction_of(cfg), "reduction")
+    stage = entry_stages(entry)[0]  # the first it prefers (a family offering only another runs that one)
+    stage_tokens = vision.patches if stage == "vision" else tokens_per_frame
     if kept_tokens is not None:
-        if isinstance(kept_tokens, bool) or not isinstance(kept_tokens, int) or kept_tokens < 1:
-            raise AIMConfigError(f"kept_tokens must be a positive integer (tokens per frame), got {kept_tokens!r}")
-        return kept_tokens
-    return nominal_tokens(vision.patches, method == "prumerge_plus" and vision.class_token)
+        _check_kept_tokens(entry, kept_tokens)
+        return TokenFlow(entry.name, stage, frames, stage_tokens, frames * kept_tokens, True)
+    extra = {"vision": vision} if "vision" in inspect.signature(entry.nominal).parameters else {}
+    visual = entry.nominal(frames, stage_tokens, cfg, **extra)
+    if isinstance(visual, bool) or not isinstance(visual, int) or visual < 0:
+        raise AIMConfigError(f"reduction {entry.name!r}: nominal({frames}, {stage_tokens}, cfg) must give a "
+                             f"non-negative integer (tokens into the LLM), got {visual!r}")
+    return TokenFlow(entry.name, stage, frames, stage_tokens, visual, False)
+
+
+# Cost functions the paper's overhead table counts its own way (the paper convention uses them).
+PAPER_COSTS = {"merge_overhead_ops": "paper_merge_overhead_ops"}
+# What a reduction's cost function may take, by parameter name (llava.aim.registry: ``cost``).
+REDUCTION_COST_ARGUMENTS = ("frames", "tokens_per_frame", "retention", "channels", "hardware", "options",
+                            "merge_count", "vision", "kept", "visual", "cfg", "llm")
+
+
+def reduction_overhead_ops(flow: TokenFlow, cfg: AIMConfig, llm: LLMShape, vision: VisionShape, hardware: Hardware,
+                           options: RooflineOptions, convention: str) -> List[OpCost]:
+    """The work of ``cfg``'s reduction, priced by the function its registry entry names, called with
+    the arguments its parameters name (REDUCTION_COST_ARGUMENTS: ``tokens_per_frame`` is T at the
+    entry's stage, ``kept`` the tokens per frame it keeps, ``visual`` per video, ``channels`` the
+    LLM's width, ``merge_count`` the count rule). Nothing when it removes no token or has no cost."""
+    from llava.aim.registry import lookup
+
+    cost = lookup(flow.reduction, "reduction").cost
+    if cost is None or not flow.reduces:
+        return []
+    name = PAPER_COSTS.get(cost, cost) if convention == "paper" else cost
+    price = globals().get(name)
+    if price is None:
+        raise AIMConfigError(f"reduction {flow.reduction!r} is priced by {name!r}, which llava.analysis.roofline "
+                             "does not define")
+    available = dict(frames=flow.frames, tokens_per_frame=flow.stage_tokens, retention=cfg.retention,
+                     channels=llm.hidden, hardware=hardware, options=options, merge_count=cfg.merge_count,
+                     vision=vision, kept=flow.visual // flow.frames, visual=flow.visual, cfg=cfg, llm=llm)
+    return price(**_with_arguments(price, available, f"reduction {flow.reduction!r}'s cost"))
 
 
 def dycoke_overhead_ops(frames: int, tokens_per_frame: int, channels: int, hardware: Hardware,
@@ -820,27 +909,6 @@ def visionzip_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware
     return [_scaled(op, frames) for op in ops]
 
 
-def video_reduction_overhead_ops(entry, vision: VisionShape, kept: int, frames: int, hardware: Hardware,
-                                 options: Optional[RooflineOptions] = None, **more) -> List[OpCost]:
-    """A registered "video" reduction's own work, priced by the function its entry names in
-    ``cost``, called with the arguments its parameters name among ``vision``, ``kept`` (tokens
-    per frame), ``frames``, ``hardware``, ``options`` and ``more`` (``tokens_per_frame`` at the
-    entry's stage, ``channels`` the LLM's width, ``retention``, ``cfg``); ``cost=None``: not priced."""
-    if entry.cost is None:
-        return []
-    price = globals().get(entry.cost)
-    if price is None:
-        raise AIMConfigError(f"reduction {entry.name!r} is priced by {entry.cost!r}, which llava.analysis.roofline "
-                             "does not define")
-    available = dict(vision=vision, kept=kept, frames=frames, hardware=hardware, options=options, **more)
-    params = inspect.signature(price).parameters
-    missing = [n for n, p in params.items() if p.default is p.empty and n not in available]
-    if missing:
-        raise AIMConfigError(f"reduction {entry.name!r}: its cost {entry.cost!r} takes {missing}, which the analyzer "
-                             f"does not give (it gives {sorted(available)})")
-    return price(**{n: available[n] for n in params if n in available})
-
-
 def count_rule(convention: str, merge_count: str = "official") -> str:
     """The merged-count rule a convention counts with: the paper's tables used floor(T * r)
     ("exact"); the runtime convention counts what the runtime keeps (``merge_count``)."""
@@ -893,7 +961,8 @@ class Analysis:
     def without_aim(self) -> "Analysis":
         """The same input, hardware and options with AIM off (no merging, no pruning)."""
         kwargs = dict(self.settings)
-        kwargs.update(retention=1.0, l1=None, l2=None, method="aim", drop_layers=None, drop_ratio=None, kept_tokens=None)
+        kwargs.update(retention=1.0, l1=None, l2=None, method="aim", drop_layers=None, drop_ratio=None, kept_tokens=None,
+                      method_knobs=None)
         return analyze(self.llm, hardware=self.hardware, options=self.options, vision=self.vision_shape, **_analyze_kwargs(kwargs))
 
     def to_dict(self, with_ops: bool = False) -> Dict[str, Any]:
@@ -921,7 +990,8 @@ class Analysis:
 
 
 _SETTING_KEYS = ("frames", "tokens_per_frame", "text_tokens", "newline_tokens", "retention", "l1", "l2", "convention",
-                 "pagerank_iters", "method", "drop_layers", "drop_ratio", "merge_count", "kept_tokens", "importance")
+                 "pagerank_iters", "method", "drop_layers", "drop_ratio", "merge_count", "kept_tokens", "importance",
+                 "method_knobs")
 
 
 def _analyze_kwargs(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -944,7 +1014,19 @@ def config_arguments(cfg: Any, without: Sequence[str] = ()) -> Dict[str, Any]:
     AIMConfig.resolve_layers); ``without``: fields another source gives."""
     if cfg.layers_auto:
         raise ValueError('config_arguments needs concrete l1/l2: resolve "auto" with AIMConfig.resolve_layers')
-    return {keyword: getattr(cfg, name) for name, keyword in CONFIG_ARGUMENTS.items() if name not in without}
+    out = {keyword: getattr(cfg, name) for name, keyword in CONFIG_ARGUMENTS.items() if name not in without}
+    knobs = method_knobs(cfg)
+    return dict(out, method_knobs=knobs) if knobs else out
+
+
+def method_knobs(cfg: Any) -> Dict[str, Any]:
+    """The method's own knobs set on ``cfg`` (AIMConfig fields named ``<method>_...``, not None):
+    what its token flow and cost may read besides the shared fields."""
+    import dataclasses
+
+    prefix = f"{cfg.method}_"
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.name.startswith(prefix) and getattr(cfg, f.name) is not None}
 
 
 def analyze(
@@ -967,45 +1049,67 @@ def analyze(
     merge_count: str = "official",
     kept_tokens: Optional[int] = None,
     importance: str = "pagerank",
+    method_knobs: Optional[Dict[str, Any]] = None,
     **option_kwargs: Any,
 ) -> Analysis:
     """Roofline prefill cost of the language model on one video (or image) prompt.
 
-    N_j = text_tokens + visual_j, with visual_0 = frames * merged_token_count(tokens_per_frame,
-    retention, rule) + newline_tokens and visual_j = ``visual_tokens_per_layer(visual_0, L, l1, l2,
-    convention)``. ``newline_tokens`` defaults to 0 so that the paper's setting is exactly
-    100 + 32*196 tokens; LLaVA-OneVision's runtime appends one newline token after a video's
-    frames (it counts as visual and can be pruned): pass ``newline_tokens=1`` to count what the
-    runtime executes. ``convention`` is "runtime" (what the project's model executes) or
-    "paper" (the paper's FLOPs script, one layer earlier).
+    N_j = text_tokens + visual_j, with visual_0 = the tokens the method's pre-LLM reduction gives
+    the LLM + newline_tokens and visual_j = ``policy_visual_tokens(cfg, visual_0, L, convention)``
+    (the runtime's). ``newline_tokens`` 0 gives the paper's 100 + 32*196; LLaVA-OneVision's runtime
+    appends one (visual, prunable) after a video: 1 counts what it executes. ``convention``:
+    "runtime" (what the project's model executes) or "paper" (its FLOPs script, one layer earlier).
 
-    The merged count per frame: the runtime convention counts what the runtime keeps under
-    ``merge_count`` ("official" by default: 25 of 196 at 1/8); the paper convention counts
-    floor(T * retention) (24 at 1/8), as the paper's tables were computed, whatever
-    ``merge_count`` says.
+    The reduction's count is its registry entry's (``nominal``; :func:`token_flow`: merging keeps
+    ``merged_token_count(T, retention, rule)`` per frame, the rule being ``merge_count`` in the
+    runtime convention and floor(T * retention) in the paper's; PruMerge counts ``kept_tokens``
+    measured on a run, else its nominal count) and its work is priced by the function the entry
+    names (:func:`reduction_overhead_ops`): no method is special-cased here.
 
-    ``method`` "prumerge" / "prumerge_plus" (LLaVA-PruMerge before the LLM) keeps a
-    data-dependent count per frame: ``kept_tokens`` when given (e.g. the mean of
-    ``aim_stats.tokens_kept_per_frame``), else the count at the official reduction ratio 1/8
-    of the vision tower's patches (llava.aim.prumerge.nominal_tokens: 73 / 145 of CLIP's 576,
-    92 of SigLIP's 729, where the official code adds no spatial samples).
+    ``importance`` (AIM's score) is priced by its registry entry (:func:`score_overhead_ops`);
+    ``method`` (with ``drop_layers`` / ``drop_ratio``, and ``method_knobs``: the method's own
+    AIMConfig fields) selects a policy of llava.aim.policy, counted as executed.
 
-    ``importance`` is AIM's score (a registered one, llava.aim.registry); its own work is priced by
-    the function its registry entry names (:func:`score_overhead_ops`).
-
-    ``method`` (with ``drop_layers`` / ``drop_ratio`` for fastv, vtw, pdrop) selects a policy of
-    llava.aim.policy; its per-layer counts come from ``llava.aim.schedule.policy_visual_tokens``,
-    the function the runtime uses. Baselines are counted as executed (runtime convention).
-
-    Keyword options of :class:`RooflineOptions` (weight_bytes, act_bytes, kv_bytes,
-    flash_attention, include_mlp_add) may be given directly instead of ``options``.
+    :class:`RooflineOptions` fields (weight_bytes, ..., include_mlp_add) may replace ``options``.
     """
-    shape = get_llm(llm)
-    hw = get_hardware(hardware)
+    shape, hw = get_llm(llm), get_hardware(hardware)
+    options = _roofline_options(options, option_kwargs)
+    _check_inputs(convention, frames, tokens_per_frame, text_tokens, newline_tokens, pagerank_iters)
+    rule = count_rule(convention, merge_count)
+    cfg = _analysis_config(shape, convention, rule, retention=retention, l1=l1, l2=l2, method=method,
+                           importance=importance, drop_layers=None if drop_layers is None else tuple(drop_layers),
+                           drop_ratio=drop_ratio, pagerank_iters=pagerank_iters, **(method_knobs or {}))
+    vshape = get_vision(vision, llm)
+    flow = token_flow(cfg, frames, tokens_per_frame, vshape, kept_tokens)
+    visual = policy_visual_tokens(cfg, flow.visual + newline_tokens, shape.layers, convention)
+    tokens = prompt_tokens_per_layer(text_tokens, visual)
+    overhead = reduction_overhead_ops(flow, cfg, shape, vshape, hw, options, convention)
+    if cfg.pruning:
+        overhead += score_overhead_ops(score_of(cfg), shape, tokens, visual, hw, options, convention, pagerank_iters)
+    if cfg.pruning and fold_of(cfg) is not None:  # a method folding the dropped tokens into the kept (HoliTom)
+        overhead += fold_overhead_ops(fold_of(cfg), shape, visual, hw, options)
+    settings = _settings(cfg, flow, shape, hw, vshape, text_tokens=text_tokens, newline_tokens=newline_tokens,
+                         tokens_per_frame=tokens_per_frame, convention=convention, merge_count=merge_count,
+                         kept_tokens=kept_tokens, drop_layers=drop_layers, method_knobs=method_knobs)
+    return Analysis(
+        llm=shape, hardware=hw, options=options, settings=settings,
+        visual_tokens_per_layer=visual, tokens_per_layer=tokens, prefill=prefill_cost(shape, tokens, hw, options),
+        decode=decode_step_cost(shape, tokens, hw, options),
+        kv_cache_bytes_per_layer=kv_cache_bytes_per_layer(shape, tokens, options.kv_bytes),
+        vision_encoder=vision_encoder_cost(vshape, shape, frames, hw, options),
+        aim_overhead=ComponentCost("AIM overhead (merging + importance)", tuple(overhead)),
+        notes=analysis_notes(convention, bool(overhead), options), vision_shape=vshape,
+    )
+
+
+def _roofline_options(options: Optional[RooflineOptions], option_kwargs: Dict[str, Any]) -> RooflineOptions:
     if options is None:
-        options = RooflineOptions(**option_kwargs)
-    elif option_kwargs:
-        options = replace(options, **option_kwargs)
+        return RooflineOptions(**option_kwargs)
+    return replace(options, **option_kwargs) if option_kwargs else options
+
+
+def _check_inputs(convention: str, frames: Any, tokens_per_frame: Any, text_tokens: Any, newline_tokens: Any,
+                  pagerank_iters: Any) -> None:
     if convention not in CONVENTIONS:
         raise AIMConfigError(f"convention must be one of {list(CONVENTIONS)}, got {convention!r}")
     _check_count("frames", frames, 1)
@@ -1013,64 +1117,39 @@ def analyze(
     _check_count("text_tokens", text_tokens, 0)
     _check_count("newline_tokens", newline_tokens, 0)
     _check_count("pagerank_iters", pagerank_iters, 1)
-    cfg = AIMConfig(retention=retention, l1=l1, l2=l2, method=method, merge_count=merge_count, importance=importance,
-                    drop_layers=None if drop_layers is None else tuple(drop_layers), drop_ratio=drop_ratio)
-    cfg.check_against_model(shape.layers)
-    if convention != "runtime" and spec(method).schedule != "linear":
-        raise AIMConfigError(f"the paper convention is AIM's FLOPs script; {method} is counted as executed "
+
+
+def _analysis_config(llm: LLMShape, convention: str, rule: str, **fields: Any) -> AIMConfig:
+    """The AIMConfig the analyzer counts (its merge_count is the convention's count rule)."""
+    cfg = AIMConfig(merge_count=rule, **fields)
+    cfg.check_against_model(llm.layers)
+    if convention != "runtime" and spec(cfg.method).schedule != "linear":
+        raise AIMConfigError(f"the paper convention is AIM's FLOPs script; {cfg.method} is counted as executed "
                              "(drop --paper-convention)")
-    vshape = get_vision(vision, llm)
+    return cfg
 
-    rule = count_rule(convention, merge_count)
-    reduction = video_reduction(method)  # a registered "video" reduction: its entry's nominal count
-    if cfg.prumerging:
-        kept = prumerge_tokens_per_frame(cfg.method, vshape, kept_tokens)
-    elif kept_tokens is not None:
-        raise AIMConfigError("kept_tokens (--kept-tokens) is the measured count of prumerge / prumerge_plus")
-    elif reduction is not None:
-        stage_tokens = vshape.patches if entry_stages(reduction)[0] == "vision" else tokens_per_frame
-        video_total = int(reduction.nominal(frames, stage_tokens, cfg))
-        kept = -(-video_total // frames)
-    else:
-        kept = merged_token_count(tokens_per_frame, retention, rule)
-    v0 = (video_total if reduction is not None else frames * kept) + newline_tokens
-    visual = policy_visual_tokens(cfg, v0, shape.layers, convention)
-    tokens = prompt_tokens_per_layer(text_tokens, visual)
 
-    prefill = prefill_cost(shape, tokens, hw, options)
-    decode = decode_step_cost(shape, tokens, hw, options)
-    kv = kv_cache_bytes_per_layer(shape, tokens, options.kv_bytes)
-    encoder = vision_encoder_cost(vshape, shape, frames, hw, options)
-    overhead: List[OpCost] = []
-    if reduction is not None:
-        overhead += video_reduction_overhead_ops(reduction, vshape, kept, frames, hw, options,
-                                                 tokens_per_frame=stage_tokens, channels=shape.hidden,
-                                                 retention=retention, cfg=cfg)
-    elif retention < 1.0 and reduction_of(cfg) == "pool":
-        overhead += pool_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)
-    elif retention < 1.0 and convention == "paper":
-        overhead += paper_merge_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)
-    elif retention < 1.0:
-        overhead += merge_overhead_ops(tokens_per_frame, retention, shape.hidden, frames, hw, options, rule)
-    if cfg.prumerging:
-        overhead += prumerge_overhead_ops(vshape, kept, frames, hw, options)
-    score = score_of(cfg)
-    if cfg.pruning:
-        overhead += score_overhead_ops(score, shape, tokens, visual, hw, options, convention, pagerank_iters)
-    if cfg.pruning and fold_of(cfg) is not None:
-        overhead += fold_overhead_ops(fold_of(cfg), shape, visual, hw, options)
-
-    settings = {
-        "llm": shape.name, "frames": frames, "tokens_per_frame": tokens_per_frame,
-        "tokens_per_frame_kept": kept, "text_tokens": text_tokens, "newline_tokens": newline_tokens,
-        "visual_tokens": v0, "retention": retention, "l1": l1, "l2": l2, "convention": convention,
-        "pagerank_iters": pagerank_iters, "hardware": hw.name, "vision_tower": vshape.name,
-        "merge_count": merge_count, "count_rule": rule, "kept_tokens": kept_tokens,
-        "method": method, "drop_layers": None if drop_layers is None else list(drop_layers),
-        "drop_ratio": drop_ratio, "score": score, "importance": importance,
-        "resolved_drop_layers": (list(drop_layers_for(method, cfg.drop_layers, shape.layers))
-                                 if spec(method).schedule == "steps" else None),
+def _settings(cfg: AIMConfig, flow: TokenFlow, llm: LLMShape, hw: Hardware, vision: VisionShape,
+              **given: Any) -> Dict[str, Any]:
+    """The settings an Analysis reports: what was given, and what it resolved to."""
+    steps = spec(cfg.method).schedule == "steps"
+    return {
+        "llm": llm.name, "frames": flow.frames, "tokens_per_frame": given["tokens_per_frame"],
+        "tokens_per_frame_kept": flow.per_frame, "text_tokens": given["text_tokens"],
+        "newline_tokens": given["newline_tokens"], "visual_tokens": flow.visual + given["newline_tokens"],
+        "retention": cfg.retention, "l1": cfg.l1, "l2": cfg.l2, "convention": given["convention"],
+        "pagerank_iters": cfg.pagerank_iters, "hardware": hw.name, "vision_tower": vision.name,
+        "merge_count": given["merge_count"], "count_rule": cfg.merge_count, "kept_tokens": given["kept_tokens"],
+        "method": cfg.method, "drop_layers": None if given["drop_layers"] is None else list(given["drop_layers"]),
+        "drop_ratio": cfg.drop_ratio, "score": score_of(cfg), "importance": cfg.importance,
+        "reduction": flow.reduction, "reduction_stage": flow.stage,
+        "method_knobs": dict(given["method_knobs"]) if given["method_knobs"] else None,
+        "resolved_drop_layers": list(drop_layers_for(cfg.method, cfg.drop_layers, llm.layers)) if steps else None,
     }
+
+
+def analysis_notes(convention: str, overhead: bool, options: RooflineOptions) -> List[str]:
+    """The notes every Analysis carries: the reference model's choices, and what the options change."""
     notes = [NOTE_SILU, NOTE_REFERENCE, NOTE_SEPARATE]
     if convention == "paper":
         notes.append("paper convention: the schedule counted one layer earlier and floor(T * retention) tokens "
@@ -1083,10 +1162,4 @@ def analyze(
         notes.append("flash-attention variant: qk/softmax/sv fused, no N x N scores in memory (ideal fused-kernel IO)")
     if options.include_mlp_add:
         notes.append("includes the second residual add (mlp_add), which the paper's figures leave out")
-    return Analysis(
-        llm=shape, hardware=hw, options=options, settings=settings,
-        visual_tokens_per_layer=visual, tokens_per_layer=tokens, prefill=prefill, decode=decode,
-        kv_cache_bytes_per_layer=kv, vision_encoder=encoder,
-        aim_overhead=ComponentCost("AIM overhead (merging + importance)", tuple(overhead)),
-        notes=notes, vision_shape=vshape,
-    )
+    return notes

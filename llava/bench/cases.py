@@ -9,8 +9,10 @@ from typing import Any, Dict, List, Optional
 
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merged_token_count
-from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, aim_default_layers
+from llava.aim.policy import aim_default_layers, reduction_of, spec
 from llava.aim.prumerge import nominal_tokens
+from llava.aim.registry import lookup
+from llava.errors import AIMConfigError
 
 # The official AIM code prunes by masking under eager attention; "official" reproduces that
 # in the same run as the baseline and this project's removal on SDPA.
@@ -30,6 +32,7 @@ class PrefillCase:
     kv_cache_bytes: int = 0
     peak_memory_bytes: Optional[int] = None
     decode_times_s: List[float] = field(default_factory=list)  # LM only: DECODE_STEPS steps after a prefill
+    newline_tokens: int = 0  # of visual_tokens, the newline token(s) after the frames (not reduced)
 
     @property
     def decode_tokens_per_s(self) -> Optional[float]:
@@ -71,6 +74,8 @@ def default_cases(frames: int, tokens_per_frame: int, text: int, num_layers: int
     ]
     if pruning_only:
         cases.append(PrefillCase("prune-only", AIMConfig(retention=1.0, l1=l1, l2=l2), full, text, attn))
+    for case in cases:
+        case.newline_tokens = newline
     return cases
 
 
@@ -78,20 +83,50 @@ def method_case(method: str, frames: int, tokens_per_frame: int, text: int, num_
                 retention: float = 0.25, l1: Optional[int] = None, l2: Optional[int] = None,
                 drop_layers=None, drop_ratio=None, newline: int = 1, seed: int = 0,
                 attn: str = "sdpa") -> PrefillCase:
-    """One case for a baseline or control of llava.aim.policy, named after the method. FastV,
-    VTW and PyramidDrop run as published (no merging); random and pool take AIM's setting."""
-    if method in PRUMERGE_METHODS:  # adaptive count: the LLM-only case counts the official ratio's
-        cfg = AIMConfig.for_method(method)
-        return PrefillCase(method, cfg, frames * prumerge_kept(tokens_per_frame) + newline, text, attn)
-    if method in STEP_METHODS:
+    """One case for any registered method (llava.aim.policy.SPECS), named after it: FastV, VTW and
+    PyramidDrop run as published (no merging); a method that reduces before the LLM only runs at
+    ``retention`` where that is its budget (its own count otherwise, as PruMerge); the others take
+    AIM's setting. Its tokens entering the LLM are its registry entry's nominal count."""
+    schedule = spec(method).schedule
+    if schedule == "steps":
         cfg = AIMConfig.for_method(method, drop_layers=drop_layers, drop_ratio=drop_ratio)
+    elif schedule == "none":
+        cfg = budget_config(method, retention)
     else:
         if l1 is None:
             l1, l2 = aim_default_layers(num_layers)
         cfg = AIMConfig(method=method, retention=retention, l1=l1, l2=l2, seed=seed)
     cfg.check_against_model(num_layers)
-    visual = frames * merged_token_count(tokens_per_frame, cfg.retention, cfg.merge_count) + newline
-    return PrefillCase(method, cfg, visual, text, attn)
+    return PrefillCase(method, cfg, llm_visual_tokens(cfg, frames, tokens_per_frame) + newline, text, attn,
+                       newline_tokens=newline)
+
+
+def budget_config(method: str, retention: float) -> AIMConfig:
+    """A before-the-LLM method at ``retention`` (its budget), or at its own count where it takes none."""
+    own = AIMConfig.for_method(method, l1=None, l2=None)
+    try:
+        return AIMConfig.for_method(method, l1=None, l2=None, retention=retention)
+    except AIMConfigError:  # its count is its own (PruMerge refuses a budget): the report names the setting
+        return own
+
+
+@dataclass(frozen=True)
+class _SigLIPTower:
+    """The vision stage of the LM-only cases: LLaVA-OneVision's unpooled SigLIP grid, no CLS token."""
+
+    patches: int
+    class_token: bool = False
+
+
+def llm_visual_tokens(cfg: AIMConfig, frames: int, tokens_per_frame: int) -> int:
+    """The tokens ``cfg``'s reduction gives the LLM for ``frames`` frames of ``tokens_per_frame``
+    (its registry entry's ``nominal``; a "vision"-stage entry reads the unpooled grid)."""
+    entry = lookup(reduction_of(cfg), "reduction")
+    if entry.stage == "vision":
+        side = 2 * math.isqrt(tokens_per_frame) - 1  # 27 per side for 196 pooled tokens
+        tower = _SigLIPTower(side * side)
+        return entry.nominal(frames, tower.patches, cfg, vision=tower)
+    return entry.nominal(frames, tokens_per_frame, cfg)
 
 
 def prumerge_kept(tokens_per_frame: int) -> int:

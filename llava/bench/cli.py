@@ -59,6 +59,7 @@ from llava.bench.load import assess, judged, sample, usable_cores
 from llava.bench.measure import (
     measure_layerwise,
     measure_lm_overhead,
+    measure_method_overhead,
     mrope_prompt_positions,
     run_end_to_end_benchmark,
     run_prefill_benchmark,
@@ -131,8 +132,38 @@ def add_bench_command(subparsers) -> None:
     # --retention, --l1, --l2, and --method X, which adds a case "X" (a baseline or control) next to AIM's
     add_knob_flags(p, "bench", retention=0.25)
     add_method_options(p)
+    p.add_argument("--methods", type=method_names, default=None, metavar="M1,M2,...",
+                   help="time several methods in the same interleaved rounds, each its own case next to AIM's, each "
+                        "one's own work (score, reduction) measured apart: any registered methods (llava.aim.policy), "
+                        "comma-separated, or all; before-the-LLM methods run at --retention where it is their budget")
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     p.set_defaults(func=bench_command)
+
+
+def method_names(text: str) -> Tuple[str, ...]:
+    """``--methods fastv,visionzip`` -> ("fastv", "visionzip"); "all": every registered method but aim
+    (checked against the registry when the command runs, so a method registered later is taken)."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated method names, got {text!r}")
+    return names
+
+
+def methods_of(args) -> Tuple[str, ...]:
+    """The methods timed next to AIM: --methods (all: every registered one), else --method's."""
+    from llava.aim.policy import SPECS
+
+    chosen = getattr(args, "methods", None)
+    if chosen is None:
+        method = getattr(args, "method", "aim")
+        return () if method == "aim" else (method,)
+    if chosen == ("all",):
+        return tuple(m for m in SPECS if m != "aim")
+    unknown = [m for m in chosen if m not in SPECS]
+    if unknown:
+        raise AIMConfigError(f"--methods: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not registered; "
+                             f"registered methods: {', '.join(SPECS)}")
+    return tuple(m for m in chosen if m != "aim")
 
 
 def _check_args(args) -> torch.device:
@@ -146,6 +177,12 @@ def _check_args(args) -> torch.device:
     # AIM's case: the config's rules, worded in flags (--method adds its own case next to it)
     check_aim_flags(args.retention, args.l1, args.l2, has_no_prune=False)
     method = getattr(args, "method", "aim")
+    if getattr(args, "methods", None) is not None:
+        if method != "aim" or args.drop_layers is not None or args.drop_ratio is not None \
+                or getattr(args, "kept_tokens", None) is not None or getattr(args, "layerwise", False):
+            raise AIMConfigError("--methods times each method at its defaults: leave out --method, --drop-layers, "
+                                 "--drop-ratio, --kept-tokens and --layerwise (use --method for one method's knobs)")
+        methods_of(args)  # every name registered
     if method in PRUMERGE_METHODS and (args.drop_layers is not None or args.drop_ratio is not None
                                        or getattr(args, "kept_tokens", None) is not None):
         raise AIMConfigError(f"--drop-layers/--drop-ratio/--kept-tokens do not apply to bench --method {method}")
@@ -233,10 +270,11 @@ def bench_input(args, spec: BenchModel) -> BenchInput:
 
 
 def _check_method(args, spec: BenchModel) -> None:
-    if args.method in PRUMERGE_METHODS and not spec.adapter.supports_prumerge:
-        others = [m.name for m in BENCH_MODELS.values() if m.adapter.supports_prumerge]
-        raise AIMConfigError(f"--method {args.method}: the {spec.adapter.title} adapter does not implement it "
-                             f"(--model {spec.name}): use --model {' or '.join(others[:2])}")
+    for method in methods_of(args):
+        if method in PRUMERGE_METHODS and not spec.adapter.supports_prumerge:
+            others = [m.name for m in BENCH_MODELS.values() if m.adapter.supports_prumerge]
+            raise AIMConfigError(f"--method {method}: the {spec.adapter.title} adapter does not implement it "
+                                 f"(--model {spec.name}): use --model {' or '.join(others[:2])}")
     if not getattr(args, "lm_only", True) and not getattr(args, "layerwise", False) \
             and "video" not in spec.adapter.media:
         raise AIMConfigError(f"--model {spec.name}: the end-to-end measurement feeds a video, which the "
@@ -371,8 +409,8 @@ def bench_command(args) -> int:
         # the default cases (baseline, official, AIM, ...) plus --method's, for one input geometry
         out = default_cases(inp.units, tokens_per_unit, text, num_layers, args.retention, args.l1, args.l2,
                             newline=inp.newline, pruning_only=args.pruning_only, attn=args.attn)
-        if args.method != "aim":
-            out.append(method_case(args.method, inp.units, tokens_per_unit, text, num_layers, args.retention,
+        for method in methods_of(args):
+            out.append(method_case(method, inp.units, tokens_per_unit, text, num_layers, args.retention,
                                    args.l1, args.l2, args.drop_layers, args.drop_ratio, newline=inp.newline,
                                    attn=args.attn))
         return out
@@ -384,6 +422,8 @@ def bench_command(args) -> int:
                           positions=positions)
     aim_case = next(c for c in lm_cases if c.name == "aim")
     overhead = measure_lm_overhead(lm, aim_case, inp.units, inp.tokens_per_unit, positions=positions)
+    method_overheads = {c.name: measure_method_overhead(lm, c, inp.units, inp.tokens_per_unit, positions=positions)
+                        for c in lm_cases if c.name in methods_of(args)}
     del lm
     hardware = cuda_hardware(device) if device.type == "cuda" else calibrate_cpu()
     flash = args.attn == "flash_attention_2" or args.attn == "sdpa"  # fused kernels: no N x N in memory
@@ -404,7 +444,8 @@ def bench_command(args) -> int:
 
     load = assess(before, sample(), _bench_threads(device))
     result = bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
-                          transformers.__version__, model=spec.name, inputs=inp.to_dict(), load=load)
+                          transformers.__version__, model=spec.name, inputs=inp.to_dict(), load=load,
+                          method_overheads=method_overheads)
     if args.json:
         print(json.dumps(result))
     else:

@@ -9,6 +9,9 @@ memory figure through :class:`~llava.bench.memory.PeakMemory` and every KV figur
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
+import math
 import statistics
 from typing import Any, Callable, Dict, List, Optional
 
@@ -16,6 +19,7 @@ import torch
 
 from llava.aim.config import AIMConfig
 from llava.aim.merge import merged_token_count
+from llava.aim.policy import reduction_of
 from llava.aim.reduce import reduce_frames
 from llava.aim.schedule import policy_visual_tokens
 from llava.bench.cases import DECODE_STEPS, PrefillCase
@@ -219,6 +223,58 @@ def merging_ms(cfg: AIMConfig, frames: int, tokens_per_frame: int, width: int, d
     gen = torch.Generator(device="cpu").manual_seed(0)
     feats = torch.randn(frames, tokens_per_frame, width, generator=gen).to(device, dtype)
     return median_ms(lambda: reduce_frames(feats, cfg), device, repeats)  # the runtime's own call, count rule included
+
+
+def measure_method_overhead(lm, case: PrefillCase, frames: int, tokens_per_frame: int, repeats: int = 3,
+                            positions: Optional[PositionsFn] = None) -> Dict[str, Optional[float]]:
+    """A method's own cost, measured apart from its timed prefills: its score inside instrumented
+    prefills (as AIM's importance) and its reduction before the LLM on random frames
+    (:func:`reduction_ms`; None where the reduction cannot run on frames alone)."""
+    device, dtype = next(lm.parameters()).device, next(lm.parameters()).dtype
+    importance = 0.0
+    if case.cfg.pruning:  # the score alone: the reduction is timed below, on its own inputs
+        scored = dataclasses.replace(case, cfg=case.cfg.replace(retention=1.0))
+        importance = measure_lm_overhead(lm, scored, frames, tokens_per_frame, repeats, positions)["importance_ms"]
+    return {"importance_ms": importance,
+            "reduction_ms": reduction_ms(case.cfg, frames, tokens_per_frame, lm.config.hidden_size, device, dtype,
+                                         repeats)}
+
+
+def reduction_ms(cfg: AIMConfig, frames: int, tokens_per_frame: int, width: int, device: torch.device,
+                 dtype: torch.dtype, repeats: int) -> Optional[float]:
+    """The registered reduction of ``cfg`` on frames x tokens_per_frame random features (median ms):
+    a frames-only reduction through reduce_frames (the runtime's call); one that takes a FramesIn
+    (llava.aim.frames: one argument) with the random vision attention and keys it needs. 0 when it
+    keeps every token; None when it runs only inside a vision tower's hook (PruMerge: the tower's
+    CLS attention and keys)."""
+    from llava.aim.registry import lookup
+    from llava.bench.cases import llm_visual_tokens
+
+    if llm_visual_tokens(cfg, frames, tokens_per_frame) >= frames * tokens_per_frame:
+        return 0.0
+    entry = lookup(reduction_of(cfg), "reduction")
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    feats = torch.randn(frames, tokens_per_frame, width, generator=gen).to(device, dtype)
+    params = [p for p in inspect.signature(entry.fn).parameters.values()
+              if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) == 1:  # fn(FramesIn) -> FramesOut
+        frames_in = _frames_in(cfg, entry, feats, gen)
+        return median_ms(lambda: entry.fn(frames_in), device, repeats)
+    if entry.needs == {"frames"}:
+        return median_ms(lambda: reduce_frames(feats, cfg), device, repeats)
+    return None
+
+
+def _frames_in(cfg: AIMConfig, entry, feats: torch.Tensor, gen: torch.Generator):
+    from llava.aim.frames import FramesIn  # the pre-LLM stage's input (the contract of issue 21)
+
+    f, t, _ = feats.shape
+    side = math.isqrt(t)
+    extra = {}
+    if "vision_attention" in entry.needs:
+        extra = dict(attention=torch.rand(f, t, generator=gen).softmax(-1).to(feats.device),
+                     keys=torch.randn(f, t, 64, generator=gen).to(feats.device, feats.dtype))
+    return FramesIn(cfg=cfg, tokens=feats, grid=(side, t // side) if side * (t // side) == t else (1, t), **extra)
 
 
 def measure_layerwise(text_config, cfg: AIMConfig, frames: int, tokens_per_frame: int, text_tokens: int,

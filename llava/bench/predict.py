@@ -7,8 +7,10 @@ from typing import Dict, List
 
 import torch
 
-from llava.aim.merge import merged_token_count
-from llava.bench.cases import PrefillCase, prumerge_kept
+from llava.aim.config import AIMConfig
+from llava.aim.policy import reduction_of, spec
+from llava.aim.registry import lookup
+from llava.bench.cases import PrefillCase
 
 
 def calibrate_cpu(seconds: float = 0.5):
@@ -60,26 +62,21 @@ def predict(lm_config, cases: List[PrefillCase], frames: int, tokens_per_frame: 
 
     out = {}
     for case in cases:
-        cfg = case.cfg
-        retention = cfg.retention if cfg else 1.0
-        rule = cfg.merge_count if cfg else "official"
-        pruning = cfg is not None and cfg.pruning and cfg.pruning_mode == "remove"
-        fused = flash and case.attn != "eager"
-        if cfg is not None and cfg.prumerging:
-            kept = prumerge_kept(tokens_per_frame)
-            a = analyze(lm_config, frames=frames, tokens_per_frame=tokens_per_frame, text_tokens=case.text_tokens,
-                        newline_tokens=case.visual_tokens - frames * kept, method=cfg.method, kept_tokens=kept,
-                        hardware=hardware, weight_bytes=dtype_bytes, act_bytes=dtype_bytes, kv_bytes=dtype_bytes,
-                        flash_attention=fused)
-        else:
-            a = analyze(lm_config, frames=frames, tokens_per_frame=tokens_per_frame, text_tokens=case.text_tokens,
-                        newline_tokens=case.visual_tokens - frames * merged_token_count(tokens_per_frame, retention, rule),
-                        retention=retention, merge_count=rule, l1=cfg.l1 if pruning else None,
-                        l2=cfg.l2 if pruning else None,
-                        method=cfg.method if pruning else "aim", drop_layers=cfg.drop_layers if pruning else None,
-                        drop_ratio=cfg.drop_ratio if pruning else None,
-                        hardware=hardware, weight_bytes=dtype_bytes, act_bytes=dtype_bytes, kv_bytes=dtype_bytes,
-                        flash_attention=fused)
+        cfg = case.cfg or AIMConfig.disabled()
+        pruning = cfg.pruning and cfg.pruning_mode == "remove"
+        before_llm = spec(cfg.method).schedule == "none"  # a reduction before the LLM only: its own count
+        adaptive = lookup(reduction_of(cfg), "reduction").bound is not None
+        setting = dict(retention=cfg.retention, merge_count=cfg.merge_count, l1=cfg.l1 if pruning else None,
+                       l2=cfg.l2 if pruning else None, method=cfg.method if pruning or before_llm else "aim",
+                       drop_layers=cfg.drop_layers if pruning else None, drop_ratio=cfg.drop_ratio if pruning else None,
+                       kept_tokens=(case.visual_tokens - case.newline_tokens) // frames if adaptive else None,
+                       hardware=hardware, weight_bytes=dtype_bytes, act_bytes=dtype_bytes, kv_bytes=dtype_bytes,
+                       flash_attention=flash and case.attn != "eager")
+        shape = dict(frames=frames, tokens_per_frame=tokens_per_frame, text_tokens=case.text_tokens)
+        a = analyze(lm_config, newline_tokens=0, **shape, **setting)
+        extra = case.visual_tokens - a.settings["visual_tokens"]  # the newline: what was measured, exactly
+        if extra:
+            a = analyze(lm_config, newline_tokens=extra, **shape, **setting)
         out[case.name] = {"prefill_tflops": a.prefill_tflops, "prefill_ms": a.prefill_ms,
                           "tokens_per_layer": a.tokens_per_layer,
                           # AIM's own work (merging, importance), reported apart from the prefill

@@ -36,7 +36,8 @@ def _by_name(cases: List[PrefillCase], name: str) -> Optional[PrefillCase]:
 
 def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicted, overhead, hardware,
                  transformers_version, model: Optional[str] = None,
-                 inputs: Optional[Dict[str, Any]] = None, load: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 inputs: Optional[Dict[str, Any]] = None, load: Optional[Dict[str, Any]] = None,
+                 method_overheads: Optional[Dict[str, Dict[str, Optional[float]]]] = None) -> Dict[str, Any]:
     """The JSON report. ``inputs``: the prompt's description (default: the first family's, from
     the flags); ``model``: the --model that ran; ``load``: llava.bench.load.assess around the
     measurements (goals are not judged, None, when it says the machine was busy)."""
@@ -70,6 +71,11 @@ def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicte
         "overhead": {**overhead, "total_ms": overhead_ms, "aim_prefill_ms": aim_ms,
                      "fraction": overhead_ms / (aim_ms + overhead["merging_ms"])},
         "end_to_end_prefill": [c.to_dict(e2e_cases[0]) for c in e2e_cases] if e2e_cases else [],
+        # each --methods case's own work (its score; its reduction on random frames, None: only inside a
+        # vision tower), measured apart from its timed prefills
+        "method_overheads": {name: dict(o, setting=describe_setting(_by_name(lm_cases, name).cfg,
+                                                                    text_config.num_hidden_layers))
+                             for name, o in (method_overheads or {}).items()},
     }
     if aim.decode_tokens_per_s and lm_base.decode_tokens_per_s:
         # decoding on AIM's pruned KV cache against the stock model's full one, same run
@@ -92,6 +98,12 @@ def bench_report(args, device, dtype, text_config, lm_cases, e2e_cases, predicte
         "overhead_met": judged(report["overhead"]["fraction"] < OVERHEAD_GOAL, load),
     }
     return report
+
+
+def describe_setting(cfg, num_layers: int) -> str:
+    from llava.aim.policy import describe
+
+    return describe(cfg, num_layers)
 
 
 def _label(row: Dict[str, Any]) -> str:
@@ -188,6 +200,11 @@ def format_bench(r: Dict[str, Any]) -> str:
                   f"default AIM vs baseline end to end: {r['end_to_end_speedup']:.2f}x"
                   + (f"; vs the official code: {r['end_to_end_speedup_vs_official']:.2f}x"
                      if "end_to_end_speedup_vs_official" in r else "")]
+    if r.get("method_overheads"):
+        lines += ["", "each method's own work, measured apart (median ms; reduction on random frames):"]
+        for name, o in r["method_overheads"].items():
+            reduction = "n/a (runs inside the vision tower)" if o["reduction_ms"] is None else f"{o['reduction_ms']:.1f}"
+            lines.append(f"  {name:<16} score {o['importance_ms']:.1f}  reduction {reduction}  ({o['setting']})")
     lines.append("peak MiB: memory growth during one prefill (CUDA allocator peak; on CPU the resident high-water mark)")
     if "load" in r:
         lines.append(describe(r["load"]))
