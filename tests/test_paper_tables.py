@@ -263,9 +263,12 @@ def test_longva_dry_run_prints_a_runnable_command(capsys, monkeypatch, tmp_path)
 COMPARED = ("visionzip", "dycoke", "fastvid", "holitom")
 
 
+LABELS = {"dycoke": ("k1", "official")}  # DyCoke's budget is its k (no k reaches 25%)
+
+
 def _comparison_names():
     return (["comparison/baseline", "comparison/aim"]
-            + [f"comparison/{m}/r{b}" for m in COMPARED for b in ("0.25", "0.1")]
+            + [f"comparison/{m}/{b}" for m in COMPARED for b in LABELS.get(m, ("r0.25", "r0.1"))]
             + ["comparison/fastv", "comparison/pdrop"])
 
 
@@ -284,10 +287,14 @@ def test_comparison_rows_are_listed_and_unregistered_methods_say_what_they_need(
         assert out.count(f"needs method {method} (not registered in this install") == 2
     assert "same run as video/aim" in out and "same run as video/fastv" in out and "same run as video/pdrop" in out
     rows = {r.name: r for r in pt.ROWS}
-    for method in COMPARED:
+    for method in ("fastvid", "holitom"):
         for budget in ("0.25", "0.1"):
             env = rows[f"comparison/{method}/r{budget}"].env
             assert env["RETENTION"] == budget and env["EXTRA_MODEL_ARGS"] == f"method={method}"
+    # VisionZip's port keeps 50 and 20 whole tokens of 196; DyCoke's k = 1 is its fewest
+    assert [round(float(rows[f"comparison/visionzip/{b}"].env["RETENTION"]) * 196) for b in ("r0.25", "r0.1")] == [50, 20]
+    assert rows["comparison/dycoke/k1"].env == {"RETENTION": "1", "TASKS": pt.COMPARISON_TASKS,
+                                                "EXTRA_MODEL_ARGS": "method=dycoke,dycoke_k=1"}
 
 
 def test_comparison_rows_run_once_their_method_registers(monkeypatch):
