@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from llava.aim.config import AIMConfig
-from llava.aim.policy import SPECS, aim_default_layers, describe, spec
+from llava.aim.policy import SPECS, aim_default_layers, describe, spec, video_reduction
 from llava.analysis.matching import match_budget
-from llava.analysis.roofline import Analysis, analyze
+from llava.analysis.roofline import Analysis, analyze, config_arguments
 from llava.analysis.shapes import get_llm
 from llava.errors import AIMConfigError
 
@@ -51,6 +51,13 @@ def at_budget(method: str, budget: float) -> Dict[str, Any]:
     """One predicted row: ``method`` at ``budget`` (the module docstring's rules)."""
     common, layers = _common(), get_llm(LLM).layers
     schedule = spec(method).schedule
+    if video_reduction(method) is not None:  # its budget is what it lets in (an inner drop, HoliTom's, on top)
+        try:
+            cfg, how = AIMConfig.for_method(method, retention=budget), "budget knob"
+        except AIMConfigError:  # no budget knob (DyCoke's count is set by its k): its own count
+            cfg, how = AIMConfig.for_method(method), "its own count"
+        cfg = cfg.resolve_layers(layers) if cfg.layers_auto else cfg
+        return _row(method, budget, cfg, analyze(**config_arguments(cfg), **common), how)
     if schedule == "steps":
         target = analyze(retention=budget, **common).prefill_flops  # that fraction of the tokens, no pruning
         found = match_budget(method, target, **common)
