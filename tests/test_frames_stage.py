@@ -174,13 +174,16 @@ def test_received_attention_matches_the_softmax_by_hand():
 def test_registry_rules():
     fn = even_frames_above_mean
     with pytest.raises(AIMConfigError, match="stage must be one of"):
-        registry.register("bad", "reduction", fn, needs=("video",), bound=half_of_the_frames, nominal=nominal_half)
+        registry.register("bad", "reduction", fn, needs=("video",), stage="nowhere", bound=half_of_the_frames,
+                          nominal=nominal_half)
     with pytest.raises(AIMConfigError, match="bound must be a function"):
         registry.register("bad", "reduction", fn, needs=("video",), stage="vision", nominal=nominal_half)
     with pytest.raises(AIMConfigError, match="add the need 'video'"):
         registry.register("bad", "reduction", fn, needs=("vision_attention",))
-    with pytest.raises(AIMConfigError, match="belong to video reductions"):
+    with pytest.raises(AIMConfigError, match="needs nominal"):  # every reduction states its token flow
         registry.register("bad", "reduction", fn, needs=("frames",), stage="vision")
+    with pytest.raises(AIMConfigError, match="belong to reductions"):
+        registry.register("bad", "score", fn, stage="vision")
     with pytest.raises(AIMConfigError, match="score"):
         registry.register("bad", "score", fn, needs=("video",))
     assert "bad" not in registry.REGISTRY

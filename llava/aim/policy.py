@@ -400,11 +400,9 @@ def describe(cfg, num_layers: Optional[int] = None) -> str:
     if s.reduction in PRUMERGE_METHODS:
         parts.append("adaptive selection + merging before the LLM; no pruning")
     elif s.schedule == "none":  # any other reduction before the LLM only
-        parts.append("before the LLM only; no pruning")
+        parts.append(f"{s.reduction} before the LLM; no pruning in the prefill")
     elif s.schedule == "linear":
         parts.append("no pruning" if cfg.l1 is None else f"prune after layers {cfg.l1}..{cfg.l2 - 1}")
-    elif s.schedule == "none":  # a video reduction's own budget
-        parts.append(f"{s.reduction} before the LLM; no pruning in the prefill")
     elif num_layers is not None:
         steps = drop_steps(cfg.method, cfg.drop_layers, cfg.drop_ratio, num_layers)
         parts.append(", ".join(f"keep {keep:g} from layer {k}" for k, keep in steps))

@@ -92,10 +92,19 @@ def own_knobs(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def content_dependent(method: str) -> bool:
-    """The method's reduction gives a count that depends on the content (its entry has a bound)."""
+    """The method's reduction gives a count that depends on the content: its entry reserves more
+    placeholders (``bound``) than it nominally gives (``nominal``), at its defaults on 32 frames
+    of 196 tokens (VisionZip and DyCoke have a bound equal to their fixed count)."""
     from llava.aim.registry import lookup
 
-    return lookup(spec(method).reduction, "reduction").bound is not None
+    entry = lookup(spec(method).reduction, "reduction")
+    if entry.bound is None:
+        return False
+    try:
+        cfg = AIMConfig.for_method(method)
+        return entry.bound(32, 196, cfg) != entry.nominal(32, 196, cfg)
+    except Exception:  # a bound that needs more than the frames (PruMerge's tower): it is adaptive
+        return True
 
 
 def _method_config(build, *args, **fields) -> AIMConfig:
