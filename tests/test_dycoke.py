@@ -344,7 +344,7 @@ def test_ttm_on_the_models_real_features_equals_the_reference(ov_sdpa, monkeypat
 
     monkeypatch.setitem(registry.REGISTRY, "dycoke", dataclasses.replace(entry, fn=spy))
     with torch.no_grad():
-        stock = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"])
+        stock = model.model.get_video_features(inputs["pixel_values_videos"])
         stock = getattr(stock, "pooler_output", stock)
         stock = stock[0] if isinstance(stock, (list, tuple)) else stock
         apply_aim(model, processor, AIMConfig.for_method("dycoke", dycoke_k=0.5))

@@ -80,7 +80,7 @@ def _reference_tokens(model, inputs, stage):
         if stage == "projected":
             pooled = inner.get_video_features(pix, vision_feature_layer=-1,
                                               vision_feature_select_strategy="full").pooler_output
-            x = FramesIn(None, pooled[0, :-1].reshape(frames, -1, pooled.shape[-1]), (0, 0))
+            x = FramesIn(None, pooled[0, : frames * (pooled.shape[1] // frames)].reshape(frames, -1, pooled.shape[-1]), (0, 0))
             return torch.cat([even_frames_above_mean(x).tokens, inner.image_newline[None]])
         tower = inner.vision_tower
         layers = getattr(tower, "vision_model", tower).encoder.layers

@@ -470,7 +470,7 @@ def _official_logits(model, inputs, cfg):
     with torch.no_grad():
         pooled = inner.get_video_features(pix, vision_feature_layer=-1,
                                           vision_feature_select_strategy="full").pooler_output
-        x = pooled[0, :-1].reshape(frames, -1, pooled.shape[-1])
+        x = pooled[0, : frames * (pooled.shape[1] // frames)].reshape(frames, -1, pooled.shape[-1])
         attention = _official_attention(inner, pix.flatten(0, 1))
         tau = H.default_tau(cfg.retention)
         tokens, _, _, _ = ref_holitom(x.double(), attention.double(), cfg.retention, tau, 0.6, 0.0, 7, 1024)

@@ -172,7 +172,7 @@ class OneVisionAdapter(FamilyAdapter):
         stock_pooling = inner.apply_pooling
         stock_video_features = inner.get_video_features
         video_token = inner.config.video_token_id
-        call = {"videos": 0, "frames": 0, "reduced": None}
+        call = {"videos": 0, "frames": 0, "reduced": None, "laid": 0}
 
         def reduce(features, before: int):
             videos, frames = call["videos"], call["frames"]
@@ -187,6 +187,7 @@ class OneVisionAdapter(FamilyAdapter):
                     keys = stock_pooling(keys)
             reduced = reduce_videos(entry, cfg, features, frames, (side, side), attention, keys)
             call["reduced"] = reduced
+            call["laid"] = frames * -(-reduced.tokens.shape[1] // frames)
             runtime.record_merge(frames=videos * frames, before=before, after=0, newline_tokens=videos,
                                  kept_per_frame=reduced.kept_per_frame,
                                  totals=(videos * (frames * before + 1), int(reduced.real.sum()) + videos))
@@ -199,12 +200,14 @@ class OneVisionAdapter(FamilyAdapter):
             call["videos"], call["frames"] = pixel_values_videos.shape[:2]
             try:
                 out = stock_video_features(pixel_values_videos, *args, **kwargs)
-                reduced = call["reduced"]
+                reduced, laid = call["reduced"], call["laid"]
             finally:
-                call.update(videos=0, frames=0, reduced=None)
-            features = out.pooler_output  # (videos, frames * rows + 1): the padded outputs, then the newline
+                call.update(videos=0, frames=0, reduced=None, laid=0)
+            # (videos, frames * rows [+ 1]): the padded outputs laid out in rows, then the newline where
+            # this transformers appends it here (>= 5.24; before, the forward appends it afterwards)
+            features = out.pooler_output
             bound = reduced.tokens.shape[1]
-            out.pooler_output = torch.cat([features[:, :bound], features[:, -1:]], dim=1)
+            out.pooler_output = torch.cat([features[:, :bound], features[:, laid:]], dim=1)
             newline = torch.ones(reduced.real.shape[0], 1, dtype=torch.bool, device=reduced.real.device)
             runtime.record_arrival(video_token, torch.cat([reduced.real, newline], dim=1))
             return out
