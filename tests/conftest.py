@@ -156,6 +156,26 @@ def image_inputs(processor, images, questions=None):
     return chat_inputs(processor, "image", images, questions or ["What is shown?"] * len(images))
 
 
+def spliced_embeds(model, ids, merged, token_id):
+    """(ids, embeds) of the prompt ``ids`` (L,) with its run of ``token_id`` placeholders replaced by
+    exactly the rows of ``merged`` (no filler): the variable-length splice a reduction's tokens are
+    checked against."""
+    where = (ids == token_id).nonzero().flatten()
+    start, end = int(where[0]), int(where[-1]) + 1
+    spliced = torch.cat([ids[:start], torch.full((merged.shape[0],), token_id), ids[end:]])
+    embeds = model.get_input_embeddings()(spliced[None])
+    embeds[0, start:start + merged.shape[0]] = merged
+    return spliced, embeds
+
+
+def spliced_logits(model, inputs, merged, token_id):
+    """The stock language model's last-token logits on the first prompt of ``inputs`` with exactly
+    ``merged`` spliced in for its ``token_id`` placeholders."""
+    _, embeds = spliced_embeds(model, inputs["input_ids"][0], merged, token_id)
+    with torch.no_grad():
+        return model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state[:, -1])
+
+
 @pytest.fixture(autouse=True)
 def idle_machine(monkeypatch):
     """The suite runs on shared machines: in-process bench runs see an idle one unless a test says

@@ -326,19 +326,6 @@ def _ov_pooled_and_attention(inner, pixels):
     return pooled, pool_salience(received, (side, side), (math.ceil(side / 2), math.ceil(side / 2)))
 
 
-def _spliced_logits(model, inputs, merged, token_id):
-    """Stock model on the prompt with exactly ``merged`` spliced in for the video (no filler)."""
-    ids = inputs["input_ids"][0]
-    where = (ids == token_id).nonzero().flatten()
-    start, end = int(where[0]), int(where[-1]) + 1
-    spliced = torch.cat([ids[:start], torch.full((merged.shape[0],), token_id), ids[end:]])[None]
-    embeds = model.get_input_embeddings()(spliced)
-    embeds[0, start:start + merged.shape[0]] = merged
-    with torch.no_grad():
-        out = model.model.language_model(inputs_embeds=embeds)
-        return model.lm_head(out.last_hidden_state[:, -1])
-
-
 FRAMES = 10  # enough for DySeg's 8 segments to include a longer one (a segment-wide merge)
 
 
@@ -346,7 +333,7 @@ def test_onevision_equals_the_reference_on_the_models_features(ov_sdpa):
     """The harness's FastVID on tiny LLaVA-OneVision: the LLM receives exactly the official
     algorithm's tokens (then the newline), computed from the model's own features; the fast
     function equals the float64 reference on those features."""
-    from conftest import make_video, video_inputs
+    from conftest import make_video, spliced_logits, video_inputs
 
     from llava import AIMConfig, apply_aim
     from llava.model.runtime import remove_aim
@@ -364,7 +351,7 @@ def test_onevision_equals_the_reference_on_the_models_features(ov_sdpa):
         assert any(n > 1 for n in sizes), "the clip should give a segment-wide merge"
         fast = fastvid_video(pooled, attention, pooled.mean(1), params)  # the model's float32
         merged = torch.cat([fast.tokens, model.model.image_newline[None]])
-        expected = _spliced_logits(model, stock, merged, model.config.video_token_id)
+        expected = spliced_logits(model, stock, merged, model.config.video_token_id)
 
         apply_aim(model, processor, AIMConfig.for_method("fastvid"))
         inputs = video_inputs(processor, [make_video(FRAMES)])

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_video, video_inputs
+from conftest import make_video, spliced_logits, video_inputs
 from llava import AIMConfig, apply_aim
 from llava.aim import policy, registry
 from llava.aim.frames import FramesIn, FramesOut, head_mean_keys, received_attention
@@ -59,18 +59,6 @@ def _last_logits(model, inputs):
         return model(**inputs).logits[:, -1]
 
 
-def _spliced_logits(model, inputs, merged, token_id):
-    """The stock language model on the prompt with exactly ``merged`` in the video's place."""
-    ids = inputs["input_ids"][0]
-    where = (ids == token_id).nonzero().flatten()
-    start, end = int(where[0]), int(where[-1]) + 1
-    spliced = torch.cat([ids[:start], torch.full((merged.shape[0],), token_id), ids[end:]])[None]
-    embeds = model.get_input_embeddings()(spliced)
-    embeds[0, start:start + merged.shape[0]] = merged
-    with torch.no_grad():
-        return model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state[:, -1])
-
-
 def _reference_tokens(model, inputs, stage):
     """What the family should hand the LLM for one video, computed from the stock parts."""
     inner = model.model
@@ -105,7 +93,7 @@ def test_one_video_equals_the_spliced_reference(ov_sdpa, method):
     model, processor = ov_sdpa
     stock = video_inputs(processor, [make_video(3, seed=7)])
     merged = _reference_tokens(model, stock, method)
-    want = _spliced_logits(model, stock, merged, model.config.video_token_id)
+    want = spliced_logits(model, stock, merged, model.config.video_token_id)
     try:
         cfg = AIMConfig.for_method("test_even")
         assert (cfg.retention, cfg.l1, cfg.l2, cfg.merging, cfg.video_reducing) == (0.5, None, None, False, True)

@@ -299,7 +299,7 @@ def test_defaults_are_the_official_scripts():
 # -- the fold in the decoder driver, on the tiny LLaVA-OneVision ------------------------------------
 import dataclasses  # noqa: E402
 
-from conftest import make_video, video_inputs  # noqa: E402
+from conftest import make_video, spliced_embeds, video_inputs  # noqa: E402
 from llava import AIMConfig, apply_aim  # noqa: E402
 from llava.aim import policy  # noqa: E402
 from llava.aim.schedule import kept_count  # noqa: E402
@@ -475,12 +475,7 @@ def _official_logits(model, inputs, cfg):
         tau = H.default_tau(cfg.retention)
         tokens, _, _, _ = ref_holitom(x.double(), attention.double(), cfg.retention, tau, 0.6, 0.0, 7, 1024)
         merged = torch.cat([tokens.float(), inner.image_newline[None]])
-        ids = inputs["input_ids"][0]
-        where = (ids == model.config.video_token_id).nonzero().flatten()
-        start, end = int(where[0]), int(where[-1]) + 1
-        spliced = torch.cat([ids[:start], torch.full((merged.shape[0],), model.config.video_token_id), ids[end:]])
-        embeds = model.get_input_embeddings()(spliced[None])
-        embeds[0, start:start + merged.shape[0]] = merged
+        spliced, embeds = spliced_embeds(model, inputs["input_ids"][0], merged, model.config.video_token_id)
         layer = policy.scaled_layer(H.DEFAULT_LAYER, H.DEFAULT_LAYER_REFERENCE, len(inner.language_model.layers))
         return ref_holitom_in_llm(model, embeds, spliced == model.config.video_token_id, layer, H.DEFAULT_INNER_RATIO)
 

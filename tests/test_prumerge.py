@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import image_inputs, make_image, make_video, video_inputs
+from conftest import image_inputs, make_image, make_video, spliced_logits, video_inputs
 from llava import AIMConfig, apply_aim
 from llava.aim.prumerge import (
     adaptive_keep_count,
@@ -148,19 +148,6 @@ def test_nominal_counts():
 
 
 # -- on the models: against the variable-length splice -----------------------------------------
-def _reference_logits(model, processor, inputs, merged, token_id):
-    """Stock model on the prompt with exactly the PruMerge tokens spliced in (no filler)."""
-    ids = inputs["input_ids"][0]
-    where = (ids == token_id).nonzero().flatten()
-    start, end = int(where[0]), int(where[-1]) + 1
-    spliced = torch.cat([ids[:start], torch.full((merged.shape[0],), token_id), ids[end:]])[None]
-    embeds = model.get_input_embeddings()(spliced)
-    embeds[0, start:start + merged.shape[0]] = merged
-    with torch.no_grad():
-        out = model.model.language_model(inputs_embeds=embeds)
-        return model.lm_head(out.last_hidden_state[:, -1])
-
-
 def _llava15_reference(model, inputs, plus):
     tower = model.model.vision_tower
     layers = getattr(tower, "vision_model", tower).encoder.layers
@@ -181,7 +168,7 @@ def test_llava15_matches_the_spliced_reference(llava15_sdpa, method):
     try:
         stock_inputs = image_inputs(processor, [make_image()])
         merged = _llava15_reference(model, stock_inputs, plus=method == "prumerge_plus")
-        want = _reference_logits(model, processor, stock_inputs, merged, model.config.image_token_id)
+        want = spliced_logits(model, stock_inputs, merged, model.config.image_token_id)
         apply_aim(model, processor, AIMConfig.for_method(method))
         inputs = image_inputs(processor, [make_image()])
         bound = token_bound(576, method == "prumerge_plus")
@@ -215,7 +202,7 @@ def test_onevision_matches_the_spliced_reference(ov_sdpa):
             res = prumerge_frames(hs[-1], k, attn, plus=False)
             frames = [inner.multi_modal_projector(res.tokens[f, : int(res.counts[f])]) for f in range(3)]
             merged = torch.cat(frames + [inner.image_newline[None]])
-        want = _reference_logits(model, processor, stock, merged, model.config.video_token_id)
+        want = spliced_logits(model, stock, merged, model.config.video_token_id)
         for method in ("prumerge", "prumerge_plus"):  # identical here: no samples on SigLIP
             apply_aim(model, processor, AIMConfig.for_method(method))
             inputs = video_inputs(processor, [make_video(3)])

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import image_inputs, make_image, make_video, video_inputs
+from conftest import image_inputs, make_image, make_video, spliced_logits, video_inputs
 from llava import AIMConfig, apply_aim
 from llava.aim.policy import check_typed_settings
 from llava.aim.registry import lookup
@@ -151,23 +151,12 @@ def _official_tokens(model, pixel_values, retention):
         return outs
 
 
-def _spliced_logits(model, inputs, merged, token_id):
-    ids = inputs["input_ids"][0]
-    where = (ids == token_id).nonzero().flatten()
-    start, end = int(where[0]), int(where[-1]) + 1
-    spliced = torch.cat([ids[:start], torch.full((merged.shape[0],), token_id), ids[end:]])[None]
-    embeds = model.get_input_embeddings()(spliced)
-    embeds[0, start:start + merged.shape[0]] = merged
-    with torch.no_grad():
-        return model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state[:, -1])
-
-
 @pytest.mark.parametrize("retention", [DEFAULT_RETENTION, 0.25])
 def test_llava15_matches_the_official_reference(llava15_sdpa, retention):
     model, processor = llava15_sdpa
     stock = image_inputs(processor, [make_image(seed=3)])
     merged = _official_tokens(model, stock["pixel_values"], retention)[0]
-    want = _spliced_logits(model, stock, merged, model.config.image_token_id)
+    want = spliced_logits(model, stock, merged, model.config.image_token_id)
     try:
         apply_aim(model, processor, AIMConfig.for_method("visionzip", retention=retention))
         inputs = image_inputs(processor, [make_image(seed=3)])
@@ -480,7 +469,7 @@ def test_onevision_matches_the_port_reference(ov_sdpa):
     with torch.no_grad():
         merged = _ov_official_tokens(model.model, stock["pixel_values_videos"].flatten(0, 1), s)
     merged = torch.cat([merged.to(model.model.image_newline.dtype), model.model.image_newline[None]])
-    want = _spliced_logits(model, stock, merged, model.config.video_token_id)
+    want = spliced_logits(model, stock, merged, model.config.video_token_id)
     try:
         apply_aim(model, processor, AIMConfig.for_method("visionzip", retention=s / 196))
         inputs = video_inputs(processor, [make_video(frames, seed=7)])
