@@ -538,17 +538,28 @@ class _QwenVLAdapter(FamilyAdapter):
             h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
         except ValueError as exc:  # an aspect ratio beyond 200:1
             raise AIMConfigError(f"frame size {height} x {width}: {exc}") from None
+        return self.grouped_tokens(frames, h, w, factor, max_pixels, min_pixels)
+
+    def grouped_tokens(self, frames: int, h: int, w: int, factor: int, max_pixels: int, min_pixels: int,
+                       per_group: Optional[int] = None) -> VisualTokens:
+        """The VisualTokens of ``frames`` frames resized to h x w px: temporal groups of
+        ``per_group`` frames (default ``frames_per_unit``; a partial group counts whole),
+        (h / factor) x (w / factor) tokens each after the 2x2 patch merger."""
         rows, cols = h // factor, w // factor
-        groups = -(-frames // self.frames_per_unit)
+        groups = -(-frames // (per_group or self.frames_per_unit))
         return VisualTokens(frames, groups, rows * cols, (rows, cols), (h, w),
                             {"max_pixels": max_pixels, "min_pixels": min_pixels})
 
+    # how the input note words the resize: its pixel limits, and what it adds after them
+    resize_note = "frames resized to {h} x {w} px, max_pixels {max_pixels}"
+    input_note_tail = ""
+
     def input_note(self, tokens: VisualTokens) -> Optional[str]:
         (rows, cols), (h, w) = tokens.grid, tokens.frame_size
+        resized = self.resize_note.format(h=h, w=w, max_pixels=tokens.pixel_limits["max_pixels"])
         return (f"{self.title} input: {tokens.frames} frames = {tokens.units} temporal groups of "
                 f"{self.frames_per_unit} frames (the 'frames' above), each {rows} x {cols} = {tokens.tokens_per_unit} "
-                f"tokens after the 2x2 patch merger (frames resized to {h} x {w} px, max_pixels "
-                f"{tokens.pixel_limits['max_pixels']})")
+                f"tokens after the 2x2 patch merger ({resized}){self.input_note_tail}")
 
     def bench_tower_widths(self, vision_dims):
         """Qwen2.5-VL's tower: RMSNorm, a SwiGLU MLP (gate, up, down)."""

@@ -211,17 +211,10 @@ class Qwen3VLAdapter(_QwenVLAdapter):
                                 min_pixels=min_pixels, max_pixels=max_pixels)
         except ValueError as exc:  # an aspect ratio beyond 200:1
             raise AIMConfigError(f"frame size {height} x {width}: {exc}") from None
-        rows, cols = h // factor, w // factor
-        groups = -(-frames // temporal)
-        return VisualTokens(frames, groups, rows * cols, (rows, cols), (h, w),
-                            {"max_pixels": max_pixels, "min_pixels": min_pixels})
+        return self.grouped_tokens(frames, h, w, factor, max_pixels, min_pixels, per_group=temporal)
 
-    def input_note(self, tokens: VisualTokens) -> Optional[str]:
-        (rows, cols), (h, w) = tokens.grid, tokens.frame_size
-        return (f"{self.title} input: {tokens.frames} frames = {tokens.units} temporal groups of "
-                f"{self.frames_per_unit} frames (the 'frames' above), each {rows} x {cols} = {tokens.tokens_per_unit} "
-                f"tokens after the 2x2 patch merger (frames resized to {h} x {w} px; max_pixels "
-                f"{tokens.pixel_limits['max_pixels']} over the clip); timestamps are text")
+    resize_note = "frames resized to {h} x {w} px; max_pixels {max_pixels} over the clip"
+    input_note_tail = "; timestamps are text"
 
     def bench_dims(self, config, scale):
         from llava.model.families.base import text_bench_dims
