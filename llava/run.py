@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llava.aim.config import AIMConfig
 from llava.aim.knobs import flag_of, flag_values, refuse_settings_with_aim_off
-from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings, spec, video_reduction
+from llava.aim.policy import PRUMERGE_METHODS, STEP_METHODS, check_typed_settings, own_knobs, spec, video_reduction
 from llava.errors import AIMConfigError
 from llava.flags import check_aim_flags, flag_errors, typed_knobs
 
@@ -153,7 +153,7 @@ def _config(args, num_layers, merges_media: bool) -> AIMConfig:
         from llava.aim.policy import drop_layers_for
 
         budget = {} if args.retention is None else {"retention": args.retention}
-        own = {name: value for name, value in typed_knobs(args).items() if name.startswith(f"{method}_")}
+        own = own_knobs(method, typed_knobs(args))
         steps = spec(method).step_knobs
         if steps and num_layers is not None:  # its drop resolved for this depth: what is printed is what runs
             own.setdefault(steps[0], drop_layers_for(method, None, num_layers)[0])
@@ -550,7 +550,7 @@ def describe_setting(aim: dict) -> str:
         ratio = "all" if method == "vtw" else f"{aim['drop_ratio']:g}"
         return (f"method={method}, drop_layers={layers}, drop_ratio={ratio}, retention={aim['retention']:g}, "
                 f"pruning={aim['pruning_mode']}")
-    own = {k: v for k, v in aim.items() if k.startswith(method + "_") and v is not None}
+    own = own_knobs(method, aim)
     if own:  # a method with its own knobs (e.g. holitom_layer): those that were set, then the pruning mode
         pruning = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in own.items())
         pruning += f", pruning={aim['pruning_mode']}"

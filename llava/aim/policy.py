@@ -54,7 +54,7 @@ Pure python; the config module imports this one, so nothing here imports the con
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from llava.aim.registry import lookup
 from llava.errors import AIMConfigError
@@ -289,6 +289,12 @@ def check_typed_settings(method: str, typed: Mapping[str, Any]) -> None:
 def owner_of_knob(name: str) -> Optional[str]:
     """The method whose own knob the field ``name`` is (it is named after it: ``dycoke_k``), or None."""
     return next((m for m in SPECS if name.startswith(m + "_")), None)
+
+
+def own_knobs(method: str, values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Of ``values`` ({field: value}: a config's, or what was typed), the method's own knobs that
+    are set (not None): the fields named after ``method`` or one of its registered parts."""
+    return {n: v for n, v in values.items() if v is not None and owner_of_knob(n) is not None and takes_knob(method, n)}
 
 
 def takes_knob(method: str, name: str) -> bool:

@@ -23,7 +23,7 @@ from llava.analysis.roofline import (
     reduction_figures,
 )
 from llava.aim.policy import (LLAVA15_OFFICIAL_LAYERS, SPECS, STEP_METHODS, aim_default_layers, check_typed_settings,
-                              drop_layers_for, family_refusal, owner_of_knob, spec, video_reduction)
+                              drop_layers_for, family_refusal, own_knobs, spec, video_reduction)
 from llava.analysis.shapes import get_llm, get_vision, model_visual_tokens, reference_names, resolve_model, tower_names
 from llava.aim.knobs import add_knob_flags, budget_knob, flag_of, model_arg_of
 from llava.errors import AIMConfigError
@@ -62,13 +62,13 @@ def resolve_method_config(num_layers: int, args: argparse.Namespace, vision=None
             f"{method}: its count depends on the content; counted at its nominal count "
             "(pass --kept-tokens N with a run's tokens_kept_per_frame)"]
         budget = {} if args.retention is None else {"retention": args.retention}
-        return _method_config(AIMConfig.for_method, method, l1=None, l2=None, **budget, **own_knobs(args)), notes
+        return _method_config(AIMConfig.for_method, method, l1=None, l2=None, **budget, **own_knobs(method, typed_knobs(args))), notes
     if kept_tokens is not None:
         raise AIMConfigError(f"--kept-tokens is the measured count of a reduction whose count depends on the "
                              f"content ({', '.join(m for m in SPECS if content_dependent(m))}), not of {method}")
     if video_reduction(method) is not None:  # before the LLM and a drop inside it (HoliTom): its budget and knobs
         budget = {} if args.retention is None else {"retention": args.retention}
-        return _method_config(AIMConfig.for_method, method, **budget, **own_knobs(args)), []
+        return _method_config(AIMConfig.for_method, method, **budget, **own_knobs(method, typed_knobs(args))), []
     if method in STEP_METHODS:
         notes = []
         if drop_layers is None:
@@ -83,12 +83,6 @@ def resolve_method_config(num_layers: int, args: argparse.Namespace, vision=None
                                                     getattr(args, "l2", None), getattr(args, "no_prune", False),
                                                     official)
     return _method_config(AIMConfig, method=method, retention=retention, l1=l1, l2=l2), notes
-
-
-def own_knobs(args: argparse.Namespace) -> Dict[str, Any]:
-    """The method's own knobs typed (``dycoke_k``, ...; check_typed_settings has refused another
-    method's)."""
-    return {name: value for name, value in typed_knobs(args).items() if owner_of_knob(name) is not None}
 
 
 def content_dependent(method: str) -> bool:

@@ -1024,9 +1024,9 @@ def method_knobs(cfg: Any) -> Dict[str, Any]:
     what its token flow and cost may read besides the shared fields."""
     import dataclasses
 
-    prefix = f"{cfg.method}_"
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-            if f.name.startswith(prefix) and getattr(cfg, f.name) is not None}
+    from llava.aim.policy import own_knobs
+
+    return own_knobs(cfg.method, {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
 
 
 def analyze(
