@@ -9,11 +9,10 @@ official code's output order.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple, Union
 
-from llava.aim.knobs import knob
+from llava.aim.knobs import knob, knobs
 from llava.aim.policy import (
     METHODS,
     PRUMERGE_METHODS,
@@ -43,6 +42,7 @@ PRUNING_MODES = ("remove", "mask")
 # "original" = the (t, h, w) position of the patch each token stands in for; "official" = the
 # official code's shrunken grid. 1-D RoPE families number merged tokens consecutively either way.
 POSITIONS = ("original", "official")
+DYCOKE_WHEN_SIMILAR = ("keep_selection", "attend_all")  # llava.aim.dycoke: a similar decode step's keys
 AUTO = "auto"  # l1/l2: the model family's official schedule, else the paper's (14, 22) of 28 scaled
 Layer = Union[int, None, str]
 
@@ -115,6 +115,7 @@ class AIMConfig:
     # Each field declares, once, how users set it (llava.aim.knobs): flags, model_args, errors.
     retention: float = field(default=0.25, metadata=knob(
         "float", "fraction of each frame's tokens kept by merging, in (0, 1] (default 0.25; 1 = no merging)",
+        bounds="(0, 1]", means="the fraction of each frame's tokens kept by merging",
         commands=("run", "visualize", "flops", "bench"), budget=True))
     l1: Layer = field(default=AUTO, metadata=knob(
         "layer", "first pruning layer, 0-based (default: the family's official schedule, else the paper's "
@@ -125,8 +126,10 @@ class AIMConfig:
         off={"python": "l2=None", "flag": "--no-prune", "model_arg": "l1=none,l2=none"}))
     importance: str = field(default="pagerank", metadata=knob(
         "choice", "pruning score: pagerank (the paper's) or attention", choices=IMPORTANCES))
-    pagerank_tau: float = field(default=0.1, metadata=knob("float", "PageRank temperature (> 0)"))
-    pagerank_iters: int = field(default=5, metadata=knob("int", "PageRank power-iteration steps", minimum=1))
+    pagerank_tau: float = field(default=0.1, metadata=knob(
+        "float", "PageRank temperature (> 0)", bounds="(0, inf)", means="the PageRank temperature"))
+    pagerank_iters: int = field(default=5, metadata=knob(
+        "int", "PageRank power-iteration steps", bounds="[1, inf)", means="PageRank power-iteration steps"))
     merge_weighting: str = field(default="mean", metadata=knob(
         "choice", "mean (plain mean per step, the paper's code) or size (size-weighted, as ToMe)",
         choices=MERGE_WEIGHTINGS))
@@ -145,7 +148,8 @@ class AIMConfig:
         "choice", "remove (default: pruned tokens leave the computation) or mask (reference)",
         choices=PRUNING_MODES, commands=("run",)))
     importance_memory_mb: int = field(default=1024, metadata=knob(
-        "int", "bound on the importance computation's extra memory, MiB", minimum=1))
+        "int", "bound on the importance computation's extra memory, MiB", bounds="[1, inf)",
+        means="the importance computation's extra memory, MiB"))
     positions: str = field(default="original", metadata=knob(
         "choice", "Qwen2-VL / Qwen2.5-VL: merged tokens at their destination patch's position (original, "
         "the default) or on the official code's shrunken grid (official); no effect on 1-D RoPE models",
@@ -162,60 +166,64 @@ class AIMConfig:
         "float", "fastv/pdrop: fraction of the visual tokens dropped at each step (default 0.5)",
         commands=("run", "flops", "plan", "bench")))
     seed: int = field(default=0, metadata=knob(
-        "int", "seed of the random control (--method random; default 0)", minimum=0, commands=("run",)))
+        "int", "seed of the random control (--method random; default 0)", bounds="[0, inf)",
+        means="the random control's seed", commands=("run",)))
     # FastVID (llava.aim.fastvid; None = the official default, fastvid_llavaonevision/scripts/eval.sh)
     fastvid_segments: Optional[int] = field(default=None, metadata=knob(
-        "int", "fastvid: the least number of segments of a video (DySeg c; default 8)", minimum=1, commands=("run",)))
+        "int", "fastvid: the least number of segments of a video (DySeg c; default 8)", bounds="[1, inf)",
+        means="the least number of segments of a video", commands=("run",)))
     fastvid_tau: Optional[float] = field(default=None, metadata=knob(
         "float", "fastvid: cut between frames whose cosine is below this (DySeg tau, in [-1, 1]; default 0.9)",
-        commands=("run",)))
+        bounds="[-1, 1]", means="a cosine similarity", commands=("run",)))
     fastvid_context_share: Optional[float] = field(default=None, metadata=knob(
         "float", "fastvid: share of each frame's budget given to merged anchors (STPrune d, in [0, 1]; default 0.4)",
-        commands=("run",)))
+        bounds="[0, 1]", means="the share of each frame's budget given to merged anchors", commands=("run",)))
     fastvid_anchor_stride: Optional[int] = field(default=None, metadata=knob(
-        "int", "fastvid: one anchor frame every this many frames of a segment (DTM p; default 4)", minimum=1,
-        commands=("run",)))
+        "int", "fastvid: one anchor frame every this many frames of a segment (DTM p; default 4)", bounds="[1, inf)",
+        means="frames per anchor frame", commands=("run",)))
     fastvid_anchor_weight: Optional[float] = field(default=None, metadata=knob(
         "float", "fastvid: least weight of an anchor in its merge (DTM beta, in [0, 1]; default 0.6)",
-        commands=("run",)))
+        bounds="[0, 1]", means="the least weight of an anchor in its merge", commands=("run",)))
     # DyCoke (llava.aim.dycoke; the official lmms-eval model_args, same names): None = the official default
     dycoke_k: Optional[float] = field(default=None, metadata=knob(
         "float", "dycoke: fraction of each pruned frame's tokens that temporal merging drops, in [0, 1] "
-        "(default 0.7, the official)", commands=("run", "flops", "plan", "bench")))
+        "(default 0.7, the official)", bounds="[0, 1]", means="fraction of a pruned frame's tokens dropped",
+        commands=("run", "flops", "plan", "bench")))
     dycoke_l: Optional[int] = field(default=None, metadata=knob(
         "int", "dycoke: first decoder layer whose decode steps attend only the selected visual KV "
-        "(ranked in layer L-1; default 3, the official, on every depth)", minimum=1, commands=("run",)))
+        "(ranked in layer L-1; default 3, the official, on every depth)", bounds="[1, inf)",
+        means="the layer L whose decode steps see the KV ranked in layer L-1", commands=("run",)))
     dycoke_p: Optional[float] = field(default=None, metadata=knob(
         "float", "dycoke: fraction of the visual KV each decode step leaves out, in [0, 1) (default 0.8, the official)",
-        commands=("run",)))
+        bounds="[0, 1)", means="fraction of the visual KV left out", commands=("run",)))
     dycoke_when_similar: Optional[str] = field(default=None, metadata=knob(
         "choice", "dycoke: a decode step whose attention is similar to the previous one's keeps the selection "
         "(keep_selection, the default) or attends every visual key (attend_all, the official code)",
-        choices=("keep_selection", "attend_all"), commands=("run",)))
+        choices=DYCOKE_WHEN_SIMILAR, commands=("run",)))
     holitom_tau: Optional[float] = field(default=None, metadata=knob(
         "float", "holitom: similarity above which a token is static between frames, in [-1, 1] (default: "
-        "the official 0.65 at retention <= 0.10, else 0.80)", commands=("run",)))
-    holitom_layer: Optional[int] = field(default=None, metadata=knob(
-        "int", "holitom: layer K that sees the inner merge's survivors (default 18 of 28, scaled)", minimum=1,
+        "the official 0.65 at retention <= 0.10, else 0.80)", bounds="[-1, 1]", means="a cosine similarity",
         commands=("run",)))
+    holitom_layer: Optional[int] = field(default=None, metadata=knob(
+        "int", "holitom: layer K that sees the inner merge's survivors (default 18 of 28, scaled)", bounds="[1, inf)",
+        means="the layer K that sees the survivors of layer K-1's score", commands=("run",)))
     holitom_ratio: Optional[float] = field(default=None, metadata=knob(
         "float", "holitom: fraction of the visual tokens merged away at layer K, in [0, 1) (default 0.5; 0: "
-        "no inner merge)", commands=("run",)))
+        "no inner merge)", bounds="[0, 1)", means="fraction of the visual tokens merged away at layer K",
+        commands=("run",)))
 
     def __post_init__(self) -> None:
-        _check_retention(self.retention)
+        _check_bounds(self)
         _check_layers(self.l1, self.l2)
         if isinstance(self.drop_layers, list):  # lists from JSON / CLI: store the hashable tuple
             object.__setattr__(self, "drop_layers", tuple(self.drop_layers))
-        validate_method_fields(self.method, self.drop_layers, self.drop_ratio, self.seed, self.l1, self.l2)
+        validate_method_fields(self.method, self.drop_layers, self.drop_ratio, self.l1, self.l2)
         _check_method_knobs(self)  # a method's own knobs (named after it) only with that method
-        _check_holitom(self.method, self.holitom_tau, self.holitom_layer, self.holitom_ratio)
         if self.method in PRUMERGE_METHODS and self.retention != 1.0:
             raise AIMConfigError(
                 f"{self.method} replaces AIM's merging: {{retention}} must be 1.0, got {self.retention!r} "
                 f"(AIMConfig.for_method({self.method!r}) sets it)"
             )
-        _check_fastvid_knobs(self)
         _check_dycoke(self)
         check_importance(self.importance)  # a registered score (llava.aim.registry), no fallback
         _check_choice("merge_weighting", self.merge_weighting, MERGE_WEIGHTINGS)
@@ -225,19 +233,10 @@ class AIMConfig:
         _check_choice("tie_break", self.tie_break, TIE_BREAKS)
         _check_choice("pruning_mode", self.pruning_mode, PRUNING_MODES)
         _check_choice("positions", self.positions, POSITIONS)
+        if self.dycoke_when_similar is not None:  # None: the official default
+            _check_choice("dycoke_when_similar", self.dycoke_when_similar, DYCOKE_WHEN_SIMILAR)
         if self.positions == "official":
             _check_official_grid(self.retention, self.method, self.merge_weighting)
-        if not _is_real(self.pagerank_tau) or not self.pagerank_tau > 0:
-            raise AIMConfigError(f"{{pagerank_tau}} must be a positive number, got {self.pagerank_tau!r}")
-        if not _is_int(self.pagerank_iters) or self.pagerank_iters < 1:
-            raise AIMConfigError(
-                f"{{pagerank_iters}} must be a positive integer, got {self.pagerank_iters!r}"
-            )
-        if not _is_int(self.importance_memory_mb) or self.importance_memory_mb < 1:
-            raise AIMConfigError(
-                "{importance_memory_mb} must be a positive integer (MiB), "
-                f"got {self.importance_memory_mb!r}"
-            )
 
     # -- convenience -------------------------------------------------------------------
     @property
@@ -375,51 +374,17 @@ def _check_method_knobs(cfg) -> None:
                              f"not {{method={cfg.method}}}")
 
 
-def _check_holitom(method, tau, layer, ratio) -> None:
-    if tau is not None and (not _is_real(tau) or not -1.0 <= tau <= 1.0):
-        raise AIMConfigError(f"{{holitom_tau}} (a cosine similarity) must be in [-1, 1], got {tau!r}")
-    if layer is not None and (not _is_int(layer) or layer < 1):
-        raise AIMConfigError(f"{{holitom_layer}} must be an integer >= 1 (layer K sees the survivors of layer K-1's "
-                             f"score), got {layer!r}")
-    if ratio is not None and (not _is_real(ratio) or not 0.0 <= ratio < 1.0):
-        raise AIMConfigError(f"{{holitom_ratio}} (fraction of the visual tokens merged away at layer K) must be in "
-                             f"[0, 1), got {ratio!r}")
+def _check_bounds(cfg) -> None:
+    """Every field whose knob declares bounds (llava.aim.knobs) is within them; None in a field
+    whose default is None stands for the method's official default and is not checked."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not (value is None and f.default is None):
+            f.metadata["knob"].check(f.name, value)
 
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-FASTVID_KNOBS = {  # field -> (integer?, lowest, highest)
-    "fastvid_segments": (True, 1, None),
-    "fastvid_tau": (False, -1.0, 1.0),
-    "fastvid_context_share": (False, 0.0, 1.0),
-    "fastvid_anchor_stride": (True, 1, None),
-    "fastvid_anchor_weight": (False, 0.0, 1.0),
-}
-
-
-def _check_fastvid_knobs(cfg) -> None:
-    """FastVID's knobs: only with method "fastvid", each None (the official default) or in range."""
-    for name, (integer, low, high) in FASTVID_KNOBS.items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        ok = _is_int(value) if integer else _is_real(value)
-        if not ok or value < low or (high is not None and value > high):
-            span = f"an integer >= {low}" if integer else f"a number in [{low}, {high}]"
-            raise AIMConfigError(f"{{{name}}} must be {span}, got {value!r}")
-
-
-def _check_retention(r) -> None:
-    if not _is_real(r) or not (0.0 < r <= 1.0):
-        raise AIMConfigError(
-            f"{{retention}} must be in (0, 1] (the fraction of each frame's tokens kept by merging), got {r!r}"
-        )
 
 
 def _check_layers(l1, l2) -> None:
@@ -447,7 +412,7 @@ def check_fields(retention=None, l1: Layer = None, l2: Layer = None) -> None:
     """AIMConfig's own rules on the retention and layers given (None: not given), for front ends
     that check what was typed before a whole config is built."""
     if retention is not None:
-        _check_retention(retention)
+        knobs()["retention"].check("retention", retention)
     if l1 is not None and l2 is not None:
         _check_layers(l1, l2)
 
@@ -483,26 +448,14 @@ def _check_official_grid(retention, method: str, weighting: str) -> None:
         )
 
 
-DYCOKE_FIELDS = ("dycoke_k", "dycoke_l", "dycoke_p", "dycoke_when_similar")
-
-
 def _check_dycoke(cfg: "AIMConfig") -> None:
-    """DyCoke's knobs: set only for a method that uses DyCoke's stages, each in its range."""
+    """DyCoke's budget: its own k, not retention (its knobs' ranges: _check_bounds)."""
     s = spec(cfg.method)
     if s.reduction == "dycoke" and cfg.retention != 1.0:
         raise AIMConfigError(
             f"{{method={cfg.method}}}: DyCoke's token count is set by {{dycoke_k}} (each pruned frame keeps "
             f"int((1 - k) * T); whole frames stay), which no {{retention}} maps onto; {{retention}} must be 1.0, "
             f"got {cfg.retention!r}")
-    k, layer, p = cfg.dycoke_k, cfg.dycoke_l, cfg.dycoke_p
-    if k is not None and not (_is_real(k) and 0.0 <= k <= 1.0):
-        raise AIMConfigError(f"{{dycoke_k}} (fraction of a pruned frame's tokens dropped) must be in [0, 1], got {k!r}")
-    if layer is not None and not (_is_int(layer) and layer >= 1):
-        raise AIMConfigError(f"{{dycoke_l}} must be an integer >= 1 (ranked in layer L-1), got {layer!r}")
-    if p is not None and not (_is_real(p) and 0.0 <= p < 1.0):
-        raise AIMConfigError(f"{{dycoke_p}} (fraction of the visual KV left out) must be in [0, 1), got {p!r}")
-    if cfg.dycoke_when_similar is not None:
-        _check_choice("dycoke_when_similar", cfg.dycoke_when_similar, ("keep_selection", "attend_all"))
 
 
 def _check_choice(field: str, value, choices) -> None:

@@ -1,9 +1,11 @@
 """The declaration of AIM's knobs: one :class:`Knob` per :class:`~llava.aim.config.AIMConfig` field.
 
 Each AIMConfig field carries its Knob in ``dataclasses.field(metadata=knob(...))``: its value type,
-choices or lower bound, help text, the command-line flag and the lmms-eval model_arg that set it,
-and the commands that take the flag. From that one declaration come
+choices or range, help text, the command-line flag and the lmms-eval model_arg that set it, and the
+commands that take the flag. From that one declaration come
 
+- the field's range rule (:class:`Bounds`, checked by :meth:`Knob.check` for every field that
+  declares them, whether the value came from Python, a flag or a model_arg),
 - the commands' argparse flags (:func:`add_knob_flags`),
 - the lmms-eval plugin's model_args (``llava.eval.args`` parses each by its Knob's ``kind``),
 - the words of errors: an :class:`~llava.errors.AIMConfigError` names the fields it is about as
@@ -15,15 +17,56 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
+
+from llava.errors import AIMConfigError
 
 # The commands whose flags come from the declaration.
 COMMANDS = ("run", "visualize", "flops", "plan", "bench")
 # How a value is read: from the command line (argparse type) and from model_args (llava.eval.args).
 KINDS = ("float", "int", "choice", "layer", "layers", "method")
 VOCABULARIES = ("python", "flag", "model_arg")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a knob allows: from ``lowest`` to ``highest`` (None: no end), each end closed
+    (the end itself allowed) or open. Declared as interval text: ``bounds="[0, 1)"``, ``"(0, inf)"``."""
+
+    lowest: Optional[float] = None
+    highest: Optional[float] = None
+    lowest_open: bool = False
+    highest_open: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Bounds":
+        """``"[-1, 1]"``, ``"[0, 1)"``, ``"[1, inf)"`` ("-inf" / "inf": no end) -> Bounds."""
+        m = re.fullmatch(r"\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*", text)
+        if m is None:
+            raise ValueError(f"bounds must read like [0, 1) or (0, inf), got {text!r}")
+        opening, low, high, closing = m.groups()
+        lowest, highest = float(low), float(high)
+        if math.isnan(lowest) or math.isnan(highest) or lowest >= highest:
+            raise ValueError(f"bounds {text!r}: need lowest < highest")
+        return cls(lowest=None if lowest == -math.inf else lowest, highest=None if highest == math.inf else highest,
+                   lowest_open=opening == "(", highest_open=closing == ")")
+
+    def __contains__(self, value: float) -> bool:
+        above = self.lowest is None or (value > self.lowest if self.lowest_open else value >= self.lowest)
+        below = self.highest is None or (value < self.highest if self.highest_open else value <= self.highest)
+        return above and below
+
+    def __str__(self) -> str:
+        """``in [0, 1)``, ``>= 1``, ``> 0``: how an error says the range."""
+        if self.lowest is not None and self.highest is not None:
+            return (f"in {'(' if self.lowest_open else '['}{self.lowest:g}, "
+                    f"{self.highest:g}{')' if self.highest_open else ']'}")
+        if self.lowest is not None:
+            return f"{'>' if self.lowest_open else '>='} {self.lowest:g}"
+        return f"{'<' if self.highest_open else '<='} {self.highest:g}"
 
 
 @dataclass(frozen=True)
@@ -34,7 +77,8 @@ class Knob:
     help: str
     commands: Tuple[str, ...] = ()  # the commands with a flag for it
     choices: Tuple[str, ...] = ()  # kind "choice" / "method"
-    minimum: Optional[int] = None  # kind "int": the smallest value model_args accept
+    bounds: Optional[Bounds] = None  # kind "float" / "int": the values allowed (AIMConfig checks them)
+    means: str = ""  # what the value is, for errors: "a cosine similarity"
     flag: Optional[str] = None  # default: --field-name
     model_arg: Optional[str] = None  # default: field_name
     # Phrases of the user's way to turn the field off, per vocabulary (e.g. l1: "--no-prune").
@@ -44,12 +88,28 @@ class Knob:
     # what ``llava-aim plan --match-tokens / --match-tflops`` tunes, for any method that takes it.
     budget: bool = False
 
+    def check(self, name: str, value: Any) -> None:
+        """THE range rule of a numeric knob: ``value`` (of the field ``name``) is a finite number
+        (kind "int": an integer; never a bool) within :attr:`bounds`, else AIMConfigError."""
+        if self.bounds is None:
+            return
+        integer = self.kind == "int"
+        is_number = isinstance(value, int) if integer else (isinstance(value, (int, float)) and math.isfinite(value))
+        if is_number and not isinstance(value, bool) and value in self.bounds:
+            return
+        what = f" ({self.means})" if self.means else ""
+        raise AIMConfigError(f"{{{name}}}{what} must be {'an integer' if integer else 'a number'} {self.bounds}, "
+                             f"got {value!r}")
 
-def knob(kind: str, help: str, **declared) -> Dict[str, Knob]:
-    """``dataclasses.field(metadata=knob(...))``: declare a field's knob."""
+
+def knob(kind: str, help: str, bounds: Optional[str] = None, **declared) -> Dict[str, Knob]:
+    """``dataclasses.field(metadata=knob(...))``: declare a field's knob (``bounds``: its range as
+    interval text, "[0, 1)", for kinds "float" and "int")."""
     if kind not in KINDS:
         raise ValueError(f"knob kind must be one of {KINDS}, got {kind!r}")
-    return {"knob": Knob(kind=kind, help=help, **declared)}
+    if bounds is not None and kind not in ("float", "int"):
+        raise ValueError(f"bounds are for numeric knobs (float, int), not kind {kind!r}")
+    return {"knob": Knob(kind=kind, help=help, bounds=None if bounds is None else Bounds.parse(bounds), **declared)}
 
 
 def knobs() -> Dict[str, Knob]:

@@ -196,7 +196,7 @@ def aim_default_layers(num_layers: int) -> Tuple[int, int]:
     return l1, max(l2, l1 + 1)
 
 
-def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> None:
+def validate_method_fields(method, drop_layers, drop_ratio, l1, l2) -> None:
     """Check the method-specific fields of an AIMConfig (called from its ``__post_init__``)."""
     s = spec(method)
     if s.score != "config":
@@ -206,8 +206,6 @@ def validate_method_fields(method, drop_layers, drop_ratio, seed, l1, l2) -> Non
         lookup(s.decode, "decode")
     if s.fold is not None:
         lookup(s.fold, "fold")
-    if not _is_int(seed) or seed < 0:
-        raise AIMConfigError(f"{{seed}} must be a non-negative integer, got {seed!r}")
     if s.schedule == "none":
         if l1 is not None or l2 is not None or drop_layers is not None or drop_ratio is not None:
             raise AIMConfigError(

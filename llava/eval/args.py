@@ -200,10 +200,11 @@ def aim_config_from_model_args(raw: Mapping[str, Any], num_layers: Optional[int]
 
 
 # How each knob kind of llava.aim.knobs reads a model_arg ("layer" and "method" are read with
-# the rules that tie them to other fields, in aim_config_from_model_args).
+# the rules that tie them to other fields, in aim_config_from_model_args). The knob's bounds and
+# choices are AIMConfig's to check, so the model_args obey the declaration itself.
 _READERS: Dict[str, Callable[[str, Any, Any], Any]] = {
     "float": lambda arg, value, knob: _as_float(arg, value),
-    "int": lambda arg, value, knob: _as_int(arg, value, minimum=knob.minimum),
+    "int": lambda arg, value, knob: _as_int(arg, value),
     "choice": lambda arg, value, knob: str(value),  # AIMConfig checks the choice
     "layers": lambda arg, value, knob: _layer_list(value),
 }
@@ -360,15 +361,17 @@ def _as_bool(name: str, value) -> bool:
     raise EvalArgumentError(f"{name} must be 1/0 (or true/false), got {value!r}")
 
 
-def _as_int(name: str, value, minimum: int) -> int:
+def _as_int(name: str, value, minimum: Optional[int] = None) -> int:
+    """``value`` read as an integer (>= ``minimum`` when given)."""
+    wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
     if isinstance(value, bool):
-        raise EvalArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise EvalArgumentError(f"{name} must be {wanted}, got {value!r}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
-    if not isinstance(value, int) or value < minimum:
-        raise EvalArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if not isinstance(value, int) or (minimum is not None and value < minimum):
+        raise EvalArgumentError(f"{name} must be {wanted}, got {value!r}")
     return value
 
 
