@@ -3,6 +3,8 @@ flags, model_args and error words all come from that one declaration."""
 
 import argparse
 import dataclasses
+import math
+import re
 
 import pytest
 
@@ -183,3 +185,103 @@ def test_aim_off_refuses_aim_settings_in_one_rule_worded_for_each_vocabulary(mon
                                       "--retention", "0.5"])
     run_module._validate_args(args)
     assert seen == [(["retention"], "model_arg"), (["--retention"], "flag")]
+
+
+# -- the declared ranges (Knob.bounds): AIMConfig's one range rule -------------------------------------
+BOUNDED = {name: k for name, k in knobs().items() if k.bounds is not None}
+# The method that reads a field with no owner in its name (llava.aim.policy.owner_of_knob).
+_METHOD_OF = {"seed": "random"}
+
+
+def _method_for(name: str) -> str:
+    from llava.aim.policy import owner_of_knob
+
+    return _METHOD_OF.get(name) or owner_of_knob(name) or "aim"
+
+
+def _edges(k):
+    """(accepted, refused) values at each declared end of ``k``'s bounds: a closed end is accepted
+    and the value just outside it refused; an open end is refused and the value just inside accepted."""
+    integer = k.kind == "int"
+    accepted, refused = [], []
+    for end, is_open, outward in ((k.bounds.lowest, k.bounds.lowest_open, -1),
+                                  (k.bounds.highest, k.bounds.highest_open, 1)):
+        if end is None:
+            continue
+        end = int(end) if integer else float(end)
+        inside = end - outward if integer else math.nextafter(end, end - outward)
+        outside = end + outward if integer else math.nextafter(end, end + outward)
+        accepted.append(inside if is_open else end)
+        refused.append(end if is_open else outside)
+    return accepted, refused
+
+
+def test_the_knobs_with_a_range_are_the_numeric_ones_and_say_what_they_mean():
+    assert {"retention", "pagerank_tau", "pagerank_iters", "seed", "fastvid_tau", "dycoke_k", "dycoke_l",
+            "holitom_tau", "holitom_layer", "holitom_ratio"} <= set(BOUNDED)
+    for name, k in knobs().items():
+        if k.kind == "int":  # model_args read any integer: the range is the declaration's
+            assert k.bounds is not None, name
+        if k.bounds is not None:
+            assert k.kind in ("float", "int") and k.means, name
+            assert _edges(k)[0], name  # at least one declared end
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED))
+def test_a_declared_range_accepts_its_inside_ends_and_refuses_just_outside(name):
+    k = BOUNDED[name]
+    accepted, refused = _edges(k)
+    for value in accepted:
+        assert getattr(AIMConfig.for_method(_method_for(name), **{name: value}), name) == value
+    for value in refused:
+        with pytest.raises(AIMConfigError) as exc:
+            AIMConfig.for_method(_method_for(name), **{name: value})
+        assert str(exc.value) == (f"{name} ({k.means}) must be {'an integer' if k.kind == 'int' else 'a number'} "
+                                  f"{k.bounds}, got {value!r}")
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED))
+@pytest.mark.parametrize("value", [True, False, float("nan"), float("inf"), float("-inf"), "0.5"])
+def test_a_ranged_knob_takes_no_bool_nan_infinity_or_text(name, value):
+    with pytest.raises(AIMConfigError, match=rf"^{name} \(.*\) must be .*, got {re.escape(repr(value))}$"):
+        AIMConfig.for_method(_method_for(name), **{name: value})
+
+
+def test_an_int_knob_takes_no_float_even_a_whole_one():
+    with pytest.raises(AIMConfigError, match=r"holitom_layer .* must be an integer >= 1, got 2.0"):
+        AIMConfig.for_method("holitom", holitom_layer=2.0)
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED))
+def test_a_model_arg_out_of_its_range_is_refused_in_model_arg_words(name):
+    k = BOUNDED[name]
+    for value in _edges(k)[1]:
+        raw = {"method": _method_for(name), model_arg_of(name): str(value)}
+        with pytest.raises(EvalArgumentError, match=re.escape(f"{model_arg_of(name)} ({k.means}) must be")) as exc:
+            aim_config_from_model_args(raw)
+        assert str(exc.value).endswith(f"{k.bounds}, got {value!r}")
+
+
+def test_a_flag_out_of_its_range_is_refused_in_flag_words(capsys):
+    err = _cli_error(["flops", "--method", "dycoke", "--dycoke-k", "1.5"], capsys)
+    assert "--dycoke-k (fraction of a pruned frame's tokens dropped) must be a number in [0, 1], got 1.5" in err
+
+
+def test_a_help_text_that_states_a_range_states_the_declared_one():
+    for name, k in knobs().items():
+        for stated in re.findall(r"in [\[(][^\])]*[\])]", k.help):
+            assert k.bounds is not None and stated == str(k.bounds), (name, stated)
+
+
+def test_bounds_read_as_interval_text():
+    from llava.aim.knobs import Bounds, knob
+
+    half_open = Bounds.parse("[0, 1)")
+    assert str(half_open) == "in [0, 1)" and 0 in half_open and 0.5 in half_open and 1 not in half_open
+    assert str(Bounds.parse("(0, inf)")) == "> 0" and str(Bounds.parse("[1, inf)")) == ">= 1"
+    assert str(Bounds.parse("(-inf, 2]")) == "<= 2" and str(Bounds.parse("[-1, 1]")) == "in [-1, 1]"
+    for text in ("0, 1", "[1, 0]", "[0, nan]", "[a, 1]"):
+        with pytest.raises(ValueError):
+            Bounds.parse(text)
+    with pytest.raises(ValueError, match="numeric knobs"):
+        knob("choice", "x", choices=("a",), bounds="[0, 1]")
