@@ -15,6 +15,7 @@ from llava.aim.schedule import visual_tokens_per_layer
 from llava.analysis import (
     Hardware,
     LLMShape,
+    OpCost,
     RooflineOptions,
     analyze,
     decode_step_cost,
@@ -138,6 +139,23 @@ def test_toy_decode_step_and_kv_cache():
     assert l0["q_proj"].ops == 2 * 8 * 8 * 1
     assert step.layers[1].keys == 3
     assert step.lm_head.ops == 80
+
+
+def test_toy_decode_step_over_attended_keys():
+    # a decode selection: layer 0 attends 1 of its 3 cached keys (+ the new token), layer 1 all
+    step = decode_step_cost(TOY, [3, 2], TOY_HW, attended=[1, 2])
+    l0 = {op.name: op for op in step.layers[0].ops}
+    assert [layer.keys for layer in step.layers] == [2, 3]
+    assert l0["qk_matmul"].ops == 2 * 1 * 2 * 4 * 2
+    assert l0["qk_matmul"].bytes == 1 * 4 * 1 * 2 + 1 * 2 * 2 * 2 + 2 * 4 * 1 * 2  # K of the 2 attended keys
+    assert step.layers[1] == decode_step_cost(TOY, [3, 2], TOY_HW).layers[1]
+    extra = OpCost("selection", 6.0, 8.0, 0.5)
+    with_extra = decode_step_cost(TOY, [3, 2], TOY_HW, attended=[1, 2], overhead=[extra])
+    assert with_extra.flops == step.flops + 6 and with_extra.time_s == pytest.approx(step.time_s + 0.5)
+    assert with_extra.op_totals()["selection"]["bytes"] == 8
+    for bad in ([4, 2], [1], [-1, 2]):
+        with pytest.raises(AIMConfigError, match="attended keys"):
+            decode_step_cost(TOY, [3, 2], TOY_HW, attended=bad)
     assert kv_cache_bytes_per_layer(TOY, [3, 2]) == [2 * 3 * 1 * 4 * 2, 2 * 2 * 1 * 4 * 2]
 
 

@@ -437,3 +437,84 @@ def test_describe_names_both_stages():
 
     line = describe(AIMConfig.for_method("dycoke"), 28)
     assert "dycoke before the LLM" in line and "dycoke_kv" in line
+
+
+# -- the analyzer's decode step (llava.analysis.roofline.decode_step_of, registry "attended") --------
+@pytest.mark.parametrize("p, layer, generated", [(0.8, 3, 0), (0.8, 3, 7), (0.5, 1, 2), (0.0, 3, 0), (0.95, 27, 1)])
+def test_decode_attended_keys_are_text_generated_and_the_kept_visual(p, layer, generated):
+    from llava.aim.registry import lookup
+
+    cfg = AIMConfig.for_method("dycoke", dycoke_p=p, dycoke_l=layer)
+    text, visual = 100, 3099
+    kv_lens = [text + visual + generated] * 28
+    got = lookup("dycoke_kv", "decode").attended(kv_lens, [visual] * 28, cfg)
+    kept = int(visual * (1 - p))  # the runtime's rounding (decode_kept: int(N * (1 - p)), floating point)
+    assert kept == lookup("dycoke_kv", "decode").fn(cfg, 28).budget(visual)  # the driver's budget
+    assert got == [kv_lens[0]] * layer + [text + generated + kept] * (28 - layer)
+
+
+def test_the_analyzer_prices_the_decode_step_over_the_selected_keys():
+    from llava.analysis.roofline import analyze, decode_step_cost, kv_cache_bytes_per_layer
+
+    res = analyze("qwen2-7b", method="dycoke", frames=32, text_tokens=100)
+    full = decode_step_cost(res.llm, res.tokens_per_layer, res.hardware, res.options)
+    assert res.tokens_per_layer == [100 + 3098] * 28
+    # layers < 3 attend the whole cache and the new token; layers >= 3 the 100 text keys, int(3098 * 0.2) = 619
+    # visual keys and the new token
+    assert [layer.keys for layer in res.decode.layers] == [3199] * 3 + [100 + 619 + 1] * 25
+    assert res.decode.layers[:3] == full.layers[:3]
+    # one layer by hand (Qwen2-7B: 28 heads, 4 KV heads, d = 128; 16-bit): one query over 720 keys
+    ops = {op.name: op for op in res.decode.layers[5].ops}
+    assert ops["qk_matmul"].ops == 2 * 1 * 720 * 128 * 28
+    assert ops["softmax"].ops == 5 * 28 * 1 * 720
+    assert ops["sv_matmul"].ops == 2 * 1 * 720 * 128 * 28
+    # K and V read for the attended (gathered) keys only
+    assert ops["qk_matmul"].bytes == 1 * 128 * 4 * 2 + 1 * 720 * 28 * 2 + 720 * 128 * 4 * 2
+    assert ops["sv_matmul"].bytes == 1 * 720 * 28 * 2 + 1 * 128 * 28 * 2 + 720 * 128 * 4 * 2
+    # the cache keeps every entry: its bytes are the whole prompt's
+    assert res.kv_cache_bytes_per_layer == kv_cache_bytes_per_layer(res.llm, res.tokens_per_layer)
+    # the selection's own work is in the step, and small
+    assert [op.name for op in res.decode.overhead] == ["dycoke_kv.attention", "dycoke_kv.similarity", "dycoke_kv.top_k"]
+    attention = res.decode.overhead[0]
+    assert attention.ops == 2 * 28 * 3199 * 128 + 6 * 28 * 3199
+    assert 0 < sum(op.time_s for op in res.decode.overhead) < 0.001 * res.decode.time_s
+    assert res.decode.time_s < full.time_s
+    assert any("decode step: layers 3..27 attend 720 of their 3199 keys" in n for n in res.notes)
+
+
+def test_the_analyzer_decode_step_without_a_selection_is_the_whole_cache():
+    from llava.analysis.roofline import analyze, decode_step_cost
+
+    res = analyze("qwen2-7b", method="dycoke", method_knobs={"dycoke_p": 0.0})
+    full = decode_step_cost(res.llm, res.tokens_per_layer, res.hardware, res.options)
+    assert res.decode.layers == full.layers  # p = 0 keeps every visual key: only the selection's work remains
+    assert res.decode.flops == pytest.approx(full.flops + sum(op.ops for op in res.decode.overhead), rel=1e-12)
+    for method in policy.METHODS:
+        if policy.spec(method).decode is not None:
+            continue
+        other = analyze("qwen2-7b", method=method, newline_tokens=1)
+        plain = decode_step_cost(other.llm, other.tokens_per_layer, other.hardware, other.options)
+        assert other.decode.to_dict(with_ops=True) == plain.to_dict(with_ops=True), method
+
+
+def test_flops_cli_prints_a_cheaper_decode_step_with_the_selection(capsys):
+    from llava.cli import main
+
+    def decode_ms(*extra):
+        assert main(["flops", "--method", "dycoke", *extra]) == 0
+        line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("first decode step ms"))
+        return float(line.split()[4])
+
+    assert decode_ms() < decode_ms("--dycoke-p", "0")
+    assert decode_ms("--dycoke-p", "0.9") < decode_ms("--dycoke-p", "0.5")
+
+
+def test_a_decode_entry_must_declare_the_keys_it_attends():
+    from llava.aim import registry
+    from llava.errors import AIMConfigError
+
+    with pytest.raises(AIMConfigError, match="attended"):
+        registry.register("decode_without_keys", "decode", lambda cfg, n: None, needs=("qk",))
+    with pytest.raises(AIMConfigError, match="attended"):
+        registry.register("score_with_keys", "score", lambda x: None, attended=lambda *a: [])
+    assert "decode_without_keys" not in registry.REGISTRY and "score_with_keys" not in registry.REGISTRY

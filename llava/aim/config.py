@@ -192,10 +192,10 @@ class AIMConfig:
     dycoke_l: Optional[int] = field(default=None, metadata=knob(
         "int", "dycoke: first decoder layer whose decode steps attend only the selected visual KV "
         "(ranked in layer L-1; default 3, the official, on every depth)", bounds="[1, inf)",
-        means="the layer L whose decode steps see the KV ranked in layer L-1", commands=("run",)))
+        means="the layer L whose decode steps see the KV ranked in layer L-1", commands=("run", "flops")))
     dycoke_p: Optional[float] = field(default=None, metadata=knob(
         "float", "dycoke: fraction of the visual KV each decode step leaves out, in [0, 1) (default 0.8, the official)",
-        bounds="[0, 1)", means="fraction of the visual KV left out", commands=("run",)))
+        bounds="[0, 1)", means="fraction of the visual KV left out", commands=("run", "flops")))
     dycoke_when_similar: Optional[str] = field(default=None, metadata=knob(
         "choice", "dycoke: a decode step whose attention is similar to the previous one's keeps the selection "
         "(keep_selection, the default) or attends every visual key (attend_all, the official code)",

@@ -52,7 +52,7 @@ Deliberate differences (docs/methods/dycoke.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -132,6 +132,18 @@ def ttm_frames(frames):
 def decode_kept(visual_count: int, p: float) -> int:
     """Visual keys a decode step attends to: int(N * (1 - p)), as the official update_cache."""
     return int(visual_count * (1 - p))
+
+
+def decode_attended_keys(kv_lens: Sequence[int], visual: Sequence[int], cfg) -> List[int]:
+    """Per layer, the cached keys one decode step attends (the analyzer's decode step, registry
+    ``attended``): layers < L all ``kv_lens[j]``; layers >= L every non-visual key (text and
+    generated) and ``decode_kept`` of the visual keys, counted in layer L-1 as the driver's budget.
+    A step with the official ``attend_all`` on a stable step attends every key; the first decode
+    step (the one the analyzer prices) always selects."""
+    _, layer, p, _ = settings(cfg)
+    kept = decode_kept(int(visual[layer - 1]), p)
+    return [int(n) if j < layer else int(n) - int(v) + min(kept, int(v))
+            for j, (n, v) in enumerate(zip(kv_lens, visual))]
 
 
 @dataclass

@@ -23,12 +23,17 @@ gathered (holitom_fold; a method without one just drops them, ``MethodSpec.fold`
   each decode step, no host read: attention (B, W) float32 the step token's attention over the
   prefill's W keys, mean over heads; visual (B, W) bool; kept (B,) long; ``state`` what the
   previous step returned, None at the first; allowed (B, W) bool: the visual keys attended);
+* a decode selection's ``attended(kv_lens, visual, cfg)``: for the analyzer's decode step, per
+  layer the cached keys one decode step's attention reads, given each layer's cache length
+  (``kv_lens``) and its visual entries (``visual``); the cache itself keeps every entry;
 * a fold's function takes one :class:`FoldInputs` and returns the (B, N, C) hidden states, on
   the device (no host read);
 * its cost for the analyzer: the name of the function in ``llava.analysis.roofline`` that
   prices it (``None``: nothing worth counting, e.g. a hash per token). The analyzer calls it with
   the arguments its parameters name (``llava.analysis.roofline.REDUCTION_COST_ARGUMENTS`` for a
-  reduction; a score's take (llm, tokens_per_layer, layers, hardware, options));
+  reduction; a score's take (llm, tokens_per_layer, layers, hardware, options); a decode
+  selection's, the work it adds to one decode step, any of (llm, kv_lens, visual, cfg,
+  hardware, options));
 * a reduction's token flow: ``stage`` (what it reads: "projected", the tokens the LLM would
   receive per frame; "vision", the vision tower's unpooled features), ``nominal(frames, T, cfg)``
   (the tokens a video of ``frames`` frames of T tokens at that stage gives the LLM, as the
@@ -100,7 +105,7 @@ class FoldInputs:
 @dataclass(frozen=True)
 class Entry:
     name: str
-    kind: str  # "score" | "reduction" | "fold"
+    kind: str  # "score" | "reduction" | "decode" | "fold"
     needs: FrozenSet[str]
     fn: Callable
     cost: Optional[str]  # llava.analysis.roofline function that prices it; None: not priced
@@ -116,6 +121,9 @@ class Entry:
     stage: Union[str, Tuple[str, ...], None] = None
     bound: Optional[Callable] = None
     nominal: Optional[Callable] = None
+    # "decode" entries: attended(kv_lens, visual, cfg) -> per layer, the cached keys a decode step
+    # attends (the analyzer's decode step; the cache keeps every entry)
+    attended: Optional[Callable] = None
 
 
 REGISTRY: Dict[str, Entry] = {}
@@ -126,10 +134,11 @@ STAGES = ("projected", "vision")
 
 def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] = None, summary: str = "",
              configurable: bool = True, replace: bool = False, stage: Union[str, Tuple[str, ...], None] = None,
-             bound: Optional[Callable] = None, nominal: Optional[Callable] = None) -> Entry:
+             bound: Optional[Callable] = None, nominal: Optional[Callable] = None,
+             attended: Optional[Callable] = None) -> Entry:
     """Add one entry; a name already taken, an unknown kind or an unknown need is refused, and a
     reduction without its token flow (a stage of STAGES, "projected" when not given; a callable
-    nominal; a callable bound where it needs "video")."""
+    nominal; a callable bound where it needs "video"), or a decode selection without ``attended``."""
     if kind not in KINDS:
         raise AIMConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     allowed = (SCORE_NEEDS if kind == "score" else DECODE_NEEDS if kind == "decode" else () if kind == "fold"
@@ -145,7 +154,8 @@ def register(name: str, kind: str, fn: Callable, needs=(), cost: Optional[str] =
     if kind == "reduction" and stage is None:
         stage = "projected"
     _check_token_flow(name, kind, set(needs), stage, bound, nominal)
-    entry = Entry(name, kind, frozenset(needs), fn, cost, summary, configurable, stage, bound, nominal)
+    _check_attended(name, kind, attended)
+    entry = Entry(name, kind, frozenset(needs), fn, cost, summary, configurable, stage, bound, nominal, attended)
     REGISTRY[name] = entry
     return entry
 
@@ -169,6 +179,16 @@ def _check_token_flow(name, kind, needs, stage, bound, nominal) -> None:
     if "video" in needs and not callable(bound):
         raise AIMConfigError(f"video reduction {name!r}: bound must be a function (frames, T, cfg) -> int, "
                              f"got {bound!r}")
+
+
+def _check_attended(name, kind, attended) -> None:
+    """A decode selection states the keys a step attends (the analyzer's decode step prices them;
+    without it the analyzer would count the whole cache); no other kind has it."""
+    if kind == "decode" and not callable(attended):
+        raise AIMConfigError(f"decode {name!r} needs attended(kv_lens, visual, cfg), the keys a decode step "
+                             "attends per layer (the analyzer's decode step)")
+    if kind != "decode" and attended is not None:
+        raise AIMConfigError(f"{kind} {name!r}: attended belongs to decode selections")
 
 
 def entry_stages(entry: Entry) -> Tuple[str, ...]:
@@ -422,6 +442,13 @@ def _dycoke_kv(cfg, num_layers):
     return DecodeSelector.of(cfg, num_layers)
 
 
-register("dycoke_kv", "decode", _dycoke_kv, needs=("qk",), cost=None,
+def _dycoke_kv_attended(kv_lens, visual, cfg):
+    from llava.aim.dycoke import decode_attended_keys
+
+    return decode_attended_keys(kv_lens, visual, cfg)
+
+
+register("dycoke_kv", "decode", _dycoke_kv, needs=("qk",), cost="dycoke_decode_overhead_ops",
+         attended=_dycoke_kv_attended,
          summary="DyCoke's dynamic KV pruning: each decode step attends the visual keys its token's "
                  "attention in layer L-1 weighs most (llava.aim.dycoke.decode_select)")

@@ -45,7 +45,10 @@ with all nh heads here, not the reference's nkv.)
 
 Decode (``decode_step_cost``): one new token per step; layer j attends over its KV cache plus
 the new token (kv_lens[j] + 1 keys); the same ops with N = 1 query and the key count above;
-plus the lm_head. KV-cache bytes of layer j: 2 * N_j * nkv * d * kv.
+plus the lm_head. A method with a decode selection (its registry entry of kind "decode") has
+layer j attend ``attended[j] + 1`` keys instead (the entry's ``attended``), and the selection's
+own work is the step's ``overhead`` ops. KV-cache bytes of layer j: 2 * N_j * nkv * d * kv (the
+whole cache, whatever a step attends).
 
 Reported separately, never added to the prefill figures: the vision encoder and projector,
 AIM's own overhead (merging and importance) and the KV cache.
@@ -271,27 +274,29 @@ class LayerCost(_OpTotals):
 
 @dataclass(frozen=True)
 class StepCost:
-    """A forward step of the language model: its layers plus the lm_head on one token."""
+    """A forward step of the language model: its layers plus the lm_head on one token, plus
+    ``overhead``: work a method adds to the step (a decode selection's, llava.aim.registry)."""
 
     layers: Tuple[LayerCost, ...]
     lm_head: OpCost
+    overhead: Tuple[OpCost, ...] = ()
 
     @property
     def flops(self) -> float:
-        return sum(layer.flops for layer in self.layers) + self.lm_head.ops
+        return sum(layer.flops for layer in self.layers) + self.lm_head.ops + sum(op.ops for op in self.overhead)
 
     @property
     def bytes(self) -> float:
-        return sum(layer.bytes for layer in self.layers) + self.lm_head.bytes
+        return sum(layer.bytes for layer in self.layers) + self.lm_head.bytes + sum(op.bytes for op in self.overhead)
 
     @property
     def time_s(self) -> float:
-        return sum(layer.time_s for layer in self.layers) + self.lm_head.time_s
+        return sum(layer.time_s for layer in self.layers) + self.lm_head.time_s + sum(op.time_s for op in self.overhead)
 
     def op_totals(self) -> Dict[str, Dict[str, float]]:
-        """Per op name, summed over layers: ops, bytes, time_s (lm_head included)."""
+        """Per op name, summed over layers: ops, bytes, time_s (lm_head and overhead included)."""
         totals: Dict[str, Dict[str, float]] = {}
-        for op in [op for layer in self.layers for op in layer.ops] + [self.lm_head]:
+        for op in [op for layer in self.layers for op in layer.ops] + [self.lm_head, *self.overhead]:
             t = totals.setdefault(op.name, {"ops": 0.0, "bytes": 0.0, "time_s": 0.0})
             t["ops"] += op.ops
             t["bytes"] += op.bytes
@@ -303,6 +308,7 @@ class StepCost:
             "flops": self.flops, "bytes": self.bytes, "time_s": self.time_s,
             "layers": [layer.to_dict(with_ops) for layer in self.layers],
             "lm_head": self.lm_head.to_dict(),
+            "overhead": [op.to_dict() for op in self.overhead],
             "op_totals": self.op_totals(),
         }
 
@@ -319,15 +325,28 @@ def prefill_cost(llm: LLMShape, tokens_per_layer: Sequence[int], hardware: Union
 
 
 def decode_step_cost(llm: LLMShape, kv_lens: Sequence[int], hardware: Union[str, Hardware] = "nvidia_A100",
-                     options: Optional[RooflineOptions] = None) -> StepCost:
+                     options: Optional[RooflineOptions] = None, attended: Optional[Sequence[int]] = None,
+                     overhead: Sequence[OpCost] = ()) -> StepCost:
     """One decode step: a single new token; layer j attends over ``kv_lens[j] + 1`` keys
-    (its cache plus the new token; with AIM each layer's cache holds only its survivors)."""
+    (its cache plus the new token; with AIM each layer's cache holds only its survivors).
+
+    ``attended[j]`` (at most ``kv_lens[j]``): the cached keys layer j's attention reads where a
+    decode selection leaves some out (the cache still holds all ``kv_lens[j]``). Its K and V
+    traffic is that of the attended keys only: the selected entries are gathered (the official
+    DyCoke code gathers them from the cache before attention), so a kernel need read no other;
+    this is the lower bound, as the flash-attention variant's IO is (a masked kernel over the
+    whole cache, as this project's runtime runs, reads every entry). ``overhead``: the
+    selection's own work in the step."""
     hw = get_hardware(hardware)
     if len(kv_lens) != llm.layers:
         raise AIMConfigError(f"need {llm.layers} per-layer KV lengths, got {len(kv_lens)}")
-    layers = tuple(LayerCost(j, 1, int(c) + 1, tuple(layer_ops(llm, 1, hw, options, n_keys=int(c) + 1)))
-                   for j, c in enumerate(kv_lens))
-    return StepCost(layers, lm_head_op(llm, hw, options))
+    keys = [int(c) for c in (kv_lens if attended is None else attended)]
+    if len(keys) != llm.layers or any(not 0 <= k <= int(c) for k, c in zip(keys, kv_lens)):
+        raise AIMConfigError(f"attended keys must be {llm.layers} counts within the KV lengths {list(kv_lens)}, "
+                             f"got {list(keys)}")
+    layers = tuple(LayerCost(j, 1, k + 1, tuple(layer_ops(llm, 1, hw, options, n_keys=k + 1)))
+                   for j, k in enumerate(keys))
+    return StepCost(layers, lm_head_op(llm, hw, options), tuple(overhead))
 
 
 def prompt_tokens_per_layer(text_tokens: int, visual_tokens_per_layer: Sequence[int]) -> List[int]:
@@ -672,6 +691,46 @@ def score_overhead_ops(score: str, llm: LLMShape, tokens_per_layer: Sequence[int
     extra = {"pagerank_iters": pagerank_iters} if "pagerank_iters" in inspect.signature(price).parameters else {}
     return price(llm, tokens_per_layer, scoring_layers(visual), hardware, options, **extra)
 
+# What a decode selection's cost function may take, by parameter name (llava.aim.registry: ``cost``).
+DECODE_COST_ARGUMENTS = ("llm", "kv_lens", "visual", "cfg", "hardware", "options")
+
+
+def decode_step_of(cfg: AIMConfig, llm: LLMShape, kv_lens: Sequence[int], visual: Sequence[int],
+                   hardware: Hardware, options: Optional[RooflineOptions] = None) -> StepCost:
+    """The first decode step after the prefill as ``cfg``'s method runs it. A method with a decode
+    selection (``MethodSpec.decode``, a registry entry of kind "decode") attends, in layer j, the
+    ``attended(kv_lens, visual, cfg)[j]`` keys its entry declares, and its entry's ``cost`` (called
+    with the arguments its parameters name of DECODE_COST_ARGUMENTS) prices the selection's work
+    in the step; any other method attends its whole cache. No method is special-cased here."""
+    from llava.aim.registry import lookup
+
+    name = spec(cfg.method).decode
+    if name is None:
+        return decode_step_cost(llm, kv_lens, hardware, options)
+    entry = lookup(name, "decode")
+    attended = [int(k) for k in entry.attended(list(kv_lens), list(visual), cfg)]
+    overhead: List[OpCost] = []
+    if entry.cost is not None:
+        price = globals().get(entry.cost)
+        if price is None:
+            raise AIMConfigError(f"decode {name!r} is priced by {entry.cost!r}, which llava.analysis.roofline "
+                                 "does not define")
+        available = dict(zip(DECODE_COST_ARGUMENTS, (llm, list(kv_lens), list(visual), cfg, hardware, options)))
+        overhead = price(**_with_arguments(price, available, f"decode {name!r}'s cost"))
+    return decode_step_cost(llm, kv_lens, hardware, options, attended, overhead)
+
+
+def decode_notes(decode: StepCost, kv_lens: Sequence[int]) -> List[str]:
+    """A note where the decode step attends fewer keys than the cache holds (a decode selection)."""
+    restricted = [layer for layer in decode.layers if layer.keys < int(kv_lens[layer.index]) + 1]
+    if not restricted:
+        return []
+    first, last = restricted[0], restricted[-1]
+    return [f"decode step: layers {first.index}..{last.index} attend {first.keys} of their "
+            f"{int(kv_lens[first.index]) + 1} keys (a decode selection; K/V read only for those), the KV cache "
+            "keeps every entry (its bytes are the whole cache); the selection's own work is in the step"]
+
+
 # --- a reduction's token flow and cost, from its registry entry -------------------------------
 
 
@@ -791,6 +850,29 @@ def dycoke_overhead_ops(frames: int, tokens_per_frame: int, channels: int, hardw
         _op("dycoke.gather", kept * c, 2 * kept * c * a, hardware),
     ]
     return [_scaled(op, pruned) for op in ops]
+
+
+def dycoke_decode_overhead_ops(llm: LLMShape, kv_lens: Sequence[int], cfg: Any, hardware: Hardware,
+                               options: Optional[RooflineOptions] = None, score_bytes: float = 4) -> List[OpCost]:
+    """DyCoke's decode selection in one decode step (llava.aim.dycoke.decode_select, run by the
+    driver every step, on the device): the step token's attention in layer L-1 recomputed from its
+    query and the W + 1 cached keys (QK^T 2*nh*(W+1)*d, softmax 5*nh*(W+1), mean over heads
+    nh*(W+1); reads K once), the cosine similarity to the previous step's attention over the W
+    prefill keys (6*W; the first step has none), and the top-k of the visual keys as the runtime
+    does it: a sort of the W entries (W * ceil(log2 W) comparisons), the rank scatter and the
+    masks (4*W). Float32 scores."""
+    from llava.aim.dycoke import settings
+
+    o = options or RooflineOptions()
+    s = score_bytes
+    w = int(kv_lens[settings(cfg)[1] - 1])
+    nh, d = llm.heads, llm.head_dim
+    return [
+        _op("dycoke_kv.attention", 2 * nh * (w + 1) * d + 6 * nh * (w + 1),
+            nh * d * o.act_bytes + (w + 1) * d * llm.kv_heads * o.kv_bytes + (w + 1) * s, hardware),
+        _op("dycoke_kv.similarity", 6 * w, 2 * w * s, hardware),
+        _op("dycoke_kv.top_k", w * max(1, math.ceil(math.log2(max(w, 2)))) + 4 * w, 4 * w * s, hardware),
+    ]
 
 
 def prumerge_overhead_ops(vision: VisionShape, kept: int, frames: int, hardware: Hardware,
@@ -1088,17 +1170,18 @@ def analyze(
         overhead += score_overhead_ops(score_of(cfg), shape, tokens, visual, hw, options, convention, pagerank_iters)
     if cfg.pruning and fold_of(cfg) is not None:  # a method folding the dropped tokens into the kept (HoliTom)
         overhead += fold_overhead_ops(fold_of(cfg), shape, visual, hw, options)
+    decode = decode_step_of(cfg, shape, tokens, visual, hw, options)
     settings = _settings(cfg, flow, shape, hw, vshape, text_tokens=text_tokens, newline_tokens=newline_tokens,
                          tokens_per_frame=tokens_per_frame, convention=convention, merge_count=merge_count,
                          kept_tokens=kept_tokens, drop_layers=drop_layers, method_knobs=method_knobs)
     return Analysis(
         llm=shape, hardware=hw, options=options, settings=settings,
         visual_tokens_per_layer=visual, tokens_per_layer=tokens, prefill=prefill_cost(shape, tokens, hw, options),
-        decode=decode_step_cost(shape, tokens, hw, options),
+        decode=decode,
         kv_cache_bytes_per_layer=kv_cache_bytes_per_layer(shape, tokens, options.kv_bytes),
         vision_encoder=vision_encoder_cost(vshape, shape, frames, hw, options),
         aim_overhead=ComponentCost("AIM overhead (merging + importance)", tuple(overhead)),
-        notes=analysis_notes(convention, bool(overhead), options), vision_shape=vshape,
+        notes=analysis_notes(convention, bool(overhead), options) + decode_notes(decode, tokens), vision_shape=vshape,
     )
 
 
