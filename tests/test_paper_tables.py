@@ -173,6 +173,8 @@ def test_llava15_rows_reproduce_tflops_and_ms_with_the_printed_flags(cli_main, c
     assert round(report["prefill_tflops"], 2) == match["paper_tflops"]
     assert round(report["prefill_ms"], 2) == match["paper_prefill_ms"]
     assert report["paper_row"]["flags"] == []
+    mlp_note = next(note for note in report["notes"] if "mlp_add" in note)
+    assert "as the paper's image table counts it" in mlp_note  # not "which the paper leaves out"
 
 
 # Rows whose printed figures the paper's own way of counting does not give (the official

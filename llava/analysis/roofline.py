@@ -1244,5 +1244,6 @@ def analysis_notes(convention: str, overhead: bool, options: RooflineOptions) ->
     if options.flash_attention:
         notes.append("flash-attention variant: qk/softmax/sv fused, no N x N scores in memory (ideal fused-kernel IO)")
     if options.include_mlp_add:
-        notes.append("includes the second residual add (mlp_add), which the paper's figures leave out")
+        notes.append("includes the second residual add (mlp_add), as the paper's image table counts it (its video "
+                     "tables leave it out)")
     return notes
