@@ -378,9 +378,10 @@ def _check_bounds(cfg) -> None:
     """Every field whose knob declares bounds (llava.aim.knobs) is within them; None in a field
     whose default is None stands for the method's official default and is not checked."""
     for f in dataclasses.fields(cfg):
+        declared = f.metadata.get("knob")  # a subclass may redeclare a field without its knob
         value = getattr(cfg, f.name)
-        if not (value is None and f.default is None):
-            f.metadata["knob"].check(f.name, value)
+        if declared is not None and not (value is None and f.default is None):
+            declared.check(f.name, value)
 
 
 def _is_int(x) -> bool:
