@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -301,12 +302,17 @@ def test_every_runs_model_args_are_accepted_by_the_plugin():
     from llava.aim.policy import SPECS
     from llava.eval.results import parse_model_args
 
-    for row in pt.runs(pt.ROWS):
-        if pt.unavailable(row):  # a method not registered here (2025 comparison) or LongVA's package: the
-            continue  # runner skips it, and it is checked here once it is there
+    def printed(row):
         env = {**{k: v for k, v in os.environ.items() if k not in ("PRETRAINED", "MODEL")},
                **pt.row_env(row, "/tmp/unused", environ={}), "PRINT_MODEL_ARGS": "1"}
-        done = subprocess.run(["bash", row.script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(["bash", row.script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    # a method not registered here (2025 comparison) or LongVA's package: the runner skips the row,
+    # and it is checked here once it is there
+    rows = [row for row in pt.runs(pt.ROWS) if not pt.unavailable(row)]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # each script is mostly interpreter start-up
+        answers = list(pool.map(printed, rows))
+    for row, done in zip(rows, answers):
         assert done.returncode == 0, (row.name, done.stderr)
         words = shlex.split(done.stdout)
         model, model_args = words[words.index("--model") + 1], words[words.index("--model_args") + 1]
