@@ -36,8 +36,11 @@ demo: $(STAMP)
 	@mkdir -p build
 	$(PY) scripts/make_demo_picture.py --out build/aim_demo.png --model $(DEMO_MODEL)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them
+# (--dist loadfile keeps a file's order and its module fixtures); TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The two ends of the declared ranges, each in its own environment (CI runs both).
 test-oldest:
