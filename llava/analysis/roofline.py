@@ -662,9 +662,7 @@ def fold_overhead_ops(fold: str, llm: LLMShape, visual: Sequence[int], hardware:
     entry = lookup(fold, "fold")
     if entry.cost is None:
         return []
-    price = globals().get(entry.cost)
-    if price is None:
-        raise AIMConfigError(f"fold {fold!r} is priced by {entry.cost!r}, which llava.analysis.roofline does not define")
+    price = _cost_function("fold", fold, entry.cost)
     return price(llm, visual, scoring_layers(visual), hardware, options)
 
 
@@ -685,11 +683,10 @@ def score_overhead_ops(score: str, llm: LLMShape, tokens_per_layer: Sequence[int
         return []
     if convention == "paper" and entry.cost == "importance_overhead_ops":
         return paper_importance_overhead_ops(llm, tokens_per_layer, pruning_layers(visual), hardware, options)
-    price = globals().get(entry.cost)
-    if price is None:
-        raise AIMConfigError(f"score {score!r} is priced by {entry.cost!r}, which llava.analysis.roofline does not define")
+    price = _cost_function("score", score, entry.cost)
     extra = {"pagerank_iters": pagerank_iters} if "pagerank_iters" in inspect.signature(price).parameters else {}
     return price(llm, tokens_per_layer, scoring_layers(visual), hardware, options, **extra)
+
 
 # What a decode selection's cost function may take, by parameter name (llava.aim.registry: ``cost``).
 DECODE_COST_ARGUMENTS = ("llm", "kv_lens", "visual", "cfg", "hardware", "options")
@@ -711,10 +708,7 @@ def decode_step_of(cfg: AIMConfig, llm: LLMShape, kv_lens: Sequence[int], visual
     attended = [int(k) for k in entry.attended(list(kv_lens), list(visual), cfg)]
     overhead: List[OpCost] = []
     if entry.cost is not None:
-        price = globals().get(entry.cost)
-        if price is None:
-            raise AIMConfigError(f"decode {name!r} is priced by {entry.cost!r}, which llava.analysis.roofline "
-                                 "does not define")
+        price = _cost_function("decode", name, entry.cost)
         available = dict(zip(DECODE_COST_ARGUMENTS, (llm, list(kv_lens), list(visual), cfg, hardware, options)))
         overhead = price(**_with_arguments(price, available, f"decode {name!r}'s cost"))
     return decode_step_cost(llm, kv_lens, hardware, options, attended, overhead)
@@ -766,6 +760,15 @@ def _check_kept_tokens(entry: Any, kept_tokens: Any) -> None:
                              f"on the content ({', '.join(adaptive)}); {entry.name} keeps a fixed count")
     if isinstance(kept_tokens, bool) or not isinstance(kept_tokens, int) or kept_tokens < 1:
         raise AIMConfigError(f"kept_tokens must be a positive integer (tokens per frame), got {kept_tokens!r}")
+
+
+def _cost_function(kind: str, name: str, cost: str) -> Any:
+    """The function of this module named ``cost``, which the registry entry ``name`` (of ``kind``)
+    names as its price; a name this module does not define fails loudly."""
+    price = globals().get(cost)
+    if price is None:
+        raise AIMConfigError(f"{kind} {name!r} is priced by {cost!r}, which llava.analysis.roofline does not define")
+    return price
 
 
 def _with_arguments(fn: Any, available: Dict[str, Any], what: str) -> Dict[str, Any]:
@@ -821,10 +824,7 @@ def reduction_overhead_ops(flow: TokenFlow, cfg: AIMConfig, llm: LLMShape, visio
     if cost is None or not flow.reduces:
         return []
     name = PAPER_COSTS.get(cost, cost) if convention == "paper" else cost
-    price = globals().get(name)
-    if price is None:
-        raise AIMConfigError(f"reduction {flow.reduction!r} is priced by {name!r}, which llava.analysis.roofline "
-                             "does not define")
+    price = _cost_function("reduction", flow.reduction, name)
     available = dict(frames=flow.frames, tokens_per_frame=flow.stage_tokens, retention=cfg.retention,
                      channels=llm.hidden, hardware=hardware, options=options, merge_count=cfg.merge_count,
                      vision=vision, kept=flow.visual // flow.frames, visual=flow.visual, cfg=cfg, llm=llm)
