@@ -179,6 +179,14 @@ def spliced_logits(model, inputs, merged, token_id):
         return model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state[:, -1])
 
 
+def needs_family(adapter):
+    """Skip where the installed transformers does not serve ``adapter``'s family (older than its
+    min_transformers, e.g. Qwen3-VL on CI's oldest floor); tests/test_family_releases.py checks the
+    refusal there."""
+    served = adapter.installed()
+    return pytest.mark.skipif(not served, reason="" if served else adapter.missing_reason())
+
+
 @pytest.fixture(autouse=True)
 def idle_machine(monkeypatch):
     """The suite runs on shared machines: in-process bench runs see an idle one unless a test says

@@ -8,12 +8,14 @@ import json
 
 import pytest
 import torch
+from conftest import needs_family
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llava.aim.config import AIMConfig
 from llava.analysis import analyze
 from llava.cli import main
+from llava.model.families.qwen3_vl import Qwen3VLAdapter
 
 # 112 x 112 px frames: 8 x 8 patches, 4 x 4 = 16 tokens per temporal group after the merger;
 # at retention 1/4 the official count keeps 16 -> 8 -> 4.
@@ -282,15 +284,8 @@ def test_qwen_bench_bad_input_exit_2_one_line(argv, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def _qwen3_served():
-    from llava.model.families.qwen3_vl import Qwen3VLAdapter
-
-    return Qwen3VLAdapter().installed()
-
-
 @pytest.mark.parametrize("name", [
-    pytest.param("small-qwen3-vl", marks=pytest.mark.skipif(not _qwen3_served(), reason="Qwen3-VL needs transformers >= 5.24")),
-    "small-qwen2.5-vl", "small"])
+    pytest.param("small-qwen3-vl", marks=needs_family(Qwen3VLAdapter())), "small-qwen2.5-vl", "small"])
 def test_end_to_end_input_keeps_every_frame_the_input_counts(name):
     """bench feeds its synthetic video with what the family's adapter says the processor needs
     beside pre-sampled frames (as run and the plugin do): Qwen3-VL's processor then keeps all 8

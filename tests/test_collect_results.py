@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import needs_family
 
 from llava.eval.results import _cell, _figure, collect_main, describe_limit
+from llava.model.families.qwen3_vl import Qwen3VLAdapter
 
 OV_7B = "lmms-lab/llava-onevision-qwen2-7b-ov"
 
@@ -144,13 +146,7 @@ def test_image_rows_predict_the_prefill_ms_as_the_image_table_counts_it(tmp_path
     assert cells[PREFILL].startswith("29.3 / 29.30") or cells[PREFILL].startswith("29.30 / 29.30"), cells[PREFILL]
 
 
-def _qwen3_served():
-    from llava.model.families.qwen3_vl import Qwen3VLAdapter
-
-    return Qwen3VLAdapter().installed()
-
-
-@pytest.mark.skipif(not _qwen3_served(), reason="Qwen3-VL needs transformers >= 5.24")
+@needs_family(Qwen3VLAdapter())
 def test_flops_column_follows_the_family_adapter_for_every_reference_checkpoint():
     """The FLOPs column reads the analyzer's shape of any reference checkpoint an adapter declares
     (not a table of four paper checkpoints) and the visual tokens from the family's adapter: a

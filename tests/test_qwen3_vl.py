@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_clip, make_image, qwen_model
+from conftest import make_clip, make_image, needs_family, qwen_model
 from test_qwen2_vl import check_batch_matches_single, check_uncached_steps_keep_the_first_positions
 from llava import AIMConfig, apply_aim
 from llava.aim.merge import merge_frames, merged_token_count
@@ -20,9 +20,7 @@ from llava.model.runtime import remove_aim
 
 # Qwen3-VL is served from transformers 5.24 on (Qwen3VLAdapter.min_transformers); on an older
 # release in the tested range (CI's oldest venv) it skips; tests/test_family_releases.py checks the refusal.
-QWEN3_SERVED = Qwen3VLAdapter().installed()
-pytestmark = pytest.mark.skipif(not QWEN3_SERVED, reason=f"Qwen3-VL needs transformers >= "
-                                f"{Qwen3VLAdapter.min_transformers} (the oldest release it is tested on)")
+pytestmark = needs_family(Qwen3VLAdapter())
 
 QWEN3_TINY = ("tiny-qwen3-vl", "tiny-qwen3-vl-moe")
 # 4 frames of 48 x 80 px -> 2 temporal groups of 10 x 16 patches (16 px), 5 x 8 = 40 merged tokens each;
