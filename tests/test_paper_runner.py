@@ -305,7 +305,7 @@ def test_every_runs_model_args_are_accepted_by_the_plugin():
     def printed(row):
         env = {**{k: v for k, v in os.environ.items() if k not in ("PRETRAINED", "MODEL")},
                **pt.row_env(row, "/tmp/unused", environ={}), "PRINT_MODEL_ARGS": "1"}
-        return subprocess.run(["bash", row.script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(["bash", row.script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
     # a method not registered here (2025 comparison) or LongVA's package: the runner skips the row,
     # and it is checked here once it is there
